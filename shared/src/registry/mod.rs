@@ -1,0 +1,303 @@
+//! Which models this deployment may run, how each is called, and what inputs each accepts.
+//!
+//! The shipped `models.json` is compiled in; an operator overrides it at deploy time with
+//! `MODELS_CONFIG`, a JSON Merge Patch (RFC 7396) over the shipped document, given inline or
+//! as a file path. Swapping a version is then `{"models":{"sdxl":{"version":"<hash>"}}}`.
+
+mod canonical;
+mod spec;
+mod validate;
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde_json::Value;
+
+pub use canonical::{CacheKey, canonical_json};
+pub use spec::{AliasSpec, DEFAULT_MAX_INLINE_IMAGE_BYTES, FieldSpec, RegistryDocument, Rule};
+pub use validate::{FieldError, InputErrors, ValidatedInput};
+
+use crate::replicate::{ModelRef, VersionId};
+
+/// The registry compiled into every binary.
+pub const SHIPPED_MODELS_JSON: &str = include_str!("../../models.json");
+
+/// Environment variable holding the deploy-time override (inline JSON or a file path).
+pub const MODELS_CONFIG_ENV: &str = "MODELS_CONFIG";
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("model configuration is not valid JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("could not read model configuration file `{path}`: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("model configuration: alias `{alias}`: {message}")]
+    Alias { alias: String, message: String },
+    #[error("model configuration: {0}")]
+    Document(String),
+}
+
+/// A requested model that this deployment does not run.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}")]
+pub struct UnknownModel {
+    pub reason: String,
+}
+
+/// An alias ready to use: where it runs and how its input is checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelAlias {
+    pub alias: String,
+    pub model: ModelRef,
+    pub inputs: BTreeMap<String, FieldSpec>,
+    pub rules: Vec<Rule>,
+}
+
+impl ModelAlias {
+    /// Validates and canonicalises a request's `input`: unknown fields and every limit are
+    /// reported per field; defaults are filled in.
+    pub fn validate(&self, input: &Value) -> Result<ValidatedInput, InputErrors> {
+        validate::validate(&self.inputs, &self.rules, input)
+    }
+
+    /// The result-cache key of running this alias's model version on `input`.
+    pub fn cache_key(&self, input: &ValidatedInput) -> CacheKey {
+        CacheKey::new(&self.model, input)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ModelRegistry {
+    aliases: BTreeMap<String, ModelAlias>,
+    /// `owner/name` → the alias a request naming that model means.
+    by_model: HashMap<String, String>,
+}
+
+impl ModelRegistry {
+    /// The shipped registry, with the operator's override from `MODELS_CONFIG` if set.
+    pub fn from_env() -> Result<Self, RegistryError> {
+        match std::env::var(MODELS_CONFIG_ENV) {
+            Ok(value) if !value.trim().is_empty() => Self::with_override(&read_override(&value)?),
+            _ => Self::shipped(),
+        }
+    }
+
+    pub fn shipped() -> Result<Self, RegistryError> {
+        Self::from_json(SHIPPED_MODELS_JSON)
+    }
+
+    /// The shipped document with `patch` (a JSON Merge Patch) applied.
+    pub fn with_override(patch: &str) -> Result<Self, RegistryError> {
+        let mut document: Value = serde_json::from_str(SHIPPED_MODELS_JSON)?;
+        merge_patch(&mut document, serde_json::from_str(patch)?);
+        Self::from_document(serde_json::from_value(document)?)
+    }
+
+    pub fn from_json(json: &str) -> Result<Self, RegistryError> {
+        Self::from_document(serde_json::from_str(json)?)
+    }
+
+    pub fn from_document(document: RegistryDocument) -> Result<Self, RegistryError> {
+        if document.models.is_empty() {
+            return Err(RegistryError::Document("no models configured".to_owned()));
+        }
+        let mut aliases = BTreeMap::new();
+        for (alias, spec) in document.models {
+            let model = build_alias(&alias, spec.clone())?;
+            aliases.insert(alias, (model, spec.primary));
+        }
+        let by_model = index_by_model(&aliases)?;
+        Ok(Self {
+            aliases: aliases.into_iter().map(|(k, (m, _))| (k, m)).collect(),
+            by_model,
+        })
+    }
+
+    pub fn aliases(&self) -> impl Iterator<Item = &ModelAlias> {
+        self.aliases.values()
+    }
+
+    pub fn get(&self, alias: &str) -> Option<&ModelAlias> {
+        self.aliases.get(alias)
+    }
+
+    /// Resolves a request's `model`: an alias, `owner/name`, or `owner/name:version`. Only
+    /// configured models resolve; a version must be the pinned one, so a client cannot run
+    /// arbitrary code on the operator's account.
+    pub fn resolve(&self, requested: &str) -> Result<&ModelAlias, UnknownModel> {
+        if let Some(alias) = self.aliases.get(requested) {
+            return Ok(alias);
+        }
+        let unknown = || UnknownModel {
+            reason: format!(
+                "model `{}` is not available here; available: {}",
+                printable(requested),
+                self.aliases.keys().cloned().collect::<Vec<_>>().join(", ")
+            ),
+        };
+        let Ok(reference) = ModelRef::parse(requested) else {
+            return Err(unknown());
+        };
+        let alias = self
+            .by_model
+            .get(&reference.path())
+            .and_then(|name| self.aliases.get(name))
+            .ok_or_else(unknown)?;
+        match (&reference.version, &alias.model.version) {
+            (None, _) => Ok(alias),
+            (Some(asked), Some(pinned)) if asked == pinned => Ok(alias),
+            (Some(_), pinned) => Err(UnknownModel {
+                reason: match pinned {
+                    Some(pinned) => format!("only version {pinned} of `{}` is available here", reference.path()),
+                    None => format!("`{}` runs without a version here; omit `:version`", reference.path()),
+                },
+            }),
+        }
+    }
+}
+
+fn read_override(value: &str) -> Result<String, RegistryError> {
+    if value.trim_start().starts_with('{') {
+        return Ok(value.to_owned());
+    }
+    std::fs::read_to_string(value.trim()).map_err(|source| RegistryError::Read {
+        path: value.trim().to_owned(),
+        source,
+    })
+}
+
+/// RFC 7396: objects merge recursively, `null` removes, anything else replaces.
+fn merge_patch(target: &mut Value, patch: Value) {
+    let Value::Object(patch) = patch else {
+        *target = patch;
+        return;
+    };
+    if !target.is_object() {
+        *target = Value::Object(Default::default());
+    }
+    let Value::Object(target) = target else { return };
+    for (key, value) in patch {
+        if value.is_null() {
+            target.remove(&key);
+        } else {
+            merge_patch(target.entry(key).or_insert(Value::Null), value);
+        }
+    }
+}
+
+fn valid_alias_name(alias: &str) -> bool {
+    !alias.is_empty()
+        && alias.len() <= 64
+        && alias
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'.' | b'_'))
+}
+
+fn build_alias(alias: &str, spec: AliasSpec) -> Result<ModelAlias, RegistryError> {
+    let fail = |message: String| RegistryError::Alias {
+        alias: alias.to_owned(),
+        message,
+    };
+    if !valid_alias_name(alias) {
+        return Err(fail("alias names use lowercase letters, digits, `-`, `.` and `_`".to_owned()));
+    }
+    let mut model = ModelRef::parse(&spec.model).map_err(|e| fail(format!("model: {e}")))?;
+    if model.version.is_some() {
+        return Err(fail("give the version in `version`, not in `model`".to_owned()));
+    }
+    model.version = spec
+        .version
+        .as_deref()
+        .map(VersionId::parse)
+        .transpose()
+        .map_err(|e| fail(format!("version: {e}")))?;
+    if spec.inputs.is_empty() {
+        return Err(fail("no inputs declared".to_owned()));
+    }
+    for (field, field_spec) in &spec.inputs {
+        check_field_spec(field_spec).map_err(|m| fail(format!("input `{field}`: {m}")))?;
+    }
+    for rule in &spec.rules {
+        let named: Vec<&String> = match rule {
+            Rule::Requires { field, requires } => vec![field, requires],
+            Rule::OnlyWhen { fields, field, .. } => fields.iter().chain([field]).collect(),
+        };
+        if let Some(missing) = named.into_iter().find(|f| !spec.inputs.contains_key(*f)) {
+            return Err(fail(format!("a rule names `{missing}`, which is not an input")));
+        }
+    }
+    Ok(ModelAlias {
+        alias: alias.to_owned(),
+        model,
+        inputs: spec.inputs,
+        rules: spec.rules,
+    })
+}
+
+/// A spec must be satisfiable and its default must pass its own checks.
+fn check_field_spec(spec: &FieldSpec) -> Result<(), String> {
+    let default = match spec {
+        FieldSpec::Integer { min: Some(lo), max: Some(hi), .. } if lo > hi => return Err("min is above max".into()),
+        FieldSpec::Number { min: Some(lo), max: Some(hi), .. } if lo > hi => return Err("min is above max".into()),
+        FieldSpec::Integer { multiple_of: Some(step), .. } if *step <= 0 => return Err("multiple_of must be positive".into()),
+        FieldSpec::Enum { values, .. } if values.is_empty() => return Err("an enum needs values".into()),
+        FieldSpec::String { default, .. } | FieldSpec::Enum { default, .. } => default.clone().map(Value::String),
+        FieldSpec::Integer { default, .. } => default.map(Value::from),
+        FieldSpec::Number { default, .. } => default.map(Value::from),
+        FieldSpec::Boolean { default, .. } => default.map(Value::Bool),
+        FieldSpec::Image { .. } => None,
+    };
+    if spec.is_required() && default.is_some() {
+        return Err("a required input cannot have a default".into());
+    }
+    match default {
+        // An empty default string is allowed even where clients must not send one.
+        Some(Value::String(s)) if s.is_empty() && matches!(spec, FieldSpec::String { .. }) => Ok(()),
+        Some(value) => validate::check_value(spec, &value).map(|_| ()).map_err(|m| format!("default {m}")),
+        None => Ok(()),
+    }
+}
+
+fn index_by_model(aliases: &BTreeMap<String, (ModelAlias, bool)>) -> Result<HashMap<String, String>, RegistryError> {
+    let mut groups: BTreeMap<String, Vec<(&String, bool)>> = BTreeMap::new();
+    for (name, (alias, primary)) in aliases {
+        groups.entry(alias.model.path()).or_default().push((name, *primary));
+    }
+    let mut by_model = HashMap::new();
+    for (model, members) in groups {
+        let primaries: Vec<&String> = members.iter().filter(|(_, p)| *p).map(|(n, _)| *n).collect();
+        let chosen = match (members.as_slice(), primaries.as_slice()) {
+            ([(only, _)], _) => *only,
+            (_, [primary]) => *primary,
+            _ => {
+                return Err(RegistryError::Document(format!(
+                    "aliases {} share `{model}`; mark exactly one of them `\"primary\": true`",
+                    members.iter().map(|(n, _)| format!("`{n}`")).collect::<Vec<_>>().join(", ")
+                )));
+            }
+        };
+        by_model.insert(model, chosen.clone());
+    }
+    Ok(by_model)
+}
+
+/// A client-supplied name, shortened and stripped of control characters for messages.
+fn printable(s: &str) -> String {
+    s.chars().filter(|c| !c.is_control()).take(100).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn merge_patch_follows_rfc_7396() {
+        let mut doc = json!({"a": {"b": 1, "c": 2}, "d": [1, 2], "e": 1});
+        merge_patch(&mut doc, json!({"a": {"b": null, "x": 3}, "d": [3], "f": {"g": 1}}));
+        assert_eq!(doc, json!({"a": {"c": 2, "x": 3}, "d": [3], "e": 1, "f": {"g": 1}}));
+    }
+}

@@ -1,0 +1,117 @@
+//! The model registry's configuration document, as written in `models.json`.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+/// Decoded size limit for an image passed inline as a data URL (CONTRACT §2).
+pub const DEFAULT_MAX_INLINE_IMAGE_BYTES: usize = 1024 * 1024;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryDocument {
+    pub models: BTreeMap<String, AliasSpec>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AliasSpec {
+    #[serde(default)]
+    pub description: Option<String>,
+    /// `owner/name` on Replicate.
+    pub model: String,
+    /// Pinned 64-hex version; `null` runs an official model through its model endpoint.
+    pub version: Option<String>,
+    /// Where several aliases share one model, the one `owner/name` in a request stands for.
+    #[serde(default)]
+    pub primary: bool,
+    pub inputs: BTreeMap<String, FieldSpec>,
+    #[serde(default)]
+    pub rules: Vec<Rule>,
+}
+
+/// One input field's type, limits and default.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum FieldSpec {
+    String {
+        #[serde(default)]
+        required: bool,
+        #[serde(default)]
+        min_length: Option<usize>,
+        /// In characters (Unicode scalar values), not bytes.
+        max_length: usize,
+        #[serde(default)]
+        default: Option<String>,
+    },
+    Integer {
+        #[serde(default)]
+        required: bool,
+        #[serde(default)]
+        min: Option<i64>,
+        #[serde(default)]
+        max: Option<i64>,
+        #[serde(default)]
+        multiple_of: Option<i64>,
+        #[serde(default)]
+        default: Option<i64>,
+    },
+    Number {
+        #[serde(default)]
+        required: bool,
+        #[serde(default)]
+        min: Option<f64>,
+        #[serde(default)]
+        max: Option<f64>,
+        #[serde(default)]
+        default: Option<f64>,
+    },
+    Boolean {
+        #[serde(default)]
+        required: bool,
+        #[serde(default)]
+        default: Option<bool>,
+    },
+    Enum {
+        #[serde(default)]
+        required: bool,
+        values: Vec<String>,
+        #[serde(default)]
+        default: Option<String>,
+    },
+    /// An http(s) URL the model fetches, or a small `data:image/...;base64,` URL.
+    Image {
+        #[serde(default)]
+        required: bool,
+        #[serde(default)]
+        max_inline_bytes: Option<usize>,
+    },
+}
+
+impl FieldSpec {
+    pub fn is_required(&self) -> bool {
+        match self {
+            Self::String { required, .. }
+            | Self::Integer { required, .. }
+            | Self::Number { required, .. }
+            | Self::Boolean { required, .. }
+            | Self::Enum { required, .. }
+            | Self::Image { required, .. } => *required,
+        }
+    }
+}
+
+/// A constraint between fields.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(tag = "rule", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Rule {
+    /// `field` may only be given together with `requires` (e.g. `mask` needs `image`).
+    Requires { field: String, requires: String },
+    /// `fields` may only be given when `field` equals `equals` (e.g. width with a custom
+    /// aspect ratio). Checked after defaults are applied.
+    OnlyWhen {
+        fields: Vec<String>,
+        field: String,
+        equals: String,
+    },
+}

@@ -1,0 +1,387 @@
+//! The HTTP client for Replicate's API, with timeouts and the retry rules of `retry`.
+
+use std::fmt;
+use std::future::Future;
+use std::time::{Duration, SystemTime};
+
+use reqwest::{Method, StatusCode, Url, header};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
+
+use super::error::ReplicateError;
+use super::model_ref::ModelRef;
+use super::retry::{
+    AttemptFailure, CallKind, RetryPolicy, is_retryable, parse_retry_after, retry_hint_from_detail,
+};
+use super::types::{ApiProblem, CreatePredictionBody, Model, Prediction, WebhookSecretBody, WebhookTarget};
+use crate::webhook::WebhookSecret;
+
+pub const DEFAULT_BASE_URL: &str = "https://api.replicate.com/v1";
+
+/// The calls this service makes to Replicate. Handlers depend on this, not on HTTP, so they
+/// can be tested with an in-memory implementation.
+pub trait ReplicateApi: Send + Sync {
+    fn create_prediction(
+        &self,
+        model: &ModelRef,
+        input: &Map<String, Value>,
+        webhook: Option<&WebhookTarget>,
+    ) -> impl Future<Output = Result<Prediction, ReplicateError>> + Send;
+
+    fn get_prediction(&self, id: &str) -> impl Future<Output = Result<Prediction, ReplicateError>> + Send;
+
+    fn cancel_prediction(&self, id: &str) -> impl Future<Output = Result<Prediction, ReplicateError>> + Send;
+
+    fn webhook_secret(&self) -> impl Future<Output = Result<WebhookSecret, ReplicateError>> + Send;
+
+    fn get_model(&self, owner: &str, name: &str) -> impl Future<Output = Result<Model, ReplicateError>> + Send;
+}
+
+/// The API token. Never printed.
+#[derive(Clone)]
+pub struct ApiToken(String);
+
+impl ApiToken {
+    pub fn new(token: impl Into<String>) -> Self {
+        Self(token.into())
+    }
+}
+
+impl fmt::Debug for ApiToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ApiToken(<redacted>)")
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    pub base_url: String,
+    pub token: ApiToken,
+    /// Time to establish a connection.
+    pub connect_timeout: Duration,
+    /// Time for one whole attempt, response body included.
+    pub request_timeout: Duration,
+    pub retry: RetryPolicy,
+}
+
+impl ClientConfig {
+    pub fn new(base_url: impl Into<String>, token: ApiToken) -> Self {
+        Self {
+            base_url: base_url.into(),
+            token,
+            connect_timeout: Duration::from_secs(3),
+            request_timeout: Duration::from_secs(10),
+            retry: RetryPolicy::default(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientBuildError {
+    #[error("REPLICATE_API_BASE_URL `{0}` is not an http(s) URL")]
+    BaseUrl(String),
+    #[error("the API token contains characters not allowed in an HTTP header")]
+    Token,
+    #[error("could not build the HTTP client: {0}")]
+    Http(#[from] reqwest::Error),
+}
+
+#[derive(Debug, Clone)]
+pub struct ReplicateClient {
+    http: reqwest::Client,
+    base: Url,
+    retry: RetryPolicy,
+}
+
+impl ReplicateClient {
+    pub fn new(config: ClientConfig) -> Result<Self, ClientBuildError> {
+        let base = parse_base_url(&config.base_url)?;
+        let mut auth = header::HeaderValue::try_from(format!("Bearer {}", config.token.0))
+            .map_err(|_| ClientBuildError::Token)?;
+        auth.set_sensitive(true);
+        let headers = header::HeaderMap::from_iter([
+            (header::AUTHORIZATION, auth),
+            (header::ACCEPT, header::HeaderValue::from_static("application/json")),
+        ]);
+        let http = reqwest::Client::builder()
+            .default_headers(headers)
+            .user_agent(concat!("replicate-image-backend/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(config.connect_timeout)
+            .timeout(config.request_timeout)
+            // Replicate never redirects its API; following one would resend the token.
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?;
+        Ok(Self {
+            http,
+            base,
+            retry: config.retry,
+        })
+    }
+
+    fn url(&self, segments: &[&str]) -> Url {
+        let mut url = self.base.clone();
+        url.path_segments_mut()
+            .expect("base URL was checked to be hierarchical")
+            .pop_if_empty()
+            .extend(segments);
+        url
+    }
+
+    /// Sends a request, retrying as `kind` allows, and decodes a 2xx JSON body.
+    async fn call<T: DeserializeOwned>(
+        &self,
+        kind: CallKind,
+        method: Method,
+        url: Url,
+        body: Option<&(impl Serialize + Sync)>,
+    ) -> Result<T, ReplicateError> {
+        let mut waited = Duration::ZERO;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut request = self.http.request(method.clone(), url.clone());
+            if let Some(body) = body {
+                request = request.json(body);
+            }
+            let failure = match self.attempt(kind, request).await {
+                Ok(Success(bytes)) => return decode(&bytes),
+                Err(failure) => failure,
+            };
+            let retryable = is_retryable(kind, failure.kind);
+            let delay = self.retry.delay_for(attempt - 1, failure.retry_after);
+            let server_wait_too_long = failure
+                .retry_after
+                .is_some_and(|after| after > self.retry.max_retry_after);
+            let out_of_budget =
+                attempt >= self.retry.max_attempts || waited + delay > self.retry.max_total_wait;
+            if !retryable || server_wait_too_long || out_of_budget {
+                return Err(failure.into_error(kind, attempt));
+            }
+            tracing::warn!(
+                path = url.path(),
+                attempt,
+                failure = ?failure.kind,
+                delay_ms = delay.as_millis() as u64,
+                "retrying Replicate call"
+            );
+            tokio::time::sleep(delay).await;
+            waited += delay;
+        }
+    }
+
+    async fn attempt(&self, kind: CallKind, request: reqwest::RequestBuilder) -> Result<Success, Failure> {
+        let response = request.send().await.map_err(Failure::from_transport)?;
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| parse_retry_after(v, SystemTime::now()));
+        let body = response.bytes().await;
+        if status.is_success() {
+            return match body {
+                Ok(bytes) => Ok(Success(bytes)),
+                // For a create this is the worst case: it succeeded but we lost the answer.
+                Err(err) if kind == CallKind::Create => Err(Failure::lost_create_answer(status, err)),
+                Err(err) => Err(Failure::from_transport(err)),
+            };
+        }
+        let problem = body.map(|b| ApiProblem::from_body(&b)).unwrap_or_default();
+        let retry_after = retry_after.or_else(|| {
+            (status == StatusCode::TOO_MANY_REQUESTS)
+                .then(|| problem.detail.as_deref().and_then(retry_hint_from_detail))
+                .flatten()
+        });
+        Err(Failure {
+            kind: AttemptFailure::Status(status.as_u16()),
+            retry_after,
+            problem: Some(problem),
+            source: None,
+        })
+    }
+}
+
+struct Success(bytes::Bytes);
+
+/// One failed attempt, with what is needed to decide on a retry or build the final error.
+struct Failure {
+    kind: AttemptFailure,
+    retry_after: Option<Duration>,
+    problem: Option<ApiProblem>,
+    source: Option<reqwest::Error>,
+}
+
+impl Failure {
+    fn from_transport(err: reqwest::Error) -> Self {
+        let kind = if err.is_connect() {
+            AttemptFailure::Connect
+        } else if err.is_timeout() {
+            AttemptFailure::Timeout
+        } else {
+            AttemptFailure::Transport
+        };
+        Self {
+            kind,
+            retry_after: None,
+            problem: None,
+            source: Some(err),
+        }
+    }
+
+    fn lost_create_answer(status: StatusCode, err: reqwest::Error) -> Self {
+        Self {
+            kind: AttemptFailure::Transport,
+            retry_after: None,
+            problem: Some(ApiProblem {
+                detail: Some(format!("HTTP {status} but the body could not be read")),
+                ..ApiProblem::default()
+            }),
+            source: Some(err),
+        }
+    }
+
+    fn into_error(self, kind: CallKind, attempts: u32) -> ReplicateError {
+        match (self.kind, kind) {
+            (AttemptFailure::Status(429), _) => ReplicateError::Throttled {
+                retry_after: self.retry_after,
+                attempts,
+            },
+            (AttemptFailure::Connect, _) => match self.source {
+                Some(source) => ReplicateError::Unreachable { attempts, source },
+                None => ReplicateError::TimedOut { attempts },
+            },
+            (AttemptFailure::Status(status), CallKind::Create) if status >= 500 => {
+                ReplicateError::CreateOutcomeUnknown {
+                    reason: format!("Replicate answered HTTP {status}"),
+                }
+            }
+            (AttemptFailure::Timeout | AttemptFailure::Transport, CallKind::Create) => {
+                ReplicateError::CreateOutcomeUnknown {
+                    reason: match (&self.problem, &self.source) {
+                        (Some(problem), _) => problem.summary(),
+                        (None, Some(source)) if source.is_timeout() => "no answer in time".to_owned(),
+                        _ => "the connection failed after the request was sent".to_owned(),
+                    },
+                }
+            }
+            (AttemptFailure::Status(status), CallKind::Idempotent) if status >= 500 => {
+                ReplicateError::Unavailable {
+                    status,
+                    retry_after: self.retry_after,
+                    attempts,
+                }
+            }
+            (AttemptFailure::Status(status), _) => ReplicateError::Rejected {
+                status,
+                problem: self.problem.unwrap_or_default(),
+            },
+            (AttemptFailure::Timeout, CallKind::Idempotent) => ReplicateError::TimedOut { attempts },
+            (AttemptFailure::Transport, CallKind::Idempotent) => match self.source {
+                Some(source) => ReplicateError::Transport { source },
+                None => ReplicateError::TimedOut { attempts },
+            },
+        }
+    }
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ReplicateError> {
+    serde_json::from_slice(bytes).map_err(|err| ReplicateError::InvalidResponse {
+        status: 200,
+        message: err.to_string(),
+    })
+}
+
+fn parse_base_url(raw: &str) -> Result<Url, ClientBuildError> {
+    let url = Url::parse(raw.trim()).map_err(|_| ClientBuildError::BaseUrl(raw.to_owned()))?;
+    if !matches!(url.scheme(), "http" | "https") || url.cannot_be_a_base() || url.host().is_none() {
+        return Err(ClientBuildError::BaseUrl(raw.to_owned()));
+    }
+    Ok(url)
+}
+
+/// Bodies with no fields to send (GET, cancel).
+const NO_BODY: Option<&()> = None;
+
+impl ReplicateApi for ReplicateClient {
+    async fn create_prediction(
+        &self,
+        model: &ModelRef,
+        input: &Map<String, Value>,
+        webhook: Option<&WebhookTarget>,
+    ) -> Result<Prediction, ReplicateError> {
+        let body = CreatePredictionBody {
+            version: model.version.as_ref().map(|v| v.as_str()),
+            input,
+            webhook: webhook.map(|w| w.url.as_str()),
+            webhook_events_filter: webhook.map(|w| w.events.as_slice()),
+        };
+        let url = match &model.version {
+            Some(_) => self.url(&["predictions"]),
+            None => self.url(&["models", &model.owner, &model.name, "predictions"]),
+        };
+        self.call(CallKind::Create, Method::POST, url, Some(&body)).await
+    }
+
+    async fn get_prediction(&self, id: &str) -> Result<Prediction, ReplicateError> {
+        let url = self.url(&["predictions", id]);
+        self.call(CallKind::Idempotent, Method::GET, url, NO_BODY).await
+    }
+
+    async fn cancel_prediction(&self, id: &str) -> Result<Prediction, ReplicateError> {
+        let url = self.url(&["predictions", id, "cancel"]);
+        self.call(CallKind::Idempotent, Method::POST, url, NO_BODY).await
+    }
+
+    async fn webhook_secret(&self) -> Result<WebhookSecret, ReplicateError> {
+        let url = self.url(&["webhooks", "default", "secret"]);
+        let body: WebhookSecretBody = self.call(CallKind::Idempotent, Method::GET, url, NO_BODY).await?;
+        WebhookSecret::parse(&body.key).map_err(|err| ReplicateError::InvalidResponse {
+            status: 200,
+            message: err.to_string(),
+        })
+    }
+
+    async fn get_model(&self, owner: &str, name: &str) -> Result<Model, ReplicateError> {
+        let url = self.url(&["models", owner, name]);
+        self.call(CallKind::Idempotent, Method::GET, url, NO_BODY).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(base: &str) -> ReplicateClient {
+        ReplicateClient::new(ClientConfig::new(base, ApiToken::new("r8_test"))).unwrap()
+    }
+
+    #[test]
+    fn urls_join_and_encode_segments() {
+        let c = client("https://api.replicate.com/v1");
+        assert_eq!(c.url(&["predictions"]).as_str(), "https://api.replicate.com/v1/predictions");
+        let c = client("http://127.0.0.1:9000/v1/");
+        assert_eq!(
+            c.url(&["models", "black-forest-labs", "flux-schnell", "predictions"]).as_str(),
+            "http://127.0.0.1:9000/v1/models/black-forest-labs/flux-schnell/predictions"
+        );
+        assert_eq!(c.url(&["predictions", "a/../b?x"]).as_str(), "http://127.0.0.1:9000/v1/predictions/a%2F..%2Fb%3Fx");
+    }
+
+    #[test]
+    fn base_url_must_be_http() {
+        for bad in ["", "api.replicate.com", "ftp://x/v1", "mailto:a@b", "http://"] {
+            assert!(matches!(ReplicateClient::new(ClientConfig::new(bad, ApiToken::new("t"))), Err(ClientBuildError::BaseUrl(_))), "{bad}");
+        }
+        assert!(matches!(
+            ReplicateClient::new(ClientConfig::new("https://x/v1", ApiToken::new("bad\ntoken"))),
+            Err(ClientBuildError::Token)
+        ));
+    }
+
+    #[test]
+    fn token_is_never_printed() {
+        let config = ClientConfig::new("https://x/v1", ApiToken::new("r8_secretvalue"));
+        assert!(!format!("{config:?}").contains("secretvalue"));
+    }
+}

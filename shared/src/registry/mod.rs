@@ -80,9 +80,15 @@ impl ModelRegistry {
     /// The shipped registry, with the operator's override from `MODELS_CONFIG` if set.
     pub fn from_env() -> Result<Self, RegistryError> {
         match std::env::var(MODELS_CONFIG_ENV) {
-            Ok(value) if !value.trim().is_empty() => Self::with_override(&read_override(&value)?),
+            Ok(value) if !value.trim().is_empty() => Self::from_override_source(&value),
             _ => Self::shipped(),
         }
+    }
+
+    /// The shipped registry patched by `source`: inline JSON (starting with `{`) or the
+    /// path of a JSON file (e.g. in a Lambda layer).
+    pub fn from_override_source(source: &str) -> Result<Self, RegistryError> {
+        Self::with_override(&read_override(source)?)
     }
 
     pub fn shipped() -> Result<Self, RegistryError> {

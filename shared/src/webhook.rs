@@ -100,9 +100,7 @@ pub struct SignatureHeaders<'a> {
 impl<'a> SignatureHeaders<'a> {
     pub fn from_header_map(headers: &'a http::HeaderMap) -> Result<Self, WebhookError> {
         let get = |name: &'static str| -> Result<&'a str, WebhookError> {
-            let value = headers
-                .get(name)
-                .ok_or(WebhookError::MissingHeader(name))?;
+            let value = headers.get(name).ok_or(WebhookError::MissingHeader(name))?;
             let text = value
                 .to_str()
                 .map_err(|_| WebhookError::InvalidHeader(name))?
@@ -254,7 +252,11 @@ mod tests {
     #[test]
     fn any_v1_entry_may_match_and_other_versions_are_ignored() {
         let multi = format!("v1a,{} v2,abc v1,AAAA {SIGNATURE}", &SIGNATURE[3..]);
-        assert!(verifier().verify(headers(&multi), BODY, vector_time()).is_ok());
+        assert!(
+            verifier()
+                .verify(headers(&multi), BODY, vector_time())
+                .is_ok()
+        );
         let only_other_versions = format!("v2,{} v1a,{}", &SIGNATURE[3..], &SIGNATURE[3..]);
         assert_eq!(
             verifier().verify(headers(&only_other_versions), BODY, vector_time()),
@@ -266,13 +268,29 @@ mod tests {
     fn tampering_with_body_id_or_timestamp_fails() {
         let v = verifier();
         assert_eq!(
-            v.verify(headers(SIGNATURE), br#"{"test": 2432232315}"#, vector_time()),
+            v.verify(
+                headers(SIGNATURE),
+                br#"{"test": 2432232315}"#,
+                vector_time()
+            ),
             Err(WebhookError::NoMatchingSignature)
         );
-        let other_id = SignatureHeaders { id: "msg_other", ..headers(SIGNATURE) };
-        assert_eq!(v.verify(other_id, BODY, vector_time()), Err(WebhookError::NoMatchingSignature));
-        let other_ts = SignatureHeaders { timestamp: "1614265331", ..headers(SIGNATURE) };
-        assert_eq!(v.verify(other_ts, BODY, vector_time()), Err(WebhookError::NoMatchingSignature));
+        let other_id = SignatureHeaders {
+            id: "msg_other",
+            ..headers(SIGNATURE)
+        };
+        assert_eq!(
+            v.verify(other_id, BODY, vector_time()),
+            Err(WebhookError::NoMatchingSignature)
+        );
+        let other_ts = SignatureHeaders {
+            timestamp: "1614265331",
+            ..headers(SIGNATURE)
+        };
+        assert_eq!(
+            v.verify(other_ts, BODY, vector_time()),
+            Err(WebhookError::NoMatchingSignature)
+        );
         let wrong_secret = WebhookVerifier::new(WebhookSecret::parse("whsec_c2VjcmV0").unwrap());
         assert_eq!(
             wrong_secret.verify(headers(SIGNATURE), BODY, vector_time()),
@@ -289,18 +307,30 @@ mod tests {
         }
         assert_eq!(
             v.verify(headers(SIGNATURE), BODY, at(sent + 301)),
-            Err(WebhookError::Stale { skew_seconds: -301, tolerance_seconds: 300 })
+            Err(WebhookError::Stale {
+                skew_seconds: -301,
+                tolerance_seconds: 300
+            })
         );
         assert_eq!(
             v.verify(headers(SIGNATURE), BODY, at(sent - 301)),
-            Err(WebhookError::Stale { skew_seconds: 301, tolerance_seconds: 300 })
+            Err(WebhookError::Stale {
+                skew_seconds: 301,
+                tolerance_seconds: 300
+            })
         );
     }
 
     #[test]
     fn junk_signatures_and_timestamps_are_refused() {
         let v = verifier();
-        for junk in ["", "v1,", "v1,!!!notbase64", "v1,AAAA", "g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="] {
+        for junk in [
+            "",
+            "v1,",
+            "v1,!!!notbase64",
+            "v1,AAAA",
+            "g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=",
+        ] {
             assert_eq!(
                 v.verify(headers(junk), BODY, vector_time()),
                 Err(WebhookError::NoMatchingSignature),
@@ -308,8 +338,15 @@ mod tests {
             );
         }
         for ts in ["", "abc", "1614265330.5", "99999999999999999999999"] {
-            let h = SignatureHeaders { timestamp: ts, ..headers(SIGNATURE) };
-            assert_eq!(v.verify(h, BODY, vector_time()), Err(WebhookError::BadTimestamp), "{ts:?}");
+            let h = SignatureHeaders {
+                timestamp: ts,
+                ..headers(SIGNATURE)
+            };
+            assert_eq!(
+                v.verify(h, BODY, vector_time()),
+                Err(WebhookError::BadTimestamp),
+                "{ts:?}"
+            );
         }
     }
 
@@ -335,7 +372,10 @@ mod tests {
             SignatureHeaders::from_header_map(&map),
             Err(WebhookError::MissingHeader(SIGNATURE_HEADER))
         );
-        map.insert(SIGNATURE_HEADER, http::HeaderValue::from_bytes(b"v1,\xff").unwrap());
+        map.insert(
+            SIGNATURE_HEADER,
+            http::HeaderValue::from_bytes(b"v1,\xff").unwrap(),
+        );
         assert_eq!(
             SignatureHeaders::from_header_map(&map),
             Err(WebhookError::InvalidHeader(SIGNATURE_HEADER))
@@ -348,7 +388,11 @@ mod tests {
     #[test]
     fn malformed_secrets_are_refused_and_never_printed() {
         for bad in ["", "whsec_", "whsec_!!!", "whsec_ not base64"] {
-            assert_eq!(WebhookSecret::parse(bad), Err(WebhookError::MalformedSecret), "{bad:?}");
+            assert_eq!(
+                WebhookSecret::parse(bad),
+                Err(WebhookError::MalformedSecret),
+                "{bad:?}"
+            );
         }
         let secret = WebhookSecret::parse(SECRET).unwrap();
         assert!(!format!("{secret:?}").contains("MfKQ"));

@@ -3,8 +3,8 @@
 use std::time::{Duration, Instant};
 
 use imagegen_shared::replicate::{
-    ApiToken, ClientConfig, ModelRef, PredictionStatus, ReplicateApi, ReplicateClient, ReplicateError, RetryPolicy,
-    WebhookEvent, WebhookTarget,
+    ApiToken, ClientConfig, ModelRef, PredictionStatus, ReplicateApi, ReplicateClient,
+    ReplicateError, RetryPolicy, WebhookEvent, WebhookTarget,
 };
 use serde_json::{Map, Value, json};
 use wiremock::matchers::{body_json, header, method, path};
@@ -23,7 +23,11 @@ fn policy() -> RetryPolicy {
     }
 }
 
-fn client_with(server: &MockServer, retry: RetryPolicy, request_timeout: Duration) -> ReplicateClient {
+fn client_with(
+    server: &MockServer,
+    retry: RetryPolicy,
+    request_timeout: Duration,
+) -> ReplicateClient {
     let mut config = ClientConfig::new(format!("{}/v1", server.uri()), ApiToken::new(TOKEN));
     config.retry = retry;
     config.request_timeout = request_timeout;
@@ -76,7 +80,10 @@ async fn create_by_version_sends_exact_body_and_accepts_201() {
         url: "https://api.example.com/webhooks/replicate".into(),
         events: vec![WebhookEvent::Start, WebhookEvent::Completed],
     };
-    let p = client(&server).create_prediction(&sdxl(), &input(), Some(&webhook)).await.unwrap();
+    let p = client(&server)
+        .create_prediction(&sdxl(), &input(), Some(&webhook))
+        .await
+        .unwrap();
     assert_eq!(p.id, "p1");
     assert_eq!(p.status, PredictionStatus::Starting);
     assert_eq!(p.version.as_deref(), Some(SDXL));
@@ -86,7 +93,9 @@ async fn create_by_version_sends_exact_body_and_accepts_201() {
 async fn create_official_model_uses_model_endpoint_and_accepts_202() {
     let server = MockServer::start().await;
     Mock::given(method("POST"))
-        .and(path("/v1/models/black-forest-labs/flux-schnell/predictions"))
+        .and(path(
+            "/v1/models/black-forest-labs/flux-schnell/predictions",
+        ))
         .and(body_json(json!({"input": {"prompt": "a cat"}})))
         .respond_with(ResponseTemplate::new(202).set_body_json(json!({
             "id": "p2", "model": "black-forest-labs/flux-schnell", "version": "hidden",
@@ -97,7 +106,10 @@ async fn create_official_model_uses_model_endpoint_and_accepts_202() {
         .mount(&server)
         .await;
     let model = ModelRef::parse("black-forest-labs/flux-schnell").unwrap();
-    let p = client(&server).create_prediction(&model, &input(), None).await.unwrap();
+    let p = client(&server)
+        .create_prediction(&model, &input(), None)
+        .await
+        .unwrap();
     assert_eq!(p.id, "p2");
     assert_eq!(p.version, None);
 }
@@ -120,9 +132,16 @@ async fn create_429_with_retry_after_waits_that_long_then_succeeds() {
         .mount(&server)
         .await;
     let started = Instant::now();
-    let p = client(&server).create_prediction(&sdxl(), &input(), None).await.unwrap();
+    let p = client(&server)
+        .create_prediction(&sdxl(), &input(), None)
+        .await
+        .unwrap();
     assert_eq!(p.id, "p3");
-    assert!(started.elapsed() >= Duration::from_secs(1), "Retry-After honoured: {:?}", started.elapsed());
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "Retry-After honoured: {:?}",
+        started.elapsed()
+    );
     assert_eq!(request_count(&server).await, 2);
 }
 
@@ -130,7 +149,9 @@ async fn create_429_with_retry_after_waits_that_long_then_succeeds() {
 async fn create_429_without_retry_after_backs_off_and_succeeds() {
     let server = MockServer::start().await;
     Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(429).set_body_json(json!({"detail": "Request was throttled."})))
+        .respond_with(
+            ResponseTemplate::new(429).set_body_json(json!({"detail": "Request was throttled."})),
+        )
         .up_to_n_times(2)
         .with_priority(1)
         .mount(&server)
@@ -139,7 +160,10 @@ async fn create_429_without_retry_after_backs_off_and_succeeds() {
         .respond_with(ResponseTemplate::new(201).set_body_json(prediction_json("p4", "starting")))
         .mount(&server)
         .await;
-    let p = client(&server).create_prediction(&sdxl(), &input(), None).await.unwrap();
+    let p = client(&server)
+        .create_prediction(&sdxl(), &input(), None)
+        .await
+        .unwrap();
     assert_eq!(p.id, "p4");
     assert_eq!(request_count(&server).await, 3);
 }
@@ -148,10 +172,9 @@ async fn create_429_without_retry_after_backs_off_and_succeeds() {
 async fn throttle_hint_in_429_body_is_used_when_no_header() {
     let server = MockServer::start().await;
     Mock::given(method("GET"))
-        .respond_with(
-            ResponseTemplate::new(429)
-                .set_body_json(json!({"detail": "Request was throttled. Expected available in 1 second."})),
-        )
+        .respond_with(ResponseTemplate::new(429).set_body_json(
+            json!({"detail": "Request was throttled. Expected available in 1 second."}),
+        ))
         .up_to_n_times(1)
         .with_priority(1)
         .mount(&server)
@@ -162,18 +185,30 @@ async fn throttle_hint_in_429_body_is_used_when_no_header() {
         .await;
     let started = Instant::now();
     client(&server).get_prediction("p5").await.unwrap();
-    assert!(started.elapsed() >= Duration::from_secs(1), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test]
 async fn persistent_429_ends_in_throttled_with_a_retry_hint() {
     let server = MockServer::start().await;
     Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(429).set_body_json(json!({"detail": "Request was throttled."})))
+        .respond_with(
+            ResponseTemplate::new(429).set_body_json(json!({"detail": "Request was throttled."})),
+        )
         .mount(&server)
         .await;
-    let err = client(&server).create_prediction(&sdxl(), &input(), None).await.unwrap_err();
-    assert!(matches!(err, ReplicateError::Throttled { attempts: 4, .. }), "{err:?}");
+    let err = client(&server)
+        .create_prediction(&sdxl(), &input(), None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ReplicateError::Throttled { attempts: 4, .. }),
+        "{err:?}"
+    );
     assert!(err.retry_later().is_some());
     assert_eq!(request_count(&server).await, 4);
 }
@@ -186,10 +221,16 @@ async fn retry_after_beyond_the_cap_is_handed_back_without_waiting() {
         .mount(&server)
         .await;
     let started = Instant::now();
-    let err = client(&server).create_prediction(&sdxl(), &input(), None).await.unwrap_err();
+    let err = client(&server)
+        .create_prediction(&sdxl(), &input(), None)
+        .await
+        .unwrap_err();
     assert!(started.elapsed() < Duration::from_secs(5));
     match err {
-        ReplicateError::Throttled { retry_after, attempts } => {
+        ReplicateError::Throttled {
+            retry_after,
+            attempts,
+        } => {
             assert_eq!(retry_after, Some(Duration::from_secs(120)));
             assert_eq!(attempts, 1);
         }
@@ -210,8 +251,21 @@ async fn total_wait_budget_stops_retries() {
         max_total_wait: Duration::from_millis(1500),
         ..policy()
     };
-    let err = client_with(&server, retry, Duration::from_secs(5)).get_prediction("p").await.unwrap_err();
-    assert!(matches!(err, ReplicateError::Unavailable { status: 503, attempts: 2, .. }), "{err:?}");
+    let err = client_with(&server, retry, Duration::from_secs(5))
+        .get_prediction("p")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ReplicateError::Unavailable {
+                status: 503,
+                attempts: 2,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     assert_eq!(err.retry_later().unwrap().after, Duration::from_secs(1));
     assert_eq!(request_count(&server).await, 2);
 }
@@ -239,9 +293,22 @@ async fn get_500_then_success_is_retried() {
 #[tokio::test]
 async fn persistent_5xx_on_get_ends_in_unavailable() {
     let server = MockServer::start().await;
-    Mock::given(method("GET")).respond_with(ResponseTemplate::new(502)).mount(&server).await;
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(502))
+        .mount(&server)
+        .await;
     let err = client(&server).get_prediction("p").await.unwrap_err();
-    assert!(matches!(err, ReplicateError::Unavailable { status: 502, attempts: 4, .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            ReplicateError::Unavailable {
+                status: 502,
+                attempts: 4,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     assert_eq!(request_count(&server).await, 4);
 }
 
@@ -252,8 +319,14 @@ async fn create_is_not_retried_on_an_ambiguous_500() {
         .respond_with(ResponseTemplate::new(500).set_body_json(json!({"detail": "oops"})))
         .mount(&server)
         .await;
-    let err = client(&server).create_prediction(&sdxl(), &input(), None).await.unwrap_err();
-    assert!(matches!(err, ReplicateError::CreateOutcomeUnknown { .. }), "{err:?}");
+    let err = client(&server)
+        .create_prediction(&sdxl(), &input(), None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ReplicateError::CreateOutcomeUnknown { .. }),
+        "{err:?}"
+    );
     assert!(err.retry_later().is_none());
     assert_eq!(request_count(&server).await, 1);
 }
@@ -270,8 +343,14 @@ async fn create_timeout_is_not_retried() {
         .mount(&server)
         .await;
     let client = client_with(&server, policy(), Duration::from_millis(300));
-    let err = client.create_prediction(&sdxl(), &input(), None).await.unwrap_err();
-    assert!(matches!(err, ReplicateError::CreateOutcomeUnknown { .. }), "{err:?}");
+    let err = client
+        .create_prediction(&sdxl(), &input(), None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ReplicateError::CreateOutcomeUnknown { .. }),
+        "{err:?}"
+    );
     assert_eq!(request_count(&server).await, 1);
 }
 
@@ -305,9 +384,18 @@ async fn get_that_always_times_out_ends_in_timed_out() {
         .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_secs(2)))
         .mount(&server)
         .await;
-    let retry = RetryPolicy { max_attempts: 2, ..policy() };
-    let err = client_with(&server, retry, Duration::from_millis(200)).get_prediction("p").await.unwrap_err();
-    assert!(matches!(err, ReplicateError::TimedOut { attempts: 2 }), "{err:?}");
+    let retry = RetryPolicy {
+        max_attempts: 2,
+        ..policy()
+    };
+    let err = client_with(&server, retry, Duration::from_millis(200))
+        .get_prediction("p")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ReplicateError::TimedOut { attempts: 2 }),
+        "{err:?}"
+    );
     assert!(err.retry_later().is_some());
 }
 
@@ -319,7 +407,10 @@ async fn malformed_json_is_an_invalid_response() {
         .mount(&server)
         .await;
     let err = client(&server).get_prediction("p8").await.unwrap_err();
-    assert!(matches!(err, ReplicateError::InvalidResponse { .. }), "{err:?}");
+    assert!(
+        matches!(err, ReplicateError::InvalidResponse { .. }),
+        "{err:?}"
+    );
     assert_eq!(request_count(&server).await, 1);
 }
 
@@ -335,14 +426,26 @@ async fn client_errors_carry_replicates_problem_and_are_not_retried() {
         })))
         .mount(&server)
         .await;
-    let err = client(&server).create_prediction(&sdxl(), &input(), None).await.unwrap_err();
+    let err = client(&server)
+        .create_prediction(&sdxl(), &input(), None)
+        .await
+        .unwrap_err();
     match &err {
-        ReplicateError::Rejected { status: 422, problem } => {
-            assert_eq!(problem.invalid_fields[0].field.as_deref(), Some("input.width"));
+        ReplicateError::Rejected {
+            status: 422,
+            problem,
+        } => {
+            assert_eq!(
+                problem.invalid_fields[0].field.as_deref(),
+                Some("input.width")
+            );
         }
         other => panic!("expected Rejected, got {other:?}"),
     }
-    assert!(err.to_string().contains("Must be less than or equal to 1440"));
+    assert!(
+        err.to_string()
+            .contains("Must be less than or equal to 1440")
+    );
     assert_eq!(request_count(&server).await, 1);
 }
 
@@ -360,15 +463,25 @@ async fn not_found_is_recognisable() {
 #[tokio::test]
 async fn connection_refused_is_retried_then_unreachable() {
     // Bind to learn a free port, then close it so connections are refused.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let mut config = ClientConfig::new(format!("http://127.0.0.1:{port}/v1"), ApiToken::new(TOKEN));
     config.retry = policy();
     let client = ReplicateClient::new(config).unwrap();
     for err in [
-        client.create_prediction(&sdxl(), &input(), None).await.unwrap_err(),
+        client
+            .create_prediction(&sdxl(), &input(), None)
+            .await
+            .unwrap_err(),
         client.get_prediction("p").await.unwrap_err(),
     ] {
-        assert!(matches!(err, ReplicateError::Unreachable { attempts: 4, .. }), "{err:?}");
+        assert!(
+            matches!(err, ReplicateError::Unreachable { attempts: 4, .. }),
+            "{err:?}"
+        );
         assert!(err.retry_later().is_some());
     }
 }
@@ -391,12 +504,19 @@ async fn webhook_secret_is_fetched_and_parsed() {
     let server = MockServer::start().await;
     Mock::given(method("GET"))
         .and(path("/v1/webhooks/default/secret"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"key": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"})))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"key": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"})),
+        )
         .mount(&server)
         .await;
     let secret = client(&server).webhook_secret().await.unwrap();
     assert_eq!(
-        secret.sign("msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, br#"{"test": 2432232314}"#),
+        secret.sign(
+            "msg_p5jXN8AQM9LWM0D4loKWxJek",
+            1614265330,
+            br#"{"test": 2432232314}"#
+        ),
         "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
     );
 }
@@ -409,7 +529,10 @@ async fn malformed_webhook_secret_is_an_invalid_response() {
         .mount(&server)
         .await;
     let err = client(&server).webhook_secret().await.unwrap_err();
-    assert!(matches!(err, ReplicateError::InvalidResponse { .. }), "{err:?}");
+    assert!(
+        matches!(err, ReplicateError::InvalidResponse { .. }),
+        "{err:?}"
+    );
 }
 
 #[tokio::test]
@@ -424,6 +547,9 @@ async fn get_model_reads_latest_version() {
         })))
         .mount(&server)
         .await;
-    let model = client(&server).get_model("stability-ai", "sdxl").await.unwrap();
+    let model = client(&server)
+        .get_model("stability-ai", "sdxl")
+        .await
+        .unwrap();
     assert_eq!(model.latest_version.unwrap().id, SDXL);
 }

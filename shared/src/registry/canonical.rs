@@ -58,7 +58,11 @@ pub struct CacheKey(String);
 impl CacheKey {
     pub fn new(model: &ModelRef, input: &ValidatedInput) -> Self {
         let mut hasher = Sha256::new();
-        for part in [CACHE_KEY_SCHEME, &model.to_string(), &canonical_json(&Value::Object(input.as_map().clone()))] {
+        for part in [
+            CACHE_KEY_SCHEME,
+            &model.to_string(),
+            &canonical_json(&Value::Object(input.as_map().clone())),
+        ] {
             // Length-prefixed, so no two different (model, input) pairs share a byte stream.
             hasher.update((part.len() as u64).to_be_bytes());
             hasher.update(part.as_bytes());
@@ -84,7 +88,10 @@ mod tests {
     #[test]
     fn keys_are_sorted_at_every_level() {
         let v = json!({"b": 1, "a": {"d": [3, {"z": 1, "y": 2}], "c": "x\"y"}});
-        assert_eq!(canonical_json(&v), r#"{"a":{"c":"x\"y","d":[3,{"y":2,"z":1}]},"b":1}"#);
+        assert_eq!(
+            canonical_json(&v),
+            r#"{"a":{"c":"x\"y","d":[3,{"y":2,"z":1}]},"b":1}"#
+        );
     }
 
     #[test]

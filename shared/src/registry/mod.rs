@@ -157,8 +157,14 @@ impl ModelRegistry {
             (Some(asked), Some(pinned)) if asked == pinned => Ok(alias),
             (Some(_), pinned) => Err(UnknownModel {
                 reason: match pinned {
-                    Some(pinned) => format!("only version {pinned} of `{}` is available here", reference.path()),
-                    None => format!("`{}` runs without a version here; omit `:version`", reference.path()),
+                    Some(pinned) => format!(
+                        "only version {pinned} of `{}` is available here",
+                        reference.path()
+                    ),
+                    None => format!(
+                        "`{}` runs without a version here; omit `:version`",
+                        reference.path()
+                    ),
                 },
             }),
         }
@@ -184,7 +190,9 @@ fn merge_patch(target: &mut Value, patch: Value) {
     if !target.is_object() {
         *target = Value::Object(Default::default());
     }
-    let Value::Object(target) = target else { return };
+    let Value::Object(target) = target else {
+        return;
+    };
     for (key, value) in patch {
         if value.is_null() {
             target.remove(&key);
@@ -197,9 +205,9 @@ fn merge_patch(target: &mut Value, patch: Value) {
 fn valid_alias_name(alias: &str) -> bool {
     !alias.is_empty()
         && alias.len() <= 64
-        && alias
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'.' | b'_'))
+        && alias.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'.' | b'_')
+        })
 }
 
 fn build_alias(alias: &str, spec: AliasSpec) -> Result<ModelAlias, RegistryError> {
@@ -208,11 +216,15 @@ fn build_alias(alias: &str, spec: AliasSpec) -> Result<ModelAlias, RegistryError
         message,
     };
     if !valid_alias_name(alias) {
-        return Err(fail("alias names use lowercase letters, digits, `-`, `.` and `_`".to_owned()));
+        return Err(fail(
+            "alias names use lowercase letters, digits, `-`, `.` and `_`".to_owned(),
+        ));
     }
     let mut model = ModelRef::parse(&spec.model).map_err(|e| fail(format!("model: {e}")))?;
     if model.version.is_some() {
-        return Err(fail("give the version in `version`, not in `model`".to_owned()));
+        return Err(fail(
+            "give the version in `version`, not in `model`".to_owned(),
+        ));
     }
     model.version = spec
         .version
@@ -232,7 +244,9 @@ fn build_alias(alias: &str, spec: AliasSpec) -> Result<ModelAlias, RegistryError
             Rule::OnlyWhen { fields, field, .. } => fields.iter().chain([field]).collect(),
         };
         if let Some(missing) = named.into_iter().find(|f| !spec.inputs.contains_key(*f)) {
-            return Err(fail(format!("a rule names `{missing}`, which is not an input")));
+            return Err(fail(format!(
+                "a rule names `{missing}`, which is not an input"
+            )));
         }
     }
     Ok(ModelAlias {
@@ -246,11 +260,26 @@ fn build_alias(alias: &str, spec: AliasSpec) -> Result<ModelAlias, RegistryError
 /// A spec must be satisfiable and its default must pass its own checks.
 fn check_field_spec(spec: &FieldSpec) -> Result<(), String> {
     let default = match spec {
-        FieldSpec::Integer { min: Some(lo), max: Some(hi), .. } if lo > hi => return Err("min is above max".into()),
-        FieldSpec::Number { min: Some(lo), max: Some(hi), .. } if lo > hi => return Err("min is above max".into()),
-        FieldSpec::Integer { multiple_of: Some(step), .. } if *step <= 0 => return Err("multiple_of must be positive".into()),
-        FieldSpec::Enum { values, .. } if values.is_empty() => return Err("an enum needs values".into()),
-        FieldSpec::String { default, .. } | FieldSpec::Enum { default, .. } => default.clone().map(Value::String),
+        FieldSpec::Integer {
+            min: Some(lo),
+            max: Some(hi),
+            ..
+        } if lo > hi => return Err("min is above max".into()),
+        FieldSpec::Number {
+            min: Some(lo),
+            max: Some(hi),
+            ..
+        } if lo > hi => return Err("min is above max".into()),
+        FieldSpec::Integer {
+            multiple_of: Some(step),
+            ..
+        } if *step <= 0 => return Err("multiple_of must be positive".into()),
+        FieldSpec::Enum { values, .. } if values.is_empty() => {
+            return Err("an enum needs values".into());
+        }
+        FieldSpec::String { default, .. } | FieldSpec::Enum { default, .. } => {
+            default.clone().map(Value::String)
+        }
         FieldSpec::Integer { default, .. } => default.map(Value::from),
         FieldSpec::Number { default, .. } => default.map(Value::from),
         FieldSpec::Boolean { default, .. } => default.map(Value::Bool),
@@ -261,27 +290,44 @@ fn check_field_spec(spec: &FieldSpec) -> Result<(), String> {
     }
     match default {
         // An empty default string is allowed even where clients must not send one.
-        Some(Value::String(s)) if s.is_empty() && matches!(spec, FieldSpec::String { .. }) => Ok(()),
-        Some(value) => validate::check_value(spec, &value).map(|_| ()).map_err(|m| format!("default {m}")),
+        Some(Value::String(s)) if s.is_empty() && matches!(spec, FieldSpec::String { .. }) => {
+            Ok(())
+        }
+        Some(value) => validate::check_value(spec, &value)
+            .map(|_| ())
+            .map_err(|m| format!("default {m}")),
         None => Ok(()),
     }
 }
 
-fn index_by_model(aliases: &BTreeMap<String, (ModelAlias, bool)>) -> Result<HashMap<String, String>, RegistryError> {
+fn index_by_model(
+    aliases: &BTreeMap<String, (ModelAlias, bool)>,
+) -> Result<HashMap<String, String>, RegistryError> {
     let mut groups: BTreeMap<String, Vec<(&String, bool)>> = BTreeMap::new();
     for (name, (alias, primary)) in aliases {
-        groups.entry(alias.model.path()).or_default().push((name, *primary));
+        groups
+            .entry(alias.model.path())
+            .or_default()
+            .push((name, *primary));
     }
     let mut by_model = HashMap::new();
     for (model, members) in groups {
-        let primaries: Vec<&String> = members.iter().filter(|(_, p)| *p).map(|(n, _)| *n).collect();
+        let primaries: Vec<&String> = members
+            .iter()
+            .filter(|(_, p)| *p)
+            .map(|(n, _)| *n)
+            .collect();
         let chosen = match (members.as_slice(), primaries.as_slice()) {
             ([(only, _)], _) => *only,
             (_, [primary]) => *primary,
             _ => {
                 return Err(RegistryError::Document(format!(
                     "aliases {} share `{model}`; mark exactly one of them `\"primary\": true`",
-                    members.iter().map(|(n, _)| format!("`{n}`")).collect::<Vec<_>>().join(", ")
+                    members
+                        .iter()
+                        .map(|(n, _)| format!("`{n}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 )));
             }
         };
@@ -303,7 +349,13 @@ mod tests {
     #[test]
     fn merge_patch_follows_rfc_7396() {
         let mut doc = json!({"a": {"b": 1, "c": 2}, "d": [1, 2], "e": 1});
-        merge_patch(&mut doc, json!({"a": {"b": null, "x": 3}, "d": [3], "f": {"g": 1}}));
-        assert_eq!(doc, json!({"a": {"c": 2, "x": 3}, "d": [3], "e": 1, "f": {"g": 1}}));
+        merge_patch(
+            &mut doc,
+            json!({"a": {"b": null, "x": 3}, "d": [3], "f": {"g": 1}}),
+        );
+        assert_eq!(
+            doc,
+            json!({"a": {"c": 2, "x": 3}, "d": [3], "e": 1, "f": {"g": 1}})
+        );
     }
 }

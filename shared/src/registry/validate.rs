@@ -102,22 +102,40 @@ pub(super) fn validate(
 
 fn unknown_field_message(inputs: &BTreeMap<String, FieldSpec>) -> String {
     let known: Vec<&str> = inputs.keys().map(String::as_str).collect();
-    format!("is not an input of this model (known: {})", known.join(", "))
+    format!(
+        "is not an input of this model (known: {})",
+        known.join(", ")
+    )
 }
 
-fn check_rule(rule: &Rule, given: &Map<String, Value>, out: &Map<String, Value>, errors: &mut Vec<FieldError>) {
+fn check_rule(
+    rule: &Rule,
+    given: &Map<String, Value>,
+    out: &Map<String, Value>,
+    errors: &mut Vec<FieldError>,
+) {
     let is_given = |f: &str| given.get(f).is_some_and(|v| !v.is_null());
     match rule {
         Rule::Requires { field, requires } => {
             if is_given(field) && !out.contains_key(requires) {
-                errors.push(FieldError::new(field, format!("needs `{requires}` to be given too")));
+                errors.push(FieldError::new(
+                    field,
+                    format!("needs `{requires}` to be given too"),
+                ));
             }
         }
-        Rule::OnlyWhen { fields, field, equals } => {
+        Rule::OnlyWhen {
+            fields,
+            field,
+            equals,
+        } => {
             let holds = out.get(field).and_then(Value::as_str) == Some(equals.as_str());
             for f in fields.iter().filter(|f| is_given(f)) {
                 if !holds {
-                    errors.push(FieldError::new(f, format!("is only used when `{field}` is \"{equals}\"")));
+                    errors.push(FieldError::new(
+                        f,
+                        format!("is only used when `{field}` is \"{equals}\""),
+                    ));
                 }
             }
         }
@@ -126,7 +144,9 @@ fn check_rule(rule: &Rule, given: &Map<String, Value>, out: &Map<String, Value>,
 
 fn default_value(spec: &FieldSpec) -> Option<Value> {
     match spec {
-        FieldSpec::String { default, .. } | FieldSpec::Enum { default, .. } => default.clone().map(Value::String),
+        FieldSpec::String { default, .. } | FieldSpec::Enum { default, .. } => {
+            default.clone().map(Value::String)
+        }
         FieldSpec::Integer { default, .. } => default.map(Value::from),
         FieldSpec::Number { default, .. } => default.and_then(Number::from_f64).map(Value::Number),
         FieldSpec::Boolean { default, .. } => default.map(Value::Bool),
@@ -137,7 +157,11 @@ fn default_value(spec: &FieldSpec) -> Option<Value> {
 /// Checks one value against its spec and returns its normalised form, or why it is wrong.
 pub(super) fn check_value(spec: &FieldSpec, value: &Value) -> Result<Value, String> {
     match spec {
-        FieldSpec::String { min_length, max_length, .. } => {
+        FieldSpec::String {
+            min_length,
+            max_length,
+            ..
+        } => {
             let s = value.as_str().ok_or("must be a string")?;
             let length = s.chars().count();
             let min = min_length.unwrap_or(0);
@@ -148,11 +172,18 @@ pub(super) fn check_value(spec: &FieldSpec, value: &Value) -> Result<Value, Stri
                 });
             }
             if length > *max_length {
-                return Err(format!("must be at most {max_length} characters (got {length})"));
+                return Err(format!(
+                    "must be at most {max_length} characters (got {length})"
+                ));
             }
             Ok(value.clone())
         }
-        FieldSpec::Integer { min, max, multiple_of, .. } => {
+        FieldSpec::Integer {
+            min,
+            max,
+            multiple_of,
+            ..
+        } => {
             let n = as_integer(value).ok_or("must be an integer")?;
             check_range(n, *min, *max)?;
             if let Some(step) = multiple_of.filter(|step| *step > 0)
@@ -163,11 +194,19 @@ pub(super) fn check_value(spec: &FieldSpec, value: &Value) -> Result<Value, Stri
             Ok(Value::from(n))
         }
         FieldSpec::Number { min, max, .. } => {
-            let x = value.as_f64().filter(|x| x.is_finite()).ok_or("must be a number")?;
+            let x = value
+                .as_f64()
+                .filter(|x| x.is_finite())
+                .ok_or("must be a number")?;
             check_range(x, *min, *max)?;
-            Number::from_f64(x).map(Value::Number).ok_or_else(|| "must be a number".to_owned())
+            Number::from_f64(x)
+                .map(Value::Number)
+                .ok_or_else(|| "must be a number".to_owned())
         }
-        FieldSpec::Boolean { .. } => value.as_bool().map(Value::Bool).ok_or_else(|| "must be true or false".to_owned()),
+        FieldSpec::Boolean { .. } => value
+            .as_bool()
+            .map(Value::Bool)
+            .ok_or_else(|| "must be true or false".to_owned()),
         FieldSpec::Enum { values, .. } => {
             let s = value.as_str();
             match s.filter(|s| values.iter().any(|v| v == s)) {
@@ -175,9 +214,16 @@ pub(super) fn check_value(spec: &FieldSpec, value: &Value) -> Result<Value, Stri
                 None => Err(format!("must be one of {}", quoted_list(values))),
             }
         }
-        FieldSpec::Image { max_inline_bytes, .. } => {
-            let s = value.as_str().ok_or("must be an http(s) URL or a data URL string")?;
-            check_image(s, max_inline_bytes.unwrap_or(DEFAULT_MAX_INLINE_IMAGE_BYTES))?;
+        FieldSpec::Image {
+            max_inline_bytes, ..
+        } => {
+            let s = value
+                .as_str()
+                .ok_or("must be an http(s) URL or a data URL string")?;
+            check_image(
+                s,
+                max_inline_bytes.unwrap_or(DEFAULT_MAX_INLINE_IMAGE_BYTES),
+            )?;
             Ok(value.clone())
         }
     }
@@ -193,7 +239,11 @@ fn as_integer(value: &Value) -> Option<i64> {
     (x.fract() == 0.0 && x >= i64::MIN as f64 && x < i64::MAX as f64).then_some(x as i64)
 }
 
-fn check_range<T: PartialOrd + fmt::Display + Copy>(n: T, min: Option<T>, max: Option<T>) -> Result<(), String> {
+fn check_range<T: PartialOrd + fmt::Display + Copy>(
+    n: T,
+    min: Option<T>,
+    max: Option<T>,
+) -> Result<(), String> {
     match (min, max) {
         (Some(lo), Some(hi)) if n < lo || n > hi => Err(format!("must be between {lo} and {hi}")),
         (Some(lo), None) if n < lo => Err(format!("must be at least {lo}")),
@@ -203,7 +253,11 @@ fn check_range<T: PartialOrd + fmt::Display + Copy>(n: T, min: Option<T>, max: O
 }
 
 fn quoted_list(values: &[String]) -> String {
-    values.iter().map(|v| format!("\"{v}\"")).collect::<Vec<_>>().join(", ")
+    values
+        .iter()
+        .map(|v| format!("\"{v}\""))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn check_image(s: &str, max_inline_bytes: usize) -> Result<(), String> {
@@ -211,7 +265,9 @@ fn check_image(s: &str, max_inline_bytes: usize) -> Result<(), String> {
         return check_data_url(rest, max_inline_bytes);
     }
     if s.len() > MAX_IMAGE_URL_LEN {
-        return Err(format!("URL must be at most {MAX_IMAGE_URL_LEN} characters"));
+        return Err(format!(
+            "URL must be at most {MAX_IMAGE_URL_LEN} characters"
+        ));
     }
     let url = url::Url::parse(s).map_err(|_| "must be an http(s) URL or a data URL".to_owned())?;
     if !matches!(url.scheme(), "http" | "https") {
@@ -225,39 +281,54 @@ fn check_image(s: &str, max_inline_bytes: usize) -> Result<(), String> {
 
 fn strip_prefix_ignore_case<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
     let head = s.get(..prefix.len())?;
-    head.eq_ignore_ascii_case(prefix).then(|| &s[prefix.len()..])
+    head.eq_ignore_ascii_case(prefix)
+        .then(|| &s[prefix.len()..])
 }
 
 /// `data:image/<type>;base64,<payload>`, at most `max_bytes` once decoded. The encoded
 /// length is checked first so an oversized payload is refused without decoding it.
 fn check_data_url(rest: &str, max_bytes: usize) -> Result<(), String> {
-    let (meta, payload) = rest.split_once(',').ok_or("data URL has no `,` before its data")?;
+    let (meta, payload) = rest
+        .split_once(',')
+        .ok_or("data URL has no `,` before its data")?;
     let mut params = meta.split(';');
-    let media_type = params.next().unwrap_or_default().trim().to_ascii_lowercase();
+    let media_type = params
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
     if !media_type.starts_with("image/") || media_type.len() <= "image/".len() {
-        return Err("data URL must have an image media type (e.g. data:image/png;base64,...)".to_owned());
+        return Err(
+            "data URL must have an image media type (e.g. data:image/png;base64,...)".to_owned(),
+        );
     }
     if !params.any(|p| p.trim().eq_ignore_ascii_case("base64")) {
         return Err("data URL must be base64-encoded (;base64,)".to_owned());
     }
     let limit = human_bytes(max_bytes);
     if payload.len() > max_bytes.div_ceil(3) * 4 {
-        return Err(format!("inline image must be at most {limit} decoded; pass a URL instead"));
+        return Err(format!(
+            "inline image must be at most {limit} decoded; pass a URL instead"
+        ));
     }
-    let decoded = BASE64.decode(payload).map_err(|_| "data URL payload is not valid base64".to_owned())?;
+    let decoded = BASE64
+        .decode(payload)
+        .map_err(|_| "data URL payload is not valid base64".to_owned())?;
     if decoded.is_empty() {
         return Err("data URL has no data".to_owned());
     }
     if decoded.len() > max_bytes {
-        return Err(format!("inline image must be at most {limit} decoded; pass a URL instead"));
+        return Err(format!(
+            "inline image must be at most {limit} decoded; pass a URL instead"
+        ));
     }
     Ok(())
 }
 
 fn human_bytes(n: usize) -> String {
-    if n >= 1024 * 1024 && n % (1024 * 1024) == 0 {
+    if n >= 1024 * 1024 && n.is_multiple_of(1024 * 1024) {
         format!("{} MB", n / (1024 * 1024))
-    } else if n >= 1024 && n % 1024 == 0 {
+    } else if n >= 1024 && n.is_multiple_of(1024) {
         format!("{} KB", n / 1024)
     } else {
         format!("{n} bytes")
@@ -270,7 +341,10 @@ mod tests {
     use serde_json::json;
 
     fn image(required: bool) -> FieldSpec {
-        FieldSpec::Image { required, max_inline_bytes: Some(30) }
+        FieldSpec::Image {
+            required,
+            max_inline_bytes: Some(30),
+        }
     }
 
     #[test]
@@ -278,10 +352,17 @@ mod tests {
         let spec = image(false);
         let ok = format!("data:image/png;base64,{}", BASE64.encode([7u8; 30]));
         assert!(check_value(&spec, &json!(ok)).is_ok());
-        let upper = format!("DATA:image/PNG;charset=x;BASE64,{}", BASE64.encode([7u8; 3]));
+        let upper = format!(
+            "DATA:image/PNG;charset=x;BASE64,{}",
+            BASE64.encode([7u8; 3])
+        );
         assert!(check_value(&spec, &json!(upper)).is_ok());
         let too_big = format!("data:image/png;base64,{}", BASE64.encode([7u8; 31]));
-        assert!(check_value(&spec, &json!(too_big)).unwrap_err().contains("at most 30 bytes"));
+        assert!(
+            check_value(&spec, &json!(too_big))
+                .unwrap_err()
+                .contains("at most 30 bytes")
+        );
         for (bad, needle) in [
             ("data:text/plain;base64,aGk=", "image media type"),
             ("data:image/png,rawbytes", "base64-encoded"),
@@ -299,7 +380,11 @@ mod tests {
     fn oversized_payload_is_refused_before_decoding() {
         // Not valid base64 at all, but too long: the size message wins, proving no decode.
         let huge = format!("data:image/png;base64,{}", "*".repeat(1000));
-        assert!(check_value(&image(false), &json!(huge)).unwrap_err().contains("at most"));
+        assert!(
+            check_value(&image(false), &json!(huge))
+                .unwrap_err()
+                .contains("at most")
+        );
     }
 
     #[test]
@@ -307,46 +392,112 @@ mod tests {
         let spec = image(true);
         assert!(check_value(&spec, &json!("https://example.com/cat.png")).is_ok());
         assert!(check_value(&spec, &json!("http://127.0.0.1:9000/x.jpg")).is_ok());
-        for bad in [json!("ftp://example.com/x.png"), json!("file:///etc/passwd"), json!("not a url"), json!(42), json!("https://")] {
+        for bad in [
+            json!("ftp://example.com/x.png"),
+            json!("file:///etc/passwd"),
+            json!("not a url"),
+            json!(42),
+            json!("https://"),
+        ] {
             assert!(check_value(&spec, &bad).is_err(), "{bad}");
         }
         let long = format!("https://example.com/{}", "a".repeat(MAX_IMAGE_URL_LEN));
-        assert!(check_value(&spec, &json!(long)).unwrap_err().contains("at most"));
+        assert!(
+            check_value(&spec, &json!(long))
+                .unwrap_err()
+                .contains("at most")
+        );
     }
 
     #[test]
     fn integers_accept_whole_floats_and_reject_fractions() {
-        let spec = FieldSpec::Integer { required: false, min: Some(1), max: Some(4), multiple_of: None, default: None };
+        let spec = FieldSpec::Integer {
+            required: false,
+            min: Some(1),
+            max: Some(4),
+            multiple_of: None,
+            default: None,
+        };
         assert_eq!(check_value(&spec, &json!(4.0)), Ok(json!(4)));
         assert_eq!(check_value(&spec, &json!(2)), Ok(json!(2)));
-        assert_eq!(check_value(&spec, &json!(2.5)), Err("must be an integer".to_owned()));
-        assert_eq!(check_value(&spec, &json!("2")), Err("must be an integer".to_owned()));
-        assert_eq!(check_value(&spec, &json!(1e300)), Err("must be an integer".to_owned()));
-        assert_eq!(check_value(&spec, &json!(u64::MAX)), Err("must be an integer".to_owned()));
-        assert_eq!(check_value(&spec, &json!(5)), Err("must be between 1 and 4".to_owned()));
+        assert_eq!(
+            check_value(&spec, &json!(2.5)),
+            Err("must be an integer".to_owned())
+        );
+        assert_eq!(
+            check_value(&spec, &json!("2")),
+            Err("must be an integer".to_owned())
+        );
+        assert_eq!(
+            check_value(&spec, &json!(1e300)),
+            Err("must be an integer".to_owned())
+        );
+        assert_eq!(
+            check_value(&spec, &json!(u64::MAX)),
+            Err("must be an integer".to_owned())
+        );
+        assert_eq!(
+            check_value(&spec, &json!(5)),
+            Err("must be between 1 and 4".to_owned())
+        );
     }
 
     #[test]
     fn numbers_normalise_to_floats() {
-        let spec = FieldSpec::Number { required: false, min: Some(0.0), max: Some(1.0), default: None };
+        let spec = FieldSpec::Number {
+            required: false,
+            min: Some(0.0),
+            max: Some(1.0),
+            default: None,
+        };
         assert_eq!(check_value(&spec, &json!(1)), Ok(json!(1.0)));
-        assert_eq!(check_value(&spec, &json!(1.0)), check_value(&spec, &json!(1)));
-        assert_eq!(check_value(&spec, &json!(1.01)), Err("must be between 0 and 1".to_owned()));
-        assert_eq!(check_value(&spec, &json!(true)), Err("must be a number".to_owned()));
+        assert_eq!(
+            check_value(&spec, &json!(1.0)),
+            check_value(&spec, &json!(1))
+        );
+        assert_eq!(
+            check_value(&spec, &json!(1.01)),
+            Err("must be between 0 and 1".to_owned())
+        );
+        assert_eq!(
+            check_value(&spec, &json!(true)),
+            Err("must be a number".to_owned())
+        );
     }
 
     #[test]
     fn string_lengths_count_characters_not_bytes() {
-        let spec = FieldSpec::String { required: true, min_length: Some(1), max_length: 3, default: None };
+        let spec = FieldSpec::String {
+            required: true,
+            min_length: Some(1),
+            max_length: 3,
+            default: None,
+        };
         assert!(check_value(&spec, &json!("猫猫猫")).is_ok());
-        assert!(check_value(&spec, &json!("猫猫猫猫")).unwrap_err().contains("at most 3 characters (got 4)"));
-        assert_eq!(check_value(&spec, &json!("  ")), Err("must not be empty".to_owned()));
-        assert_eq!(check_value(&spec, &json!(["a"])), Err("must be a string".to_owned()));
+        assert!(
+            check_value(&spec, &json!("猫猫猫猫"))
+                .unwrap_err()
+                .contains("at most 3 characters (got 4)")
+        );
+        assert_eq!(
+            check_value(&spec, &json!("  ")),
+            Err("must not be empty".to_owned())
+        );
+        assert_eq!(
+            check_value(&spec, &json!(["a"])),
+            Err("must be a string".to_owned())
+        );
     }
 
     #[test]
     fn input_must_be_an_object() {
         let err = validate(&BTreeMap::new(), &[], &json!(["prompt"])).unwrap_err();
-        assert_eq!(err.0, vec![FieldError { field: "input".into(), message: "must be a JSON object".into() }]);
+        assert_eq!(
+            err.0,
+            vec![FieldError {
+                field: "input".into(),
+                message: "must be a JSON object".into()
+            }]
+        );
     }
 }

@@ -14,7 +14,9 @@ use super::model_ref::ModelRef;
 use super::retry::{
     AttemptFailure, CallKind, RetryPolicy, is_retryable, parse_retry_after, retry_hint_from_detail,
 };
-use super::types::{ApiProblem, CreatePredictionBody, Model, Prediction, WebhookSecretBody, WebhookTarget};
+use super::types::{
+    ApiProblem, CreatePredictionBody, Model, Prediction, WebhookSecretBody, WebhookTarget,
+};
 use crate::webhook::WebhookSecret;
 
 pub const DEFAULT_BASE_URL: &str = "https://api.replicate.com/v1";
@@ -29,13 +31,23 @@ pub trait ReplicateApi: Send + Sync {
         webhook: Option<&WebhookTarget>,
     ) -> impl Future<Output = Result<Prediction, ReplicateError>> + Send;
 
-    fn get_prediction(&self, id: &str) -> impl Future<Output = Result<Prediction, ReplicateError>> + Send;
+    fn get_prediction(
+        &self,
+        id: &str,
+    ) -> impl Future<Output = Result<Prediction, ReplicateError>> + Send;
 
-    fn cancel_prediction(&self, id: &str) -> impl Future<Output = Result<Prediction, ReplicateError>> + Send;
+    fn cancel_prediction(
+        &self,
+        id: &str,
+    ) -> impl Future<Output = Result<Prediction, ReplicateError>> + Send;
 
     fn webhook_secret(&self) -> impl Future<Output = Result<WebhookSecret, ReplicateError>> + Send;
 
-    fn get_model(&self, owner: &str, name: &str) -> impl Future<Output = Result<Model, ReplicateError>> + Send;
+    fn get_model(
+        &self,
+        owner: &str,
+        name: &str,
+    ) -> impl Future<Output = Result<Model, ReplicateError>> + Send;
 }
 
 /// The API token. Never printed.
@@ -102,11 +114,17 @@ impl ReplicateClient {
         auth.set_sensitive(true);
         let headers = header::HeaderMap::from_iter([
             (header::AUTHORIZATION, auth),
-            (header::ACCEPT, header::HeaderValue::from_static("application/json")),
+            (
+                header::ACCEPT,
+                header::HeaderValue::from_static("application/json"),
+            ),
         ]);
         let http = reqwest::Client::builder()
             .default_headers(headers)
-            .user_agent(concat!("replicate-image-backend/", env!("CARGO_PKG_VERSION")))
+            .user_agent(concat!(
+                "replicate-image-backend/",
+                env!("CARGO_PKG_VERSION")
+            ))
             .connect_timeout(config.connect_timeout)
             .timeout(config.request_timeout)
             // Replicate never redirects its API; following one would resend the token.
@@ -170,7 +188,11 @@ impl ReplicateClient {
         }
     }
 
-    async fn attempt(&self, kind: CallKind, request: reqwest::RequestBuilder) -> Result<Success, Failure> {
+    async fn attempt(
+        &self,
+        kind: CallKind,
+        request: reqwest::RequestBuilder,
+    ) -> Result<Success, Failure> {
         let response = request.send().await.map_err(Failure::from_transport)?;
         let status = response.status();
         let retry_after = response
@@ -183,7 +205,9 @@ impl ReplicateClient {
             return match body {
                 Ok(bytes) => Ok(Success(bytes)),
                 // For a create this is the worst case: it succeeded but we lost the answer.
-                Err(err) if kind == CallKind::Create => Err(Failure::lost_create_answer(status, err)),
+                Err(err) if kind == CallKind::Create => {
+                    Err(Failure::lost_create_answer(status, err))
+                }
                 Err(err) => Err(Failure::from_transport(err)),
             };
         }
@@ -260,7 +284,9 @@ impl Failure {
                 ReplicateError::CreateOutcomeUnknown {
                     reason: match (&self.problem, &self.source) {
                         (Some(problem), _) => problem.summary(),
-                        (None, Some(source)) if source.is_timeout() => "no answer in time".to_owned(),
+                        (None, Some(source)) if source.is_timeout() => {
+                            "no answer in time".to_owned()
+                        }
                         _ => "the connection failed after the request was sent".to_owned(),
                     },
                 }
@@ -276,7 +302,9 @@ impl Failure {
                 status,
                 problem: self.problem.unwrap_or_default(),
             },
-            (AttemptFailure::Timeout, CallKind::Idempotent) => ReplicateError::TimedOut { attempts },
+            (AttemptFailure::Timeout, CallKind::Idempotent) => {
+                ReplicateError::TimedOut { attempts }
+            }
             (AttemptFailure::Transport, CallKind::Idempotent) => match self.source {
                 Some(source) => ReplicateError::Transport { source },
                 None => ReplicateError::TimedOut { attempts },
@@ -320,22 +348,27 @@ impl ReplicateApi for ReplicateClient {
             Some(_) => self.url(&["predictions"]),
             None => self.url(&["models", &model.owner, &model.name, "predictions"]),
         };
-        self.call(CallKind::Create, Method::POST, url, Some(&body)).await
+        self.call(CallKind::Create, Method::POST, url, Some(&body))
+            .await
     }
 
     async fn get_prediction(&self, id: &str) -> Result<Prediction, ReplicateError> {
         let url = self.url(&["predictions", id]);
-        self.call(CallKind::Idempotent, Method::GET, url, NO_BODY).await
+        self.call(CallKind::Idempotent, Method::GET, url, NO_BODY)
+            .await
     }
 
     async fn cancel_prediction(&self, id: &str) -> Result<Prediction, ReplicateError> {
         let url = self.url(&["predictions", id, "cancel"]);
-        self.call(CallKind::Idempotent, Method::POST, url, NO_BODY).await
+        self.call(CallKind::Idempotent, Method::POST, url, NO_BODY)
+            .await
     }
 
     async fn webhook_secret(&self) -> Result<WebhookSecret, ReplicateError> {
         let url = self.url(&["webhooks", "default", "secret"]);
-        let body: WebhookSecretBody = self.call(CallKind::Idempotent, Method::GET, url, NO_BODY).await?;
+        let body: WebhookSecretBody = self
+            .call(CallKind::Idempotent, Method::GET, url, NO_BODY)
+            .await?;
         WebhookSecret::parse(&body.key).map_err(|err| ReplicateError::InvalidResponse {
             status: 200,
             message: err.to_string(),
@@ -344,7 +377,8 @@ impl ReplicateApi for ReplicateClient {
 
     async fn get_model(&self, owner: &str, name: &str) -> Result<Model, ReplicateError> {
         let url = self.url(&["models", owner, name]);
-        self.call(CallKind::Idempotent, Method::GET, url, NO_BODY).await
+        self.call(CallKind::Idempotent, Method::GET, url, NO_BODY)
+            .await
     }
 }
 
@@ -359,22 +393,44 @@ mod tests {
     #[test]
     fn urls_join_and_encode_segments() {
         let c = client("https://api.replicate.com/v1");
-        assert_eq!(c.url(&["predictions"]).as_str(), "https://api.replicate.com/v1/predictions");
+        assert_eq!(
+            c.url(&["predictions"]).as_str(),
+            "https://api.replicate.com/v1/predictions"
+        );
         let c = client("http://127.0.0.1:9000/v1/");
         assert_eq!(
-            c.url(&["models", "black-forest-labs", "flux-schnell", "predictions"]).as_str(),
+            c.url(&["models", "black-forest-labs", "flux-schnell", "predictions"])
+                .as_str(),
             "http://127.0.0.1:9000/v1/models/black-forest-labs/flux-schnell/predictions"
         );
-        assert_eq!(c.url(&["predictions", "a/../b?x"]).as_str(), "http://127.0.0.1:9000/v1/predictions/a%2F..%2Fb%3Fx");
+        assert_eq!(
+            c.url(&["predictions", "a/../b?x"]).as_str(),
+            "http://127.0.0.1:9000/v1/predictions/a%2F..%2Fb%3Fx"
+        );
     }
 
     #[test]
     fn base_url_must_be_http() {
-        for bad in ["", "api.replicate.com", "ftp://x/v1", "mailto:a@b", "http://"] {
-            assert!(matches!(ReplicateClient::new(ClientConfig::new(bad, ApiToken::new("t"))), Err(ClientBuildError::BaseUrl(_))), "{bad}");
+        for bad in [
+            "",
+            "api.replicate.com",
+            "ftp://x/v1",
+            "mailto:a@b",
+            "http://",
+        ] {
+            assert!(
+                matches!(
+                    ReplicateClient::new(ClientConfig::new(bad, ApiToken::new("t"))),
+                    Err(ClientBuildError::BaseUrl(_))
+                ),
+                "{bad}"
+            );
         }
         assert!(matches!(
-            ReplicateClient::new(ClientConfig::new("https://x/v1", ApiToken::new("bad\ntoken"))),
+            ReplicateClient::new(ClientConfig::new(
+                "https://x/v1",
+                ApiToken::new("bad\ntoken")
+            )),
             Err(ClientBuildError::Token)
         ));
     }

@@ -91,19 +91,29 @@ mod tests {
             retry_after: Some(Duration::from_millis(1500)),
             attempts: 4,
         };
-        assert_eq!(throttled.retry_later().unwrap().after, Duration::from_secs(2));
+        assert_eq!(
+            throttled.retry_later().unwrap().after,
+            Duration::from_secs(2)
+        );
         let unavailable = ReplicateError::Unavailable {
             status: 503,
             retry_after: None,
             attempts: 4,
         };
-        assert_eq!(unavailable.retry_later().unwrap().after, DEFAULT_RETRY_LATER);
+        assert_eq!(
+            unavailable.retry_later().unwrap().after,
+            DEFAULT_RETRY_LATER
+        );
         let zero = ReplicateError::Throttled {
             retry_after: Some(Duration::ZERO),
             attempts: 1,
         };
         assert_eq!(zero.retry_later().unwrap().after, Duration::from_secs(1));
-        assert!(ReplicateError::TimedOut { attempts: 3 }.retry_later().is_some());
+        assert!(
+            ReplicateError::TimedOut { attempts: 3 }
+                .retry_later()
+                .is_some()
+        );
     }
 
     #[test]

@@ -6,11 +6,13 @@ mod model_ref;
 pub mod retry;
 mod types;
 
-pub use client::{ApiToken, ClientBuildError, ClientConfig, DEFAULT_BASE_URL, ReplicateApi, ReplicateClient};
+pub use client::{
+    ApiToken, ClientBuildError, ClientConfig, DEFAULT_BASE_URL, ReplicateApi, ReplicateClient,
+};
 pub use error::{ReplicateError, RetryLater};
 pub use model_ref::{ModelRef, ModelRefError, VersionId};
 pub use retry::RetryPolicy;
 pub use types::{
-    ApiProblem, CreatePredictionBody, InvalidField, Metrics, Model, ModelVersion, Prediction, PredictionStatus,
-    PredictionUrls, WebhookEvent, WebhookTarget,
+    ApiProblem, CreatePredictionBody, InvalidField, Metrics, Model, ModelVersion, Prediction,
+    PredictionStatus, PredictionUrls, WebhookEvent, WebhookTarget,
 };

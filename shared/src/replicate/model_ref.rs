@@ -112,10 +112,25 @@ mod tests {
     fn rejects_malformed_references() {
         assert_eq!(ModelRef::parse("sdxl"), Err(ModelRefError::Shape));
         assert_eq!(ModelRef::parse("a/b:1234"), Err(ModelRefError::Version));
-        assert_eq!(ModelRef::parse(&format!("a/b:{}", "g".repeat(64))), Err(ModelRefError::Version));
-        assert!(matches!(ModelRef::parse("a/b/c"), Err(ModelRefError::Segment(_))));
-        assert!(matches!(ModelRef::parse("/b"), Err(ModelRefError::Segment(_))));
-        assert!(matches!(ModelRef::parse("a/../x"), Err(ModelRefError::Segment(_))));
-        assert!(matches!(ModelRef::parse("a/b%2f"), Err(ModelRefError::Segment(_))));
+        assert_eq!(
+            ModelRef::parse(&format!("a/b:{}", "g".repeat(64))),
+            Err(ModelRefError::Version)
+        );
+        assert!(matches!(
+            ModelRef::parse("a/b/c"),
+            Err(ModelRefError::Segment(_))
+        ));
+        assert!(matches!(
+            ModelRef::parse("/b"),
+            Err(ModelRefError::Segment(_))
+        ));
+        assert!(matches!(
+            ModelRef::parse("a/../x"),
+            Err(ModelRefError::Segment(_))
+        ));
+        assert!(matches!(
+            ModelRef::parse("a/b%2f"),
+            Err(ModelRefError::Segment(_))
+        ));
     }
 }

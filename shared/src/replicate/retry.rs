@@ -148,11 +148,23 @@ mod tests {
     #[test]
     fn retry_rules_for_idempotent_calls() {
         use AttemptFailure::*;
-        for failure in [Status(429), Status(500), Status(502), Status(503), Status(504), Connect, Timeout, Transport] {
+        for failure in [
+            Status(429),
+            Status(500),
+            Status(502),
+            Status(503),
+            Status(504),
+            Connect,
+            Timeout,
+            Transport,
+        ] {
             assert!(is_retryable(CallKind::Idempotent, failure), "{failure:?}");
         }
         for status in [400, 401, 403, 404, 409, 422] {
-            assert!(!is_retryable(CallKind::Idempotent, Status(status)), "{status}");
+            assert!(
+                !is_retryable(CallKind::Idempotent, Status(status)),
+                "{status}"
+            );
         }
     }
 
@@ -161,7 +173,15 @@ mod tests {
         use AttemptFailure::*;
         assert!(is_retryable(CallKind::Create, Status(429)));
         assert!(is_retryable(CallKind::Create, Connect));
-        for failure in [Status(500), Status(502), Status(503), Status(504), Timeout, Transport, Status(422)] {
+        for failure in [
+            Status(500),
+            Status(502),
+            Status(503),
+            Status(504),
+            Timeout,
+            Transport,
+            Status(422),
+        ] {
             assert!(!is_retryable(CallKind::Create, failure), "{failure:?}");
         }
     }
@@ -171,7 +191,10 @@ mod tests {
         let now = httpdate::parse_http_date("Wed, 21 Oct 2015 07:28:00 GMT").unwrap();
         assert_eq!(parse_retry_after("3", now), Some(Duration::from_secs(3)));
         assert_eq!(parse_retry_after(" 0 ", now), Some(Duration::ZERO));
-        assert_eq!(parse_retry_after("1.5", now), Some(Duration::from_millis(1500)));
+        assert_eq!(
+            parse_retry_after("1.5", now),
+            Some(Duration::from_millis(1500))
+        );
         assert_eq!(
             parse_retry_after("99999999999999999999999", now),
             Some(Duration::from_secs(u64::MAX))
@@ -185,7 +208,10 @@ mod tests {
             parse_retry_after("Wednesday, 21-Oct-15 07:28:10 GMT", now),
             Some(Duration::from_secs(10))
         );
-        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:00:00 GMT", now), Some(Duration::ZERO));
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:00:00 GMT", now),
+            Some(Duration::ZERO)
+        );
         for junk in ["", "soon", "-1", "NaN", "inf", "1s"] {
             assert_eq!(parse_retry_after(junk, now), None, "{junk:?}");
         }
@@ -201,7 +227,10 @@ mod tests {
             retry_hint_from_detail("Request was throttled. Expected available in 12 seconds."),
             Some(Duration::from_secs(12))
         );
-        assert_eq!(retry_hint_from_detail("Expected available in 0.5 seconds"), Some(Duration::from_millis(500)));
+        assert_eq!(
+            retry_hint_from_detail("Expected available in 0.5 seconds"),
+            Some(Duration::from_millis(500))
+        );
         assert_eq!(retry_hint_from_detail("Request was throttled."), None);
         assert_eq!(retry_hint_from_detail("available in 3 minutes"), None);
     }
@@ -215,11 +244,20 @@ mod tests {
         };
         for _ in 0..200 {
             let first = policy.backoff(0);
-            assert!(first >= Duration::from_millis(50) && first <= Duration::from_millis(100), "{first:?}");
+            assert!(
+                first >= Duration::from_millis(50) && first <= Duration::from_millis(100),
+                "{first:?}"
+            );
             let third = policy.backoff(2);
-            assert!(third >= Duration::from_millis(200) && third <= Duration::from_millis(400), "{third:?}");
+            assert!(
+                third >= Duration::from_millis(200) && third <= Duration::from_millis(400),
+                "{third:?}"
+            );
             let late = policy.backoff(40);
-            assert!(late >= Duration::from_millis(400) && late <= Duration::from_millis(800), "{late:?}");
+            assert!(
+                late >= Duration::from_millis(400) && late <= Duration::from_millis(800),
+                "{late:?}"
+            );
         }
         let samples: std::collections::HashSet<_> = (0..50).map(|_| policy.backoff(3)).collect();
         assert!(samples.len() > 1, "backoff must be jittered");

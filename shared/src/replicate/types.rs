@@ -341,18 +341,24 @@ mod tests {
         let p = parse(prediction(json!({ "status": "queued_for_gpu" })));
         assert_eq!(p.status, PredictionStatus::Unknown("queued_for_gpu".into()));
         assert!(!p.status.is_terminal());
-        assert_eq!(serde_json::to_value(&p.status).unwrap(), json!("queued_for_gpu"));
+        assert_eq!(
+            serde_json::to_value(&p.status).unwrap(),
+            json!("queued_for_gpu")
+        );
     }
 
     #[test]
     fn output_list_single_and_null_normalise_to_a_list() {
-        let list = parse(prediction(json!({"output": ["https://a/1.webp", "https://a/2.webp"]})));
+        let list = parse(prediction(
+            json!({"output": ["https://a/1.webp", "https://a/2.webp"]}),
+        ));
         assert_eq!(list.output, vec!["https://a/1.webp", "https://a/2.webp"]);
         let one = parse(prediction(json!({"output": "https://a/out.png"})));
         assert_eq!(one.output, vec!["https://a/out.png"]);
         let none = parse(prediction(json!({"output": null})));
         assert!(none.output.is_empty());
-        let missing: Prediction = serde_json::from_value(json!({"id": "x", "status": "starting"})).unwrap();
+        let missing: Prediction =
+            serde_json::from_value(json!({"id": "x", "status": "starting"})).unwrap();
         assert!(missing.output.is_empty());
     }
 
@@ -418,7 +424,10 @@ mod tests {
             webhook: None,
             webhook_events_filter: None,
         };
-        assert_eq!(serde_json::to_value(&official).unwrap(), json!({"input": {"prompt": "a cat"}}));
+        assert_eq!(
+            serde_json::to_value(&official).unwrap(),
+            json!({"input": {"prompt": "a cat"}})
+        );
         let events = [WebhookEvent::Start, WebhookEvent::Completed];
         let versioned = CreatePredictionBody {
             version: Some("abc"),

@@ -1,0 +1,1 @@
+//! Integration tests of the service live in `tests/tests/`.

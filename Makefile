@@ -10,7 +10,7 @@ help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
 test: ## Build and run every test
-	$(CARGO) test --workspace --all-targets --locked
+	infra/scripts/test-summary.sh $(CARGO) test --workspace --all-targets --locked
 
 lint: ## rustfmt check and clippy with warnings as errors
 	$(CARGO) fmt --all -- --check

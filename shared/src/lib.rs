@@ -4,3 +4,11 @@
 pub mod registry;
 pub mod replicate;
 pub mod webhook;
+pub mod app;
+pub mod aws;
+pub mod config;
+pub mod memory;
+pub mod outputs;
+pub mod ports;
+pub mod record;
+pub mod telemetry;

@@ -1,0 +1,96 @@
+//! `GET /v1/predictions/{id}`: the stored state, synced from Replicate first if it is still
+//! running and has not been synced lately (so a lost webhook loses nothing).
+
+use std::time::Duration;
+
+use http::StatusCode;
+use lambda_http::{Body, Request, RequestExt, Response};
+
+use super::problem::json_response;
+use super::{ApiError, App, PredictionView};
+use crate::outputs::OutputSource;
+use crate::ports::{ObjectStore, RecordStore};
+use crate::record::{Advance, PredictionId, PredictionRecord};
+use crate::replicate::{PredictionStatus, ReplicateApi};
+
+/// A prediction Replicate never confirmed creating is given up on after this long.
+const UNCONFIRMED_DEADLINE: Duration = Duration::from_secs(10 * 60);
+
+fn path_id(request: &Request) -> Option<String> {
+    if let Some(id) = request.path_parameters_ref().and_then(|p| p.first("id")) {
+        return Some(id.to_owned());
+    }
+    let path = request.uri().path().trim_end_matches('/');
+    path.strip_prefix("/v1/predictions/").map(str::to_owned)
+}
+
+impl<R, S, O, D> App<R, S, O, D>
+where
+    R: ReplicateApi,
+    S: RecordStore,
+    O: ObjectStore,
+    D: OutputSource,
+{
+    pub async fn fetch(&self, request: Request) -> Response<Body> {
+        match self.try_fetch(&request).await {
+            Ok(view) => json_response(StatusCode::OK, &view),
+            Err(err) => err.into_response(),
+        }
+    }
+
+    async fn try_fetch(&self, request: &Request) -> Result<PredictionView, ApiError> {
+        let not_found = || ApiError::NotFound("no prediction with this id".to_owned());
+        let id = path_id(request)
+            .and_then(|raw| PredictionId::parse(&raw).ok())
+            .ok_or_else(not_found)?;
+        tracing::Span::current().record("prediction_id", id.as_str());
+        let mut record = self.records.get_prediction(&id).await?.ok_or_else(not_found)?;
+        if !record.status.is_terminal() {
+            record = self.sync_running(record).await?;
+        }
+        Ok(PredictionView::build(&record, false, &self.objects, self.settings.output_url_ttl).await?)
+    }
+
+    /// Asks Replicate about a running prediction, at most once per sync interval across all
+    /// fetchers, and applies the answer exactly as a webhook would.
+    async fn sync_running(&self, record: PredictionRecord) -> Result<PredictionRecord, ApiError> {
+        let now = self.clock.millis();
+        let Some(replicate_id) = record.replicate_id.clone() else {
+            return self.give_up_if_never_created(record, now).await;
+        };
+        let interval = self.settings.fetch_sync_interval.as_millis() as u64;
+        if !self.records.claim_sync(&record.id, now, now.saturating_sub(interval)).await? {
+            return Ok(record);
+        }
+        let remote = match self.replicate.get_prediction(&replicate_id).await {
+            Ok(remote) => remote,
+            Err(err) => {
+                tracing::warn!(prediction_id = %record.id, error = %err, "sync from Replicate failed; answering the stored state");
+                return Ok(record);
+            }
+        };
+        if let Err(err) = self.apply_remote(&record, &remote).await {
+            tracing::warn!(prediction_id = %record.id, error = %err, "could not apply the synced state");
+            return Ok(record);
+        }
+        Ok(self.records.get_prediction(&record.id).await?.unwrap_or(record))
+    }
+
+    async fn give_up_if_never_created(&self, record: PredictionRecord, now: u64) -> Result<PredictionRecord, ApiError> {
+        let deadline = record.created_at.saturating_add(UNCONFIRMED_DEADLINE.as_millis() as u64);
+        if now < deadline {
+            return Ok(record);
+        }
+        let advance = Advance {
+            status: PredictionStatus::Failed,
+            replicate_id: None,
+            outputs: Vec::new(),
+            error: Some("the prediction could not be confirmed as created at Replicate".to_owned()),
+            metrics: None,
+            started_at: None,
+            completed_at: Some(now),
+        };
+        self.records.advance(&record.id, &advance).await?;
+        Ok(self.records.get_prediction(&record.id).await?.unwrap_or(record))
+    }
+}

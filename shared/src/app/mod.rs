@@ -1,0 +1,142 @@
+//! The three request handlers (submit, webhook, fetch-result) and what they share. The
+//! Lambda binaries and the local dev server both call these; they depend only on the ports,
+//! so unit tests run them on in-memory fakes.
+
+mod fetch;
+pub mod problem;
+mod submit;
+mod sync;
+mod view;
+mod webhook;
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use http::Method;
+use lambda_http::{Body, Request, Response};
+use tokio::sync::OnceCell;
+
+use crate::config::Settings;
+use crate::outputs::OutputSource;
+use crate::ports::{ObjectStore, RecordStore};
+use crate::record::{Millis, to_millis};
+use crate::registry::ModelRegistry;
+use crate::replicate::{ReplicateApi, ReplicateError};
+use crate::webhook::WebhookSecret;
+
+pub use problem::ApiError;
+pub use sync::SyncOutcome;
+pub use view::{OutputView, PredictionView};
+
+/// Lambda's own request payload limit; the local server enforces the same.
+pub const MAX_BODY_BYTES: usize = 6 * 1024 * 1024;
+
+/// Wall-clock time, shiftable in tests to exercise leases and expiry.
+#[derive(Debug, Default)]
+pub struct Clock {
+    offset_ms: AtomicI64,
+}
+
+impl Clock {
+    pub fn now(&self) -> SystemTime {
+        let offset = self.offset_ms.load(Ordering::Relaxed);
+        let now = SystemTime::now();
+        if offset >= 0 {
+            now + Duration::from_millis(offset.unsigned_abs())
+        } else {
+            now - Duration::from_millis(offset.unsigned_abs())
+        }
+    }
+
+    pub fn millis(&self) -> Millis {
+        to_millis(self.now())
+    }
+
+    pub fn advance(&self, by: Duration) {
+        self.offset_ms
+            .fetch_add(i64::try_from(by.as_millis()).unwrap_or(i64::MAX), Ordering::Relaxed);
+    }
+}
+
+/// Everything a handler needs, built once per process.
+pub struct App<R, S, O, D> {
+    pub replicate: R,
+    pub records: S,
+    pub objects: O,
+    pub downloads: D,
+    pub registry: ModelRegistry,
+    pub settings: Settings,
+    pub clock: Clock,
+    webhook_secret: OnceCell<WebhookSecret>,
+}
+
+impl<R, S, O, D> App<R, S, O, D>
+where
+    R: ReplicateApi,
+    S: RecordStore,
+    O: ObjectStore,
+    D: OutputSource,
+{
+    pub fn new(replicate: R, records: S, objects: O, downloads: D, registry: ModelRegistry, settings: Settings) -> Self {
+        let webhook_secret = OnceCell::new_with(settings.webhook_secret.clone());
+        Self {
+            replicate,
+            records,
+            objects,
+            downloads,
+            registry,
+            settings,
+            clock: Clock::default(),
+            webhook_secret,
+        }
+    }
+
+    /// The signing secret: configured, or fetched from Replicate once per process (on first
+    /// use rather than at start-up, so cold starts do not wait for it).
+    pub async fn webhook_secret(&self) -> Result<&WebhookSecret, ReplicateError> {
+        self.webhook_secret.get_or_try_init(|| self.replicate.webhook_secret()).await
+    }
+
+    /// Dispatches by method and path: the local server's router. In AWS, API Gateway routes
+    /// each path to its own function, which calls its handler directly.
+    pub async fn route(&self, request: Request) -> Response<Body> {
+        let path = request.uri().path().trim_end_matches('/').to_owned();
+        let method = request.method().clone();
+        match (&method, path.as_str()) {
+            (&Method::POST, "/v1/predictions") => self.submit(request).await,
+            (&Method::POST, "/webhooks/replicate") => self.webhook(request).await,
+            (&Method::GET, p) if p.starts_with("/v1/predictions/") => self.fetch(request).await,
+            _ => ApiError::NoRoute {
+                method: method.to_string(),
+                path: printable_path(&path),
+            }
+            .into_response(),
+        }
+    }
+}
+
+fn printable_path(path: &str) -> String {
+    path.chars().filter(|c| !c.is_control()).take(200).collect()
+}
+
+/// Request id for logs: Lambda's, API Gateway's, or the local server's `x-request-id`.
+pub fn request_id(request: &Request) -> String {
+    use lambda_http::RequestExt;
+    if let Some(context) = request.lambda_context_ref() {
+        return context.request_id.clone();
+    }
+    if let Some(lambda_http::request::RequestContext::ApiGatewayV2(context)) = request.request_context_ref()
+        && let Some(id) = &context.request_id
+    {
+        return id.clone();
+    }
+    request
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-")
+        .to_owned()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,82 @@
+//! A prediction as every route returns it (CONTRACT §1).
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::ports::{ObjectStore, StoreError};
+use crate::record::{PredictionRecord, rfc3339};
+use crate::replicate::{Metrics, PredictionStatus};
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PredictionView {
+    pub id: String,
+    pub status: String,
+    pub model: String,
+    pub version: Option<String>,
+    pub input: Map<String, Value>,
+    pub output: Vec<OutputView>,
+    pub error: Option<String>,
+    pub metrics: Metrics,
+    pub cached: bool,
+    pub created_at: String,
+    pub started_at: Option<String>,
+    pub completed_at: Option<String>,
+    pub urls: Urls,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OutputView {
+    pub url: String,
+    pub content_type: String,
+    pub size: u64,
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Urls {
+    pub get: String,
+}
+
+impl PredictionView {
+    /// Builds the view, with fresh download URLs for a succeeded prediction's outputs.
+    pub async fn build<O: ObjectStore>(
+        record: &PredictionRecord,
+        cached: bool,
+        objects: &O,
+        url_ttl: std::time::Duration,
+    ) -> Result<Self, StoreError> {
+        let mut output = Vec::new();
+        if record.status == PredictionStatus::Succeeded {
+            for stored in &record.outputs {
+                output.push(OutputView {
+                    url: objects.presign_get(&stored.key, url_ttl).await?,
+                    content_type: stored.content_type.clone(),
+                    size: stored.size,
+                    sha256: stored.sha256.clone(),
+                });
+            }
+        }
+        // A status we do not know is reported as still running rather than invented.
+        let status = match &record.status {
+            PredictionStatus::Unknown(_) => PredictionStatus::Processing,
+            known => known.clone(),
+        };
+        Ok(Self {
+            id: record.id.to_string(),
+            status: status.to_string(),
+            model: record.alias.clone(),
+            version: record.version.clone(),
+            input: record.input.clone(),
+            output,
+            error: record.error.clone(),
+            metrics: record.metrics.clone().unwrap_or_default(),
+            cached,
+            created_at: rfc3339(record.created_at),
+            started_at: record.started_at.map(rfc3339),
+            completed_at: record.completed_at.map(rfc3339),
+            urls: Urls {
+                get: format!("/v1/predictions/{}", record.id),
+            },
+        })
+    }
+}

@@ -1,0 +1,516 @@
+//! The record store on DynamoDB: one table, string partition key `pk`, TTL on `expires_at`.
+//! Every item is converted to and from Rust types here and nowhere else.
+
+use std::collections::HashMap;
+
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata};
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, ReturnValuesOnConditionCheckFailure,
+    ScalarAttributeType, TimeToLiveSpecification,
+};
+
+use crate::ports::{ClaimOutcome, RecordStore, StoreError};
+use crate::record::{Advance, Claim, ClaimGuard, Millis, PredictionId, PredictionRecord};
+use crate::replicate::PredictionStatus;
+
+type Item = HashMap<String, AttributeValue>;
+
+pub const TTL_ATTRIBUTE: &str = "expires_at";
+
+#[derive(Debug, Clone)]
+pub struct DynamoRecords {
+    client: Client,
+    table: String,
+}
+
+impl DynamoRecords {
+    pub fn new(client: Client, table: impl Into<String>) -> Self {
+        Self {
+            client,
+            table: table.into(),
+        }
+    }
+}
+
+fn prediction_pk(id: &PredictionId) -> AttributeValue {
+    AttributeValue::S(format!("pred#{id}"))
+}
+
+fn s(v: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(v.into())
+}
+
+fn n(v: u64) -> AttributeValue {
+    AttributeValue::N(v.to_string())
+}
+
+fn failed<E: std::error::Error>(operation: &'static str, err: E) -> StoreError {
+    StoreError::new(operation, DisplayErrorContext(err).to_string())
+}
+
+fn read_s(item: &Item, name: &str) -> Result<String, StoreError> {
+    match item.get(name) {
+        Some(AttributeValue::S(v)) => Ok(v.clone()),
+        _ => Err(StoreError::new("read item", format!("attribute `{name}` missing or not a string"))),
+    }
+}
+
+fn read_opt_s(item: &Item, name: &str) -> Option<String> {
+    match item.get(name) {
+        Some(AttributeValue::S(v)) => Some(v.clone()),
+        _ => None,
+    }
+}
+
+fn read_opt_n(item: &Item, name: &str) -> Option<u64> {
+    match item.get(name) {
+        Some(AttributeValue::N(v)) => v.parse().ok(),
+        _ => None,
+    }
+}
+
+fn read_n(item: &Item, name: &str) -> Result<u64, StoreError> {
+    read_opt_n(item, name).ok_or_else(|| StoreError::new("read item", format!("attribute `{name}` missing or not a number")))
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(item: &Item, name: &str) -> Result<Option<T>, StoreError> {
+    read_opt_s(item, name)
+        .map(|text| serde_json::from_str(&text))
+        .transpose()
+        .map_err(|e| StoreError::new("read item", format!("attribute `{name}`: {e}")))
+}
+
+fn json_attr<T: serde::Serialize>(value: &T) -> Result<AttributeValue, StoreError> {
+    serde_json::to_string(value)
+        .map(AttributeValue::S)
+        .map_err(|e| StoreError::new("write item", e.to_string()))
+}
+
+/// The record as a DynamoDB item. `rank` mirrors the status's place in the lifecycle so
+/// forward-only updates are a numeric condition.
+fn prediction_to_item(r: &PredictionRecord) -> Result<Item, StoreError> {
+    let mut item = Item::from([
+        ("pk".to_owned(), prediction_pk(&r.id)),
+        ("id".to_owned(), s(r.id.as_str())),
+        ("alias".to_owned(), s(&r.alias)),
+        ("model".to_owned(), s(&r.model)),
+        ("input".to_owned(), json_attr(&r.input)?),
+        ("status".to_owned(), s(r.status.as_str())),
+        ("rank".to_owned(), n(u64::from(r.status.progress_rank().unwrap_or(0)))),
+        ("outputs".to_owned(), json_attr(&r.outputs)?),
+        ("created_at".to_owned(), n(r.created_at)),
+        (TTL_ATTRIBUTE.to_owned(), n(r.expires_at)),
+    ]);
+    let optional = [
+        ("replicate_id", r.replicate_id.clone().map(s)),
+        ("version", r.version.clone().map(s)),
+        ("cache_key", r.cache_key.clone().map(s)),
+        ("error", r.error.clone().map(s)),
+        ("metrics", r.metrics.as_ref().map(json_attr).transpose()?),
+        ("started_at", r.started_at.map(n)),
+        ("completed_at", r.completed_at.map(n)),
+        ("synced_at", r.synced_at.map(n)),
+    ];
+    item.extend(optional.into_iter().filter_map(|(k, v)| v.map(|v| (k.to_owned(), v))));
+    Ok(item)
+}
+
+fn prediction_from_item(item: &Item) -> Result<PredictionRecord, StoreError> {
+    let id = PredictionId::parse(&read_s(item, "id")?).map_err(|e| StoreError::new("read item", e.to_string()))?;
+    Ok(PredictionRecord {
+        id,
+        replicate_id: read_opt_s(item, "replicate_id"),
+        alias: read_s(item, "alias")?,
+        model: read_s(item, "model")?,
+        version: read_opt_s(item, "version"),
+        input: read_json(item, "input")?.unwrap_or_default(),
+        cache_key: read_opt_s(item, "cache_key"),
+        status: PredictionStatus::parse(&read_s(item, "status")?),
+        outputs: read_json(item, "outputs")?.unwrap_or_default(),
+        error: read_opt_s(item, "error"),
+        metrics: read_json(item, "metrics")?,
+        created_at: read_n(item, "created_at")?,
+        started_at: read_opt_n(item, "started_at"),
+        completed_at: read_opt_n(item, "completed_at"),
+        synced_at: read_opt_n(item, "synced_at"),
+        expires_at: read_n(item, TTL_ATTRIBUTE)?,
+    })
+}
+
+fn claim_to_item(c: &Claim) -> Item {
+    let mut item = Item::from([
+        ("pk".to_owned(), s(&c.key)),
+        ("token".to_owned(), s(&c.token)),
+        ("lease_until".to_owned(), n(c.lease_until)),
+        (TTL_ATTRIBUTE.to_owned(), n(c.expires_at)),
+    ]);
+    if let Some(id) = &c.prediction_id {
+        item.insert("prediction_id".to_owned(), s(id.as_str()));
+    }
+    if let Some(hash) = &c.request_hash {
+        item.insert("request_hash".to_owned(), s(hash));
+    }
+    item
+}
+
+fn claim_from_item(item: &Item) -> Result<Claim, StoreError> {
+    let prediction_id = read_opt_s(item, "prediction_id")
+        .map(|s| PredictionId::parse(&s))
+        .transpose()
+        .map_err(|e| StoreError::new("read claim", e.to_string()))?;
+    Ok(Claim {
+        key: read_s(item, "pk")?,
+        token: read_s(item, "token")?,
+        prediction_id,
+        request_hash: read_opt_s(item, "request_hash"),
+        lease_until: read_n(item, "lease_until")?,
+        expires_at: read_n(item, TTL_ATTRIBUTE)?,
+    })
+}
+
+/// Condition (with its values) that `guard` still holds a claim.
+fn guard_condition(guard: ClaimGuard<'_>) -> (&'static str, AttributeValue) {
+    match guard {
+        ClaimGuard::Token(token) => ("#token = :guard", s(token)),
+        ClaimGuard::Prediction(id) => ("prediction_id = :guard", s(id.as_str())),
+    }
+}
+
+/// Builds `SET a = :a, …` / `REMOVE b, …` for an advance.
+fn advance_expression(advance: &Advance) -> Result<(String, Item), StoreError> {
+    let rank = advance.status.progress_rank().unwrap_or(0);
+    let mut values = Item::from([
+        (":status".to_owned(), s(advance.status.as_str())),
+        (":rank".to_owned(), n(u64::from(rank))),
+        (":outputs".to_owned(), json_attr(&advance.outputs)?),
+    ]);
+    let mut set = vec!["#status = :status", "#rank = :rank", "outputs = :outputs"];
+    let mut remove = Vec::new();
+    match &advance.error {
+        Some(error) => {
+            set.push("#error = :error");
+            values.insert(":error".to_owned(), s(error));
+        }
+        None => remove.push("#error"),
+    }
+    if let Some(metrics) = &advance.metrics {
+        set.push("metrics = :metrics");
+        values.insert(":metrics".to_owned(), json_attr(metrics)?);
+    }
+    if let Some(rid) = &advance.replicate_id {
+        set.push("replicate_id = :rid");
+        values.insert(":rid".to_owned(), s(rid));
+    }
+    if let Some(t) = advance.started_at {
+        set.push("started_at = if_not_exists(started_at, :started)");
+        values.insert(":started".to_owned(), n(t));
+    }
+    if let Some(t) = advance.completed_at {
+        set.push("completed_at = if_not_exists(completed_at, :completed)");
+        values.insert(":completed".to_owned(), n(t));
+    }
+    let mut expression = format!("SET {}", set.join(", "));
+    if !remove.is_empty() {
+        expression.push_str(&format!(" REMOVE {}", remove.join(", ")));
+    }
+    Ok((expression, values))
+}
+
+impl RecordStore for DynamoRecords {
+    async fn try_claim(&self, claim: &Claim, now: Millis) -> Result<ClaimOutcome, StoreError> {
+        let result = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(claim_to_item(claim)))
+            .condition_expression("attribute_not_exists(pk) OR lease_until < :now")
+            .expression_attribute_values(":now", n(now))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(ClaimOutcome::Claimed),
+            Err(err) => match err.into_service_error() {
+                aws_sdk_dynamodb::operation::put_item::PutItemError::ConditionalCheckFailedException(e) => {
+                    let old = e.item().ok_or_else(|| StoreError::new("claim", "condition failed without the old item"))?;
+                    Ok(ClaimOutcome::HeldBy(claim_from_item(old)?))
+                }
+                other => Err(failed("claim", other)),
+            },
+        }
+    }
+
+    async fn replace_claim(&self, claim: &Claim, expected_token: &str) -> Result<bool, StoreError> {
+        let result = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(claim_to_item(claim)))
+            .condition_expression("#token = :expected")
+            .expression_attribute_names("#token", "token")
+            .expression_attribute_values(":expected", s(expected_token))
+            .send()
+            .await;
+        conditional("replace claim", result.map_err(|e| e.into_service_error()))
+    }
+
+    async fn settle_claim(
+        &self,
+        key: &str,
+        guard: ClaimGuard<'_>,
+        prediction_id: &PredictionId,
+        lease_until: Millis,
+    ) -> Result<bool, StoreError> {
+        let (condition, guard_value) = guard_condition(guard);
+        let mut request = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(key))
+            .update_expression("SET prediction_id = :pid, lease_until = :lease")
+            .condition_expression(condition)
+            .expression_attribute_values(":pid", s(prediction_id.as_str()))
+            .expression_attribute_values(":lease", n(lease_until))
+            .expression_attribute_values(":guard", guard_value);
+        if matches!(guard, ClaimGuard::Token(_)) {
+            request = request.expression_attribute_names("#token", "token");
+        }
+        conditional("settle claim", request.send().await.map_err(|e| e.into_service_error()))
+    }
+
+    async fn release_claim(&self, key: &str, guard: ClaimGuard<'_>) -> Result<bool, StoreError> {
+        let (condition, guard_value) = guard_condition(guard);
+        let mut request = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .key("pk", s(key))
+            .condition_expression(condition)
+            .expression_attribute_values(":guard", guard_value);
+        if matches!(guard, ClaimGuard::Token(_)) {
+            request = request.expression_attribute_names("#token", "token");
+        }
+        conditional("release claim", request.send().await.map_err(|e| e.into_service_error()))
+    }
+
+    async fn insert_prediction(&self, record: &PredictionRecord) -> Result<(), StoreError> {
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(prediction_to_item(record)?))
+            .condition_expression("attribute_not_exists(pk)")
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| failed("insert prediction", e))
+    }
+
+    async fn get_prediction(&self, id: &PredictionId) -> Result<Option<PredictionRecord>, StoreError> {
+        let output = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", prediction_pk(id))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| failed("get prediction", e))?;
+        output.item().map(prediction_from_item).transpose()
+    }
+
+    async fn attach_replicate_id(&self, id: &PredictionId, replicate_id: &str) -> Result<bool, StoreError> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", prediction_pk(id))
+            .update_expression("SET replicate_id = :rid")
+            .condition_expression("attribute_exists(pk) AND (attribute_not_exists(replicate_id) OR replicate_id = :rid)")
+            .expression_attribute_values(":rid", s(replicate_id))
+            .send()
+            .await;
+        conditional("attach replicate id", result.map_err(|e| e.into_service_error()))
+    }
+
+    async fn advance(&self, id: &PredictionId, advance: &Advance) -> Result<bool, StoreError> {
+        if advance.status.progress_rank().is_none() {
+            return Ok(false);
+        }
+        let (expression, values) = advance_expression(advance)?;
+        let mut condition = "attribute_exists(pk) AND #rank < :rank".to_owned();
+        if advance.replicate_id.is_some() {
+            condition.push_str(" AND (attribute_not_exists(replicate_id) OR replicate_id = :rid)");
+        }
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", prediction_pk(id))
+            .update_expression(expression)
+            .condition_expression(condition)
+            // Every advance sets or removes `error`, so all three names are always used.
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_names("#rank", "rank")
+            .expression_attribute_names("#error", "error")
+            .set_expression_attribute_values(Some(values))
+            .send()
+            .await;
+        conditional("advance prediction", result.map_err(|e| e.into_service_error()))
+    }
+
+    async fn claim_sync(&self, id: &PredictionId, now: Millis, not_since: Millis) -> Result<bool, StoreError> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", prediction_pk(id))
+            .update_expression("SET synced_at = :now")
+            .condition_expression("attribute_exists(pk) AND (attribute_not_exists(synced_at) OR synced_at < :since)")
+            .expression_attribute_values(":now", n(now))
+            .expression_attribute_values(":since", n(not_since))
+            .send()
+            .await;
+        conditional("claim sync", result.map_err(|e| e.into_service_error()))
+    }
+
+    async fn delete_prediction(&self, id: &PredictionId) -> Result<(), StoreError> {
+        self.client
+            .delete_item()
+            .table_name(&self.table)
+            .key("pk", prediction_pk(id))
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| failed("delete prediction", e))
+    }
+}
+
+/// `Ok(false)` for a failed condition, which is an answer rather than an error.
+fn conditional<T, E>(operation: &'static str, result: Result<T, E>) -> Result<bool, StoreError>
+where
+    E: ProvideErrorMetadata + std::error::Error,
+{
+    match result {
+        Ok(_) => Ok(true),
+        Err(err) if err.code() == Some("ConditionalCheckFailedException") => Ok(false),
+        Err(err) => Err(failed(operation, err)),
+    }
+}
+
+/// Creates the table (and its TTL) if it does not exist: for the local stack and tests;
+/// in AWS the SAM template owns the table.
+pub async fn ensure_table(client: &Client, table: &str) -> Result<(), StoreError> {
+    let created = client
+        .create_table()
+        .table_name(table)
+        .attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name("pk")
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .map_err(|e| failed("create table", e))?,
+        )
+        .key_schema(
+            KeySchemaElement::builder()
+                .attribute_name("pk")
+                .key_type(KeyType::Hash)
+                .build()
+                .map_err(|e| failed("create table", e))?,
+        )
+        .billing_mode(BillingMode::PayPerRequest)
+        .send()
+        .await;
+    match created {
+        Ok(_) => {}
+        Err(err) if err.as_service_error().is_some_and(|e| e.is_resource_in_use_exception()) => return Ok(()),
+        Err(err) => return Err(failed("create table", err)),
+    }
+    client
+        .update_time_to_live()
+        .table_name(table)
+        .time_to_live_specification(
+            TimeToLiveSpecification::builder()
+                .attribute_name(TTL_ATTRIBUTE)
+                .enabled(true)
+                .build()
+                .map_err(|e| failed("enable ttl", e))?,
+        )
+        .send()
+        .await
+        .map_err(|e| failed("enable ttl", e))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::StoredOutput;
+    use serde_json::json;
+
+    fn record() -> PredictionRecord {
+        PredictionRecord {
+            id: PredictionId::generate(),
+            replicate_id: Some("rep1".into()),
+            alias: "sdxl".into(),
+            model: "stability-ai/sdxl".into(),
+            version: Some("v".repeat(64)),
+            input: json!({"prompt": "a cat", "seed": 3}).as_object().unwrap().clone(),
+            cache_key: Some("k".into()),
+            status: PredictionStatus::Succeeded,
+            outputs: vec![StoredOutput {
+                key: "outputs/x/0.png".into(),
+                content_type: "image/png".into(),
+                size: 10,
+                sha256: "ab".into(),
+            }],
+            error: None,
+            metrics: Some(Default::default()),
+            created_at: 1,
+            started_at: Some(2),
+            completed_at: Some(3),
+            synced_at: None,
+            expires_at: 4,
+        }
+    }
+
+    #[test]
+    fn prediction_items_round_trip() {
+        let r = record();
+        let item = prediction_to_item(&r).unwrap();
+        assert_eq!(item["rank"], n(2));
+        assert_eq!(prediction_from_item(&item).unwrap(), r);
+    }
+
+    #[test]
+    fn claim_items_round_trip() {
+        let c = Claim {
+            key: "cache#abc".into(),
+            token: "t".into(),
+            prediction_id: Some(PredictionId::generate()),
+            request_hash: Some("h".into()),
+            lease_until: 5,
+            expires_at: 6,
+        };
+        assert_eq!(claim_from_item(&claim_to_item(&c)).unwrap(), c);
+    }
+
+    #[test]
+    fn advance_expression_sets_and_removes() {
+        let advance = Advance {
+            status: PredictionStatus::Processing,
+            replicate_id: None,
+            outputs: vec![],
+            error: None,
+            metrics: None,
+            started_at: Some(7),
+            completed_at: None,
+        };
+        let (expression, values) = advance_expression(&advance).unwrap();
+        assert_eq!(
+            expression,
+            "SET #status = :status, #rank = :rank, outputs = :outputs, started_at = if_not_exists(started_at, :started) REMOVE #error"
+        );
+        assert_eq!(values[":rank"], n(1));
+    }
+}

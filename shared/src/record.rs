@@ -1,0 +1,193 @@
+//! What this service stores about a prediction, and the claims that make submits idempotent.
+
+use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::replicate::{Metrics, PredictionStatus};
+
+/// This service's id for a prediction: 128 random bits as 32 lowercase hex characters.
+/// Knowing it is what lets a client read the prediction, so it must not be guessable.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct PredictionId(String);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not a prediction id")]
+pub struct InvalidPredictionId;
+
+impl PredictionId {
+    pub fn generate() -> Self {
+        Self(uuid::Uuid::new_v4().simple().to_string())
+    }
+
+    pub fn parse(s: &str) -> Result<Self, InvalidPredictionId> {
+        if s.len() == 32 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(InvalidPredictionId)
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for PredictionId {
+    type Error = InvalidPredictionId;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        Self::parse(&s)
+    }
+}
+
+impl From<PredictionId> for String {
+    fn from(id: PredictionId) -> String {
+        id.0
+    }
+}
+
+impl fmt::Display for PredictionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Milliseconds since the Unix epoch; the unit of every stored time.
+pub type Millis = u64;
+
+pub fn to_millis(t: SystemTime) -> Millis {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+pub fn from_millis(ms: Millis) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(ms)
+}
+
+/// RFC 3339 with milliseconds, UTC.
+pub fn rfc3339(ms: Millis) -> String {
+    humantime::format_rfc3339_millis(from_millis(ms)).to_string()
+}
+
+/// Reads a timestamp as Replicate writes it (RFC 3339, `Z`, up to nanoseconds).
+pub fn parse_rfc3339(s: &str) -> Option<Millis> {
+    humantime::parse_rfc3339_weak(s.trim_end_matches('Z').trim_end_matches("+00:00"))
+        .ok()
+        .map(to_millis)
+}
+
+/// One output file, stored in our bucket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredOutput {
+    pub key: String,
+    pub content_type: String,
+    pub size: u64,
+    pub sha256: String,
+}
+
+/// A prediction as this service knows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PredictionRecord {
+    pub id: PredictionId,
+    /// Replicate's id, once the prediction exists there.
+    pub replicate_id: Option<String>,
+    /// The alias the client asked for (what `model` shows).
+    pub alias: String,
+    /// `owner/name` on Replicate.
+    pub model: String,
+    pub version: Option<String>,
+    /// The input as sent to Replicate (defaults applied).
+    pub input: Map<String, Value>,
+    /// Result-cache key, when the prediction was started through the cache.
+    pub cache_key: Option<String>,
+    pub status: PredictionStatus,
+    pub outputs: Vec<StoredOutput>,
+    pub error: Option<String>,
+    pub metrics: Option<Metrics>,
+    pub created_at: Millis,
+    pub started_at: Option<Millis>,
+    pub completed_at: Option<Millis>,
+    /// Last time a fetch asked Replicate for this prediction's state.
+    pub synced_at: Option<Millis>,
+    /// DynamoDB TTL (seconds since the epoch).
+    pub expires_at: u64,
+}
+
+impl PredictionRecord {
+    /// Whether the prediction was never confirmed as created at Replicate.
+    pub fn is_unconfirmed(&self) -> bool {
+        self.replicate_id.is_none() && !self.status.is_terminal()
+    }
+}
+
+/// A forward move of a prediction's state, applied only if it is a move forward.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Advance {
+    pub status: PredictionStatus,
+    /// Adopted if the record has none yet (a webhook may arrive before the create answer
+    /// is recorded); refused if the record has a different one.
+    pub replicate_id: Option<String>,
+    pub outputs: Vec<StoredOutput>,
+    pub error: Option<String>,
+    pub metrics: Option<Metrics>,
+    pub started_at: Option<Millis>,
+    pub completed_at: Option<Millis>,
+}
+
+/// A claim on work (creating a prediction for a cache key or an idempotency key), held until
+/// its lease ends. Conditional writes on it make concurrent submits agree on one winner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    /// The item's key, e.g. `cache#<hash>` or `idem#<hash>`.
+    pub key: String,
+    /// Identifies the holder, so only it can settle or release the claim.
+    pub token: String,
+    /// The prediction that does (or will do) the work.
+    pub prediction_id: Option<PredictionId>,
+    /// Hash of the request that made the claim (idempotency keys: same key, same body).
+    pub request_hash: Option<String>,
+    /// Until then nobody else may take the claim.
+    pub lease_until: Millis,
+    /// DynamoDB TTL (seconds since the epoch).
+    pub expires_at: u64,
+}
+
+impl Claim {
+    pub fn is_expired(&self, now: Millis) -> bool {
+        self.lease_until < now
+    }
+}
+
+/// Which holder an update of a claim must come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClaimGuard<'a> {
+    Token(&'a str),
+    Prediction(&'a PredictionId),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_random_hex_and_parse_back() {
+        let a = PredictionId::generate();
+        let b = PredictionId::generate();
+        assert_ne!(a, b);
+        assert_eq!(PredictionId::parse(a.as_str()), Ok(a.clone()));
+        for bad in ["", "ABCDEF0123456789abcdef0123456789", "../etc/passwd", &"a".repeat(33), "g".repeat(32).as_str()] {
+            assert_eq!(PredictionId::parse(bad), Err(InvalidPredictionId), "{bad}");
+        }
+    }
+
+    #[test]
+    fn timestamps_round_trip_through_rfc3339() {
+        assert_eq!(rfc3339(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
+        assert_eq!(parse_rfc3339("2023-11-14T22:13:20.123Z"), Some(1_700_000_000_123));
+        assert_eq!(parse_rfc3339("2023-09-08T16:19:34.791859Z"), Some(1_694_189_974_791));
+        assert_eq!(parse_rfc3339("2023-09-08T16:19:34+00:00"), Some(1_694_189_974_000));
+        assert_eq!(parse_rfc3339("yesterday"), None);
+    }
+}

@@ -37,6 +37,9 @@ pub struct Settings {
     pub fetch_sync_interval: Duration,
     /// How long records are kept before DynamoDB's TTL removes them (`RECORD_TTL_DAYS`).
     pub record_ttl: Duration,
+    /// Whether creates ask Replicate for webhooks (`SEND_WEBHOOKS`, default true). Off when
+    /// nothing can reach this service, e.g. the real API from a laptop: fetches sync instead.
+    pub send_webhooks: bool,
 }
 
 impl Settings {
@@ -47,7 +50,11 @@ impl Settings {
 
     /// Reads settings through `lookup`, so tests need not touch the process environment.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let get = |name: &str| lookup(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+        let get = |name: &str| {
+            lookup(name)
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+        };
         let required = |name: &'static str| get(name).ok_or(ConfigError::Missing(name));
         let seconds = |name: &'static str, default: u64| -> Result<Duration, ConfigError> {
             match get(name) {
@@ -75,7 +82,8 @@ impl Settings {
             .map(|raw| parse_public_base_url(&raw))
             .transpose()?;
         let output_hosts = HostAllowlist::parse(
-            &get("OUTPUT_HOST_ALLOWLIST").unwrap_or_else(|| DEFAULT_OUTPUT_HOST_ALLOWLIST.to_owned()),
+            &get("OUTPUT_HOST_ALLOWLIST")
+                .unwrap_or_else(|| DEFAULT_OUTPUT_HOST_ALLOWLIST.to_owned()),
         )
         .map_err(|reason| ConfigError::Invalid {
             name: "OUTPUT_HOST_ALLOWLIST",
@@ -90,7 +98,8 @@ impl Settings {
             });
         }
         Ok(Self {
-            replicate_base_url: get("REPLICATE_API_BASE_URL").unwrap_or_else(|| DEFAULT_BASE_URL.to_owned()),
+            replicate_base_url: get("REPLICATE_API_BASE_URL")
+                .unwrap_or_else(|| DEFAULT_BASE_URL.to_owned()),
             webhook_secret,
             table_name: required("TABLE_NAME")?,
             bucket_name: required("BUCKET_NAME")?,
@@ -100,6 +109,16 @@ impl Settings {
             result_cache_ttl: seconds("RESULT_CACHE_TTL_SECONDS", 24 * 3600)?,
             fetch_sync_interval: seconds("FETCH_SYNC_INTERVAL_SECONDS", 5)?,
             record_ttl: seconds("RECORD_TTL_DAYS", 30)?.saturating_mul(24 * 3600),
+            send_webhooks: match get("SEND_WEBHOOKS").as_deref() {
+                None | Some("true" | "1") => true,
+                Some("false" | "0") => false,
+                Some(other) => {
+                    return Err(ConfigError::Invalid {
+                        name: "SEND_WEBHOOKS",
+                        reason: format!("`{other}` is not true or false"),
+                    });
+                }
+            },
         })
     }
 }
@@ -120,9 +139,8 @@ fn parse_public_base_url(raw: &str) -> Result<Url, ConfigError> {
 }
 
 /// The Replicate API token from `REPLICATE_API_TOKEN`.
-pub fn replicate_token_from_env() -> Result<String, ConfigError> {
-    std::env::var("REPLICATE_API_TOKEN")
-        .ok()
+pub fn replicate_token(lookup: impl Fn(&str) -> Option<String>) -> Result<String, ConfigError> {
+    lookup("REPLICATE_API_TOKEN")
         .map(|t| t.trim().to_owned())
         .filter(|t| !t.is_empty())
         .ok_or(ConfigError::Missing("REPLICATE_API_TOKEN"))
@@ -134,7 +152,10 @@ mod tests {
     use std::collections::HashMap;
 
     fn settings(vars: &[(&str, &str)]) -> Result<Settings, ConfigError> {
-        let map: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         Settings::from_lookup(|name| map.get(name).cloned())
     }
 
@@ -147,8 +168,14 @@ mod tests {
         assert!(s.webhook_secret.is_none());
         assert!(s.public_base_url.is_none());
         assert_eq!(s.output_url_ttl, Duration::from_secs(3600));
-        assert!(s.output_hosts.allows(&Url::parse("https://replicate.delivery/x.png").unwrap()));
-        assert!(s.output_hosts.allows(&Url::parse("https://pbxt.replicate.delivery/x.png").unwrap()));
+        assert!(
+            s.output_hosts
+                .allows(&Url::parse("https://replicate.delivery/x.png").unwrap())
+        );
+        assert!(
+            s.output_hosts
+                .allows(&Url::parse("https://pbxt.replicate.delivery/x.png").unwrap())
+        );
     }
 
     #[test]
@@ -179,13 +206,25 @@ mod tests {
             ("PUBLIC_BASE_URL", "https://api.example.com/prod"),
             ("OUTPUT_HOST_ALLOWLIST", "127.0.0.1:9000"),
             ("OUTPUT_URL_TTL_SECONDS", "60"),
-            ("REPLICATE_WEBHOOK_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
+            (
+                "REPLICATE_WEBHOOK_SECRET",
+                "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            ),
         ]);
         let s = settings(&vars).unwrap();
         assert_eq!(s.replicate_base_url, "http://127.0.0.1:9000/v1");
-        assert_eq!(s.public_base_url.unwrap().as_str(), "https://api.example.com/prod");
-        assert!(s.output_hosts.allows(&Url::parse("http://127.0.0.1:9000/files/a.png").unwrap()));
-        assert!(!s.output_hosts.allows(&Url::parse("https://replicate.delivery/a.png").unwrap()));
+        assert_eq!(
+            s.public_base_url.unwrap().as_str(),
+            "https://api.example.com/prod"
+        );
+        assert!(
+            s.output_hosts
+                .allows(&Url::parse("http://127.0.0.1:9000/files/a.png").unwrap())
+        );
+        assert!(
+            !s.output_hosts
+                .allows(&Url::parse("https://replicate.delivery/a.png").unwrap())
+        );
         assert_eq!(s.output_url_ttl, Duration::from_secs(60));
         assert!(s.webhook_secret.is_some());
     }

@@ -1,14 +1,15 @@
 //! Code shared by the `submit`, `webhook` and `fetch-result` Lambda functions: the Replicate
 //! client and schemas, the model registry with input validation, and webhook verification.
 
-pub mod registry;
-pub mod replicate;
-pub mod webhook;
 pub mod app;
 pub mod aws;
+pub mod bootstrap;
 pub mod config;
 pub mod memory;
 pub mod outputs;
 pub mod ports;
 pub mod record;
+pub mod registry;
+pub mod replicate;
 pub mod telemetry;
+pub mod webhook;

@@ -108,14 +108,25 @@ impl RecordStore for MemoryRecords {
         Ok(())
     }
 
-    async fn get_prediction(&self, id: &PredictionId) -> Result<Option<PredictionRecord>, StoreError> {
+    async fn get_prediction(
+        &self,
+        id: &PredictionId,
+    ) -> Result<Option<PredictionRecord>, StoreError> {
         Ok(lock(&self.predictions).get(id).cloned())
     }
 
-    async fn attach_replicate_id(&self, id: &PredictionId, replicate_id: &str) -> Result<bool, StoreError> {
+    async fn attach_replicate_id(
+        &self,
+        id: &PredictionId,
+        replicate_id: &str,
+    ) -> Result<bool, StoreError> {
         let mut predictions = lock(&self.predictions);
         match predictions.get_mut(id) {
-            Some(r) if r.replicate_id.as_deref().is_none_or(|have| have == replicate_id) => {
+            Some(r)
+                if r.replicate_id
+                    .as_deref()
+                    .is_none_or(|have| have == replicate_id) =>
+            {
                 r.replicate_id = Some(replicate_id.to_owned());
                 Ok(true)
             }
@@ -125,7 +136,9 @@ impl RecordStore for MemoryRecords {
 
     async fn advance(&self, id: &PredictionId, advance: &Advance) -> Result<bool, StoreError> {
         let mut predictions = lock(&self.predictions);
-        let Some(record) = predictions.get_mut(id) else { return Ok(false) };
+        let Some(record) = predictions.get_mut(id) else {
+            return Ok(false);
+        };
         let same_prediction = match (&record.replicate_id, &advance.replicate_id) {
             (Some(have), Some(given)) => have == given,
             _ => true,
@@ -147,7 +160,12 @@ impl RecordStore for MemoryRecords {
         Ok(true)
     }
 
-    async fn claim_sync(&self, id: &PredictionId, now: Millis, not_since: Millis) -> Result<bool, StoreError> {
+    async fn claim_sync(
+        &self,
+        id: &PredictionId,
+        now: Millis,
+        not_since: Millis,
+    ) -> Result<bool, StoreError> {
         let mut predictions = lock(&self.predictions);
         match predictions.get_mut(id) {
             Some(r) if r.synced_at.is_none_or(|t| t < not_since) => {
@@ -213,7 +231,12 @@ impl MemoryObjects {
 }
 
 impl ObjectStore for MemoryObjects {
-    async fn put_object(&self, key: &str, content_type: &str, body: Bytes) -> Result<(), StoreError> {
+    async fn put_object(
+        &self,
+        key: &str,
+        content_type: &str,
+        body: Bytes,
+    ) -> Result<(), StoreError> {
         self.injected_failure()?;
         lock(&self.objects).insert(key.to_owned(), (body.to_vec(), content_type.to_owned()));
         Ok(())
@@ -221,12 +244,21 @@ impl ObjectStore for MemoryObjects {
 
     async fn create_multipart(&self, key: &str, content_type: &str) -> Result<String, StoreError> {
         let id = PredictionId::generate().to_string();
-        lock(&self.uploads).insert(id.clone(), (key.to_owned(), content_type.to_owned(), Vec::new()));
+        lock(&self.uploads).insert(
+            id.clone(),
+            (key.to_owned(), content_type.to_owned(), Vec::new()),
+        );
         *lock(&self.started) += 1;
         Ok(id)
     }
 
-    async fn upload_part(&self, key: &str, upload_id: &str, part_number: i32, body: Bytes) -> Result<String, StoreError> {
+    async fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part_number: i32,
+        body: Bytes,
+    ) -> Result<String, StoreError> {
         self.injected_failure()?;
         let mut uploads = lock(&self.uploads);
         let upload = uploads
@@ -237,7 +269,12 @@ impl ObjectStore for MemoryObjects {
         Ok(format!("etag-{part_number}"))
     }
 
-    async fn complete_multipart(&self, key: &str, upload_id: &str, parts: &[(i32, String)]) -> Result<(), StoreError> {
+    async fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[(i32, String)],
+    ) -> Result<(), StoreError> {
         let (stored_key, content_type, mut uploaded) = lock(&self.uploads)
             .remove(upload_id)
             .ok_or_else(|| StoreError::new("complete multipart", "no such upload"))?;
@@ -246,7 +283,10 @@ impl ObjectStore for MemoryObjects {
         }
         uploaded.sort_by_key(|(n, _)| *n);
         let sizes = uploaded.iter().map(|(_, b)| b.len()).collect();
-        let body = uploaded.iter().flat_map(|(_, b)| b.iter().copied()).collect();
+        let body = uploaded
+            .iter()
+            .flat_map(|(_, b)| b.iter().copied())
+            .collect();
         lock(&self.part_sizes).insert(key.to_owned(), sizes);
         lock(&self.objects).insert(key.to_owned(), (body, content_type));
         Ok(())
@@ -258,7 +298,10 @@ impl ObjectStore for MemoryObjects {
     }
 
     async fn presign_get(&self, key: &str, ttl: Duration) -> Result<String, StoreError> {
-        Ok(format!("https://bucket.example/{key}?expires-in={}", ttl.as_secs()))
+        Ok(format!(
+            "https://bucket.example/{key}?expires-in={}",
+            ttl.as_secs()
+        ))
     }
 }
 
@@ -406,7 +449,11 @@ impl ReplicateApi for FakeReplicate {
             input: input.clone(),
             webhook: webhook.cloned(),
         });
-        let mut prediction = Self::prediction(&format!("rep-{}", created.len()), PredictionStatus::Starting, vec![]);
+        let mut prediction = Self::prediction(
+            &format!("rep-{}", created.len()),
+            PredictionStatus::Starting,
+            vec![],
+        );
         prediction.model = model.path();
         prediction.version = model.version.as_ref().map(|v| v.to_string());
         prediction.input = input.clone();
@@ -416,10 +463,13 @@ impl ReplicateApi for FakeReplicate {
 
     async fn get_prediction(&self, id: &str) -> Result<Prediction, ReplicateError> {
         *lock(&self.gets) += 1;
-        lock(&self.predictions).get(id).cloned().ok_or(ReplicateError::Rejected {
-            status: 404,
-            problem: Default::default(),
-        })
+        lock(&self.predictions)
+            .get(id)
+            .cloned()
+            .ok_or(ReplicateError::Rejected {
+                status: 404,
+                problem: Default::default(),
+            })
     }
 
     async fn cancel_prediction(&self, id: &str) -> Result<Prediction, ReplicateError> {

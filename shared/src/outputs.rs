@@ -86,7 +86,9 @@ impl HostAllowlist {
         if !matches!(url.scheme(), "http" | "https") {
             return false;
         }
-        let Some(host) = url.host_str() else { return false };
+        let Some(host) = url.host_str() else {
+            return false;
+        };
         let host = host.to_ascii_lowercase();
         self.entries.iter().any(|p| p.matches(&host, url.port()))
     }
@@ -101,9 +103,12 @@ impl HostPattern {
             Some(rest) => (true, rest),
             None => (false, entry),
         };
-        let (host, port) = split_host_port(rest).ok_or_else(|| format!("`{entry}` is not host or host:port"))?;
+        let (host, port) =
+            split_host_port(rest).ok_or_else(|| format!("`{entry}` is not host or host:port"))?;
         if host.is_empty() || host.contains('*') {
-            return Err(format!("`{entry}`: only a leading `*.` wildcard is supported"));
+            return Err(format!(
+                "`{entry}`: only a leading `*.` wildcard is supported"
+            ));
         }
         let host = host.to_ascii_lowercase();
         Ok(Self {
@@ -196,7 +201,10 @@ impl Download for HttpDownload {
     }
 
     async fn next_chunk(&mut self) -> Result<Option<Bytes>, OutputError> {
-        self.0.chunk().await.map_err(|e| OutputError::Transport(e.to_string()))
+        self.0
+            .chunk()
+            .await
+            .map_err(|e| OutputError::Transport(e.to_string()))
     }
 }
 
@@ -229,7 +237,8 @@ pub async fn store_outputs<S: OutputSource, O: ObjectStore>(
 ) -> Result<Vec<StoredOutput>, OutputError> {
     let mut parsed = Vec::with_capacity(urls.len());
     for raw in urls {
-        let url = Url::parse(raw).map_err(|_| OutputError::InvalidUrl(raw.chars().take(200).collect()))?;
+        let url = Url::parse(raw)
+            .map_err(|_| OutputError::InvalidUrl(raw.chars().take(200).collect()))?;
         if !allowlist.allows(&url) {
             let host = url.host_str().unwrap_or_default();
             let host = match url.port() {
@@ -297,11 +306,16 @@ pub async fn store_one<O: ObjectStore, D: Download>(
             buffer.extend_from_slice(&chunk);
             while buffer.len() >= PART_SIZE {
                 let part = buffer.split_to(PART_SIZE).freeze();
-                upload.send_part(objects, key_stem, declared_type.as_deref(), part).await?;
+                upload
+                    .send_part(objects, key_stem, declared_type.as_deref(), part)
+                    .await?;
             }
         }
         if let Some(expected) = expected.filter(|e| *e != size) {
-            return Err(OutputError::Truncated { expected, received: size });
+            return Err(OutputError::Truncated {
+                expected,
+                received: size,
+            });
         }
         if size == 0 {
             return Err(OutputError::Empty);
@@ -310,7 +324,9 @@ pub async fn store_one<O: ObjectStore, D: Download>(
         let (key, content_type) = match upload.started() {
             Some(_) => {
                 if !rest.is_empty() {
-                    upload.send_part(objects, key_stem, declared_type.as_deref(), rest).await?;
+                    upload
+                        .send_part(objects, key_stem, declared_type.as_deref(), rest)
+                        .await?;
                 }
                 upload.complete(objects).await?
             }
@@ -360,19 +376,24 @@ impl MultipartUpload {
                 // The first part decides the type (and so the key's extension).
                 let (key, content_type) = object_key(key_stem, &part, declared_type);
                 let id = objects.create_multipart(&key, &content_type).await?;
-                (self.key, self.content_type, self.upload_id) = (key, content_type, Some(id.clone()));
+                (self.key, self.content_type, self.upload_id) =
+                    (key, content_type, Some(id.clone()));
                 id
             }
         };
         let number = i32::try_from(self.parts.len() + 1).unwrap_or(i32::MAX);
-        let etag = objects.upload_part(&self.key, &upload_id, number, part).await?;
+        let etag = objects
+            .upload_part(&self.key, &upload_id, number, part)
+            .await?;
         self.parts.push((number, etag));
         Ok(())
     }
 
     async fn complete<O: ObjectStore>(&self, objects: &O) -> Result<(String, String), OutputError> {
         let upload_id = self.upload_id.as_deref().unwrap_or_default();
-        objects.complete_multipart(&self.key, upload_id, &self.parts).await?;
+        objects
+            .complete_multipart(&self.key, upload_id, &self.parts)
+            .await?;
         Ok((self.key.clone(), self.content_type.clone()))
     }
 
@@ -398,14 +419,33 @@ fn sniff_image(head: &[u8]) -> Option<(&'static str, &'static str)> {
     match head {
         [0x89, b'P', b'N', b'G', ..] => Some(("image/png", "png")),
         [0xFF, 0xD8, 0xFF, ..] => Some(("image/jpeg", "jpg")),
-        [b'R', b'I', b'F', b'F', _, _, _, _, b'W', b'E', b'B', b'P', ..] => Some(("image/webp", "webp")),
+        [
+            b'R',
+            b'I',
+            b'F',
+            b'F',
+            _,
+            _,
+            _,
+            _,
+            b'W',
+            b'E',
+            b'B',
+            b'P',
+            ..,
+        ] => Some(("image/webp", "webp")),
         [b'G', b'I', b'F', b'8', ..] => Some(("image/gif", "gif")),
         _ => None,
     }
 }
 
 fn image_type_from_header(value: &str) -> Option<(&'static str, &'static str)> {
-    let essence = value.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
     match essence.as_str() {
         "image/png" => Some(("image/png", "png")),
         "image/jpeg" | "image/jpg" => Some(("image/jpeg", "jpg")),
@@ -417,10 +457,12 @@ fn image_type_from_header(value: &str) -> Option<(&'static str, &'static str)> {
 
 pub(crate) fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write as _;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 #[cfg(test)]
@@ -461,7 +503,15 @@ mod tests {
 
     #[test]
     fn allowlist_rejects_urls_and_bad_entries() {
-        for bad in ["", " , ", "https://replicate.delivery", "replicate.delivery/path", "a.*.com", "host:port", "*."] {
+        for bad in [
+            "",
+            " , ",
+            "https://replicate.delivery",
+            "replicate.delivery/path",
+            "a.*.com",
+            "host:port",
+            "*.",
+        ] {
             assert!(HostAllowlist::parse(bad).is_err(), "{bad:?}");
         }
     }
@@ -476,7 +526,10 @@ mod tests {
     async fn small_output_is_one_put_with_size_hash_and_sniffed_type() {
         let objects = MemoryObjects::default();
         let body = png_bytes(1000);
-        let download = ScriptedDownload::new(vec![body[..300].to_vec(), body[300..].to_vec()], Some("application/octet-stream"));
+        let download = ScriptedDownload::new(
+            vec![body[..300].to_vec(), body[300..].to_vec()],
+            Some("application/octet-stream"),
+        );
         let out = store_one(&objects, "outputs/p/0", download).await.unwrap();
         assert_eq!(out.key, "outputs/p/0.png");
         assert_eq!(out.content_type, "image/png");
@@ -491,19 +544,30 @@ mod tests {
         let objects = MemoryObjects::default();
         let body = png_bytes(PART_SIZE * 2 + 12345);
         let chunks: Vec<Vec<u8>> = body.chunks(1 << 20).map(<[u8]>::to_vec).collect();
-        let out = store_one(&objects, "outputs/p/1", ScriptedDownload::new(chunks, None)).await.unwrap();
+        let out = store_one(&objects, "outputs/p/1", ScriptedDownload::new(chunks, None))
+            .await
+            .unwrap();
         assert_eq!(out.size, body.len() as u64);
         assert_eq!(objects.get("outputs/p/1.png").unwrap().0, body);
-        assert_eq!(objects.part_sizes("outputs/p/1.png"), vec![PART_SIZE, PART_SIZE, 12345]);
+        assert_eq!(
+            objects.part_sizes("outputs/p/1.png"),
+            vec![PART_SIZE, PART_SIZE, 12345]
+        );
     }
 
     #[tokio::test]
     async fn truncated_download_is_refused_and_the_upload_aborted() {
         let objects = MemoryObjects::default();
         let body = png_bytes(PART_SIZE + 10);
-        let download = ScriptedDownload::new(vec![body.clone()], None).with_length(body.len() as u64 + 5);
-        let err = store_one(&objects, "outputs/p/2", download).await.unwrap_err();
-        assert!(matches!(err, OutputError::Truncated { received, .. } if received == body.len() as u64), "{err}");
+        let download =
+            ScriptedDownload::new(vec![body.clone()], None).with_length(body.len() as u64 + 5);
+        let err = store_one(&objects, "outputs/p/2", download)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, OutputError::Truncated { received, .. } if received == body.len() as u64),
+            "{err}"
+        );
         assert!(!err.is_permanent());
         assert!(objects.get("outputs/p/2.png").is_none());
         assert_eq!(objects.open_multipart_uploads(), 0, "aborted");
@@ -512,11 +576,31 @@ mod tests {
     #[tokio::test]
     async fn declared_type_is_used_when_bytes_say_nothing_and_empty_is_refused() {
         let objects = MemoryObjects::default();
-        let out = store_one(&objects, "o/3", ScriptedDownload::new(vec![b"abc".to_vec()], Some("image/jpeg; q=1"))).await.unwrap();
-        assert_eq!((out.key.as_str(), out.content_type.as_str()), ("o/3.jpg", "image/jpeg"));
-        let out = store_one(&objects, "o/4", ScriptedDownload::new(vec![b"abc".to_vec()], Some("text/html"))).await.unwrap();
-        assert_eq!((out.key.as_str(), out.content_type.as_str()), ("o/4.bin", "application/octet-stream"));
-        let err = store_one(&objects, "o/5", ScriptedDownload::new(vec![], None)).await.unwrap_err();
+        let out = store_one(
+            &objects,
+            "o/3",
+            ScriptedDownload::new(vec![b"abc".to_vec()], Some("image/jpeg; q=1")),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            (out.key.as_str(), out.content_type.as_str()),
+            ("o/3.jpg", "image/jpeg")
+        );
+        let out = store_one(
+            &objects,
+            "o/4",
+            ScriptedDownload::new(vec![b"abc".to_vec()], Some("text/html")),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            (out.key.as_str(), out.content_type.as_str()),
+            ("o/4.bin", "application/octet-stream")
+        );
+        let err = store_one(&objects, "o/5", ScriptedDownload::new(vec![], None))
+            .await
+            .unwrap_err();
         assert!(matches!(err, OutputError::Empty));
     }
 
@@ -524,13 +608,22 @@ mod tests {
     async fn declared_oversize_is_refused_before_reading() {
         let objects = MemoryObjects::default();
         let download = ScriptedDownload::new(vec![], None).with_length(MAX_OUTPUT_BYTES + 1);
-        assert!(matches!(store_one(&objects, "o/6", download).await, Err(OutputError::TooLarge)));
+        assert!(matches!(
+            store_one(&objects, "o/6", download).await,
+            Err(OutputError::TooLarge)
+        ));
     }
 
     #[test]
     fn sniffing_knows_the_usual_image_formats() {
-        assert_eq!(sniff_image(b"\xFF\xD8\xFF\xE0rest"), Some(("image/jpeg", "jpg")));
-        assert_eq!(sniff_image(b"RIFF\x10\0\0\0WEBPVP8 "), Some(("image/webp", "webp")));
+        assert_eq!(
+            sniff_image(b"\xFF\xD8\xFF\xE0rest"),
+            Some(("image/jpeg", "jpg"))
+        );
+        assert_eq!(
+            sniff_image(b"RIFF\x10\0\0\0WEBPVP8 "),
+            Some(("image/webp", "webp"))
+        );
         assert_eq!(sniff_image(b"GIF89a"), Some(("image/gif", "gif")));
         assert_eq!(sniff_image(b"<html>"), None);
     }

@@ -36,7 +36,11 @@ pub enum ClaimOutcome {
 pub trait RecordStore: Send + Sync {
     /// Takes `claim` if nobody holds its key or the holder's lease ended before `now`
     /// (one conditional write; on failure the current holder comes back in the same trip).
-    fn try_claim(&self, claim: &Claim, now: Millis) -> impl Future<Output = Result<ClaimOutcome, StoreError>> + Send;
+    fn try_claim(
+        &self,
+        claim: &Claim,
+        now: Millis,
+    ) -> impl Future<Output = Result<ClaimOutcome, StoreError>> + Send;
 
     /// Replaces the claim at `claim.key` only if it is still held by `expected_token`.
     fn replace_claim(
@@ -55,13 +59,23 @@ pub trait RecordStore: Send + Sync {
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
     /// Deletes a claim if `guard` still holds it.
-    fn release_claim(&self, key: &str, guard: ClaimGuard<'_>) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    fn release_claim(
+        &self,
+        key: &str,
+        guard: ClaimGuard<'_>,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
     /// Stores a new prediction; fails if the id exists.
-    fn insert_prediction(&self, record: &PredictionRecord) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn insert_prediction(
+        &self,
+        record: &PredictionRecord,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Reads a prediction (strongly consistent).
-    fn get_prediction(&self, id: &PredictionId) -> impl Future<Output = Result<Option<PredictionRecord>, StoreError>> + Send;
+    fn get_prediction(
+        &self,
+        id: &PredictionId,
+    ) -> impl Future<Output = Result<Option<PredictionRecord>, StoreError>> + Send;
 
     /// Records Replicate's id for a prediction, unless it already has a different one.
     fn attach_replicate_id(
@@ -72,7 +86,11 @@ pub trait RecordStore: Send + Sync {
 
     /// Applies `advance` only if it moves the status forward (and the Replicate id agrees).
     /// `false` means the stored state was already as far or further along.
-    fn advance(&self, id: &PredictionId, advance: &Advance) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    fn advance(
+        &self,
+        id: &PredictionId,
+        advance: &Advance,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
     /// Marks the prediction as being synced at `now`, only if it was last synced before
     /// `not_since`: at most one fetch asks Replicate per interval.
@@ -83,15 +101,27 @@ pub trait RecordStore: Send + Sync {
         not_since: Millis,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
-    fn delete_prediction(&self, id: &PredictionId) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn delete_prediction(
+        &self,
+        id: &PredictionId,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 
 /// Where output files are kept.
 pub trait ObjectStore: Send + Sync {
-    fn put_object(&self, key: &str, content_type: &str, body: Bytes) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn put_object(
+        &self,
+        key: &str,
+        content_type: &str,
+        body: Bytes,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Starts a multipart upload and returns its id.
-    fn create_multipart(&self, key: &str, content_type: &str) -> impl Future<Output = Result<String, StoreError>> + Send;
+    fn create_multipart(
+        &self,
+        key: &str,
+        content_type: &str,
+    ) -> impl Future<Output = Result<String, StoreError>> + Send;
 
     /// Uploads one part (numbered from 1) and returns its ETag.
     fn upload_part(
@@ -109,8 +139,16 @@ pub trait ObjectStore: Send + Sync {
         parts: &[(i32, String)],
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    fn abort_multipart(&self, key: &str, upload_id: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn abort_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// A time-limited download URL for `key`.
-    fn presign_get(&self, key: &str, ttl: Duration) -> impl Future<Output = Result<String, StoreError>> + Send;
+    fn presign_get(
+        &self,
+        key: &str,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<String, StoreError>> + Send;
 }

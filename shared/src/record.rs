@@ -24,7 +24,10 @@ impl PredictionId {
     }
 
     pub fn parse(s: &str) -> Result<Self, InvalidPredictionId> {
-        if s.len() == 32 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        if s.len() == 32
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
             Ok(Self(s.to_owned()))
         } else {
             Err(InvalidPredictionId)
@@ -59,7 +62,8 @@ impl fmt::Display for PredictionId {
 pub type Millis = u64;
 
 pub fn to_millis(t: SystemTime) -> Millis {
-    t.duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 pub fn from_millis(ms: Millis) -> SystemTime {
@@ -177,7 +181,13 @@ mod tests {
         let b = PredictionId::generate();
         assert_ne!(a, b);
         assert_eq!(PredictionId::parse(a.as_str()), Ok(a.clone()));
-        for bad in ["", "ABCDEF0123456789abcdef0123456789", "../etc/passwd", &"a".repeat(33), "g".repeat(32).as_str()] {
+        for bad in [
+            "",
+            "ABCDEF0123456789abcdef0123456789",
+            "../etc/passwd",
+            &"a".repeat(33),
+            "g".repeat(32).as_str(),
+        ] {
             assert_eq!(PredictionId::parse(bad), Err(InvalidPredictionId), "{bad}");
         }
     }
@@ -185,9 +195,18 @@ mod tests {
     #[test]
     fn timestamps_round_trip_through_rfc3339() {
         assert_eq!(rfc3339(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
-        assert_eq!(parse_rfc3339("2023-11-14T22:13:20.123Z"), Some(1_700_000_000_123));
-        assert_eq!(parse_rfc3339("2023-09-08T16:19:34.791859Z"), Some(1_694_189_974_791));
-        assert_eq!(parse_rfc3339("2023-09-08T16:19:34+00:00"), Some(1_694_189_974_000));
+        assert_eq!(
+            parse_rfc3339("2023-11-14T22:13:20.123Z"),
+            Some(1_700_000_000_123)
+        );
+        assert_eq!(
+            parse_rfc3339("2023-09-08T16:19:34.791859Z"),
+            Some(1_694_189_974_791)
+        );
+        assert_eq!(
+            parse_rfc3339("2023-09-08T16:19:34+00:00"),
+            Some(1_694_189_974_000)
+        );
         assert_eq!(parse_rfc3339("yesterday"), None);
     }
 }

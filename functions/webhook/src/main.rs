@@ -1,12 +1,7 @@
-//! Checks this function's configuration at start-up; its request handler arrives with the
-//! end-to-end work (issue 3).
+//! Lambda `webhook`: POST /webhooks/replicate. Configuration and clients are built once per
+//! cold start; the handler lives in `imagegen_shared::app`.
 
-fn main() {
-    match imagegen_shared::registry::ModelRegistry::from_env() {
-        Ok(registry) => println!("model registry ok: {} aliases", registry.aliases().count()),
-        Err(err) => {
-            eprintln!("{err}");
-            std::process::exit(1);
-        }
-    }
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<(), lambda_http::Error> {
+    imagegen_shared::bootstrap::run_lambda(|app, request| app.webhook(request)).await
 }

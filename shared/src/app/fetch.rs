@@ -44,11 +44,18 @@ where
             .and_then(|raw| PredictionId::parse(&raw).ok())
             .ok_or_else(not_found)?;
         tracing::Span::current().record("prediction_id", id.as_str());
-        let mut record = self.records.get_prediction(&id).await?.ok_or_else(not_found)?;
+        let mut record = self
+            .records
+            .get_prediction(&id)
+            .await?
+            .ok_or_else(not_found)?;
         if !record.status.is_terminal() {
             record = self.sync_running(record).await?;
         }
-        Ok(PredictionView::build(&record, false, &self.objects, self.settings.output_url_ttl).await?)
+        Ok(
+            PredictionView::build(&record, false, &self.objects, self.settings.output_url_ttl)
+                .await?,
+        )
     }
 
     /// Asks Replicate about a running prediction, at most once per sync interval across all
@@ -59,7 +66,11 @@ where
             return self.give_up_if_never_created(record, now).await;
         };
         let interval = self.settings.fetch_sync_interval.as_millis() as u64;
-        if !self.records.claim_sync(&record.id, now, now.saturating_sub(interval)).await? {
+        if !self
+            .records
+            .claim_sync(&record.id, now, now.saturating_sub(interval))
+            .await?
+        {
             return Ok(record);
         }
         let remote = match self.replicate.get_prediction(&replicate_id).await {
@@ -73,11 +84,21 @@ where
             tracing::warn!(prediction_id = %record.id, error = %err, "could not apply the synced state");
             return Ok(record);
         }
-        Ok(self.records.get_prediction(&record.id).await?.unwrap_or(record))
+        Ok(self
+            .records
+            .get_prediction(&record.id)
+            .await?
+            .unwrap_or(record))
     }
 
-    async fn give_up_if_never_created(&self, record: PredictionRecord, now: u64) -> Result<PredictionRecord, ApiError> {
-        let deadline = record.created_at.saturating_add(UNCONFIRMED_DEADLINE.as_millis() as u64);
+    async fn give_up_if_never_created(
+        &self,
+        record: PredictionRecord,
+        now: u64,
+    ) -> Result<PredictionRecord, ApiError> {
+        let deadline = record
+            .created_at
+            .saturating_add(UNCONFIRMED_DEADLINE.as_millis() as u64);
         if now < deadline {
             return Ok(record);
         }
@@ -91,6 +112,10 @@ where
             completed_at: Some(now),
         };
         self.records.advance(&record.id, &advance).await?;
-        Ok(self.records.get_prediction(&record.id).await?.unwrap_or(record))
+        Ok(self
+            .records
+            .get_prediction(&record.id)
+            .await?
+            .unwrap_or(record))
     }
 }

@@ -53,8 +53,10 @@ impl Clock {
     }
 
     pub fn advance(&self, by: Duration) {
-        self.offset_ms
-            .fetch_add(i64::try_from(by.as_millis()).unwrap_or(i64::MAX), Ordering::Relaxed);
+        self.offset_ms.fetch_add(
+            i64::try_from(by.as_millis()).unwrap_or(i64::MAX),
+            Ordering::Relaxed,
+        );
     }
 }
 
@@ -77,7 +79,14 @@ where
     O: ObjectStore,
     D: OutputSource,
 {
-    pub fn new(replicate: R, records: S, objects: O, downloads: D, registry: ModelRegistry, settings: Settings) -> Self {
+    pub fn new(
+        replicate: R,
+        records: S,
+        objects: O,
+        downloads: D,
+        registry: ModelRegistry,
+        settings: Settings,
+    ) -> Self {
         let webhook_secret = OnceCell::new_with(settings.webhook_secret.clone());
         Self {
             replicate,
@@ -94,7 +103,9 @@ where
     /// The signing secret: configured, or fetched from Replicate once per process (on first
     /// use rather than at start-up, so cold starts do not wait for it).
     pub async fn webhook_secret(&self) -> Result<&WebhookSecret, ReplicateError> {
-        self.webhook_secret.get_or_try_init(|| self.replicate.webhook_secret()).await
+        self.webhook_secret
+            .get_or_try_init(|| self.replicate.webhook_secret())
+            .await
     }
 
     /// Dispatches by method and path: the local server's router. In AWS, API Gateway routes
@@ -125,7 +136,8 @@ pub fn request_id(request: &Request) -> String {
     if let Some(context) = request.lambda_context_ref() {
         return context.request_id.clone();
     }
-    if let Some(lambda_http::request::RequestContext::ApiGatewayV2(context)) = request.request_context_ref()
+    if let Some(lambda_http::request::RequestContext::ApiGatewayV2(context)) =
+        request.request_context_ref()
         && let Some(id) = &context.request_id
     {
         return id.clone();

@@ -62,17 +62,41 @@ impl ApiError {
         use StatusCode as S;
         match self {
             Self::BadRequest(_) => (S::BAD_REQUEST, "malformed-request", "Malformed request"),
-            Self::PayloadTooLarge { .. } => (S::PAYLOAD_TOO_LARGE, "payload-too-large", "Request body too large"),
+            Self::PayloadTooLarge { .. } => (
+                S::PAYLOAD_TOO_LARGE,
+                "payload-too-large",
+                "Request body too large",
+            ),
             Self::UnknownModel(_) => (S::NOT_FOUND, "unknown-model", "Unknown model"),
             Self::NotFound(_) => (S::NOT_FOUND, "not-found", "Not found"),
             Self::NoRoute { .. } => (S::NOT_FOUND, "no-route", "No such route"),
             Self::InvalidInput(_) => (S::UNPROCESSABLE_ENTITY, "invalid-input", "Invalid input"),
-            Self::IdempotencyKeyReused => (S::UNPROCESSABLE_ENTITY, "idempotency-key-reused", "Idempotency-Key reused"),
-            Self::IdempotencyInProgress => (S::CONFLICT, "idempotency-in-progress", "Request in progress"),
-            Self::Throttled { .. } => (S::TOO_MANY_REQUESTS, "upstream-throttled", "Upstream throttled"),
-            Self::Unavailable { .. } => (S::SERVICE_UNAVAILABLE, "upstream-unavailable", "Upstream unavailable"),
+            Self::IdempotencyKeyReused => (
+                S::UNPROCESSABLE_ENTITY,
+                "idempotency-key-reused",
+                "Idempotency-Key reused",
+            ),
+            Self::IdempotencyInProgress => (
+                S::CONFLICT,
+                "idempotency-in-progress",
+                "Request in progress",
+            ),
+            Self::Throttled { .. } => (
+                S::TOO_MANY_REQUESTS,
+                "upstream-throttled",
+                "Upstream throttled",
+            ),
+            Self::Unavailable { .. } => (
+                S::SERVICE_UNAVAILABLE,
+                "upstream-unavailable",
+                "Upstream unavailable",
+            ),
             Self::Upstream => (S::BAD_GATEWAY, "upstream-error", "Upstream error"),
-            Self::Unauthorized(_) => (S::UNAUTHORIZED, "invalid-signature", "Invalid webhook signature"),
+            Self::Unauthorized(_) => (
+                S::UNAUTHORIZED,
+                "invalid-signature",
+                "Invalid webhook signature",
+            ),
             Self::Internal => (S::INTERNAL_SERVER_ERROR, "internal-error", "Internal error"),
             Self::StorageFailed => (S::INTERNAL_SERVER_ERROR, "storage-failed", "Storage failed"),
         }
@@ -80,7 +104,9 @@ impl ApiError {
 
     fn retry_after(&self) -> Option<Duration> {
         match self {
-            Self::Throttled { retry_after } | Self::Unavailable { retry_after } => Some(*retry_after),
+            Self::Throttled { retry_after } | Self::Unavailable { retry_after } => {
+                Some(*retry_after)
+            }
             Self::IdempotencyInProgress => Some(Duration::from_secs(1)),
             _ => None,
         }
@@ -109,7 +135,9 @@ impl ApiError {
             .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
         if let Some(after) = self.retry_after() {
             let seconds = after.as_secs().max(1);
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
     }
@@ -120,9 +148,10 @@ pub fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Response<Bod
     let text = serde_json::to_string(body).unwrap_or_else(|_| "{}".to_owned());
     let mut response = Response::new(Body::Text(text));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     response
 }
 
@@ -216,7 +245,11 @@ mod tests {
 
     #[test]
     fn storage_errors_do_not_leak() {
-        let err: ApiError = StoreError::new("get prediction", "dispatch failure: connection refused to 10.0.0.1").into();
+        let err: ApiError = StoreError::new(
+            "get prediction",
+            "dispatch failure: connection refused to 10.0.0.1",
+        )
+        .into();
         let response = err.into_response();
         assert_eq!(response.status(), 500);
         assert!(!String::from_utf8_lossy(response.body().as_ref()).contains("10.0.0.1"));

@@ -15,7 +15,9 @@ use crate::outputs::{OutputSource, hex};
 use crate::ports::{ClaimOutcome, ObjectStore, RecordStore};
 use crate::record::{Claim, ClaimGuard, Millis, PredictionId, PredictionRecord};
 use crate::registry::{FieldError, ModelAlias, ValidatedInput, canonical_json};
-use crate::replicate::{PredictionStatus, ReplicateApi, ReplicateError, WebhookEvent, WebhookTarget};
+use crate::replicate::{
+    PredictionStatus, ReplicateApi, ReplicateError, WebhookEvent, WebhookTarget,
+};
 
 /// How long a submit may take to create its prediction before others may take over.
 const CREATE_LEASE: Duration = Duration::from_secs(30);
@@ -80,13 +82,17 @@ fn sha256_hex(data: &[u8]) -> String {
 
 fn parse_body(bytes: &[u8]) -> Result<SubmitBody, ApiError> {
     if bytes.len() > MAX_BODY_BYTES {
-        return Err(ApiError::PayloadTooLarge { limit: MAX_BODY_BYTES });
+        return Err(ApiError::PayloadTooLarge {
+            limit: MAX_BODY_BYTES,
+        });
     }
-    let value: Value =
-        serde_json::from_slice(bytes).map_err(|e| ApiError::BadRequest(format!("request body is not valid JSON: {e}")))?;
+    let value: Value = serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::BadRequest(format!("request body is not valid JSON: {e}")))?;
     let hash = sha256_hex(canonical_json(&value).as_bytes());
     let Value::Object(mut fields) = value else {
-        return Err(ApiError::BadRequest("request body must be a JSON object".to_owned()));
+        return Err(ApiError::BadRequest(
+            "request body must be a JSON object".to_owned(),
+        ));
     };
     let mut errors = Vec::new();
     let mut error = |field: &str, message: &str| {
@@ -118,7 +124,10 @@ fn parse_body(bytes: &[u8]) -> Result<SubmitBody, ApiError> {
         }
     };
     for unknown in fields.keys() {
-        error(unknown, "is not a field of this request (expected `model` and `input`)");
+        error(
+            unknown,
+            "is not a field of this request (expected `model` and `input`)",
+        );
     }
     match (model, input) {
         (Some(model), Some(input)) if errors.is_empty() => Ok(SubmitBody { model, input, hash }),
@@ -127,9 +136,12 @@ fn parse_body(bytes: &[u8]) -> Result<SubmitBody, ApiError> {
 }
 
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-    let Some(value) = headers.get(IDEMPOTENCY_KEY_HEADER) else { return Ok(None) };
+    let Some(value) = headers.get(IDEMPOTENCY_KEY_HEADER) else {
+        return Ok(None);
+    };
     let key = value.to_str().map(str::trim).unwrap_or_default();
-    if key.is_empty() || key.len() > 255 || !key.bytes().all(|b| b.is_ascii_graphic() || b == b' ') {
+    if key.is_empty() || key.len() > 255 || !key.bytes().all(|b| b.is_ascii_graphic() || b == b' ')
+    {
         return Err(ApiError::BadRequest(
             "Idempotency-Key must be 1 to 255 visible ASCII characters".to_owned(),
         ));
@@ -156,13 +168,22 @@ where
     pub async fn submit(&self, request: Request) -> Response<Body> {
         match self.try_submit(&request).await {
             Ok(started) => {
-                let view = match PredictionView::build(&started.record, started.cached, &self.objects, self.settings.output_url_ttl).await {
+                let view = match PredictionView::build(
+                    &started.record,
+                    started.cached,
+                    &self.objects,
+                    self.settings.output_url_ttl,
+                )
+                .await
+                {
                     Ok(view) => view,
                     Err(err) => return ApiError::from(err).into_response(),
                 };
                 let mut response = json_response(started.status, &view);
                 if started.replayed {
-                    response.headers_mut().insert(REPLAYED_HEADER, HeaderValue::from_static("true"));
+                    response
+                        .headers_mut()
+                        .insert(REPLAYED_HEADER, HeaderValue::from_static("true"));
                 }
                 response
             }
@@ -176,12 +197,20 @@ where
             .registry
             .resolve(&body.model)
             .map_err(|e| ApiError::UnknownModel(e.reason))?;
-        let input = alias.validate(&body.input).map_err(|e| ApiError::InvalidInput(e.0))?;
+        let input = alias
+            .validate(&body.input)
+            .map_err(|e| ApiError::InvalidInput(e.0))?;
         let use_cache = !wants_no_cache(request.headers());
         let webhook_base = self.webhook_base(request)?;
         match idempotency_key(request.headers())? {
-            Some(key) => self.submit_idempotently(&key, &body.hash, alias, input, use_cache, &webhook_base).await,
-            None => self.start_or_join(alias, input, use_cache, &webhook_base).await,
+            Some(key) => {
+                self.submit_idempotently(&key, &body.hash, alias, input, use_cache, &webhook_base)
+                    .await
+            }
+            None => {
+                self.start_or_join(alias, input, use_cache, &webhook_base)
+                    .await
+            }
         }
     }
 
@@ -195,8 +224,14 @@ where
             .get(header::HOST)
             .and_then(|v| v.to_str().ok())
             .or_else(|| request.uri().authority().map(|a| a.as_str()))
-            .filter(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b)))
-            .ok_or_else(|| ApiError::BadRequest("the request has no valid Host header".to_owned()))?;
+            .filter(|h| {
+                !h.is_empty()
+                    && h.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+            })
+            .ok_or_else(|| {
+                ApiError::BadRequest("the request has no valid Host header".to_owned())
+            })?;
         let scheme = headers
             .get("x-forwarded-proto")
             .and_then(|v| v.to_str().ok())
@@ -229,7 +264,9 @@ where
             if held.request_hash.as_deref() != Some(body_hash) {
                 return Err(ApiError::IdempotencyKeyReused);
             }
-            let Some(id) = held.prediction_id else { return Err(ApiError::IdempotencyInProgress) };
+            let Some(id) = held.prediction_id else {
+                return Err(ApiError::IdempotencyInProgress);
+            };
             let record = self
                 .records
                 .get_prediction(&id)
@@ -242,11 +279,15 @@ where
             });
         }
         let guard = ClaimGuard::Token(&claim.token);
-        let result = self.start_or_join(alias, input, use_cache, webhook_base).await;
+        let result = self
+            .start_or_join(alias, input, use_cache, webhook_base)
+            .await;
         let settled = match &result {
             Ok(started) => {
                 let until = add_ms(now, IDEMPOTENCY_WINDOW);
-                self.records.settle_claim(&claim.key, guard, &started.record.id, until).await
+                self.records
+                    .settle_claim(&claim.key, guard, &started.record.id, until)
+                    .await
             }
             // Nothing was started, so the same key may be used again at once.
             Err(_) => self.records.release_claim(&claim.key, guard).await,
@@ -276,7 +317,14 @@ where
             let claim = self.cache_claim(&key, now);
             let held = match self.records.try_claim(&claim, now).await? {
                 ClaimOutcome::Claimed => {
-                    return self.create(alias, &input, Some((cache_key.as_str(), &claim)), webhook_base).await;
+                    return self
+                        .create(
+                            alias,
+                            &input,
+                            Some((cache_key.as_str(), &claim)),
+                            webhook_base,
+                        )
+                        .await;
                 }
                 ClaimOutcome::HeldBy(held) => held,
             };
@@ -296,7 +344,14 @@ where
                 Holder::Wait => tokio::time::sleep(CLAIM_RETRY_WAIT).await,
                 Holder::TakeOver => {
                     if self.records.replace_claim(&claim, &held.token).await? {
-                        return self.create(alias, &input, Some((cache_key.as_str(), &claim)), webhook_base).await;
+                        return self
+                            .create(
+                                alias,
+                                &input,
+                                Some((cache_key.as_str(), &claim)),
+                                webhook_base,
+                            )
+                            .await;
                     }
                 }
             }
@@ -317,17 +372,33 @@ where
         }
     }
 
-    fn judge_holder(&self, existing: Option<PredictionRecord>, held: &Claim, now: Millis) -> Holder {
+    fn judge_holder(
+        &self,
+        existing: Option<PredictionRecord>,
+        held: &Claim,
+        now: Millis,
+    ) -> Holder {
         match existing {
             None if held.is_expired(now) => Holder::TakeOver,
             None => Holder::Wait,
             Some(record) if record.status == PredictionStatus::Succeeded => {
-                let fresh_until = add_ms(record.completed_at.unwrap_or(0), self.settings.result_cache_ttl);
-                if fresh_until > now { Holder::Cached(record) } else { Holder::TakeOver }
+                let fresh_until = add_ms(
+                    record.completed_at.unwrap_or(0),
+                    self.settings.result_cache_ttl,
+                );
+                if fresh_until > now {
+                    Holder::Cached(record)
+                } else {
+                    Holder::TakeOver
+                }
             }
             // Failed, canceled and aborted predictions are never served from the cache.
             Some(record) if record.status.is_terminal() => Holder::TakeOver,
-            Some(record) if record.is_unconfirmed() && add_ms(record.created_at, CREATE_LEASE) < now => Holder::TakeOver,
+            Some(record)
+                if record.is_unconfirmed() && add_ms(record.created_at, CREATE_LEASE) < now =>
+            {
+                Holder::TakeOver
+            }
             Some(record) => Holder::InFlight(record),
         }
     }
@@ -370,7 +441,12 @@ where
             url: format!("{webhook_base}/webhooks/replicate?id={id}"),
             events: vec![WebhookEvent::Start, WebhookEvent::Completed],
         };
-        match self.replicate.create_prediction(&alias.model, input.as_map(), Some(&webhook)).await {
+        let webhook = self.settings.send_webhooks.then_some(&webhook);
+        match self
+            .replicate
+            .create_prediction(&alias.model, input.as_map(), webhook)
+            .await
+        {
             Ok(remote) => {
                 if !self.records.attach_replicate_id(&id, &remote.id).await? {
                     tracing::warn!(prediction_id = %id, replicate_id = %remote.id, "record already names another Replicate prediction");
@@ -379,7 +455,11 @@ where
                 tracing::info!(prediction_id = %id, replicate_id = %remote.id, model = %alias.model, "prediction created");
                 if let Some((_, claim)) = claim {
                     let until = add_ms(now, RUN_LEASE);
-                    if let Err(err) = self.records.settle_claim(&claim.key, ClaimGuard::Token(&claim.token), &id, until).await {
+                    if let Err(err) = self
+                        .records
+                        .settle_claim(&claim.key, ClaimGuard::Token(&claim.token), &id, until)
+                        .await
+                    {
                         tracing::warn!(prediction_id = %id, error = %err, "could not extend the cache claim");
                     }
                 }
@@ -405,7 +485,11 @@ where
     }
 
     /// A create answered with a later state (e.g. a fast model): record it right away.
-    async fn apply_created_state(&self, record: PredictionRecord, remote: &crate::replicate::Prediction) -> PredictionRecord {
+    async fn apply_created_state(
+        &self,
+        record: PredictionRecord,
+        remote: &crate::replicate::Prediction,
+    ) -> PredictionRecord {
         if let Err(err) = self.apply_remote(&record, remote).await {
             tracing::warn!(prediction_id = %record.id, error = %err, "could not apply the create answer's state");
         }
@@ -417,7 +501,10 @@ where
 
     async fn release_cache_claim(&self, claim: Option<(&str, &Claim)>) {
         if let Some((_, claim)) = claim
-            && let Err(err) = self.records.release_claim(&claim.key, ClaimGuard::Token(&claim.token)).await
+            && let Err(err) = self
+                .records
+                .release_claim(&claim.key, ClaimGuard::Token(&claim.token))
+                .await
         {
             tracing::warn!(error = %err, "could not release the cache claim");
         }
@@ -430,10 +517,16 @@ mod tests {
 
     #[test]
     fn body_shape_errors_are_per_field() {
-        let Err(ApiError::InvalidInput(errors)) = parse_body(br#"{"model": 3, "inputs": {}}"#) else { panic!() };
+        let Err(ApiError::InvalidInput(errors)) = parse_body(br#"{"model": 3, "inputs": {}}"#)
+        else {
+            panic!()
+        };
         let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
         assert_eq!(fields, vec!["model", "input", "inputs"]);
-        assert!(matches!(parse_body(b"{\"model\": "), Err(ApiError::BadRequest(_))));
+        assert!(matches!(
+            parse_body(b"{\"model\": "),
+            Err(ApiError::BadRequest(_))
+        ));
         assert!(matches!(parse_body(b"[1,2]"), Err(ApiError::BadRequest(_))));
         assert!(matches!(parse_body(b""), Err(ApiError::BadRequest(_))));
         assert!(matches!(
@@ -444,9 +537,16 @@ mod tests {
 
     #[test]
     fn the_same_body_hashes_the_same_whatever_its_formatting() {
-        let a = parse_body(br#"{"model":"sdxl","input":{"prompt":"x","seed":1}}"#).ok().unwrap();
-        let b = parse_body(b"{ \"input\": {\"seed\": 1, \"prompt\": \"x\"},\n \"model\": \"sdxl\" }").ok().unwrap();
-        let c = parse_body(br#"{"model":"sdxl","input":{"prompt":"y","seed":1}}"#).ok().unwrap();
+        let a = parse_body(br#"{"model":"sdxl","input":{"prompt":"x","seed":1}}"#)
+            .ok()
+            .unwrap();
+        let b =
+            parse_body(b"{ \"input\": {\"seed\": 1, \"prompt\": \"x\"},\n \"model\": \"sdxl\" }")
+                .ok()
+                .unwrap();
+        let c = parse_body(br#"{"model":"sdxl","input":{"prompt":"y","seed":1}}"#)
+            .ok()
+            .unwrap();
         assert_eq!(a.hash, b.hash);
         assert_ne!(a.hash, c.hash);
     }
@@ -455,14 +555,29 @@ mod tests {
     fn cache_control_and_idempotency_headers() {
         let mut headers = HeaderMap::new();
         assert!(!wants_no_cache(&headers));
-        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("max-age=0, No-Cache"));
+        headers.insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("max-age=0, No-Cache"),
+        );
         assert!(wants_no_cache(&headers));
         assert_eq!(idempotency_key(&headers).unwrap(), None);
-        headers.insert(IDEMPOTENCY_KEY_HEADER, HeaderValue::from_static(" order-42 "));
-        assert_eq!(idempotency_key(&headers).unwrap().as_deref(), Some("order-42"));
-        headers.insert(IDEMPOTENCY_KEY_HEADER, HeaderValue::from_str(&"k".repeat(256)).unwrap());
+        headers.insert(
+            IDEMPOTENCY_KEY_HEADER,
+            HeaderValue::from_static(" order-42 "),
+        );
+        assert_eq!(
+            idempotency_key(&headers).unwrap().as_deref(),
+            Some("order-42")
+        );
+        headers.insert(
+            IDEMPOTENCY_KEY_HEADER,
+            HeaderValue::from_str(&"k".repeat(256)).unwrap(),
+        );
         assert!(idempotency_key(&headers).is_err());
-        headers.insert(IDEMPOTENCY_KEY_HEADER, HeaderValue::from_bytes(b"caf\xc3\xa9").unwrap());
+        headers.insert(
+            IDEMPOTENCY_KEY_HEADER,
+            HeaderValue::from_bytes(b"caf\xc3\xa9").unwrap(),
+        );
         assert!(idempotency_key(&headers).is_err());
     }
 }

@@ -38,8 +38,16 @@ where
     /// Moves `record` forward to `remote`'s state. Outputs of a succeeded prediction are
     /// stored before the record says `succeeded`; duplicates, stale and out-of-order states
     /// change nothing.
-    pub async fn apply_remote(&self, record: &PredictionRecord, remote: &Prediction) -> Result<SyncOutcome, SyncError> {
-        if record.replicate_id.as_deref().is_some_and(|id| id != remote.id) {
+    pub async fn apply_remote(
+        &self,
+        record: &PredictionRecord,
+        remote: &Prediction,
+    ) -> Result<SyncOutcome, SyncError> {
+        if record
+            .replicate_id
+            .as_deref()
+            .is_some_and(|id| id != remote.id)
+        {
             return Ok(SyncOutcome::Ignored("a different Replicate prediction"));
         }
         if !record.status.can_advance_to(&remote.status) {
@@ -56,10 +64,17 @@ where
             completed_at: None,
         };
         if remote.status.is_terminal() {
-            advance.completed_at = Some(remote.completed_at.as_deref().and_then(parse_rfc3339).unwrap_or(now));
+            advance.completed_at = Some(
+                remote
+                    .completed_at
+                    .as_deref()
+                    .and_then(parse_rfc3339)
+                    .unwrap_or(now),
+            );
         }
         if remote.status == PredictionStatus::Succeeded {
-            self.store_succeeded_outputs(record, remote, &mut advance).await?;
+            self.store_succeeded_outputs(record, remote, &mut advance)
+                .await?;
         }
         if !self.records.advance(&record.id, &advance).await? {
             return Ok(SyncOutcome::Ignored("already as far along"));
@@ -90,7 +105,15 @@ where
             unusable(reason.to_owned(), advance);
             return Ok(());
         }
-        match store_outputs(&self.downloads, &self.objects, &self.settings.output_hosts, &record.id, &remote.output).await {
+        match store_outputs(
+            &self.downloads,
+            &self.objects,
+            &self.settings.output_hosts,
+            &record.id,
+            &remote.output,
+        )
+        .await
+        {
             Ok(outputs) => advance.outputs = outputs,
             Err(err) if err.is_permanent() => {
                 tracing::warn!(prediction_id = %record.id, error = %err, "outputs cannot be stored");
@@ -104,13 +127,17 @@ where
     /// A succeeded prediction answers identical requests for the cache window; any other
     /// ending frees the cache key at once. Best effort: submit re-checks the state anyway.
     async fn settle_cache_claim(&self, record: &PredictionRecord, advance: &Advance) {
-        let Some(cache_key) = &record.cache_key else { return };
+        let Some(cache_key) = &record.cache_key else {
+            return;
+        };
         let key = cache_claim_key(cache_key);
         let guard = ClaimGuard::Prediction(&record.id);
         let result = if advance.status == PredictionStatus::Succeeded {
             let completed = advance.completed_at.unwrap_or_else(|| self.clock.millis());
             let until = completed.saturating_add(self.settings.result_cache_ttl.as_millis() as u64);
-            self.records.settle_claim(&key, guard, &record.id, until).await
+            self.records
+                .settle_claim(&key, guard, &record.id, until)
+                .await
         } else {
             self.records.release_claim(&key, guard).await
         };

@@ -52,7 +52,8 @@ where
             ApiError::StorageFailed
         })?;
         let body = request.body().as_ref();
-        let headers = SignatureHeaders::from_header_map(request.headers()).map_err(|e| ApiError::Unauthorized(e.to_string()))?;
+        let headers = SignatureHeaders::from_header_map(request.headers())
+            .map_err(|e| ApiError::Unauthorized(e.to_string()))?;
         let delivery = WebhookVerifier::new(secret.clone())
             .verify(headers, body, self.clock.now())
             .map_err(|e| {
@@ -63,7 +64,10 @@ where
             .map_err(|e| ApiError::BadRequest(format!("webhook body is not a prediction: {e}")))?;
         let Some(id) = prediction_id_param(request) else {
             tracing::warn!(replicate_id = %remote.id, webhook_id = %delivery.id, "webhook without a prediction id; ignored");
-            return Ok(receipt("ignored", Some("no prediction id in the webhook URL")));
+            return Ok(receipt(
+                "ignored",
+                Some("no prediction id in the webhook URL"),
+            ));
         };
         tracing::Span::current().record("prediction_id", id.as_str());
         let Some(record) = self.records.get_prediction(&id).await? else {

@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata};
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, ReturnValuesOnConditionCheckFailure,
-    ScalarAttributeType, TimeToLiveSpecification,
+    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
+    ReturnValuesOnConditionCheckFailure, ScalarAttributeType, TimeToLiveSpecification,
 };
 
 use crate::ports::{ClaimOutcome, RecordStore, StoreError};
@@ -52,7 +52,10 @@ fn failed<E: std::error::Error>(operation: &'static str, err: E) -> StoreError {
 fn read_s(item: &Item, name: &str) -> Result<String, StoreError> {
     match item.get(name) {
         Some(AttributeValue::S(v)) => Ok(v.clone()),
-        _ => Err(StoreError::new("read item", format!("attribute `{name}` missing or not a string"))),
+        _ => Err(StoreError::new(
+            "read item",
+            format!("attribute `{name}` missing or not a string"),
+        )),
     }
 }
 
@@ -71,10 +74,18 @@ fn read_opt_n(item: &Item, name: &str) -> Option<u64> {
 }
 
 fn read_n(item: &Item, name: &str) -> Result<u64, StoreError> {
-    read_opt_n(item, name).ok_or_else(|| StoreError::new("read item", format!("attribute `{name}` missing or not a number")))
+    read_opt_n(item, name).ok_or_else(|| {
+        StoreError::new(
+            "read item",
+            format!("attribute `{name}` missing or not a number"),
+        )
+    })
 }
 
-fn read_json<T: serde::de::DeserializeOwned>(item: &Item, name: &str) -> Result<Option<T>, StoreError> {
+fn read_json<T: serde::de::DeserializeOwned>(
+    item: &Item,
+    name: &str,
+) -> Result<Option<T>, StoreError> {
     read_opt_s(item, name)
         .map(|text| serde_json::from_str(&text))
         .transpose()
@@ -97,7 +108,10 @@ fn prediction_to_item(r: &PredictionRecord) -> Result<Item, StoreError> {
         ("model".to_owned(), s(&r.model)),
         ("input".to_owned(), json_attr(&r.input)?),
         ("status".to_owned(), s(r.status.as_str())),
-        ("rank".to_owned(), n(u64::from(r.status.progress_rank().unwrap_or(0)))),
+        (
+            "rank".to_owned(),
+            n(u64::from(r.status.progress_rank().unwrap_or(0))),
+        ),
         ("outputs".to_owned(), json_attr(&r.outputs)?),
         ("created_at".to_owned(), n(r.created_at)),
         (TTL_ATTRIBUTE.to_owned(), n(r.expires_at)),
@@ -112,12 +126,17 @@ fn prediction_to_item(r: &PredictionRecord) -> Result<Item, StoreError> {
         ("completed_at", r.completed_at.map(n)),
         ("synced_at", r.synced_at.map(n)),
     ];
-    item.extend(optional.into_iter().filter_map(|(k, v)| v.map(|v| (k.to_owned(), v))));
+    item.extend(
+        optional
+            .into_iter()
+            .filter_map(|(k, v)| v.map(|v| (k.to_owned(), v))),
+    );
     Ok(item)
 }
 
 fn prediction_from_item(item: &Item) -> Result<PredictionRecord, StoreError> {
-    let id = PredictionId::parse(&read_s(item, "id")?).map_err(|e| StoreError::new("read item", e.to_string()))?;
+    let id = PredictionId::parse(&read_s(item, "id")?)
+        .map_err(|e| StoreError::new("read item", e.to_string()))?;
     Ok(PredictionRecord {
         id,
         replicate_id: read_opt_s(item, "replicate_id"),
@@ -169,15 +188,17 @@ fn claim_from_item(item: &Item) -> Result<Claim, StoreError> {
     })
 }
 
-/// Condition (with its values) that `guard` still holds a claim.
+/// Condition (with its value) that `guard` still holds a claim.
 fn guard_condition(guard: ClaimGuard<'_>) -> (&'static str, AttributeValue) {
     match guard {
         ClaimGuard::Token(token) => ("#token = :guard", s(token)),
-        ClaimGuard::Prediction(id) => ("prediction_id = :guard", s(id.as_str())),
+        ClaimGuard::Prediction(id) => ("#prediction_id = :guard", s(id.as_str())),
     }
 }
 
-/// Builds `SET a = :a, …` / `REMOVE b, …` for an advance.
+/// Builds `SET #a = :a, …` / `REMOVE #b` for an advance. Every attribute is referred to
+/// by a `#name` placeholder: several (`status`, `metrics`, `token`, …) are DynamoDB
+/// reserved words.
 fn advance_expression(advance: &Advance) -> Result<(String, Item), StoreError> {
     let rank = advance.status.progress_rank().unwrap_or(0);
     let mut values = Item::from([
@@ -185,7 +206,7 @@ fn advance_expression(advance: &Advance) -> Result<(String, Item), StoreError> {
         (":rank".to_owned(), n(u64::from(rank))),
         (":outputs".to_owned(), json_attr(&advance.outputs)?),
     ]);
-    let mut set = vec!["#status = :status", "#rank = :rank", "outputs = :outputs"];
+    let mut set = vec!["#status = :status", "#rank = :rank", "#outputs = :outputs"];
     let mut remove = Vec::new();
     match &advance.error {
         Some(error) => {
@@ -195,19 +216,19 @@ fn advance_expression(advance: &Advance) -> Result<(String, Item), StoreError> {
         None => remove.push("#error"),
     }
     if let Some(metrics) = &advance.metrics {
-        set.push("metrics = :metrics");
+        set.push("#metrics = :metrics");
         values.insert(":metrics".to_owned(), json_attr(metrics)?);
     }
     if let Some(rid) = &advance.replicate_id {
-        set.push("replicate_id = :rid");
+        set.push("#replicate_id = :rid");
         values.insert(":rid".to_owned(), s(rid));
     }
     if let Some(t) = advance.started_at {
-        set.push("started_at = if_not_exists(started_at, :started)");
+        set.push("#started_at = if_not_exists(#started_at, :started)");
         values.insert(":started".to_owned(), n(t));
     }
     if let Some(t) = advance.completed_at {
-        set.push("completed_at = if_not_exists(completed_at, :completed)");
+        set.push("#completed_at = if_not_exists(#completed_at, :completed)");
         values.insert(":completed".to_owned(), n(t));
     }
     let mut expression = format!("SET {}", set.join(", "));
@@ -217,14 +238,48 @@ fn advance_expression(advance: &Advance) -> Result<(String, Item), StoreError> {
     Ok((expression, values))
 }
 
+/// `#name → name` for every placeholder that occurs in `expressions`.
+fn names_in(expressions: &[&str]) -> HashMap<String, String> {
+    const ATTRIBUTES: &[&str] = &[
+        "status",
+        "rank",
+        "outputs",
+        "error",
+        "metrics",
+        "replicate_id",
+        "started_at",
+        "completed_at",
+        "synced_at",
+        "token",
+        "prediction_id",
+        "lease_until",
+        "pk",
+    ];
+    ATTRIBUTES
+        .iter()
+        .filter(|a| {
+            let placeholder = format!("#{a}");
+            expressions.iter().any(|e| {
+                e.match_indices(&placeholder).any(|(i, _)| {
+                    !e[i + placeholder.len()..]
+                        .starts_with(|c: char| c.is_alphanumeric() || c == '_')
+                })
+            })
+        })
+        .map(|a| (format!("#{a}"), (*a).to_owned()))
+        .collect()
+}
+
 impl RecordStore for DynamoRecords {
     async fn try_claim(&self, claim: &Claim, now: Millis) -> Result<ClaimOutcome, StoreError> {
+        let condition = "attribute_not_exists(#pk) OR #lease_until < :now";
         let result = self
             .client
             .put_item()
             .table_name(&self.table)
             .set_item(Some(claim_to_item(claim)))
-            .condition_expression("attribute_not_exists(pk) OR lease_until < :now")
+            .condition_expression(condition)
+            .set_expression_attribute_names(Some(names_in(&[condition])))
             .expression_attribute_values(":now", n(now))
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
@@ -242,13 +297,14 @@ impl RecordStore for DynamoRecords {
     }
 
     async fn replace_claim(&self, claim: &Claim, expected_token: &str) -> Result<bool, StoreError> {
+        let condition = "#token = :expected";
         let result = self
             .client
             .put_item()
             .table_name(&self.table)
             .set_item(Some(claim_to_item(claim)))
-            .condition_expression("#token = :expected")
-            .expression_attribute_names("#token", "token")
+            .condition_expression(condition)
+            .set_expression_attribute_names(Some(names_in(&[condition])))
             .expression_attribute_values(":expected", s(expected_token))
             .send()
             .await;
@@ -263,50 +319,56 @@ impl RecordStore for DynamoRecords {
         lease_until: Millis,
     ) -> Result<bool, StoreError> {
         let (condition, guard_value) = guard_condition(guard);
-        let mut request = self
+        let update = "SET #prediction_id = :pid, #lease_until = :lease";
+        let result = self
             .client
             .update_item()
             .table_name(&self.table)
             .key("pk", s(key))
-            .update_expression("SET prediction_id = :pid, lease_until = :lease")
+            .update_expression(update)
             .condition_expression(condition)
+            .set_expression_attribute_names(Some(names_in(&[update, condition])))
             .expression_attribute_values(":pid", s(prediction_id.as_str()))
             .expression_attribute_values(":lease", n(lease_until))
-            .expression_attribute_values(":guard", guard_value);
-        if matches!(guard, ClaimGuard::Token(_)) {
-            request = request.expression_attribute_names("#token", "token");
-        }
-        conditional("settle claim", request.send().await.map_err(|e| e.into_service_error()))
+            .expression_attribute_values(":guard", guard_value)
+            .send()
+            .await;
+        conditional("settle claim", result.map_err(|e| e.into_service_error()))
     }
 
     async fn release_claim(&self, key: &str, guard: ClaimGuard<'_>) -> Result<bool, StoreError> {
         let (condition, guard_value) = guard_condition(guard);
-        let mut request = self
+        let result = self
             .client
             .delete_item()
             .table_name(&self.table)
             .key("pk", s(key))
             .condition_expression(condition)
-            .expression_attribute_values(":guard", guard_value);
-        if matches!(guard, ClaimGuard::Token(_)) {
-            request = request.expression_attribute_names("#token", "token");
-        }
-        conditional("release claim", request.send().await.map_err(|e| e.into_service_error()))
+            .set_expression_attribute_names(Some(names_in(&[condition])))
+            .expression_attribute_values(":guard", guard_value)
+            .send()
+            .await;
+        conditional("release claim", result.map_err(|e| e.into_service_error()))
     }
 
     async fn insert_prediction(&self, record: &PredictionRecord) -> Result<(), StoreError> {
+        let condition = "attribute_not_exists(#pk)";
         self.client
             .put_item()
             .table_name(&self.table)
             .set_item(Some(prediction_to_item(record)?))
-            .condition_expression("attribute_not_exists(pk)")
+            .condition_expression(condition)
+            .set_expression_attribute_names(Some(names_in(&[condition])))
             .send()
             .await
             .map(|_| ())
             .map_err(|e| failed("insert prediction", e))
     }
 
-    async fn get_prediction(&self, id: &PredictionId) -> Result<Option<PredictionRecord>, StoreError> {
+    async fn get_prediction(
+        &self,
+        id: &PredictionId,
+    ) -> Result<Option<PredictionRecord>, StoreError> {
         let output = self
             .client
             .get_item()
@@ -319,54 +381,74 @@ impl RecordStore for DynamoRecords {
         output.item().map(prediction_from_item).transpose()
     }
 
-    async fn attach_replicate_id(&self, id: &PredictionId, replicate_id: &str) -> Result<bool, StoreError> {
+    async fn attach_replicate_id(
+        &self,
+        id: &PredictionId,
+        replicate_id: &str,
+    ) -> Result<bool, StoreError> {
+        let update = "SET #replicate_id = :rid";
+        let condition = "attribute_exists(#pk) AND (attribute_not_exists(#replicate_id) OR #replicate_id = :rid)";
         let result = self
             .client
             .update_item()
             .table_name(&self.table)
             .key("pk", prediction_pk(id))
-            .update_expression("SET replicate_id = :rid")
-            .condition_expression("attribute_exists(pk) AND (attribute_not_exists(replicate_id) OR replicate_id = :rid)")
+            .update_expression(update)
+            .condition_expression(condition)
+            .set_expression_attribute_names(Some(names_in(&[update, condition])))
             .expression_attribute_values(":rid", s(replicate_id))
             .send()
             .await;
-        conditional("attach replicate id", result.map_err(|e| e.into_service_error()))
+        conditional(
+            "attach replicate id",
+            result.map_err(|e| e.into_service_error()),
+        )
     }
 
     async fn advance(&self, id: &PredictionId, advance: &Advance) -> Result<bool, StoreError> {
         if advance.status.progress_rank().is_none() {
             return Ok(false);
         }
-        let (expression, values) = advance_expression(advance)?;
-        let mut condition = "attribute_exists(pk) AND #rank < :rank".to_owned();
+        let (update, values) = advance_expression(advance)?;
+        let mut condition = "attribute_exists(#pk) AND #rank < :rank".to_owned();
         if advance.replicate_id.is_some() {
-            condition.push_str(" AND (attribute_not_exists(replicate_id) OR replicate_id = :rid)");
+            condition
+                .push_str(" AND (attribute_not_exists(#replicate_id) OR #replicate_id = :rid)");
         }
         let result = self
             .client
             .update_item()
             .table_name(&self.table)
             .key("pk", prediction_pk(id))
-            .update_expression(expression)
-            .condition_expression(condition)
-            // Every advance sets or removes `error`, so all three names are always used.
-            .expression_attribute_names("#status", "status")
-            .expression_attribute_names("#rank", "rank")
-            .expression_attribute_names("#error", "error")
+            .update_expression(&update)
+            .condition_expression(&condition)
+            .set_expression_attribute_names(Some(names_in(&[&update, &condition])))
             .set_expression_attribute_values(Some(values))
             .send()
             .await;
-        conditional("advance prediction", result.map_err(|e| e.into_service_error()))
+        conditional(
+            "advance prediction",
+            result.map_err(|e| e.into_service_error()),
+        )
     }
 
-    async fn claim_sync(&self, id: &PredictionId, now: Millis, not_since: Millis) -> Result<bool, StoreError> {
+    async fn claim_sync(
+        &self,
+        id: &PredictionId,
+        now: Millis,
+        not_since: Millis,
+    ) -> Result<bool, StoreError> {
+        let update = "SET #synced_at = :now";
+        let condition =
+            "attribute_exists(#pk) AND (attribute_not_exists(#synced_at) OR #synced_at < :since)";
         let result = self
             .client
             .update_item()
             .table_name(&self.table)
             .key("pk", prediction_pk(id))
-            .update_expression("SET synced_at = :now")
-            .condition_expression("attribute_exists(pk) AND (attribute_not_exists(synced_at) OR synced_at < :since)")
+            .update_expression(update)
+            .condition_expression(condition)
+            .set_expression_attribute_names(Some(names_in(&[update, condition])))
             .expression_attribute_values(":now", n(now))
             .expression_attribute_values(":since", n(not_since))
             .send()
@@ -423,7 +505,13 @@ pub async fn ensure_table(client: &Client, table: &str) -> Result<(), StoreError
         .await;
     match created {
         Ok(_) => {}
-        Err(err) if err.as_service_error().is_some_and(|e| e.is_resource_in_use_exception()) => return Ok(()),
+        Err(err)
+            if err
+                .as_service_error()
+                .is_some_and(|e| e.is_resource_in_use_exception()) =>
+        {
+            return Ok(());
+        }
         Err(err) => return Err(failed("create table", err)),
     }
     client
@@ -455,7 +543,10 @@ mod tests {
             alias: "sdxl".into(),
             model: "stability-ai/sdxl".into(),
             version: Some("v".repeat(64)),
-            input: json!({"prompt": "a cat", "seed": 3}).as_object().unwrap().clone(),
+            input: json!({"prompt": "a cat", "seed": 3})
+                .as_object()
+                .unwrap()
+                .clone(),
             cache_key: Some("k".into()),
             status: PredictionStatus::Succeeded,
             outputs: vec![StoredOutput {
@@ -509,8 +600,15 @@ mod tests {
         let (expression, values) = advance_expression(&advance).unwrap();
         assert_eq!(
             expression,
-            "SET #status = :status, #rank = :rank, outputs = :outputs, started_at = if_not_exists(started_at, :started) REMOVE #error"
+            "SET #status = :status, #rank = :rank, #outputs = :outputs, #started_at = if_not_exists(#started_at, :started) REMOVE #error"
         );
         assert_eq!(values[":rank"], n(1));
+        let names = names_in(&[&expression, "attribute_exists(#pk) AND #rank < :rank"]);
+        let mut found: Vec<&str> = names.values().map(String::as_str).collect();
+        found.sort_unstable();
+        assert_eq!(
+            found,
+            ["error", "outputs", "pk", "rank", "started_at", "status"]
+        );
     }
 }

@@ -31,7 +31,12 @@ fn failed<E: std::error::Error>(operation: &'static str, err: E) -> StoreError {
 }
 
 impl ObjectStore for S3Objects {
-    async fn put_object(&self, key: &str, content_type: &str, body: Bytes) -> Result<(), StoreError> {
+    async fn put_object(
+        &self,
+        key: &str,
+        content_type: &str,
+        body: Bytes,
+    ) -> Result<(), StoreError> {
         self.client
             .put_object()
             .bucket(&self.bucket)
@@ -60,7 +65,13 @@ impl ObjectStore for S3Objects {
             .ok_or_else(|| StoreError::new("create multipart upload", "no upload id in the answer"))
     }
 
-    async fn upload_part(&self, key: &str, upload_id: &str, part_number: i32, body: Bytes) -> Result<String, StoreError> {
+    async fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part_number: i32,
+        body: Bytes,
+    ) -> Result<String, StoreError> {
         let output = self
             .client
             .upload_part()
@@ -78,12 +89,22 @@ impl ObjectStore for S3Objects {
             .ok_or_else(|| StoreError::new("upload part", "no ETag in the answer"))
     }
 
-    async fn complete_multipart(&self, key: &str, upload_id: &str, parts: &[(i32, String)]) -> Result<(), StoreError> {
+    async fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[(i32, String)],
+    ) -> Result<(), StoreError> {
         let completed = CompletedMultipartUpload::builder()
             .set_parts(Some(
                 parts
                     .iter()
-                    .map(|(number, etag)| CompletedPart::builder().part_number(*number).e_tag(etag).build())
+                    .map(|(number, etag)| {
+                        CompletedPart::builder()
+                            .part_number(*number)
+                            .e_tag(etag)
+                            .build()
+                    })
                     .collect(),
             ))
             .build();
@@ -130,9 +151,9 @@ pub async fn ensure_bucket(client: &Client, bucket: &str) -> Result<(), StoreErr
     match client.create_bucket().bucket(bucket).send().await {
         Ok(_) => Ok(()),
         Err(err)
-            if err
-                .as_service_error()
-                .is_some_and(|e| e.is_bucket_already_owned_by_you() || e.is_bucket_already_exists()) =>
+            if err.as_service_error().is_some_and(|e| {
+                e.is_bucket_already_owned_by_you() || e.is_bucket_already_exists()
+            }) =>
         {
             Ok(())
         }

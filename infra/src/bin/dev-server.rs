@@ -1,0 +1,163 @@
+//! `make dev`: the whole stack on 127.0.0.1 (CONTRACT §4).
+//!
+//! - AWS: `AWS_ENDPOINT_URL` if set; else a moto server it starts (and stops) itself.
+//!   The table and bucket are created if missing.
+//! - Replicate: `REPLICATE_API_BASE_URL` if set; else the real API if `REPLICATE_API_TOKEN`
+//!   is set (without webhooks, which cannot reach a laptop: fetches sync instead); else the
+//!   simulator, in this process.
+//! - Serves the API on `DEV_PORT` (3000) and prints `ready http://127.0.0.1:3000`.
+
+use std::collections::HashMap;
+use std::io::Write as _;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use imagegen_shared::aws::{AwsClients, ensure_bucket, ensure_table};
+use imagegen_shared::bootstrap::production_app;
+use imagegen_shared::config::DEFAULT_OUTPUT_HOST_ALLOWLIST;
+use local_stack::dev::serve_app;
+use local_stack::http_server::bind_loopback;
+use local_stack::sim::{SimConfig, Simulator};
+use tokio::process::{Child, Command};
+
+const DEFAULT_TABLE: &str = "imagegen-local";
+const DEFAULT_BUCKET: &str = "imagegen-local";
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Starts moto on 127.0.0.1 and waits until it answers.
+async fn start_moto() -> Result<(Child, String), String> {
+    let program = env("MOTO_SERVER").unwrap_or_else(|| ".venv/bin/moto_server".to_owned());
+    let port = match env("MOTO_PORT") {
+        Some(p) => p
+            .parse::<u16>()
+            .map_err(|_| format!("MOTO_PORT `{p}` is not a port"))?,
+        None => free_port().map_err(|e| e.to_string())?,
+    };
+    let child = Command::new(&program)
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| {
+            format!("could not start `{program}` (run `make dev`, which installs it): {e}")
+        })?;
+    let url = format!("http://127.0.0.1:{port}");
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(30) {
+        if reqwest::get(format!("{url}/moto-api/")).await.is_ok() {
+            return Ok((child, url));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Err("moto server did not start within 30 s".to_owned())
+}
+
+async fn run() -> Result<(), String> {
+    imagegen_shared::telemetry::init_json_logs();
+    // Values the stack adds to the environment for the app (the process env is left alone).
+    let mut extra: HashMap<String, String> = HashMap::new();
+    extra.insert(
+        "TABLE_NAME".into(),
+        env("TABLE_NAME").unwrap_or_else(|| DEFAULT_TABLE.into()),
+    );
+    extra.insert(
+        "BUCKET_NAME".into(),
+        env("BUCKET_NAME").unwrap_or_else(|| DEFAULT_BUCKET.into()),
+    );
+
+    let mut moto = None;
+    let aws = match env("AWS_ENDPOINT_URL") {
+        Some(endpoint) => AwsClients::local(&endpoint).await,
+        None => {
+            let (child, url) = start_moto().await?;
+            moto = Some(child);
+            AwsClients::local(&url).await
+        }
+    };
+    ensure_table(&aws.dynamodb, &extra["TABLE_NAME"])
+        .await
+        .map_err(|e| e.to_string())?;
+    ensure_bucket(&aws.s3, &extra["BUCKET_NAME"])
+        .await
+        .map_err(|e| e.to_string())?;
+
+    let mut sim = None;
+    if env("REPLICATE_API_BASE_URL").is_some() {
+        if env("REPLICATE_API_TOKEN").is_none() {
+            extra.insert("REPLICATE_API_TOKEN".into(), "local-dev".into());
+        }
+    } else if env("REPLICATE_API_TOKEN").is_some() {
+        if env("PUBLIC_BASE_URL").is_none() {
+            extra.insert("SEND_WEBHOOKS".into(), "false".into());
+        }
+    } else {
+        let port = env("SIM_PORT").and_then(|p| p.parse().ok()).unwrap_or(0);
+        let simulator = Simulator::start(SimConfig {
+            port,
+            ..SimConfig::default()
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        let allow =
+            env("OUTPUT_HOST_ALLOWLIST").unwrap_or_else(|| DEFAULT_OUTPUT_HOST_ALLOWLIST.into());
+        extra.insert(
+            "OUTPUT_HOST_ALLOWLIST".into(),
+            format!("{allow},{}", simulator.output_host()),
+        );
+        extra.insert("REPLICATE_API_BASE_URL".into(), simulator.api_base());
+        extra.insert("REPLICATE_API_TOKEN".into(), "local-dev".into());
+        extra.insert(
+            "REPLICATE_WEBHOOK_SECRET".into(),
+            simulator.secret().to_owned(),
+        );
+        sim = Some(simulator);
+    }
+
+    let lookup = |name: &str| extra.get(name).cloned().or_else(|| env(name));
+    let app = production_app(aws, lookup).map_err(|e| e.to_string())?;
+    let port = env("DEV_PORT").and_then(|p| p.parse().ok()).unwrap_or(3000);
+    let listener = bind_loopback(port)
+        .await
+        .map_err(|e| format!("could not listen on 127.0.0.1:{port}: {e}"))?;
+    let server = serve_app(listener, Arc::new(app));
+    println!("ready http://{}", server.addr);
+    let _ = std::io::stdout().flush();
+
+    wait_for_shutdown().await;
+    drop(server);
+    drop(sim);
+    if let Some(mut child) = moto {
+        let _ = child.kill().await;
+    }
+    Ok(())
+}
+
+async fn wait_for_shutdown() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    match run().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("dev-server: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}

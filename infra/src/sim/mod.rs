@@ -1,0 +1,795 @@
+//! A Replicate simulator: the HTTP API this service uses (version and official-model create,
+//! get, cancel, webhook secret, get model), predictions that move `starting → processing →
+//! succeeded` on their own, real images served from its own loopback URL, and webhooks
+//! signed like Replicate's for the requested `webhook_events_filter`.
+//!
+//! Markers in a prompt steer one prediction, for tests and demos:
+//! `[sim:fail]` fails it, `[sim:abort]` aborts it before it runs, `[sim:slow]` makes it run
+//! 20× longer, `[sim:no-webhook]` sends no webhook (a lost delivery), `[sim:duplicate]`
+//! sends the completed webhook twice, `[sim:reorder]` sends the start webhook after the
+//! completed one, `[sim:foreign-host]` serves its outputs from `localhost` instead of
+//! `127.0.0.1` (a host outside a typical allowlist).
+
+pub mod images;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http::{Method, StatusCode, header};
+use imagegen_shared::webhook::{ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, WebhookSecret};
+use serde::Serialize;
+use serde_json::{Map, Value, json};
+
+use crate::http_server::{HttpRequest, HttpResponse, Server, bind_loopback, serve};
+
+/// Versions the simulator knows, as Replicate would: version id → `owner/name`.
+const KNOWN_VERSIONS: &[(&str, &str)] = &[
+    (
+        "7762fd07cf82c948538e41f63f77d685e02b063e37e496e96eefd46c929f9bdc",
+        "stability-ai/sdxl",
+    ),
+    (
+        "95b7223104132402a9ae91cc677285bc5eb997834bd2349fa486f53910fd68b3",
+        "stability-ai/stable-diffusion-inpainting",
+    ),
+    (
+        "f121d640bd286e1fdc67f9799164c1d5be36ff74576ee11c803ae5b665dd46aa",
+        "nightmareai/real-esrgan",
+    ),
+];
+
+/// Models run through `/models/{owner}/{name}/predictions`.
+const OFFICIAL_MODELS: &[&str] = &[
+    "black-forest-labs/flux-schnell",
+    "black-forest-labs/flux-1.1-pro",
+    "black-forest-labs/flux-dev",
+];
+
+/// Models whose output is one URL rather than a list.
+const SINGLE_OUTPUT_MODELS: &[&str] =
+    &["black-forest-labs/flux-1.1-pro", "nightmareai/real-esrgan"];
+
+const MAX_REQUEST_BYTES: usize = 16 * 1024 * 1024;
+
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    /// 0 picks a free port.
+    pub port: u16,
+    /// The `whsec_…` signing secret.
+    pub secret: String,
+    /// Time spent `starting`.
+    pub start_delay: Duration,
+    /// Time spent `processing`.
+    pub run_time: Duration,
+    /// Attempts to deliver a completed webhook (Replicate retries those; others are sent once).
+    pub webhook_attempts: u32,
+    pub webhook_retry_delay: Duration,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        let key: [u8; 24] = std::array::from_fn(|_| fastrand::u8(..));
+        Self {
+            port: 0,
+            secret: format!(
+                "whsec_{}",
+                base64::engine::general_purpose::STANDARD.encode(key)
+            ),
+            start_delay: Duration::from_millis(50),
+            run_time: Duration::from_millis(150),
+            webhook_attempts: 4,
+            webhook_retry_delay: Duration::from_millis(200),
+        }
+    }
+}
+
+/// Counts of what the simulator was asked and did, for tests.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Stats {
+    pub creates: u64,
+    pub gets: u64,
+    pub cancels: u64,
+    pub webhooks_delivered: u64,
+    pub webhooks_failed: u64,
+    pub file_downloads: u64,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Markers {
+    fail: bool,
+    abort: bool,
+    slow: bool,
+    no_webhook: bool,
+    duplicate: bool,
+    reorder: bool,
+    foreign_host: bool,
+}
+
+impl Markers {
+    fn from_input(input: &Map<String, Value>) -> Self {
+        let prompt = input
+            .get("prompt")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        Self {
+            fail: prompt.contains("[sim:fail]"),
+            abort: prompt.contains("[sim:abort]"),
+            slow: prompt.contains("[sim:slow]"),
+            no_webhook: prompt.contains("[sim:no-webhook]"),
+            duplicate: prompt.contains("[sim:duplicate]"),
+            reorder: prompt.contains("[sim:reorder]"),
+            foreign_host: prompt.contains("[sim:foreign-host]"),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct SimPrediction {
+    id: String,
+    model: String,
+    version: Option<String>,
+    input: Map<String, Value>,
+    output: Value,
+    error: Option<String>,
+    status: &'static str,
+    created_at: SystemTime,
+    started_at: Option<SystemTime>,
+    completed_at: Option<SystemTime>,
+    webhook: Option<String>,
+    events: Vec<String>,
+}
+
+impl SimPrediction {
+    fn is_terminal(&self) -> bool {
+        matches!(self.status, "succeeded" | "failed" | "canceled" | "aborted")
+    }
+
+    fn wants(&self, event: &str) -> bool {
+        self.events.is_empty() || self.events.iter().any(|e| e == event)
+    }
+}
+
+fn timestamp(t: SystemTime) -> String {
+    humantime::format_rfc3339_micros(t).to_string()
+}
+
+struct State {
+    config: SimConfig,
+    /// `http://127.0.0.1:{port}`
+    origin: String,
+    secret: WebhookSecret,
+    predictions: Mutex<HashMap<String, SimPrediction>>,
+    files: Mutex<HashMap<String, (Bytes, &'static str)>>,
+    stats: Mutex<Stats>,
+    http: reqwest::Client,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+pub struct Simulator {
+    server: Server,
+    state: Arc<State>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    #[error("could not bind: {0}")]
+    Bind(#[from] std::io::Error),
+    #[error("the signing secret is malformed")]
+    Secret,
+    #[error("could not build the webhook client: {0}")]
+    Client(#[from] reqwest::Error),
+}
+
+impl Simulator {
+    pub async fn start(config: SimConfig) -> Result<Self, SimError> {
+        let secret = WebhookSecret::parse(&config.secret).map_err(|_| SimError::Secret)?;
+        let listener = bind_loopback(config.port).await?;
+        let origin = format!("http://{}", listener.local_addr()?);
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?;
+        let state = Arc::new(State {
+            config,
+            origin,
+            secret,
+            predictions: Mutex::new(HashMap::new()),
+            files: Mutex::new(HashMap::new()),
+            stats: Mutex::new(Stats::default()),
+            http,
+        });
+        let handler_state = state.clone();
+        let server = serve(listener, MAX_REQUEST_BYTES, too_large, move |request| {
+            let state = handler_state.clone();
+            async move { handle(state, request).await }
+        });
+        Ok(Self { server, state })
+    }
+
+    /// The API base, as `REPLICATE_API_BASE_URL` takes it.
+    pub fn api_base(&self) -> String {
+        format!("{}/v1", self.state.origin)
+    }
+
+    /// `127.0.0.1:{port}`: the host outputs are served from, for `OUTPUT_HOST_ALLOWLIST`.
+    pub fn output_host(&self) -> String {
+        self.server.addr.to_string()
+    }
+
+    pub fn secret(&self) -> &str {
+        &self.state.config.secret
+    }
+
+    pub fn stats(&self) -> Stats {
+        lock(&self.state.stats).clone()
+    }
+
+    /// A prediction as `GET /predictions/{id}` would show it.
+    pub fn prediction(&self, id: &str) -> Option<Value> {
+        lock(&self.state.predictions)
+            .get(id)
+            .map(|p| self.state.to_json(p))
+    }
+}
+
+fn too_large() -> HttpResponse {
+    problem(StatusCode::PAYLOAD_TOO_LARGE, "Request body too large")
+}
+
+fn json(status: StatusCode, body: &Value) -> HttpResponse {
+    let mut response = http::Response::new(Bytes::from(body.to_string()));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+fn problem(status: StatusCode, detail: &str) -> HttpResponse {
+    json(
+        status,
+        &json!({"title": status.canonical_reason(), "detail": detail, "status": status.as_u16()}),
+    )
+}
+
+async fn handle(state: Arc<State>, request: HttpRequest) -> HttpResponse {
+    let path = request.uri().path().to_owned();
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let method = request.method().clone();
+    if let (&Method::GET, ["files", id, name]) = (&method, segments.as_slice()) {
+        return state.serve_file(&format!("{id}/{name}"));
+    }
+    if let (&Method::GET, ["_sim", "stats"]) = (&method, segments.as_slice()) {
+        return json(StatusCode::OK, &json!(*lock(&state.stats)));
+    }
+    if !authorised(&request) {
+        return problem(
+            StatusCode::UNAUTHORIZED,
+            "You did not pass a valid authentication token",
+        );
+    }
+    match (&method, segments.as_slice()) {
+        (&Method::POST, ["v1", "predictions"]) => state.create(request.body(), None).await,
+        (&Method::POST, ["v1", "models", owner, name, "predictions"]) => {
+            state
+                .create(request.body(), Some(format!("{owner}/{name}")))
+                .await
+        }
+        (&Method::GET, ["v1", "predictions", id]) => {
+            lock(&state.stats).gets += 1;
+            match lock(&state.predictions).get(*id) {
+                Some(p) => json(StatusCode::OK, &state.to_json(p)),
+                None => problem(StatusCode::NOT_FOUND, "Not found."),
+            }
+        }
+        (&Method::POST, ["v1", "predictions", id, "cancel"]) => state.cancel(id).await,
+        (&Method::GET, ["v1", "webhooks", "default", "secret"]) => {
+            json(StatusCode::OK, &json!({"key": state.config.secret}))
+        }
+        (&Method::GET, ["v1", "models", owner, name]) => state.model(owner, name),
+        _ => problem(StatusCode::NOT_FOUND, "Not found."),
+    }
+}
+
+fn authorised(request: &HttpRequest) -> bool {
+    request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|token| !token.trim().is_empty())
+}
+
+/// Replicate-style ids: 26 lowercase base32 characters.
+fn new_id() -> String {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz234567";
+    (0..26)
+        .map(|_| ALPHABET[fastrand::usize(..32)] as char)
+        .collect()
+}
+
+/// Checks a create body as Replicate's schema does (`additionalProperties: false`).
+fn parse_create(
+    body: &[u8],
+    official: bool,
+) -> Result<
+    (
+        Option<String>,
+        Map<String, Value>,
+        Option<String>,
+        Vec<String>,
+    ),
+    String,
+> {
+    let Ok(Value::Object(mut fields)) = serde_json::from_slice::<Value>(body) else {
+        return Err("request body must be a JSON object".to_owned());
+    };
+    let allowed: &[&str] = if official {
+        &["input", "webhook", "webhook_events_filter", "stream"]
+    } else {
+        &[
+            "version",
+            "input",
+            "webhook",
+            "webhook_events_filter",
+            "stream",
+        ]
+    };
+    if let Some(extra) = fields.keys().find(|k| !allowed.contains(&k.as_str())) {
+        return Err(format!("Additional property {extra} is not allowed"));
+    }
+    let Some(Value::Object(input)) = fields.remove("input") else {
+        return Err("input is required and must be an object".to_owned());
+    };
+    let version = match fields.remove("version") {
+        Some(Value::String(v)) => Some(v),
+        Some(_) => return Err("version must be a string".to_owned()),
+        None if official => None,
+        None => return Err("version is required".to_owned()),
+    };
+    let webhook = match fields.remove("webhook") {
+        Some(Value::String(url)) if url.starts_with("http://") || url.starts_with("https://") => {
+            Some(url)
+        }
+        Some(_) => return Err("webhook must be an http(s) URL".to_owned()),
+        None => None,
+    };
+    let events = match fields.remove("webhook_events_filter") {
+        Some(Value::Array(items)) => items
+            .into_iter()
+            .map(|e| match e.as_str() {
+                Some(s @ ("start" | "output" | "logs" | "completed")) => Ok(s.to_owned()),
+                _ => Err(format!(
+                    "webhook_events_filter: {e} is not one of start, output, logs, completed"
+                )),
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+        Some(_) => return Err("webhook_events_filter must be an array".to_owned()),
+        None => Vec::new(),
+    };
+    Ok((version, input, webhook, events))
+}
+
+/// `version` as sent to `POST /predictions`: a known 64-hex id or `owner/name:id`.
+fn resolve_version(version: &str) -> Option<(String, String)> {
+    let (model, id) = match version.split_once(':') {
+        Some((model, id)) => (Some(model.to_owned()), id),
+        None => (None, version),
+    };
+    if id.len() != 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let known = KNOWN_VERSIONS
+        .iter()
+        .find(|(v, _)| *v == id)
+        .map(|(_, m)| (*m).to_owned());
+    Some((model.or(known)?, id.to_owned()))
+}
+
+impl State {
+    fn to_json(&self, p: &SimPrediction) -> Value {
+        let get = format!("{}/v1/predictions/{}", self.origin, p.id);
+        let mut body = json!({
+            "id": p.id,
+            "model": p.model,
+            "version": p.version.clone().unwrap_or_else(|| "hidden".to_owned()),
+            "input": p.input,
+            "output": p.output,
+            "error": p.error,
+            "logs": "",
+            "status": p.status,
+            "data_removed": false,
+            "source": "api",
+            "created_at": timestamp(p.created_at),
+            "urls": {"get": get, "cancel": format!("{get}/cancel"), "web": format!("https://replicate.com/p/{}", p.id)},
+        });
+        let fields = body.as_object_mut().expect("built as an object");
+        if let Some(t) = p.started_at {
+            fields.insert("started_at".to_owned(), json!(timestamp(t)));
+        }
+        if let Some(t) = p.completed_at {
+            fields.insert("completed_at".to_owned(), json!(timestamp(t)));
+            let run = |from: SystemTime| t.duration_since(from).unwrap_or_default().as_secs_f64();
+            fields.insert(
+                "metrics".to_owned(),
+                json!({"predict_time": p.started_at.map(run).unwrap_or(0.0), "total_time": run(p.created_at)}),
+            );
+        }
+        body
+    }
+
+    async fn create(self: &Arc<Self>, body: &[u8], official_model: Option<String>) -> HttpResponse {
+        let (version, input, webhook, events) = match parse_create(body, official_model.is_some()) {
+            Ok(parts) => parts,
+            Err(detail) => return problem(StatusCode::UNPROCESSABLE_ENTITY, &detail),
+        };
+        let (model, version) = match (official_model, version) {
+            (Some(model), _) if OFFICIAL_MODELS.contains(&model.as_str()) => (model, None),
+            (Some(_), _) => {
+                return problem(
+                    StatusCode::NOT_FOUND,
+                    "The requested model is not an official model.",
+                );
+            }
+            (None, Some(v)) => match resolve_version(&v) {
+                Some((model, id)) => (model, Some(id)),
+                None => {
+                    return problem(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "Invalid version or not permitted",
+                    );
+                }
+            },
+            (None, None) => {
+                return problem(StatusCode::UNPROCESSABLE_ENTITY, "version is required");
+            }
+        };
+        let prediction = SimPrediction {
+            id: new_id(),
+            model,
+            version,
+            input,
+            output: Value::Null,
+            error: None,
+            status: "starting",
+            created_at: SystemTime::now(),
+            started_at: None,
+            completed_at: None,
+            webhook,
+            events,
+        };
+        let body = self.to_json(&prediction);
+        lock(&self.predictions).insert(prediction.id.clone(), prediction.clone());
+        lock(&self.stats).creates += 1;
+        tokio::spawn(self.clone().run(prediction.id));
+        json(StatusCode::CREATED, &body)
+    }
+
+    fn model(&self, owner: &str, name: &str) -> HttpResponse {
+        let path = format!("{owner}/{name}");
+        let official = OFFICIAL_MODELS.contains(&path.as_str());
+        let version = KNOWN_VERSIONS
+            .iter()
+            .find(|(_, m)| *m == path)
+            .map(|(v, _)| *v);
+        if !official && version.is_none() {
+            return problem(StatusCode::NOT_FOUND, "Not found.");
+        }
+        json(
+            StatusCode::OK,
+            &json!({
+                "owner": owner, "name": name, "url": format!("https://replicate.com/{path}"),
+                "visibility": "public", "is_official": official, "run_count": 0,
+                "latest_version": version.map(|v| json!({"id": v, "created_at": "2023-07-26T00:00:00Z"})),
+            }),
+        )
+    }
+
+    fn serve_file(&self, key: &str) -> HttpResponse {
+        let Some((bytes, content_type)) = lock(&self.files).get(key).cloned() else {
+            return problem(StatusCode::NOT_FOUND, "Not found.");
+        };
+        lock(&self.stats).file_downloads += 1;
+        let mut response = http::Response::new(bytes);
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            http::HeaderValue::from_static(content_type),
+        );
+        response
+    }
+
+    async fn cancel(self: &Arc<Self>, id: &str) -> HttpResponse {
+        lock(&self.stats).cancels += 1;
+        let snapshot = {
+            let mut predictions = lock(&self.predictions);
+            let Some(p) = predictions.get_mut(id) else {
+                return problem(StatusCode::NOT_FOUND, "Not found.");
+            };
+            if p.is_terminal() {
+                return json(StatusCode::OK, &self.to_json(p));
+            }
+            p.status = "canceled";
+            p.completed_at = Some(SystemTime::now());
+            p.clone()
+        };
+        let body = self.to_json(&snapshot);
+        if !Markers::from_input(&snapshot.input).no_webhook && snapshot.wants("completed") {
+            tokio::spawn(self.clone().deliver(snapshot, true));
+        }
+        json(StatusCode::OK, &body)
+    }
+
+    /// Moves a prediction through its life, sending webhooks as Replicate would.
+    async fn run(self: Arc<Self>, id: String) {
+        let Some(first) = lock(&self.predictions).get(&id).cloned() else {
+            return;
+        };
+        let markers = Markers::from_input(&first.input);
+        tokio::time::sleep(self.config.start_delay).await;
+        if markers.abort {
+            self.finish(&id, &markers, |p| {
+                p.status = "aborted";
+                p.error =
+                    Some("The prediction was aborted before it started (simulated).".to_owned());
+            })
+            .await;
+            return;
+        }
+        let Some(started) = self.update(&id, |p| {
+            p.status = "processing";
+            p.started_at = Some(SystemTime::now());
+        }) else {
+            return;
+        };
+        if !markers.no_webhook && !markers.reorder && started.wants("start") {
+            self.clone().deliver(started.clone(), false).await;
+        }
+        let run_time = if markers.slow {
+            self.config.run_time * 20
+        } else {
+            self.config.run_time
+        };
+        tokio::time::sleep(run_time).await;
+        if markers.fail {
+            self.finish(&id, &markers, |p| {
+                p.status = "failed";
+                p.error = Some("Simulated failure: the prompt asked for [sim:fail].".to_owned());
+            })
+            .await;
+        } else {
+            let outcome = self.generate(&started, &markers).await;
+            self.finish(&id, &markers, |p| match outcome {
+                Ok(output) => {
+                    p.status = "succeeded";
+                    p.output = output;
+                }
+                Err(error) => {
+                    p.status = "failed";
+                    p.error = Some(error);
+                }
+            })
+            .await;
+        }
+        if markers.reorder && !markers.no_webhook && started.wants("start") {
+            self.clone().deliver(started, false).await;
+        }
+    }
+
+    /// Applies `change` unless the prediction already ended (e.g. it was canceled).
+    fn update(&self, id: &str, change: impl FnOnce(&mut SimPrediction)) -> Option<SimPrediction> {
+        let mut predictions = lock(&self.predictions);
+        let p = predictions.get_mut(id).filter(|p| !p.is_terminal())?;
+        change(p);
+        Some(p.clone())
+    }
+
+    async fn finish(
+        self: &Arc<Self>,
+        id: &str,
+        markers: &Markers,
+        change: impl FnOnce(&mut SimPrediction),
+    ) {
+        let Some(done) = self.update(id, |p| {
+            change(p);
+            p.completed_at = Some(SystemTime::now());
+        }) else {
+            return;
+        };
+        if markers.no_webhook || !done.wants("completed") {
+            return;
+        }
+        self.clone().deliver(done.clone(), true).await;
+        if markers.duplicate {
+            self.clone().deliver(done, true).await;
+        }
+    }
+
+    /// Renders the outputs, stores them under `/files/...`, and returns `output` as the
+    /// model returns it (a list, or one URL for single-output models).
+    async fn generate(&self, p: &SimPrediction, markers: &Markers) -> Result<Value, String> {
+        let source = match p.input.get("image").and_then(Value::as_str) {
+            Some(image) if p.model == "nightmareai/real-esrgan" => {
+                Some(self.fetch_input_image(image).await?)
+            }
+            _ => None,
+        };
+        let plan = images::plan(&p.model, &p.input, source);
+        let prompt = p
+            .input
+            .get("prompt")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        let seed = p.input.get("seed").and_then(Value::as_u64).unwrap_or(0);
+        let rendered = tokio::task::spawn_blocking(move || {
+            (0..plan.count)
+                .map(|i| {
+                    images::encode(
+                        &images::render(plan.width, plan.height, &prompt, seed, i),
+                        plan.format,
+                        plan.quality,
+                    )
+                })
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await
+        .map_err(|e| format!("rendering crashed: {e}"))?
+        .map_err(|e| format!("encoding failed: {e}"))?;
+        let origin = if markers.foreign_host {
+            self.origin.replace("127.0.0.1", "localhost")
+        } else {
+            self.origin.clone()
+        };
+        let mut urls = Vec::new();
+        for (i, bytes) in rendered.into_iter().enumerate() {
+            let key = format!("{}/out-{i}.{}", p.id, plan.format.extension());
+            lock(&self.files).insert(
+                key.clone(),
+                (Bytes::from(bytes), plan.format.content_type()),
+            );
+            urls.push(format!("{origin}/files/{key}"));
+        }
+        Ok(if SINGLE_OUTPUT_MODELS.contains(&p.model.as_str()) {
+            Value::String(urls.remove(0))
+        } else {
+            json!(urls)
+        })
+    }
+
+    async fn fetch_input_image(&self, image: &str) -> Result<(u32, u32), String> {
+        let bytes = if let Some(rest) = image.strip_prefix("data:") {
+            let (_, payload) = rest
+                .split_once(',')
+                .ok_or("input image data URL has no data")?;
+            base64::engine::general_purpose::STANDARD
+                .decode(payload)
+                .map_err(|_| "input image data URL is not base64".to_owned())?
+        } else {
+            let response = self
+                .http
+                .get(image)
+                .send()
+                .await
+                .map_err(|e| format!("could not fetch input image: {e}"))?;
+            if !response.status().is_success() {
+                return Err(format!(
+                    "could not fetch input image: HTTP {}",
+                    response.status()
+                ));
+            }
+            response
+                .bytes()
+                .await
+                .map_err(|e| format!("could not fetch input image: {e}"))?
+                .to_vec()
+        };
+        images::decode_size(&bytes).map_err(|e| format!("input image could not be decoded: {e}"))
+    }
+
+    /// Posts a signed webhook. Completed events are retried on failure, like Replicate's.
+    async fn deliver(self: Arc<Self>, p: SimPrediction, completed: bool) {
+        let Some(url) = p.webhook.clone() else { return };
+        let body = self.to_json(&p).to_string();
+        let message_id = format!("msg_{}", new_id());
+        let attempts = if completed {
+            self.config.webhook_attempts.max(1)
+        } else {
+            1
+        };
+        for attempt in 0..attempts {
+            let timestamp = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64);
+            let result = self
+                .http
+                .post(&url)
+                .header(header::CONTENT_TYPE, "application/json")
+                .header(ID_HEADER, &message_id)
+                .header(TIMESTAMP_HEADER, timestamp.to_string())
+                .header(
+                    SIGNATURE_HEADER,
+                    self.secret.sign(&message_id, timestamp, body.as_bytes()),
+                )
+                .body(body.clone())
+                .send()
+                .await;
+            match result {
+                Ok(response) if response.status().is_success() => {
+                    lock(&self.stats).webhooks_delivered += 1;
+                    return;
+                }
+                Ok(response) => {
+                    tracing::debug!(status = %response.status(), attempt, "webhook refused")
+                }
+                Err(err) => tracing::debug!(error = %err, attempt, "webhook not delivered"),
+            }
+            lock(&self.stats).webhooks_failed += 1;
+            tokio::time::sleep(self.config.webhook_retry_delay * 2u32.pow(attempt)).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_resolve_by_id_or_by_model_and_id() {
+        let sdxl = KNOWN_VERSIONS[0].0;
+        assert_eq!(resolve_version(sdxl).unwrap().0, "stability-ai/sdxl");
+        assert_eq!(
+            resolve_version(&format!("me/custom:{}", "a".repeat(64)))
+                .unwrap()
+                .0,
+            "me/custom"
+        );
+        assert!(
+            resolve_version(&"b".repeat(64)).is_none(),
+            "unknown bare version"
+        );
+        assert!(resolve_version("stability-ai/sdxl").is_none());
+    }
+
+    #[test]
+    fn create_bodies_are_checked_like_replicates_schema() {
+        assert!(
+            parse_create(
+                br#"{"input": {}, "webhook": "https://x/y", "webhook_events_filter": ["start"]}"#,
+                true
+            )
+            .is_ok()
+        );
+        assert!(
+            parse_create(br#"{"version": "v", "input": {}}"#, true)
+                .unwrap_err()
+                .contains("version")
+        );
+        assert!(
+            parse_create(br#"{"input": {}}"#, false)
+                .unwrap_err()
+                .contains("version is required")
+        );
+        assert!(
+            parse_create(
+                br#"{"version": "v", "input": {}, "webhook_events_filter": ["done"]}"#,
+                false
+            )
+            .is_err()
+        );
+        assert!(parse_create(br#"{"version": "v", "input": []}"#, false).is_err());
+        assert!(
+            parse_create(
+                br#"{"version": "v", "input": {}, "webhook": "ftp://x"}"#,
+                false
+            )
+            .is_err()
+        );
+    }
+}

@@ -1,16 +1,34 @@
-# Everything a newcomer runs: `make dev` (local stack) and `make test`.
+# The two commands a newcomer runs: `make dev` (the local stack) and `make test`.
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
 CARGO ?= cargo
+PYTHON ?= python3
+VENV := .venv
+VENV_STAMP := $(VENV)/.installed
 
-.PHONY: help test lint fmt dev
+.PHONY: help dev demo test lint fmt venv clean-venv
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
-test: ## Build and run every test
-	infra/scripts/test-summary.sh $(CARGO) test --workspace --all-targets --locked
+$(VENV_STAMP): infra/requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r infra/requirements.txt
+	touch $@
+
+venv: $(VENV_STAMP) ## Python tools (moto, cfn-lint) in .venv
+
+dev: $(VENV_STAMP) ## Local stack on http://127.0.0.1:3000 (DEV_PORT): moto, Replicate simulator, API
+	$(CARGO) build --locked -p local-stack --bin dev-server
+	MOTO_SERVER=$(VENV)/bin/moto_server exec target/debug/dev-server
+
+demo: ## Submit PROMPT to the running local stack and save the image
+	$(CARGO) run --locked -q -p local-stack --bin demo -- $(PROMPT)
+
+test: $(VENV_STAMP) ## Build and run every test (starts and stops its own moto server)
+	MOTO_SERVER=$(VENV)/bin/moto_server infra/scripts/with-moto.sh \
+		infra/scripts/test-summary.sh $(CARGO) test --workspace --all-targets --locked
 
 lint: ## rustfmt check and clippy with warnings as errors
 	$(CARGO) fmt --all -- --check
@@ -19,5 +37,5 @@ lint: ## rustfmt check and clippy with warnings as errors
 fmt: ## Format the code
 	$(CARGO) fmt --all
 
-dev: ## Local stack (lands with the end-to-end issue)
-	@echo "make dev: the local stack is not built yet; see README" >&2; exit 1
+clean-venv: ## Remove the Python virtualenv
+	rm -rf $(VENV)

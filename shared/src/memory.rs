@@ -182,11 +182,13 @@ impl RecordStore for MemoryRecords {
     }
 }
 
+/// A multipart upload in progress: key, content type, parts so far.
+type OpenUpload = (String, String, Vec<(i32, Bytes)>);
+
 #[derive(Default)]
 pub struct MemoryObjects {
     objects: Mutex<HashMap<String, (Vec<u8>, String)>>,
-    /// upload id → (key, content type, parts)
-    uploads: Mutex<HashMap<String, (String, String, Vec<(i32, Bytes)>)>>,
+    uploads: Mutex<HashMap<String, OpenUpload>>,
     part_sizes: Mutex<HashMap<String, Vec<usize>>>,
     started: Mutex<usize>,
     failing_puts: Mutex<usize>,

@@ -39,7 +39,9 @@ impl Stack {
 
     /// Starts a stack; `adjust` may change the app's environment before it is built.
     pub async fn start_with(adjust: impl FnOnce(&mut HashMap<String, String>)) -> Self {
-        let sim = Simulator::start(SimConfig::default()).await.expect("simulator starts");
+        let sim = Simulator::start(SimConfig::default())
+            .await
+            .expect("simulator starts");
         let aws = AwsClients::local(&aws_endpoint()).await;
         let name = format!("it-{}", uuid::Uuid::new_v4().simple());
         ensure_table(&aws.dynamodb, &name).await.expect("table");
@@ -56,7 +58,8 @@ impl Stack {
         .map(|(k, v)| (k.to_owned(), v))
         .collect();
         adjust(&mut vars);
-        let app = Arc::new(production_app(aws.clone(), |n| vars.get(n).cloned()).expect("app builds"));
+        let app =
+            Arc::new(production_app(aws.clone(), |n| vars.get(n).cloned()).expect("app builds"));
         let server = serve_app(bind_loopback(0).await.expect("bind"), app.clone());
         Self {
             base: format!("http://{}", server.addr),
@@ -70,11 +73,26 @@ impl Stack {
     }
 
     pub async fn submit(&self, body: &Value) -> (StatusCode, Value) {
-        read(self.http.post(format!("{}/v1/predictions", self.base)).json(body).send().await.expect("submit")).await
+        read(
+            self.http
+                .post(format!("{}/v1/predictions", self.base))
+                .json(body)
+                .send()
+                .await
+                .expect("submit"),
+        )
+        .await
     }
 
     pub async fn get(&self, id: &str) -> (StatusCode, Value) {
-        read(self.http.get(format!("{}/v1/predictions/{id}", self.base)).send().await.expect("get")).await
+        read(
+            self.http
+                .get(format!("{}/v1/predictions/{id}", self.base))
+                .send()
+                .await
+                .expect("get"),
+        )
+        .await
     }
 
     /// Fetches until the prediction is terminal (each fetch may sync from Replicate).
@@ -83,25 +101,44 @@ impl Stack {
         loop {
             let (status, body) = self.get(id).await;
             assert_eq!(status, StatusCode::OK, "{body}");
-            if matches!(body["status"].as_str(), Some("succeeded" | "failed" | "canceled" | "aborted")) {
+            if matches!(
+                body["status"].as_str(),
+                Some("succeeded" | "failed" | "canceled" | "aborted")
+            ) {
                 return body;
             }
-            assert!(started.elapsed() < Duration::from_secs(30), "prediction {id} did not finish: {body}");
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "prediction {id} did not finish: {body}"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
     /// Waits until the stored record (read directly, no sync) satisfies `done`.
-    pub async fn wait_record(&self, id: &str, done: impl Fn(&imagegen_shared::record::PredictionRecord) -> bool) {
+    pub async fn wait_record(
+        &self,
+        id: &str,
+        done: impl Fn(&imagegen_shared::record::PredictionRecord) -> bool,
+    ) {
         use imagegen_shared::ports::RecordStore;
         let id = imagegen_shared::record::PredictionId::parse(id).expect("id");
         let started = Instant::now();
         loop {
-            let record = self.app.records.get_prediction(&id).await.expect("read").expect("exists");
+            let record = self
+                .app
+                .records
+                .get_prediction(&id)
+                .await
+                .expect("read")
+                .expect("exists");
             if done(&record) {
                 return;
             }
-            assert!(started.elapsed() < Duration::from_secs(30), "record never got there: {record:?}");
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "record never got there: {record:?}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -113,31 +150,58 @@ impl Stack {
         assert_eq!(response.status(), StatusCode::OK, "{url}");
         let bytes = response.bytes().await.expect("body").to_vec();
         assert_eq!(bytes.len() as u64, output["size"].as_u64().expect("size"));
-        assert_eq!(hex_sha256(&bytes), output["sha256"].as_str().expect("sha256"));
+        assert_eq!(
+            hex_sha256(&bytes),
+            output["sha256"].as_str().expect("sha256")
+        );
         bytes
     }
 
     /// Keys stored in this stack's bucket.
     pub async fn object_keys(&self) -> Vec<String> {
-        let listed = self.aws.s3.list_objects_v2().bucket(&self.bucket).send().await.expect("list");
-        listed.contents().iter().filter_map(|o| o.key().map(str::to_owned)).collect()
+        let listed = self
+            .aws
+            .s3
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .send()
+            .await
+            .expect("list");
+        listed
+            .contents()
+            .iter()
+            .filter_map(|o| o.key().map(str::to_owned))
+            .collect()
     }
 }
 
 async fn read(response: reqwest::Response) -> (StatusCode, Value) {
     let status = response.status();
     let text = response.text().await.expect("body");
-    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
 }
 
 pub fn hex_sha256(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// A small PNG as a data URL, for image inputs.
 pub fn png_data_url(width: u32, height: u32) -> String {
-    let image = image::RgbImage::from_fn(width, height, |x, y| image::Rgb([(x * 7) as u8, (y * 5) as u8, 128]));
+    let image = image::RgbImage::from_fn(width, height, |x, y| {
+        image::Rgb([(x * 7) as u8, (y * 5) as u8, 128])
+    });
     let mut bytes = std::io::Cursor::new(Vec::new());
-    image.write_to(&mut bytes, image::ImageFormat::Png).expect("encode");
-    format!("data:image/png;base64,{}", base64::engine::general_purpose::STANDARD.encode(bytes.into_inner()))
+    image
+        .write_to(&mut bytes, image::ImageFormat::Png)
+        .expect("encode");
+    format!(
+        "data:image/png;base64,{}",
+        base64::engine::general_purpose::STANDARD.encode(bytes.into_inner())
+    )
 }

@@ -13,7 +13,13 @@ fn decoded_size(bytes: &[u8]) -> (u32, u32) {
 }
 
 /// Submits, waits for success, downloads every output, and checks type and size.
-async fn run_to_success(stack: &Stack, body: Value, expected: (u32, u32), outputs: usize, content_type: &str) -> Value {
+async fn run_to_success(
+    stack: &Stack,
+    body: Value,
+    expected: (u32, u32),
+    outputs: usize,
+    content_type: &str,
+) -> Value {
     let (status, submitted) = stack.submit(&body).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{submitted}");
     assert_eq!(submitted["cached"], json!(false));
@@ -28,7 +34,10 @@ async fn run_to_success(stack: &Stack, body: Value, expected: (u32, u32), output
         let bytes = stack.download_verified(output).await;
         assert_eq!(decoded_size(&bytes), expected);
     }
-    assert!(done["completed_at"].is_string() && done["started_at"].is_string(), "{done}");
+    assert!(
+        done["completed_at"].is_string() && done["started_at"].is_string(),
+        "{done}"
+    );
     assert!(done["metrics"]["predict_time"].is_number(), "{done}");
     done
 }
@@ -51,7 +60,13 @@ async fn flux_schnell_end_to_end() {
     let id = done["id"].as_str().unwrap();
     let mut keys = stack.object_keys().await;
     keys.sort();
-    assert_eq!(keys, vec![format!("outputs/{id}/0.webp"), format!("outputs/{id}/1.webp")]);
+    assert_eq!(
+        keys,
+        vec![
+            format!("outputs/{id}/0.webp"),
+            format!("outputs/{id}/1.webp")
+        ]
+    );
 }
 
 #[tokio::test]
@@ -78,7 +93,10 @@ async fn sdxl_by_alias_and_by_pinned_version() {
         "image/png",
     )
     .await;
-    assert_eq!(done["version"], "7762fd07cf82c948538e41f63f77d685e02b063e37e496e96eefd46c929f9bdc");
+    assert_eq!(
+        done["version"],
+        "7762fd07cf82c948538e41f63f77d685e02b063e37e496e96eefd46c929f9bdc"
+    );
     run_to_success(
         &stack,
         json!({"model": "stability-ai/sdxl:7762fd07cf82c948538e41f63f77d685e02b063e37e496e96eefd46c929f9bdc",
@@ -122,7 +140,8 @@ async fn sdxl_img2img_inpainting_and_upscaling() {
 #[tokio::test]
 async fn identical_request_is_answered_from_cache_and_no_cache_starts_anew() {
     let stack = Stack::start().await;
-    let body = json!({"model": "flux-schnell", "input": {"prompt": "cache me", "megapixels": "0.25"}});
+    let body =
+        json!({"model": "flux-schnell", "input": {"prompt": "cache me", "megapixels": "0.25"}});
     let first = run_to_success(&stack, body.clone(), (512, 512), 1, "image/webp").await;
     // Same request spelled differently (defaults explicit, other key order): still a hit.
     let same = json!({"input": {"megapixels": "0.25", "go_fast": true, "prompt": "cache me"}, "model": "black-forest-labs/flux-schnell"});
@@ -153,10 +172,16 @@ async fn concurrent_identical_submits_create_one_replicate_prediction() {
     let stack = Stack::start().await;
     let body = json!({"model": "sdxl", "input": {"prompt": "one of a kind", "width": 256, "height": 256, "seed": 7}});
     let answers = futures_join(&stack, &body, 8).await;
-    let ids: std::collections::BTreeSet<String> = answers.iter().map(|(_, v)| v["id"].as_str().unwrap().to_owned()).collect();
+    let ids: std::collections::BTreeSet<String> = answers
+        .iter()
+        .map(|(_, v)| v["id"].as_str().unwrap().to_owned())
+        .collect();
     assert_eq!(ids.len(), 1, "{answers:?}");
     for (status, _) in &answers {
-        assert!(*status == StatusCode::ACCEPTED || *status == StatusCode::OK, "{status}");
+        assert!(
+            *status == StatusCode::ACCEPTED || *status == StatusCode::OK,
+            "{status}"
+        );
     }
     assert_eq!(stack.sim.stats().creates, 1);
     let id = ids.into_iter().next().unwrap();
@@ -202,8 +227,14 @@ async fn idempotency_key_returns_the_same_prediction_and_refuses_another_body() 
     assert_eq!(again.headers()["idempotent-replayed"], "true");
     let again: Value = again.json().await.unwrap();
     assert_eq!(again["id"], first["id"]);
-    assert_eq!(stack.sim.stats().creates, 1, "no-cache does not bypass the idempotency key");
-    let other = send(json!({"model": "sdxl", "input": {"prompt": "something else"}})).await.unwrap();
+    assert_eq!(
+        stack.sim.stats().creates,
+        1,
+        "no-cache does not bypass the idempotency key"
+    );
+    let other = send(json!({"model": "sdxl", "input": {"prompt": "something else"}}))
+        .await
+        .unwrap();
     assert_eq!(other.status(), StatusCode::UNPROCESSABLE_ENTITY);
     let problem: Value = other.json().await.unwrap();
     assert_eq!(problem["type"], "/problems/idempotency-key-reused");
@@ -214,15 +245,26 @@ fn signed_headers(secret: &str, body: &[u8], timestamp: i64) -> Vec<(&'static st
     vec![
         ("webhook-id", "msg_test".to_owned()),
         ("webhook-timestamp", timestamp.to_string()),
-        ("webhook-signature", secret.sign("msg_test", timestamp, body)),
+        (
+            "webhook-signature",
+            secret.sign("msg_test", timestamp, body),
+        ),
     ]
 }
 
 fn now_secs() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
 }
 
-async fn post_webhook(stack: &Stack, id: &str, body: &[u8], headers: &[(&str, String)]) -> (StatusCode, Value) {
+async fn post_webhook(
+    stack: &Stack,
+    id: &str,
+    body: &[u8],
+    headers: &[(&str, String)],
+) -> (StatusCode, Value) {
     let mut request = stack
         .http
         .post(format!("{}/webhooks/replicate?id={id}", stack.base))
@@ -243,12 +285,27 @@ async fn forged_stale_and_missing_signatures_are_refused_and_change_nothing() {
         .submit(&json!({"model": "sdxl", "input": {"prompt": "guarded [sim:no-webhook] [sim:slow]", "width": 256, "height": 256}}))
         .await;
     let id = submitted["id"].as_str().unwrap();
-    let body = json!({"id": "forged", "status": "succeeded", "output": ["https://evil.example/x.png"]}).to_string();
+    let body =
+        json!({"id": "forged", "status": "succeeded", "output": ["https://evil.example/x.png"]})
+            .to_string();
     let cases = [
         ("missing", vec![]),
-        ("forged", signed_headers("whsec_c2VjcmV0c2VjcmV0c2VjcmV0", body.as_bytes(), now_secs())),
-        ("stale", signed_headers(stack.sim.secret(), body.as_bytes(), now_secs() - 301)),
-        ("future", signed_headers(stack.sim.secret(), body.as_bytes(), now_secs() + 301)),
+        (
+            "forged",
+            signed_headers(
+                "whsec_c2VjcmV0c2VjcmV0c2VjcmV0",
+                body.as_bytes(),
+                now_secs(),
+            ),
+        ),
+        (
+            "stale",
+            signed_headers(stack.sim.secret(), body.as_bytes(), now_secs() - 301),
+        ),
+        (
+            "future",
+            signed_headers(stack.sim.secret(), body.as_bytes(), now_secs() + 301),
+        ),
     ];
     for (case, headers) in cases {
         let (status, problem) = post_webhook(&stack, id, body.as_bytes(), &headers).await;
@@ -272,18 +329,36 @@ async fn duplicate_and_out_of_order_webhooks_change_nothing() {
     tokio::time::sleep(Duration::from_millis(500)).await; // let the late deliveries land
     let (_, done) = stack.get(&id).await;
     assert_eq!(done["status"], "succeeded", "{done}");
-    assert!(stack.sim.stats().webhooks_delivered >= 3, "{:?}", stack.sim.stats());
+    assert!(
+        stack.sim.stats().webhooks_delivered >= 3,
+        "{:?}",
+        stack.sim.stats()
+    );
 
     // A replayed older state, correctly signed and fresh, is still ignored.
     let replicate_id = {
         use imagegen_shared::ports::RecordStore;
         let rid = imagegen_shared::record::PredictionId::parse(&id).unwrap();
-        stack.app.records.get_prediction(&rid).await.unwrap().unwrap().replicate_id.unwrap()
+        stack
+            .app
+            .records
+            .get_prediction(&rid)
+            .await
+            .unwrap()
+            .unwrap()
+            .replicate_id
+            .unwrap()
     };
     let mut stale = stack.sim.prediction(&replicate_id).unwrap();
     stale["status"] = json!("processing");
     let body = stale.to_string();
-    let (status, receipt) = post_webhook(&stack, &id, body.as_bytes(), &signed_headers(stack.sim.secret(), body.as_bytes(), now_secs())).await;
+    let (status, receipt) = post_webhook(
+        &stack,
+        &id,
+        body.as_bytes(),
+        &signed_headers(stack.sim.secret(), body.as_bytes(), now_secs()),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(receipt["result"], "ignored");
     let (_, after) = stack.get(&id).await;
@@ -315,11 +390,17 @@ async fn failed_and_aborted_predictions_are_reported_and_never_cached() {
         stack.wait_record(&id, |r| r.status.is_terminal()).await;
         let (_, done) = stack.get(&id).await;
         assert_eq!(done["status"], status, "{done}");
-        assert!(done["error"].as_str().is_some_and(|e| !e.is_empty()), "{done}");
+        assert!(
+            done["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{done}"
+        );
         assert_eq!(done["output"], json!([]));
         let (again_status, again) = stack.submit(&body).await;
         assert_eq!(again_status, StatusCode::ACCEPTED, "{again}");
-        assert_ne!(again["id"], done["id"], "a {status} prediction is not served from cache");
+        assert_ne!(
+            again["id"], done["id"],
+            "a {status} prediction is not served from cache"
+        );
     }
 }
 
@@ -334,11 +415,22 @@ async fn a_canceled_prediction_is_reported() {
     let replicate_id = {
         use imagegen_shared::ports::RecordStore;
         let rid = imagegen_shared::record::PredictionId::parse(&id).unwrap();
-        stack.app.records.get_prediction(&rid).await.unwrap().unwrap().replicate_id.unwrap()
+        stack
+            .app
+            .records
+            .get_prediction(&rid)
+            .await
+            .unwrap()
+            .unwrap()
+            .replicate_id
+            .unwrap()
     };
     let canceled = stack
         .http
-        .post(format!("{}/predictions/{replicate_id}/cancel", stack.sim.api_base()))
+        .post(format!(
+            "{}/predictions/{replicate_id}/cancel",
+            stack.sim.api_base()
+        ))
         .bearer_auth("r8_test")
         .send()
         .await
@@ -358,7 +450,13 @@ async fn outputs_from_hosts_outside_the_allowlist_are_refused() {
     stack.wait_record(&id, |r| r.status.is_terminal()).await;
     let (_, done) = stack.get(&id).await;
     assert_eq!(done["status"], "failed", "{done}");
-    assert!(done["error"].as_str().unwrap().contains("OUTPUT_HOST_ALLOWLIST"), "{done}");
+    assert!(
+        done["error"]
+            .as_str()
+            .unwrap()
+            .contains("OUTPUT_HOST_ALLOWLIST"),
+        "{done}"
+    );
     assert!(stack.object_keys().await.is_empty());
     assert_eq!(stack.sim.stats().file_downloads, 0);
 }
@@ -366,15 +464,26 @@ async fn outputs_from_hosts_outside_the_allowlist_are_refused() {
 #[tokio::test]
 async fn malformed_invalid_unknown_and_oversized_requests() {
     let stack = Stack::start().await;
-    let post_raw = |body: Vec<u8>| stack.http.post(format!("{}/v1/predictions", stack.base)).body(body).send();
+    let post_raw = |body: Vec<u8>| {
+        stack
+            .http
+            .post(format!("{}/v1/predictions", stack.base))
+            .body(body)
+            .send()
+    };
     let bad_json = post_raw(b"{\"model\": ".to_vec()).await.unwrap();
     assert_eq!(bad_json.status(), StatusCode::BAD_REQUEST);
-    assert_eq!(bad_json.headers()["content-type"], "application/problem+json");
+    assert_eq!(
+        bad_json.headers()["content-type"],
+        "application/problem+json"
+    );
 
     let oversized = post_raw(vec![b' '; 6 * 1024 * 1024 + 1]).await.unwrap();
     assert_eq!(oversized.status(), StatusCode::PAYLOAD_TOO_LARGE);
 
-    let (status, problem) = stack.submit(&json!({"model": "dall-e-3", "input": {"prompt": "x"}})).await;
+    let (status, problem) = stack
+        .submit(&json!({"model": "dall-e-3", "input": {"prompt": "x"}}))
+        .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(problem["type"], "/problems/unknown-model");
 
@@ -382,8 +491,17 @@ async fn malformed_invalid_unknown_and_oversized_requests() {
         .submit(&json!({"model": "flux-schnell", "input": {"prompt": "", "num_outputs": 9, "steps": 3}}))
         .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
-    let fields: Vec<&str> = problem["errors"].as_array().unwrap().iter().map(|e| e["field"].as_str().unwrap()).collect();
-    assert_eq!(fields, vec!["input.num_outputs", "input.prompt", "input.steps"], "{problem}");
+    let fields: Vec<&str> = problem["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        fields,
+        vec!["input.num_outputs", "input.prompt", "input.steps"],
+        "{problem}"
+    );
 
     let (status, _) = stack.get("0123456789abcdef0123456789abcdef").await;
     assert_eq!(status, StatusCode::NOT_FOUND);

@@ -315,19 +315,17 @@ fn new_id() -> String {
         .collect()
 }
 
+/// A create request's fields.
+#[derive(Debug)]
+struct CreateBody {
+    version: Option<String>,
+    input: Map<String, Value>,
+    webhook: Option<String>,
+    events: Vec<String>,
+}
+
 /// Checks a create body as Replicate's schema does (`additionalProperties: false`).
-fn parse_create(
-    body: &[u8],
-    official: bool,
-) -> Result<
-    (
-        Option<String>,
-        Map<String, Value>,
-        Option<String>,
-        Vec<String>,
-    ),
-    String,
-> {
+fn parse_create(body: &[u8], official: bool) -> Result<CreateBody, String> {
     let Ok(Value::Object(mut fields)) = serde_json::from_slice::<Value>(body) else {
         return Err("request body must be a JSON object".to_owned());
     };
@@ -374,7 +372,12 @@ fn parse_create(
         Some(_) => return Err("webhook_events_filter must be an array".to_owned()),
         None => Vec::new(),
     };
-    Ok((version, input, webhook, events))
+    Ok(CreateBody {
+        version,
+        input,
+        webhook,
+        events,
+    })
 }
 
 /// `version` as sent to `POST /predictions`: a known 64-hex id or `owner/name:id`.
@@ -426,7 +429,12 @@ impl State {
     }
 
     async fn create(self: &Arc<Self>, body: &[u8], official_model: Option<String>) -> HttpResponse {
-        let (version, input, webhook, events) = match parse_create(body, official_model.is_some()) {
+        let CreateBody {
+            version,
+            input,
+            webhook,
+            events,
+        } = match parse_create(body, official_model.is_some()) {
             Ok(parts) => parts,
             Err(detail) => return problem(StatusCode::UNPROCESSABLE_ENTITY, &detail),
         };

@@ -315,45 +315,33 @@ where
         for _ in 0..MAX_CLAIM_ROUNDS {
             let now = self.clock.millis();
             let claim = self.cache_claim(&key, now);
-            let held = match self.records.try_claim(&claim, now).await? {
-                ClaimOutcome::Claimed => {
-                    return self
-                        .create(
-                            alias,
-                            &input,
-                            Some((cache_key.as_str(), &claim)),
-                            webhook_base,
-                        )
-                        .await;
-                }
-                ClaimOutcome::HeldBy(held) => held,
-            };
-            let existing = match &held.prediction_id {
-                Some(id) => self.records.get_prediction(id).await?,
-                None => None,
-            };
-            match self.judge_holder(existing, &held, now) {
-                Holder::Cached(record) => {
-                    return Ok(Started {
-                        status: StatusCode::OK,
-                        cached: true,
-                        ..Started::new(record)
-                    });
-                }
-                Holder::InFlight(record) => return Ok(Started::new(record)),
-                Holder::Wait => tokio::time::sleep(CLAIM_RETRY_WAIT).await,
-                Holder::TakeOver => {
-                    if self.records.replace_claim(&claim, &held.token).await? {
-                        return self
-                            .create(
-                                alias,
-                                &input,
-                                Some((cache_key.as_str(), &claim)),
-                                webhook_base,
-                            )
-                            .await;
+            let won = match self.records.try_claim(&claim, now).await? {
+                ClaimOutcome::Claimed => true,
+                ClaimOutcome::HeldBy(held) => {
+                    let existing = match &held.prediction_id {
+                        Some(id) => self.records.get_prediction(id).await?,
+                        None => None,
+                    };
+                    match self.judge_holder(existing, &held, now) {
+                        Holder::Cached(record) => {
+                            return Ok(Started {
+                                status: StatusCode::OK,
+                                cached: true,
+                                ..Started::new(record)
+                            });
+                        }
+                        Holder::InFlight(record) => return Ok(Started::new(record)),
+                        Holder::Wait => {
+                            tokio::time::sleep(CLAIM_RETRY_WAIT).await;
+                            false
+                        }
+                        Holder::TakeOver => self.records.replace_claim(&claim, &held.token).await?,
                     }
                 }
+            };
+            if won {
+                let claim = Some((cache_key.as_str(), &claim));
+                return self.create(alias, &input, claim, webhook_base).await;
             }
         }
         Err(ApiError::Unavailable {

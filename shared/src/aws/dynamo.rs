@@ -270,6 +270,31 @@ fn names_in(expressions: &[&str]) -> HashMap<String, String> {
         .collect()
 }
 
+impl DynamoRecords {
+    /// An `UpdateItem` on `pk` that applies only if `condition` holds; `Ok(false)` if not.
+    async fn update_if(
+        &self,
+        operation: &'static str,
+        pk: AttributeValue,
+        update: &str,
+        condition: &str,
+        values: Item,
+    ) -> Result<bool, StoreError> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", pk)
+            .update_expression(update)
+            .condition_expression(condition)
+            .set_expression_attribute_names(Some(names_in(&[update, condition])))
+            .set_expression_attribute_values(Some(values))
+            .send()
+            .await;
+        conditional(operation, result.map_err(|e| e.into_service_error()))
+    }
+}
+
 impl RecordStore for DynamoRecords {
     async fn try_claim(&self, claim: &Claim, now: Millis) -> Result<ClaimOutcome, StoreError> {
         let condition = "attribute_not_exists(#pk) OR #lease_until < :now";
@@ -319,21 +344,14 @@ impl RecordStore for DynamoRecords {
         lease_until: Millis,
     ) -> Result<bool, StoreError> {
         let (condition, guard_value) = guard_condition(guard);
+        let values = Item::from([
+            (":pid".to_owned(), s(prediction_id.as_str())),
+            (":lease".to_owned(), n(lease_until)),
+            (":guard".to_owned(), guard_value),
+        ]);
         let update = "SET #prediction_id = :pid, #lease_until = :lease";
-        let result = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key("pk", s(key))
-            .update_expression(update)
-            .condition_expression(condition)
-            .set_expression_attribute_names(Some(names_in(&[update, condition])))
-            .expression_attribute_values(":pid", s(prediction_id.as_str()))
-            .expression_attribute_values(":lease", n(lease_until))
-            .expression_attribute_values(":guard", guard_value)
-            .send()
-            .await;
-        conditional("settle claim", result.map_err(|e| e.into_service_error()))
+        self.update_if("settle claim", s(key), update, condition, values)
+            .await
     }
 
     async fn release_claim(&self, key: &str, guard: ClaimGuard<'_>) -> Result<bool, StoreError> {
@@ -388,21 +406,15 @@ impl RecordStore for DynamoRecords {
     ) -> Result<bool, StoreError> {
         let update = "SET #replicate_id = :rid";
         let condition = "attribute_exists(#pk) AND (attribute_not_exists(#replicate_id) OR #replicate_id = :rid)";
-        let result = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key("pk", prediction_pk(id))
-            .update_expression(update)
-            .condition_expression(condition)
-            .set_expression_attribute_names(Some(names_in(&[update, condition])))
-            .expression_attribute_values(":rid", s(replicate_id))
-            .send()
-            .await;
-        conditional(
+        let values = Item::from([(":rid".to_owned(), s(replicate_id))]);
+        self.update_if(
             "attach replicate id",
-            result.map_err(|e| e.into_service_error()),
+            prediction_pk(id),
+            update,
+            condition,
+            values,
         )
+        .await
     }
 
     async fn advance(&self, id: &PredictionId, advance: &Advance) -> Result<bool, StoreError> {
@@ -415,21 +427,14 @@ impl RecordStore for DynamoRecords {
             condition
                 .push_str(" AND (attribute_not_exists(#replicate_id) OR #replicate_id = :rid)");
         }
-        let result = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key("pk", prediction_pk(id))
-            .update_expression(&update)
-            .condition_expression(&condition)
-            .set_expression_attribute_names(Some(names_in(&[&update, &condition])))
-            .set_expression_attribute_values(Some(values))
-            .send()
-            .await;
-        conditional(
+        self.update_if(
             "advance prediction",
-            result.map_err(|e| e.into_service_error()),
+            prediction_pk(id),
+            &update,
+            &condition,
+            values,
         )
+        .await
     }
 
     async fn claim_sync(
@@ -441,19 +446,12 @@ impl RecordStore for DynamoRecords {
         let update = "SET #synced_at = :now";
         let condition =
             "attribute_exists(#pk) AND (attribute_not_exists(#synced_at) OR #synced_at < :since)";
-        let result = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key("pk", prediction_pk(id))
-            .update_expression(update)
-            .condition_expression(condition)
-            .set_expression_attribute_names(Some(names_in(&[update, condition])))
-            .expression_attribute_values(":now", n(now))
-            .expression_attribute_values(":since", n(not_since))
-            .send()
-            .await;
-        conditional("claim sync", result.map_err(|e| e.into_service_error()))
+        let values = Item::from([
+            (":now".to_owned(), n(now)),
+            (":since".to_owned(), n(not_since)),
+        ]);
+        self.update_if("claim sync", prediction_pk(id), update, condition, values)
+            .await
     }
 
     async fn delete_prediction(&self, id: &PredictionId) -> Result<(), StoreError> {

@@ -7,7 +7,12 @@ PYTHON ?= python3
 VENV := .venv
 VENV_STAMP := $(VENV)/.installed
 
-.PHONY: help dev demo test lint fmt venv clean-venv
+BUILD_STAMP := $(VENV)/.installed-build
+DEPLOY_STAMP := $(VENV)/.installed-deploy
+LAMBDA_TARGET := aarch64-unknown-linux-gnu
+FUNCTIONS := submit webhook fetch-result
+
+.PHONY: help dev demo test lint fmt venv build validate deploy clean-venv
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -29,6 +34,26 @@ demo: ## Submit PROMPT to the running local stack and save the image
 test: $(VENV_STAMP) ## Build and run every test (starts and stops its own moto server)
 	MOTO_SERVER=$(VENV)/bin/moto_server infra/scripts/with-moto.sh \
 		infra/scripts/test-summary.sh $(CARGO) test --workspace --all-targets --locked
+
+$(BUILD_STAMP): $(VENV_STAMP) infra/requirements-build.txt
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r infra/requirements-build.txt
+	touch $@
+
+$(DEPLOY_STAMP): $(VENV_STAMP) infra/requirements-deploy.txt
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r infra/requirements-deploy.txt
+	touch $@
+
+build: $(BUILD_STAMP) ## Three arm64 Lambda bootstraps in target/lambda/<function>/
+	rustup target list --installed | grep -qx $(LAMBDA_TARGET) || rustup target add $(LAMBDA_TARGET)
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(CARGO) lambda build --release --arm64 --locked $(addprefix -p ,$(FUNCTIONS))
+	@for f in $(FUNCTIONS); do ls -l target/lambda/$$f/bootstrap; done
+
+validate: $(VENV_STAMP) ## Lint the SAM template (cfn-lint, offline)
+	$(VENV)/bin/cfn-lint template.yaml
+
+deploy: $(BUILD_STAMP) $(DEPLOY_STAMP) ## sam build + sam deploy (guided the first time)
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/sam build --beta-features
+	if [ -f samconfig.toml ]; then $(VENV)/bin/sam deploy; else $(VENV)/bin/sam deploy --guided; fi
 
 lint: ## rustfmt check and clippy with warnings as errors
 	$(CARGO) fmt --all -- --check

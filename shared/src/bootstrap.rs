@@ -1,5 +1,9 @@
 //! Building the production `App` from the environment, once per process, and running a
 //! handler under the Lambda runtime. The three functions' `main`s are one call each.
+//!
+//! Every environment variable the functions read is read in `boot_config`, through one
+//! lookup function, so a test can see exactly which variables the code needs (and compare
+//! them with the SAM template).
 
 use std::future::Future;
 
@@ -15,6 +19,9 @@ use crate::replicate::{ApiToken, ClientBuildError, ClientConfig, ReplicateClient
 
 pub type ProductionApp = App<ReplicateClient, DynamoRecords, S3Objects, HttpDownloads>;
 
+/// Names the SSM SecureString holding the Replicate token (how the SAM stack provides it).
+pub const TOKEN_PARAMETER_ENV: &str = "REPLICATE_API_TOKEN_PARAMETER";
+
 #[derive(Debug, thiserror::Error)]
 pub enum BootError {
     #[error(transparent)]
@@ -25,21 +32,84 @@ pub enum BootError {
     Client(#[from] ClientBuildError),
     #[error("could not build the download client: {0}")]
     Downloads(#[from] reqwest::Error),
+    #[error("could not read the Replicate token from SSM: {0}")]
+    Token(#[from] crate::ports::StoreError),
 }
 
-/// Reads the configuration through `lookup` (the environment, or the environment with the
-/// local stack's additions) and builds every client. Nothing here talks to the network:
-/// the webhook secret, if not configured, is fetched on first use.
+/// Where the Replicate token comes from.
+#[derive(Clone, PartialEq, Eq)]
+pub enum TokenSource {
+    /// `REPLICATE_API_TOKEN` (local use).
+    Value(String),
+    /// The SSM SecureString named by `REPLICATE_API_TOKEN_PARAMETER` (in AWS).
+    Parameter(String),
+}
+
+impl std::fmt::Debug for TokenSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Value(_) => f.write_str("Value(<redacted>)"),
+            Self::Parameter(name) => write!(f, "Parameter({name})"),
+        }
+    }
+}
+
+impl TokenSource {
+    /// The token; reads SSM (once, at cold start) when it lives there.
+    pub async fn resolve(self, aws: &AwsClients) -> Result<String, BootError> {
+        match self {
+            Self::Value(token) => Ok(token),
+            Self::Parameter(name) => Ok(aws.secure_parameter(&name).await?),
+        }
+    }
+}
+
+/// Everything read from the environment.
+#[derive(Debug)]
+pub struct BootConfig {
+    pub settings: Settings,
+    pub registry: ModelRegistry,
+    pub token: TokenSource,
+    /// `RUST_LOG`
+    pub log_filter: Option<String>,
+}
+
+/// Reads the whole configuration through `lookup`: the environment, or the environment
+/// with the local stack's additions.
+pub fn boot_config(lookup: impl Fn(&str) -> Option<String>) -> Result<BootConfig, BootError> {
+    let settings = Settings::from_lookup(&lookup)?;
+    let registry = ModelRegistry::from_lookup(&lookup)?;
+    let token = match replicate_token(&lookup) {
+        Ok(token) => TokenSource::Value(token),
+        Err(missing) => match lookup(TOKEN_PARAMETER_ENV)
+            .map(|n| n.trim().to_owned())
+            .filter(|n| !n.is_empty())
+        {
+            Some(name) => TokenSource::Parameter(name),
+            None => return Err(missing.into()),
+        },
+    };
+    Ok(BootConfig {
+        settings,
+        registry,
+        token,
+        log_filter: lookup("RUST_LOG"),
+    })
+}
+
+/// Builds every client. Nothing here talks to the network: the webhook secret, if not
+/// configured, is fetched on first use.
 pub fn production_app(
     aws: AwsClients,
-    lookup: impl Fn(&str) -> Option<String>,
+    token: String,
+    config: BootConfig,
 ) -> Result<ProductionApp, BootError> {
-    let settings = Settings::from_lookup(&lookup)?;
-    let registry = ModelRegistry::from_env()?;
-    let token = ApiToken::new(replicate_token(&lookup)?);
+    let BootConfig {
+        settings, registry, ..
+    } = config;
     let replicate = ReplicateClient::new(ClientConfig::new(
         settings.replicate_base_url.clone(),
-        token,
+        ApiToken::new(token),
     ))?;
     let records = DynamoRecords::new(aws.dynamodb, settings.table_name.clone());
     let objects = S3Objects::new(aws.s3, settings.bucket_name.clone());
@@ -49,6 +119,18 @@ pub fn production_app(
     ))
 }
 
+/// Reads the configuration and builds the app from `lookup`, resolving the token.
+pub async fn build_app(
+    aws: AwsClients,
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Result<ProductionApp, BootError> {
+    let mut config = boot_config(lookup)?;
+    let token = std::mem::replace(&mut config.token, TokenSource::Value(String::new()))
+        .resolve(&aws)
+        .await?;
+    production_app(aws, token, config)
+}
+
 /// Runs `handler` for every invocation, inside a span carrying the request id (and, once
 /// known, the prediction id) so every log line of a request can be found together.
 pub async fn run_lambda<F, Fut>(handler: F) -> Result<(), lambda_http::Error>
@@ -56,9 +138,10 @@ where
     F: Fn(&'static ProductionApp, Request) -> Fut + Copy + Send + 'static,
     Fut: Future<Output = Response<Body>> + Send + 'static,
 {
-    crate::telemetry::init_json_logs();
+    let env = |name: &str| std::env::var(name).ok();
+    crate::telemetry::init_json_logs(env("RUST_LOG").as_deref());
     let aws = AwsClients::from_env().await;
-    let app: &'static ProductionApp = match production_app(aws, |name| std::env::var(name).ok()) {
+    let app: &'static ProductionApp = match build_app(aws, env).await {
         Ok(app) => Box::leak(Box::new(app)),
         Err(err) => {
             tracing::error!(error = %err, "configuration error");
@@ -76,4 +159,29 @@ where
         },
     ))
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_token_comes_from_the_environment_or_an_ssm_parameter() {
+        let base = |extra: &'static [(&'static str, &'static str)]| {
+            move |name: &str| match name {
+                "TABLE_NAME" | "BUCKET_NAME" => Some("x".to_owned()),
+                _ => extra
+                    .iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| (*v).to_owned()),
+            }
+        };
+        let direct = boot_config(base(&[("REPLICATE_API_TOKEN", "r8_x")])).unwrap();
+        assert_eq!(direct.token, TokenSource::Value("r8_x".into()));
+        assert!(!format!("{direct:?}").contains("r8_x"));
+        let ssm = boot_config(base(&[(TOKEN_PARAMETER_ENV, "/app/token")])).unwrap();
+        assert_eq!(ssm.token, TokenSource::Parameter("/app/token".into()));
+        let missing = boot_config(base(&[])).unwrap_err();
+        assert_eq!(missing.to_string(), "REPLICATE_API_TOKEN is required");
+    }
 }

@@ -40,6 +40,15 @@ impl MemoryRecords {
     pub fn put_record(&self, record: PredictionRecord) {
         lock(&self.predictions).insert(record.id.clone(), record);
     }
+
+    /// Overwrites a claim as is, for setting up a test's starting state.
+    pub fn put_claim(&self, claim: Claim) {
+        lock(&self.claims).insert(claim.key.clone(), claim);
+    }
+
+    pub fn records(&self) -> Vec<PredictionRecord> {
+        lock(&self.predictions).values().cloned().collect()
+    }
 }
 
 fn guard_holds(claim: &Claim, guard: ClaimGuard<'_>) -> bool {
@@ -501,5 +510,144 @@ impl ReplicateApi for FakeReplicate {
             visibility: Some("public".to_owned()),
             latest_version: None,
         })
+    }
+}
+
+/// Wraps a store and writes down the name of every port method called on it: which calls a
+/// handler makes decides which IAM actions its function needs.
+pub struct Recorded<T> {
+    pub inner: T,
+    calls: std::sync::Arc<Mutex<Vec<&'static str>>>,
+}
+
+impl<T> Recorded<T> {
+    pub fn new(inner: T, calls: std::sync::Arc<Mutex<Vec<&'static str>>>) -> Self {
+        Self { inner, calls }
+    }
+
+    fn note(&self, method: &'static str) {
+        lock(&self.calls).push(method);
+    }
+}
+
+impl<T: RecordStore> RecordStore for Recorded<T> {
+    async fn try_claim(&self, claim: &Claim, now: Millis) -> Result<ClaimOutcome, StoreError> {
+        self.note("try_claim");
+        self.inner.try_claim(claim, now).await
+    }
+
+    async fn replace_claim(&self, claim: &Claim, expected_token: &str) -> Result<bool, StoreError> {
+        self.note("replace_claim");
+        self.inner.replace_claim(claim, expected_token).await
+    }
+
+    async fn settle_claim(
+        &self,
+        key: &str,
+        guard: ClaimGuard<'_>,
+        prediction_id: &PredictionId,
+        lease_until: Millis,
+    ) -> Result<bool, StoreError> {
+        self.note("settle_claim");
+        self.inner
+            .settle_claim(key, guard, prediction_id, lease_until)
+            .await
+    }
+
+    async fn release_claim(&self, key: &str, guard: ClaimGuard<'_>) -> Result<bool, StoreError> {
+        self.note("release_claim");
+        self.inner.release_claim(key, guard).await
+    }
+
+    async fn insert_prediction(&self, record: &PredictionRecord) -> Result<(), StoreError> {
+        self.note("insert_prediction");
+        self.inner.insert_prediction(record).await
+    }
+
+    async fn get_prediction(
+        &self,
+        id: &PredictionId,
+    ) -> Result<Option<PredictionRecord>, StoreError> {
+        self.note("get_prediction");
+        self.inner.get_prediction(id).await
+    }
+
+    async fn attach_replicate_id(
+        &self,
+        id: &PredictionId,
+        replicate_id: &str,
+    ) -> Result<bool, StoreError> {
+        self.note("attach_replicate_id");
+        self.inner.attach_replicate_id(id, replicate_id).await
+    }
+
+    async fn advance(&self, id: &PredictionId, advance: &Advance) -> Result<bool, StoreError> {
+        self.note("advance");
+        self.inner.advance(id, advance).await
+    }
+
+    async fn claim_sync(
+        &self,
+        id: &PredictionId,
+        now: Millis,
+        not_since: Millis,
+    ) -> Result<bool, StoreError> {
+        self.note("claim_sync");
+        self.inner.claim_sync(id, now, not_since).await
+    }
+
+    async fn delete_prediction(&self, id: &PredictionId) -> Result<(), StoreError> {
+        self.note("delete_prediction");
+        self.inner.delete_prediction(id).await
+    }
+}
+
+impl<T: ObjectStore> ObjectStore for Recorded<T> {
+    async fn put_object(
+        &self,
+        key: &str,
+        content_type: &str,
+        body: Bytes,
+    ) -> Result<(), StoreError> {
+        self.note("put_object");
+        self.inner.put_object(key, content_type, body).await
+    }
+
+    async fn create_multipart(&self, key: &str, content_type: &str) -> Result<String, StoreError> {
+        self.note("create_multipart");
+        self.inner.create_multipart(key, content_type).await
+    }
+
+    async fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part_number: i32,
+        body: Bytes,
+    ) -> Result<String, StoreError> {
+        self.note("upload_part");
+        self.inner
+            .upload_part(key, upload_id, part_number, body)
+            .await
+    }
+
+    async fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[(i32, String)],
+    ) -> Result<(), StoreError> {
+        self.note("complete_multipart");
+        self.inner.complete_multipart(key, upload_id, parts).await
+    }
+
+    async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<(), StoreError> {
+        self.note("abort_multipart");
+        self.inner.abort_multipart(key, upload_id).await
+    }
+
+    async fn presign_get(&self, key: &str, ttl: Duration) -> Result<String, StoreError> {
+        self.note("presign_get");
+        self.inner.presign_get(key, ttl).await
     }
 }

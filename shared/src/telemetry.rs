@@ -2,10 +2,12 @@
 
 use tracing_subscriber::EnvFilter;
 
-/// JSON lines on stdout, level from `RUST_LOG` (default `info`). Spans' fields (request and
-/// prediction ids) are included in every event inside them.
-pub fn init_json_logs() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+/// JSON lines on stdout at `filter` (`RUST_LOG` syntax; default `info`). Spans' fields
+/// (request and prediction ids) are included in every event inside them.
+pub fn init_json_logs(filter: Option<&str>) {
+    let filter = filter
+        .and_then(|f| EnvFilter::try_new(f).ok())
+        .unwrap_or_else(|| EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
         .json()
         .with_env_filter(filter)

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use imagegen_shared::aws::{AwsClients, ensure_bucket, ensure_table};
-use imagegen_shared::bootstrap::{ProductionApp, production_app};
+use imagegen_shared::bootstrap::{ProductionApp, build_app};
 use local_stack::dev::serve_app;
 use local_stack::http_server::{Server, bind_loopback};
 use local_stack::sim::{SimConfig, Simulator};
@@ -58,8 +58,11 @@ impl Stack {
         .map(|(k, v)| (k.to_owned(), v))
         .collect();
         adjust(&mut vars);
-        let app =
-            Arc::new(production_app(aws.clone(), |n| vars.get(n).cloned()).expect("app builds"));
+        let app = Arc::new(
+            build_app(aws.clone(), |n| vars.get(n).cloned())
+                .await
+                .expect("app builds"),
+        );
         let server = serve_app(bind_loopback(0).await.expect("bind"), app.clone());
         Self {
             base: format!("http://{}", server.addr),

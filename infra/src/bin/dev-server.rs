@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use imagegen_shared::aws::{AwsClients, ensure_bucket, ensure_table};
-use imagegen_shared::bootstrap::production_app;
+use imagegen_shared::bootstrap::build_app;
 use imagegen_shared::config::DEFAULT_OUTPUT_HOST_ALLOWLIST;
 use local_stack::dev::serve_app;
 use local_stack::http_server::bind_loopback;
@@ -64,7 +64,7 @@ async fn start_moto() -> Result<(Child, String), String> {
 }
 
 async fn run() -> Result<(), String> {
-    imagegen_shared::telemetry::init_json_logs();
+    imagegen_shared::telemetry::init_json_logs(env("RUST_LOG").as_deref());
     // Values the stack adds to the environment for the app (the process env is left alone).
     let mut extra: HashMap<String, String> = HashMap::new();
     extra.insert(
@@ -125,7 +125,7 @@ async fn run() -> Result<(), String> {
     }
 
     let lookup = |name: &str| extra.get(name).cloned().or_else(|| env(name));
-    let app = production_app(aws, lookup).map_err(|e| e.to_string())?;
+    let app = build_app(aws, lookup).await.map_err(|e| e.to_string())?;
     let port = env("DEV_PORT").and_then(|p| p.parse().ok()).unwrap_or(3000);
     let listener = bind_loopback(port)
         .await

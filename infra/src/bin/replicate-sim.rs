@@ -4,7 +4,7 @@ use local_stack::sim::{SimConfig, Simulator};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    imagegen_shared::telemetry::init_json_logs();
+    imagegen_shared::telemetry::init_json_logs(std::env::var("RUST_LOG").ok().as_deref());
     let port = std::env::var("SIM_PORT")
         .ok()
         .and_then(|p| p.parse().ok())

@@ -451,7 +451,9 @@ where
                         tracing::warn!(prediction_id = %id, error = %err, "could not extend the cache claim");
                     }
                 }
-                if remote.status != PredictionStatus::Starting {
+                // A create answered `processing` is recorded now; anything terminal is left to
+                // the webhook or a fetch, which store outputs (so submit never writes to S3).
+                if remote.status == PredictionStatus::Processing {
                     record = self.apply_created_state(record, &remote).await;
                 }
                 Ok(Started::new(record))
@@ -472,7 +474,7 @@ where
         }
     }
 
-    /// A create answered with a later state (e.g. a fast model): record it right away.
+    /// A create answered with a later state: record it right away.
     async fn apply_created_state(
         &self,
         record: PredictionRecord,

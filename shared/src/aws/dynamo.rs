@@ -5,10 +5,7 @@ use std::collections::HashMap;
 
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata};
-use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
-    ReturnValuesOnConditionCheckFailure, ScalarAttributeType, TimeToLiveSpecification,
-};
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailure};
 
 use crate::ports::{ClaimOutcome, RecordStore, StoreError};
 use crate::record::{Advance, Claim, ClaimGuard, Millis, PredictionId, PredictionRecord};
@@ -476,56 +473,6 @@ where
         Err(err) if err.code() == Some("ConditionalCheckFailedException") => Ok(false),
         Err(err) => Err(failed(operation, err)),
     }
-}
-
-/// Creates the table (and its TTL) if it does not exist: for the local stack and tests;
-/// in AWS the SAM template owns the table.
-pub async fn ensure_table(client: &Client, table: &str) -> Result<(), StoreError> {
-    let created = client
-        .create_table()
-        .table_name(table)
-        .attribute_definitions(
-            AttributeDefinition::builder()
-                .attribute_name("pk")
-                .attribute_type(ScalarAttributeType::S)
-                .build()
-                .map_err(|e| failed("create table", e))?,
-        )
-        .key_schema(
-            KeySchemaElement::builder()
-                .attribute_name("pk")
-                .key_type(KeyType::Hash)
-                .build()
-                .map_err(|e| failed("create table", e))?,
-        )
-        .billing_mode(BillingMode::PayPerRequest)
-        .send()
-        .await;
-    match created {
-        Ok(_) => {}
-        Err(err)
-            if err
-                .as_service_error()
-                .is_some_and(|e| e.is_resource_in_use_exception()) =>
-        {
-            return Ok(());
-        }
-        Err(err) => return Err(failed("create table", err)),
-    }
-    client
-        .update_time_to_live()
-        .table_name(table)
-        .time_to_live_specification(
-            TimeToLiveSpecification::builder()
-                .attribute_name(TTL_ATTRIBUTE)
-                .enabled(true)
-                .build()
-                .map_err(|e| failed("enable ttl", e))?,
-        )
-        .send()
-        .await
-        .map_err(|e| failed("enable ttl", e))?;
-    Ok(())
 }
 
 #[cfg(test)]

@@ -1,16 +1,40 @@
 //! The AWS implementations of the storage ports, and building their clients.
 
 mod dynamo;
+mod local;
 mod s3;
 
-pub use dynamo::{DynamoRecords, TTL_ATTRIBUTE, ensure_table};
-pub use s3::{S3Objects, ensure_bucket};
+pub use dynamo::{DynamoRecords, TTL_ATTRIBUTE};
+pub use local::{ensure_bucket, ensure_table};
+pub use s3::S3Objects;
+
+/// The IAM actions each port method needs from the AWS adapters (`dynamo.rs`, `s3.rs`).
+/// The SAM template grants each function the actions of the methods its handler calls.
+pub fn iam_actions(port_method: &str) -> &'static [&'static str] {
+    match port_method {
+        "try_claim" | "replace_claim" | "insert_prediction" => &["dynamodb:PutItem"],
+        "settle_claim" | "attach_replicate_id" | "advance" | "claim_sync" => {
+            &["dynamodb:UpdateItem"]
+        }
+        "release_claim" | "delete_prediction" => &["dynamodb:DeleteItem"],
+        "get_prediction" => &["dynamodb:GetItem"],
+        // Creating, uploading parts of and completing a multipart upload are all s3:PutObject.
+        "put_object" | "create_multipart" | "upload_part" | "complete_multipart" => {
+            &["s3:PutObject"]
+        }
+        "abort_multipart" => &["s3:AbortMultipartUpload"],
+        // A presigned URL carries the signer's permission.
+        "presign_get" => &["s3:GetObject"],
+        _ => &[],
+    }
+}
 
 /// SDK clients, built once per process (at a Lambda's cold start).
 #[derive(Debug, Clone)]
 pub struct AwsClients {
     pub dynamodb: aws_sdk_dynamodb::Client,
     pub s3: aws_sdk_s3::Client,
+    pub ssm: aws_sdk_ssm::Client,
 }
 
 impl AwsClients {
@@ -53,6 +77,97 @@ impl AwsClients {
         Self {
             dynamodb: aws_sdk_dynamodb::Client::new(config),
             s3: aws_sdk_s3::Client::from_conf(s3_config),
+            ssm: aws_sdk_ssm::Client::new(config),
+        }
+    }
+
+    /// Reads an SSM SecureString (decrypted; `ssm:GetParameter`): how the Lambda functions get the Replicate
+    /// token without it ever being a plain environment value.
+    pub async fn secure_parameter(&self, name: &str) -> Result<String, crate::ports::StoreError> {
+        let output = self
+            .ssm
+            .get_parameter()
+            .name(name)
+            .with_decryption(true)
+            .send()
+            .await
+            .map_err(|e| {
+                crate::ports::StoreError::new(
+                    "get parameter",
+                    aws_sdk_ssm::error::DisplayErrorContext(e).to_string(),
+                )
+            })?;
+        output
+            .parameter()
+            .and_then(|p| p.value())
+            .filter(|v| !v.trim().is_empty())
+            .map(|v| v.trim().to_owned())
+            .ok_or_else(|| {
+                crate::ports::StoreError::new(
+                    "get parameter",
+                    format!("parameter `{name}` has no value"),
+                )
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::iam_actions;
+
+    /// Every SDK operation the adapters call has its IAM action in `iam_actions`, and every
+    /// action there is called: the table cannot drift from the code.
+    #[test]
+    fn iam_table_matches_the_sdk_calls_in_the_adapters() {
+        const OPERATIONS: &[(&str, &str)] = &[
+            (".put_item()", "dynamodb:PutItem"),
+            (".update_item()", "dynamodb:UpdateItem"),
+            (".delete_item()", "dynamodb:DeleteItem"),
+            (".get_item()", "dynamodb:GetItem"),
+            (".query()", "dynamodb:Query"),
+            (".scan()", "dynamodb:Scan"),
+            (".put_object()", "s3:PutObject"),
+            (".create_multipart_upload()", "s3:PutObject"),
+            (".upload_part()", "s3:PutObject"),
+            (".complete_multipart_upload()", "s3:PutObject"),
+            (".abort_multipart_upload()", "s3:AbortMultipartUpload"),
+            (".get_object()", "s3:GetObject"),
+            (".delete_object()", "s3:DeleteObject"),
+        ];
+        let source = [include_str!("dynamo.rs"), include_str!("s3.rs")].concat();
+        let called: std::collections::BTreeSet<&str> = OPERATIONS
+            .iter()
+            .filter(|(op, _)| source.contains(op))
+            .map(|(_, action)| *action)
+            .collect();
+        let methods = [
+            "try_claim",
+            "replace_claim",
+            "insert_prediction",
+            "settle_claim",
+            "attach_replicate_id",
+            "advance",
+            "claim_sync",
+            "release_claim",
+            "delete_prediction",
+            "get_prediction",
+            "put_object",
+            "create_multipart",
+            "upload_part",
+            "complete_multipart",
+            "abort_multipart",
+            "presign_get",
+        ];
+        let mapped: std::collections::BTreeSet<&str> = methods
+            .iter()
+            .flat_map(|m| iam_actions(m).iter().copied())
+            .collect();
+        assert_eq!(called, mapped);
+        for method in methods {
+            assert!(
+                !iam_actions(method).is_empty(),
+                "{method} has no IAM action"
+            );
         }
     }
 }

@@ -145,18 +145,3 @@ impl ObjectStore for S3Objects {
         Ok(request.uri().to_owned())
     }
 }
-
-/// Creates the bucket if it does not exist: for the local stack and tests.
-pub async fn ensure_bucket(client: &Client, bucket: &str) -> Result<(), StoreError> {
-    match client.create_bucket().bucket(bucket).send().await {
-        Ok(_) => Ok(()),
-        Err(err)
-            if err.as_service_error().is_some_and(|e| {
-                e.is_bucket_already_owned_by_you() || e.is_bucket_already_exists()
-            }) =>
-        {
-            Ok(())
-        }
-        Err(err) => Err(failed("create bucket", err)),
-    }
-}

@@ -79,8 +79,13 @@ pub struct ModelRegistry {
 impl ModelRegistry {
     /// The shipped registry, with the operator's override from `MODELS_CONFIG` if set.
     pub fn from_env() -> Result<Self, RegistryError> {
-        match std::env::var(MODELS_CONFIG_ENV) {
-            Ok(value) if !value.trim().is_empty() => Self::from_override_source(&value),
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// As `from_env`, reading `MODELS_CONFIG` through `lookup`.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, RegistryError> {
+        match lookup(MODELS_CONFIG_ENV) {
+            Some(value) if !value.trim().is_empty() => Self::from_override_source(&value),
             _ => Self::shipped(),
         }
     }

@@ -12,7 +12,7 @@ DEPLOY_STAMP := $(VENV)/.installed-deploy
 LAMBDA_TARGET := aarch64-unknown-linux-gnu
 FUNCTIONS := submit webhook fetch-result
 
-.PHONY: help dev demo test lint fmt venv build validate deploy clean-venv
+.PHONY: help dev demo test bench lint fmt venv build validate deploy clean-venv
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -54,6 +54,9 @@ validate: $(VENV_STAMP) ## Lint the SAM template (cfn-lint, offline)
 deploy: $(BUILD_STAMP) $(DEPLOY_STAMP) ## sam build + sam deploy (guided the first time)
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/sam build --beta-features
 	if [ -f samconfig.toml ]; then $(VENV)/bin/sam deploy; else $(VENV)/bin/sam deploy --guided; fi
+
+bench: ## Print measured figures: peak memory while storing large outputs
+	$(CARGO) test --locked --release -q -p integration-tests --test memory_bound -- --nocapture
 
 lint: ## rustfmt check and clippy with warnings as errors
 	$(CARGO) fmt --all -- --check

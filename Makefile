@@ -10,9 +10,9 @@ VENV_STAMP := $(VENV)/.installed
 BUILD_STAMP := $(VENV)/.installed-build
 DEPLOY_STAMP := $(VENV)/.installed-deploy
 LAMBDA_TARGET := aarch64-unknown-linux-gnu
-FUNCTIONS := submit webhook fetch-result
+FUNCTIONS := submit webhook fetch-result reconciler
 
-.PHONY: help dev demo test bench lint fmt venv build validate deploy clean-venv
+.PHONY: help dev demo reconcile test bench lint fmt venv build validate deploy clean-venv
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -30,6 +30,9 @@ dev: $(VENV_STAMP) ## Local stack on http://127.0.0.1:3000 (DEV_PORT): moto, Rep
 
 demo: ## Submit PROMPT to the running local stack and save the image
 	$(CARGO) run --locked -q -p local-stack --bin demo -- $(PROMPT)
+
+reconcile: ## One reconcile pass against the stack the environment names (TABLE_NAME, …)
+	$(CARGO) run --locked -q -p local-stack --bin reconcile
 
 test: $(VENV_STAMP) ## Build and run every test (starts and stops its own moto server)
 	MOTO_SERVER=$(VENV)/bin/moto_server infra/scripts/with-moto.sh \
@@ -56,7 +59,7 @@ deploy: $(BUILD_STAMP) $(DEPLOY_STAMP) ## sam build + sam deploy (guided the fir
 	if [ -f samconfig.toml ]; then $(VENV)/bin/sam deploy; else $(VENV)/bin/sam deploy --guided; fi
 
 bench: ## Print measured figures: peak memory while storing large outputs
-	$(CARGO) test --locked --release -q -p integration-tests --test memory_bound -- --nocapture
+	$(CARGO) test --locked -q -p integration-tests --test memory_bound -- --nocapture
 
 lint: ## rustfmt check and clippy with warnings as errors
 	$(CARGO) fmt --all -- --check

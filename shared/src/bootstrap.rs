@@ -131,6 +131,20 @@ pub async fn build_app(
     production_app(aws, token, config)
 }
 
+/// Cold start: logs, SDK clients, configuration, the token; the app lives for the process.
+async fn init_app() -> Result<&'static ProductionApp, lambda_http::Error> {
+    let env = |name: &str| std::env::var(name).ok();
+    crate::telemetry::init_json_logs(env("RUST_LOG").as_deref());
+    let aws = AwsClients::from_env().await;
+    match build_app(aws, env).await {
+        Ok(app) => Ok(Box::leak(Box::new(app))),
+        Err(err) => {
+            tracing::error!(error = %err, "configuration error");
+            Err(err.into())
+        }
+    }
+}
+
 /// Runs `handler` for every invocation, inside a span carrying the request id (and, once
 /// known, the prediction id) so every log line of a request can be found together.
 pub async fn run_lambda<F, Fut>(handler: F) -> Result<(), lambda_http::Error>
@@ -138,16 +152,7 @@ where
     F: Fn(&'static ProductionApp, Request) -> Fut + Copy + Send + 'static,
     Fut: Future<Output = Response<Body>> + Send + 'static,
 {
-    let env = |name: &str| std::env::var(name).ok();
-    crate::telemetry::init_json_logs(env("RUST_LOG").as_deref());
-    let aws = AwsClients::from_env().await;
-    let app: &'static ProductionApp = match build_app(aws, env).await {
-        Ok(app) => Box::leak(Box::new(app)),
-        Err(err) => {
-            tracing::error!(error = %err, "configuration error");
-            return Err(err.into());
-        }
-    };
+    let app = init_app().await?;
     lambda_http::run(lambda_http::service_fn(
         move |request: Request| async move {
             let span = tracing::info_span!(
@@ -156,6 +161,21 @@ where
                 prediction_id = tracing::field::Empty
             );
             Ok::<_, std::convert::Infallible>(handler(app, request).instrument(span).await)
+        },
+    ))
+    .await
+}
+
+/// The scheduled reconciler: each invocation (an EventBridge schedule event, whose content
+/// does not matter) runs one reconcile pass and returns its report.
+pub async fn run_reconciler() -> Result<(), lambda_http::Error> {
+    use lambda_http::lambda_runtime::{LambdaEvent, run, service_fn};
+    let app = init_app().await?;
+    run(service_fn(
+        move |event: LambdaEvent<serde_json::Value>| async move {
+            let span = tracing::info_span!("reconcile", request_id = %event.context.request_id);
+            let report = app.reconcile().instrument(span).await?;
+            Ok::<_, lambda_http::Error>(serde_json::to_value(report)?)
         },
     ))
     .await

@@ -37,6 +37,9 @@ pub struct Settings {
     pub fetch_sync_interval: Duration,
     /// How long records are kept before DynamoDB's TTL removes them (`RECORD_TTL_DAYS`).
     pub record_ttl: Duration,
+    /// The reconciler syncs predictions still running this long after creation
+    /// (`RECONCILE_AFTER_SECONDS`).
+    pub reconcile_after: Duration,
     /// Whether creates ask Replicate for webhooks (`SEND_WEBHOOKS`, default true). Off when
     /// nothing can reach this service, e.g. the real API from a laptop: fetches sync instead.
     pub send_webhooks: bool,
@@ -109,6 +112,7 @@ impl Settings {
             result_cache_ttl: seconds("RESULT_CACHE_TTL_SECONDS", 24 * 3600)?,
             fetch_sync_interval: seconds("FETCH_SYNC_INTERVAL_SECONDS", 5)?,
             record_ttl: seconds("RECORD_TTL_DAYS", 30)?.saturating_mul(24 * 3600),
+            reconcile_after: seconds("RECONCILE_AFTER_SECONDS", 120)?,
             send_webhooks: match get("SEND_WEBHOOKS").as_deref() {
                 None | Some("true" | "1") => true,
                 Some("false" | "0") => false,

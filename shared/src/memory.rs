@@ -189,6 +189,21 @@ impl RecordStore for MemoryRecords {
         lock(&self.predictions).remove(id);
         Ok(())
     }
+
+    async fn list_open(
+        &self,
+        created_before: Millis,
+        limit: usize,
+    ) -> Result<Vec<PredictionRecord>, StoreError> {
+        let mut open: Vec<PredictionRecord> = lock(&self.predictions)
+            .values()
+            .filter(|r| !r.status.is_terminal() && r.created_at < created_before)
+            .cloned()
+            .collect();
+        open.sort_by_key(|r| r.created_at);
+        open.truncate(limit);
+        Ok(open)
+    }
 }
 
 /// A multipart upload in progress: key, content type, parts so far.
@@ -599,6 +614,15 @@ impl<T: RecordStore> RecordStore for Recorded<T> {
     async fn delete_prediction(&self, id: &PredictionId) -> Result<(), StoreError> {
         self.note("delete_prediction");
         self.inner.delete_prediction(id).await
+    }
+
+    async fn list_open(
+        &self,
+        created_before: Millis,
+        limit: usize,
+    ) -> Result<Vec<PredictionRecord>, StoreError> {
+        self.note("list_open");
+        self.inner.list_open(created_before, limit).await
     }
 }
 

@@ -105,6 +105,14 @@ pub trait RecordStore: Send + Sync {
         &self,
         id: &PredictionId,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Up to `limit` predictions not yet terminal that were created before `created_before`,
+    /// oldest first (for the reconciler).
+    fn list_open(
+        &self,
+        created_before: Millis,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<PredictionRecord>, StoreError>> + Send;
 }
 
 /// Where output files are kept.

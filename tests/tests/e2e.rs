@@ -509,3 +509,48 @@ async fn malformed_invalid_unknown_and_oversized_requests() {
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(stack.sim.stats().creates, 0, "nothing reached Replicate");
 }
+
+#[tokio::test]
+async fn the_reconciler_saves_outputs_when_webhooks_are_lost_and_nobody_fetches() {
+    let stack = Stack::start_with(|vars| {
+        vars.insert("RECONCILE_AFTER_SECONDS".into(), "1".into());
+    })
+    .await;
+    let mut ids = Vec::new();
+    for prompt in [
+        "kept [sim:no-webhook]",
+        "kept too [sim:no-webhook] [sim:fail]",
+    ] {
+        let (_, submitted) = stack
+            .submit(
+                &json!({"model": "sdxl", "input": {"prompt": prompt, "width": 256, "height": 256}}),
+            )
+            .await;
+        ids.push(submitted["id"].as_str().unwrap().to_owned());
+    }
+    let early = stack.app.reconcile().await.unwrap();
+    assert_eq!(early.examined, 0, "younger than the threshold: left alone");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let report = stack.app.reconcile().await.unwrap();
+    assert_eq!(
+        (report.examined, report.advanced, report.errors),
+        (2, 2, 0),
+        "{report:?}"
+    );
+    stack
+        .wait_record(&ids[0], |r| {
+            r.status == imagegen_shared::replicate::PredictionStatus::Succeeded
+        })
+        .await;
+    stack
+        .wait_record(&ids[1], |r| {
+            r.status == imagegen_shared::replicate::PredictionStatus::Failed
+        })
+        .await;
+    assert_eq!(stack.object_keys().await.len(), 1);
+    assert_eq!(
+        stack.app.reconcile().await.unwrap().examined,
+        0,
+        "terminal predictions leave the open index"
+    );
+}

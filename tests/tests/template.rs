@@ -22,10 +22,11 @@ use lambda_http::Body;
 use serde_json::{Value, json};
 use yaml_rust2::{Yaml, YamlLoader};
 
-const FUNCTIONS: [(&str, Handler); 3] = [
+const FUNCTIONS: [(&str, Handler); 4] = [
     ("SubmitFunction", Handler::Submit),
     ("WebhookFunction", Handler::Webhook),
     ("FetchResultFunction", Handler::Fetch),
+    ("ReconcilerFunction", Handler::Reconcile),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,6 +34,7 @@ enum Handler {
     Submit,
     Webhook,
     Fetch,
+    Reconcile,
 }
 
 // ---- reading the template ----
@@ -176,6 +178,10 @@ impl Scenario {
             Handler::Submit => self.app.submit(request).await,
             Handler::Webhook => self.app.webhook(request).await,
             Handler::Fetch => self.app.fetch(request).await,
+            Handler::Reconcile => {
+                let report = self.app.reconcile().await.expect("reconcile");
+                lambda_http::Response::new(Body::Text(serde_json::to_string(&report).unwrap()))
+            }
         };
         let name = format!("{handler:?}").leak();
         self.by_handler
@@ -234,6 +240,12 @@ impl Scenario {
             .body(Body::Text(body))
             .unwrap();
         self.run(Handler::Webhook, request).await
+    }
+
+    async fn reconcile(&mut self) -> Value {
+        self.run(Handler::Reconcile, http::Request::new(Body::Empty))
+            .await
+            .1
     }
 
     async fn fetch(&mut self, id: &str) -> (u16, Value) {
@@ -396,6 +408,44 @@ async fn port_calls_by_handler() -> BTreeMap<&'static str, BTreeSet<&'static str
         }
         assert_eq!(s.fetch(&id).await.1["status"], status.as_str());
     }
+    // Reconciler: lost webhooks, nobody fetching: a success stored in parts after a failed
+    // upload, a failure, and a create never confirmed.
+    for (p, status) in [
+        ("recon ok", PredictionStatus::Succeeded),
+        ("recon failed", PredictionStatus::Failed),
+    ] {
+        s.submit(prompt(p), &[]).await;
+        let rep = format!("rep-{}", s.app.replicate.created().len());
+        let outputs = if status == PredictionStatus::Succeeded {
+            vec![LARGE.to_owned()]
+        } else {
+            vec![]
+        };
+        s.app
+            .replicate
+            .set_prediction(FakeReplicate::prediction(&rep, status, outputs));
+    }
+    s.app
+        .replicate
+        .fail_next_create(ReplicateError::CreateOutcomeUnknown {
+            reason: "timeout".into(),
+        });
+    assert_eq!(s.submit(prompt("recon orphan"), &[]).await.0, 502);
+    s.app.clock.advance(std::time::Duration::from_secs(11 * 60));
+    s.app.objects.inner.fail_next_puts(3);
+    let first = s.reconcile().await;
+    assert!(first["errors"].as_u64() >= Some(1), "{first}");
+    let second = s.reconcile().await;
+    assert!(second["advanced"].as_u64() >= Some(1), "{second}");
+    for record in s.app.records.inner.records() {
+        if record.input["prompt"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("recon"))
+        {
+            assert!(record.status.is_terminal(), "{record:?}");
+        }
+    }
+
     s.app
         .replicate
         .fail_next_create(ReplicateError::CreateOutcomeUnknown {
@@ -446,6 +496,9 @@ async fn each_function_gets_exactly_the_variables_and_actions_its_code_needs() {
         );
         for (action, resources) in &allowed {
             let expected = match action.split(':').next() {
+                Some("dynamodb") if action == "dynamodb:Query" => {
+                    "${PredictionsTable.Arn}/index/open-index"
+                }
                 Some("dynamodb") => "PredictionsTable.Arn",
                 Some("s3") => "${OutputsBucket.Arn}/outputs/*",
                 _ => ":parameter${ReplicateApiTokenParameter}",

@@ -103,8 +103,13 @@ async fn run() -> Result<(), String> {
         }
     } else {
         let port = env("SIM_PORT").and_then(|p| p.parse().ok()).unwrap_or(0);
+        let faults = match env("SIM_FAULTS") {
+            Some(json) => serde_json::from_str(&json).map_err(|e| format!("SIM_FAULTS: {e}"))?,
+            None => Default::default(),
+        };
         let simulator = Simulator::start(SimConfig {
             port,
+            faults,
             ..SimConfig::default()
         })
         .await
@@ -130,11 +135,27 @@ async fn run() -> Result<(), String> {
     let listener = bind_loopback(port)
         .await
         .map_err(|e| format!("could not listen on 127.0.0.1:{port}: {e}"))?;
-    let server = serve_app(listener, Arc::new(app));
+    let app = Arc::new(app);
+    let server = serve_app(listener, app.clone());
+    // The scheduled reconciler's local stand-in.
+    let every = env("RECONCILE_INTERVAL_SECONDS")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60);
+    let reconciler = tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(Duration::from_secs(every));
+        ticks.tick().await;
+        loop {
+            ticks.tick().await;
+            if let Err(err) = app.reconcile().await {
+                tracing::warn!(error = %err, "reconcile failed");
+            }
+        }
+    });
     println!("ready http://{}", server.addr);
     let _ = std::io::stdout().flush();
 
     wait_for_shutdown().await;
+    reconciler.abort();
     drop(server);
     drop(sim);
     if let Some(mut child) = moto {

@@ -16,6 +16,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     if let Ok(secret) = std::env::var("REPLICATE_WEBHOOK_SECRET") {
         config.secret = secret;
     }
+    if let Ok(faults) = std::env::var("SIM_FAULTS") {
+        config.faults = serde_json::from_str(&faults).map_err(|e| format!("SIM_FAULTS: {e}"))?;
+    }
     let sim = Simulator::start(config).await?;
     println!("ready {}", sim.api_base());
     println!("webhook secret {}", sim.secret());

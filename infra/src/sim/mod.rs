@@ -67,6 +67,7 @@ pub struct SimConfig {
     /// Attempts to deliver a completed webhook (Replicate retries those; others are sent once).
     pub webhook_attempts: u32,
     pub webhook_retry_delay: Duration,
+    pub faults: Faults,
 }
 
 impl Default for SimConfig {
@@ -82,6 +83,7 @@ impl Default for SimConfig {
             run_time: Duration::from_millis(150),
             webhook_attempts: 4,
             webhook_retry_delay: Duration::from_millis(200),
+            faults: Faults::default(),
         }
     }
 }
@@ -95,17 +97,76 @@ pub struct Stats {
     pub webhooks_delivered: u64,
     pub webhooks_failed: u64,
     pub file_downloads: u64,
+    pub throttled: u64,
+    pub server_errors: u64,
+    pub failed_downloads: u64,
 }
 
+/// How one prediction behaves: from markers in its prompt, and from the random faults
+/// rolled when it was created.
 #[derive(Debug, Clone, Default)]
 struct Markers {
     fail: bool,
     abort: bool,
+    cancel: bool,
     slow: bool,
     no_webhook: bool,
     duplicate: bool,
     reorder: bool,
+    delay_webhooks: bool,
     foreign_host: bool,
+}
+
+/// Random faults, each a probability per prediction or per request (0 = never). Set in
+/// `SimConfig`, from `SIM_FAULTS` (JSON) for the binary, or at run time with
+/// `POST /_sim/faults`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Faults {
+    /// No webhook at all for the prediction (a lost delivery, retries included).
+    pub webhook_drop: f64,
+    /// The completed webhook is delivered twice.
+    pub webhook_duplicate: f64,
+    /// The start webhook arrives after the completed one.
+    pub webhook_reorder: f64,
+    /// Webhooks wait `webhook_delay_ms` before being sent.
+    pub webhook_delay: f64,
+    pub webhook_delay_ms: u64,
+    /// A create is answered 429 (and creates nothing).
+    pub create_throttle: f64,
+    /// Share of those 429s that carry `Retry-After: 1`.
+    pub throttle_retry_after: f64,
+    /// A get or cancel is answered 503.
+    pub server_error: f64,
+    /// An API call answers only after `slow_ms`.
+    pub slow: f64,
+    pub slow_ms: u64,
+    /// The prediction ends failed, canceled or aborted.
+    pub fail: f64,
+    pub cancel: f64,
+    pub abort: f64,
+    /// The first download of an output file is answered 500.
+    pub download_fail_once: f64,
+    /// A download answers only after `download_stall_ms`.
+    pub download_stall: f64,
+    pub download_stall_ms: u64,
+}
+
+fn roll(probability: f64) -> bool {
+    probability > 0.0 && fastrand::f64() < probability
+}
+
+impl Faults {
+    /// Rolls this prediction's share of the faults into its behaviour.
+    fn apply_to(&self, m: &mut Markers) {
+        m.no_webhook |= roll(self.webhook_drop);
+        m.duplicate |= roll(self.webhook_duplicate);
+        m.reorder |= roll(self.webhook_reorder);
+        m.delay_webhooks |= roll(self.webhook_delay);
+        m.fail |= roll(self.fail);
+        m.cancel |= roll(self.cancel);
+        m.abort |= roll(self.abort);
+    }
 }
 
 impl Markers {
@@ -117,6 +178,8 @@ impl Markers {
         Self {
             fail: prompt.contains("[sim:fail]"),
             abort: prompt.contains("[sim:abort]"),
+            cancel: prompt.contains("[sim:cancel]"),
+            delay_webhooks: false,
             slow: prompt.contains("[sim:slow]"),
             no_webhook: prompt.contains("[sim:no-webhook]"),
             duplicate: prompt.contains("[sim:duplicate]"),
@@ -140,6 +203,7 @@ struct SimPrediction {
     completed_at: Option<SystemTime>,
     webhook: Option<String>,
     events: Vec<String>,
+    behaviour: Markers,
 }
 
 impl SimPrediction {
@@ -164,6 +228,9 @@ struct State {
     predictions: Mutex<HashMap<String, SimPrediction>>,
     files: Mutex<HashMap<String, (Bytes, &'static str)>>,
     stats: Mutex<Stats>,
+    faults: Mutex<Faults>,
+    /// Files whose first download already failed (on purpose).
+    failed_once: Mutex<std::collections::HashSet<String>>,
     http: reqwest::Client,
 }
 
@@ -196,12 +263,14 @@ impl Simulator {
             .redirect(reqwest::redirect::Policy::none())
             .build()?;
         let state = Arc::new(State {
-            config,
+            config: config.clone(),
             origin,
             secret,
             predictions: Mutex::new(HashMap::new()),
             files: Mutex::new(HashMap::new()),
             stats: Mutex::new(Stats::default()),
+            faults: Mutex::new(config.faults.clone()),
+            failed_once: Mutex::new(std::collections::HashSet::new()),
             http,
         });
         let handler_state = state.clone();
@@ -228,6 +297,26 @@ impl Simulator {
 
     pub fn stats(&self) -> Stats {
         lock(&self.state.stats).clone()
+    }
+
+    pub fn set_faults(&self, faults: Faults) {
+        *lock(&self.state.faults) = faults;
+    }
+
+    /// Every prediction created, as `GET /predictions/{id}` shows it.
+    pub fn predictions(&self) -> Vec<Value> {
+        lock(&self.state.predictions)
+            .values()
+            .map(|p| self.state.to_json(p))
+            .collect()
+    }
+
+    /// The bytes served for an output URL of this simulator.
+    pub fn file(&self, url: &str) -> Option<Bytes> {
+        let key = url.split("/files/").nth(1)?;
+        lock(&self.state.files)
+            .get(key)
+            .map(|(bytes, _)| bytes.clone())
     }
 
     /// A prediction as `GET /predictions/{id}` would show it.
@@ -263,17 +352,35 @@ async fn handle(state: Arc<State>, request: HttpRequest) -> HttpResponse {
     let path = request.uri().path().to_owned();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let method = request.method().clone();
-    if let (&Method::GET, ["files", id, name]) = (&method, segments.as_slice()) {
-        return state.serve_file(&format!("{id}/{name}"));
-    }
-    if let (&Method::GET, ["_sim", "stats"]) = (&method, segments.as_slice()) {
-        return json(StatusCode::OK, &json!(*lock(&state.stats)));
+    match (&method, segments.as_slice()) {
+        (&Method::GET, ["files", id, name]) => {
+            return state.serve_file(&format!("{id}/{name}")).await;
+        }
+        (&Method::GET, ["_sim", "stats"]) => {
+            return json(StatusCode::OK, &json!(*lock(&state.stats)));
+        }
+        (&Method::GET, ["_sim", "faults"]) => {
+            return json(StatusCode::OK, &json!(*lock(&state.faults)));
+        }
+        (&Method::POST, ["_sim", "faults"]) => {
+            return match serde_json::from_slice::<Faults>(request.body()) {
+                Ok(faults) => {
+                    *lock(&state.faults) = faults;
+                    json(StatusCode::OK, &json!(*lock(&state.faults)))
+                }
+                Err(e) => problem(StatusCode::UNPROCESSABLE_ENTITY, &e.to_string()),
+            };
+        }
+        _ => {}
     }
     if !authorised(&request) {
         return problem(
             StatusCode::UNAUTHORIZED,
             "You did not pass a valid authentication token",
         );
+    }
+    if let Some(response) = state.api_fault(&method, &segments).await {
+        return response;
     }
     match (&method, segments.as_slice()) {
         (&Method::POST, ["v1", "predictions"]) => state.create(request.body(), None).await,
@@ -459,10 +566,13 @@ impl State {
                 return problem(StatusCode::UNPROCESSABLE_ENTITY, "version is required");
             }
         };
+        let mut behaviour = Markers::from_input(&input);
+        lock(&self.faults).apply_to(&mut behaviour);
         let prediction = SimPrediction {
             id: new_id(),
             model,
             version,
+            behaviour,
             input,
             output: Value::Null,
             error: None,
@@ -500,7 +610,45 @@ impl State {
         )
     }
 
-    fn serve_file(&self, key: &str) -> HttpResponse {
+    /// The injected answer for an API call, if a fault strikes it.
+    async fn api_fault(&self, method: &Method, segments: &[&str]) -> Option<HttpResponse> {
+        let faults = lock(&self.faults).clone();
+        if roll(faults.slow) {
+            tokio::time::sleep(Duration::from_millis(faults.slow_ms)).await;
+        }
+        let is_create = method == Method::POST && segments.last() == Some(&"predictions");
+        if is_create && roll(faults.create_throttle) {
+            lock(&self.stats).throttled += 1;
+            let mut response = problem(
+                StatusCode::TOO_MANY_REQUESTS,
+                "Request was throttled. Expected available in 1 second.",
+            );
+            if roll(faults.throttle_retry_after) {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, http::HeaderValue::from_static("1"));
+            }
+            return Some(response);
+        }
+        if !is_create && segments.get(1) == Some(&"predictions") && roll(faults.server_error) {
+            lock(&self.stats).server_errors += 1;
+            return Some(problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Service temporarily unavailable.",
+            ));
+        }
+        None
+    }
+
+    async fn serve_file(&self, key: &str) -> HttpResponse {
+        let faults = lock(&self.faults).clone();
+        if roll(faults.download_stall) {
+            tokio::time::sleep(Duration::from_millis(faults.download_stall_ms)).await;
+        }
+        if roll(faults.download_fail_once) && lock(&self.failed_once).insert(key.to_owned()) {
+            lock(&self.stats).failed_downloads += 1;
+            return problem(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error");
+        }
         let Some((bytes, content_type)) = lock(&self.files).get(key).cloned() else {
             return problem(StatusCode::NOT_FOUND, "Not found.");
         };
@@ -528,7 +676,7 @@ impl State {
             p.clone()
         };
         let body = self.to_json(&snapshot);
-        if !Markers::from_input(&snapshot.input).no_webhook && snapshot.wants("completed") {
+        if !snapshot.behaviour.no_webhook && snapshot.wants("completed") {
             tokio::spawn(self.clone().deliver(snapshot, true));
         }
         json(StatusCode::OK, &body)
@@ -539,7 +687,7 @@ impl State {
         let Some(first) = lock(&self.predictions).get(&id).cloned() else {
             return;
         };
-        let markers = Markers::from_input(&first.input);
+        let markers = first.behaviour.clone();
         tokio::time::sleep(self.config.start_delay).await;
         if markers.abort {
             self.finish(&id, &markers, |p| {
@@ -565,7 +713,9 @@ impl State {
             self.config.run_time
         };
         tokio::time::sleep(run_time).await;
-        if markers.fail {
+        if markers.cancel {
+            self.finish(&id, &markers, |p| p.status = "canceled").await;
+        } else if markers.fail {
             self.finish(&id, &markers, |p| {
                 p.status = "failed";
                 p.error = Some("Simulated failure: the prompt asked for [sim:fail].".to_owned());
@@ -704,6 +854,10 @@ impl State {
     /// Posts a signed webhook. Completed events are retried on failure, like Replicate's.
     async fn deliver(self: Arc<Self>, p: SimPrediction, completed: bool) {
         let Some(url) = p.webhook.clone() else { return };
+        if p.behaviour.delay_webhooks {
+            let delay = lock(&self.faults).webhook_delay_ms;
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
         let body = self.to_json(&p).to_string();
         let message_id = format!("msg_{}", new_id());
         let attempts = if completed {

@@ -63,7 +63,7 @@ where
     async fn sync_running(&self, record: PredictionRecord) -> Result<PredictionRecord, ApiError> {
         let now = self.clock.millis();
         let Some(replicate_id) = record.replicate_id.clone() else {
-            return self.give_up_if_never_created(record, now).await;
+            return Ok(self.give_up_if_never_created(record, now).await?);
         };
         let interval = self.settings.fetch_sync_interval.as_millis() as u64;
         if !self
@@ -91,11 +91,11 @@ where
             .unwrap_or(record))
     }
 
-    async fn give_up_if_never_created(
+    pub(super) async fn give_up_if_never_created(
         &self,
         record: PredictionRecord,
         now: u64,
-    ) -> Result<PredictionRecord, ApiError> {
+    ) -> Result<PredictionRecord, crate::ports::StoreError> {
         let deadline = record
             .created_at
             .saturating_add(UNCONFIRMED_DEADLINE.as_millis() as u64);

@@ -4,6 +4,7 @@
 
 mod fetch;
 pub mod problem;
+mod reconcile;
 mod submit;
 mod sync;
 mod view;
@@ -25,6 +26,7 @@ use crate::replicate::{ReplicateApi, ReplicateError};
 use crate::webhook::WebhookSecret;
 
 pub use problem::ApiError;
+pub use reconcile::{RECONCILE_BATCH, ReconcileReport};
 pub use sync::SyncOutcome;
 pub use view::{OutputView, PredictionView};
 

@@ -15,6 +15,12 @@ type Item = HashMap<String, AttributeValue>;
 
 pub const TTL_ATTRIBUTE: &str = "expires_at";
 
+/// A sparse index of the predictions still running: only they carry `open_shard`, which a
+/// terminal update removes. The reconciler queries it for old ones.
+pub const OPEN_INDEX: &str = "open-index";
+pub const OPEN_SHARD_ATTRIBUTE: &str = "open_shard";
+const OPEN_SHARD: &str = "open";
+
 #[derive(Debug, Clone)]
 pub struct DynamoRecords {
     client: Client,
@@ -123,6 +129,9 @@ fn prediction_to_item(r: &PredictionRecord) -> Result<Item, StoreError> {
         ("completed_at", r.completed_at.map(n)),
         ("synced_at", r.synced_at.map(n)),
     ];
+    if !r.status.is_terminal() {
+        item.insert(OPEN_SHARD_ATTRIBUTE.to_owned(), s(OPEN_SHARD));
+    }
     item.extend(
         optional
             .into_iter()
@@ -212,6 +221,9 @@ fn advance_expression(advance: &Advance) -> Result<(String, Item), StoreError> {
         }
         None => remove.push("#error"),
     }
+    if advance.status.is_terminal() {
+        remove.push("#open_shard");
+    }
     if let Some(metrics) = &advance.metrics {
         set.push("#metrics = :metrics");
         values.insert(":metrics".to_owned(), json_attr(metrics)?);
@@ -235,36 +247,22 @@ fn advance_expression(advance: &Advance) -> Result<(String, Item), StoreError> {
     Ok((expression, values))
 }
 
-/// `#name → name` for every placeholder that occurs in `expressions`.
+/// `#name → name` for every `#name` placeholder in `expressions`: each placeholder stands
+/// for the attribute of the same name, so none can be forgotten.
 fn names_in(expressions: &[&str]) -> HashMap<String, String> {
-    const ATTRIBUTES: &[&str] = &[
-        "status",
-        "rank",
-        "outputs",
-        "error",
-        "metrics",
-        "replicate_id",
-        "started_at",
-        "completed_at",
-        "synced_at",
-        "token",
-        "prediction_id",
-        "lease_until",
-        "pk",
-    ];
-    ATTRIBUTES
-        .iter()
-        .filter(|a| {
-            let placeholder = format!("#{a}");
-            expressions.iter().any(|e| {
-                e.match_indices(&placeholder).any(|(i, _)| {
-                    !e[i + placeholder.len()..]
-                        .starts_with(|c: char| c.is_alphanumeric() || c == '_')
-                })
-            })
-        })
-        .map(|a| (format!("#{a}"), (*a).to_owned()))
-        .collect()
+    let mut names = HashMap::new();
+    for expression in expressions {
+        for (start, _) in expression.match_indices('#') {
+            let name: String = expression[start + 1..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            if !name.is_empty() {
+                names.insert(format!("#{name}"), name);
+            }
+        }
+    }
+    names
 }
 
 impl DynamoRecords {
@@ -449,6 +447,28 @@ impl RecordStore for DynamoRecords {
         ]);
         self.update_if("claim sync", prediction_pk(id), update, condition, values)
             .await
+    }
+
+    async fn list_open(
+        &self,
+        created_before: Millis,
+        limit: usize,
+    ) -> Result<Vec<PredictionRecord>, StoreError> {
+        let condition = "#open_shard = :open AND #created_at < :before";
+        let output = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name(OPEN_INDEX)
+            .key_condition_expression(condition)
+            .set_expression_attribute_names(Some(names_in(&[condition])))
+            .expression_attribute_values(":open", s(OPEN_SHARD))
+            .expression_attribute_values(":before", n(created_before))
+            .limit(i32::try_from(limit).unwrap_or(i32::MAX))
+            .send()
+            .await
+            .map_err(|e| failed("list open predictions", e))?;
+        output.items().iter().map(prediction_from_item).collect()
     }
 
     async fn delete_prediction(&self, id: &PredictionId) -> Result<(), StoreError> {

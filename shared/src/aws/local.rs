@@ -2,11 +2,11 @@
 //! owns them, and the functions' roles may not create anything.
 
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
-    TimeToLiveSpecification,
+    AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection,
+    ProjectionType, ScalarAttributeType, TimeToLiveSpecification,
 };
 
-use super::TTL_ATTRIBUTE;
+use super::{OPEN_INDEX, OPEN_SHARD_ATTRIBUTE, TTL_ATTRIBUTE};
 use crate::ports::StoreError;
 
 fn failed<E: std::error::Error>(operation: &'static str, err: E) -> StoreError {
@@ -25,17 +25,22 @@ pub async fn ensure_table(
     let created = client
         .create_table()
         .table_name(table)
-        .attribute_definitions(
-            AttributeDefinition::builder()
-                .attribute_name("pk")
-                .attribute_type(ScalarAttributeType::S)
-                .build()
-                .map_err(|e| failed("create table", e))?,
-        )
-        .key_schema(
-            KeySchemaElement::builder()
-                .attribute_name("pk")
-                .key_type(KeyType::Hash)
+        .set_attribute_definitions(Some(vec![
+            attribute("pk", ScalarAttributeType::S)?,
+            attribute(OPEN_SHARD_ATTRIBUTE, ScalarAttributeType::S)?,
+            attribute("created_at", ScalarAttributeType::N)?,
+        ]))
+        .key_schema(key("pk", KeyType::Hash)?)
+        .global_secondary_indexes(
+            GlobalSecondaryIndex::builder()
+                .index_name(OPEN_INDEX)
+                .key_schema(key(OPEN_SHARD_ATTRIBUTE, KeyType::Hash)?)
+                .key_schema(key("created_at", KeyType::Range)?)
+                .projection(
+                    Projection::builder()
+                        .projection_type(ProjectionType::All)
+                        .build(),
+                )
                 .build()
                 .map_err(|e| failed("create table", e))?,
         )
@@ -82,4 +87,20 @@ pub async fn ensure_bucket(client: &aws_sdk_s3::Client, bucket: &str) -> Result<
         }
         Err(err) => Err(failed("create bucket", err)),
     }
+}
+
+fn attribute(name: &str, kind: ScalarAttributeType) -> Result<AttributeDefinition, StoreError> {
+    AttributeDefinition::builder()
+        .attribute_name(name)
+        .attribute_type(kind)
+        .build()
+        .map_err(|e| failed("create table", e))
+}
+
+fn key(name: &str, kind: KeyType) -> Result<KeySchemaElement, StoreError> {
+    KeySchemaElement::builder()
+        .attribute_name(name)
+        .key_type(kind)
+        .build()
+        .map_err(|e| failed("create table", e))
 }

@@ -4,7 +4,7 @@ mod dynamo;
 mod local;
 mod s3;
 
-pub use dynamo::{DynamoRecords, TTL_ATTRIBUTE};
+pub use dynamo::{DynamoRecords, OPEN_INDEX, OPEN_SHARD_ATTRIBUTE, TTL_ATTRIBUTE};
 pub use local::{ensure_bucket, ensure_table};
 pub use s3::S3Objects;
 
@@ -18,6 +18,8 @@ pub fn iam_actions(port_method: &str) -> &'static [&'static str] {
         }
         "release_claim" | "delete_prediction" => &["dynamodb:DeleteItem"],
         "get_prediction" => &["dynamodb:GetItem"],
+        // On the `open-index` index only.
+        "list_open" => &["dynamodb:Query"],
         // Creating, uploading parts of and completing a multipart upload are all s3:PutObject.
         "put_object" | "create_multipart" | "upload_part" | "complete_multipart" => {
             &["s3:PutObject"]
@@ -157,6 +159,7 @@ mod tests {
             "complete_multipart",
             "abort_multipart",
             "presign_get",
+            "list_open",
         ];
         let mapped: std::collections::BTreeSet<&str> = methods
             .iter()

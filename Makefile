@@ -12,7 +12,7 @@ DEPLOY_STAMP := $(VENV)/.installed-deploy
 LAMBDA_TARGET := aarch64-unknown-linux-gnu
 FUNCTIONS := submit webhook fetch-result reconciler
 
-.PHONY: help dev demo reconcile test bench lint fmt venv build validate deploy clean-venv
+.PHONY: help dev demo reconcile test bench soak lint fmt venv build validate deploy clean-venv
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -60,6 +60,10 @@ deploy: $(BUILD_STAMP) $(DEPLOY_STAMP) ## sam build + sam deploy (guided the fir
 
 bench: ## Print measured figures: peak memory while storing large outputs
 	$(CARGO) test --locked -q -p integration-tests --test memory_bound -- --nocapture
+
+soak: $(VENV_STAMP) ## A few hundred submissions under injected faults; prints lost/duplicates/wrong states
+	$(CARGO) build --locked -q -p integration-tests --bin soak
+	MOTO_SERVER=$(VENV)/bin/moto_server infra/scripts/with-moto.sh target/debug/soak
 
 lint: ## rustfmt check and clippy with warnings as errors
 	$(CARGO) fmt --all -- --check

@@ -355,3 +355,90 @@ async fn our_client_sends_bodies_the_spec_accepts() {
     let schema = json!({"$ref": "#/components/schemas/schemas_prediction_request", "components": spec.0["components"].clone()});
     assert!(!jsonschema::is_valid(&schema, &wrong));
 }
+
+#[tokio::test]
+async fn faults_are_controlled_per_run_through_the_control_endpoint() {
+    let sim = Simulator::start(SimConfig::default()).await.unwrap();
+    let api = sim.api_base();
+    let control = api.trim_end_matches("/v1").to_owned();
+    let http = reqwest::Client::new();
+    let set = |faults: Value| {
+        http.post(format!("{control}/_sim/faults"))
+            .json(&faults)
+            .send()
+    };
+    assert_eq!(
+        set(json!({"create_throttle": 1.0, "throttle_retry_after": 1.0}))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let throttled = http
+        .post(format!("{api}/predictions"))
+        .bearer_auth("t")
+        .json(&json!({"version": SDXL, "input": {"prompt": "x"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(throttled.status(), 429);
+    assert_eq!(throttled.headers()["retry-after"], "1");
+    let detail: Value = throttled.json().await.unwrap();
+    assert_eq!(
+        detail["detail"],
+        "Request was throttled. Expected available in 1 second."
+    );
+    assert_eq!(sim.stats().creates, 0, "a throttled create creates nothing");
+
+    assert_eq!(
+        set(json!({"server_error": 1.0})).await.unwrap().status(),
+        200
+    );
+    assert_eq!(
+        call(reqwest::Method::GET, format!("{api}/predictions/x"), None)
+            .await
+            .0,
+        503
+    );
+
+    assert_eq!(
+        set(json!({"download_fail_once": 1.0}))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let (_, created) = call(
+        reqwest::Method::POST,
+        format!("{api}/predictions"),
+        Some(json!({"version": SDXL, "input": {"prompt": "files", "width": 64, "height": 64}})),
+    )
+    .await;
+    let done = wait_terminal(&sim, created["id"].as_str().unwrap()).await;
+    let url = done["output"][0].as_str().unwrap().to_owned();
+    assert_eq!(
+        http.get(&url).send().await.unwrap().status(),
+        500,
+        "first download fails"
+    );
+    assert_eq!(
+        http.get(&url).send().await.unwrap().status(),
+        200,
+        "the retry succeeds"
+    );
+
+    assert_eq!(set(json!({"abort": 1.0})).await.unwrap().status(), 200);
+    let (_, created) = call(
+        reqwest::Method::POST,
+        format!("{api}/predictions"),
+        Some(json!({"version": SDXL, "input": {"prompt": "p"}})),
+    )
+    .await;
+    assert_eq!(
+        wait_terminal(&sim, created["id"].as_str().unwrap()).await["status"],
+        "aborted"
+    );
+
+    let refused = set(json!({"webhook_drop": "often"})).await.unwrap();
+    assert_eq!(refused.status(), 422, "bad fault settings are refused");
+}

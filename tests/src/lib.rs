@@ -146,6 +146,20 @@ impl Stack {
         }
     }
 
+    /// Replicate's id for one of our predictions (once created there).
+    pub async fn replicate_id(&self, id: &str) -> String {
+        use imagegen_shared::ports::RecordStore;
+        let id = imagegen_shared::record::PredictionId::parse(id).expect("id");
+        let record = self
+            .app
+            .records
+            .get_prediction(&id)
+            .await
+            .expect("read")
+            .expect("exists");
+        record.replicate_id.expect("created at Replicate")
+    }
+
     /// Downloads an output through its presigned URL and checks it against its metadata.
     pub async fn download_verified(&self, output: &Value) -> Vec<u8> {
         let url = output["url"].as_str().expect("url");

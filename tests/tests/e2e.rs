@@ -336,19 +336,7 @@ async fn duplicate_and_out_of_order_webhooks_change_nothing() {
     );
 
     // A replayed older state, correctly signed and fresh, is still ignored.
-    let replicate_id = {
-        use imagegen_shared::ports::RecordStore;
-        let rid = imagegen_shared::record::PredictionId::parse(&id).unwrap();
-        stack
-            .app
-            .records
-            .get_prediction(&rid)
-            .await
-            .unwrap()
-            .unwrap()
-            .replicate_id
-            .unwrap()
-    };
+    let replicate_id = stack.replicate_id(&id).await;
     let mut stale = stack.sim.prediction(&replicate_id).unwrap();
     stale["status"] = json!("processing");
     let body = stale.to_string();
@@ -412,19 +400,7 @@ async fn a_canceled_prediction_is_reported() {
         .await;
     let id = submitted["id"].as_str().unwrap().to_owned();
     stack.wait_record(&id, |r| r.replicate_id.is_some()).await;
-    let replicate_id = {
-        use imagegen_shared::ports::RecordStore;
-        let rid = imagegen_shared::record::PredictionId::parse(&id).unwrap();
-        stack
-            .app
-            .records
-            .get_prediction(&rid)
-            .await
-            .unwrap()
-            .unwrap()
-            .replicate_id
-            .unwrap()
-    };
+    let replicate_id = stack.replicate_id(&id).await;
     let canceled = stack
         .http
         .post(format!(

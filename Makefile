@@ -58,8 +58,10 @@ deploy: $(BUILD_STAMP) $(DEPLOY_STAMP) ## sam build + sam deploy (guided the fir
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/sam build --beta-features
 	if [ -f samconfig.toml ]; then $(VENV)/bin/sam deploy; else $(VENV)/bin/sam deploy --guided; fi
 
-bench: ## Print measured figures: peak memory while storing large outputs
+bench: ## Print measured figures: peak memory storing large outputs; init time of a release binary
 	$(CARGO) test --locked -q -p integration-tests --test memory_bound -- --nocapture
+	$(CARGO) build --locked -q --release -p submit
+	$(CARGO) run --locked -q -p local-stack --bin cold-start -- target/release/submit 20
 
 soak: $(VENV_STAMP) ## A few hundred submissions under injected faults; prints lost/duplicates/wrong states
 	$(CARGO) build --locked -q -p integration-tests --bin soak

@@ -6,7 +6,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -15,6 +15,43 @@ use tokio::task::JoinHandle;
 
 pub type HttpRequest = http::Request<Bytes>;
 pub type HttpResponse = http::Response<Bytes>;
+
+/// A response extension: send the body without telling hyper its size, so a
+/// `Content-Length` header of the handler's choosing stands (the simulator uses it to cut a
+/// download short, as a dropped connection does).
+#[derive(Debug, Clone, Copy)]
+pub struct UnsizedBody;
+
+/// A body that does not announce its length. After its data it pauses briefly, so what was
+/// sent is flushed to the client before the body ends.
+struct Unsized {
+    data: Option<Bytes>,
+    pause: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Unsized {
+    fn new(data: Bytes) -> Self {
+        Self {
+            data: Some(data),
+            pause: Box::pin(tokio::time::sleep(std::time::Duration::from_millis(50))),
+        }
+    }
+}
+
+impl hyper::body::Body for Unsized {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        if let Some(data) = self.data.take() {
+            return std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(data))));
+        }
+        self.pause.as_mut().poll(cx).map(|()| None)
+    }
+}
 
 /// A running server; dropping it stops accepting connections.
 pub struct Server {
@@ -61,7 +98,14 @@ where
                             }
                             Err(_) => too_large(),
                         };
-                        Ok::<_, Infallible>(response.map(Full::new))
+                        let unsized_body = response.extensions().get::<UnsizedBody>().is_some();
+                        Ok::<_, Infallible>(response.map(|body| {
+                            if unsized_body {
+                                Either::Right(Unsized::new(body))
+                            } else {
+                                Either::Left(Full::new(body))
+                            }
+                        }))
                     }
                 });
                 if let Err(err) = http1::Builder::new()

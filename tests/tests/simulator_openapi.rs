@@ -427,6 +427,33 @@ async fn faults_are_controlled_per_run_through_the_control_endpoint() {
         "the retry succeeds"
     );
 
+    assert_eq!(
+        set(json!({"download_truncate_once": 1.0}))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let (_, created) = call(
+        reqwest::Method::POST,
+        format!("{api}/predictions"),
+        Some(json!({"version": SDXL, "input": {"prompt": "cut", "width": 64, "height": 64}})),
+    )
+    .await;
+    let done = wait_terminal(&sim, created["id"].as_str().unwrap()).await;
+    let url = done["output"][0].as_str().unwrap().to_owned();
+    let whole = sim.file(&url).unwrap();
+    let first = http.get(&url).send().await.unwrap();
+    assert_eq!(first.content_length(), Some(whole.len() as u64));
+    assert!(
+        first.bytes().await.is_err(),
+        "the body ends before its Content-Length"
+    );
+    assert_eq!(
+        http.get(&url).send().await.unwrap().bytes().await.unwrap(),
+        whole
+    );
+
     assert_eq!(set(json!({"abort": 1.0})).await.unwrap().status(), 200);
     let (_, created) = call(
         reqwest::Method::POST,

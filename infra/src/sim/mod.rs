@@ -147,6 +147,9 @@ pub struct Faults {
     pub abort: f64,
     /// The first download of an output file is answered 500.
     pub download_fail_once: f64,
+    /// The first download of an output file stops halfway (its Content-Length promises
+    /// the whole file).
+    pub download_truncate_once: f64,
     /// A download answers only after `download_stall_ms`.
     pub download_stall: f64,
     pub download_stall_ms: u64,
@@ -652,6 +655,21 @@ impl State {
         let Some((bytes, content_type)) = lock(&self.files).get(key).cloned() else {
             return problem(StatusCode::NOT_FOUND, "Not found.");
         };
+        if roll(faults.download_truncate_once) && lock(&self.failed_once).insert(key.to_owned()) {
+            lock(&self.stats).failed_downloads += 1;
+            let mut response = http::Response::new(bytes.slice(..bytes.len() / 2));
+            response
+                .headers_mut()
+                .insert(header::CONTENT_LENGTH, http::HeaderValue::from(bytes.len()));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                http::HeaderValue::from_static(content_type),
+            );
+            response
+                .extensions_mut()
+                .insert(crate::http_server::UnsizedBody);
+            return response;
+        }
         lock(&self.stats).file_downloads += 1;
         let mut response = http::Response::new(bytes);
         response.headers_mut().insert(

@@ -40,6 +40,7 @@ fn fault_mix() -> Faults {
         create_throttle: 0.10,
         throttle_retry_after: 0.5,
         download_fail_once: 0.05,
+        download_truncate_once: 0.03,
         fail: 0.03,
         cancel: 0.02,
         abort: 0.02,

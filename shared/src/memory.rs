@@ -434,6 +434,11 @@ impl FakeReplicate {
         lock(&self.predictions).insert(prediction.id.clone(), prediction);
     }
 
+    /// Makes `get_prediction` answer 404 for `id`, as for a prediction Replicate deleted.
+    pub fn forget(&self, id: &str) {
+        lock(&self.predictions).remove(id);
+    }
+
     pub fn set_secret(&self, secret: WebhookSecret) {
         *lock(&self.secret) = Some(secret);
     }

@@ -19,7 +19,7 @@ fn policy() -> RetryPolicy {
         base_delay: Duration::from_millis(10),
         max_delay: Duration::from_millis(40),
         max_retry_after: Duration::from_secs(5),
-        max_total_wait: Duration::from_secs(8),
+        max_total_time: Duration::from_secs(8),
     }
 }
 
@@ -240,7 +240,7 @@ async fn retry_after_beyond_the_cap_is_handed_back_without_waiting() {
 }
 
 #[tokio::test]
-async fn total_wait_budget_stops_retries() {
+async fn total_time_budget_stops_retries() {
     let server = MockServer::start().await;
     Mock::given(method("GET"))
         .respond_with(ResponseTemplate::new(503).insert_header("retry-after", "1"))
@@ -248,7 +248,7 @@ async fn total_wait_budget_stops_retries() {
         .await;
     let retry = RetryPolicy {
         max_attempts: 10,
-        max_total_wait: Duration::from_millis(1500),
+        max_total_time: Duration::from_millis(1500),
         ..policy()
     };
     let err = client_with(&server, retry, Duration::from_secs(5))
@@ -552,4 +552,32 @@ async fn get_model_reads_latest_version() {
         .await
         .unwrap();
     assert_eq!(model.latest_version.unwrap().id, SDXL);
+}
+
+#[tokio::test]
+async fn slow_attempts_count_against_the_time_budget() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_secs(2)))
+        .mount(&server)
+        .await;
+    let retry = RetryPolicy {
+        max_attempts: 10,
+        max_total_time: Duration::from_millis(700),
+        ..policy()
+    };
+    let started = Instant::now();
+    let err = client_with(&server, retry, Duration::from_millis(300))
+        .get_prediction("p")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ReplicateError::TimedOut { attempts } if attempts <= 3),
+        "{err:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        started.elapsed()
+    );
 }

@@ -7,7 +7,8 @@ use serde::Serialize;
 use super::App;
 use crate::outputs::OutputSource;
 use crate::ports::{ObjectStore, RecordStore};
-use crate::replicate::ReplicateApi;
+use crate::record::Advance;
+use crate::replicate::{PredictionStatus, ReplicateApi};
 
 use super::sync::SyncOutcome;
 
@@ -23,6 +24,18 @@ pub struct ReconcileReport {
     pub advanced: usize,
     /// Could not be synced this time (Replicate or storage failed); retried next run.
     pub errors: usize,
+}
+
+fn gone(replicate_id: &str, now: crate::record::Millis) -> Advance {
+    Advance {
+        status: PredictionStatus::Failed,
+        replicate_id: Some(replicate_id.to_owned()),
+        outputs: Vec::new(),
+        error: Some("Replicate no longer has this prediction".to_owned()),
+        metrics: None,
+        started_at: None,
+        completed_at: Some(now),
+    }
 }
 
 impl<R, S, O, D> App<R, S, O, D>
@@ -52,6 +65,19 @@ where
                     .apply_remote(&record, &remote)
                     .await
                     .map_err(|e| e.to_string()),
+                // Replicate no longer knows it (deleted, or another account's): it will never
+                // finish, so record that rather than ask again every run.
+                Err(err) if err.is_not_found() => {
+                    match self
+                        .records
+                        .advance(&record.id, &gone(&replicate_id, now))
+                        .await
+                    {
+                        Ok(true) => Ok(SyncOutcome::Applied(PredictionStatus::Failed)),
+                        Ok(false) => Ok(SyncOutcome::Ignored("already ended")),
+                        Err(e) => Err(e.to_string()),
+                    }
+                }
                 Err(err) => Err(err.to_string()),
             };
             match outcome {

@@ -512,3 +512,35 @@ async fn the_webhook_secret_is_fetched_from_replicate_when_not_configured() {
         .await;
     assert_eq!(json_of(&response)["result"], "applied");
 }
+
+#[tokio::test]
+async fn the_reconciler_syncs_old_running_predictions_and_gives_up_on_vanished_ones() {
+    let app = app_with(&[("RECONCILE_AFTER_SECONDS", "60")]);
+    let (_, kept) = submitted(&app, fox()).await;
+    let (_, vanished) = submitted(
+        &app,
+        json!({"model": "flux-schnell", "input": {"prompt": "gone"}}),
+    )
+    .await;
+    app.replicate
+        .set_prediction(remote("rep-1", PredictionStatus::Succeeded));
+    let report = app.reconcile().await.unwrap();
+    assert_eq!(report.examined, 0, "too young to reconcile");
+    app.clock.advance(Duration::from_secs(61));
+    // rep-2 is unknown to the fake: Replicate answers 404 for it.
+    app.replicate.forget("rep-2");
+    let report = app.reconcile().await.unwrap();
+    assert_eq!(
+        (report.examined, report.advanced, report.errors),
+        (2, 2, 0),
+        "{report:?}"
+    );
+    assert_eq!(
+        record(&app, kept["id"].as_str().unwrap()).await.status,
+        PredictionStatus::Succeeded
+    );
+    let gone = record(&app, vanished["id"].as_str().unwrap()).await;
+    assert_eq!(gone.status, PredictionStatus::Failed);
+    assert!(gone.error.unwrap().contains("no longer"));
+    assert_eq!(app.reconcile().await.unwrap().examined, 0);
+}

@@ -154,7 +154,7 @@ impl ReplicateClient {
         url: Url,
         body: Option<&(impl Serialize + Sync)>,
     ) -> Result<T, ReplicateError> {
-        let mut waited = Duration::ZERO;
+        let started = std::time::Instant::now();
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -171,8 +171,8 @@ impl ReplicateClient {
             let server_wait_too_long = failure
                 .retry_after
                 .is_some_and(|after| after > self.retry.max_retry_after);
-            let out_of_budget =
-                attempt >= self.retry.max_attempts || waited + delay > self.retry.max_total_wait;
+            let out_of_budget = attempt >= self.retry.max_attempts
+                || started.elapsed() + delay > self.retry.max_total_time;
             if !retryable || server_wait_too_long || out_of_budget {
                 return Err(failure.into_error(kind, attempt));
             }
@@ -184,7 +184,6 @@ impl ReplicateClient {
                 "retrying Replicate call"
             );
             tokio::time::sleep(delay).await;
-            waited += delay;
         }
     }
 

@@ -6,7 +6,8 @@
 use std::time::{Duration, SystemTime};
 
 /// Bounds on retrying one call. The defaults keep a synchronous API request (behind API
-/// Gateway's 30 s limit) well inside its time: at most 4 attempts and 8 s of waiting.
+/// Gateway's 30 s limit) inside its time: at most 4 attempts, and no retry that would start
+/// after 20 s (so with the 10 s request timeout a call ends within about 30 s at worst).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RetryPolicy {
     /// Attempts in all, the first included.
@@ -18,8 +19,9 @@ pub struct RetryPolicy {
     /// The longest `Retry-After` worth waiting for here. A longer one is handed back to the
     /// caller, whose own client can come back later, instead of holding a Lambda open.
     pub max_retry_after: Duration,
-    /// Total time one call may spend sleeping between attempts.
-    pub max_total_wait: Duration,
+    /// No further attempt once this much time has passed since the first (attempts and
+    /// waits together).
+    pub max_total_time: Duration,
 }
 
 impl Default for RetryPolicy {
@@ -29,7 +31,7 @@ impl Default for RetryPolicy {
             base_delay: Duration::from_millis(200),
             max_delay: Duration::from_secs(2),
             max_retry_after: Duration::from_secs(5),
-            max_total_wait: Duration::from_secs(8),
+            max_total_time: Duration::from_secs(20),
         }
     }
 }

@@ -107,6 +107,19 @@ async fn wait_terminal(sim: &Simulator, id: &str) -> Value {
     }
 }
 
+/// Creates an SDXL prediction with `body` (version added) and waits until it ends.
+async fn run_to_end(sim: &Simulator, mut body: Value) -> Value {
+    body["version"] = json!(SDXL);
+    let (status, created) = call(
+        reqwest::Method::POST,
+        format!("{}/predictions", sim.api_base()),
+        Some(body),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    wait_terminal(sim, created["id"].as_str().unwrap()).await
+}
+
 #[tokio::test]
 async fn simulator_responses_match_the_spec() {
     let spec = Spec::load();
@@ -164,13 +177,7 @@ async fn simulator_responses_match_the_spec() {
     spec.prediction(&canceled, "cancel");
 
     for (marker, status) in [("[sim:fail]", "failed"), ("[sim:abort]", "aborted")] {
-        let (_, created) = call(
-            reqwest::Method::POST,
-            format!("{api}/predictions"),
-            Some(json!({"version": SDXL, "input": {"prompt": marker}})),
-        )
-        .await;
-        let done = wait_terminal(&sim, created["id"].as_str().unwrap()).await;
+        let done = run_to_end(&sim, json!({"input": {"prompt": marker}})).await;
         assert_eq!(done["status"], status);
         spec.prediction(&done, status);
     }
@@ -408,13 +415,11 @@ async fn faults_are_controlled_per_run_through_the_control_endpoint() {
             .status(),
         200
     );
-    let (_, created) = call(
-        reqwest::Method::POST,
-        format!("{api}/predictions"),
-        Some(json!({"version": SDXL, "input": {"prompt": "files", "width": 64, "height": 64}})),
+    let done = run_to_end(
+        &sim,
+        json!({"input": {"prompt": "files", "width": 64, "height": 64}}),
     )
     .await;
-    let done = wait_terminal(&sim, created["id"].as_str().unwrap()).await;
     let url = done["output"][0].as_str().unwrap().to_owned();
     assert_eq!(
         http.get(&url).send().await.unwrap().status(),
@@ -434,13 +439,11 @@ async fn faults_are_controlled_per_run_through_the_control_endpoint() {
             .status(),
         200
     );
-    let (_, created) = call(
-        reqwest::Method::POST,
-        format!("{api}/predictions"),
-        Some(json!({"version": SDXL, "input": {"prompt": "cut", "width": 64, "height": 64}})),
+    let done = run_to_end(
+        &sim,
+        json!({"input": {"prompt": "cut", "width": 64, "height": 64}}),
     )
     .await;
-    let done = wait_terminal(&sim, created["id"].as_str().unwrap()).await;
     let url = done["output"][0].as_str().unwrap().to_owned();
     let whole = sim.file(&url).unwrap();
     let first = http.get(&url).send().await.unwrap();
@@ -455,14 +458,8 @@ async fn faults_are_controlled_per_run_through_the_control_endpoint() {
     );
 
     assert_eq!(set(json!({"abort": 1.0})).await.unwrap().status(), 200);
-    let (_, created) = call(
-        reqwest::Method::POST,
-        format!("{api}/predictions"),
-        Some(json!({"version": SDXL, "input": {"prompt": "p"}})),
-    )
-    .await;
     assert_eq!(
-        wait_terminal(&sim, created["id"].as_str().unwrap()).await["status"],
+        run_to_end(&sim, json!({"input": {"prompt": "p"}})).await["status"],
         "aborted"
     );
 

@@ -265,7 +265,43 @@ fn names_in(expressions: &[&str]) -> HashMap<String, String> {
     names
 }
 
+/// What a conditional put found.
+enum PutOutcome {
+    Written,
+    /// The condition failed; this is the item that is there.
+    Refused(Item),
+}
+
 impl DynamoRecords {
+    /// A `PutItem` that applies only if `condition` holds; when it does not, the item in the
+    /// way comes back in the same round trip (`ReturnValuesOnConditionCheckFailure=ALL_OLD`).
+    async fn put_if(
+        &self,
+        operation: &'static str,
+        item: Item,
+        condition: &str,
+        values: Option<Item>,
+    ) -> Result<PutOutcome, StoreError> {
+        let result = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression(condition)
+            .set_expression_attribute_names(Some(names_in(&[condition])))
+            .set_expression_attribute_values(values)
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
+        match result.map_err(|e| e.into_service_error()) {
+            Ok(_) => Ok(PutOutcome::Written),
+            Err(aws_sdk_dynamodb::operation::put_item::PutItemError::ConditionalCheckFailedException(e)) => Ok(
+                PutOutcome::Refused(e.item().cloned().unwrap_or_default()),
+            ),
+            Err(other) => Err(failed(operation, other)),
+        }
+    }
+
     /// An `UpdateItem` on `pk` that applies only if `condition` holds; `Ok(false)` if not.
     async fn update_if(
         &self,
@@ -293,42 +329,27 @@ impl DynamoRecords {
 impl RecordStore for DynamoRecords {
     async fn try_claim(&self, claim: &Claim, now: Millis) -> Result<ClaimOutcome, StoreError> {
         let condition = "attribute_not_exists(#pk) OR #lease_until < :now";
-        let result = self
-            .client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(claim_to_item(claim)))
-            .condition_expression(condition)
-            .set_expression_attribute_names(Some(names_in(&[condition])))
-            .expression_attribute_values(":now", n(now))
-            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(ClaimOutcome::Claimed),
-            Err(err) => match err.into_service_error() {
-                aws_sdk_dynamodb::operation::put_item::PutItemError::ConditionalCheckFailedException(e) => {
-                    let old = e.item().ok_or_else(|| StoreError::new("claim", "condition failed without the old item"))?;
-                    Ok(ClaimOutcome::HeldBy(claim_from_item(old)?))
-                }
-                other => Err(failed("claim", other)),
-            },
+        let values = Item::from([(":now".to_owned(), n(now))]);
+        match self
+            .put_if("claim", claim_to_item(claim), condition, Some(values))
+            .await?
+        {
+            PutOutcome::Written => Ok(ClaimOutcome::Claimed),
+            PutOutcome::Refused(held) => Ok(ClaimOutcome::HeldBy(claim_from_item(&held)?)),
         }
     }
 
     async fn replace_claim(&self, claim: &Claim, expected_token: &str) -> Result<bool, StoreError> {
-        let condition = "#token = :expected";
-        let result = self
-            .client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(claim_to_item(claim)))
-            .condition_expression(condition)
-            .set_expression_attribute_names(Some(names_in(&[condition])))
-            .expression_attribute_values(":expected", s(expected_token))
-            .send()
-            .await;
-        conditional("replace claim", result.map_err(|e| e.into_service_error()))
+        let values = Item::from([(":expected".to_owned(), s(expected_token))]);
+        let outcome = self
+            .put_if(
+                "replace claim",
+                claim_to_item(claim),
+                "#token = :expected",
+                Some(values),
+            )
+            .await?;
+        Ok(matches!(outcome, PutOutcome::Written))
     }
 
     async fn settle_claim(
@@ -365,17 +386,18 @@ impl RecordStore for DynamoRecords {
     }
 
     async fn insert_prediction(&self, record: &PredictionRecord) -> Result<(), StoreError> {
-        let condition = "attribute_not_exists(#pk)";
-        self.client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(prediction_to_item(record)?))
-            .condition_expression(condition)
-            .set_expression_attribute_names(Some(names_in(&[condition])))
-            .send()
-            .await
-            .map(|_| ())
-            .map_err(|e| failed("insert prediction", e))
+        match self
+            .put_if(
+                "insert prediction",
+                prediction_to_item(record)?,
+                "attribute_not_exists(#pk)",
+                None,
+            )
+            .await?
+        {
+            PutOutcome::Written => Ok(()),
+            PutOutcome::Refused(_) => Err(StoreError::new("insert prediction", "the id exists")),
+        }
     }
 
     async fn get_prediction(

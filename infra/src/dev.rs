@@ -5,10 +5,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{HeaderValue, header};
-use imagegen_shared::app::{ApiError, App, MAX_BODY_BYTES, request_id};
-use imagegen_shared::outputs::OutputSource;
-use imagegen_shared::ports::{ObjectStore, RecordStore};
-use imagegen_shared::replicate::ReplicateApi;
+use imagegen_shared::app::{ApiError, App, MAX_BODY_BYTES, Ports, request_id};
 use lambda_http::Body;
 use tokio::net::TcpListener;
 use tracing::Instrument;
@@ -59,13 +56,7 @@ pub fn from_lambda(response: http::Response<Body>) -> HttpResponse {
 }
 
 /// Serves the three routes of `app` on `listener`.
-pub fn serve_app<R, S, O, D>(listener: TcpListener, app: Arc<App<R, S, O, D>>) -> Server
-where
-    R: ReplicateApi + 'static,
-    S: RecordStore + 'static,
-    O: ObjectStore + 'static,
-    D: OutputSource + 'static,
-{
+pub fn serve_app<P: Ports>(listener: TcpListener, app: Arc<App<P>>) -> Server {
     serve(listener, MAX_BODY_BYTES, too_large, move |request| {
         let app = app.clone();
         async move {

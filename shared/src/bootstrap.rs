@@ -17,7 +17,17 @@ use crate::outputs::HttpDownloads;
 use crate::registry::{ModelRegistry, RegistryError};
 use crate::replicate::{ApiToken, ClientBuildError, ClientConfig, ReplicateClient};
 
-pub type ProductionApp = App<ReplicateClient, DynamoRecords, S3Objects, HttpDownloads>;
+/// The real ports: Replicate over HTTP, DynamoDB, S3, HTTP downloads.
+pub struct Production;
+
+impl crate::app::Ports for Production {
+    type Replicate = ReplicateClient;
+    type Records = DynamoRecords;
+    type Objects = S3Objects;
+    type Downloads = HttpDownloads;
+}
+
+pub type ProductionApp = App<Production>;
 
 /// Names the SSM SecureString holding the Replicate token (how the SAM stack provides it).
 pub const TOKEN_PARAMETER_ENV: &str = "REPLICATE_API_TOKEN_PARAMETER";

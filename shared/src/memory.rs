@@ -17,6 +17,16 @@ use crate::replicate::{
 };
 use crate::webhook::WebhookSecret;
 
+/// The in-memory ports, for handler tests.
+pub struct InMemory;
+
+impl crate::app::Ports for InMemory {
+    type Replicate = FakeReplicate;
+    type Records = MemoryRecords;
+    type Objects = MemoryObjects;
+    type Downloads = MemorySource;
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }

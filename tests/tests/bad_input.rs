@@ -16,7 +16,7 @@ use lambda_http::Body;
 use proptest::prelude::*;
 use serde_json::{Value, json};
 
-type TestApp = App<FakeReplicate, MemoryRecords, MemoryObjects, MemorySource>;
+type TestApp = App<imagegen_shared::memory::InMemory>;
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 

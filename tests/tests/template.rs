@@ -125,8 +125,17 @@ fn variables_read(env: &BTreeMap<String, Option<String>>) -> BTreeSet<String> {
     read.into_inner().unwrap()
 }
 
-type RecordingApp =
-    App<FakeReplicate, Recorded<MemoryRecords>, Recorded<MemoryObjects>, MemorySource>;
+/// The in-memory ports, with every storage call written down.
+struct Recording;
+
+impl imagegen_shared::app::Ports for Recording {
+    type Replicate = FakeReplicate;
+    type Records = Recorded<MemoryRecords>;
+    type Objects = Recorded<MemoryObjects>;
+    type Downloads = MemorySource;
+}
+
+type RecordingApp = App<Recording>;
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const SMALL: &str = "https://replicate.delivery/small.png";

@@ -6,10 +6,10 @@ use std::time::Duration;
 use http::StatusCode;
 use lambda_http::{Body, Request, RequestExt, Response};
 
+use super::Ports;
 use super::problem::json_response;
 use super::{ApiError, App, PredictionView};
-use crate::outputs::OutputSource;
-use crate::ports::{ObjectStore, RecordStore};
+use crate::ports::RecordStore;
 use crate::record::{Advance, PredictionId, PredictionRecord};
 use crate::replicate::{PredictionStatus, ReplicateApi};
 
@@ -24,13 +24,7 @@ fn path_id(request: &Request) -> Option<String> {
     path.strip_prefix("/v1/predictions/").map(str::to_owned)
 }
 
-impl<R, S, O, D> App<R, S, O, D>
-where
-    R: ReplicateApi,
-    S: RecordStore,
-    O: ObjectStore,
-    D: OutputSource,
-{
+impl<P: Ports> App<P> {
     pub async fn fetch(&self, request: Request) -> Response<Body> {
         match self.try_fetch(&request).await {
             Ok(view) => json_response(StatusCode::OK, &view),

@@ -62,30 +62,33 @@ impl Clock {
     }
 }
 
+/// The four ports the handlers run on. Production (`bootstrap::Production`) and the
+/// in-memory fakes (`memory::InMemory`) each name theirs.
+pub trait Ports: 'static {
+    type Replicate: ReplicateApi;
+    type Records: RecordStore;
+    type Objects: ObjectStore;
+    type Downloads: OutputSource;
+}
+
 /// Everything a handler needs, built once per process.
-pub struct App<R, S, O, D> {
-    pub replicate: R,
-    pub records: S,
-    pub objects: O,
-    pub downloads: D,
+pub struct App<P: Ports> {
+    pub replicate: P::Replicate,
+    pub records: P::Records,
+    pub objects: P::Objects,
+    pub downloads: P::Downloads,
     pub registry: ModelRegistry,
     pub settings: Settings,
     pub clock: Clock,
     webhook_secret: OnceCell<WebhookSecret>,
 }
 
-impl<R, S, O, D> App<R, S, O, D>
-where
-    R: ReplicateApi,
-    S: RecordStore,
-    O: ObjectStore,
-    D: OutputSource,
-{
+impl<P: Ports> App<P> {
     pub fn new(
-        replicate: R,
-        records: S,
-        objects: O,
-        downloads: D,
+        replicate: P::Replicate,
+        records: P::Records,
+        objects: P::Objects,
+        downloads: P::Downloads,
         registry: ModelRegistry,
         settings: Settings,
     ) -> Self {

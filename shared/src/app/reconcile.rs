@@ -5,8 +5,8 @@
 use serde::Serialize;
 
 use super::App;
-use crate::outputs::OutputSource;
-use crate::ports::{ObjectStore, RecordStore};
+use super::Ports;
+use crate::ports::RecordStore;
 use crate::record::Advance;
 use crate::replicate::{PredictionStatus, ReplicateApi};
 
@@ -38,13 +38,7 @@ fn gone(replicate_id: &str, now: crate::record::Millis) -> Advance {
     }
 }
 
-impl<R, S, O, D> App<R, S, O, D>
-where
-    R: ReplicateApi,
-    S: RecordStore,
-    O: ObjectStore,
-    D: OutputSource,
-{
+impl<P: Ports> App<P> {
     pub async fn reconcile(&self) -> Result<ReconcileReport, crate::ports::StoreError> {
         let now = self.clock.millis();
         let threshold = now.saturating_sub(self.settings.reconcile_after.as_millis() as u64);

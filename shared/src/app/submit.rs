@@ -8,11 +8,12 @@ use lambda_http::{Body, Request, Response};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use super::Ports;
 use super::problem::json_response;
 use super::sync::cache_claim_key;
 use super::{ApiError, App, MAX_BODY_BYTES, PredictionView};
-use crate::outputs::{OutputSource, hex};
-use crate::ports::{ClaimOutcome, ObjectStore, RecordStore};
+use crate::outputs::hex;
+use crate::ports::{ClaimOutcome, RecordStore};
 use crate::record::{Claim, ClaimGuard, Millis, PredictionId, PredictionRecord};
 use crate::registry::{FieldError, ModelAlias, ValidatedInput, canonical_json};
 use crate::replicate::{
@@ -158,13 +159,7 @@ fn wants_no_cache(headers: &HeaderMap) -> bool {
         .any(|directive| directive.trim().eq_ignore_ascii_case("no-cache"))
 }
 
-impl<R, S, O, D> App<R, S, O, D>
-where
-    R: ReplicateApi,
-    S: RecordStore,
-    O: ObjectStore,
-    D: OutputSource,
-{
+impl<P: Ports> App<P> {
     pub async fn submit(&self, request: Request) -> Response<Body> {
         match self.try_submit(&request).await {
             Ok(started) => {

@@ -1,12 +1,13 @@
 //! Applying Replicate's view of a prediction to our record: the one path for webhooks and
 //! for fetch-time syncing, so both behave exactly alike.
 
-use crate::outputs::{OutputError, OutputSource, store_outputs};
-use crate::ports::{ObjectStore, RecordStore, StoreError};
+use crate::outputs::{OutputError, store_outputs};
+use crate::ports::{RecordStore, StoreError};
 use crate::record::{Advance, ClaimGuard, PredictionRecord, parse_rfc3339};
-use crate::replicate::{Prediction, PredictionStatus, ReplicateApi};
+use crate::replicate::{Prediction, PredictionStatus};
 
 use super::App;
+use super::Ports;
 
 /// What applying a remote state did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,13 +29,7 @@ pub(crate) fn cache_claim_key(cache_key: &str) -> String {
     format!("cache#{cache_key}")
 }
 
-impl<R, S, O, D> App<R, S, O, D>
-where
-    R: ReplicateApi,
-    S: RecordStore,
-    O: ObjectStore,
-    D: OutputSource,
-{
+impl<P: Ports> App<P> {
     /// Moves `record` forward to `remote`'s state. Outputs of a succeeded prediction are
     /// stored before the record says `succeeded`; duplicates, stale and out-of-order states
     /// change nothing.

@@ -16,7 +16,7 @@ use crate::registry::ModelRegistry;
 use crate::replicate::{Prediction, PredictionStatus, ReplicateError};
 use crate::webhook::WebhookSecret;
 
-type TestApp = App<FakeReplicate, MemoryRecords, MemoryObjects, MemorySource>;
+type TestApp = App<crate::memory::InMemory>;
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const PLACEHOLDER_ID: &str = "00000000000000000000000000000000";

@@ -4,13 +4,13 @@ use http::StatusCode;
 use lambda_http::{Body, Request, Response};
 use serde::Serialize;
 
+use super::Ports;
 use super::problem::json_response;
 use super::sync::SyncOutcome;
 use super::{ApiError, App};
-use crate::outputs::OutputSource;
-use crate::ports::{ObjectStore, RecordStore};
+use crate::ports::RecordStore;
 use crate::record::PredictionId;
-use crate::replicate::{Prediction, ReplicateApi};
+use crate::replicate::Prediction;
 use crate::webhook::{SignatureHeaders, WebhookVerifier};
 
 #[derive(Serialize)]
@@ -32,13 +32,7 @@ fn prediction_id_param(request: &Request) -> Option<PredictionId> {
         .and_then(|(_, value)| PredictionId::parse(&value).ok())
 }
 
-impl<R, S, O, D> App<R, S, O, D>
-where
-    R: ReplicateApi,
-    S: RecordStore,
-    O: ObjectStore,
-    D: OutputSource,
-{
+impl<P: Ports> App<P> {
     pub async fn webhook(&self, request: Request) -> Response<Body> {
         match self.try_webhook(&request).await {
             Ok(response) => response,

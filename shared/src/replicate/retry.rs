@@ -7,7 +7,8 @@ use std::time::{Duration, SystemTime};
 
 /// Bounds on retrying one call. The defaults keep a synchronous API request (behind API
 /// Gateway's 30 s limit) inside its time: at most 4 attempts, and no retry that would start
-/// after 20 s (so with the 10 s request timeout a call ends within about 30 s at worst).
+/// after 15 s (so with the 10 s request timeout a call ends within about 25 s, inside the
+/// functions' 29 s timeout).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RetryPolicy {
     /// Attempts in all, the first included.
@@ -31,7 +32,7 @@ impl Default for RetryPolicy {
             base_delay: Duration::from_millis(200),
             max_delay: Duration::from_secs(2),
             max_retry_after: Duration::from_secs(5),
-            max_total_time: Duration::from_secs(20),
+            max_total_time: Duration::from_secs(15),
         }
     }
 }

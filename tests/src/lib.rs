@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use imagegen_shared::aws::{AwsClients, ensure_bucket, ensure_table};
 use imagegen_shared::bootstrap::{ProductionApp, build_app};
+use imagegen_shared::ports::RecordStore;
+use imagegen_shared::record::{PredictionId, PredictionRecord};
 use local_stack::dev::serve_app;
 use local_stack::http_server::{Server, bind_loopback};
 use local_stack::sim::{SimConfig, Simulator};
@@ -118,23 +120,17 @@ impl Stack {
         }
     }
 
+    /// The stored record of one of our predictions, read directly (no sync).
+    pub async fn record(&self, id: &str) -> Option<PredictionRecord> {
+        let id = PredictionId::parse(id).expect("a prediction id");
+        self.app.records.get_prediction(&id).await.expect("read")
+    }
+
     /// Waits until the stored record (read directly, no sync) satisfies `done`.
-    pub async fn wait_record(
-        &self,
-        id: &str,
-        done: impl Fn(&imagegen_shared::record::PredictionRecord) -> bool,
-    ) {
-        use imagegen_shared::ports::RecordStore;
-        let id = imagegen_shared::record::PredictionId::parse(id).expect("id");
+    pub async fn wait_record(&self, id: &str, done: impl Fn(&PredictionRecord) -> bool) {
         let started = Instant::now();
         loop {
-            let record = self
-                .app
-                .records
-                .get_prediction(&id)
-                .await
-                .expect("read")
-                .expect("exists");
+            let record = self.record(id).await.expect("exists");
             if done(&record) {
                 return;
             }
@@ -148,15 +144,7 @@ impl Stack {
 
     /// Replicate's id for one of our predictions (once created there).
     pub async fn replicate_id(&self, id: &str) -> String {
-        use imagegen_shared::ports::RecordStore;
-        let id = imagegen_shared::record::PredictionId::parse(id).expect("id");
-        let record = self
-            .app
-            .records
-            .get_prediction(&id)
-            .await
-            .expect("read")
-            .expect("exists");
+        let record = self.record(id).await.expect("exists");
         record.replicate_id.expect("created at Replicate")
     }
 

@@ -12,8 +12,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use imagegen_shared::ports::RecordStore;
-use imagegen_shared::record::PredictionId;
 use imagegen_shared::replicate::PredictionStatus;
 use integration_tests::{Stack, hex_sha256};
 use local_stack::sim::Faults;
@@ -183,9 +181,11 @@ async fn main() -> std::process::ExitCode {
 async fn open_count(stack: &Stack, ids: &BTreeSet<String>) -> usize {
     let mut open = 0;
     for id in ids {
-        let id = PredictionId::parse(id).expect("id");
-        let record = stack.app.records.get_prediction(&id).await.expect("read");
-        if record.is_none_or(|r| !r.status.is_terminal()) {
+        if stack
+            .record(id)
+            .await
+            .is_none_or(|r| !r.status.is_terminal())
+        {
             open += 1;
         }
     }
@@ -230,12 +230,7 @@ async fn check(
     for (body, answered) in &by_body {
         let mut succeeded = 0;
         for id in answered {
-            let record = stack
-                .app
-                .records
-                .get_prediction(&PredictionId::parse(id).expect("id"))
-                .await
-                .expect("read");
+            let record = stack.record(id).await;
             succeeded +=
                 usize::from(record.is_some_and(|r| r.status == PredictionStatus::Succeeded));
         }
@@ -249,13 +244,7 @@ async fn check(
     let mut claimed_replicate_ids = BTreeSet::new();
     for id in distinct {
         let (status, view) = stack.get(id).await;
-        let record = stack
-            .app
-            .records
-            .get_prediction(&PredictionId::parse(id).expect("id"))
-            .await
-            .expect("read")
-            .expect("record");
+        let record = stack.record(id).await.expect("record");
         let ours = view["status"].as_str().unwrap_or_default().to_owned();
         let Some(replicate_id) = record.replicate_id.clone() else {
             summary.wrong += 1;

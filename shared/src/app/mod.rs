@@ -23,7 +23,7 @@ use crate::ports::{ObjectStore, RecordStore};
 use crate::record::{Millis, to_millis};
 use crate::registry::ModelRegistry;
 use crate::replicate::{ReplicateApi, ReplicateError};
-use crate::webhook::WebhookSecret;
+use crate::webhook::WebhookVerifier;
 
 pub use problem::ApiError;
 pub use reconcile::{RECONCILE_BATCH, ReconcileReport};
@@ -80,7 +80,7 @@ pub struct App<P: Ports> {
     pub registry: ModelRegistry,
     pub settings: Settings,
     pub clock: Clock,
-    webhook_secret: OnceCell<WebhookSecret>,
+    webhook_verifier: OnceCell<WebhookVerifier>,
 }
 
 impl<P: Ports> App<P> {
@@ -92,7 +92,8 @@ impl<P: Ports> App<P> {
         registry: ModelRegistry,
         settings: Settings,
     ) -> Self {
-        let webhook_secret = OnceCell::new_with(settings.webhook_secret.clone());
+        let webhook_verifier =
+            OnceCell::new_with(settings.webhook_secret.clone().map(WebhookVerifier::new));
         Self {
             replicate,
             records,
@@ -101,15 +102,20 @@ impl<P: Ports> App<P> {
             registry,
             settings,
             clock: Clock::default(),
-            webhook_secret,
+            webhook_verifier,
         }
     }
 
-    /// The signing secret: configured, or fetched from Replicate once per process (on first
-    /// use rather than at start-up, so cold starts do not wait for it).
-    pub async fn webhook_secret(&self) -> Result<&WebhookSecret, ReplicateError> {
-        self.webhook_secret
-            .get_or_try_init(|| self.replicate.webhook_secret())
+    /// The webhook verifier, with the configured secret or one fetched from Replicate once
+    /// per process (on first use rather than at start-up, so cold starts do not wait for it).
+    pub async fn webhook_verifier(&self) -> Result<&WebhookVerifier, ReplicateError> {
+        self.webhook_verifier
+            .get_or_try_init(|| async {
+                self.replicate
+                    .webhook_secret()
+                    .await
+                    .map(WebhookVerifier::new)
+            })
             .await
     }
 

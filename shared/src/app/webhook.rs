@@ -11,7 +11,7 @@ use super::{ApiError, App};
 use crate::ports::RecordStore;
 use crate::record::PredictionId;
 use crate::replicate::Prediction;
-use crate::webhook::{SignatureHeaders, WebhookVerifier};
+use crate::webhook::SignatureHeaders;
 
 #[derive(Serialize)]
 struct Receipt {
@@ -41,14 +41,14 @@ impl<P: Ports> App<P> {
     }
 
     async fn try_webhook(&self, request: &Request) -> Result<Response<Body>, ApiError> {
-        let secret = self.webhook_secret().await.map_err(|err| {
+        let verifier = self.webhook_verifier().await.map_err(|err| {
             tracing::error!(error = %err, "webhook signing secret unavailable");
             ApiError::StorageFailed
         })?;
         let body = request.body().as_ref();
         let headers = SignatureHeaders::from_header_map(request.headers())
             .map_err(|e| ApiError::Unauthorized(e.to_string()))?;
-        let delivery = WebhookVerifier::new(secret.clone())
+        let delivery = verifier
             .verify(headers, body, self.clock.now())
             .map_err(|e| {
                 tracing::warn!(error = %e, "webhook refused");

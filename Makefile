@@ -10,7 +10,7 @@ VENV_STAMP := $(VENV)/.installed
 BUILD_STAMP := $(VENV)/.installed-build
 DEPLOY_STAMP := $(VENV)/.installed-deploy
 LAMBDA_TARGET := aarch64-unknown-linux-gnu
-FUNCTIONS := submit webhook fetch-result reconciler
+FUNCTIONS := submit webhook fetch-result reconciler copier
 
 .PHONY: help dev demo reconcile test bench soak lint fmt venv build validate deploy clean-venv
 

@@ -73,3 +73,72 @@ pub fn serve_app<P: Ports>(listener: TcpListener, app: Arc<App<P>>) -> Server {
         }
     })
 }
+
+/// Queue settings of the local stack: a failed copy job is seen again after this long, and
+/// dead-lettered after `LOCAL_MAX_RECEIVES` tries (the template's values are larger).
+pub const LOCAL_VISIBILITY_TIMEOUT_SECONDS: u32 = 20;
+pub const LOCAL_MAX_RECEIVES: u32 = 5;
+/// Time one local batch of copy jobs may take (the Lambda worker's comes from its timeout).
+const LOCAL_COPY_BUDGET: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// The copy worker's local stand-in: long-polls the copy queue (moto's SQS) and runs each
+/// batch through the same handler as the Lambda worker, deleting the jobs that succeeded.
+pub fn spawn_copy_worker(
+    app: Arc<imagegen_shared::bootstrap::ProductionApp>,
+    sqs: aws_sdk_sqs::Client,
+    queue_url: String,
+) -> tokio::task::JoinHandle<()> {
+    use imagegen_shared::bootstrap::{SqsBatch, SqsMessage, copy_batch};
+    tokio::spawn(async move {
+        loop {
+            let received = sqs
+                .receive_message()
+                .queue_url(&queue_url)
+                .max_number_of_messages(10)
+                .wait_time_seconds(1)
+                .send()
+                .await;
+            let messages = match received {
+                Ok(output) => output.messages.unwrap_or_default(),
+                Err(err) => {
+                    tracing::warn!(error = %aws_sdk_sqs::error::DisplayErrorContext(err), "copy queue receive failed");
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            if messages.is_empty() {
+                continue;
+            }
+            let batch = SqsBatch {
+                records: messages
+                    .iter()
+                    .map(|m| SqsMessage {
+                        message_id: m.message_id.clone().unwrap_or_default(),
+                        body: m.body.clone().unwrap_or_default(),
+                    })
+                    .collect(),
+            };
+            let deadline = tokio::time::Instant::now() + LOCAL_COPY_BUDGET;
+            let response = copy_batch(&app, batch, deadline).await;
+            for message in &messages {
+                let failed = response
+                    .failures
+                    .iter()
+                    .any(|f| Some(f.id.as_str()) == message.message_id.as_deref());
+                if failed {
+                    continue;
+                }
+                if let Some(handle) = &message.receipt_handle
+                    && let Err(err) = sqs
+                        .delete_message()
+                        .queue_url(&queue_url)
+                        .receipt_handle(handle)
+                        .send()
+                        .await
+                {
+                    tracing::warn!(error = %aws_sdk_sqs::error::DisplayErrorContext(err), "copy job could not be deleted; it will run again");
+                }
+            }
+        }
+    })
+}

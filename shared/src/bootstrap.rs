@@ -6,12 +6,13 @@
 //! them with the SAM template).
 
 use std::future::Future;
+use std::time::Duration;
 
 use lambda_http::{Body, Request, Response};
 use tracing::Instrument;
 
-use crate::app::{App, request_id};
-use crate::aws::{AwsClients, DynamoRecords, S3Objects};
+use crate::app::{App, PortSet, request_id};
+use crate::aws::{AwsClients, DynamoRecords, S3Objects, SqsCopyQueue};
 use crate::config::{ConfigError, Settings, replicate_token};
 use crate::outputs::HttpDownloads;
 use crate::registry::{ModelRegistry, RegistryError};
@@ -25,6 +26,7 @@ impl crate::app::Ports for Production {
     type Records = DynamoRecords;
     type Objects = S3Objects;
     type Downloads = HttpDownloads;
+    type Queue = SqsCopyQueue;
 }
 
 pub type ProductionApp = App<Production>;
@@ -122,11 +124,17 @@ pub fn production_app(
         ApiToken::new(token),
     ))?;
     let records = DynamoRecords::new(aws.dynamodb, settings.table_name.clone());
-    let objects = S3Objects::new(aws.s3, settings.bucket_name.clone());
+    let objects = S3Objects::new(aws.s3, settings.bucket_name.clone(), aws.credentials);
     let downloads = HttpDownloads::new(settings.output_hosts.clone())?;
-    Ok(App::new(
-        replicate, records, objects, downloads, registry, settings,
-    ))
+    let queue = SqsCopyQueue::new(aws.sqs, settings.copy_queue_url.clone());
+    let ports = PortSet {
+        replicate,
+        records,
+        objects,
+        downloads,
+        queue,
+    };
+    Ok(App::new(ports, registry, settings))
 }
 
 /// Reads the configuration and builds the app from `lookup`, resolving the token.
@@ -176,18 +184,115 @@ where
     .await
 }
 
+/// Time kept back from an invocation's deadline: to finish the item in hand and answer.
+const DEADLINE_MARGIN: Duration = Duration::from_secs(10);
+
+/// The invocation's deadline (Lambda's, in ms since the epoch) less the margin, as an
+/// `Instant` for the handlers.
+fn work_deadline(context: &lambda_http::lambda_runtime::Context) -> tokio::time::Instant {
+    let deadline = std::time::UNIX_EPOCH + Duration::from_millis(context.deadline);
+    let remaining = deadline
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or_default()
+        .saturating_sub(DEADLINE_MARGIN);
+    tokio::time::Instant::now() + remaining
+}
+
 /// The scheduled reconciler: each invocation (an EventBridge schedule event, whose content
-/// does not matter) runs one reconcile pass and returns its report.
+/// does not matter) runs one reconcile pass, within the invocation's time, and returns its
+/// report.
 pub async fn run_reconciler() -> Result<(), lambda_http::Error> {
     use lambda_http::lambda_runtime::{LambdaEvent, run, service_fn};
     let app = init_app().await?;
     run(service_fn(
         move |event: LambdaEvent<serde_json::Value>| async move {
             let span = tracing::info_span!("reconcile", request_id = %event.context.request_id);
-            let report = app.reconcile().instrument(span).await?;
+            let deadline = work_deadline(&event.context);
+            let report = app.reconcile(Some(deadline)).instrument(span).await;
             Ok::<_, lambda_http::Error>(serde_json::to_value(report)?)
         },
     ))
+    .await
+}
+
+/// An SQS event, as Lambda delivers a batch (only what the worker reads).
+#[derive(Debug, serde::Deserialize)]
+pub struct SqsBatch {
+    #[serde(rename = "Records", default)]
+    pub records: Vec<SqsMessage>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+pub struct SqsMessage {
+    #[serde(rename = "messageId")]
+    pub message_id: String,
+    #[serde(default)]
+    pub body: String,
+}
+
+/// The partial batch response: the messages to deliver again (Lambda's
+/// `ReportBatchItemFailures`); the others are deleted.
+#[derive(Debug, Default, serde::Serialize, PartialEq, Eq)]
+pub struct BatchResponse {
+    #[serde(rename = "batchItemFailures")]
+    pub failures: Vec<BatchItemFailure>,
+}
+
+#[derive(Debug, serde::Serialize, PartialEq, Eq)]
+pub struct BatchItemFailure {
+    #[serde(rename = "itemIdentifier")]
+    pub id: String,
+}
+
+/// Runs the copy job of each message until `deadline`; failed (and unreadable) ones are
+/// reported for another delivery, ending in the dead-letter queue after the redrive limit.
+pub async fn copy_batch<P: crate::app::Ports>(
+    app: &App<P>,
+    batch: SqsBatch,
+    deadline: tokio::time::Instant,
+) -> BatchResponse {
+    let mut response = BatchResponse::default();
+    for message in batch.records {
+        let failed = match serde_json::from_str::<crate::ports::CopyJob>(&message.body) {
+            Ok(job) => {
+                let span = tracing::info_span!("copy", prediction_id = %job.prediction_id);
+                match app.copy_outputs(&job, deadline).instrument(span).await {
+                    Ok(outcome) => {
+                        tracing::info!(prediction_id = %job.prediction_id, ?outcome, "copy job done");
+                        false
+                    }
+                    Err(err) => {
+                        tracing::warn!(prediction_id = %job.prediction_id, error = %err, "copy job failed; it will be retried");
+                        true
+                    }
+                }
+            }
+            Err(err) => {
+                tracing::error!(message_id = %message.message_id, error = %err, "unreadable copy job");
+                true
+            }
+        };
+        if failed {
+            response.failures.push(BatchItemFailure {
+                id: message.message_id,
+            });
+        }
+    }
+    response
+}
+
+/// The copy worker, fed by the copy queue.
+pub async fn run_copier() -> Result<(), lambda_http::Error> {
+    use lambda_http::lambda_runtime::{LambdaEvent, run, service_fn};
+    let app = init_app().await?;
+    run(service_fn(move |event: LambdaEvent<SqsBatch>| async move {
+        let deadline = work_deadline(&event.context);
+        let span = tracing::info_span!("copy-batch", request_id = %event.context.request_id);
+        let response = copy_batch(app, event.payload, deadline)
+            .instrument(span)
+            .await;
+        Ok::<_, lambda_http::Error>(response)
+    }))
     .await
 }
 
@@ -199,7 +304,7 @@ mod tests {
     fn the_token_comes_from_the_environment_or_an_ssm_parameter() {
         let base = |extra: &'static [(&'static str, &'static str)]| {
             move |name: &str| match name {
-                "TABLE_NAME" | "BUCKET_NAME" => Some("x".to_owned()),
+                "TABLE_NAME" | "BUCKET_NAME" | "COPY_QUEUE_URL" => Some("x".to_owned()),
                 _ => extra
                     .iter()
                     .find(|(k, _)| *k == name)

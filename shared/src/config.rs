@@ -26,6 +26,8 @@ pub struct Settings {
     pub webhook_secret: Option<WebhookSecret>,
     pub table_name: String,
     pub bucket_name: String,
+    /// SQS queue of output copy jobs (`COPY_QUEUE_URL`).
+    pub copy_queue_url: String,
     /// Base URL Replicate sends webhooks to; derived from each request when unset.
     pub public_base_url: Option<Url>,
     pub output_hosts: HostAllowlist,
@@ -106,6 +108,7 @@ impl Settings {
             webhook_secret,
             table_name: required("TABLE_NAME")?,
             bucket_name: required("BUCKET_NAME")?,
+            copy_queue_url: required("COPY_QUEUE_URL")?,
             public_base_url,
             output_hosts,
             output_url_ttl,
@@ -163,7 +166,11 @@ mod tests {
         Settings::from_lookup(|name| map.get(name).cloned())
     }
 
-    const BASE: [(&str, &str); 2] = [("TABLE_NAME", "t"), ("BUCKET_NAME", "b")];
+    const BASE: [(&str, &str); 3] = [
+        ("TABLE_NAME", "t"),
+        ("BUCKET_NAME", "b"),
+        ("COPY_QUEUE_URL", "http://127.0.0.1:1/q"),
+    ];
 
     #[test]
     fn defaults_follow_the_contract() {
@@ -184,7 +191,7 @@ mod tests {
 
     #[test]
     fn required_and_invalid_values_are_named() {
-        let err = settings(&[("BUCKET_NAME", "b")]).unwrap_err();
+        let err = settings(&[("BUCKET_NAME", "b"), ("COPY_QUEUE_URL", "q")]).unwrap_err();
         assert_eq!(err.to_string(), "TABLE_NAME is required");
         for (name, value) in [
             ("OUTPUT_URL_TTL_SECONDS", "0"),

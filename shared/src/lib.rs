@@ -5,6 +5,7 @@ pub mod app;
 pub mod aws;
 pub mod bootstrap;
 pub mod config;
+pub mod conformance;
 pub mod memory;
 pub mod outputs;
 pub mod ports;

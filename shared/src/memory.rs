@@ -1,16 +1,20 @@
 //! In-memory implementations of the ports, for unit tests of the handlers. They follow the
 //! same conditional-write rules as the DynamoDB and S3 adapters.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use bytes::Bytes;
 use serde_json::{Map, Value};
+use sha2::Digest as _;
 use url::Url;
 
 use crate::outputs::{Download, OutputError, OutputSource};
-use crate::ports::{ClaimOutcome, ObjectStore, RecordStore, StoreError};
+use crate::ports::{
+    ClaimOutcome, CopyJob, CopyQueue, ObjectStore, OpenPage, RecordStore, Settlement, StoreError,
+    open_shard,
+};
 use crate::record::{Advance, Claim, ClaimGuard, Millis, PredictionId, PredictionRecord};
 use crate::replicate::{
     Model, ModelRef, Prediction, PredictionStatus, ReplicateApi, ReplicateError, WebhookTarget,
@@ -25,6 +29,7 @@ impl crate::app::Ports for InMemory {
     type Records = MemoryRecords;
     type Objects = MemoryObjects;
     type Downloads = MemorySource;
+    type Queue = MemoryQueue;
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -35,6 +40,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub struct MemoryRecords {
     predictions: Mutex<HashMap<PredictionId, PredictionRecord>>,
     claims: Mutex<HashMap<String, Claim>>,
+    /// Replicate id → the record it is bound to.
+    bindings: Mutex<HashMap<String, PredictionId>>,
 }
 
 impl MemoryRecords {
@@ -95,14 +102,16 @@ impl RecordStore for MemoryRecords {
         &self,
         key: &str,
         guard: ClaimGuard<'_>,
-        prediction_id: &PredictionId,
-        lease_until: Millis,
+        settlement: &Settlement<'_>,
     ) -> Result<bool, StoreError> {
         let mut claims = lock(&self.claims);
         match claims.get_mut(key) {
-            Some(claim) if guard_holds(claim, guard) => {
-                claim.prediction_id = Some(prediction_id.clone());
-                claim.lease_until = lease_until;
+            Some(claim)
+                if guard_holds(claim, guard) && claim.lease_until <= settlement.lease_until =>
+            {
+                claim.prediction_id = Some(settlement.prediction_id.clone());
+                claim.lease_until = settlement.lease_until;
+                claim.from_cache = settlement.from_cache;
                 Ok(true)
             }
             _ => Ok(false),
@@ -138,15 +147,20 @@ impl RecordStore for MemoryRecords {
         &self,
         id: &PredictionId,
         replicate_id: &str,
+        _expires_at: u64,
     ) -> Result<bool, StoreError> {
         let mut predictions = lock(&self.predictions);
+        let mut bindings = lock(&self.bindings);
+        let bound_elsewhere = bindings.get(replicate_id).is_some_and(|owner| owner != id);
         match predictions.get_mut(id) {
             Some(r)
-                if r.replicate_id
-                    .as_deref()
-                    .is_none_or(|have| have == replicate_id) =>
+                if !bound_elsewhere
+                    && r.replicate_id
+                        .as_deref()
+                        .is_none_or(|have| have == replicate_id) =>
             {
                 r.replicate_id = Some(replicate_id.to_owned());
+                bindings.insert(replicate_id.to_owned(), id.clone());
                 Ok(true)
             }
             _ => Ok(false),
@@ -158,24 +172,28 @@ impl RecordStore for MemoryRecords {
         let Some(record) = predictions.get_mut(id) else {
             return Ok(false);
         };
-        let same_prediction = match (&record.replicate_id, &advance.replicate_id) {
-            (Some(have), Some(given)) => have == given,
-            _ => true,
+        let same_prediction = match &advance.replicate_id {
+            Some(given) => record.replicate_id.as_ref() == Some(given),
+            None => true,
         };
-        if !same_prediction || !record.status.can_advance_to(&advance.status) {
+        // As DynamoDB stores it: a status of unknown rank counts as `starting` (rank 0).
+        let stored_rank = record.status.progress_rank().unwrap_or(0);
+        let forward = advance
+            .status
+            .progress_rank()
+            .is_some_and(|rank| rank > stored_rank);
+        if !same_prediction || !forward {
             return Ok(false);
         }
         record.status = advance.status.clone();
-        if advance.replicate_id.is_some() {
-            record.replicate_id = advance.replicate_id.clone();
-        }
         record.outputs = advance.outputs.clone();
         record.error = advance.error.clone();
         if advance.metrics.is_some() {
             record.metrics = advance.metrics.clone();
         }
-        record.started_at = advance.started_at.or(record.started_at);
-        record.completed_at = advance.completed_at.or(record.completed_at);
+        // `if_not_exists`: a time already stored is kept.
+        record.started_at = record.started_at.or(advance.started_at);
+        record.completed_at = record.completed_at.or(advance.completed_at);
         Ok(true)
     }
 
@@ -195,29 +213,101 @@ impl RecordStore for MemoryRecords {
         }
     }
 
-    async fn delete_prediction(&self, id: &PredictionId) -> Result<(), StoreError> {
-        lock(&self.predictions).remove(id);
-        Ok(())
-    }
-
     async fn list_open(
         &self,
+        shard: &str,
         created_before: Millis,
+        cursor: Option<&str>,
         limit: usize,
-    ) -> Result<Vec<PredictionRecord>, StoreError> {
+    ) -> Result<OpenPage, StoreError> {
+        // DynamoDB refuses `Limit: 0` (here a page of none would point past its first record).
+        if limit == 0 {
+            return Err(StoreError::new(
+                "list open predictions",
+                "limit must be at least 1",
+            ));
+        }
+        let after = match cursor {
+            Some(c) => Some(parse_cursor(c)?),
+            None => None,
+        };
         let mut open: Vec<PredictionRecord> = lock(&self.predictions)
             .values()
             .filter(|r| !r.status.is_terminal() && r.created_at < created_before)
+            .filter(|r| open_shard(&r.id) == shard)
+            .filter(|r| {
+                after
+                    .as_ref()
+                    .is_none_or(|a| (r.created_at, &r.id) > (a.0, &a.1))
+            })
             .cloned()
             .collect();
-        open.sort_by_key(|r| r.created_at);
+        open.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        let next = (open.len() > limit)
+            .then(|| open.get(limit.saturating_sub(1)))
+            .flatten()
+            .map(|r| format!("{}|{}", r.created_at, r.id));
         open.truncate(limit);
-        Ok(open)
+        Ok(OpenPage {
+            records: open,
+            next,
+        })
     }
 }
 
-/// A multipart upload in progress: key, content type, parts so far.
-type OpenUpload = (String, String, Vec<(i32, Bytes)>);
+fn parse_cursor(cursor: &str) -> Result<(Millis, PredictionId), StoreError> {
+    let invalid = || StoreError::new("list open predictions", "invalid cursor");
+    let (created, id) = cursor.split_once('|').ok_or_else(invalid)?;
+    Ok((
+        created.parse().map_err(|_| invalid())?,
+        PredictionId::parse(id).map_err(|_| invalid())?,
+    ))
+}
+
+/// Copy jobs, queued in order.
+#[derive(Default)]
+pub struct MemoryQueue {
+    jobs: Mutex<VecDeque<CopyJob>>,
+    failing_sends: Mutex<usize>,
+}
+
+impl MemoryQueue {
+    /// Takes every queued job (a test then runs them, as the worker would).
+    pub fn drain(&self) -> Vec<CopyJob> {
+        lock(&self.jobs).drain(..).collect()
+    }
+
+    pub fn len(&self) -> usize {
+        lock(&self.jobs).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Makes the next `n` sends fail, as an SQS outage would.
+    pub fn fail_next_sends(&self, n: usize) {
+        *lock(&self.failing_sends) = n;
+    }
+}
+
+impl CopyQueue for MemoryQueue {
+    async fn send_copy(&self, job: &CopyJob) -> Result<(), StoreError> {
+        let mut failing = lock(&self.failing_sends);
+        if *failing > 0 {
+            *failing -= 1;
+            return Err(StoreError::new("send copy job", "injected failure"));
+        }
+        lock(&self.jobs).push_back(job.clone());
+        Ok(())
+    }
+}
+
+/// A multipart upload in progress: key, content type, parts so far by number (ETag, body).
+type OpenUpload = (String, String, BTreeMap<i32, (String, Bytes)>);
+
+/// S3's smallest part of a multipart upload, except the last (`EntityTooSmall`).
+const S3_MIN_PART_SIZE: usize = 5 * 1024 * 1024;
 
 #[derive(Default)]
 pub struct MemoryObjects {
@@ -282,7 +372,7 @@ impl ObjectStore for MemoryObjects {
         let id = PredictionId::generate().to_string();
         lock(&self.uploads).insert(
             id.clone(),
-            (key.to_owned(), content_type.to_owned(), Vec::new()),
+            (key.to_owned(), content_type.to_owned(), BTreeMap::new()),
         );
         *lock(&self.started) += 1;
         Ok(id)
@@ -296,13 +386,23 @@ impl ObjectStore for MemoryObjects {
         body: Bytes,
     ) -> Result<String, StoreError> {
         self.injected_failure()?;
+        if !(1..=10_000).contains(&part_number) {
+            return Err(StoreError::new(
+                "upload part",
+                "part numbers are 1 to 10000",
+            ));
+        }
         let mut uploads = lock(&self.uploads);
         let upload = uploads
             .get_mut(upload_id)
             .filter(|u| u.0 == key)
             .ok_or_else(|| StoreError::new("upload part", "no such upload"))?;
-        upload.2.push((part_number, body));
-        Ok(format!("etag-{part_number}"))
+        // Like S3's (an MD5), the ETag names the content; a part uploaded again replaces it.
+        let digest = sha2::Sha256::digest(&body);
+        let etag: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+        let etag = format!("\"{etag}\"");
+        upload.2.insert(part_number, (etag.clone(), body));
+        Ok(etag)
     }
 
     async fn complete_multipart(
@@ -311,26 +411,49 @@ impl ObjectStore for MemoryObjects {
         upload_id: &str,
         parts: &[(i32, String)],
     ) -> Result<(), StoreError> {
-        let (stored_key, content_type, mut uploaded) = lock(&self.uploads)
-            .remove(upload_id)
-            .ok_or_else(|| StoreError::new("complete multipart", "no such upload"))?;
-        if stored_key != key || uploaded.len() != parts.len() {
-            return Err(StoreError::new("complete multipart", "parts do not match"));
+        // S3's checks; a refused complete leaves the upload open, as S3 does.
+        let refused = |why: &str| Err(StoreError::new("complete multipart", why));
+        let mut uploads = lock(&self.uploads);
+        let Some((_, content_type, uploaded)) = uploads.get(upload_id).filter(|u| u.0 == key)
+        else {
+            return refused("no such upload");
+        };
+        if parts.is_empty() {
+            return refused("no parts (MalformedXML)");
         }
-        uploaded.sort_by_key(|(n, _)| *n);
-        let sizes = uploaded.iter().map(|(_, b)| b.len()).collect();
-        let body = uploaded
+        if parts.windows(2).any(|w| w[0].0 >= w[1].0) {
+            return refused("parts not in ascending order (InvalidPartOrder)");
+        }
+        let mut chosen = Vec::with_capacity(parts.len());
+        for (number, etag) in parts {
+            match uploaded.get(number) {
+                Some((stored, body)) if stored.trim_matches('"') == etag.trim_matches('"') => {
+                    chosen.push(body);
+                }
+                _ => return refused("a part was not uploaded with that ETag (InvalidPart)"),
+            }
+        }
+        if chosen[..chosen.len() - 1]
             .iter()
-            .flat_map(|(_, b)| b.iter().copied())
-            .collect();
+            .any(|b| b.len() < S3_MIN_PART_SIZE)
+        {
+            return refused("a part other than the last is under 5 MiB (EntityTooSmall)");
+        }
+        let sizes = chosen.iter().map(|b| b.len()).collect();
+        let body = chosen.iter().flat_map(|b| b.iter().copied()).collect();
+        let content_type = content_type.clone();
+        uploads.remove(upload_id);
+        drop(uploads);
         lock(&self.part_sizes).insert(key.to_owned(), sizes);
         lock(&self.objects).insert(key.to_owned(), (body, content_type));
         Ok(())
     }
 
     async fn abort_multipart(&self, _key: &str, upload_id: &str) -> Result<(), StoreError> {
-        lock(&self.uploads).remove(upload_id);
-        Ok(())
+        match lock(&self.uploads).remove(upload_id) {
+            Some(_) => Ok(()),
+            None => Err(StoreError::new("abort multipart", "no such upload")),
+        }
     }
 
     async fn presign_get(&self, key: &str, ttl: Duration) -> Result<String, StoreError> {
@@ -415,16 +538,24 @@ pub struct CreatedCall {
     pub webhook: Option<WebhookTarget>,
 }
 
-/// Replicate, in memory: creates answer `starting` predictions with ids `rep-1`, `rep-2`, …;
-/// tests set what `get` answers and queue errors.
+/// Replicate, in memory: creates answer `starting` predictions with ids `rep-1`, `rep-2`, …
+/// stamped with the real time; tests set what `get` answers and queue errors. `list`
+/// pages through every prediction it holds, `LIST_PAGE_SIZE` at a time.
 #[derive(Default)]
 pub struct FakeReplicate {
     created: Mutex<Vec<CreatedCall>>,
     predictions: Mutex<HashMap<String, Prediction>>,
     create_errors: Mutex<VecDeque<ReplicateError>>,
+    lost_answers: Mutex<usize>,
+    get_errors: Mutex<HashMap<String, VecDeque<ReplicateError>>>,
     gets: Mutex<usize>,
+    lists: Mutex<usize>,
     secret: Mutex<Option<WebhookSecret>>,
+    secret_calls: Mutex<usize>,
 }
+
+/// Replicate's page size for `GET /predictions`.
+const LIST_PAGE_SIZE: usize = 100;
 
 impl FakeReplicate {
     pub fn created(&self) -> Vec<CreatedCall> {
@@ -435,8 +566,60 @@ impl FakeReplicate {
         *lock(&self.gets)
     }
 
+    /// Calls of `webhook_secret`.
+    pub fn secret_calls(&self) -> usize {
+        *lock(&self.secret_calls)
+    }
+
+    /// Makes the next `get_prediction(id)` fail with `err` (errors queue up per id).
+    pub fn fail_next_get(&self, id: &str, err: ReplicateError) {
+        lock(&self.get_errors)
+            .entry(id.to_owned())
+            .or_default()
+            .push_back(err);
+    }
+
+    /// Calls of `list_predictions`, pages included.
+    pub fn list_calls(&self) -> usize {
+        *lock(&self.lists)
+    }
+
+    /// Makes the next create fail without creating anything (errors queue up in order).
     pub fn fail_next_create(&self, err: ReplicateError) {
         lock(&self.create_errors).push_back(err);
+    }
+
+    /// Makes the next create succeed at Replicate but lose its answer: the prediction is
+    /// created (and `created`, get and list see it) while the caller gets
+    /// `CreateOutcomeUnknown`, as after a gateway error or a timeout. Calls add up.
+    pub fn lose_next_create_answer(&self) {
+        *lock(&self.lost_answers) += 1;
+    }
+
+    fn take_lost_answer(&self) -> bool {
+        let mut lost = lock(&self.lost_answers);
+        let take = *lost > 0;
+        *lost = lost.saturating_sub(1);
+        take
+    }
+
+    /// The stored predictions created in [after, before), newest first (ties: latest
+    /// `rep-N` first), as the list shows them.
+    fn listed(&self, after: Millis, before: Millis) -> Vec<Prediction> {
+        let mut listed: Vec<(Millis, u64, Prediction)> = lock(&self.predictions)
+            .values()
+            .filter_map(|p| {
+                let created = p
+                    .created_at
+                    .as_deref()
+                    .and_then(crate::record::parse_rfc3339)?;
+                (after..before)
+                    .contains(&created)
+                    .then(|| (created, creation_number(&p.id), p.clone()))
+            })
+            .collect();
+        listed.sort_by_key(|(created, number, _)| std::cmp::Reverse((*created, *number)));
+        listed.into_iter().map(|(_, _, p)| p).collect()
     }
 
     /// Sets what `get_prediction` answers for `prediction.id`.
@@ -474,6 +657,25 @@ impl FakeReplicate {
     }
 }
 
+/// `N` of a fake id `rep-N` (0 for other ids): the order creates happened in.
+fn creation_number(id: &str) -> u64 {
+    id.strip_prefix("rep-")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The fake's `next` links: `page:2`, `page:3`, …
+fn list_page_number(page: Option<&str>) -> Result<usize, ReplicateError> {
+    let Some(link) = page else { return Ok(1) };
+    link.strip_prefix("page:")
+        .and_then(|n| n.parse().ok())
+        .filter(|n| *n >= 1)
+        .ok_or_else(|| ReplicateError::InvalidResponse {
+            status: 200,
+            message: format!("not a next link of this fake: {link}"),
+        })
+}
+
 impl ReplicateApi for FakeReplicate {
     async fn create_prediction(
         &self,
@@ -498,12 +700,54 @@ impl ReplicateApi for FakeReplicate {
         prediction.model = model.path();
         prediction.version = model.version.as_ref().map(|v| v.to_string());
         prediction.input = input.clone();
+        // The real time, so a list over a window around "now" finds it.
+        prediction.created_at = Some(crate::record::rfc3339(crate::record::to_millis(
+            std::time::SystemTime::now(),
+        )));
         lock(&self.predictions).insert(prediction.id.clone(), prediction.clone());
+        if self.take_lost_answer() {
+            return Err(ReplicateError::CreateOutcomeUnknown {
+                reason: "the answer was lost (simulated)".to_owned(),
+            });
+        }
         Ok(prediction)
+    }
+
+    async fn list_predictions(
+        &self,
+        created_after: std::time::SystemTime,
+        created_before: std::time::SystemTime,
+        page: Option<&str>,
+    ) -> Result<crate::replicate::PredictionPage, ReplicateError> {
+        *lock(&self.lists) += 1;
+        let number = list_page_number(page)?;
+        // Like the client's query, the end is rounded up to a whole millisecond.
+        let listed = self.listed(
+            crate::record::to_millis(created_after),
+            crate::record::to_millis(created_before + std::time::Duration::from_nanos(999_999)),
+        );
+        let start = (number - 1).saturating_mul(LIST_PAGE_SIZE);
+        let results: Vec<Prediction> = listed
+            .iter()
+            .skip(start)
+            .take(LIST_PAGE_SIZE)
+            .cloned()
+            .collect();
+        let more = listed.len() > start.saturating_add(LIST_PAGE_SIZE);
+        Ok(crate::replicate::PredictionPage {
+            results,
+            next: more.then(|| format!("page:{}", number + 1)),
+        })
     }
 
     async fn get_prediction(&self, id: &str) -> Result<Prediction, ReplicateError> {
         *lock(&self.gets) += 1;
+        if let Some(err) = lock(&self.get_errors)
+            .get_mut(id)
+            .and_then(VecDeque::pop_front)
+        {
+            return Err(err);
+        }
         lock(&self.predictions)
             .get(id)
             .cloned()
@@ -526,6 +770,7 @@ impl ReplicateApi for FakeReplicate {
     }
 
     async fn webhook_secret(&self) -> Result<WebhookSecret, ReplicateError> {
+        *lock(&self.secret_calls) += 1;
         lock(&self.secret).clone().ok_or(ReplicateError::Rejected {
             status: 404,
             problem: Default::default(),
@@ -575,13 +820,10 @@ impl<T: RecordStore> RecordStore for Recorded<T> {
         &self,
         key: &str,
         guard: ClaimGuard<'_>,
-        prediction_id: &PredictionId,
-        lease_until: Millis,
+        settlement: &Settlement<'_>,
     ) -> Result<bool, StoreError> {
         self.note("settle_claim");
-        self.inner
-            .settle_claim(key, guard, prediction_id, lease_until)
-            .await
+        self.inner.settle_claim(key, guard, settlement).await
     }
 
     async fn release_claim(&self, key: &str, guard: ClaimGuard<'_>) -> Result<bool, StoreError> {
@@ -606,9 +848,12 @@ impl<T: RecordStore> RecordStore for Recorded<T> {
         &self,
         id: &PredictionId,
         replicate_id: &str,
+        expires_at: u64,
     ) -> Result<bool, StoreError> {
         self.note("attach_replicate_id");
-        self.inner.attach_replicate_id(id, replicate_id).await
+        self.inner
+            .attach_replicate_id(id, replicate_id, expires_at)
+            .await
     }
 
     async fn advance(&self, id: &PredictionId, advance: &Advance) -> Result<bool, StoreError> {
@@ -626,18 +871,24 @@ impl<T: RecordStore> RecordStore for Recorded<T> {
         self.inner.claim_sync(id, now, not_since).await
     }
 
-    async fn delete_prediction(&self, id: &PredictionId) -> Result<(), StoreError> {
-        self.note("delete_prediction");
-        self.inner.delete_prediction(id).await
-    }
-
     async fn list_open(
         &self,
+        shard: &str,
         created_before: Millis,
+        cursor: Option<&str>,
         limit: usize,
-    ) -> Result<Vec<PredictionRecord>, StoreError> {
+    ) -> Result<OpenPage, StoreError> {
         self.note("list_open");
-        self.inner.list_open(created_before, limit).await
+        self.inner
+            .list_open(shard, created_before, cursor, limit)
+            .await
+    }
+}
+
+impl<T: CopyQueue> CopyQueue for Recorded<T> {
+    async fn send_copy(&self, job: &CopyJob) -> Result<(), StoreError> {
+        self.note("send_copy");
+        self.inner.send_copy(job).await
     }
 }
 
@@ -688,5 +939,62 @@ impl<T: ObjectStore> ObjectStore for Recorded<T> {
     async fn presign_get(&self, key: &str, ttl: Duration) -> Result<String, StoreError> {
         self.note("presign_get");
         self.inner.presign_get(key, ttl).await
+    }
+}
+
+#[cfg(test)]
+mod fake_replicate_tests {
+    use std::time::{Duration, SystemTime};
+
+    use super::*;
+
+    fn model() -> ModelRef {
+        ModelRef::parse("black-forest-labs/flux-schnell").unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_lost_answer_still_creates_and_the_list_pages_newest_first() {
+        let fake = FakeReplicate::default();
+        let since = SystemTime::now() - Duration::from_secs(1);
+        for _ in 0..100 {
+            fake.create_prediction(&model(), &Map::new(), None)
+                .await
+                .unwrap();
+        }
+        fake.lose_next_create_answer();
+        let lost = fake.create_prediction(&model(), &Map::new(), None).await;
+        assert!(matches!(
+            lost,
+            Err(ReplicateError::CreateOutcomeUnknown { .. })
+        ));
+        assert_eq!(fake.created().len(), 101);
+        assert!(fake.get_prediction("rep-101").await.is_ok());
+        fake.set_prediction(FakeReplicate::prediction(
+            "old",
+            PredictionStatus::Starting,
+            vec![],
+        ));
+
+        let until = SystemTime::now();
+        let first = fake.list_predictions(since, until, None).await.unwrap();
+        assert_eq!(first.results.len(), 100);
+        assert_eq!(first.results[0].id, "rep-101", "newest first");
+        let next = first.next.expect("a second page");
+        let last = fake
+            .list_predictions(since, until, Some(&next))
+            .await
+            .unwrap();
+        let ids: Vec<&str> = last.results.iter().map(|p| p.id.as_str()).collect();
+        assert_eq!(
+            (ids, last.next),
+            (vec!["rep-1"], None),
+            "2025's `old` is outside"
+        );
+        assert!(
+            fake.list_predictions(since, until, Some("https://elsewhere/"))
+                .await
+                .is_err()
+        );
+        assert_eq!(fake.list_calls(), 3);
     }
 }

@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 use url::Url;
 
 use crate::ports::{ObjectStore, StoreError};
-use crate::record::{PredictionId, StoredOutput};
+use crate::record::{MAX_OUTPUTS, PredictionId, StoredOutput};
 
 /// Bytes buffered before they go to S3 as one part. S3 wants parts of at least 5 MiB (but
 /// the last); this bounds the memory one download uses, whatever the file's size.
@@ -23,8 +23,13 @@ const DOWNLOAD_ATTEMPTS: u32 = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum OutputError {
-    #[error("output URL `{0}` is not a valid http(s) URL")]
-    InvalidUrl(String),
+    /// The URL itself is never repeated: it may carry a signature, and errors reach clients.
+    #[error("an output URL is not a valid http(s) URL")]
+    InvalidUrl,
+    #[error("the prediction has {0} outputs; at most {MAX_OUTPUTS} are stored")]
+    TooMany(usize),
+    #[error("copying the outputs ran out of time")]
+    OutOfTime,
     #[error("output host `{0}` is not in OUTPUT_HOST_ALLOWLIST")]
     HostNotAllowed(String),
     #[error("output download answered HTTP {0}")]
@@ -45,16 +50,21 @@ impl OutputError {
     /// Retrying cannot help: the prediction's outputs cannot be stored.
     pub fn is_permanent(&self) -> bool {
         match self {
-            Self::InvalidUrl(_) | Self::HostNotAllowed(_) | Self::TooLarge | Self::Empty => true,
+            Self::InvalidUrl
+            | Self::TooMany(_)
+            | Self::HostNotAllowed(_)
+            | Self::TooLarge
+            | Self::Empty => true,
             // Gone: Replicate deletes outputs after an hour.
             Self::Http(status) => matches!(status, 403 | 404 | 410),
-            Self::Transport(_) | Self::Truncated { .. } | Self::Store(_) => false,
+            Self::Transport(_) | Self::Truncated { .. } | Self::Store(_) | Self::OutOfTime => false,
         }
     }
 }
 
 /// Hosts outputs may be downloaded from: `host`, `*.domain` (subdomains only) or either
-/// with `:port`. An entry without a port allows only the scheme's default port.
+/// with `:port`. An entry without a port allows only the scheme's default port. Only https
+/// is allowed, but for loopback hosts (the local stack's simulator).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostAllowlist {
     entries: Vec<HostPattern>,
@@ -83,12 +93,17 @@ impl HostAllowlist {
     }
 
     pub fn allows(&self, url: &Url) -> bool {
-        if !matches!(url.scheme(), "http" | "https") {
-            return false;
-        }
         let Some(host) = url.host_str() else {
             return false;
         };
+        let secure = match url.scheme() {
+            "https" => true,
+            "http" => is_loopback(url),
+            _ => false,
+        };
+        if !secure {
+            return false;
+        }
         let host = host.to_ascii_lowercase();
         self.entries.iter().any(|p| p.matches(&host, url.port()))
     }
@@ -125,6 +140,16 @@ impl HostPattern {
             host == self.host
         };
         host_ok && port == self.port
+    }
+}
+
+/// Whether a URL's host is this machine: plain http is allowed only there.
+fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        None => false,
     }
 }
 
@@ -204,7 +229,7 @@ impl Download for HttpDownload {
         self.0
             .chunk()
             .await
-            .map_err(|e| OutputError::Transport(e.to_string()))
+            .map_err(|e| OutputError::Transport(e.without_url().to_string()))
     }
 }
 
@@ -235,10 +260,12 @@ pub async fn store_outputs<S: OutputSource, O: ObjectStore>(
     id: &PredictionId,
     urls: &[String],
 ) -> Result<Vec<StoredOutput>, OutputError> {
+    if urls.len() > MAX_OUTPUTS {
+        return Err(OutputError::TooMany(urls.len()));
+    }
     let mut parsed = Vec::with_capacity(urls.len());
     for raw in urls {
-        let url = Url::parse(raw)
-            .map_err(|_| OutputError::InvalidUrl(raw.chars().take(200).collect()))?;
+        let url = Url::parse(raw).map_err(|_| OutputError::InvalidUrl)?;
         if !allowlist.allows(&url) {
             let host = url.host_str().unwrap_or_default();
             let host = match url.port() {

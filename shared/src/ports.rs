@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+use serde::{Deserialize, Serialize};
+
 use crate::record::{Advance, Claim, ClaimGuard, Millis, PredictionId, PredictionRecord};
+use crate::replicate::Prediction;
 
 /// A storage call failed. The message is for logs only; clients see a generic 5xx.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +36,46 @@ pub enum ClaimOutcome {
     HeldBy(Claim),
 }
 
+/// The open (not yet terminal) predictions are spread over this many index partitions, so
+/// one busy partition key cannot throttle the index; a record's shard is the first hex
+/// digit of its id.
+pub const OPEN_SHARDS: &[&str] = &[
+    "open#0", "open#1", "open#2", "open#3", "open#4", "open#5", "open#6", "open#7", "open#8",
+    "open#9", "open#a", "open#b", "open#c", "open#d", "open#e", "open#f",
+];
+
+/// The one shard of records written before the index was sharded; the reconciler reads it
+/// too until it is empty.
+pub const LEGACY_OPEN_SHARD: &str = "open";
+
+/// The shard of the open index a prediction is listed under while it runs.
+pub fn open_shard(id: &PredictionId) -> &'static str {
+    let digit = id.as_str().as_bytes().first().copied().unwrap_or(b'0');
+    let index = match digit {
+        b'0'..=b'9' => usize::from(digit - b'0'),
+        b'a'..=b'f' => usize::from(digit - b'a') + 10,
+        _ => 0,
+    };
+    OPEN_SHARDS[index]
+}
+
+/// One page of open predictions, oldest first, and where the next page starts.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct OpenPage {
+    pub records: Vec<PredictionRecord>,
+    /// Opaque; `None` when the shard has no more.
+    pub next: Option<String>,
+}
+
+/// How a claim is settled: who does the work, until when nobody else may take it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settlement<'a> {
+    pub prediction_id: &'a PredictionId,
+    /// Never shortens a lease already longer (completion may have set the cache window).
+    pub lease_until: Millis,
+    pub from_cache: bool,
+}
+
 pub trait RecordStore: Send + Sync {
     /// Takes `claim` if nobody holds its key or the holder's lease ended before `now`
     /// (one conditional write; on failure the current holder comes back in the same trip).
@@ -49,13 +92,13 @@ pub trait RecordStore: Send + Sync {
         expected_token: &str,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
-    /// Points a claim at a prediction and extends or ends its lease, if `guard` still holds.
+    /// Points a claim at a prediction and extends its lease, if `guard` still holds and the
+    /// stored lease is not already longer.
     fn settle_claim(
         &self,
         key: &str,
         guard: ClaimGuard<'_>,
-        prediction_id: &PredictionId,
-        lease_until: Millis,
+        settlement: &Settlement<'_>,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
     /// Deletes a claim if `guard` still holds it.
@@ -77,14 +120,19 @@ pub trait RecordStore: Send + Sync {
         id: &PredictionId,
     ) -> impl Future<Output = Result<Option<PredictionRecord>, StoreError>> + Send;
 
-    /// Records Replicate's id for a prediction, unless it already has a different one.
+    /// Records Replicate's id for a prediction, unless it already has a different one or
+    /// another prediction of ours already has this Replicate id: a `replicate#<id>` binding
+    /// (kept until `expires_at`, the record's TTL) is claimed first, then the record updated;
+    /// a refused update gives the binding back. A Replicate prediction belongs to one record.
     fn attach_replicate_id(
         &self,
         id: &PredictionId,
         replicate_id: &str,
+        expires_at: u64,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
-    /// Applies `advance` only if it moves the status forward (and the Replicate id agrees).
+    /// Applies `advance` only if it moves the status forward (and, when `advance` names a
+    /// Replicate id, the record is attached to that one).
     /// `false` means the stored state was already as far or further along.
     fn advance(
         &self,
@@ -101,18 +149,42 @@ pub trait RecordStore: Send + Sync {
         not_since: Millis,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
-    fn delete_prediction(
-        &self,
-        id: &PredictionId,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
-
-    /// Up to `limit` predictions not yet terminal that were created before `created_before`,
-    /// oldest first (for the reconciler).
+    /// Up to `limit` predictions of one `shard` not yet terminal that were created before
+    /// `created_before`, oldest first, from `cursor` on (for the reconciler).
     fn list_open(
         &self,
+        shard: &str,
         created_before: Millis,
+        cursor: Option<&str>,
         limit: usize,
-    ) -> impl Future<Output = Result<Vec<PredictionRecord>, StoreError>> + Send;
+    ) -> impl Future<Output = Result<OpenPage, StoreError>> + Send;
+}
+
+/// Copying a succeeded prediction's outputs into the bucket, as a job on a durable queue:
+/// webhooks and syncs answer at once and a worker with its own deadline does the copy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CopyJob {
+    pub prediction_id: PredictionId,
+    /// Replicate's state as delivered, without `input` and `logs` (they can be large and
+    /// the copy does not need them).
+    pub remote: Prediction,
+}
+
+impl CopyJob {
+    pub fn new(prediction_id: PredictionId, remote: &Prediction) -> Self {
+        let mut remote = remote.clone();
+        remote.input.clear();
+        remote.logs = None;
+        Self {
+            prediction_id,
+            remote,
+        }
+    }
+}
+
+pub trait CopyQueue: Send + Sync {
+    /// Queues the job durably; an error means it was not queued.
+    fn send_copy(&self, job: &CopyJob) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 
 /// Where output files are kept.

@@ -82,6 +82,60 @@ pub fn parse_rfc3339(s: &str) -> Option<Millis> {
         .map(to_millis)
 }
 
+/// `t` plus `d`, saturating: the one way a deadline is computed from a stored time.
+pub fn after(t: Millis, d: Duration) -> Millis {
+    t.saturating_add(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// `t` minus `d`, saturating at the epoch.
+pub fn before(t: Millis, d: Duration) -> Millis {
+    t.saturating_sub(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// DynamoDB TTL attributes are in seconds.
+pub fn ttl_seconds(t: Millis) -> u64 {
+    t / 1000
+}
+
+/// Most outputs one prediction may store: the image models make at most 4; an upstream
+/// that sends thousands must not grow the record past DynamoDB's 400 KB item limit.
+pub const MAX_OUTPUTS: usize = 16;
+/// Longest error text kept from Replicate (or written by us).
+pub const MAX_ERROR_CHARS: usize = 1000;
+/// Metrics beyond `predict_time` and `total_time` that are kept, and the longest key.
+const MAX_EXTRA_METRICS: usize = 8;
+const MAX_METRIC_KEY_CHARS: usize = 64;
+
+/// An error text cut to `MAX_ERROR_CHARS` (on a character boundary), without control
+/// characters: it is stored and shown to clients, so its size must not depend on upstream.
+pub fn bounded_error(text: &str) -> String {
+    let mut out: String = text
+        .chars()
+        .filter(|c| !c.is_control() || *c == '\n')
+        .take(MAX_ERROR_CHARS)
+        .collect();
+    if text.chars().count() > MAX_ERROR_CHARS {
+        out.push('…');
+    }
+    out
+}
+
+/// Metrics as stored: the two documented timings plus at most a few other numbers.
+pub fn bounded_metrics(metrics: &Metrics) -> Metrics {
+    let other = metrics
+        .other
+        .iter()
+        .filter(|(k, v)| v.is_number() && k.chars().count() <= MAX_METRIC_KEY_CHARS)
+        .take(MAX_EXTRA_METRICS)
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    Metrics {
+        predict_time: metrics.predict_time.filter(|t| t.is_finite()),
+        total_time: metrics.total_time.filter(|t| t.is_finite()),
+        other,
+    }
+}
+
 /// One output file, stored in our bucket.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredOutput {
@@ -117,6 +171,9 @@ pub struct PredictionRecord {
     pub synced_at: Option<Millis>,
     /// DynamoDB TTL (seconds since the epoch).
     pub expires_at: u64,
+    /// A secret in this record's webhook URL: only Replicate, which we told the URL, can
+    /// address a delivery to this record (a delivery signed for another prediction cannot).
+    pub webhook_token: Option<String>,
 }
 
 impl PredictionRecord {
@@ -124,6 +181,17 @@ impl PredictionRecord {
     pub fn is_unconfirmed(&self) -> bool {
         self.replicate_id.is_none() && !self.status.is_terminal()
     }
+
+    /// Whether DynamoDB's TTL has passed (it deletes lazily, up to days later): such a
+    /// record is treated as gone.
+    pub fn is_expired(&self, now: Millis) -> bool {
+        self.expires_at.saturating_mul(1000) < now
+    }
+}
+
+/// A new random token for a record's webhook URL (128 bits, hex).
+pub fn new_webhook_token() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
 }
 
 /// A forward move of a prediction's state, applied only if it is a move forward.
@@ -138,6 +206,21 @@ pub struct Advance {
     pub metrics: Option<Metrics>,
     pub started_at: Option<Millis>,
     pub completed_at: Option<Millis>,
+}
+
+impl Advance {
+    /// Ends a prediction as `failed`, for a reason of ours (shown to clients).
+    pub fn failed(reason: &str, now: Millis) -> Self {
+        Self {
+            status: PredictionStatus::Failed,
+            replicate_id: None,
+            outputs: Vec::new(),
+            error: Some(bounded_error(reason)),
+            metrics: None,
+            started_at: None,
+            completed_at: Some(now),
+        }
+    }
 }
 
 /// A claim on work (creating a prediction for a cache key or an idempotency key), held until
@@ -156,6 +239,9 @@ pub struct Claim {
     pub lease_until: Millis,
     /// DynamoDB TTL (seconds since the epoch).
     pub expires_at: u64,
+    /// The first answer was served from the result cache (200), not a new prediction (202):
+    /// an Idempotency-Key replay answers as the original did.
+    pub from_cache: bool,
 }
 
 impl Claim {

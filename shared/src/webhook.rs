@@ -118,6 +118,30 @@ impl<'a> SignatureHeaders<'a> {
     }
 }
 
+impl SignatureHeaders<'_> {
+    /// The timestamp, if it is within `tolerance` of `now`: checked before anything costly
+    /// (a stale or malformed delivery is refused without a secret or a signature check).
+    pub fn fresh_timestamp(
+        &self,
+        now: SystemTime,
+        tolerance: Duration,
+    ) -> Result<i64, WebhookError> {
+        let timestamp: i64 = self
+            .timestamp
+            .parse()
+            .map_err(|_| WebhookError::BadTimestamp)?;
+        let skew = timestamp.saturating_sub(unix_seconds(now));
+        let tolerance_seconds = tolerance.as_secs();
+        if skew.unsigned_abs() > tolerance_seconds {
+            return Err(WebhookError::Stale {
+                skew_seconds: skew,
+                tolerance_seconds,
+            });
+        }
+        Ok(timestamp)
+    }
+}
+
 /// What a verified delivery tells us beyond its body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VerifiedDelivery {
@@ -153,18 +177,7 @@ impl WebhookVerifier {
         body: &[u8],
         now: SystemTime,
     ) -> Result<VerifiedDelivery, WebhookError> {
-        let timestamp: i64 = headers
-            .timestamp
-            .parse()
-            .map_err(|_| WebhookError::BadTimestamp)?;
-        let skew = timestamp.saturating_sub(unix_seconds(now));
-        let tolerance_seconds = self.tolerance.as_secs();
-        if skew.unsigned_abs() > tolerance_seconds {
-            return Err(WebhookError::Stale {
-                skew_seconds: skew,
-                tolerance_seconds,
-            });
-        }
+        let timestamp = headers.fresh_timestamp(now, self.tolerance)?;
 
         let expected = self.secret.tag(headers.id, headers.timestamp, body);
         let matched = headers

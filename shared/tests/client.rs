@@ -1,13 +1,13 @@
 //! The Replicate client against a local mock HTTP server: every retry rule and failure mode.
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use imagegen_shared::replicate::{
     ApiToken, ClientConfig, ModelRef, PredictionStatus, ReplicateApi, ReplicateClient,
     ReplicateError, RetryPolicy, WebhookEvent, WebhookTarget,
 };
 use serde_json::{Map, Value, json};
-use wiremock::matchers::{body_json, header, method, path};
+use wiremock::matchers::{body_json, header, method, path, query_param, query_param_is_missing};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
 const TOKEN: &str = "r8_testtoken";
@@ -580,4 +580,118 @@ async fn slow_attempts_count_against_the_time_budget() {
         "{:?}",
         started.elapsed()
     );
+}
+
+/// 2025-01-01T00:00:00Z and ten minutes later: a list window.
+fn window() -> (SystemTime, SystemTime) {
+    let after = SystemTime::UNIX_EPOCH + Duration::from_secs(1_735_689_600);
+    (after, after + Duration::from_secs(600))
+}
+
+fn page_json(ids: &[&str], next: Option<String>) -> Value {
+    let results: Vec<Value> = ids
+        .iter()
+        .map(|id| prediction_json(id, "processing"))
+        .collect();
+    json!({"next": next, "previous": null, "results": results})
+}
+
+#[tokio::test]
+async fn list_sends_the_window_and_follows_next_pages() {
+    let server = MockServer::start().await;
+    let next = format!(
+        "{}/v1/predictions?cursor=cD0y&created_after=2025-01-01T00%3A00%3A00.000Z",
+        server.uri()
+    );
+    Mock::given(method("GET"))
+        .and(path("/v1/predictions"))
+        .and(query_param("created_after", "2025-01-01T00:00:00.000Z"))
+        .and(query_param("created_before", "2025-01-01T00:10:00.000Z"))
+        .and(query_param_is_missing("cursor"))
+        .and(header("authorization", format!("Bearer {TOKEN}").as_str()))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(page_json(&["p2", "p1"], Some(next))),
+        )
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/v1/predictions"))
+        .and(query_param("cursor", "cD0y"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(page_json(&["p0"], None)))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let client = client(&server);
+    let (after, before) = window();
+    let mut ids = Vec::new();
+    let mut page = None;
+    loop {
+        let listed = client
+            .list_predictions(after, before, page.as_deref())
+            .await
+            .unwrap();
+        ids.extend(listed.results.into_iter().map(|p| p.id));
+        match listed.next {
+            Some(next) => page = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(ids, vec!["p2", "p1", "p0"]);
+}
+
+#[tokio::test]
+async fn list_is_retried_after_a_5xx() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/v1/predictions"))
+        .respond_with(ResponseTemplate::new(503).set_body_string("Service Unavailable"))
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/v1/predictions"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(page_json(&["p1"], None)))
+        .mount(&server)
+        .await;
+    let (after, before) = window();
+    let listed = client(&server)
+        .list_predictions(after, before, None)
+        .await
+        .unwrap();
+    assert_eq!(listed.results[0].id, "p1");
+    assert_eq!(request_count(&server).await, 2);
+}
+
+#[tokio::test]
+async fn a_next_link_elsewhere_is_refused_and_never_sent_the_token() {
+    let server = MockServer::start().await;
+    let elsewhere = MockServer::start().await;
+    Mock::given(wiremock::matchers::any())
+        .respond_with(ResponseTemplate::new(200).set_body_json(page_json(&[], None)))
+        .expect(0)
+        .mount(&elsewhere)
+        .await;
+    let port = elsewhere.address().port();
+    let (after, before) = window();
+    let client = client(&server);
+    for next in [
+        format!("{}/v1/predictions?cursor=x", elsewhere.uri()),
+        format!("http://localhost:{port}/v1/predictions?cursor=x"),
+        format!("{}/v1/predictions/p1?cursor=x", server.uri()),
+        format!("{}/v1/models?cursor=x", server.uri()),
+        "/v1/predictions?cursor=x".to_owned(),
+    ] {
+        let err = client
+            .list_predictions(after, before, Some(&next))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, ReplicateError::InvalidResponse { .. }),
+            "{next}: {err:?}"
+        );
+    }
+    assert_eq!(request_count(&server).await, 0);
+    assert_eq!(request_count(&elsewhere).await, 0);
 }

@@ -24,7 +24,10 @@ fn errors(alias_name: &str, input: Value) -> Vec<(String, String)> {
     let err = alias(alias_name)
         .validate(&input)
         .expect_err("input should be rejected");
-    err.0.into_iter().map(|e| (e.field, e.message)).collect()
+    err.listed()
+        .iter()
+        .map(|e| (e.field.clone(), e.message.clone()))
+        .collect()
 }
 
 fn assert_rejected(alias_name: &str, input: Value, field: &str, needle: &str) {

@@ -7,11 +7,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use imagegen_shared::aws::{AwsClients, ensure_bucket, ensure_table};
+use imagegen_shared::aws::{AwsClients, ensure_bucket, ensure_queue, ensure_table};
 use imagegen_shared::bootstrap::{ProductionApp, build_app};
 use imagegen_shared::ports::RecordStore;
 use imagegen_shared::record::{PredictionId, PredictionRecord};
-use local_stack::dev::serve_app;
+use local_stack::dev::{
+    LOCAL_MAX_RECEIVES, LOCAL_VISIBILITY_TIMEOUT_SECONDS, serve_app, spawn_copy_worker,
+};
 use local_stack::http_server::{Server, bind_loopback};
 use local_stack::sim::{SimConfig, Simulator};
 use reqwest::StatusCode;
@@ -26,6 +28,16 @@ pub struct Stack {
     pub bucket: String,
     pub http: reqwest::Client,
     _server: Server,
+    _copier: AbortOnDrop,
+}
+
+/// Stops the stack's copy worker with the stack.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// The moto endpoint `make test` provides.
@@ -48,9 +60,21 @@ impl Stack {
         let name = format!("it-{}", uuid::Uuid::new_v4().simple());
         ensure_table(&aws.dynamodb, &name).await.expect("table");
         ensure_bucket(&aws.s3, &name).await.expect("bucket");
+        let queue = ensure_queue(
+            &aws.sqs,
+            &name,
+            LOCAL_VISIBILITY_TIMEOUT_SECONDS,
+            LOCAL_MAX_RECEIVES,
+        )
+        .await
+        .expect("queue");
+        let listener = bind_loopback(0).await.expect("bind");
+        let addr = listener.local_addr().expect("address");
         let mut vars: HashMap<String, String> = [
             ("TABLE_NAME", name.clone()),
             ("BUCKET_NAME", name.clone()),
+            ("COPY_QUEUE_URL", queue.clone()),
+            ("PUBLIC_BASE_URL", format!("http://{addr}")),
             ("REPLICATE_API_BASE_URL", sim.api_base()),
             ("REPLICATE_API_TOKEN", "r8_integration".to_owned()),
             ("OUTPUT_HOST_ALLOWLIST", sim.output_host()),
@@ -65,7 +89,8 @@ impl Stack {
                 .await
                 .expect("app builds"),
         );
-        let server = serve_app(bind_loopback(0).await.expect("bind"), app.clone());
+        let copier = spawn_copy_worker(app.clone(), aws.sqs.clone(), queue);
+        let server = serve_app(listener, app.clone());
         Self {
             base: format!("http://{}", server.addr),
             sim,
@@ -74,6 +99,7 @@ impl Stack {
             bucket: name,
             http: reqwest::Client::new(),
             _server: server,
+            _copier: AbortOnDrop(copier),
         }
     }
 
@@ -209,4 +235,38 @@ pub fn png_data_url(width: u32, height: u32) -> String {
         "data:image/png;base64,{}",
         base64::engine::general_purpose::STANDARD.encode(bytes.into_inner())
     )
+}
+
+/// A PNG of noise (it does not compress) of about `bytes` bytes, as a data URL: for inputs
+/// near the inline-image cap.
+pub fn noise_png_data_url(bytes: usize) -> String {
+    let side = ((bytes / 3) as f64).sqrt() as u32;
+    let mut state = 0x2545_f491_u32;
+    let image = image::RgbImage::from_fn(side, side, |_, _| {
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            state as u8
+        };
+        image::Rgb([next(), next(), next()])
+    });
+    let mut out = std::io::Cursor::new(Vec::new());
+    image
+        .write_to(&mut out, image::ImageFormat::Png)
+        .expect("encode");
+    format!(
+        "data:image/png;base64,{}",
+        base64::engine::general_purpose::STANDARD.encode(out.into_inner())
+    )
+}
+
+/// The record's webhook token: what Replicate's deliveries carry in their URL.
+pub async fn webhook_query(stack: &Stack, id: &str) -> String {
+    let token = stack
+        .record(id)
+        .await
+        .and_then(|r| r.webhook_token)
+        .unwrap_or_default();
+    format!("id={id}&token={token}")
 }

@@ -7,9 +7,11 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
-use imagegen_shared::app::App;
+use imagegen_shared::app::{App, PortSet};
 use imagegen_shared::config::Settings;
-use imagegen_shared::memory::{FakeReplicate, MemoryObjects, MemoryRecords, MemorySource};
+use imagegen_shared::memory::{
+    FakeReplicate, MemoryObjects, MemoryQueue, MemoryRecords, MemorySource,
+};
 use imagegen_shared::registry::ModelRegistry;
 use imagegen_shared::webhook::WebhookSecret;
 use lambda_http::Body;
@@ -22,19 +24,20 @@ const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
 fn app() -> TestApp {
     let settings = Settings::from_lookup(|name| match name {
-        "TABLE_NAME" | "BUCKET_NAME" => Some("x".into()),
+        "TABLE_NAME" | "BUCKET_NAME" | "COPY_QUEUE_URL" => Some("x".into()),
         "REPLICATE_WEBHOOK_SECRET" => Some(SECRET.into()),
+        "PUBLIC_BASE_URL" => Some("https://api.example.com".into()),
         _ => None,
     })
     .unwrap();
-    App::new(
-        FakeReplicate::default(),
-        MemoryRecords::default(),
-        MemoryObjects::default(),
-        MemorySource::default(),
-        ModelRegistry::shipped().unwrap(),
-        settings,
-    )
+    let ports = PortSet {
+        replicate: FakeReplicate::default(),
+        records: MemoryRecords::default(),
+        objects: MemoryObjects::default(),
+        downloads: MemorySource::default(),
+        queue: MemoryQueue::default(),
+    };
+    App::new(ports, ModelRegistry::shipped().unwrap(), settings)
 }
 
 fn runtime() -> tokio::runtime::Runtime {

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use integration_tests::{Stack, png_data_url};
+use integration_tests::{Stack, noise_png_data_url, png_data_url, webhook_query};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -137,6 +137,105 @@ async fn sdxl_img2img_inpainting_and_upscaling() {
     .await;
 }
 
+/// The contract allows inline images up to 1 MB decoded: each works end to end, and the
+/// record and every answer hold a short reference instead of the bytes.
+#[tokio::test]
+async fn inline_images_at_the_cap_work_end_to_end() {
+    let stack = Stack::start().await;
+    let big = noise_png_data_url(1_000_000);
+    let decoded = big.len() / 4 * 3;
+    assert!((900_000..=1_048_576).contains(&decoded), "{decoded} bytes");
+    let done = run_to_success(
+        &stack,
+        json!({"model": "sdxl-img2img", "input": {"prompt": "watercolour", "image": big, "width": 256, "height": 256}}),
+        (256, 256),
+        1,
+        "image/png",
+    )
+    .await;
+    assert!(
+        done["input"]["image"]
+            .as_str()
+            .unwrap()
+            .starts_with("inline://")
+    );
+    assert!(done.to_string().len() < 8192, "no image in the answer");
+    let mask = noise_png_data_url(990_000);
+    let done = run_to_success(
+        &stack,
+        json!({"model": "sd-inpainting", "input": {"prompt": "a hat", "image": noise_png_data_url(1_000_000), "mask": mask, "width": 256, "height": 192}}),
+        (256, 192),
+        1,
+        "image/png",
+    )
+    .await;
+    assert!(
+        done["input"]["mask"]
+            .as_str()
+            .unwrap()
+            .starts_with("inline://")
+    );
+    // Content-addressed: the same image in both requests is one object, the mask another.
+    let keys = stack.object_keys().await;
+    assert_eq!(
+        keys.iter().filter(|k| k.starts_with("inputs/")).count(),
+        2,
+        "{keys:?}"
+    );
+    // Replicate got a URL it could fetch (the simulator decoded the image from it).
+    let sent = stack.sim.predictions();
+    assert!(
+        sent.iter().all(|p| p["input"]["image"]
+            .as_str()
+            .is_some_and(|u| u.starts_with("http://127.0.0.1"))),
+        "{sent:?}"
+    );
+}
+
+/// A create whose answer is lost (a gateway error after creating, or an answer later than
+/// the client waits) is answered with the kept record, never repeated, and tied to its
+/// Replicate prediction; the outputs arrive as usual.
+#[tokio::test]
+async fn ambiguous_creates_are_found_not_repeated() {
+    let stack = Stack::start().await;
+    for faults in [
+        json!({"create_lost": 1.0}),
+        json!({"create_slow": 1.0, "create_slow_ms": 11000}),
+    ] {
+        stack
+            .sim
+            .set_faults(serde_json::from_value(faults.clone()).unwrap());
+        let body = json!({"model": "flux-schnell", "input": {"prompt": format!("ambiguous {faults}"), "megapixels": "0.25"}});
+        let response = stack
+            .http
+            .post(format!("{}/v1/predictions", stack.base))
+            .header("idempotency-key", format!("amb-{faults}"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::ACCEPTED, "{faults}");
+        let first: Value = response.json().await.unwrap();
+        stack.sim.set_faults(Default::default());
+        let id = first["id"].as_str().unwrap();
+        let (status, again) = stack.submit(&body).await;
+        assert!(status.is_success(), "{again}");
+        assert_eq!(
+            again["id"], first["id"],
+            "the same body joins the kept record"
+        );
+        let done = stack.wait_terminal(id).await;
+        assert_eq!(done["status"], "succeeded", "{faults}: {done}");
+        let matching = stack
+            .sim
+            .predictions()
+            .into_iter()
+            .filter(|p| p["input"]["prompt"] == body["input"]["prompt"])
+            .count();
+        assert_eq!(matching, 1, "{faults}: one Replicate prediction");
+    }
+}
+
 #[tokio::test]
 async fn identical_request_is_answered_from_cache_and_no_cache_starts_anew() {
     let stack = Stack::start().await;
@@ -223,7 +322,11 @@ async fn idempotency_key_returns_the_same_prediction_and_refuses_another_body() 
     assert_eq!(first.status(), StatusCode::ACCEPTED);
     let first: Value = first.json().await.unwrap();
     let again = send(body.clone()).await.unwrap();
-    assert_eq!(again.status(), StatusCode::OK);
+    assert_eq!(
+        again.status(),
+        StatusCode::ACCEPTED,
+        "replayed as first answered"
+    );
     assert_eq!(again.headers()["idempotent-replayed"], "true");
     let again: Value = again.json().await.unwrap();
     assert_eq!(again["id"], first["id"]);
@@ -265,9 +368,10 @@ async fn post_webhook(
     body: &[u8],
     headers: &[(&str, String)],
 ) -> (StatusCode, Value) {
+    let query = webhook_query(stack, id).await;
     let mut request = stack
         .http
-        .post(format!("{}/webhooks/replicate?id={id}", stack.base))
+        .post(format!("{}/webhooks/replicate?{query}", stack.base))
         .header("content-type", "application/json")
         .body(body.to_vec());
     for (name, value) in headers {
@@ -457,6 +561,24 @@ async fn malformed_invalid_unknown_and_oversized_requests() {
     let oversized = post_raw(vec![b' '; 6 * 1024 * 1024 + 1]).await.unwrap();
     assert_eq!(oversized.status(), StatusCode::PAYLOAD_TOO_LARGE);
 
+    // 500,000 unknown keys in 5.9 MB: a small 422 that says how many.
+    let mut many = String::from("{\"model\": \"flux-schnell\", \"input\": {\"prompt\": \"x\"}");
+    for i in 0..500_000 {
+        many.push_str(&format!(",\"k{i}\":0"));
+    }
+    many.push('}');
+    assert!(many.len() < 6 * 1024 * 1024);
+    let amplified = post_raw(many.into_bytes()).await.unwrap();
+    assert_eq!(amplified.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let text = amplified.text().await.unwrap();
+    assert!(text.len() < 64 * 1024, "{} bytes", text.len());
+    let problem: Value = serde_json::from_str(&text).unwrap();
+    assert!(problem["errors"].as_array().unwrap().len() <= 20);
+    assert!(
+        problem["detail"].as_str().unwrap().contains("500000"),
+        "{problem}"
+    );
+
     let (status, problem) = stack
         .submit(&json!({"model": "dall-e-3", "input": {"prompt": "x"}}))
         .await;
@@ -504,10 +626,10 @@ async fn the_reconciler_saves_outputs_when_webhooks_are_lost_and_nobody_fetches(
             .await;
         ids.push(submitted["id"].as_str().unwrap().to_owned());
     }
-    let early = stack.app.reconcile().await.unwrap();
+    let early = stack.app.reconcile(None).await;
     assert_eq!(early.examined, 0, "younger than the threshold: left alone");
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let report = stack.app.reconcile().await.unwrap();
+    let report = stack.app.reconcile(None).await;
     assert_eq!(
         (report.examined, report.advanced, report.errors),
         (2, 2, 0),
@@ -525,7 +647,7 @@ async fn the_reconciler_saves_outputs_when_webhooks_are_lost_and_nobody_fetches(
         .await;
     assert_eq!(stack.object_keys().await.len(), 1);
     assert_eq!(
-        stack.app.reconcile().await.unwrap().examined,
+        stack.app.reconcile(None).await.examined,
         0,
         "terminal predictions leave the open index"
     );

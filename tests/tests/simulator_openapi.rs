@@ -79,6 +79,15 @@ impl Spec {
             what,
         );
     }
+
+    /// A page of `GET /predictions` (predictions.list).
+    fn list_page(&self, instance: &Value, what: &str) {
+        self.check(
+            "/paths/~1predictions/get/responses/200/content/application~1json/schema",
+            instance,
+            what,
+        );
+    }
 }
 
 async fn call(method: reqwest::Method, url: String, body: Option<Value>) -> (u16, Value) {
@@ -206,6 +215,84 @@ async fn simulator_responses_match_the_spec() {
         &model,
         "model",
     );
+
+    let (status, listed) = call(
+        reqwest::Method::GET,
+        format!("{api}/predictions?created_after=2025-01-01T00:00:00Z"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    spec.list_page(&listed, "list");
+    let created: Vec<&str> = listed["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["created_at"].as_str().unwrap())
+        .collect();
+    assert_eq!(created.len(), 5, "every prediction made above");
+    assert!(created.is_sorted_by(|a, b| a >= b), "newest first");
+    assert_eq!(
+        (&listed["next"], &listed["previous"]),
+        (&json!(null), &json!(null))
+    );
+}
+
+#[tokio::test]
+async fn list_pages_match_the_spec() {
+    let spec = Spec::load();
+    let sim = Simulator::start(SimConfig::default()).await.unwrap();
+    let api = sim.api_base();
+    for i in 0..101 {
+        let (status, _) = call(
+            reqwest::Method::POST,
+            format!("{api}/predictions"),
+            Some(json!({"version": SDXL, "input": {"prompt": format!("[sim:abort] {i}")}})),
+        )
+        .await;
+        assert_eq!(status, 201);
+    }
+    let (status, first) = call(
+        reqwest::Method::GET,
+        format!("{api}/predictions?created_after=2025-01-01T00:00:00Z"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    spec.list_page(&first, "first page");
+    assert_eq!(first["results"].as_array().unwrap().len(), 100);
+    let next = first["next"].as_str().expect("a second page").to_owned();
+    assert!(next.starts_with(&format!("{api}/predictions?")), "{next}");
+    assert!(next.contains("created_after="), "filters are kept: {next}");
+    let (status, second) = call(reqwest::Method::GET, next, None).await;
+    assert_eq!(status, 200);
+    spec.list_page(&second, "last page");
+    assert_eq!(second["results"].as_array().unwrap().len(), 1);
+    assert_eq!(second["next"], json!(null));
+    assert_eq!(second["results"][0]["input"]["prompt"], "[sim:abort] 0");
+
+    // Our client reads both pages and follows the simulator's next link.
+    let client = ReplicateClient::new(ClientConfig::new(api.clone(), ApiToken::new("t"))).unwrap();
+    let now = std::time::SystemTime::now();
+    let window = (now - Duration::from_secs(600), now + Duration::from_secs(1));
+    let page = client
+        .list_predictions(window.0, window.1, None)
+        .await
+        .unwrap();
+    assert_eq!(page.results.len(), 100);
+    let last = client
+        .list_predictions(window.0, window.1, page.next.as_deref())
+        .await
+        .unwrap();
+    assert_eq!((last.results.len(), last.next), (1, None));
+
+    let (status, _) = call(
+        reqwest::Method::GET,
+        format!("{api}/predictions?created_before=last%20week"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 400);
 }
 
 #[tokio::test]

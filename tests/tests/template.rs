@@ -1,41 +1,62 @@
 //! The SAM template against the code: each function is given every environment variable
 //! its code needs (and none it does not read), and exactly the AWS actions its handler
-//! calls: no fewer (it would fail in AWS) and no more (least privilege).
+//! calls, each on exactly the resources it calls them on: no fewer (it would fail in AWS)
+//! and no more (least privilege).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use imagegen_shared::app::App;
-use imagegen_shared::aws::iam_actions;
-use imagegen_shared::bootstrap::{TokenSource, boot_config};
+use base64::Engine as _;
+use bytes::Bytes;
+use imagegen_shared::app::inputs::{INPUT_URL_TTL, MAX_DATA_URL_TO_REPLICATE, input_key};
+use imagegen_shared::app::{App, PortSet};
+use imagegen_shared::aws::{OPEN_INDEX, OPEN_SHARD_ATTRIBUTE, TTL_ATTRIBUTE, iam_actions};
+use imagegen_shared::bootstrap::{SqsBatch, SqsMessage, TokenSource, boot_config, copy_batch};
 use imagegen_shared::config::Settings;
 use imagegen_shared::memory::{
-    FakeReplicate, MemoryObjects, MemoryRecords, MemorySource, Recorded,
+    FakeReplicate, MemoryObjects, MemoryQueue, MemoryRecords, MemorySource, Recorded,
 };
 use imagegen_shared::outputs::PART_SIZE;
-use imagegen_shared::record::{Claim, PredictionId};
+use imagegen_shared::ports::{ObjectStore, StoreError};
+use imagegen_shared::record::{Claim, PredictionId, PredictionRecord};
 use imagegen_shared::registry::ModelRegistry;
-use imagegen_shared::replicate::{PredictionStatus, ReplicateError};
+use imagegen_shared::replicate::{Prediction, PredictionStatus, ReplicateApi, ReplicateError};
 use imagegen_shared::webhook::WebhookSecret;
 use lambda_http::Body;
 use serde_json::{Value, json};
 use yaml_rust2::{Yaml, YamlLoader};
 
-const FUNCTIONS: [(&str, Handler); 4] = [
-    ("SubmitFunction", Handler::Submit),
-    ("WebhookFunction", Handler::Webhook),
-    ("FetchResultFunction", Handler::Fetch),
-    ("ReconcilerFunction", Handler::Reconcile),
+const FUNCTIONS: [(&str, Handler, &str); 5] = [
+    ("SubmitFunction", Handler::Submit, "submit"),
+    ("WebhookFunction", Handler::Webhook, "webhook"),
+    ("FetchResultFunction", Handler::Fetch, "fetch-result"),
+    ("ReconcilerFunction", Handler::Reconcile, "reconciler"),
+    ("CopierFunction", Handler::Copy, "copier"),
 ];
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Handler {
     Submit,
     Webhook,
     Fetch,
     Reconcile,
+    Copy,
 }
+
+/// What an IAM statement is scoped to, as the template names it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Resource {
+    Table,
+    OpenIndex,
+    /// Objects under one prefix of the bucket, e.g. `outputs/*`.
+    Objects(String),
+    CopyQueue,
+    TokenParameter,
+    TokenKey,
+}
+
+type Grants = BTreeSet<(String, Resource)>;
 
 // ---- reading the template ----
 
@@ -51,6 +72,14 @@ fn as_strings(node: &Yaml) -> Vec<String> {
         Yaml::String(s) => vec![s.clone()],
         Yaml::Array(items) => items.iter().flat_map(as_strings).collect(),
         _ => Vec::new(),
+    }
+}
+
+fn integer(node: &Yaml) -> i64 {
+    match node {
+        Yaml::Integer(n) => *n,
+        Yaml::String(s) => s.parse().unwrap_or_else(|_| panic!("not a number: {s}")),
+        other => panic!("not a number: {other:?}"),
     }
 }
 
@@ -91,20 +120,95 @@ fn environment(template: &Yaml, function: &str) -> BTreeMap<String, Option<Strin
     env
 }
 
-/// The actions a function's policies allow, each with the resources it is allowed on.
-fn allowed_actions(template: &Yaml, function: &str) -> BTreeMap<String, Vec<String>> {
-    let mut actions = BTreeMap::new();
-    let policies = &template["Resources"][function]["Properties"]["Policies"];
-    for policy in policies.as_vec().expect("inline policies") {
+/// A policy resource as written in the template (tags dropped: `!GetAtt T.Arn` reads
+/// `T.Arn`, `!Sub '…'` its string, `!Ref P` the parameter's name). Anything else fails:
+/// no wildcards, no other table, bucket or queue.
+fn parse_resource(text: &str) -> Resource {
+    let open_index = format!("${{PredictionsTable.Arn}}/index/{OPEN_INDEX}");
+    match text {
+        "PredictionsTable.Arn" => Resource::Table,
+        t if t == open_index => Resource::OpenIndex,
+        "CopyQueue.Arn" => Resource::CopyQueue,
+        "arn:${AWS::Partition}:ssm:${AWS::Region}:${AWS::AccountId}:parameter${ReplicateApiTokenParameter}" => {
+            Resource::TokenParameter
+        }
+        "ReplicateApiTokenKmsKeyArn" => Resource::TokenKey,
+        other => match other.strip_prefix("${OutputsBucket.Arn}/") {
+            Some(prefix) if prefix.ends_with("/*") && !prefix[..prefix.len() - 2].contains('*') => {
+                Resource::Objects(prefix.to_owned())
+            }
+            _ => panic!("unexpected policy resource {other:?}"),
+        },
+    }
+}
+
+/// A function's inline policies: the statements that always apply, as (action, resource)
+/// pairs, and the conditional ones (`!If [Condition, statement, !Ref AWS::NoValue]`).
+struct Policies {
+    always: Grants,
+    conditional: Vec<(String, Yaml)>,
+}
+
+fn statement_grants(function: &str, statement: &Yaml) -> Grants {
+    assert_eq!(
+        statement["Effect"].as_str(),
+        Some("Allow"),
+        "{function}: {statement:?}"
+    );
+    for key in ["NotAction", "NotResource", "Principal"] {
+        assert!(
+            statement[key].is_badvalue(),
+            "{function}: no {key} in statements"
+        );
+    }
+    let resources = as_strings(&statement["Resource"]);
+    assert!(
+        !resources.is_empty(),
+        "{function}: a statement without Resource"
+    );
+    let mut grants = Grants::new();
+    for action in as_strings(&statement["Action"]) {
+        for resource in &resources {
+            grants.insert((action.clone(), parse_resource(resource)));
+        }
+    }
+    grants
+}
+
+fn policies(template: &Yaml, function: &str) -> Policies {
+    let mut found = Policies {
+        always: Grants::new(),
+        conditional: Vec::new(),
+    };
+    let properties = &template["Resources"][function]["Properties"];
+    assert!(
+        properties["Role"].is_badvalue(),
+        "{function}: the role is SAM's, built from Policies"
+    );
+    for policy in properties["Policies"].as_vec().expect("inline policies") {
         for statement in policy["Statement"].as_vec().expect("statements") {
-            assert_eq!(statement["Effect"].as_str(), Some("Allow"));
-            let resources = as_strings(&statement["Resource"]);
-            for action in as_strings(&statement["Action"]) {
-                actions.insert(action, resources.clone());
+            match statement {
+                Yaml::Array(branches) => {
+                    let [condition, then, otherwise] = branches.as_slice() else {
+                        panic!("{function}: !If takes three arguments: {branches:?}");
+                    };
+                    assert_eq!(
+                        otherwise.as_str(),
+                        Some("AWS::NoValue"),
+                        "{function}: a conditional statement adds or adds nothing"
+                    );
+                    let condition = condition.as_str().expect("condition name").to_owned();
+                    assert!(
+                        !template["Conditions"][condition.as_str()].is_badvalue(),
+                        "{function}: condition {condition} is not defined"
+                    );
+                    found.conditional.push((condition, then.clone()));
+                }
+                _ => found.always.extend(statement_grants(function, statement)),
             }
         }
     }
-    actions
+    found
 }
 
 // ---- what the code reads and calls ----
@@ -125,14 +229,84 @@ fn variables_read(env: &BTreeMap<String, Option<String>>) -> BTreeSet<String> {
     read.into_inner().unwrap()
 }
 
-/// The in-memory ports, with every storage call written down.
+/// Every object store call written down with the key prefix it was made on (`outputs/*`,
+/// `inputs/*`): the template scopes S3 actions by prefix.
+struct KeyedObjects {
+    inner: MemoryObjects,
+    log: Arc<Mutex<Vec<(&'static str, String)>>>,
+}
+
+impl KeyedObjects {
+    fn note(&self, method: &'static str, key: &str) {
+        let (prefix, _) = key
+            .split_once('/')
+            .unwrap_or_else(|| panic!("object key without a prefix: {key}"));
+        self.log
+            .lock()
+            .unwrap()
+            .push((method, format!("{prefix}/*")));
+    }
+}
+
+impl ObjectStore for KeyedObjects {
+    async fn put_object(
+        &self,
+        key: &str,
+        content_type: &str,
+        body: Bytes,
+    ) -> Result<(), StoreError> {
+        self.note("put_object", key);
+        self.inner.put_object(key, content_type, body).await
+    }
+
+    async fn create_multipart(&self, key: &str, content_type: &str) -> Result<String, StoreError> {
+        self.note("create_multipart", key);
+        self.inner.create_multipart(key, content_type).await
+    }
+
+    async fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part_number: i32,
+        body: Bytes,
+    ) -> Result<String, StoreError> {
+        self.note("upload_part", key);
+        self.inner
+            .upload_part(key, upload_id, part_number, body)
+            .await
+    }
+
+    async fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[(i32, String)],
+    ) -> Result<(), StoreError> {
+        self.note("complete_multipart", key);
+        self.inner.complete_multipart(key, upload_id, parts).await
+    }
+
+    async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<(), StoreError> {
+        self.note("abort_multipart", key);
+        self.inner.abort_multipart(key, upload_id).await
+    }
+
+    async fn presign_get(&self, key: &str, ttl: Duration) -> Result<String, StoreError> {
+        self.note("presign_get", key);
+        self.inner.presign_get(key, ttl).await
+    }
+}
+
+/// The in-memory ports, with every storage and queue call written down.
 struct Recording;
 
 impl imagegen_shared::app::Ports for Recording {
     type Replicate = FakeReplicate;
     type Records = Recorded<MemoryRecords>;
-    type Objects = Recorded<MemoryObjects>;
+    type Objects = KeyedObjects;
     type Downloads = MemorySource;
+    type Queue = Recorded<MemoryQueue>;
 }
 
 type RecordingApp = App<Recording>;
@@ -140,11 +314,16 @@ type RecordingApp = App<Recording>;
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const SMALL: &str = "https://replicate.delivery/small.png";
 const LARGE: &str = "https://replicate.delivery/large.png";
+/// Replicate no longer serves it (404): the copy fails for good.
+const MISSING: &str = "https://replicate.delivery/missing.png";
 
 struct Scenario {
     app: RecordingApp,
+    /// Record store and queue calls, by port method.
     calls: Arc<Mutex<Vec<&'static str>>>,
-    by_handler: BTreeMap<&'static str, BTreeSet<&'static str>>,
+    /// Object store calls, by port method and key prefix.
+    object_calls: Arc<Mutex<Vec<(&'static str, String)>>>,
+    by_handler: BTreeMap<Handler, BTreeSet<(&'static str, Resource)>>,
 }
 
 fn png(len: usize) -> Vec<u8> {
@@ -153,11 +332,26 @@ fn png(len: usize) -> Vec<u8> {
     bytes
 }
 
+/// Where a record store or queue method acts: DynamoDB's table or open index, the queue.
+fn resource_of(method: &str) -> Resource {
+    assert!(
+        !iam_actions(method).is_empty(),
+        "port method {method} has no IAM action"
+    );
+    match method {
+        "list_open" => Resource::OpenIndex,
+        "send_copy" => Resource::CopyQueue,
+        _ => Resource::Table,
+    }
+}
+
 impl Scenario {
     fn new() -> Self {
         let calls = Arc::new(Mutex::new(Vec::new()));
+        let object_calls = Arc::new(Mutex::new(Vec::new()));
         let settings = Settings::from_lookup(|name| match name {
-            "TABLE_NAME" | "BUCKET_NAME" => Some("x".into()),
+            "TABLE_NAME" | "BUCKET_NAME" | "COPY_QUEUE_URL" => Some("x".into()),
+            "PUBLIC_BASE_URL" => Some("https://api.example.com".into()),
             "REPLICATE_WEBHOOK_SECRET" => Some(SECRET.into()),
             _ => None,
         })
@@ -165,41 +359,60 @@ impl Scenario {
         let source = MemorySource::default();
         source.insert(SMALL, png(100));
         source.insert(LARGE, png(PART_SIZE + 10));
-        let app = App::new(
-            FakeReplicate::default(),
-            Recorded::new(MemoryRecords::default(), calls.clone()),
-            Recorded::new(MemoryObjects::default(), calls.clone()),
-            source,
-            ModelRegistry::shipped().unwrap(),
-            settings,
-        );
+        let ports = PortSet::<Recording> {
+            replicate: FakeReplicate::default(),
+            records: Recorded::new(MemoryRecords::default(), calls.clone()),
+            objects: KeyedObjects {
+                inner: MemoryObjects::default(),
+                log: object_calls.clone(),
+            },
+            downloads: source,
+            queue: Recorded::new(MemoryQueue::default(), calls.clone()),
+        };
         Self {
-            app,
+            app: App::new(ports, ModelRegistry::shipped().unwrap(), settings),
             calls,
+            object_calls,
             by_handler: BTreeMap::new(),
         }
     }
 
-    /// Runs one handler and files the port calls it made under its name.
-    async fn run(&mut self, handler: Handler, request: lambda_http::Request) -> (u16, Value) {
+    fn begin(&self) {
         self.calls.lock().unwrap().clear();
+        self.object_calls.lock().unwrap().clear();
+    }
+
+    /// Files the port calls made since `begin` under `handler`.
+    fn file(&mut self, handler: Handler) {
+        let calls: Vec<(&'static str, Resource)> = self
+            .calls
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|method| (*method, resource_of(method)))
+            .chain(
+                self.object_calls
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .map(|(method, prefix)| (*method, Resource::Objects(prefix.clone()))),
+            )
+            .collect();
+        self.by_handler.entry(handler).or_default().extend(calls);
+    }
+
+    /// Runs one HTTP handler and files the port calls it made.
+    async fn http(&mut self, handler: Handler, request: lambda_http::Request) -> (u16, Value) {
+        self.begin();
         let response = match handler {
             Handler::Submit => self.app.submit(request).await,
             Handler::Webhook => self.app.webhook(request).await,
             Handler::Fetch => self.app.fetch(request).await,
-            Handler::Reconcile => {
-                let report = self.app.reconcile().await.expect("reconcile");
-                lambda_http::Response::new(Body::Text(serde_json::to_string(&report).unwrap()))
-            }
+            other => unreachable!("{other:?} is not an HTTP handler"),
         };
-        let name = format!("{handler:?}").leak();
-        self.by_handler
-            .entry(name)
-            .or_default()
-            .extend(self.calls.lock().unwrap().iter().copied());
-        let status = response.status().as_u16();
+        self.file(handler);
         (
-            status,
+            response.status().as_u16(),
             serde_json::from_slice(response.body().as_ref()).unwrap_or(Value::Null),
         )
     }
@@ -207,32 +420,67 @@ impl Scenario {
     async fn submit(&mut self, body: Value, headers: &[(&str, &str)]) -> (u16, Value) {
         let mut builder = http::Request::builder()
             .method("POST")
-            .uri("/v1/predictions")
-            .header("host", "api.example.com");
+            .uri("/v1/predictions");
         for (name, value) in headers {
             builder = builder.header(*name, *value);
         }
-        self.run(
+        self.http(
             Handler::Submit,
             builder.body(Body::Text(body.to_string())).unwrap(),
         )
         .await
     }
 
-    async fn webhook(
-        &mut self,
-        id: &str,
+    /// Submits and returns the new prediction's id and its Replicate id.
+    async fn submitted(&mut self, p: &str) -> (String, String) {
+        let (status, body) = self.submit(prompt(p), &[]).await;
+        assert_eq!(status, 202, "{body}");
+        (
+            body["id"].as_str().unwrap().to_owned(),
+            self.last_replicate_id(),
+        )
+    }
+
+    fn last_replicate_id(&self) -> String {
+        format!("rep-{}", self.app.replicate.created().len())
+    }
+
+    fn record(&self, id: &str) -> PredictionRecord {
+        self.app
+            .records
+            .inner
+            .records()
+            .into_iter()
+            .find(|r| r.id.as_str() == id)
+            .expect("the record")
+    }
+
+    /// Sets Replicate's state of a prediction it created, and returns it.
+    async fn set_remote(
+        &self,
         replicate_id: &str,
         status: PredictionStatus,
-        output: &str,
-    ) -> (u16, Value) {
-        let outputs = if status == PredictionStatus::Succeeded {
-            vec![output.to_owned()]
-        } else {
-            vec![]
-        };
-        let body = serde_json::to_string(&FakeReplicate::prediction(replicate_id, status, outputs))
-            .unwrap();
+        output: &[&str],
+    ) -> Prediction {
+        let mut remote = self
+            .app
+            .replicate
+            .get_prediction(replicate_id)
+            .await
+            .expect("created at the fake");
+        remote.status = status;
+        remote.output = output.iter().map(|o| (*o).to_owned()).collect();
+        self.app.replicate.set_prediction(remote.clone());
+        remote
+    }
+
+    /// Replicate's signed delivery of `remote` to the record's webhook URL (with its token).
+    async fn webhook(&mut self, id: &str, remote: &Prediction) -> (u16, Value) {
+        let token = self
+            .record(id)
+            .webhook_token
+            .expect("records carry a webhook token");
+        let body = serde_json::to_string(remote).unwrap();
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap()
@@ -242,19 +490,13 @@ impl Scenario {
             .sign("msg_1", now, body.as_bytes());
         let request = http::Request::builder()
             .method("POST")
-            .uri(format!("/webhooks/replicate?id={id}"))
+            .uri(format!("/webhooks/replicate?id={id}&token={token}"))
             .header("webhook-id", "msg_1")
             .header("webhook-timestamp", now.to_string())
             .header("webhook-signature", signature)
             .body(Body::Text(body))
             .unwrap();
-        self.run(Handler::Webhook, request).await
-    }
-
-    async fn reconcile(&mut self) -> Value {
-        self.run(Handler::Reconcile, http::Request::new(Body::Empty))
-            .await
-            .1
+        self.http(Handler::Webhook, request).await
     }
 
     async fn fetch(&mut self, id: &str) -> (u16, Value) {
@@ -262,7 +504,49 @@ impl Scenario {
             .uri(format!("/v1/predictions/{id}"))
             .body(Body::Empty)
             .unwrap();
-        self.run(Handler::Fetch, request).await
+        self.http(Handler::Fetch, request).await
+    }
+
+    async fn reconcile(&mut self) -> Value {
+        self.begin();
+        let report = self.app.reconcile(None).await;
+        self.file(Handler::Reconcile);
+        serde_json::to_value(report).unwrap()
+    }
+
+    /// Delivers each message to the copier, one per invocation (the template's BatchSize);
+    /// returns those it reported as failed, for another delivery.
+    async fn copy(&mut self, bodies: Vec<String>) -> Vec<String> {
+        let mut failed = Vec::new();
+        for (n, body) in bodies.into_iter().enumerate() {
+            let batch = SqsBatch {
+                records: vec![SqsMessage {
+                    message_id: format!("m{n}"),
+                    body: body.clone(),
+                }],
+            };
+            self.begin();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(100);
+            let response = copy_batch(&self.app, batch, deadline).await;
+            self.file(Handler::Copy);
+            if !response.failures.is_empty() {
+                failed.push(body);
+            }
+        }
+        failed
+    }
+
+    /// Runs every queued copy job once; returns the failed ones.
+    async fn copy_queued(&mut self) -> Vec<String> {
+        let bodies = self
+            .app
+            .queue
+            .inner
+            .drain()
+            .iter()
+            .map(|job| serde_json::to_string(job).unwrap())
+            .collect();
+        self.copy(bodies).await
     }
 }
 
@@ -270,13 +554,71 @@ fn prompt(p: &str) -> Value {
     json!({"model": "flux-schnell", "input": {"prompt": p}})
 }
 
-/// Drives every path of every handler and returns the port calls each made.
-async fn port_calls_by_handler() -> BTreeMap<&'static str, BTreeSet<&'static str>> {
+fn merge(
+    into: &mut BTreeMap<Handler, BTreeSet<(&'static str, Resource)>>,
+    from: BTreeMap<Handler, BTreeSet<(&'static str, Resource)>>,
+) {
+    for (handler, calls) in from {
+        into.entry(handler).or_default().extend(calls);
+    }
+}
+
+/// Drives every path of every handler and returns the port calls each made, with the
+/// resource each was made on.
+///
+/// Calls no driven path makes, so no function is granted them: submit never queues a copy
+/// (a create answered `processing` is applied, and `processing` copies nothing; any later
+/// state is left to the webhook or a sync); the copier never attaches a Replicate id (a job
+/// is queued only once its record is tied to the prediction) and presigns nothing; the
+/// webhook, fetch and the reconciler never settle a cache claim (only a stored success,
+/// i.e. the copier, does).
+async fn port_calls_by_handler() -> BTreeMap<Handler, BTreeSet<(&'static str, Resource)>> {
+    // Creates whose answer was lost, tied to their prediction by a webhook, a fetch and the
+    // reconciler. First, in a scenario of their own: a search of Replicate's list needs the
+    // records' clock to be the fake's.
+    let mut u = Scenario::new();
+    let mut unconfirmed = Vec::new();
+    for p in ["adopt by webhook", "adopt by fetch", "adopt by reconcile"] {
+        u.app.replicate.lose_next_create_answer();
+        // Answered with the kept record, which stays unconfirmed until tied or given up.
+        let (status, body) = u.submit(prompt(p), &[]).await;
+        assert_eq!(status, 202, "{body}");
+        let record = u
+            .app
+            .records
+            .inner
+            .records()
+            .into_iter()
+            .find(|r| r.input["prompt"] == p)
+            .expect("the kept record");
+        assert!(record.is_unconfirmed());
+        unconfirmed.push((record.id.to_string(), u.last_replicate_id()));
+    }
+    let [(by_webhook, rep_w), (by_fetch, _), (by_reconcile, rep_r)] = unconfirmed.as_slice() else {
+        unreachable!()
+    };
+    let processing = u.set_remote(rep_w, PredictionStatus::Processing, &[]).await;
+    assert_eq!(
+        u.webhook(by_webhook, &processing).await.1["result"],
+        "applied"
+    );
+    u.fetch(by_fetch).await;
+    assert!(
+        u.record(by_fetch).replicate_id.is_some(),
+        "found in the list"
+    );
+    u.set_remote(rep_r, PredictionStatus::Succeeded, &[SMALL])
+        .await;
+    u.app.clock.advance(Duration::from_secs(180));
+    let report = u.reconcile().await;
+    assert!(report["advanced"].as_u64() >= Some(1), "{report}");
+    assert!(u.record(by_reconcile).replicate_id.is_some());
+    assert!(u.copy_queued().await.is_empty());
+    assert_eq!(u.record(by_reconcile).status, PredictionStatus::Succeeded);
+
     let mut s = Scenario::new();
     // Submit: create; join in flight; no-cache; idempotent create, replay and mismatch.
-    let (status, first) = s.submit(prompt("a"), &[]).await;
-    assert_eq!(status, 202);
-    let first_id = first["id"].as_str().unwrap().to_owned();
+    let (first_id, first_rep) = s.submitted("a").await;
     assert_eq!(s.submit(prompt("a"), &[]).await.0, 202);
     assert_eq!(
         s.submit(prompt("a"), &[("cache-control", "no-cache")])
@@ -290,74 +632,93 @@ async fn port_calls_by_handler() -> BTreeMap<&'static str, BTreeSet<&'static str
     );
     assert_eq!(
         s.submit(prompt("b"), &[("idempotency-key", "k1")]).await.0,
-        200
+        202,
+        "replayed as first answered"
     );
     assert_eq!(
         s.submit(prompt("c"), &[("idempotency-key", "k1")]).await.0,
         422
     );
-    // Submit: Replicate throttles; the claim is released and the record removed.
+    // Submit: Replicate throttles; the record is ended and the claim released.
     s.app.replicate.fail_next_create(ReplicateError::Throttled {
         retry_after: None,
         attempts: 4,
     });
     assert_eq!(s.submit(prompt("d"), &[]).await.0, 429);
+    // Submit: an inline image too large for a data URL is stored under inputs/ and sent to
+    // Replicate as a presigned URL.
+    let image = png(MAX_DATA_URL_TO_REPLICATE + 1000);
+    let data_url = format!(
+        "data:image/png;base64,{}",
+        base64::engine::general_purpose::STANDARD.encode(&image)
+    );
+    let img2img = json!({"model": "sdxl-img2img", "input": {"prompt": "a cat", "image": data_url}});
+    let (status, body) = s.submit(img2img, &[]).await;
+    assert_eq!(status, 202, "{body}");
+    let sent = s.app.replicate.created().last().unwrap().input["image"].clone();
+    assert!(sent.as_str().unwrap().contains("/inputs/"), "{sent}");
 
-    // Webhook: processing, then succeeded with a small output; submit then serves the cache.
+    // Webhook: processing, then succeeded: the copy is queued; the copier stores the output
+    // and the record says succeeded; submit then serves the cache.
+    let processing = s
+        .set_remote(&first_rep, PredictionStatus::Processing, &[])
+        .await;
     assert_eq!(
-        s.webhook(&first_id, "rep-1", PredictionStatus::Processing, SMALL)
-            .await
-            .1["result"],
+        s.webhook(&first_id, &processing).await.1["result"],
         "applied"
     );
-    assert_eq!(
-        s.webhook(&first_id, "rep-1", PredictionStatus::Succeeded, SMALL)
-            .await
-            .1["result"],
-        "applied"
-    );
+    let done = s
+        .set_remote(&first_rep, PredictionStatus::Succeeded, &[SMALL])
+        .await;
+    assert_eq!(s.webhook(&first_id, &done).await.1["result"], "queued");
+    assert!(s.copy_queued().await.is_empty());
+    assert_eq!(s.record(&first_id).status, PredictionStatus::Succeeded);
     let (status, cached) = s.submit(prompt("a"), &[]).await;
     assert_eq!((status, cached["cached"].clone()), (200, json!(true)));
+    // The copier: a job for a prediction already ended changes nothing; an unreadable
+    // message is reported failed.
+    s.app.queue.inner.drain();
+    let job = imagegen_shared::ports::CopyJob::new(PredictionId::parse(&first_id).unwrap(), &done);
+    assert!(
+        s.copy(vec![serde_json::to_string(&job).unwrap()])
+            .await
+            .is_empty()
+    );
+    assert_eq!(s.copy(vec!["{not a job".into()]).await.len(), 1);
 
-    // Webhook: a large output whose upload fails midway (aborted), then succeeds in parts.
-    let (_, large) = s.submit(prompt("large"), &[]).await;
-    let large_id = large["id"].as_str().unwrap().to_owned();
-    let rep = s.app.replicate.created().len();
+    // The copier: a large output whose upload fails midway (aborted, the job reported failed),
+    // then stored in parts on the next delivery.
+    let (large_id, large_rep) = s.submitted("large").await;
+    let done = s
+        .set_remote(&large_rep, PredictionStatus::Succeeded, &[LARGE])
+        .await;
+    assert_eq!(s.webhook(&large_id, &done).await.1["result"], "queued");
     s.app.objects.inner.fail_next_puts(3);
-    assert_eq!(
-        s.webhook(
-            &large_id,
-            &format!("rep-{rep}"),
-            PredictionStatus::Succeeded,
-            LARGE
-        )
-        .await
-        .0,
-        500
+    let failed = s.copy_queued().await;
+    assert_eq!(failed.len(), 1);
+    assert_eq!(s.record(&large_id).status, PredictionStatus::Starting);
+    assert!(s.copy(failed).await.is_empty());
+    assert_eq!(s.record(&large_id).status, PredictionStatus::Succeeded);
+
+    // The copier: outputs Replicate no longer serves end the prediction failed, which frees
+    // its cache key.
+    let (gone_id, gone_rep) = s.submitted("gone outputs").await;
+    let done = s
+        .set_remote(&gone_rep, PredictionStatus::Succeeded, &[MISSING])
+        .await;
+    assert_eq!(s.webhook(&gone_id, &done).await.1["result"], "queued");
+    assert!(
+        s.copy_queued().await.is_empty(),
+        "a permanent failure is final"
     );
-    assert_eq!(
-        s.webhook(
-            &large_id,
-            &format!("rep-{rep}"),
-            PredictionStatus::Succeeded,
-            LARGE
-        )
-        .await
-        .0,
-        200
-    );
+    assert_eq!(s.record(&gone_id).status, PredictionStatus::Failed);
 
     // Webhook: a failure frees the cache key; submit then takes the key over.
-    let (_, doomed) = s.submit(prompt("doomed"), &[]).await;
-    let doomed_id = doomed["id"].as_str().unwrap().to_owned();
-    let rep = s.app.replicate.created().len();
-    s.webhook(
-        &doomed_id,
-        &format!("rep-{rep}"),
-        PredictionStatus::Failed,
-        SMALL,
-    )
-    .await;
+    let (doomed_id, doomed_rep) = s.submitted("doomed").await;
+    let failed = s
+        .set_remote(&doomed_rep, PredictionStatus::Failed, &[])
+        .await;
+    assert_eq!(s.webhook(&doomed_id, &failed).await.1["result"], "applied");
     // The claim still points at the failed prediction, as after a lost cache update.
     let alias = s.app.registry.get("flux-schnell").unwrap().clone();
     let key = format!(
@@ -373,6 +734,7 @@ async fn port_calls_by_handler() -> BTreeMap<&'static str, BTreeSet<&'static str
         request_hash: None,
         lease_until: u64::MAX,
         expires_at: 0,
+        from_cache: false,
     });
     let (status, retried) = s.submit(prompt("doomed"), &[]).await;
     assert_eq!(status, 202);
@@ -382,85 +744,60 @@ async fn port_calls_by_handler() -> BTreeMap<&'static str, BTreeSet<&'static str
         "a failed prediction is taken over"
     );
 
-    // Fetch: a lost webhook synced (processing, then succeeded with outputs in parts after a
-    // failed attempt, then a failure), and a never-confirmed create given up.
-    for (p, output, status) in [
-        ("sync ok", LARGE, PredictionStatus::Succeeded),
-        ("sync failed", SMALL, PredictionStatus::Failed),
-    ] {
-        let (_, body) = s.submit(prompt(p), &[]).await;
-        let id = body["id"].as_str().unwrap().to_owned();
-        let rep = format!("rep-{}", s.app.replicate.created().len());
-        s.app.replicate.set_prediction(FakeReplicate::prediction(
-            &rep,
-            PredictionStatus::Processing,
-            vec![],
-        ));
-        assert_eq!(s.fetch(&id).await.1["status"], "processing");
-        let outputs = if status == PredictionStatus::Succeeded {
-            vec![output.to_owned()]
-        } else {
-            vec![]
-        };
-        s.app
-            .replicate
-            .set_prediction(FakeReplicate::prediction(&rep, status.clone(), outputs));
-        s.app.clock.advance(std::time::Duration::from_secs(10));
-        if status == PredictionStatus::Succeeded {
-            s.app.objects.inner.fail_next_puts(3);
-            assert_eq!(
-                s.fetch(&id).await.1["status"],
-                "processing",
-                "the failed upload is retried later"
-            );
-            s.app.clock.advance(std::time::Duration::from_secs(10));
-        }
-        assert_eq!(s.fetch(&id).await.1["status"], status.as_str());
-    }
-    // Reconciler: lost webhooks, nobody fetching: a success stored in parts after a failed
-    // upload, a failure, and a create never confirmed.
-    for (p, status) in [
-        ("recon ok", PredictionStatus::Succeeded),
-        ("recon failed", PredictionStatus::Failed),
-    ] {
-        s.submit(prompt(p), &[]).await;
-        let rep = format!("rep-{}", s.app.replicate.created().len());
-        let outputs = if status == PredictionStatus::Succeeded {
-            vec![LARGE.to_owned()]
-        } else {
-            vec![]
-        };
-        s.app
-            .replicate
-            .set_prediction(FakeReplicate::prediction(&rep, status, outputs));
-    }
-    s.app
-        .replicate
-        .fail_next_create(ReplicateError::CreateOutcomeUnknown {
-            reason: "timeout".into(),
-        });
-    assert_eq!(s.submit(prompt("recon orphan"), &[]).await.0, 502);
-    s.app.clock.advance(std::time::Duration::from_secs(11 * 60));
-    s.app.objects.inner.fail_next_puts(3);
-    let first = s.reconcile().await;
-    assert!(first["errors"].as_u64() >= Some(1), "{first}");
-    let second = s.reconcile().await;
-    assert!(second["advanced"].as_u64() >= Some(1), "{second}");
-    for record in s.app.records.inner.records() {
-        if record.input["prompt"]
-            .as_str()
-            .is_some_and(|p| p.starts_with("recon"))
-        {
-            assert!(record.status.is_terminal(), "{record:?}");
-        }
-    }
+    // Fetch: lost webhooks synced: processing, then succeeded (the copy queued; the record
+    // says succeeded once the copier stored it), and a failure.
+    let (ok_id, ok_rep) = s.submitted("sync ok").await;
+    s.set_remote(&ok_rep, PredictionStatus::Processing, &[])
+        .await;
+    assert_eq!(s.fetch(&ok_id).await.1["status"], "processing");
+    s.set_remote(&ok_rep, PredictionStatus::Succeeded, &[LARGE])
+        .await;
+    s.app.clock.advance(Duration::from_secs(10));
+    assert_eq!(s.fetch(&ok_id).await.1["status"], "processing");
+    assert!(s.copy_queued().await.is_empty());
+    let (status, view) = s.fetch(&ok_id).await;
+    assert_eq!((status, view["status"].as_str()), (200, Some("succeeded")));
+    assert_eq!(view["output"].as_array().map(Vec::len), Some(1));
+    let (failed_id, failed_rep) = s.submitted("sync failed").await;
+    s.set_remote(&failed_rep, PredictionStatus::Failed, &[])
+        .await;
+    s.app.clock.advance(Duration::from_secs(10));
+    assert_eq!(s.fetch(&failed_id).await.1["status"], "failed");
 
+    // Reconciler: lost webhooks, nobody fetching: a success (its copy queued), a failure, a
+    // prediction still running, and one Replicate no longer has; every shard is read.
+    let mut recon = Vec::new();
+    for (p, status, output) in [
+        ("recon ok", PredictionStatus::Succeeded, vec![LARGE]),
+        ("recon failed", PredictionStatus::Failed, vec![]),
+        ("recon running", PredictionStatus::Processing, vec![]),
+        ("recon vanished", PredictionStatus::Processing, vec![]),
+    ] {
+        let (id, rep) = s.submitted(p).await;
+        s.set_remote(&rep, status, &output).await;
+        recon.push((id, rep));
+    }
+    s.app.replicate.forget(&recon[3].1);
+    s.app.clock.advance(Duration::from_secs(180));
+    let report = s.reconcile().await;
+    assert!(report["advanced"].as_u64() >= Some(3), "{report}");
+    assert!(s.copy_queued().await.is_empty());
+    assert_eq!(s.record(&recon[0].0).status, PredictionStatus::Succeeded);
+    assert_eq!(s.record(&recon[1].0).status, PredictionStatus::Failed);
+    assert_eq!(s.record(&recon[3].0).status, PredictionStatus::Failed);
+    // ... and, past Replicate's output retention, ends what is still running.
+    s.app.clock.advance(Duration::from_secs(75 * 60));
+    let report = s.reconcile().await;
+    assert!(report["expired"].as_u64() >= Some(1), "{report}");
+    assert_eq!(s.record(&recon[2].0).status, PredictionStatus::Failed);
+
+    // Fetch: a create never confirmed (nothing at Replicate) is given up.
     s.app
         .replicate
         .fail_next_create(ReplicateError::CreateOutcomeUnknown {
             reason: "timeout".into(),
         });
-    assert_eq!(s.submit(prompt("orphan"), &[]).await.0, 502);
+    assert_eq!(s.submit(prompt("orphan"), &[]).await.0, 202);
     let orphan = s
         .app
         .records
@@ -469,16 +806,31 @@ async fn port_calls_by_handler() -> BTreeMap<&'static str, BTreeSet<&'static str
         .into_iter()
         .find(|r| r.is_unconfirmed())
         .expect("the kept record");
-    s.app.clock.advance(std::time::Duration::from_secs(11 * 60));
+    s.app.clock.advance(Duration::from_secs(11 * 60));
     assert_eq!(s.fetch(orphan.id.as_str()).await.1["status"], "failed");
-    s.by_handler
+
+    let mut calls = s.by_handler;
+    merge(&mut calls, u.by_handler);
+    calls
+}
+
+/// The (action, resource) pairs a handler's port calls need.
+fn needed_grants(calls: &BTreeSet<(&'static str, Resource)>) -> Grants {
+    calls
+        .iter()
+        .flat_map(|(method, resource)| {
+            iam_actions(method)
+                .iter()
+                .map(move |action| ((*action).to_owned(), resource.clone()))
+        })
+        .collect()
 }
 
 #[tokio::test]
 async fn each_function_gets_exactly_the_variables_and_actions_its_code_needs() {
     let template = template();
     let calls = port_calls_by_handler().await;
-    for (function, handler) in FUNCTIONS {
+    for (function, handler, _) in FUNCTIONS {
         assert!(
             matches!(template["Resources"][function], Yaml::Hash(_)),
             "{function} missing"
@@ -492,32 +844,156 @@ async fn each_function_gets_exactly_the_variables_and_actions_its_code_needs() {
             );
         }
 
-        let needed: BTreeSet<String> = calls[format!("{handler:?}").as_str()]
-            .iter()
-            .flat_map(|method| iam_actions(method).iter().map(|a| (*a).to_owned()))
-            .chain(["ssm:GetParameter".to_owned()]) // the token, at cold start
-            .collect();
-        let allowed = allowed_actions(&template, function);
-        let granted: BTreeSet<String> = allowed.keys().cloned().collect();
+        let mut needed = needed_grants(&calls[&handler]);
+        // The token, read from SSM at cold start (`variables_read` checked it is there).
+        needed.insert(("ssm:GetParameter".to_owned(), Resource::TokenParameter));
+        let policies = policies(&template, function);
         assert_eq!(
-            granted, needed,
-            "{function}: template actions (left) vs the code's (right)"
+            policies.always, needed,
+            "{function}: template grants (left) vs the code's calls (right)"
         );
-        for (action, resources) in &allowed {
-            let expected = match action.split(':').next() {
-                Some("dynamodb") if action == "dynamodb:Query" => {
-                    "${PredictionsTable.Arn}/index/open-index"
-                }
-                Some("dynamodb") => "PredictionsTable.Arn",
-                Some("s3") => "${OutputsBucket.Arn}/outputs/*",
-                _ => ":parameter${ReplicateApiTokenParameter}",
-            };
-            assert!(
-                resources.len() == 1 && resources[0].contains(expected),
-                "{function}: {action} must be scoped to {expected}, not {resources:?}"
-            );
-        }
+        token_key_grant(&template, function, &policies.conditional);
     }
+}
+
+/// `kms:Decrypt` is checked here rather than in the equality above, by choice: no port
+/// method calls KMS (SSM decrypts the SecureString on the function's behalf), and it is
+/// needed only when the stack is deployed with `ReplicateApiTokenKmsKeyArn` set (a customer
+/// managed key; the default aws/ssm key needs no grant). So every function reading the
+/// token (all of them) has exactly one conditional statement: under "the key parameter is
+/// not empty", `kms:Decrypt` on that key only, only through SSM; and nothing otherwise (an
+/// unconditional `kms:Decrypt` would fail the equality).
+fn token_key_grant(template: &Yaml, function: &str, conditional: &[(String, Yaml)]) {
+    let [(condition, statement)] = conditional else {
+        panic!("{function}: expected one conditional statement, kms:Decrypt of the token key");
+    };
+    let definition = &template["Conditions"][condition.as_str()];
+    assert_eq!(
+        definition,
+        &Yaml::Array(vec![Yaml::Array(vec![
+            Yaml::String("ReplicateApiTokenKmsKeyArn".into()),
+            Yaml::String(String::new()),
+        ])]),
+        "{function}: {condition} must be !Not [!Equals [!Ref ReplicateApiTokenKmsKeyArn, \"\"]]"
+    );
+    assert_eq!(
+        template["Parameters"]["ReplicateApiTokenKmsKeyArn"]["Default"].as_str(),
+        Some(""),
+        "no key by default: nothing changes unless one is given"
+    );
+    let grants = statement_grants(function, statement);
+    assert_eq!(
+        grants,
+        Grants::from([("kms:Decrypt".to_owned(), Resource::TokenKey)]),
+        "{function}"
+    );
+    assert_eq!(
+        statement["Condition"]["StringEquals"]["kms:ViaService"].as_str(),
+        Some("ssm.${AWS::Region}.amazonaws.com"),
+        "{function}: the key is usable through SSM only"
+    );
+}
+
+#[test]
+fn the_copy_queue_feeds_the_copier_and_ends_in_an_alarmed_dead_letter_queue() {
+    let template = template();
+    let resources = &template["Resources"];
+    assert_eq!(
+        template["Globals"]["Function"]["Environment"]["Variables"]["COPY_QUEUE_URL"].as_str(),
+        Some("CopyQueue"),
+        "every function gets the queue's URL (!Ref)"
+    );
+    let copier = &resources["CopierFunction"]["Properties"];
+    let events = copier["Events"].as_hash().expect("events");
+    assert_eq!(events.len(), 1);
+    let event = events.values().next().unwrap();
+    assert_eq!(event["Type"].as_str(), Some("SQS"));
+    assert_eq!(event["Properties"]["Queue"].as_str(), Some("CopyQueue.Arn"));
+    assert_eq!(integer(&event["Properties"]["BatchSize"]), 1);
+    assert_eq!(
+        as_strings(&event["Properties"]["FunctionResponseTypes"]),
+        vec!["ReportBatchItemFailures"],
+        "copy_batch answers with a partial batch response"
+    );
+    // SAM attaches AWSLambdaSQSQueueExecutionRole (receive, delete, get attributes) to the
+    // role it generates for a function with an SQS event; `policies` checks the role is
+    // SAM's and that no inline statement repeats those actions.
+
+    let queue = &resources["CopyQueue"];
+    assert_eq!(queue["Type"].as_str(), Some("AWS::SQS::Queue"));
+    let timeout = integer(&copier["Timeout"]);
+    assert!(
+        integer(&queue["Properties"]["VisibilityTimeout"]) >= 6 * timeout,
+        "visibility timeout at least six times the copier's timeout"
+    );
+    let redrive = &queue["Properties"]["RedrivePolicy"];
+    assert_eq!(
+        redrive["deadLetterTargetArn"].as_str(),
+        Some("CopyDeadLetterQueue.Arn")
+    );
+    assert_eq!(integer(&redrive["maxReceiveCount"]), 5);
+    let dead = &resources["CopyDeadLetterQueue"];
+    assert_eq!(dead["Type"].as_str(), Some("AWS::SQS::Queue"));
+    assert_eq!(
+        integer(&dead["Properties"]["MessageRetentionPeriod"]),
+        14 * 24 * 3600
+    );
+    for q in [queue, dead] {
+        assert_eq!(
+            q["Properties"]["SqsManagedSseEnabled"].as_bool(),
+            Some(true)
+        );
+    }
+
+    let alarm = &resources["CopyDeadLetterAlarm"]["Properties"];
+    assert_eq!(alarm["Namespace"].as_str(), Some("AWS/SQS"));
+    assert_eq!(
+        alarm["MetricName"].as_str(),
+        Some("ApproximateNumberOfMessagesVisible")
+    );
+    assert_eq!(
+        alarm["Dimensions"][0]["Value"].as_str(),
+        Some("CopyDeadLetterQueue.QueueName")
+    );
+    assert_eq!(integer(&alarm["Threshold"]), 0);
+    assert_eq!(
+        alarm["ComparisonOperator"].as_str(),
+        Some("GreaterThanThreshold")
+    );
+}
+
+#[test]
+fn the_table_and_bucket_match_the_adapters() {
+    let template = template();
+    let table = &template["Resources"]["PredictionsTable"]["Properties"];
+    let index = &table["GlobalSecondaryIndexes"][0];
+    assert_eq!(index["IndexName"].as_str(), Some(OPEN_INDEX));
+    assert_eq!(
+        index["KeySchema"][0]["AttributeName"].as_str(),
+        Some(OPEN_SHARD_ATTRIBUTE)
+    );
+    assert_eq!(
+        table["TimeToLiveSpecification"]["AttributeName"].as_str(),
+        Some(TTL_ATTRIBUTE)
+    );
+
+    let rules =
+        template["Resources"]["OutputsBucket"]["Properties"]["LifecycleConfiguration"]["Rules"]
+            .as_vec()
+            .expect("lifecycle rules");
+    let expiring = |prefix: &str| {
+        rules
+            .iter()
+            .find(|r| r["Prefix"].as_str() == Some(prefix))
+            .unwrap_or_else(|| panic!("no lifecycle rule for {prefix}"))
+    };
+    expiring("outputs/");
+    let inputs = expiring(input_key("").as_str());
+    let days = integer(&inputs["ExpirationInDays"]);
+    assert!(
+        days >= 1 && days as u64 * 24 * 3600 > INPUT_URL_TTL.as_secs(),
+        "input images outlive the URLs Replicate fetches them by"
+    );
 }
 
 #[test]
@@ -527,19 +1003,7 @@ fn the_template_wires_routes_and_arm64_cargo_lambda_builds() {
     assert_eq!(globals["Runtime"].as_str(), Some("provided.al2023"));
     assert_eq!(as_strings(&globals["Architectures"]), vec!["arm64"]);
     assert_eq!(globals["Handler"].as_str(), Some("bootstrap"));
-    for (function, route, binary) in [
-        ("SubmitFunction", ("POST", "/v1/predictions"), "submit"),
-        (
-            "WebhookFunction",
-            ("POST", "/webhooks/replicate"),
-            "webhook",
-        ),
-        (
-            "FetchResultFunction",
-            ("GET", "/v1/predictions/{id}"),
-            "fetch-result",
-        ),
-    ] {
+    for (function, _, binary) in FUNCTIONS {
         let resource = &template["Resources"][function];
         assert_eq!(
             resource["Metadata"]["BuildMethod"].as_str(),
@@ -549,17 +1013,26 @@ fn the_template_wires_routes_and_arm64_cargo_lambda_builds() {
             resource["Metadata"]["BuildProperties"]["Binary"].as_str(),
             Some(binary)
         );
-        let events = resource["Properties"]["Events"].as_hash().expect("events");
-        let event = events.values().next().expect("one event");
-        assert_eq!(event["Type"].as_str(), Some("HttpApi"));
-        assert_eq!(event["Properties"]["Method"].as_str(), Some(route.0));
-        assert_eq!(event["Properties"]["Path"].as_str(), Some(route.1));
         assert!(
             std::path::Path::new(&format!(
                 "{}/../functions/{binary}/Cargo.toml",
                 env!("CARGO_MANIFEST_DIR")
             ))
-            .exists()
+            .exists(),
+            "{binary}"
         );
+    }
+    for (function, route) in [
+        ("SubmitFunction", ("POST", "/v1/predictions")),
+        ("WebhookFunction", ("POST", "/webhooks/replicate")),
+        ("FetchResultFunction", ("GET", "/v1/predictions/{id}")),
+    ] {
+        let events = template["Resources"][function]["Properties"]["Events"]
+            .as_hash()
+            .expect("events");
+        let event = events.values().next().expect("one event");
+        assert_eq!(event["Type"].as_str(), Some("HttpApi"));
+        assert_eq!(event["Properties"]["Method"].as_str(), Some(route.0));
+        assert_eq!(event["Properties"]["Path"].as_str(), Some(route.1));
     }
 }

@@ -13,16 +13,19 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use imagegen_shared::aws::{AwsClients, ensure_bucket, ensure_table};
+use imagegen_shared::aws::{AwsClients, ensure_bucket, ensure_queue, ensure_table};
 use imagegen_shared::bootstrap::build_app;
 use imagegen_shared::config::DEFAULT_OUTPUT_HOST_ALLOWLIST;
-use local_stack::dev::serve_app;
+use local_stack::dev::{
+    LOCAL_MAX_RECEIVES, LOCAL_VISIBILITY_TIMEOUT_SECONDS, serve_app, spawn_copy_worker,
+};
 use local_stack::http_server::bind_loopback;
 use local_stack::sim::{SimConfig, Simulator};
 use tokio::process::{Child, Command};
 
 const DEFAULT_TABLE: &str = "imagegen-local";
 const DEFAULT_BUCKET: &str = "imagegen-local";
+const DEFAULT_QUEUE: &str = "imagegen-local-copy";
 
 fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.trim().is_empty())
@@ -91,6 +94,17 @@ async fn run() -> Result<(), String> {
     ensure_bucket(&aws.s3, &extra["BUCKET_NAME"])
         .await
         .map_err(|e| e.to_string())?;
+    if env("COPY_QUEUE_URL").is_none() {
+        let url = ensure_queue(
+            &aws.sqs,
+            DEFAULT_QUEUE,
+            LOCAL_VISIBILITY_TIMEOUT_SECONDS,
+            LOCAL_MAX_RECEIVES,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        extra.insert("COPY_QUEUE_URL".into(), url);
+    }
 
     let mut sim = None;
     if env("REPLICATE_API_BASE_URL").is_some() {
@@ -129,13 +143,22 @@ async fn run() -> Result<(), String> {
         sim = Some(simulator);
     }
 
-    let lookup = |name: &str| extra.get(name).cloned().or_else(|| env(name));
-    let app = build_app(aws, lookup).await.map_err(|e| e.to_string())?;
     let port = env("DEV_PORT").and_then(|p| p.parse().ok()).unwrap_or(3000);
     let listener = bind_loopback(port)
         .await
         .map_err(|e| format!("could not listen on 127.0.0.1:{port}: {e}"))?;
+    // Webhooks come back to this server (the simulator is on this machine too); behind API
+    // Gateway the functions take the API's own domain instead.
+    if env("PUBLIC_BASE_URL").is_none()
+        && let Ok(addr) = listener.local_addr()
+    {
+        extra.insert("PUBLIC_BASE_URL".into(), format!("http://{addr}"));
+    }
+    let sqs = aws.sqs.clone();
+    let lookup = |name: &str| extra.get(name).cloned().or_else(|| env(name));
+    let app = build_app(aws, lookup).await.map_err(|e| e.to_string())?;
     let app = Arc::new(app);
+    let copier = spawn_copy_worker(app.clone(), sqs, app.settings.copy_queue_url.clone());
     let server = serve_app(listener, app.clone());
     // The scheduled reconciler's local stand-in.
     let every = env("RECONCILE_INTERVAL_SECONDS")
@@ -146,9 +169,7 @@ async fn run() -> Result<(), String> {
         ticks.tick().await;
         loop {
             ticks.tick().await;
-            if let Err(err) = app.reconcile().await {
-                tracing::warn!(error = %err, "reconcile failed");
-            }
+            app.reconcile(None).await;
         }
     });
     println!("ready http://{}", server.addr);
@@ -156,6 +177,7 @@ async fn run() -> Result<(), String> {
 
     wait_for_shutdown().await;
     reconciler.abort();
+    copier.abort();
     drop(server);
     drop(sim);
     if let Some(mut child) = moto {

@@ -12,7 +12,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Err(_) => AwsClients::from_env().await,
     };
     let app = build_app(aws, |name| std::env::var(name).ok()).await?;
-    let report = app.reconcile().await?;
+    let report = app.reconcile(None).await;
     println!("{}", serde_json::to_string(&report)?);
     Ok(())
 }

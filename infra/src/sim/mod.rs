@@ -1,7 +1,7 @@
 //! A Replicate simulator: the HTTP API this service uses (version and official-model create,
-//! get, cancel, webhook secret, get model), predictions that move `starting → processing →
-//! succeeded` on their own, real images served from its own loopback URL, and webhooks
-//! signed like Replicate's for the requested `webhook_events_filter`.
+//! get, list, cancel, webhook secret, get model), predictions that move `starting →
+//! processing → succeeded` on their own, real images served from its own loopback URL, and
+//! webhooks signed like Replicate's for the requested `webhook_events_filter`.
 //!
 //! Markers in a prompt steer one prediction, for tests and demos:
 //! `[sim:fail]` fails it, `[sim:abort]` aborts it before it runs, `[sim:slow]` makes it run
@@ -10,7 +10,10 @@
 //! completed one, `[sim:foreign-host]` serves its outputs from `localhost` instead of
 //! `127.0.0.1` (a host outside a typical allowlist).
 
+#[cfg(test)]
+mod http_tests;
 pub mod images;
+mod list;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -97,9 +100,14 @@ pub struct Stats {
     pub webhooks_delivered: u64,
     pub webhooks_failed: u64,
     pub file_downloads: u64,
+    pub lists: u64,
     pub throttled: u64,
     pub server_errors: u64,
     pub failed_downloads: u64,
+    /// Creates that created and ran their prediction but were answered with a gateway error.
+    pub lost_creates: u64,
+    /// Creates that created and ran their prediction but answered after `create_slow_ms`.
+    pub slow_creates: u64,
 }
 
 /// How one prediction behaves: from markers in its prompt, and from the random faults
@@ -120,7 +128,7 @@ struct Markers {
 /// Random faults, each a probability per prediction or per request (0 = never). Set in
 /// `SimConfig`, from `SIM_FAULTS` (JSON) for the binary, or at run time with
 /// `POST /_sim/faults`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Faults {
     /// No webhook at all for the prediction (a lost delivery, retries included).
@@ -136,7 +144,14 @@ pub struct Faults {
     pub create_throttle: f64,
     /// Share of those 429s that carry `Retry-After: 1`.
     pub throttle_retry_after: f64,
-    /// A get or cancel is answered 503.
+    /// A create creates and runs its prediction (webhooks included), but the answer is a
+    /// gateway error (502 or 504): the caller cannot know the prediction exists.
+    pub create_lost: f64,
+    /// A create creates and runs its prediction, but answers only after `create_slow_ms`
+    /// (default 11000, past the service's 10 s request timeout, so the caller gives up).
+    pub create_slow: f64,
+    pub create_slow_ms: u64,
+    /// A get, list or cancel is answered 503.
     pub server_error: f64,
     /// An API call answers only after `slow_ms`.
     pub slow: f64,
@@ -153,6 +168,33 @@ pub struct Faults {
     /// A download answers only after `download_stall_ms`.
     pub download_stall: f64,
     pub download_stall_ms: u64,
+}
+
+impl Default for Faults {
+    fn default() -> Self {
+        Self {
+            webhook_drop: 0.0,
+            webhook_duplicate: 0.0,
+            webhook_reorder: 0.0,
+            webhook_delay: 0.0,
+            webhook_delay_ms: 0,
+            create_throttle: 0.0,
+            throttle_retry_after: 0.0,
+            create_lost: 0.0,
+            create_slow: 0.0,
+            create_slow_ms: 11_000,
+            server_error: 0.0,
+            slow: 0.0,
+            slow_ms: 0,
+            fail: 0.0,
+            cancel: 0.0,
+            abort: 0.0,
+            download_fail_once: 0.0,
+            download_truncate_once: 0.0,
+            download_stall: 0.0,
+            download_stall_ms: 0,
+        }
+    }
 }
 
 fn roll(probability: f64) -> bool {
@@ -344,6 +386,28 @@ fn json(status: StatusCode, body: &Value) -> HttpResponse {
     response
 }
 
+/// What a proxy in front of the API answers when the API's answer is lost: an HTML page,
+/// 502 or 504.
+fn gateway_error() -> HttpResponse {
+    let status = if fastrand::bool() {
+        StatusCode::BAD_GATEWAY
+    } else {
+        StatusCode::GATEWAY_TIMEOUT
+    };
+    let reason = status.canonical_reason().unwrap_or_default();
+    let page = format!(
+        "<html><head><title>{} {reason}</title></head><body><h1>{reason}</h1></body></html>",
+        status.as_u16()
+    );
+    let mut response = http::Response::new(Bytes::from(page));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/html"),
+    );
+    response
+}
+
 fn problem(status: StatusCode, detail: &str) -> HttpResponse {
     json(
         status,
@@ -386,12 +450,17 @@ async fn handle(state: Arc<State>, request: HttpRequest) -> HttpResponse {
         return response;
     }
     match (&method, segments.as_slice()) {
-        (&Method::POST, ["v1", "predictions"]) => state.create(request.body(), None).await,
-        (&Method::POST, ["v1", "models", owner, name, "predictions"]) => {
-            state
-                .create(request.body(), Some(format!("{owner}/{name}")))
-                .await
+        (&Method::POST, ["v1", "predictions"]) => {
+            let created = state.create(request.body(), None).await;
+            state.answer_create(created).await
         }
+        (&Method::POST, ["v1", "models", owner, name, "predictions"]) => {
+            let created = state
+                .create(request.body(), Some(format!("{owner}/{name}")))
+                .await;
+            state.answer_create(created).await
+        }
+        (&Method::GET, ["v1", "predictions"]) => state.list(request.uri().query()),
         (&Method::GET, ["v1", "predictions", id]) => {
             lock(&state.stats).gets += 1;
             match lock(&state.predictions).get(*id) {
@@ -611,6 +680,24 @@ impl State {
                 "latest_version": version.map(|v| json!({"id": v, "created_at": "2023-07-26T00:00:00Z"})),
             }),
         )
+    }
+
+    /// What the caller of a create hears. The faults here strike only a create that
+    /// succeeded: its prediction exists and runs (webhooks included) whatever the answer.
+    async fn answer_create(&self, created: HttpResponse) -> HttpResponse {
+        if created.status() != StatusCode::CREATED {
+            return created;
+        }
+        let faults = lock(&self.faults).clone();
+        if roll(faults.create_slow) {
+            lock(&self.stats).slow_creates += 1;
+            tokio::time::sleep(Duration::from_millis(faults.create_slow_ms)).await;
+        }
+        if roll(faults.create_lost) {
+            lock(&self.stats).lost_creates += 1;
+            return gateway_error();
+        }
+        created
     }
 
     /// The injected answer for an API call, if a fault strikes it.

@@ -1,20 +1,16 @@
 //! `GET /v1/predictions/{id}`: the stored state, synced from Replicate first if it is still
 //! running and has not been synced lately (so a lost webhook loses nothing).
 
-use std::time::Duration;
-
 use http::StatusCode;
 use lambda_http::{Body, Request, RequestExt, Response};
 
 use super::Ports;
 use super::problem::json_response;
+use super::sync::Copy;
 use super::{ApiError, App, PredictionView};
 use crate::ports::RecordStore;
-use crate::record::{Advance, PredictionId, PredictionRecord};
-use crate::replicate::{PredictionStatus, ReplicateApi};
-
-/// A prediction Replicate never confirmed creating is given up on after this long.
-const UNCONFIRMED_DEADLINE: Duration = Duration::from_secs(10 * 60);
+use crate::record::{PredictionId, PredictionRecord};
+use crate::replicate::ReplicateApi;
 
 fn path_id(request: &Request) -> Option<String> {
     if let Some(id) = request.path_parameters_ref().and_then(|p| p.first("id")) {
@@ -38,11 +34,7 @@ impl<P: Ports> App<P> {
             .and_then(|raw| PredictionId::parse(&raw).ok())
             .ok_or_else(not_found)?;
         tracing::Span::current().record("prediction_id", id.as_str());
-        let mut record = self
-            .records
-            .get_prediction(&id)
-            .await?
-            .ok_or_else(not_found)?;
+        let mut record = self.live_prediction(&id).await?.ok_or_else(not_found)?;
         if !record.status.is_terminal() {
             record = self.sync_running(record).await?;
         }
@@ -53,12 +45,10 @@ impl<P: Ports> App<P> {
     }
 
     /// Asks Replicate about a running prediction, at most once per sync interval across all
-    /// fetchers, and applies the answer exactly as a webhook would.
+    /// fetchers, and applies the answer exactly as a webhook would (a succeeded one's copy
+    /// is queued: a fetch answers within API Gateway's 30 s whatever the outputs' size).
     async fn sync_running(&self, record: PredictionRecord) -> Result<PredictionRecord, ApiError> {
         let now = self.clock.millis();
-        let Some(replicate_id) = record.replicate_id.clone() else {
-            return Ok(self.give_up_if_never_created(record, now).await?);
-        };
         let interval = self.settings.fetch_sync_interval.as_millis() as u64;
         if !self
             .records
@@ -67,6 +57,9 @@ impl<P: Ports> App<P> {
         {
             return Ok(record);
         }
+        let Some(replicate_id) = record.replicate_id.clone() else {
+            return Ok(self.resolve_unconfirmed(record).await?);
+        };
         let remote = match self.replicate.get_prediction(&replicate_id).await {
             Ok(remote) => remote,
             Err(err) => {
@@ -74,42 +67,10 @@ impl<P: Ports> App<P> {
                 return Ok(record);
             }
         };
-        if let Err(err) = self.apply_remote(&record, &remote).await {
+        if let Err(err) = self.apply_remote(&record, &remote, Copy::Queue).await {
             tracing::warn!(prediction_id = %record.id, error = %err, "could not apply the synced state");
             return Ok(record);
         }
-        Ok(self
-            .records
-            .get_prediction(&record.id)
-            .await?
-            .unwrap_or(record))
-    }
-
-    pub(super) async fn give_up_if_never_created(
-        &self,
-        record: PredictionRecord,
-        now: u64,
-    ) -> Result<PredictionRecord, crate::ports::StoreError> {
-        let deadline = record
-            .created_at
-            .saturating_add(UNCONFIRMED_DEADLINE.as_millis() as u64);
-        if now < deadline {
-            return Ok(record);
-        }
-        let advance = Advance {
-            status: PredictionStatus::Failed,
-            replicate_id: None,
-            outputs: Vec::new(),
-            error: Some("the prediction could not be confirmed as created at Replicate".to_owned()),
-            metrics: None,
-            started_at: None,
-            completed_at: Some(now),
-        };
-        self.records.advance(&record.id, &advance).await?;
-        Ok(self
-            .records
-            .get_prediction(&record.id)
-            .await?
-            .unwrap_or(record))
+        Ok(self.reread(record).await?)
     }
 }

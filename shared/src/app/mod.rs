@@ -2,16 +2,21 @@
 //! Lambda binaries and the local dev server both call these; they depend only on the ports,
 //! so unit tests run them on in-memory fakes.
 
+pub mod body;
+mod copy;
 mod fetch;
+pub mod inputs;
 pub mod problem;
 mod reconcile;
+mod resolve;
 mod submit;
 mod sync;
 mod view;
 mod webhook;
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use http::Method;
 use lambda_http::{Body, Request, Response};
@@ -19,19 +24,24 @@ use tokio::sync::OnceCell;
 
 use crate::config::Settings;
 use crate::outputs::OutputSource;
-use crate::ports::{ObjectStore, RecordStore};
-use crate::record::{Millis, to_millis};
+use crate::ports::{CopyQueue, ObjectStore, RecordStore, StoreError};
+use crate::record::{Millis, PredictionId, PredictionRecord, to_millis};
 use crate::registry::ModelRegistry;
 use crate::replicate::{ReplicateApi, ReplicateError};
 use crate::webhook::WebhookVerifier;
 
 pub use problem::ApiError;
-pub use reconcile::{RECONCILE_BATCH, ReconcileReport};
-pub use sync::SyncOutcome;
+pub use reconcile::{OUTPUT_RETENTION, ReconcileReport};
+pub use resolve::UNCONFIRMED_DEADLINE;
+pub use sync::{SyncError, SyncOutcome};
 pub use view::{OutputView, PredictionView};
 
 /// Lambda's own request payload limit; the local server enforces the same.
 pub const MAX_BODY_BYTES: usize = 6 * 1024 * 1024;
+
+/// After the webhook secret could not be fetched, requests fail fast for this long instead
+/// of each asking Replicate again (unauthenticated posts must not drive calls upstream).
+const SECRET_FAILURE_BACKOFF: Duration = Duration::from_secs(10);
 
 /// Wall-clock time, shiftable in tests to exercise leases and expiry.
 #[derive(Debug, Default)]
@@ -62,13 +72,14 @@ impl Clock {
     }
 }
 
-/// The four ports the handlers run on. Production (`bootstrap::Production`) and the
+/// The five ports the handlers run on. Production (`bootstrap::Production`) and the
 /// in-memory fakes (`memory::InMemory`) each name theirs.
 pub trait Ports: 'static {
     type Replicate: ReplicateApi;
     type Records: RecordStore;
     type Objects: ObjectStore;
     type Downloads: OutputSource;
+    type Queue: CopyQueue;
 }
 
 /// Everything a handler needs, built once per process.
@@ -77,46 +88,89 @@ pub struct App<P: Ports> {
     pub records: P::Records,
     pub objects: P::Objects,
     pub downloads: P::Downloads,
+    pub queue: P::Queue,
     pub registry: ModelRegistry,
     pub settings: Settings,
     pub clock: Clock,
     webhook_verifier: OnceCell<WebhookVerifier>,
+    secret_failed_at: Mutex<Option<Instant>>,
+}
+
+/// The ports of an `App`, by name (so a constructor call cannot swap two of them).
+pub struct PortSet<P: Ports> {
+    pub replicate: P::Replicate,
+    pub records: P::Records,
+    pub objects: P::Objects,
+    pub downloads: P::Downloads,
+    pub queue: P::Queue,
 }
 
 impl<P: Ports> App<P> {
-    pub fn new(
-        replicate: P::Replicate,
-        records: P::Records,
-        objects: P::Objects,
-        downloads: P::Downloads,
-        registry: ModelRegistry,
-        settings: Settings,
-    ) -> Self {
+    pub fn new(ports: PortSet<P>, registry: ModelRegistry, settings: Settings) -> Self {
         let webhook_verifier =
             OnceCell::new_with(settings.webhook_secret.clone().map(WebhookVerifier::new));
         Self {
-            replicate,
-            records,
-            objects,
-            downloads,
+            replicate: ports.replicate,
+            records: ports.records,
+            objects: ports.objects,
+            downloads: ports.downloads,
+            queue: ports.queue,
             registry,
             settings,
             clock: Clock::default(),
             webhook_verifier,
+            secret_failed_at: Mutex::new(None),
         }
     }
 
     /// The webhook verifier, with the configured secret or one fetched from Replicate once
     /// per process (on first use rather than at start-up, so cold starts do not wait for it).
-    pub async fn webhook_verifier(&self) -> Result<&WebhookVerifier, ReplicateError> {
-        self.webhook_verifier
+    /// A failed fetch is remembered for a few seconds: `None` until then, without a call.
+    pub async fn webhook_verifier(&self) -> Option<&WebhookVerifier> {
+        if let Some(verifier) = self.webhook_verifier.get() {
+            return Some(verifier);
+        }
+        let failed_at = *self
+            .secret_failed_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if failed_at.is_some_and(|t| t.elapsed() < SECRET_FAILURE_BACKOFF) {
+            return None;
+        }
+        let fetched: Result<&WebhookVerifier, ReplicateError> = self
+            .webhook_verifier
             .get_or_try_init(|| async {
                 self.replicate
                     .webhook_secret()
                     .await
                     .map(WebhookVerifier::new)
             })
-            .await
+            .await;
+        match fetched {
+            Ok(verifier) => Some(verifier),
+            Err(err) => {
+                tracing::error!(error = %err, "webhook signing secret unavailable");
+                *self
+                    .secret_failed_at
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+                None
+            }
+        }
+    }
+
+    /// A prediction, unless its TTL has passed (DynamoDB deletes expired items only
+    /// eventually; until then they must look deleted).
+    pub async fn live_prediction(
+        &self,
+        id: &PredictionId,
+    ) -> Result<Option<PredictionRecord>, StoreError> {
+        let now = self.clock.millis();
+        Ok(self
+            .records
+            .get_prediction(id)
+            .await?
+            .filter(|r| !r.is_expired(now)))
     }
 
     /// Dispatches by method and path: the local server's router. In AWS, API Gateway routes

@@ -8,7 +8,7 @@ use lambda_http::{Body, Response};
 use serde::Serialize;
 
 use crate::ports::StoreError;
-use crate::registry::FieldError;
+use crate::registry::{FieldError, InputErrors};
 use crate::replicate::ReplicateError;
 
 pub const PROBLEM_JSON: &str = "application/problem+json";
@@ -25,8 +25,9 @@ pub enum ApiError {
     NotFound(String),
     #[error("no route for {method} {path}")]
     NoRoute { method: String, path: String },
-    #[error("the request has {} invalid field(s)", .0.len())]
-    InvalidInput(Vec<FieldError>),
+    /// Per-field problems; at most `InputErrors::MAX_LISTED` are listed, all are counted.
+    #[error("{}", .0.summary())]
+    InvalidInput(InputErrors),
     #[error("this Idempotency-Key was already used with a different request")]
     IdempotencyKeyReused,
     #[error("a request with this Idempotency-Key is still being processed")]
@@ -119,7 +120,7 @@ impl ApiError {
     pub fn into_response(self) -> Response<Body> {
         let (status, slug, title) = self.parts();
         let errors = match &self {
-            Self::InvalidInput(errors) => Some(errors.as_slice()),
+            Self::InvalidInput(errors) => Some(errors.listed()),
             _ => None,
         };
         let problem = Problem {
@@ -155,6 +156,12 @@ pub fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Response<Bod
     response
 }
 
+impl From<InputErrors> for ApiError {
+    fn from(errors: InputErrors) -> Self {
+        Self::InvalidInput(errors)
+    }
+}
+
 impl From<ReplicateError> for ApiError {
     fn from(err: ReplicateError) -> Self {
         tracing::warn!(error = %err, "Replicate call failed");
@@ -188,11 +195,9 @@ mod tests {
 
     #[test]
     fn invalid_input_lists_fields() {
-        let response = ApiError::InvalidInput(vec![FieldError {
-            field: "input.width".into(),
-            message: "must be a multiple of 8".into(),
-        }])
-        .into_response();
+        let mut errors = InputErrors::new();
+        errors.push("input.width", "must be a multiple of 8");
+        let response = ApiError::InvalidInput(errors).into_response();
         assert_eq!(response.status(), 422);
         assert_eq!(response.headers()[header::CONTENT_TYPE], PROBLEM_JSON);
         assert_eq!(
@@ -201,6 +206,27 @@ mod tests {
                    "detail": "the request has 1 invalid field(s)",
                    "errors": [{"field": "input.width", "message": "must be a multiple of 8"}]})
         );
+    }
+
+    /// The contract: an error body is at most 64 KB whatever the request.
+    #[test]
+    fn invalid_input_is_small_however_many_fields_are_wrong() {
+        let mut errors = InputErrors::new();
+        // Worst case per listed error: 4-byte characters, quotes that JSON escapes.
+        let name = "🦀\"".repeat(1000);
+        let message = "🦀\\".repeat(1000);
+        for _ in 0..500_000 {
+            errors.push(format_args!("input.{name}"), message.as_str());
+        }
+        let response = ApiError::InvalidInput(errors).into_response();
+        let size = response.body().as_ref().len();
+        assert!(size < 64 * 1024, "{size} bytes");
+        let problem = body(&response);
+        assert_eq!(
+            problem["detail"],
+            "the request has 500000 invalid fields; the first 20 are listed"
+        );
+        assert_eq!(problem["errors"].as_array().unwrap().len(), 20);
     }
 
     #[test]

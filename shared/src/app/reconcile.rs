@@ -1,94 +1,197 @@
 //! The reconciler: on a schedule, syncs predictions that are still running some time after
 //! they were created, so their outputs are saved well inside Replicate's one-hour retention
-//! even when every webhook was lost and nobody fetches.
+//! even when every webhook was lost and nobody fetches. It pages through every shard of the
+//! open index, carries on past any one record's failure, runs a few syncs at a time, stops
+//! starting new ones near its deadline, and ends records that outlived Replicate's
+//! retention (their outputs are gone, so nothing can ever complete them).
 
+use std::time::Duration;
+
+use futures_util::future::join_all;
 use serde::Serialize;
+use tokio::time::Instant;
 
-use super::App;
-use super::Ports;
-use crate::ports::RecordStore;
-use crate::record::Advance;
+use super::sync::{Copy, SyncOutcome};
+use super::{App, Ports};
+use crate::ports::{LEGACY_OPEN_SHARD, OPEN_SHARDS, RecordStore, StoreError};
+use crate::record::{Advance, Millis, PredictionRecord, after};
 use crate::replicate::{PredictionStatus, ReplicateApi};
 
-use super::sync::SyncOutcome;
-
-/// Predictions looked at per run; the next run takes the rest.
-pub const RECONCILE_BATCH: usize = 200;
+/// Records read per query of the open index.
+const PAGE: usize = 100;
+/// Syncs in flight at once: enough to cover a backlog, few enough not to trip Replicate's
+/// rate limit or the function's memory.
+const CONCURRENCY: usize = 8;
+/// Replicate deletes an API prediction's outputs an hour after it is created; a record
+/// still open this long after creation (with a margin for a last copy) can never succeed.
+pub const OUTPUT_RETENTION: Duration = Duration::from_secs(70 * 60);
 
 /// What one run did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct ReconcileReport {
     /// Running predictions older than the threshold.
     pub examined: usize,
-    /// Moved forward (to a later status, or terminal).
+    /// Moved forward (to a later status, or terminal), or their output copy queued.
     pub advanced: usize,
+    /// Ended because they outlived Replicate's output retention.
+    pub expired: usize,
     /// Could not be synced this time (Replicate or storage failed); retried next run.
     pub errors: usize,
+    /// The run stopped at its deadline before reading every shard; the next run goes on.
+    pub incomplete: bool,
 }
 
-fn gone(replicate_id: &str, now: crate::record::Millis) -> Advance {
-    Advance {
-        status: PredictionStatus::Failed,
-        replicate_id: Some(replicate_id.to_owned()),
-        outputs: Vec::new(),
-        error: Some("Replicate no longer has this prediction".to_owned()),
-        metrics: None,
-        started_at: None,
-        completed_at: Some(now),
-    }
+enum Outcome {
+    Advanced,
+    Unchanged,
+    Expired,
+    Error,
 }
 
 impl<P: Ports> App<P> {
-    pub async fn reconcile(&self) -> Result<ReconcileReport, crate::ports::StoreError> {
+    /// One pass over every open prediction older than `RECONCILE_AFTER_SECONDS`, until
+    /// `deadline` (a Lambda invocation's remaining time, less a margin).
+    pub async fn reconcile(&self, deadline: Option<Instant>) -> ReconcileReport {
         let now = self.clock.millis();
         let threshold = now.saturating_sub(self.settings.reconcile_after.as_millis() as u64);
-        let open = self.records.list_open(threshold, RECONCILE_BATCH).await?;
-        let mut report = ReconcileReport {
-            examined: open.len(),
-            ..ReconcileReport::default()
-        };
-        for record in open {
-            let before = record.status.clone();
-            let Some(replicate_id) = record.replicate_id.clone() else {
-                let after = self.give_up_if_never_created(record, now).await?;
-                report.advanced += usize::from(after.status != before);
-                continue;
-            };
-            let outcome = match self.replicate.get_prediction(&replicate_id).await {
-                Ok(remote) => self
-                    .apply_remote(&record, &remote)
-                    .await
-                    .map_err(|e| e.to_string()),
-                // Replicate no longer knows it (deleted, or another account's): it will never
-                // finish, so record that rather than ask again every run.
-                Err(err) if err.is_not_found() => {
-                    match self
-                        .records
-                        .advance(&record.id, &gone(&replicate_id, now))
-                        .await
-                    {
-                        Ok(true) => Ok(SyncOutcome::Applied(PredictionStatus::Failed)),
-                        Ok(false) => Ok(SyncOutcome::Ignored("already ended")),
-                        Err(e) => Err(e.to_string()),
-                    }
+        let mut report = ReconcileReport::default();
+        let shards = OPEN_SHARDS.iter().copied().chain([LEGACY_OPEN_SHARD]);
+        'shards: for shard in shards {
+            let mut cursor: Option<String> = None;
+            loop {
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    report.incomplete = true;
+                    break 'shards;
                 }
-                Err(err) => Err(err.to_string()),
-            };
-            match outcome {
-                Ok(SyncOutcome::Applied(_)) => report.advanced += 1,
-                Ok(SyncOutcome::Ignored(_)) => {}
-                Err(error) => {
-                    tracing::warn!(prediction_id = %record.id, %error, "reconcile could not sync; next run retries");
-                    report.errors += 1;
+                let page = match self
+                    .records
+                    .list_open(shard, threshold, cursor.as_deref(), PAGE)
+                    .await
+                {
+                    Ok(page) => page,
+                    Err(err) => {
+                        tracing::error!(shard, error = %err, "could not list open predictions; next shard");
+                        report.errors += 1;
+                        continue 'shards;
+                    }
+                };
+                self.reconcile_page(page.records, now, &mut report).await;
+                match page.next {
+                    Some(next) => cursor = Some(next),
+                    None => break,
                 }
             }
         }
         tracing::info!(
             examined = report.examined,
             advanced = report.advanced,
+            expired = report.expired,
             errors = report.errors,
+            incomplete = report.incomplete,
             "reconciled"
         );
-        Ok(report)
+        report
     }
+
+    async fn reconcile_page(
+        &self,
+        records: Vec<PredictionRecord>,
+        now: Millis,
+        report: &mut ReconcileReport,
+    ) {
+        report.examined += records.len();
+        for chunk in records.chunks(CONCURRENCY) {
+            let outcomes = join_all(chunk.iter().map(|r| self.reconcile_one(r.clone(), now))).await;
+            for outcome in outcomes {
+                match outcome {
+                    Outcome::Advanced => report.advanced += 1,
+                    Outcome::Expired => report.expired += 1,
+                    Outcome::Error => report.errors += 1,
+                    Outcome::Unchanged => {}
+                }
+            }
+        }
+    }
+
+    async fn reconcile_one(&self, record: PredictionRecord, now: Millis) -> Outcome {
+        match self.sync_for_reconcile(record).await {
+            Ok((_, true)) => Outcome::Advanced,
+            Ok((record, false)) => {
+                self.expire_if_too_old(&record, now, Outcome::Unchanged)
+                    .await
+            }
+            Err((record, error)) => {
+                tracing::warn!(prediction_id = %record.id, %error, "reconcile could not sync; next run retries");
+                self.expire_if_too_old(&record, now, Outcome::Error).await
+            }
+        }
+    }
+
+    /// Ends a record that outlived Replicate's output retention; otherwise `otherwise`.
+    async fn expire_if_too_old(
+        &self,
+        record: &PredictionRecord,
+        now: Millis,
+        otherwise: Outcome,
+    ) -> Outcome {
+        if now < after(record.created_at, OUTPUT_RETENTION) {
+            return otherwise;
+        }
+        let reason = "no result within Replicate's one-hour output retention; the outputs are no longer available";
+        match self.end_record(record, reason).await {
+            Ok(_) => Outcome::Expired,
+            Err(err) => {
+                tracing::error!(prediction_id = %record.id, error = %err, "could not end an expired prediction");
+                Outcome::Error
+            }
+        }
+    }
+
+    /// Syncs one record; `changed` when something was applied or queued.
+    async fn sync_for_reconcile(
+        &self,
+        record: PredictionRecord,
+    ) -> Result<(PredictionRecord, bool), (PredictionRecord, String)> {
+        let Some(replicate_id) = record.replicate_id.clone() else {
+            return match self.resolve_unconfirmed(record.clone()).await {
+                Ok(fresh) => {
+                    let changed = fresh.replicate_id.is_some() || fresh.status != record.status;
+                    Ok((fresh, changed))
+                }
+                Err(err) => Err((record, err.to_string())),
+            };
+        };
+        let outcome = match self.replicate.get_prediction(&replicate_id).await {
+            Ok(remote) => self
+                .apply_remote(&record, &remote, Copy::Queue)
+                .await
+                .map_err(|e| e.to_string()),
+            // Replicate no longer knows it (deleted, or another account's): it will never
+            // finish, so record that rather than ask again every run.
+            Err(err) if err.is_not_found() => self
+                .records
+                .advance(&record.id, &gone(&replicate_id, self.clock.millis()))
+                .await
+                .map(|ended| {
+                    if ended {
+                        SyncOutcome::Applied(PredictionStatus::Failed)
+                    } else {
+                        SyncOutcome::Ignored("already ended")
+                    }
+                })
+                .map_err(|e: StoreError| e.to_string()),
+            Err(err) => Err(err.to_string()),
+        };
+        match outcome {
+            Ok(SyncOutcome::Ignored(_)) => Ok((record, false)),
+            Ok(_) => Ok((record, true)),
+            Err(error) => Err((record, error)),
+        }
+    }
+}
+
+fn gone(replicate_id: &str, now: Millis) -> Advance {
+    let mut advance = Advance::failed("Replicate no longer has this prediction", now);
+    advance.replicate_id = Some(replicate_id.to_owned());
+    advance
 }

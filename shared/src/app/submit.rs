@@ -1,26 +1,38 @@
 //! `POST /v1/predictions`: validate, then answer from the result cache, join an identical
 //! prediction in flight, or create one at Replicate with a webhook, and return at once.
+//!
+//! The claim protocol (ARCHITECTURE.md, "Submit"): a cache claim names the one prediction
+//! doing the work for an input; an Idempotency-Key claim names the prediction a key was
+//! answered with. A create whose outcome is unknown keeps both pointing at its record,
+//! which the resolver (`resolve.rs`) later ties to the Replicate prediction or ends.
 
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderValue, StatusCode, header};
-use lambda_http::{Body, Request, Response};
-use serde_json::Value;
+use lambda_http::{Body, Request, RequestExt, Response};
+use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use super::Ports;
+use super::body::parse_submit_body;
+use super::inputs::{InlineImage, extract_inline_images, materialize};
 use super::problem::json_response;
-use super::sync::cache_claim_key;
-use super::{ApiError, App, MAX_BODY_BYTES, PredictionView};
+use super::resolve::UNCONFIRMED_DEADLINE;
+use super::sync::{Copy, cache_claim_key};
+use super::{ApiError, App, PredictionView};
 use crate::outputs::hex;
-use crate::ports::{ClaimOutcome, RecordStore};
-use crate::record::{Claim, ClaimGuard, Millis, PredictionId, PredictionRecord};
-use crate::registry::{FieldError, ModelAlias, ValidatedInput, canonical_json};
+use crate::ports::{ClaimOutcome, RecordStore, Settlement};
+use crate::record::{
+    Advance, Claim, ClaimGuard, Millis, PredictionId, PredictionRecord, after, new_webhook_token,
+    ttl_seconds,
+};
+use crate::registry::{CacheKey, ModelAlias};
 use crate::replicate::{
     PredictionStatus, ReplicateApi, ReplicateError, WebhookEvent, WebhookTarget,
 };
 
-/// How long a submit may take to create its prediction before others may take over.
+/// How long a submit may take to create its prediction before others may take over (the
+/// Replicate client gives up on a create well within it).
 const CREATE_LEASE: Duration = Duration::from_secs(30);
 /// How long identical requests join a running prediction (Replicate stops one at 30 min).
 const RUN_LEASE: Duration = Duration::from_secs(3600);
@@ -32,12 +44,15 @@ const CLAIM_RETRY_WAIT: Duration = Duration::from_millis(100);
 pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
 pub const REPLAYED_HEADER: &str = "idempotent-replayed";
 
-/// A submit body that has the right shape.
-struct SubmitBody {
-    model: String,
-    input: Value,
-    /// SHA-256 of the canonical body: "same body" for Idempotency-Key purposes.
-    hash: String,
+/// What a submit asks for, once parsed and validated.
+struct NewPrediction<'a> {
+    alias: &'a ModelAlias,
+    /// The input as stored and shown: inline images replaced by their references.
+    stored_input: Map<String, Value>,
+    images: Vec<InlineImage>,
+    /// `None` with `Cache-Control: no-cache`.
+    cache_key: Option<CacheKey>,
+    webhook_base: String,
 }
 
 /// How a submit was answered.
@@ -68,72 +83,8 @@ enum Holder {
     TakeOver,
 }
 
-fn add_ms(t: Millis, d: Duration) -> Millis {
-    t.saturating_add(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-/// DynamoDB TTL attributes are in seconds.
-fn ttl_seconds(t: Millis) -> u64 {
-    t / 1000
-}
-
 fn sha256_hex(data: &[u8]) -> String {
     hex(&Sha256::digest(data))
-}
-
-fn parse_body(bytes: &[u8]) -> Result<SubmitBody, ApiError> {
-    if bytes.len() > MAX_BODY_BYTES {
-        return Err(ApiError::PayloadTooLarge {
-            limit: MAX_BODY_BYTES,
-        });
-    }
-    let value: Value = serde_json::from_slice(bytes)
-        .map_err(|e| ApiError::BadRequest(format!("request body is not valid JSON: {e}")))?;
-    let hash = sha256_hex(canonical_json(&value).as_bytes());
-    let Value::Object(mut fields) = value else {
-        return Err(ApiError::BadRequest(
-            "request body must be a JSON object".to_owned(),
-        ));
-    };
-    let mut errors = Vec::new();
-    let mut error = |field: &str, message: &str| {
-        errors.push(FieldError {
-            field: field.to_owned(),
-            message: message.to_owned(),
-        })
-    };
-    let model = match fields.remove("model") {
-        Some(Value::String(m)) if !m.trim().is_empty() => Some(m),
-        Some(_) => {
-            error("model", "must be a non-empty string naming a model");
-            None
-        }
-        None => {
-            error("model", "is required");
-            None
-        }
-    };
-    let input = match fields.remove("input") {
-        Some(input @ Value::Object(_)) => Some(input),
-        Some(_) => {
-            error("input", "must be a JSON object");
-            None
-        }
-        None => {
-            error("input", "is required");
-            None
-        }
-    };
-    for unknown in fields.keys() {
-        error(
-            unknown,
-            "is not a field of this request (expected `model` and `input`)",
-        );
-    }
-    match (model, input) {
-        (Some(model), Some(input)) if errors.is_empty() => Ok(SubmitBody { model, input, hash }),
-        _ => Err(ApiError::InvalidInput(errors)),
-    }
 }
 
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
@@ -187,64 +138,62 @@ impl<P: Ports> App<P> {
     }
 
     async fn try_submit(&self, request: &Request) -> Result<Started, ApiError> {
-        let body = parse_body(request.body().as_ref())?;
+        let body = parse_submit_body(request.body().as_ref())?;
         let alias = self
             .registry
             .resolve(&body.model)
             .map_err(|e| ApiError::UnknownModel(e.reason))?;
         let input = alias
             .validate(&body.input)
-            .map_err(|e| ApiError::InvalidInput(e.0))?;
-        let use_cache = !wants_no_cache(request.headers());
-        let webhook_base = self.webhook_base(request)?;
+            .map_err(ApiError::InvalidInput)?;
+        let (stored_input, images) = extract_inline_images(alias, &input);
+        let cache_key =
+            (!wants_no_cache(request.headers())).then(|| alias.cache_key_of(&stored_input));
+        let new = NewPrediction {
+            alias,
+            stored_input,
+            images,
+            cache_key,
+            webhook_base: self.webhook_base(request)?,
+        };
         match idempotency_key(request.headers())? {
-            Some(key) => {
-                self.submit_idempotently(&key, &body.hash, alias, input, use_cache, &webhook_base)
-                    .await
-            }
-            None => {
-                self.start_or_join(alias, input, use_cache, &webhook_base)
-                    .await
-            }
+            Some(key) => self.submit_idempotently(&key, &body.hash, &new).await,
+            None => self.start_or_join(&new).await,
         }
     }
 
-    /// Where Replicate should send webhooks: `PUBLIC_BASE_URL`, or this request's own origin.
+    /// Where Replicate should send webhooks: `PUBLIC_BASE_URL`, or the API's own domain as
+    /// API Gateway saw it (https, with any custom-domain base path), never a client header.
     fn webhook_base(&self, request: &Request) -> Result<String, ApiError> {
         if let Some(base) = &self.settings.public_base_url {
             return Ok(base.as_str().trim_end_matches('/').to_owned());
         }
-        let headers = request.headers();
-        let host = headers
-            .get(header::HOST)
-            .and_then(|v| v.to_str().ok())
-            .or_else(|| request.uri().authority().map(|a| a.as_str()))
-            .filter(|h| {
-                !h.is_empty()
-                    && h.bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
-            })
-            .ok_or_else(|| {
-                ApiError::BadRequest("the request has no valid Host header".to_owned())
-            })?;
-        let scheme = headers
-            .get("x-forwarded-proto")
-            .and_then(|v| v.to_str().ok())
-            .filter(|s| matches!(*s, "http" | "https"))
-            .or_else(|| request.uri().scheme_str())
-            .unwrap_or("https");
-        Ok(format!("{scheme}://{host}"))
+        if let Some(lambda_http::request::RequestContext::ApiGatewayV2(context)) =
+            request.request_context_ref()
+            && let Some(domain) = context.domain_name.as_deref().filter(|d| valid_domain(d))
+        {
+            let path = context
+                .http
+                .path
+                .clone()
+                .unwrap_or_else(|| request.uri().path().to_owned());
+            let base_path = path
+                .trim_end_matches('/')
+                .strip_suffix(SUBMIT_ROUTE)
+                .unwrap_or_default();
+            return Ok(format!("https://{domain}{base_path}"));
+        }
+        tracing::error!("PUBLIC_BASE_URL is unset and the request has no API Gateway domain");
+        Err(ApiError::Internal)
     }
 
-    /// Same key and same body: the same prediction. Same key, other body: 422.
+    /// Same key and same body: the same prediction, answered as the first time. Same key,
+    /// other body: 422.
     async fn submit_idempotently(
         &self,
         key: &str,
         body_hash: &str,
-        alias: &ModelAlias,
-        input: ValidatedInput,
-        use_cache: bool,
-        webhook_base: &str,
+        new: &NewPrediction<'_>,
     ) -> Result<Started, ApiError> {
         let now = self.clock.millis();
         let claim = Claim {
@@ -252,8 +201,9 @@ impl<P: Ports> App<P> {
             token: PredictionId::generate().to_string(),
             prediction_id: None,
             request_hash: Some(body_hash.to_owned()),
-            lease_until: add_ms(now, CREATE_LEASE),
-            expires_at: ttl_seconds(add_ms(now, IDEMPOTENCY_WINDOW)),
+            lease_until: after(now, CREATE_LEASE),
+            expires_at: ttl_seconds(after(now, IDEMPOTENCY_WINDOW)),
+            from_cache: false,
         };
         if let ClaimOutcome::HeldBy(held) = self.records.try_claim(&claim, now).await? {
             if held.request_hash.as_deref() != Some(body_hash) {
@@ -263,28 +213,35 @@ impl<P: Ports> App<P> {
                 return Err(ApiError::IdempotencyInProgress);
             };
             let record = self
-                .records
-                .get_prediction(&id)
+                .live_prediction(&id)
                 .await?
                 .ok_or(ApiError::IdempotencyInProgress)?;
             return Ok(Started {
-                status: StatusCode::OK,
+                status: if held.from_cache {
+                    StatusCode::OK
+                } else {
+                    StatusCode::ACCEPTED
+                },
+                cached: held.from_cache,
                 replayed: true,
                 ..Started::new(record)
             });
         }
         let guard = ClaimGuard::Token(&claim.token);
-        let result = self
-            .start_or_join(alias, input, use_cache, webhook_base)
-            .await;
+        let result = self.start_or_join(new).await;
         let settled = match &result {
             Ok(started) => {
-                let until = add_ms(now, IDEMPOTENCY_WINDOW);
+                let settlement = Settlement {
+                    prediction_id: &started.record.id,
+                    lease_until: after(now, IDEMPOTENCY_WINDOW),
+                    from_cache: started.cached,
+                };
                 self.records
-                    .settle_claim(&claim.key, guard, &started.record.id, until)
+                    .settle_claim(&claim.key, guard, &settlement)
                     .await
             }
-            // Nothing was started, so the same key may be used again at once.
+            // Nothing was started (a create that may have happened answers Ok), so the same
+            // key may be used again at once.
             Err(_) => self.records.release_claim(&claim.key, guard).await,
         };
         if let Err(err) = settled {
@@ -293,19 +250,12 @@ impl<P: Ports> App<P> {
         result
     }
 
-    /// The result cache: one claim per (model version, canonical input). Whoever takes it
-    /// creates the prediction; everyone else gets that prediction.
-    async fn start_or_join(
-        &self,
-        alias: &ModelAlias,
-        input: ValidatedInput,
-        use_cache: bool,
-        webhook_base: &str,
-    ) -> Result<Started, ApiError> {
-        if !use_cache {
-            return self.create(alias, &input, None, webhook_base).await;
-        }
-        let cache_key = alias.cache_key(&input);
+    /// The result cache: one claim per (alias, model version, stored input). Whoever takes
+    /// it creates the prediction; everyone else gets that prediction.
+    async fn start_or_join(&self, new: &NewPrediction<'_>) -> Result<Started, ApiError> {
+        let Some(cache_key) = &new.cache_key else {
+            return self.create(new, None).await;
+        };
         let key = cache_claim_key(cache_key.as_str());
         for _ in 0..MAX_CLAIM_ROUNDS {
             let now = self.clock.millis();
@@ -314,7 +264,7 @@ impl<P: Ports> App<P> {
                 ClaimOutcome::Claimed => true,
                 ClaimOutcome::HeldBy(held) => {
                     let existing = match &held.prediction_id {
-                        Some(id) => self.records.get_prediction(id).await?,
+                        Some(id) => self.live_prediction(id).await?,
                         None => None,
                     };
                     match self.judge_holder(existing, &held, now) {
@@ -335,8 +285,7 @@ impl<P: Ports> App<P> {
                 }
             };
             if won {
-                let claim = Some((cache_key.as_str(), &claim));
-                return self.create(alias, &input, claim, webhook_base).await;
+                return self.create(new, Some(&claim)).await;
             }
         }
         Err(ApiError::Unavailable {
@@ -350,11 +299,15 @@ impl<P: Ports> App<P> {
             token: PredictionId::generate().to_string(),
             prediction_id: Some(PredictionId::generate()),
             request_hash: None,
-            lease_until: add_ms(now, CREATE_LEASE),
-            expires_at: ttl_seconds(add_ms(now, self.settings.record_ttl)),
+            lease_until: after(now, CREATE_LEASE),
+            expires_at: ttl_seconds(after(now, self.settings.record_ttl)),
+            from_cache: false,
         }
     }
 
+    /// What a cache claim's holder means for this request. A running prediction is joined,
+    /// also while its creation is unconfirmed: it then ends one way or the other (resolved,
+    /// or failed at the give-up), and only then may anyone create again.
     fn judge_holder(
         &self,
         existing: Option<PredictionRecord>,
@@ -365,7 +318,7 @@ impl<P: Ports> App<P> {
             None if held.is_expired(now) => Holder::TakeOver,
             None => Holder::Wait,
             Some(record) if record.status == PredictionStatus::Succeeded => {
-                let fresh_until = add_ms(
+                let fresh_until = after(
                     record.completed_at.unwrap_or(0),
                     self.settings.result_cache_ttl,
                 );
@@ -377,34 +330,28 @@ impl<P: Ports> App<P> {
             }
             // Failed, canceled and aborted predictions are never served from the cache.
             Some(record) if record.status.is_terminal() => Holder::TakeOver,
-            Some(record)
-                if record.is_unconfirmed() && add_ms(record.created_at, CREATE_LEASE) < now =>
-            {
-                Holder::TakeOver
-            }
             Some(record) => Holder::InFlight(record),
         }
     }
 
     async fn create(
         &self,
-        alias: &ModelAlias,
-        input: &ValidatedInput,
-        claim: Option<(&str, &Claim)>,
-        webhook_base: &str,
+        new: &NewPrediction<'_>,
+        claim: Option<&Claim>,
     ) -> Result<Started, ApiError> {
         let now = self.clock.millis();
         let id = claim
-            .and_then(|(_, c)| c.prediction_id.clone())
+            .and_then(|c| c.prediction_id.clone())
             .unwrap_or_else(PredictionId::generate);
+        let token = new_webhook_token();
         let mut record = PredictionRecord {
             id: id.clone(),
             replicate_id: None,
-            alias: alias.alias.clone(),
-            model: alias.model.path(),
-            version: alias.model.version.as_ref().map(|v| v.to_string()),
-            input: input.as_map().clone(),
-            cache_key: claim.map(|(cache_key, _)| cache_key.to_owned()),
+            alias: new.alias.alias.clone(),
+            model: new.alias.model.path(),
+            version: new.alias.model.version.as_ref().map(|v| v.to_string()),
+            input: new.stored_input.clone(),
+            cache_key: new.cache_key.as_ref().map(|k| k.as_str().to_owned()),
             status: PredictionStatus::Starting,
             outputs: Vec::new(),
             error: None,
@@ -413,59 +360,80 @@ impl<P: Ports> App<P> {
             started_at: None,
             completed_at: None,
             synced_at: None,
-            expires_at: ttl_seconds(add_ms(now, self.settings.record_ttl)),
+            expires_at: ttl_seconds(after(now, self.settings.record_ttl)),
+            webhook_token: Some(token.clone()),
         };
         tracing::Span::current().record("prediction_id", id.as_str());
         if let Err(err) = self.records.insert_prediction(&record).await {
             self.release_cache_claim(claim).await;
             return Err(err.into());
         }
+        let sent_input = match materialize(&self.objects, &new.stored_input, &new.images).await {
+            Ok(input) => input,
+            Err(err) => {
+                tracing::error!(prediction_id = %id, error = %err, "input images could not be stored");
+                self.end_unstarted(&record, "the input images could not be stored")
+                    .await;
+                self.release_cache_claim(claim).await;
+                return Err(ApiError::Internal);
+            }
+        };
         let webhook = WebhookTarget {
-            url: format!("{webhook_base}/webhooks/replicate?id={id}"),
+            url: format!(
+                "{}/webhooks/replicate?id={id}&token={token}",
+                new.webhook_base
+            ),
             events: vec![WebhookEvent::Start, WebhookEvent::Completed],
         };
         let webhook = self.settings.send_webhooks.then_some(&webhook);
         match self
             .replicate
-            .create_prediction(&alias.model, input.as_map(), webhook)
+            .create_prediction(&new.alias.model, &sent_input, webhook)
             .await
         {
             Ok(remote) => {
-                if !self.records.attach_replicate_id(&id, &remote.id).await? {
+                let attached = self
+                    .records
+                    .attach_replicate_id(&id, &remote.id, record.expires_at)
+                    .await?;
+                if !attached {
                     tracing::warn!(prediction_id = %id, replicate_id = %remote.id, "record already names another Replicate prediction");
                 }
                 record.replicate_id = Some(remote.id.clone());
-                tracing::info!(prediction_id = %id, replicate_id = %remote.id, model = %alias.model, "prediction created");
-                if let Some((_, claim)) = claim {
-                    let until = add_ms(now, RUN_LEASE);
-                    if let Err(err) = self
-                        .records
-                        .settle_claim(&claim.key, ClaimGuard::Token(&claim.token), &id, until)
-                        .await
-                    {
-                        tracing::warn!(prediction_id = %id, error = %err, "could not extend the cache claim");
-                    }
-                }
-                // A create answered `processing` is recorded now; anything terminal is left to
-                // the webhook or a fetch, which store outputs (so submit never writes to S3).
+                tracing::info!(prediction_id = %id, replicate_id = %remote.id, model = %new.alias.model, "prediction created");
+                self.extend_cache_claim(claim, &id, after(now, RUN_LEASE))
+                    .await;
+                // A create answered `processing` is recorded now; a terminal answer is left
+                // to the webhook or a sync, which queue the output copy.
                 if remote.status == PredictionStatus::Processing {
                     record = self.apply_created_state(record, &remote).await;
                 }
                 Ok(Started::new(record))
             }
             Err(err @ ReplicateError::CreateOutcomeUnknown { .. }) => {
-                // It may exist at Replicate: keep the record (its webhook adopts it) and let
-                // the claim's lease run out rather than risk a second, billed prediction.
-                tracing::error!(prediction_id = %id, error = %err, "prediction create outcome unknown");
-                Err(ApiError::Upstream)
+                // It may exist at Replicate: answer with the kept record, and keep every claim
+                // pointing at it until the resolver finds the prediction or gives up. Never
+                // create a second one for the same request.
+                tracing::error!(prediction_id = %id, error = %err, "prediction create outcome unknown; the resolver will find out");
+                self.extend_cache_claim(claim, &id, after(now, UNCONFIRMED_DEADLINE))
+                    .await;
+                Ok(Started::new(record))
             }
             Err(err) => {
-                if let Err(store_err) = self.records.delete_prediction(&id).await {
-                    tracing::warn!(prediction_id = %id, error = %store_err, "could not delete the unused record");
-                }
+                // Nothing was created: the record ends `failed` (anyone who joined it sees
+                // why) and the cache key is free at once.
+                self.end_unstarted(&record, creation_refused(&err)).await;
                 self.release_cache_claim(claim).await;
                 Err(err.into())
             }
+        }
+    }
+
+    /// Ends a record whose prediction was certainly never created at Replicate.
+    async fn end_unstarted(&self, record: &PredictionRecord, reason: &str) {
+        let advance = Advance::failed(reason, self.clock.millis());
+        if let Err(err) = self.records.advance(&record.id, &advance).await {
+            tracing::warn!(prediction_id = %record.id, error = %err, "could not end the unstarted record");
         }
     }
 
@@ -475,7 +443,7 @@ impl<P: Ports> App<P> {
         record: PredictionRecord,
         remote: &crate::replicate::Prediction,
     ) -> PredictionRecord {
-        if let Err(err) = self.apply_remote(&record, remote).await {
+        if let Err(err) = self.apply_remote(&record, remote, Copy::Queue).await {
             tracing::warn!(prediction_id = %record.id, error = %err, "could not apply the create answer's state");
         }
         match self.records.get_prediction(&record.id).await {
@@ -484,8 +452,26 @@ impl<P: Ports> App<P> {
         }
     }
 
-    async fn release_cache_claim(&self, claim: Option<(&str, &Claim)>) {
-        if let Some((_, claim)) = claim
+    /// Points the cache claim at the prediction until `until` (never shortening it:
+    /// completion may already have set the cache window).
+    async fn extend_cache_claim(&self, claim: Option<&Claim>, id: &PredictionId, until: Millis) {
+        let Some(claim) = claim else { return };
+        let settlement = Settlement {
+            prediction_id: id,
+            lease_until: until,
+            from_cache: false,
+        };
+        if let Err(err) = self
+            .records
+            .settle_claim(&claim.key, ClaimGuard::Token(&claim.token), &settlement)
+            .await
+        {
+            tracing::warn!(prediction_id = %id, error = %err, "could not extend the cache claim");
+        }
+    }
+
+    async fn release_cache_claim(&self, claim: Option<&Claim>) {
+        if let Some(claim) = claim
             && let Err(err) = self
                 .records
                 .release_claim(&claim.key, ClaimGuard::Token(&claim.token))
@@ -496,45 +482,37 @@ impl<P: Ports> App<P> {
     }
 }
 
+/// The route a submit arrives on; what precedes it in the path is a custom domain's base.
+const SUBMIT_ROUTE: &str = "/v1/predictions";
+
+fn valid_domain(domain: &str) -> bool {
+    !domain.is_empty()
+        && domain.len() <= 253
+        && domain
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-".contains(&b))
+}
+
+/// Why a create Replicate certainly refused ended the record; shown to clients, so no
+/// upstream text (it may echo the token or the input).
+fn creation_refused(err: &ReplicateError) -> &'static str {
+    match err {
+        ReplicateError::Throttled { .. } => {
+            "Replicate was throttling requests; the prediction was not created"
+        }
+        ReplicateError::Unavailable { .. }
+        | ReplicateError::Unreachable { .. }
+        | ReplicateError::TimedOut { .. }
+        | ReplicateError::Transport { .. } => {
+            "Replicate could not be reached; the prediction was not created"
+        }
+        _ => "Replicate refused to create the prediction",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn body_shape_errors_are_per_field() {
-        let Err(ApiError::InvalidInput(errors)) = parse_body(br#"{"model": 3, "inputs": {}}"#)
-        else {
-            panic!()
-        };
-        let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
-        assert_eq!(fields, vec!["model", "input", "inputs"]);
-        assert!(matches!(
-            parse_body(b"{\"model\": "),
-            Err(ApiError::BadRequest(_))
-        ));
-        assert!(matches!(parse_body(b"[1,2]"), Err(ApiError::BadRequest(_))));
-        assert!(matches!(parse_body(b""), Err(ApiError::BadRequest(_))));
-        assert!(matches!(
-            parse_body(&vec![b' '; MAX_BODY_BYTES + 1]),
-            Err(ApiError::PayloadTooLarge { .. })
-        ));
-    }
-
-    #[test]
-    fn the_same_body_hashes_the_same_whatever_its_formatting() {
-        let a = parse_body(br#"{"model":"sdxl","input":{"prompt":"x","seed":1}}"#)
-            .ok()
-            .unwrap();
-        let b =
-            parse_body(b"{ \"input\": {\"seed\": 1, \"prompt\": \"x\"},\n \"model\": \"sdxl\" }")
-                .ok()
-                .unwrap();
-        let c = parse_body(br#"{"model":"sdxl","input":{"prompt":"y","seed":1}}"#)
-            .ok()
-            .unwrap();
-        assert_eq!(a.hash, b.hash);
-        assert_ne!(a.hash, c.hash);
-    }
 
     #[test]
     fn cache_control_and_idempotency_headers() {

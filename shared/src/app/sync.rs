@@ -1,9 +1,14 @@
-//! Applying Replicate's view of a prediction to our record: the one path for webhooks and
-//! for fetch-time syncing, so both behave exactly alike.
+//! Applying Replicate's view of a prediction to our record: the one path for webhooks,
+//! fetch-time syncing, the resolver, the reconciler and the copy worker, so all behave
+//! exactly alike.
+
+use tokio::time::Instant;
 
 use crate::outputs::{OutputError, store_outputs};
-use crate::ports::{RecordStore, StoreError};
-use crate::record::{Advance, ClaimGuard, PredictionRecord, parse_rfc3339};
+use crate::ports::{CopyJob, CopyQueue, RecordStore, Settlement, StoreError};
+use crate::record::{
+    Advance, ClaimGuard, PredictionRecord, after, bounded_error, bounded_metrics, parse_rfc3339,
+};
 use crate::replicate::{Prediction, PredictionStatus};
 
 use super::App;
@@ -13,10 +18,14 @@ use super::Ports;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SyncOutcome {
     Applied(PredictionStatus),
+    /// Succeeded at Replicate; the copy of its outputs is queued (the record says
+    /// `succeeded` once the copy worker has stored them).
+    CopyQueued,
     Ignored(&'static str),
 }
 
-/// A failure worth retrying (the webhook answers 5xx so Replicate delivers it again).
+/// A failure worth retrying (the webhook answers 5xx so Replicate delivers it again; a copy
+/// job returns to its queue).
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
     #[error(transparent)]
@@ -25,51 +34,66 @@ pub enum SyncError {
     Output(#[from] OutputError),
 }
 
+/// Where a succeeded prediction's outputs are copied.
+#[derive(Debug, Clone, Copy)]
+pub enum Copy {
+    /// Here and now, within the deadline: the copy worker.
+    Inline { deadline: Instant },
+    /// By the copy worker, through the queue: everything that must answer quickly.
+    Queue,
+}
+
 pub(crate) fn cache_claim_key(cache_key: &str) -> String {
     format!("cache#{cache_key}")
 }
 
 impl<P: Ports> App<P> {
-    /// Moves `record` forward to `remote`'s state. Outputs of a succeeded prediction are
-    /// stored before the record says `succeeded`; duplicates, stale and out-of-order states
-    /// change nothing.
+    /// Moves `record` forward to `remote`'s state. A record not yet tied to a Replicate
+    /// prediction is tied to this one first (if no other record of ours has it). Outputs of
+    /// a succeeded prediction are stored before the record says `succeeded`; duplicates,
+    /// stale and out-of-order states change nothing.
     pub async fn apply_remote(
         &self,
         record: &PredictionRecord,
         remote: &Prediction,
+        copy: Copy,
     ) -> Result<SyncOutcome, SyncError> {
-        if record
-            .replicate_id
-            .as_deref()
-            .is_some_and(|id| id != remote.id)
-        {
-            return Ok(SyncOutcome::Ignored("a different Replicate prediction"));
+        match record.replicate_id.as_deref() {
+            Some(id) if id != remote.id => {
+                return Ok(SyncOutcome::Ignored("a different Replicate prediction"));
+            }
+            Some(_) => {}
+            None => {
+                if !self
+                    .records
+                    .attach_replicate_id(&record.id, &remote.id, record.expires_at)
+                    .await?
+                {
+                    return Ok(SyncOutcome::Ignored(
+                        "the record or the Replicate prediction is already tied to another",
+                    ));
+                }
+                tracing::info!(prediction_id = %record.id, replicate_id = %remote.id, "Replicate prediction recorded");
+            }
         }
         if !record.status.can_advance_to(&remote.status) {
             return Ok(SyncOutcome::Ignored("not a move forward"));
         }
-        let now = self.clock.millis();
-        let mut advance = Advance {
-            status: remote.status.clone(),
-            replicate_id: Some(remote.id.clone()),
-            outputs: Vec::new(),
-            error: remote.error.clone(),
-            metrics: Some(remote.metrics.clone()),
-            started_at: remote.started_at.as_deref().and_then(parse_rfc3339),
-            completed_at: None,
-        };
-        if remote.status.is_terminal() {
-            advance.completed_at = Some(
-                remote
-                    .completed_at
-                    .as_deref()
-                    .and_then(parse_rfc3339)
-                    .unwrap_or(now),
-            );
-        }
+        let mut advance = self.advance_to(remote);
         if remote.status == PredictionStatus::Succeeded {
-            self.store_succeeded_outputs(record, remote, &mut advance)
-                .await?;
+            match copy {
+                Copy::Queue => {
+                    self.queue
+                        .send_copy(&CopyJob::new(record.id.clone(), remote))
+                        .await?;
+                    tracing::info!(prediction_id = %record.id, "output copy queued");
+                    return Ok(SyncOutcome::CopyQueued);
+                }
+                Copy::Inline { deadline } => {
+                    self.store_succeeded_outputs(record, remote, &mut advance, deadline)
+                        .await?;
+                }
+            }
         }
         if !self.records.advance(&record.id, &advance).await? {
             return Ok(SyncOutcome::Ignored("already as far along"));
@@ -81,15 +105,36 @@ impl<P: Ports> App<P> {
         Ok(SyncOutcome::Applied(advance.status))
     }
 
+    /// The record's next state from Replicate's, bounded in size whatever Replicate sends.
+    fn advance_to(&self, remote: &Prediction) -> Advance {
+        let completed_at = remote.status.is_terminal().then(|| {
+            remote
+                .completed_at
+                .as_deref()
+                .and_then(parse_rfc3339)
+                .unwrap_or_else(|| self.clock.millis())
+        });
+        Advance {
+            status: remote.status.clone(),
+            replicate_id: Some(remote.id.clone()),
+            outputs: Vec::new(),
+            error: remote.error.as_deref().map(bounded_error),
+            metrics: Some(bounded_metrics(&remote.metrics)),
+            started_at: remote.started_at.as_deref().and_then(parse_rfc3339),
+            completed_at,
+        }
+    }
+
     async fn store_succeeded_outputs(
         &self,
         record: &PredictionRecord,
         remote: &Prediction,
         advance: &mut Advance,
+        deadline: Instant,
     ) -> Result<(), SyncError> {
         let unusable = |reason: String, advance: &mut Advance| {
             advance.status = PredictionStatus::Failed;
-            advance.error = Some(reason);
+            advance.error = Some(bounded_error(&reason));
         };
         if remote.output.is_empty() {
             let reason = if remote.data_removed {
@@ -100,15 +145,22 @@ impl<P: Ports> App<P> {
             unusable(reason.to_owned(), advance);
             return Ok(());
         }
-        match store_outputs(
-            &self.downloads,
-            &self.objects,
-            &self.settings.output_hosts,
-            &record.id,
-            &remote.output,
+        if Instant::now() >= deadline {
+            return Err(OutputError::OutOfTime.into());
+        }
+        let stored = tokio::time::timeout_at(
+            deadline,
+            store_outputs(
+                &self.downloads,
+                &self.objects,
+                &self.settings.output_hosts,
+                &record.id,
+                &remote.output,
+            ),
         )
         .await
-        {
+        .unwrap_or(Err(OutputError::OutOfTime));
+        match stored {
             Ok(outputs) => advance.outputs = outputs,
             Err(err) if err.is_permanent() => {
                 tracing::warn!(prediction_id = %record.id, error = %err, "outputs cannot be stored");
@@ -129,10 +181,12 @@ impl<P: Ports> App<P> {
         let guard = ClaimGuard::Prediction(&record.id);
         let result = if advance.status == PredictionStatus::Succeeded {
             let completed = advance.completed_at.unwrap_or_else(|| self.clock.millis());
-            let until = completed.saturating_add(self.settings.result_cache_ttl.as_millis() as u64);
-            self.records
-                .settle_claim(&key, guard, &record.id, until)
-                .await
+            let settlement = Settlement {
+                prediction_id: &record.id,
+                lease_until: after(completed, self.settings.result_cache_ttl),
+                from_cache: false,
+            };
+            self.records.settle_claim(&key, guard, &settlement).await
         } else {
             self.records.release_claim(&key, guard).await
         };

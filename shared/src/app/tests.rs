@@ -7,9 +7,9 @@ use http::HeaderValue;
 use lambda_http::{Body, Request, Response};
 use serde_json::{Value, json};
 
-use super::App;
+use super::{App, PortSet};
 use crate::config::Settings;
-use crate::memory::{FakeReplicate, MemoryObjects, MemoryRecords, MemorySource};
+use crate::memory::{FakeReplicate, MemoryObjects, MemoryQueue, MemoryRecords, MemorySource};
 use crate::ports::RecordStore;
 use crate::record::{Claim, PredictionId, PredictionRecord};
 use crate::registry::ModelRegistry;
@@ -32,6 +32,7 @@ fn app_with(extra: &[(&str, &str)]) -> TestApp {
             .or_else(|| match name {
                 "TABLE_NAME" => Some("t".into()),
                 "BUCKET_NAME" => Some("b".into()),
+                "COPY_QUEUE_URL" => Some("q".into()),
                 "REPLICATE_WEBHOOK_SECRET" => Some(SECRET.into()),
                 _ => None,
             })
@@ -39,14 +40,26 @@ fn app_with(extra: &[(&str, &str)]) -> TestApp {
     .unwrap();
     let source = MemorySource::default();
     source.insert(OUTPUT_URL, png());
-    App::new(
-        FakeReplicate::default(),
-        MemoryRecords::default(),
-        MemoryObjects::default(),
-        source,
-        ModelRegistry::shipped().unwrap(),
-        settings,
-    )
+    let ports = PortSet {
+        replicate: FakeReplicate::default(),
+        records: MemoryRecords::default(),
+        objects: MemoryObjects::default(),
+        downloads: source,
+        queue: MemoryQueue::default(),
+    };
+    App::new(ports, ModelRegistry::shipped().unwrap(), settings)
+}
+
+/// Runs every queued copy job as the copy worker would; returns how many failed.
+async fn run_copies(app: &TestApp) -> usize {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut failed = 0;
+    for job in app.queue.drain() {
+        if app.copy_outputs(&job, deadline).await.is_err() {
+            failed += 1;
+        }
+    }
+    failed
 }
 
 fn app() -> TestApp {
@@ -75,8 +88,23 @@ fn submit_event(body: Value) -> Request {
     request
 }
 
-fn webhook_event(id: &PredictionId, body: &Value, signed_at: SystemTime) -> Request {
-    let mut request = event("webhook", id.as_str());
+/// A signed webhook to the URL Replicate was given for `id` (with the record's token).
+async fn webhook_event(
+    app: &TestApp,
+    id: &PredictionId,
+    body: &Value,
+    signed_at: SystemTime,
+) -> Request {
+    let token = record(app, id.as_str()).await.webhook_token.unwrap();
+    signed_webhook(&format!("id={id}&token={token}"), body, signed_at)
+}
+
+/// A signed webhook to `/webhooks/replicate?{query}`.
+fn signed_webhook(query: &str, body: &Value, signed_at: SystemTime) -> Request {
+    let mut request = event("webhook", "");
+    *request.uri_mut() = format!("https://{HOST}/webhooks/replicate?{query}")
+        .parse()
+        .unwrap();
     let text = body.to_string();
     let timestamp = signed_at.duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
     let signature = WebhookSecret::parse(SECRET)
@@ -125,6 +153,10 @@ fn remote(id: &str, status: PredictionStatus) -> Prediction {
     p
 }
 
+async fn fetched(app: &TestApp, id: &str) -> Value {
+    json_of(&app.fetch(event("fetch", id)).await)
+}
+
 #[tokio::test]
 async fn submit_creates_a_prediction_with_a_webhook_back_to_the_api() {
     let app = app();
@@ -140,15 +172,66 @@ async fn submit_creates_a_prediction_with_a_webhook_back_to_the_api() {
         created[0].model.to_string(),
         "black-forest-labs/flux-schnell"
     );
+    let stored = record(&app, id).await;
+    let token = stored.webhook_token.clone().unwrap();
+    assert_eq!(token.len(), 32);
     let webhook = created[0].webhook.as_ref().unwrap();
     assert_eq!(
         webhook.url,
-        format!("https://{HOST}/webhooks/replicate?id={id}")
+        format!("https://{HOST}/webhooks/replicate?id={id}&token={token}")
     );
-    assert_eq!(
-        record(&app, id).await.replicate_id.as_deref(),
-        Some("rep-1")
+    assert_eq!(stored.replicate_id.as_deref(), Some("rep-1"));
+}
+
+#[tokio::test]
+async fn the_webhook_url_comes_from_the_api_domain_never_from_client_headers() {
+    let app = app();
+    let mut request = submit_event(fox());
+    request
+        .headers_mut()
+        .insert("host", HeaderValue::from_static("attacker.example"));
+    request
+        .headers_mut()
+        .insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    app.submit(request).await;
+    let url = app.replicate.created()[0].webhook.clone().unwrap().url;
+    assert!(
+        url.starts_with(&format!("https://{HOST}/webhooks/replicate?id=")),
+        "{url}"
     );
+
+    // A custom domain mapped under a base path keeps it.
+    let app = app_with(&[]);
+    let text = include_str!("../../tests/fixtures/apigw-v2-submit.json")
+        .replace(HOST, "images.example.com")
+        .replace(
+            "\"path\": \"/v1/predictions\"",
+            "\"path\": \"/api/v1/predictions\"",
+        )
+        .replace(
+            "\"rawPath\": \"/v1/predictions\"",
+            "\"rawPath\": \"/api/v1/predictions\"",
+        );
+    let mut request = lambda_http::request::from_str(&text).unwrap();
+    *request.body_mut() = Body::Text(fox().to_string());
+    app.submit(request).await;
+    let url = app.replicate.created()[0].webhook.clone().unwrap().url;
+    assert!(
+        url.starts_with("https://images.example.com/api/webhooks/replicate?id="),
+        "{url}"
+    );
+
+    // Without API Gateway's context (and no PUBLIC_BASE_URL) nothing is created.
+    let app = app_with(&[]);
+    let mut bare = http::Request::builder()
+        .method("POST")
+        .uri("http://attacker.example/v1/predictions")
+        .body(Body::Text(fox().to_string()))
+        .unwrap();
+    bare.headers_mut()
+        .insert("host", HeaderValue::from_static("attacker.example"));
+    assert_eq!(app.submit(bare).await.status(), 500);
+    assert!(app.replicate.created().is_empty());
 }
 
 #[tokio::test]
@@ -156,12 +239,12 @@ async fn public_base_url_decides_the_webhook_url() {
     let app = app_with(&[("PUBLIC_BASE_URL", "https://images.example.com/api/")]);
     let (_, body) = submitted(&app, fox()).await;
     let url = app.replicate.created()[0].webhook.clone().unwrap().url;
-    assert_eq!(
-        url,
-        format!(
-            "https://images.example.com/api/webhooks/replicate?id={}",
-            body["id"].as_str().unwrap()
-        )
+    let id = body["id"].as_str().unwrap();
+    assert!(
+        url.starts_with(&format!(
+            "https://images.example.com/api/webhooks/replicate?id={id}&token="
+        )),
+        "{url}"
     );
 }
 
@@ -196,17 +279,23 @@ async fn an_identical_submit_joins_the_prediction_in_flight() {
     assert_eq!(app.replicate.created().len(), 1);
 }
 
+/// Completes `id` (Replicate id `rid`) through a webhook and the copy worker.
+async fn complete(app: &TestApp, id: &PredictionId, rid: &str) {
+    let mut done = remote(rid, PredictionStatus::Succeeded);
+    done.completed_at = Some(crate::record::rfc3339(app.clock.millis()));
+    let response = app
+        .webhook(webhook_event(app, id, &json!(done), app.clock.now()).await)
+        .await;
+    assert_eq!(json_of(&response)["result"], "queued");
+    assert_eq!(run_copies(app).await, 0);
+}
+
 #[tokio::test]
 async fn a_success_is_served_from_cache_within_the_window_only() {
     let app = app();
     let (_, first) = submitted(&app, fox()).await;
     let id = PredictionId::parse(first["id"].as_str().unwrap()).unwrap();
-    let mut done = remote("rep-1", PredictionStatus::Succeeded);
-    done.completed_at = Some(crate::record::rfc3339(app.clock.millis()));
-    let response = app
-        .webhook(webhook_event(&id, &json!(done), app.clock.now()))
-        .await;
-    assert_eq!(response.status(), 200);
+    complete(&app, &id, "rep-1").await;
     let (status, cached) = submitted(&app, fox()).await;
     assert_eq!(status, 200);
     assert_eq!(cached["cached"], json!(true));
@@ -217,6 +306,52 @@ async fn a_success_is_served_from_cache_within_the_window_only() {
     assert_eq!(status, 202);
     assert_ne!(fresh["id"], first["id"]);
     assert_eq!(app.replicate.created().len(), 2);
+}
+
+#[tokio::test]
+async fn a_cache_hit_answers_the_alias_that_was_asked_for() {
+    let app = app();
+    let sdxl = json!({"model": "sdxl", "input": {"prompt": "a cat", "image": "https://example.com/cat.png"}});
+    let (_, first) = submitted(&app, sdxl.clone()).await;
+    let id = PredictionId::parse(first["id"].as_str().unwrap()).unwrap();
+    let mut done = remote("rep-1", PredictionStatus::Succeeded);
+    done.version = record(&app, id.as_str()).await.version;
+    done.completed_at = Some(crate::record::rfc3339(app.clock.millis()));
+    app.webhook(webhook_event(&app, &id, &json!(done), app.clock.now()).await)
+        .await;
+    run_copies(&app).await;
+    let (status, cached) = submitted(&app, sdxl).await;
+    assert_eq!((status, cached["model"].as_str()), (200, Some("sdxl")));
+    let img2img = json!({"model": "sdxl-img2img", "input": {"prompt": "a cat", "image": "https://example.com/cat.png"}});
+    let (status, other) = submitted(&app, img2img).await;
+    assert_eq!(status, 202, "another alias is another request: {other}");
+    assert_eq!(other["model"], "sdxl-img2img");
+}
+
+#[tokio::test]
+async fn idempotent_replays_answer_as_the_original_did() {
+    let app = app();
+    let keyed = |body: Value, key: &'static str| {
+        let mut request = submit_event(body);
+        request
+            .headers_mut()
+            .insert("idempotency-key", HeaderValue::from_static(key));
+        request
+    };
+    let first = app.submit(keyed(fox(), "k1")).await;
+    assert_eq!(first.status(), 202);
+    let replay = app.submit(keyed(fox(), "k1")).await;
+    assert_eq!(replay.status(), 202, "a new prediction replays as 202");
+    assert_eq!(replay.headers()["idempotent-replayed"], "true");
+    assert_eq!(json_of(&replay)["id"], json_of(&first)["id"]);
+    let id = PredictionId::parse(json_of(&first)["id"].as_str().unwrap()).unwrap();
+    complete(&app, &id, "rep-1").await;
+    let cached = app.submit(keyed(fox(), "k2")).await;
+    assert_eq!(cached.status(), 200);
+    let replay = app.submit(keyed(fox(), "k2")).await;
+    assert_eq!(replay.status(), 200, "a cached answer replays as 200");
+    assert_eq!(json_of(&replay)["cached"], json!(true));
+    assert_eq!(app.replicate.created().len(), 1);
 }
 
 #[tokio::test]
@@ -234,6 +369,7 @@ async fn an_expired_creation_claim_is_taken_over_and_a_live_one_is_waited_for() 
         request_hash: None,
         lease_until: now + 60_000,
         expires_at: 0,
+        from_cache: false,
     };
     app.records.try_claim(&stale, 0).await.unwrap();
     // Lease still running: the submit waits, then asks the client to come back.
@@ -254,7 +390,7 @@ async fn an_expired_creation_claim_is_taken_over_and_a_live_one_is_waited_for() 
 }
 
 #[tokio::test]
-async fn a_throttled_create_answers_429_and_frees_the_cache_key() {
+async fn a_refused_create_ends_its_record_failed_and_frees_the_cache_key() {
     let app = app();
     app.replicate.fail_next_create(ReplicateError::Throttled {
         retry_after: Some(Duration::from_secs(3)),
@@ -263,92 +399,174 @@ async fn a_throttled_create_answers_429_and_frees_the_cache_key() {
     let response = app.submit(submit_event(fox())).await;
     assert_eq!(response.status(), 429);
     assert_eq!(response.headers()["retry-after"], "3");
-    assert_eq!(
-        app.records.prediction_count(),
-        0,
-        "the unused record is removed"
-    );
-    let (status, _) = submitted(&app, fox()).await;
+    // Anyone who joined it holds an id that still answers, with the reason.
+    let failed = app.records.records();
+    assert_eq!(failed.len(), 1, "the record is kept, never deleted");
+    assert_eq!(failed[0].status, PredictionStatus::Failed);
+    assert!(failed[0].error.as_deref().unwrap().contains("throttling"));
+    let view = fetched(&app, failed[0].id.as_str()).await;
+    assert_eq!(view["status"], "failed", "{view}");
+    let (status, retried) = submitted(&app, fox()).await;
     assert_eq!(status, 202, "the key was released, so a retry creates");
+    assert_ne!(retried["id"].as_str(), Some(failed[0].id.as_str()));
 }
 
 #[tokio::test]
-async fn an_ambiguous_create_keeps_its_record_for_a_late_webhook_or_gives_up_later() {
+async fn an_ambiguous_create_is_never_repeated_and_is_found_in_replicates_list() {
+    let app = app();
+    app.replicate.lose_next_create_answer();
+    let mut request = submit_event(fox());
+    request
+        .headers_mut()
+        .insert("idempotency-key", HeaderValue::from_static("order-1"));
+    let response = app.submit(request).await;
+    assert_eq!(response.status(), 202, "the kept record is the answer");
+    let id = json_of(&response)["id"].as_str().unwrap().to_owned();
+    assert_eq!(app.replicate.created().len(), 1);
+    // The same key, or the same body long after the create lease, joins the kept record.
+    let mut again = submit_event(fox());
+    again
+        .headers_mut()
+        .insert("idempotency-key", HeaderValue::from_static("order-1"));
+    assert_eq!(json_of(&app.submit(again).await)["id"], json!(id));
+    app.clock.advance(Duration::from_secs(45));
+    let (status, joined) = submitted(&app, fox()).await;
+    assert_eq!((status, joined["id"].as_str()), (202, Some(id.as_str())));
+    assert_eq!(app.replicate.created().len(), 1, "never a second create");
+    // A fetch finds the prediction in Replicate's list (same model and input) and ties it.
+    let view = fetched(&app, &id).await;
+    assert_eq!(view["status"], "starting");
+    assert_eq!(
+        record(&app, &id).await.replicate_id.as_deref(),
+        Some("rep-1")
+    );
+    assert!(app.replicate.list_calls() >= 1);
+    assert_eq!(app.replicate.created().len(), 1);
+}
+
+#[tokio::test]
+async fn an_ambiguous_create_that_created_nothing_ends_failed_and_frees_the_key() {
+    let app = app();
+    app.replicate
+        .fail_next_create(ReplicateError::CreateOutcomeUnknown {
+            reason: "timeout".into(),
+        });
+    let (status, body) = submitted(&app, fox()).await;
+    assert_eq!(status, 202);
+    let id = body["id"].as_str().unwrap().to_owned();
+    // Too early to trust an empty list: still starting.
+    assert_eq!(fetched(&app, &id).await["status"], "starting");
+    app.clock.advance(Duration::from_secs(61));
+    let view = fetched(&app, &id).await;
+    assert_eq!(view["status"], "failed", "{view}");
+    assert!(view["error"].as_str().unwrap().contains("not created"));
+    let (status, fresh) = submitted(&app, fox()).await;
+    assert_eq!(status, 202);
+    assert_ne!(fresh["id"], json!(id));
+    assert_eq!(app.replicate.created().len(), 1);
+}
+
+#[tokio::test]
+async fn a_start_webhook_records_replicates_id_even_while_starting() {
     let app = app();
     app.replicate
         .fail_next_create(ReplicateError::CreateOutcomeUnknown {
             reason: "HTTP 500".into(),
         });
-    let response = app.submit(submit_event(fox())).await;
-    assert_eq!(response.status(), 502);
-    assert_eq!(app.records.prediction_count(), 1);
-    let kept = {
-        let alias = app.registry.get("flux-schnell").unwrap();
-        let key = format!(
-            "cache#{}",
-            alias
-                .cache_key(&alias.validate(&fox()["input"]).unwrap())
-                .as_str()
-        );
-        app.records.claim(&key).unwrap().prediction_id.unwrap()
-    };
-    // The prediction did exist: its webhook adopts the record.
-    let adopted = app
-        .webhook(webhook_event(
-            &kept,
-            &json!(remote("rep-77", PredictionStatus::Processing)),
-            app.clock.now(),
-        ))
+    let (_, body) = submitted(&app, fox()).await;
+    let id = PredictionId::parse(body["id"].as_str().unwrap()).unwrap();
+    let start = json!(remote("rep-77", PredictionStatus::Starting));
+    let response = app
+        .webhook(webhook_event(&app, &id, &start, app.clock.now()).await)
         .await;
-    assert_eq!(json_of(&adopted)["result"], "applied");
+    assert_eq!(response.status(), 200);
     assert_eq!(
-        record(&app, kept.as_str()).await.replicate_id.as_deref(),
+        record(&app, id.as_str()).await.replicate_id.as_deref(),
         Some("rep-77")
     );
-
-    // Another that never existed is given up on after ten minutes.
-    let app = app_with(&[]);
-    app.replicate
-        .fail_next_create(ReplicateError::CreateOutcomeUnknown {
-            reason: "timeout".into(),
-        });
-    app.submit(submit_event(fox())).await;
-    let alias = app.registry.get("flux-schnell").unwrap();
-    let key = format!(
-        "cache#{}",
-        alias
-            .cache_key(&alias.validate(&fox()["input"]).unwrap())
-            .as_str()
+    // Tied now: another Replicate prediction is never applied to it.
+    let other = json!(remote("rep-78", PredictionStatus::Failed));
+    let response = app
+        .webhook(webhook_event(&app, &id, &other, app.clock.now()).await)
+        .await;
+    assert_eq!(json_of(&response)["result"], "ignored");
+    assert_eq!(
+        record(&app, id.as_str()).await.status,
+        PredictionStatus::Starting
     );
-    let orphan = app.records.claim(&key).unwrap().prediction_id.unwrap();
-    let fetched = app.fetch(event("fetch", orphan.as_str())).await;
-    assert_eq!(json_of(&fetched)["status"], "starting");
-    app.clock.advance(Duration::from_secs(11 * 60));
-    let fetched = app.fetch(event("fetch", orphan.as_str())).await;
-    assert_eq!(json_of(&fetched)["status"], "failed");
 }
 
 #[tokio::test]
-async fn a_webhook_stores_outputs_before_the_record_says_succeeded() {
+async fn a_signed_delivery_cannot_be_replayed_onto_another_record() {
+    let app = app();
+    app.replicate
+        .fail_next_create(ReplicateError::CreateOutcomeUnknown {
+            reason: "HTTP 500".into(),
+        });
+    let (_, victim) = submitted(&app, fox()).await;
+    let victim = PredictionId::parse(victim["id"].as_str().unwrap()).unwrap();
+    let (_, mine) = submitted(
+        &app,
+        json!({"model": "flux-schnell", "input": {"prompt": "mine"}}),
+    )
+    .await;
+    let mine = PredictionId::parse(mine["id"].as_str().unwrap()).unwrap();
+    let my_token = record(&app, mine.as_str()).await.webhook_token.unwrap();
+    // A delivery signed by Replicate for my prediction, replayed to the victim's id with my
+    // token, or with none at all.
+    let delivery = json!(remote("rep-2", PredictionStatus::Failed));
+    for query in [
+        format!("id={victim}&token={my_token}"),
+        format!("id={victim}"),
+    ] {
+        let response = app
+            .webhook(signed_webhook(&query, &delivery, app.clock.now()))
+            .await;
+        assert_eq!(json_of(&response)["result"], "ignored", "{query}");
+    }
+    let kept = record(&app, victim.as_str()).await;
+    assert_eq!(kept.replicate_id, None);
+    assert_eq!(kept.status, PredictionStatus::Starting);
+    // A delivery of another model, even to the right URL, is not applied either.
+    let mut sdxl = remote("rep-9", PredictionStatus::Failed);
+    sdxl.model = "stability-ai/sdxl".into();
+    let response = app
+        .webhook(webhook_event(&app, &victim, &json!(sdxl), app.clock.now()).await)
+        .await;
+    assert_eq!(json_of(&response)["result"], "ignored");
+}
+
+#[tokio::test]
+async fn a_webhook_queues_the_copy_and_outputs_are_stored_before_succeeded() {
     let app = app();
     let (_, body) = submitted(&app, fox()).await;
     let id = PredictionId::parse(body["id"].as_str().unwrap()).unwrap();
     let response = app
-        .webhook(webhook_event(
-            &id,
-            &json!(remote("rep-1", PredictionStatus::Succeeded)),
-            app.clock.now(),
-        ))
+        .webhook(
+            webhook_event(
+                &app,
+                &id,
+                &json!(remote("rep-1", PredictionStatus::Succeeded)),
+                app.clock.now(),
+            )
+            .await,
+        )
         .await;
     assert_eq!(response.status(), 200);
-    assert_eq!(json_of(&response)["result"], "applied");
+    assert_eq!(json_of(&response)["result"], "queued");
+    assert!(app.objects.keys().is_empty(), "the webhook copies nothing");
+    assert_eq!(
+        record(&app, id.as_str()).await.status,
+        PredictionStatus::Starting
+    );
+    assert_eq!(run_copies(&app).await, 0);
     let key = format!("outputs/{id}/0.png");
     assert_eq!(app.objects.keys(), vec![key.clone()]);
     let stored = record(&app, id.as_str()).await;
     assert_eq!(stored.status, PredictionStatus::Succeeded);
     assert_eq!(stored.outputs[0].key, key);
     assert_eq!(stored.outputs[0].size, png().len() as u64);
-    let view = json_of(&app.fetch(event("fetch", id.as_str())).await);
+    let view = fetched(&app, id.as_str()).await;
     assert_eq!(
         view["output"][0]["url"],
         format!("https://bucket.example/{key}?expires-in=3600")
@@ -357,37 +575,27 @@ async fn a_webhook_stores_outputs_before_the_record_says_succeeded() {
 }
 
 #[tokio::test]
-async fn duplicate_and_backward_webhooks_are_ignored() {
+async fn a_copy_out_of_time_is_retried_and_a_failed_queue_send_asks_for_redelivery() {
     let app = app();
     let (_, body) = submitted(&app, fox()).await;
     let id = PredictionId::parse(body["id"].as_str().unwrap()).unwrap();
     let done = json!(remote("rep-1", PredictionStatus::Succeeded));
+    app.queue.fail_next_sends(1);
+    let response = app
+        .webhook(webhook_event(&app, &id, &done, app.clock.now()).await)
+        .await;
+    assert_eq!(response.status(), 500, "Replicate will deliver it again");
+    app.webhook(webhook_event(&app, &id, &done, app.clock.now()).await)
+        .await;
+    let job = app.queue.drain().pop().unwrap();
+    let past = tokio::time::Instant::now();
+    assert!(app.copy_outputs(&job, past).await.is_err());
     assert_eq!(
-        json_of(
-            &app.webhook(webhook_event(&id, &done, app.clock.now()))
-                .await
-        )["result"],
-        "applied"
+        record(&app, id.as_str()).await.status,
+        PredictionStatus::Starting
     );
-    for late in [
-        done.clone(),
-        json!(remote("rep-1", PredictionStatus::Processing)),
-        json!(remote("rep-1", PredictionStatus::Failed)),
-    ] {
-        let response = app
-            .webhook(webhook_event(&id, &late, app.clock.now()))
-            .await;
-        assert_eq!(response.status(), 200);
-        assert_eq!(json_of(&response)["result"], "ignored", "{late}");
-    }
-    let other = json!(remote("rep-other", PredictionStatus::Failed));
-    assert_eq!(
-        json_of(
-            &app.webhook(webhook_event(&id, &other, app.clock.now()))
-                .await
-        )["result"],
-        "ignored"
-    );
+    let later = tokio::time::Instant::now() + Duration::from_secs(30);
+    app.copy_outputs(&job, later).await.unwrap();
     assert_eq!(
         record(&app, id.as_str()).await.status,
         PredictionStatus::Succeeded
@@ -395,26 +603,53 @@ async fn duplicate_and_backward_webhooks_are_ignored() {
 }
 
 #[tokio::test]
-async fn a_webhook_that_cannot_be_stored_answers_500_and_its_retry_succeeds() {
+async fn duplicate_and_backward_webhooks_are_ignored() {
+    let app = app();
+    let (_, body) = submitted(&app, fox()).await;
+    let id = PredictionId::parse(body["id"].as_str().unwrap()).unwrap();
+    complete(&app, &id, "rep-1").await;
+    let done = json!(remote("rep-1", PredictionStatus::Succeeded));
+    for late in [
+        done.clone(),
+        json!(remote("rep-1", PredictionStatus::Processing)),
+        json!(remote("rep-1", PredictionStatus::Failed)),
+    ] {
+        let response = app
+            .webhook(webhook_event(&app, &id, &late, app.clock.now()).await)
+            .await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(json_of(&response)["result"], "ignored", "{late}");
+    }
+    let other = json!(remote("rep-other", PredictionStatus::Failed));
+    let response = app
+        .webhook(webhook_event(&app, &id, &other, app.clock.now()).await)
+        .await;
+    assert_eq!(json_of(&response)["result"], "ignored");
+    assert!(app.queue.is_empty());
+    assert_eq!(
+        record(&app, id.as_str()).await.status,
+        PredictionStatus::Succeeded
+    );
+}
+
+#[tokio::test]
+async fn a_copy_that_cannot_be_stored_fails_and_its_retry_succeeds() {
     let app = app();
     let (_, body) = submitted(&app, fox()).await;
     let id = PredictionId::parse(body["id"].as_str().unwrap()).unwrap();
     app.objects.fail_next_puts(3);
     let done = json!(remote("rep-1", PredictionStatus::Succeeded));
-    let response = app
-        .webhook(webhook_event(&id, &done, app.clock.now()))
+    app.webhook(webhook_event(&app, &id, &done, app.clock.now()).await)
         .await;
-    assert_eq!(response.status(), 500);
-    assert_eq!(json_of(&response)["type"], "/problems/storage-failed");
+    let job = app.queue.drain().pop().unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    assert!(app.copy_outputs(&job, deadline).await.is_err());
     assert_eq!(
         record(&app, id.as_str()).await.status,
         PredictionStatus::Starting,
         "not succeeded without outputs"
     );
-    let retried = app
-        .webhook(webhook_event(&id, &done, app.clock.now()))
-        .await;
-    assert_eq!(retried.status(), 200);
+    app.copy_outputs(&job, deadline).await.unwrap();
     assert_eq!(
         record(&app, id.as_str()).await.status,
         PredictionStatus::Succeeded
@@ -427,21 +662,42 @@ async fn unsigned_stale_and_malformed_webhooks_are_refused() {
     let (_, body) = submitted(&app, fox()).await;
     let id = PredictionId::parse(body["id"].as_str().unwrap()).unwrap();
     let done = json!(remote("rep-1", PredictionStatus::Succeeded));
-    let mut unsigned = webhook_event(&id, &done, app.clock.now());
+    let mut unsigned = webhook_event(&app, &id, &done, app.clock.now()).await;
     unsigned.headers_mut().remove("webhook-signature");
     assert_eq!(app.webhook(unsigned).await.status(), 401);
-    let stale = webhook_event(&id, &done, app.clock.now() - Duration::from_secs(301));
+    let stale = webhook_event(&app, &id, &done, app.clock.now() - Duration::from_secs(301)).await;
     assert_eq!(app.webhook(stale).await.status(), 401);
-    let mut tampered = webhook_event(&id, &done, app.clock.now());
+    let mut tampered = webhook_event(&app, &id, &done, app.clock.now()).await;
     *tampered.body_mut() = Body::Text(json!(remote("rep-1", PredictionStatus::Failed)).to_string());
     assert_eq!(app.webhook(tampered).await.status(), 401);
-    let junk = webhook_event(&id, &json!({"not": "a prediction"}), app.clock.now());
+    let junk = webhook_event(&app, &id, &json!({"not": "a prediction"}), app.clock.now()).await;
     assert_eq!(app.webhook(junk).await.status(), 400);
     assert_eq!(
         record(&app, id.as_str()).await.status,
         PredictionStatus::Starting
     );
-    assert!(app.objects.keys().is_empty());
+    assert!(app.queue.is_empty());
+}
+
+#[tokio::test]
+async fn unauthenticated_webhooks_never_make_the_service_call_replicate() {
+    // No configured secret and Replicate cannot give one.
+    let app = app_with(&[("REPLICATE_WEBHOOK_SECRET", "")]);
+    let (_, body) = submitted(&app, fox()).await;
+    let id = PredictionId::parse(body["id"].as_str().unwrap()).unwrap();
+    let done = json!(remote("rep-1", PredictionStatus::Succeeded));
+    let mut unsigned = webhook_event(&app, &id, &done, app.clock.now()).await;
+    unsigned.headers_mut().remove("webhook-signature");
+    assert_eq!(app.webhook(unsigned).await.status(), 401);
+    let stale = webhook_event(&app, &id, &done, app.clock.now() - Duration::from_secs(600)).await;
+    assert_eq!(app.webhook(stale).await.status(), 401);
+    assert_eq!(app.replicate.secret_calls(), 0, "refused before any call");
+    // A well-formed delivery needs the secret: one call, then the failure is remembered.
+    for _ in 0..3 {
+        let signed = webhook_event(&app, &id, &done, app.clock.now()).await;
+        assert_eq!(app.webhook(signed).await.status(), 500);
+    }
+    assert_eq!(app.replicate.secret_calls(), 1);
 }
 
 #[tokio::test]
@@ -451,14 +707,8 @@ async fn fetch_recovers_a_lost_webhook_and_syncs_at_most_once_per_interval() {
     let id = body["id"].as_str().unwrap().to_owned();
     app.replicate
         .set_prediction(remote("rep-1", PredictionStatus::Processing));
-    assert_eq!(
-        json_of(&app.fetch(event("fetch", &id)).await)["status"],
-        "processing"
-    );
-    assert_eq!(
-        json_of(&app.fetch(event("fetch", &id)).await)["status"],
-        "processing"
-    );
+    assert_eq!(fetched(&app, &id).await["status"], "processing");
+    assert_eq!(fetched(&app, &id).await["status"], "processing");
     assert_eq!(
         app.replicate.get_calls(),
         1,
@@ -467,12 +717,19 @@ async fn fetch_recovers_a_lost_webhook_and_syncs_at_most_once_per_interval() {
     app.replicate
         .set_prediction(remote("rep-1", PredictionStatus::Succeeded));
     app.clock.advance(Duration::from_secs(6));
-    let view = json_of(&app.fetch(event("fetch", &id)).await);
+    assert_eq!(fetched(&app, &id).await["status"], "processing");
+    assert_eq!(
+        app.queue.len(),
+        1,
+        "the copy is queued, not done in the fetch"
+    );
+    run_copies(&app).await;
+    let view = fetched(&app, &id).await;
     assert_eq!(view["status"], "succeeded");
     assert_eq!(view["output"].as_array().unwrap().len(), 1);
     assert_eq!(app.replicate.get_calls(), 2);
     app.clock.advance(Duration::from_secs(60));
-    app.fetch(event("fetch", &id)).await;
+    fetched(&app, &id).await;
     assert_eq!(
         app.replicate.get_calls(),
         2,
@@ -481,7 +738,7 @@ async fn fetch_recovers_a_lost_webhook_and_syncs_at_most_once_per_interval() {
 }
 
 #[tokio::test]
-async fn fetch_of_an_unknown_or_malformed_id_is_404() {
+async fn fetch_of_an_unknown_expired_or_malformed_id_is_404() {
     let app = app();
     let response = app
         .fetch(event("fetch", &PredictionId::generate().to_string()))
@@ -494,6 +751,12 @@ async fn fetch_of_an_unknown_or_malformed_id_is_404() {
     let mut weird = event("fetch", "");
     *weird.uri_mut() = "/v1/predictions/..%2F..%2Fetc".parse().unwrap();
     assert_eq!(app.route(weird).await.status(), 404);
+    // Past its TTL a record is gone, even before DynamoDB deletes it.
+    let (_, body) = submitted(&app, fox()).await;
+    let id = body["id"].as_str().unwrap();
+    assert_eq!(app.fetch(event("fetch", id)).await.status(), 200);
+    app.clock.advance(Duration::from_secs(31 * 24 * 3600));
+    assert_eq!(app.fetch(event("fetch", id)).await.status(), 404);
 }
 
 #[tokio::test]
@@ -503,14 +766,74 @@ async fn the_webhook_secret_is_fetched_from_replicate_when_not_configured() {
         .set_secret(WebhookSecret::parse(SECRET).unwrap());
     let (_, body) = submitted(&app, fox()).await;
     let id = PredictionId::parse(body["id"].as_str().unwrap()).unwrap();
+    let processing = json!(remote("rep-1", PredictionStatus::Processing));
     let response = app
-        .webhook(webhook_event(
-            &id,
-            &json!(remote("rep-1", PredictionStatus::Processing)),
-            app.clock.now(),
-        ))
+        .webhook(webhook_event(&app, &id, &processing, app.clock.now()).await)
         .await;
     assert_eq!(json_of(&response)["result"], "applied");
+}
+
+#[tokio::test]
+async fn replicates_text_and_numbers_are_stored_bounded() {
+    let app = app();
+    let (_, body) = submitted(&app, fox()).await;
+    let id = PredictionId::parse(body["id"].as_str().unwrap()).unwrap();
+    let mut failed = remote("rep-1", PredictionStatus::Failed);
+    failed.error = Some("x".repeat(200_000));
+    for i in 0..1000 {
+        failed.metrics.other.insert(format!("metric_{i}"), json!(i));
+    }
+    failed.metrics.other.insert("k".repeat(500), json!(1));
+    app.webhook(webhook_event(&app, &id, &json!(failed), app.clock.now()).await)
+        .await;
+    let stored = record(&app, id.as_str()).await;
+    assert_eq!(stored.status, PredictionStatus::Failed);
+    assert!(stored.error.unwrap().chars().count() <= crate::record::MAX_ERROR_CHARS + 1);
+    assert!(stored.metrics.unwrap().other.len() <= 8);
+
+    // Thousands of outputs: the prediction fails clearly instead of outgrowing its record.
+    let (_, body) = submitted(
+        &app,
+        json!({"model": "flux-schnell", "input": {"prompt": "many"}}),
+    )
+    .await;
+    let id = PredictionId::parse(body["id"].as_str().unwrap()).unwrap();
+    let mut many = remote("rep-2", PredictionStatus::Succeeded);
+    many.output = (0..5000).map(|i| format!("{OUTPUT_URL}?{i}")).collect();
+    app.webhook(webhook_event(&app, &id, &json!(many), app.clock.now()).await)
+        .await;
+    run_copies(&app).await;
+    let stored = record(&app, id.as_str()).await;
+    assert_eq!(stored.status, PredictionStatus::Failed);
+    assert!(stored.error.unwrap().contains("at most 16"));
+    assert!(app.objects.keys().is_empty());
+}
+
+#[tokio::test]
+async fn a_large_inline_image_is_kept_in_the_bucket_and_the_record_holds_a_reference() {
+    use base64::Engine as _;
+    let app = app();
+    let bytes: Vec<u8> = (0..700_000u32).map(|i| (i % 251) as u8).collect();
+    let data_url = format!(
+        "data:image/png;base64,{}",
+        base64::engine::general_purpose::STANDARD.encode(&bytes)
+    );
+    let (status, body) = submitted(
+        &app,
+        json!({"model": "sd-inpainting", "input": {"prompt": "a cat", "image": data_url, "mask": data_url}}),
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    let reference = body["input"]["image"].as_str().unwrap();
+    assert!(reference.starts_with("inline://"), "{reference}");
+    assert!(body.to_string().len() < 4096, "the answer holds no image");
+    let stored = record(&app, body["id"].as_str().unwrap()).await;
+    assert_eq!(stored.input["image"], json!(reference));
+    assert_eq!(app.objects.keys().len(), 1, "one object for the same bytes");
+    let sent = &app.replicate.created()[0].input;
+    let url = sent["image"].as_str().unwrap();
+    assert!(url.starts_with("https://bucket.example/inputs/"), "{url}");
+    assert!(super::inputs::input_matches(&stored.input, sent));
 }
 
 #[tokio::test]
@@ -524,17 +847,18 @@ async fn the_reconciler_syncs_old_running_predictions_and_gives_up_on_vanished_o
     .await;
     app.replicate
         .set_prediction(remote("rep-1", PredictionStatus::Succeeded));
-    let report = app.reconcile().await.unwrap();
+    let report = app.reconcile(None).await;
     assert_eq!(report.examined, 0, "too young to reconcile");
     app.clock.advance(Duration::from_secs(61));
     // rep-2 is unknown to the fake: Replicate answers 404 for it.
     app.replicate.forget("rep-2");
-    let report = app.reconcile().await.unwrap();
+    let report = app.reconcile(None).await;
     assert_eq!(
         (report.examined, report.advanced, report.errors),
         (2, 2, 0),
         "{report:?}"
     );
+    run_copies(&app).await;
     assert_eq!(
         record(&app, kept["id"].as_str().unwrap()).await.status,
         PredictionStatus::Succeeded
@@ -542,5 +866,57 @@ async fn the_reconciler_syncs_old_running_predictions_and_gives_up_on_vanished_o
     let gone = record(&app, vanished["id"].as_str().unwrap()).await;
     assert_eq!(gone.status, PredictionStatus::Failed);
     assert!(gone.error.unwrap().contains("no longer"));
-    assert_eq!(app.reconcile().await.unwrap().examined, 0);
+    assert_eq!(app.reconcile(None).await.examined, 0);
+}
+
+#[tokio::test]
+async fn the_reconciler_pages_through_every_shard_past_errors_and_ends_the_expired() {
+    let app = app_with(&[("RECONCILE_AFTER_SECONDS", "60")]);
+    // 250 running predictions, spread over the shards by their random ids.
+    for i in 0..250 {
+        submitted(
+            &app,
+            json!({"model": "flux-schnell", "input": {"prompt": format!("p{i}")}}),
+        )
+        .await;
+    }
+    // One Replicate cannot answer for (it stays open), every other still running.
+    app.replicate
+        .set_prediction(remote("rep-7", PredictionStatus::Starting));
+    let stuck = app
+        .records
+        .records()
+        .into_iter()
+        .find(|r| r.replicate_id.as_deref() == Some("rep-7"))
+        .unwrap();
+    app.replicate.fail_next_get(
+        "rep-7",
+        ReplicateError::InvalidResponse {
+            status: 200,
+            message: "undecodable".into(),
+        },
+    );
+    app.clock.advance(Duration::from_secs(61));
+    let report = app.reconcile(None).await;
+    assert_eq!(report.examined, 250, "{report:?}");
+    assert_eq!(report.errors, 1, "{report:?}");
+    assert!(!report.incomplete);
+    // Past Replicate's output retention, what is still open is ended with a reason.
+    app.clock.advance(Duration::from_secs(71 * 60));
+    app.replicate.fail_next_get(
+        "rep-7",
+        ReplicateError::InvalidResponse {
+            status: 200,
+            message: "undecodable".into(),
+        },
+    );
+    let report = app.reconcile(None).await;
+    assert_eq!(report.examined, 250);
+    let ended = record(&app, stuck.id.as_str()).await;
+    assert_eq!(ended.status, PredictionStatus::Failed);
+    assert!(ended.error.unwrap().contains("retention"));
+    assert_eq!(report.expired, 250, "{report:?}");
+    // A run out of time stops and says so.
+    let report = app.reconcile(Some(tokio::time::Instant::now())).await;
+    assert!(report.incomplete);
 }

@@ -1,17 +1,20 @@
-//! `POST /webhooks/replicate?id=<prediction id>`: verify, then apply the delivered state.
+//! `POST /webhooks/replicate?id=<prediction id>&token=<record token>`: check the cheap
+//! things, verify the signature, then apply the delivered state to the one record the URL
+//! names, only if the URL's token is that record's (a delivery signed for one prediction
+//! cannot be replayed onto another) and the body's model and version are the record's.
 
 use http::StatusCode;
 use lambda_http::{Body, Request, Response};
 use serde::Serialize;
+use subtle::ConstantTimeEq;
 
 use super::Ports;
 use super::problem::json_response;
-use super::sync::SyncOutcome;
+use super::sync::{Copy, SyncOutcome};
 use super::{ApiError, App};
-use crate::ports::RecordStore;
-use crate::record::PredictionId;
+use crate::record::{PredictionId, PredictionRecord};
 use crate::replicate::Prediction;
-use crate::webhook::SignatureHeaders;
+use crate::webhook::{DEFAULT_TOLERANCE, SignatureHeaders};
 
 #[derive(Serialize)]
 struct Receipt {
@@ -24,12 +27,36 @@ fn receipt(result: &'static str, reason: Option<&'static str>) -> Response<Body>
     json_response(StatusCode::OK, &Receipt { result, reason })
 }
 
-/// Our prediction id, from the webhook URL's `id` query parameter.
-fn prediction_id_param(request: &Request) -> Option<PredictionId> {
+/// The webhook URL's query: our prediction id and the record's token.
+struct Addressee {
+    id: PredictionId,
+    token: Option<String>,
+}
+
+fn addressee(request: &Request) -> Option<Addressee> {
     let query = request.uri().query()?;
-    url::form_urlencoded::parse(query.as_bytes())
-        .find(|(name, _)| name == "id")
-        .and_then(|(_, value)| PredictionId::parse(&value).ok())
+    let mut id = None;
+    let mut token = None;
+    for (name, value) in url::form_urlencoded::parse(query.as_bytes()) {
+        match name.as_ref() {
+            "id" => id = PredictionId::parse(&value).ok(),
+            "token" if value.len() <= 64 => token = Some(value.into_owned()),
+            _ => {}
+        }
+    }
+    Some(Addressee { id: id?, token })
+}
+
+/// Whether a verified delivery belongs to `record`: the URL's token is the record's (in
+/// constant time), or, for a record without one, the delivery is of its known prediction.
+fn belongs_to(record: &PredictionRecord, token: Option<&str>, remote: &Prediction) -> bool {
+    let addressed = match (&record.webhook_token, token) {
+        (Some(ours), Some(given)) => bool::from(ours.as_bytes().ct_eq(given.as_bytes())),
+        (Some(_), None) => false,
+        (None, _) => record.replicate_id.as_deref() == Some(remote.id.as_str()),
+    };
+    let same_model = remote.model.is_empty() || remote.model == record.model;
+    addressed && same_model && remote.version == record.version
 }
 
 impl<P: Ports> App<P> {
@@ -41,13 +68,23 @@ impl<P: Ports> App<P> {
     }
 
     async fn try_webhook(&self, request: &Request) -> Result<Response<Body>, ApiError> {
-        let verifier = self.webhook_verifier().await.map_err(|err| {
-            tracing::error!(error = %err, "webhook signing secret unavailable");
-            ApiError::StorageFailed
-        })?;
         let body = request.body().as_ref();
         let headers = SignatureHeaders::from_header_map(request.headers())
             .map_err(|e| ApiError::Unauthorized(e.to_string()))?;
+        headers
+            .fresh_timestamp(self.clock.now(), DEFAULT_TOLERANCE)
+            .map_err(|e| ApiError::Unauthorized(e.to_string()))?;
+        let Some(to) = addressee(request) else {
+            tracing::warn!("webhook without a prediction id; ignored");
+            return Ok(receipt(
+                "ignored",
+                Some("no prediction id in the webhook URL"),
+            ));
+        };
+        let verifier = self
+            .webhook_verifier()
+            .await
+            .ok_or(ApiError::StorageFailed)?;
         let delivery = verifier
             .verify(headers, body, self.clock.now())
             .map_err(|e| {
@@ -56,24 +93,25 @@ impl<P: Ports> App<P> {
             })?;
         let remote: Prediction = serde_json::from_slice(body)
             .map_err(|e| ApiError::BadRequest(format!("webhook body is not a prediction: {e}")))?;
-        let Some(id) = prediction_id_param(request) else {
-            tracing::warn!(replicate_id = %remote.id, webhook_id = %delivery.id, "webhook without a prediction id; ignored");
-            return Ok(receipt(
-                "ignored",
-                Some("no prediction id in the webhook URL"),
-            ));
-        };
-        tracing::Span::current().record("prediction_id", id.as_str());
-        let Some(record) = self.records.get_prediction(&id).await? else {
-            tracing::warn!(prediction_id = %id, "webhook for an unknown prediction; ignored");
+        tracing::Span::current().record("prediction_id", to.id.as_str());
+        let Some(record) = self.live_prediction(&to.id).await? else {
+            tracing::warn!(prediction_id = %to.id, "webhook for an unknown prediction; ignored");
             return Ok(receipt("ignored", Some("unknown prediction")));
         };
-        tracing::info!(prediction_id = %id, replicate_id = %remote.id, status = %remote.status, webhook_id = %delivery.id, "webhook received");
-        match self.apply_remote(&record, &remote).await {
+        if !belongs_to(&record, to.token.as_deref(), &remote) {
+            tracing::warn!(prediction_id = %to.id, replicate_id = %remote.id, webhook_id = %delivery.id, "signed webhook not addressed to this record; ignored");
+            return Ok(receipt(
+                "ignored",
+                Some("not a delivery for this prediction"),
+            ));
+        }
+        tracing::info!(prediction_id = %to.id, replicate_id = %remote.id, status = %remote.status, webhook_id = %delivery.id, "webhook received");
+        match self.apply_remote(&record, &remote, Copy::Queue).await {
             Ok(SyncOutcome::Applied(_)) => Ok(receipt("applied", None)),
+            Ok(SyncOutcome::CopyQueued) => Ok(receipt("queued", None)),
             Ok(SyncOutcome::Ignored(reason)) => Ok(receipt("ignored", Some(reason))),
             Err(err) => {
-                tracing::error!(prediction_id = %id, error = %err, "webhook could not be persisted; Replicate will retry");
+                tracing::error!(prediction_id = %to.id, error = %err, "webhook could not be persisted; Replicate will retry");
                 Err(ApiError::StorageFailed)
             }
         }

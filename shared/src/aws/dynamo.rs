@@ -7,7 +7,7 @@ use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata};
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailure};
 
-use crate::ports::{ClaimOutcome, RecordStore, StoreError};
+use crate::ports::{ClaimOutcome, OpenPage, RecordStore, Settlement, StoreError, open_shard};
 use crate::record::{Advance, Claim, ClaimGuard, Millis, PredictionId, PredictionRecord};
 use crate::replicate::PredictionStatus;
 
@@ -15,11 +15,10 @@ type Item = HashMap<String, AttributeValue>;
 
 pub const TTL_ATTRIBUTE: &str = "expires_at";
 
-/// A sparse index of the predictions still running: only they carry `open_shard`, which a
-/// terminal update removes. The reconciler queries it for old ones.
+/// A sparse index of the predictions still running: only they carry `open_shard` (one of
+/// `ports::OPEN_SHARDS`), which a terminal update removes. The reconciler queries it.
 pub const OPEN_INDEX: &str = "open-index";
 pub const OPEN_SHARD_ATTRIBUTE: &str = "open_shard";
-const OPEN_SHARD: &str = "open";
 
 #[derive(Debug, Clone)]
 pub struct DynamoRecords {
@@ -38,6 +37,11 @@ impl DynamoRecords {
 
 fn prediction_pk(id: &PredictionId) -> AttributeValue {
     AttributeValue::S(format!("pred#{id}"))
+}
+
+/// The item that binds a Replicate prediction to the one record of ours it belongs to.
+fn binding_pk(replicate_id: &str) -> AttributeValue {
+    AttributeValue::S(format!("replicate#{replicate_id}"))
 }
 
 fn s(v: impl Into<String>) -> AttributeValue {
@@ -128,9 +132,10 @@ fn prediction_to_item(r: &PredictionRecord) -> Result<Item, StoreError> {
         ("started_at", r.started_at.map(n)),
         ("completed_at", r.completed_at.map(n)),
         ("synced_at", r.synced_at.map(n)),
+        ("webhook_token", r.webhook_token.clone().map(s)),
     ];
     if !r.status.is_terminal() {
-        item.insert(OPEN_SHARD_ATTRIBUTE.to_owned(), s(OPEN_SHARD));
+        item.insert(OPEN_SHARD_ATTRIBUTE.to_owned(), s(open_shard(&r.id)));
     }
     item.extend(
         optional
@@ -160,6 +165,7 @@ fn prediction_from_item(item: &Item) -> Result<PredictionRecord, StoreError> {
         completed_at: read_opt_n(item, "completed_at"),
         synced_at: read_opt_n(item, "synced_at"),
         expires_at: read_n(item, TTL_ATTRIBUTE)?,
+        webhook_token: read_opt_s(item, "webhook_token"),
     })
 }
 
@@ -169,6 +175,7 @@ fn claim_to_item(c: &Claim) -> Item {
         ("token".to_owned(), s(&c.token)),
         ("lease_until".to_owned(), n(c.lease_until)),
         (TTL_ATTRIBUTE.to_owned(), n(c.expires_at)),
+        ("from_cache".to_owned(), AttributeValue::Bool(c.from_cache)),
     ]);
     if let Some(id) = &c.prediction_id {
         item.insert("prediction_id".to_owned(), s(id.as_str()));
@@ -191,6 +198,7 @@ fn claim_from_item(item: &Item) -> Result<Claim, StoreError> {
         request_hash: read_opt_s(item, "request_hash"),
         lease_until: read_n(item, "lease_until")?,
         expires_at: read_n(item, TTL_ATTRIBUTE)?,
+        from_cache: matches!(item.get("from_cache"), Some(AttributeValue::Bool(true))),
     })
 }
 
@@ -229,7 +237,6 @@ fn advance_expression(advance: &Advance) -> Result<(String, Item), StoreError> {
         values.insert(":metrics".to_owned(), json_attr(metrics)?);
     }
     if let Some(rid) = &advance.replicate_id {
-        set.push("#replicate_id = :rid");
         values.insert(":rid".to_owned(), s(rid));
     }
     if let Some(t) = advance.started_at {
@@ -356,17 +363,21 @@ impl RecordStore for DynamoRecords {
         &self,
         key: &str,
         guard: ClaimGuard<'_>,
-        prediction_id: &PredictionId,
-        lease_until: Millis,
+        settlement: &Settlement<'_>,
     ) -> Result<bool, StoreError> {
-        let (condition, guard_value) = guard_condition(guard);
+        let (guard, guard_value) = guard_condition(guard);
+        let condition = format!("{guard} AND #lease_until <= :lease");
         let values = Item::from([
-            (":pid".to_owned(), s(prediction_id.as_str())),
-            (":lease".to_owned(), n(lease_until)),
+            (":pid".to_owned(), s(settlement.prediction_id.as_str())),
+            (":lease".to_owned(), n(settlement.lease_until)),
+            (
+                ":cached".to_owned(),
+                AttributeValue::Bool(settlement.from_cache),
+            ),
             (":guard".to_owned(), guard_value),
         ]);
-        let update = "SET #prediction_id = :pid, #lease_until = :lease";
-        self.update_if("settle claim", s(key), update, condition, values)
+        let update = "SET #prediction_id = :pid, #lease_until = :lease, #from_cache = :cached";
+        self.update_if("settle claim", s(key), update, &condition, values)
             .await
     }
 
@@ -420,18 +431,58 @@ impl RecordStore for DynamoRecords {
         &self,
         id: &PredictionId,
         replicate_id: &str,
+        expires_at: u64,
     ) -> Result<bool, StoreError> {
+        // First the binding: it decides which record owns the Replicate prediction.
+        let binding = Item::from([
+            ("pk".to_owned(), binding_pk(replicate_id)),
+            ("prediction_id".to_owned(), s(id.as_str())),
+            (TTL_ATTRIBUTE.to_owned(), n(expires_at)),
+        ]);
+        let mine = Item::from([(":id".to_owned(), s(id.as_str()))]);
+        let bound = self
+            .put_if(
+                "bind replicate id",
+                binding,
+                "attribute_not_exists(#pk) OR #prediction_id = :id",
+                Some(mine.clone()),
+            )
+            .await?;
+        if matches!(bound, PutOutcome::Refused(_)) {
+            return Ok(false);
+        }
         let update = "SET #replicate_id = :rid";
         let condition = "attribute_exists(#pk) AND (attribute_not_exists(#replicate_id) OR #replicate_id = :rid)";
         let values = Item::from([(":rid".to_owned(), s(replicate_id))]);
-        self.update_if(
-            "attach replicate id",
-            prediction_pk(id),
-            update,
-            condition,
-            values,
-        )
-        .await
+        if self
+            .update_if(
+                "attach replicate id",
+                prediction_pk(id),
+                update,
+                condition,
+                values,
+            )
+            .await?
+        {
+            return Ok(true);
+        }
+        // The record has another id (or is gone): give the binding back, so the Replicate
+        // prediction can still go to the record it belongs to.
+        let released = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .key("pk", binding_pk(replicate_id))
+            .condition_expression("#prediction_id = :id")
+            .set_expression_attribute_names(Some(names_in(&["#prediction_id = :id"])))
+            .set_expression_attribute_values(Some(mine))
+            .send()
+            .await;
+        conditional(
+            "unbind replicate id",
+            released.map_err(|e| e.into_service_error()),
+        )?;
+        Ok(false)
     }
 
     async fn advance(&self, id: &PredictionId, advance: &Advance) -> Result<bool, StoreError> {
@@ -441,8 +492,7 @@ impl RecordStore for DynamoRecords {
         let (update, values) = advance_expression(advance)?;
         let mut condition = "attribute_exists(#pk) AND #rank < :rank".to_owned();
         if advance.replicate_id.is_some() {
-            condition
-                .push_str(" AND (attribute_not_exists(#replicate_id) OR #replicate_id = :rid)");
+            condition.push_str(" AND #replicate_id = :rid");
         }
         self.update_if(
             "advance prediction",
@@ -473,10 +523,13 @@ impl RecordStore for DynamoRecords {
 
     async fn list_open(
         &self,
+        shard: &str,
         created_before: Millis,
+        cursor: Option<&str>,
         limit: usize,
-    ) -> Result<Vec<PredictionRecord>, StoreError> {
-        let condition = "#open_shard = :open AND #created_at < :before";
+    ) -> Result<OpenPage, StoreError> {
+        let condition = "#open_shard = :shard AND #created_at < :before";
+        let start = cursor.map(|c| cursor_to_key(shard, c)).transpose()?;
         let output = self
             .client
             .query()
@@ -484,25 +537,48 @@ impl RecordStore for DynamoRecords {
             .index_name(OPEN_INDEX)
             .key_condition_expression(condition)
             .set_expression_attribute_names(Some(names_in(&[condition])))
-            .expression_attribute_values(":open", s(OPEN_SHARD))
+            .expression_attribute_values(":shard", s(shard))
             .expression_attribute_values(":before", n(created_before))
+            .set_exclusive_start_key(start)
             .limit(i32::try_from(limit).unwrap_or(i32::MAX))
             .send()
             .await
             .map_err(|e| failed("list open predictions", e))?;
-        output.items().iter().map(prediction_from_item).collect()
+        // One unreadable item must not hide the rest from the reconciler.
+        let records = output
+            .items()
+            .iter()
+            .filter_map(|item| match prediction_from_item(item) {
+                Ok(record) => Some(record),
+                Err(err) => {
+                    tracing::error!(error = %err, "unreadable prediction item in the open index");
+                    None
+                }
+            })
+            .collect();
+        Ok(OpenPage {
+            records,
+            next: output.last_evaluated_key().and_then(key_to_cursor),
+        })
     }
+}
 
-    async fn delete_prediction(&self, id: &PredictionId) -> Result<(), StoreError> {
-        self.client
-            .delete_item()
-            .table_name(&self.table)
-            .key("pk", prediction_pk(id))
-            .send()
-            .await
-            .map(|_| ())
-            .map_err(|e| failed("delete prediction", e))
-    }
+/// The reconciler's cursor: where a query of the open index stopped, as `created_at|pk`.
+fn key_to_cursor(key: &Item) -> Option<String> {
+    let created = read_opt_n(key, "created_at")?;
+    let pk = read_opt_s(key, "pk")?;
+    Some(format!("{created}|{pk}"))
+}
+
+fn cursor_to_key(shard: &str, cursor: &str) -> Result<Item, StoreError> {
+    let invalid = || StoreError::new("list open predictions", "invalid cursor");
+    let (created, pk) = cursor.split_once('|').ok_or_else(invalid)?;
+    let created: u64 = created.parse().map_err(|_| invalid())?;
+    Ok(Item::from([
+        ("pk".to_owned(), s(pk)),
+        (OPEN_SHARD_ATTRIBUTE.to_owned(), s(shard)),
+        ("created_at".to_owned(), n(created)),
+    ]))
 }
 
 /// `Ok(false)` for a failed condition, which is an answer rather than an error.
@@ -549,6 +625,7 @@ mod tests {
             completed_at: Some(3),
             synced_at: None,
             expires_at: 4,
+            webhook_token: Some("t".repeat(32)),
         }
     }
 
@@ -569,6 +646,7 @@ mod tests {
             request_hash: Some("h".into()),
             lease_until: 5,
             expires_at: 6,
+            from_cache: true,
         };
         assert_eq!(claim_from_item(&claim_to_item(&c)).unwrap(), c);
     }

@@ -104,3 +104,57 @@ fn key(name: &str, kind: KeyType) -> Result<KeySchemaElement, StoreError> {
         .build()
         .map_err(|e| failed("create table", e))
 }
+
+/// Creates the copy queue and its dead-letter queue (`<name>-dlq`, after `max_receives`
+/// failed attempts) if missing, and returns the queue's URL: for the local stack and tests.
+pub async fn ensure_queue(
+    client: &aws_sdk_sqs::Client,
+    name: &str,
+    visibility_timeout_seconds: u32,
+    max_receives: u32,
+) -> Result<String, StoreError> {
+    use aws_sdk_sqs::types::QueueAttributeName;
+    let dlq_url = client
+        .create_queue()
+        .queue_name(format!("{name}-dlq"))
+        .send()
+        .await
+        .map_err(|e| sqs_failed("create dead-letter queue", e))?
+        .queue_url
+        .unwrap_or_default();
+    let dlq_arn = client
+        .get_queue_attributes()
+        .queue_url(&dlq_url)
+        .attribute_names(QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .map_err(|e| sqs_failed("read dead-letter queue", e))?
+        .attributes
+        .and_then(|a| a.get(&QueueAttributeName::QueueArn).cloned())
+        .ok_or_else(|| StoreError::new("read dead-letter queue", "no queue ARN"))?;
+    let redrive =
+        serde_json::json!({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": max_receives});
+    client
+        .create_queue()
+        .queue_name(name)
+        .attributes(
+            QueueAttributeName::VisibilityTimeout,
+            visibility_timeout_seconds.to_string(),
+        )
+        .attributes(QueueAttributeName::RedrivePolicy, redrive.to_string())
+        .send()
+        .await
+        .map_err(|e| sqs_failed("create queue", e))?
+        .queue_url
+        .ok_or_else(|| StoreError::new("create queue", "no queue URL"))
+}
+
+fn sqs_failed<E: std::error::Error + Send + Sync + 'static>(
+    operation: &'static str,
+    err: E,
+) -> StoreError {
+    StoreError::new(
+        operation,
+        aws_sdk_sqs::error::DisplayErrorContext(err).to_string(),
+    )
+}

@@ -3,20 +3,26 @@
 mod dynamo;
 mod local;
 mod s3;
+mod sqs;
 
 pub use dynamo::{DynamoRecords, OPEN_INDEX, OPEN_SHARD_ATTRIBUTE, TTL_ATTRIBUTE};
-pub use local::{ensure_bucket, ensure_table};
+pub use local::{ensure_bucket, ensure_queue, ensure_table};
 pub use s3::S3Objects;
+pub use sqs::SqsCopyQueue;
 
 /// The IAM actions each port method needs from the AWS adapters (`dynamo.rs`, `s3.rs`).
 /// The SAM template grants each function the actions of the methods its handler calls.
 pub fn iam_actions(port_method: &str) -> &'static [&'static str] {
     match port_method {
         "try_claim" | "replace_claim" | "insert_prediction" => &["dynamodb:PutItem"],
-        "settle_claim" | "attach_replicate_id" | "advance" | "claim_sync" => {
-            &["dynamodb:UpdateItem"]
-        }
-        "release_claim" | "delete_prediction" => &["dynamodb:DeleteItem"],
+        "settle_claim" | "advance" | "claim_sync" => &["dynamodb:UpdateItem"],
+        // The `replicate#` binding is put, the record updated (the binding given back if not).
+        "attach_replicate_id" => &[
+            "dynamodb:PutItem",
+            "dynamodb:UpdateItem",
+            "dynamodb:DeleteItem",
+        ],
+        "release_claim" => &["dynamodb:DeleteItem"],
         "get_prediction" => &["dynamodb:GetItem"],
         // On the `open-index` index only.
         "list_open" => &["dynamodb:Query"],
@@ -27,6 +33,7 @@ pub fn iam_actions(port_method: &str) -> &'static [&'static str] {
         "abort_multipart" => &["s3:AbortMultipartUpload"],
         // A presigned URL carries the signer's permission.
         "presign_get" => &["s3:GetObject"],
+        "send_copy" => &["sqs:SendMessage"],
         _ => &[],
     }
 }
@@ -37,6 +44,9 @@ pub struct AwsClients {
     pub dynamodb: aws_sdk_dynamodb::Client,
     pub s3: aws_sdk_s3::Client,
     pub ssm: aws_sdk_ssm::Client,
+    pub sqs: aws_sdk_sqs::Client,
+    /// The credentials the clients sign with (S3 needs their expiry for presigned URLs).
+    pub credentials: Option<aws_sdk_s3::config::SharedCredentialsProvider>,
 }
 
 impl AwsClients {
@@ -80,6 +90,8 @@ impl AwsClients {
             dynamodb: aws_sdk_dynamodb::Client::new(config),
             s3: aws_sdk_s3::Client::from_conf(s3_config),
             ssm: aws_sdk_ssm::Client::new(config),
+            sqs: aws_sdk_sqs::Client::new(config),
+            credentials: config.credentials_provider(),
         }
     }
 
@@ -135,8 +147,14 @@ mod tests {
             (".abort_multipart_upload()", "s3:AbortMultipartUpload"),
             (".get_object()", "s3:GetObject"),
             (".delete_object()", "s3:DeleteObject"),
+            (".send_message()", "sqs:SendMessage"),
         ];
-        let source = [include_str!("dynamo.rs"), include_str!("s3.rs")].concat();
+        let source = [
+            include_str!("dynamo.rs"),
+            include_str!("s3.rs"),
+            include_str!("sqs.rs"),
+        ]
+        .concat();
         let called: std::collections::BTreeSet<&str> = OPERATIONS
             .iter()
             .filter(|(op, _)| source.contains(op))
@@ -151,7 +169,6 @@ mod tests {
             "advance",
             "claim_sync",
             "release_claim",
-            "delete_prediction",
             "get_prediction",
             "put_object",
             "create_multipart",
@@ -160,6 +177,7 @@ mod tests {
             "abort_multipart",
             "presign_get",
             "list_open",
+            "send_copy",
         ];
         let mapped: std::collections::BTreeSet<&str> = methods
             .iter()

@@ -2,14 +2,13 @@
 
 use std::fmt::Write as _;
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-use super::validate::ValidatedInput;
 use crate::replicate::ModelRef;
 
 /// Bumped if the canonical form ever changes, so old cache entries are simply not found.
-const CACHE_KEY_SCHEME: &str = "imagegen-cache-v1";
+const CACHE_KEY_SCHEME: &str = "imagegen-cache-v2";
 
 /// JSON with object keys sorted at every level and no insignificant whitespace. Sorting is
 /// done here rather than relying on `serde_json::Map` being ordered, which a feature flag
@@ -56,12 +55,15 @@ fn write_canonical(value: &Value, out: &mut String) {
 pub struct CacheKey(String);
 
 impl CacheKey {
-    pub fn new(model: &ModelRef, input: &ValidatedInput) -> Self {
+    /// The alias is part of the key: two aliases of one model version (`sdxl` and
+    /// `sdxl-img2img`) never answer each other's requests, so an answer names what was asked.
+    pub fn new(alias: &str, model: &ModelRef, input: &Map<String, Value>) -> Self {
         let mut hasher = Sha256::new();
         for part in [
             CACHE_KEY_SCHEME,
+            alias,
             &model.to_string(),
-            &canonical_json(&Value::Object(input.as_map().clone())),
+            &canonical_json(&Value::Object(input.clone())),
         ] {
             // Length-prefixed, so no two different (model, input) pairs share a byte stream.
             hasher.update((part.len() as u64).to_be_bytes());

@@ -65,7 +65,12 @@ impl ModelAlias {
 
     /// The result-cache key of running this alias's model version on `input`.
     pub fn cache_key(&self, input: &ValidatedInput) -> CacheKey {
-        CacheKey::new(&self.model, input)
+        self.cache_key_of(input.as_map())
+    }
+
+    /// The cache key of an input as stored (inline images replaced by their references).
+    pub fn cache_key_of(&self, input: &serde_json::Map<String, Value>) -> CacheKey {
+        CacheKey::new(&self.alias, &self.model, input)
     }
 }
 

@@ -21,19 +21,134 @@ pub struct FieldError {
     pub message: String,
 }
 
-impl FieldError {
-    fn new(field: &str, message: impl Into<String>) -> Self {
-        Self {
-            field: format!("input.{field}"),
-            message: message.into(),
+/// The per-field problems of a request: every one is counted, the first
+/// [`MAX_LISTED`](Self::MAX_LISTED) are kept (field names and messages cut to a bounded length),
+/// so a hostile request with half a million bad fields still gets a small 422.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InputErrors {
+    listed: Vec<FieldError>,
+    total: usize,
+}
+
+impl InputErrors {
+    /// How many errors are kept (and listed in a 422).
+    pub const MAX_LISTED: usize = 20;
+    /// Longest field name kept in an error, in characters (a longer one ends with `…`).
+    pub const MAX_FIELD_CHARS: usize = 100;
+    /// Longest message kept in an error, in characters.
+    pub const MAX_MESSAGE_CHARS: usize = 500;
+
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Records one problem. Past [`MAX_LISTED`](Self::MAX_LISTED) it is only counted: the
+    /// field is not formatted and the message not converted. Control characters are dropped.
+    pub fn push(&mut self, field: impl fmt::Display, message: impl Into<String>) {
+        self.total = self.total.saturating_add(1);
+        if self.listed.len() < Self::MAX_LISTED {
+            let message: String = message.into();
+            self.listed.push(FieldError {
+                field: clipped(field, Self::MAX_FIELD_CHARS),
+                message: clipped(message, Self::MAX_MESSAGE_CHARS),
+            });
+        }
+    }
+
+    /// Counts `n` more problems without listing them.
+    pub fn add_unlisted(&mut self, n: usize) {
+        self.total = self.total.saturating_add(n);
+    }
+
+    /// The problems kept, in the order found: at most [`MAX_LISTED`](Self::MAX_LISTED).
+    pub fn listed(&self) -> &[FieldError] {
+        &self.listed
+    }
+
+    /// How many problems were found, listed or not.
+    pub fn total(&self) -> usize {
+        self.total
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.total == 0
+    }
+
+    /// One line for a client: how many fields are invalid, and whether all are listed.
+    pub fn summary(&self) -> String {
+        if self.total > self.listed.len() {
+            format!(
+                "the request has {} invalid fields; the first {} are listed",
+                self.total,
+                self.listed.len()
+            )
+        } else {
+            format!("the request has {} invalid field(s)", self.total)
         }
     }
 }
 
-/// Every problem found in an input, not just the first.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid input: {}", self.0.iter().map(|e| format!("{}: {}", e.field, e.message)).collect::<Vec<_>>().join("; "))]
-pub struct InputErrors(pub Vec<FieldError>);
+impl fmt::Display for InputErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("invalid input: ")?;
+        for (i, e) in self.listed.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{}: {}", e.field, e.message)?;
+        }
+        match self.total - self.listed.len() {
+            0 => Ok(()),
+            more => write!(f, "; and {more} more"),
+        }
+    }
+}
+
+impl std::error::Error for InputErrors {}
+
+/// The listed errors (at most [`InputErrors::MAX_LISTED`]), in the order found.
+impl IntoIterator for InputErrors {
+    type Item = FieldError;
+    type IntoIter = std::vec::IntoIter<FieldError>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.listed.into_iter()
+    }
+}
+
+/// `text` without control characters and cut to `max` characters, ending with `…` when cut.
+/// Formats into a bounded buffer, so a huge `text` costs no more than a short one.
+fn clipped(text: impl fmt::Display, max: usize) -> String {
+    struct Clip {
+        out: String,
+        room: usize,
+        cut: bool,
+    }
+    impl fmt::Write for Clip {
+        fn write_str(&mut self, s: &str) -> fmt::Result {
+            for c in s.chars().filter(|c| !c.is_control()) {
+                if self.room == 0 {
+                    self.cut = true;
+                    return Err(fmt::Error); // stops the formatting early
+                }
+                self.out.push(c);
+                self.room -= 1;
+            }
+            Ok(())
+        }
+    }
+    let mut clip = Clip {
+        out: String::new(),
+        room: max,
+        cut: false,
+    };
+    // An error here only means the text was cut.
+    let _ = fmt::write(&mut clip, format_args!("{text}"));
+    if clip.cut {
+        clip.out.push('…');
+    }
+    clip.out
+}
 
 /// An input that passed validation: known fields only, values normalised (integers as
 /// integers, numbers as floats), defaults applied. This is exactly what is sent to Replicate.
@@ -55,26 +170,29 @@ pub(super) fn validate(
     rules: &[Rule],
     raw: &Value,
 ) -> Result<ValidatedInput, InputErrors> {
+    let mut errors = InputErrors::new();
     let Some(given) = raw.as_object() else {
-        return Err(InputErrors(vec![FieldError {
-            field: "input".to_owned(),
-            message: "must be a JSON object".to_owned(),
-        }]));
+        errors.push("input", "must be a JSON object");
+        return Err(errors);
     };
-    let mut errors = Vec::new();
     let mut out = Map::new();
+    // Built once, and only if some field is unknown.
+    let mut unknown_message = None;
 
     for (name, value) in given {
         if value.is_null() {
             continue; // an explicit null means "not given"
         }
         match inputs.get(name) {
-            None => errors.push(FieldError::new(name, unknown_field_message(inputs))),
+            None => {
+                let message = unknown_message.get_or_insert_with(|| unknown_field_message(inputs));
+                errors.push(input_field(name), message.as_str());
+            }
             Some(spec) => match check_value(spec, value) {
                 Ok(normalised) => {
                     out.insert(name.clone(), normalised);
                 }
-                Err(message) => errors.push(FieldError::new(name, message)),
+                Err(message) => errors.push(input_field(name), message),
             },
         }
     }
@@ -84,7 +202,7 @@ pub(super) fn validate(
             continue;
         }
         if spec.is_required() {
-            errors.push(FieldError::new(name, "is required"));
+            errors.push(input_field(name), "is required");
         } else if let Some(default) = default_value(spec) {
             out.insert(name.clone(), default);
         }
@@ -96,7 +214,20 @@ pub(super) fn validate(
     if errors.is_empty() {
         Ok(ValidatedInput(out))
     } else {
-        Err(InputErrors(errors))
+        Err(errors)
+    }
+}
+
+/// `input.<name>`, formatted only if the error is kept.
+fn input_field(name: &str) -> InputField<'_> {
+    InputField(name)
+}
+
+struct InputField<'a>(&'a str);
+
+impl fmt::Display for InputField<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "input.{}", self.0)
     }
 }
 
@@ -112,16 +243,16 @@ fn check_rule(
     rule: &Rule,
     given: &Map<String, Value>,
     out: &Map<String, Value>,
-    errors: &mut Vec<FieldError>,
+    errors: &mut InputErrors,
 ) {
     let is_given = |f: &str| given.get(f).is_some_and(|v| !v.is_null());
     match rule {
         Rule::Requires { field, requires } => {
             if is_given(field) && !out.contains_key(requires) {
-                errors.push(FieldError::new(
-                    field,
+                errors.push(
+                    input_field(field),
                     format!("needs `{requires}` to be given too"),
-                ));
+                );
             }
         }
         Rule::OnlyWhen {
@@ -132,10 +263,10 @@ fn check_rule(
             let holds = out.get(field).and_then(Value::as_str) == Some(equals.as_str());
             for f in fields.iter().filter(|f| is_given(f)) {
                 if !holds {
-                    errors.push(FieldError::new(
-                        f,
+                    errors.push(
+                        input_field(f),
                         format!("is only used when `{field}` is \"{equals}\""),
-                    ));
+                    );
                 }
             }
         }
@@ -493,11 +624,73 @@ mod tests {
     fn input_must_be_an_object() {
         let err = validate(&BTreeMap::new(), &[], &json!(["prompt"])).unwrap_err();
         assert_eq!(
-            err.0,
-            vec![FieldError {
+            err.listed(),
+            [FieldError {
                 field: "input".into(),
                 message: "must be a JSON object".into()
             }]
         );
+        assert_eq!(err.total(), 1);
+    }
+
+    #[test]
+    fn errors_past_the_cap_are_counted_not_kept() {
+        let mut inputs = BTreeMap::new();
+        inputs.insert(
+            "prompt".to_owned(),
+            FieldSpec::String {
+                required: true,
+                min_length: Some(1),
+                max_length: 10,
+                default: None,
+            },
+        );
+        let raw: Map<String, Value> = (0..10_000)
+            .map(|i| (format!("k{i:05}"), json!(1)))
+            .collect();
+        let err = validate(&inputs, &[], &Value::Object(raw)).unwrap_err();
+        assert_eq!(
+            err.total(),
+            10_001,
+            "10000 unknown fields and a missing prompt"
+        );
+        assert_eq!(err.listed().len(), InputErrors::MAX_LISTED);
+        assert_eq!(err.listed()[0].field, "input.k00000");
+        assert_eq!(
+            err.listed()[0].message,
+            "is not an input of this model (known: prompt)"
+        );
+        assert_eq!(
+            err.summary(),
+            "the request has 10001 invalid fields; the first 20 are listed"
+        );
+        assert!(err.to_string().ends_with("; and 9981 more"), "{err}");
+    }
+
+    #[test]
+    fn field_names_are_cut_and_cleaned() {
+        let mut errors = InputErrors::new();
+        errors.push(
+            format_args!("input.{}", "a\u{0}\n\u{1b}".repeat(1000)),
+            "bad",
+        );
+        errors.push("é".repeat(100), "m".repeat(10_000));
+        errors.push("input.猫\u{7f}", "x\ny");
+        let [long, exact, short] = errors.listed() else {
+            panic!("{errors:?}")
+        };
+        assert_eq!(long.field, format!("input.{}…", "a".repeat(94)));
+        assert_eq!(exact.field, "é".repeat(100), "exactly the limit: not cut");
+        assert_eq!(
+            exact.message,
+            format!("{}…", "m".repeat(InputErrors::MAX_MESSAGE_CHARS))
+        );
+        assert_eq!(
+            (short.field.as_str(), short.message.as_str()),
+            ("input.猫", "xy")
+        );
+        assert_eq!(errors.summary(), "the request has 3 invalid field(s)");
+        errors.add_unlisted(usize::MAX);
+        assert_eq!(errors.total(), usize::MAX);
     }
 }

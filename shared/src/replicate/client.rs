@@ -15,7 +15,8 @@ use super::retry::{
     AttemptFailure, CallKind, RetryPolicy, is_retryable, parse_retry_after, retry_hint_from_detail,
 };
 use super::types::{
-    ApiProblem, CreatePredictionBody, Model, Prediction, WebhookSecretBody, WebhookTarget,
+    ApiProblem, CreatePredictionBody, Model, Prediction, PredictionPage, WebhookSecretBody,
+    WebhookTarget,
 };
 use crate::webhook::WebhookSecret;
 
@@ -40,6 +41,15 @@ pub trait ReplicateApi: Send + Sync {
         &self,
         id: &str,
     ) -> impl Future<Output = Result<Prediction, ReplicateError>> + Send;
+
+    /// One page of `GET /predictions` filtered to [created_after, created_before), newest first.
+    /// `page` is None for the first page, else the `next` URL of the previous page.
+    fn list_predictions(
+        &self,
+        created_after: SystemTime,
+        created_before: SystemTime,
+        page: Option<&str>,
+    ) -> impl Future<Output = Result<PredictionPage, ReplicateError>> + Send;
 
     fn webhook_secret(&self) -> impl Future<Output = Result<WebhookSecret, ReplicateError>> + Send;
 
@@ -144,6 +154,41 @@ impl ReplicateClient {
             .pop_if_empty()
             .extend(segments);
         url
+    }
+
+    /// The first page of the list, filtered to the window. The query carries milliseconds, so
+    /// `created_before` is rounded up to the next one: the window may only grow, never miss.
+    fn list_url(&self, created_after: SystemTime, created_before: SystemTime) -> Url {
+        let mut url = self.url(&["predictions"]);
+        url.query_pairs_mut()
+            .append_pair("created_after", &rfc3339(created_after))
+            .append_pair("created_before", &rfc3339(ceil_millis(created_before)));
+        url
+    }
+
+    /// A `next` link from a list page. It comes from the network and the request carries
+    /// the token, so it is followed only to this client's own list endpoint.
+    fn next_page_url(&self, next: &str) -> Result<Url, ReplicateError> {
+        let refuse = |why: &str| ReplicateError::InvalidResponse {
+            status: 200,
+            message: format!("refusing to follow the list's next link: {why}"),
+        };
+        let url = Url::parse(next).map_err(|_| refuse("not an absolute URL"))?;
+        let own = self.url(&["predictions"]);
+        let same_origin = url.scheme() == own.scheme()
+            && url.host() == own.host()
+            && url.port_or_known_default() == own.port_or_known_default();
+        if !same_origin {
+            return Err(refuse("it points to another host"));
+        }
+        if url.path() != own.path() {
+            return Err(refuse("it points outside the predictions list"));
+        }
+        // Credentials in the link would replace our Authorization header.
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(refuse("it carries credentials"));
+        }
+        Ok(url)
     }
 
     /// Sends a request, retrying as `kind` allows, and decodes a 2xx JSON body.
@@ -319,6 +364,21 @@ fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ReplicateError> {
     })
 }
 
+fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// `t` rounded up to a whole millisecond.
+fn ceil_millis(t: SystemTime) -> SystemTime {
+    let sub_milli = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos() % 1_000_000);
+    match sub_milli {
+        0 => t,
+        nanos => t + Duration::from_nanos(u64::from(1_000_000 - nanos)),
+    }
+}
+
 fn parse_base_url(raw: &str) -> Result<Url, ClientBuildError> {
     let url = Url::parse(raw.trim()).map_err(|_| ClientBuildError::BaseUrl(raw.to_owned()))?;
     if !matches!(url.scheme(), "http" | "https") || url.cannot_be_a_base() || url.host().is_none() {
@@ -360,6 +420,20 @@ impl ReplicateApi for ReplicateClient {
     async fn cancel_prediction(&self, id: &str) -> Result<Prediction, ReplicateError> {
         let url = self.url(&["predictions", id, "cancel"]);
         self.call(CallKind::Idempotent, Method::POST, url, NO_BODY)
+            .await
+    }
+
+    async fn list_predictions(
+        &self,
+        created_after: SystemTime,
+        created_before: SystemTime,
+        page: Option<&str>,
+    ) -> Result<PredictionPage, ReplicateError> {
+        let url = match page {
+            None => self.list_url(created_after, created_before),
+            Some(next) => self.next_page_url(next)?,
+        };
+        self.call(CallKind::Idempotent, Method::GET, url, NO_BODY)
             .await
     }
 
@@ -432,6 +506,49 @@ mod tests {
             )),
             Err(ClientBuildError::Token)
         ));
+    }
+
+    #[test]
+    fn list_url_carries_the_window_in_utc_milliseconds() {
+        let c = client("https://api.replicate.com/v1/");
+        let after = SystemTime::UNIX_EPOCH + Duration::from_secs(1_735_689_600);
+        let before = after + Duration::from_micros(60_000_500);
+        assert_eq!(
+            c.list_url(after, before).as_str(),
+            "https://api.replicate.com/v1/predictions?created_after=2025-01-01T00%3A00%3A00.000Z\
+             &created_before=2025-01-01T00%3A01%3A00.001Z"
+        );
+    }
+
+    #[test]
+    fn next_links_are_followed_only_to_our_own_list() {
+        let c = client("https://api.replicate.com/v1");
+        let ok = "https://api.replicate.com/v1/predictions?cursor=cD0yMDI1";
+        assert_eq!(c.next_page_url(ok).unwrap().as_str(), ok);
+        assert!(
+            c.next_page_url("https://API.replicate.com:443/v1/predictions?cursor=x")
+                .is_ok()
+        );
+        for foreign in [
+            "https://evil.example/v1/predictions?cursor=x",
+            "http://api.replicate.com/v1/predictions?cursor=x",
+            "https://api.replicate.com:8443/v1/predictions?cursor=x",
+            "https://api.replicate.com.evil.example/v1/predictions",
+            "https://api.replicate.com/v1/predictions/abc",
+            "https://api.replicate.com/v1/models",
+            "https://api.replicate.com/v2/predictions",
+            "https://user:pw@api.replicate.com/v1/predictions",
+            "/v1/predictions?cursor=x",
+            "not a url",
+        ] {
+            assert!(
+                matches!(
+                    c.next_page_url(foreign),
+                    Err(ReplicateError::InvalidResponse { .. })
+                ),
+                "{foreign}"
+            );
+        }
     }
 
     #[test]

@@ -14,5 +14,5 @@ pub use model_ref::{ModelRef, ModelRefError, VersionId};
 pub use retry::RetryPolicy;
 pub use types::{
     ApiProblem, CreatePredictionBody, InvalidField, Metrics, Model, ModelVersion, Prediction,
-    PredictionStatus, PredictionUrls, WebhookEvent, WebhookTarget,
+    PredictionPage, PredictionStatus, PredictionUrls, WebhookEvent, WebhookTarget,
 };

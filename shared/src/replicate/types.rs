@@ -192,6 +192,42 @@ fn error_text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Erro
     })
 }
 
+/// One page of `GET /predictions`: newest first; `next` is the absolute URL of the following
+/// page, `None` on the last one. (`previous` is not read.)
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct PredictionPage {
+    /// Required: a page without results must not read as "no predictions", which could
+    /// start a second, billed one.
+    #[serde(deserialize_with = "listed_predictions")]
+    pub results: Vec<Prediction>,
+    #[serde(default)]
+    pub next: Option<String>,
+}
+
+/// The list holds every prediction of the account, other models' included, and some of
+/// those have an `output` (an object, say) this schema does not read. Such a prediction is
+/// kept with its output left out rather than failing the whole page: a caller looks for
+/// its id, status, input and `created_at`. Anything that is not a prediction still fails.
+fn listed_predictions<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Prediction>, D::Error> {
+    Vec::<Value>::deserialize(d)?
+        .into_iter()
+        .map(|item| match Prediction::deserialize(&item) {
+            Ok(prediction) => Ok(prediction),
+            Err(first) => without_output(item)
+                .and_then(|item| Prediction::deserialize(item).ok())
+                .ok_or_else(|| serde::de::Error::custom(first)),
+        })
+        .collect()
+}
+
+fn without_output(item: Value) -> Option<Value> {
+    let Value::Object(mut fields) = item else {
+        return None;
+    };
+    fields.remove("output")?;
+    Some(Value::Object(fields))
+}
+
 /// Which events Replicate should send to the webhook.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -440,6 +476,30 @@ mod tests {
             json!({"version": "abc", "input": {"prompt": "a cat"},
                    "webhook": "https://x/webhooks/replicate",
                    "webhook_events_filter": ["start", "completed"]})
+        );
+    }
+
+    #[test]
+    fn a_page_keeps_other_models_predictions_and_needs_results() {
+        let page: PredictionPage = serde_json::from_value(json!({
+            "next": "https://api.replicate.com/v1/predictions?cursor=abc", "previous": null,
+            "results": [prediction(json!({})),
+                        prediction(json!({"id": "p2", "status": "succeeded", "output": {"json": 1}}))]
+        }))
+        .unwrap();
+        assert_eq!(
+            page.next.as_deref(),
+            Some("https://api.replicate.com/v1/predictions?cursor=abc")
+        );
+        assert_eq!(page.results.len(), 2);
+        assert_eq!(page.results[1].id, "p2");
+        assert!(page.results[1].output.is_empty());
+        let last: PredictionPage = serde_json::from_value(json!({"results": []})).unwrap();
+        assert_eq!(last.next, None);
+        assert!(serde_json::from_value::<PredictionPage>(json!({"next": null})).is_err());
+        assert!(
+            serde_json::from_value::<PredictionPage>(json!({"results": [{"id": "x"}]})).is_err(),
+            "an item without a status is not a prediction"
         );
     }
 }

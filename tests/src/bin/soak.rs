@@ -1,15 +1,18 @@
 //! `make soak`: a few hundred submissions through the local stack (HTTP routes, moto, the
 //! simulator) under a fault mix — webhooks dropped, duplicated, reordered and delayed,
-//! creates throttled, downloads failing once, some predictions failing, canceled or
-//! aborted — with nobody fetching until the end: only webhooks and the reconciler may save
-//! the images. Then it checks every prediction against the simulator's truth and prints a
-//! summary; it exits non-zero on any lost image, duplicate or wrong state.
+//! creates throttled, creates whose answer is lost (a gateway error) or comes too late
+//! (after the service's request timeout) although the prediction was created, downloads
+//! failing once, some predictions failing, canceled or aborted — with nobody fetching until
+//! the end: only webhooks and the reconciler may save the images. Then it checks every
+//! prediction against the simulator's truth and prints a summary; it exits non-zero on any
+//! lost image, duplicate, orphaned Replicate prediction or wrong state.
 //!
 //! Bounded: `SOAK_COUNT` submissions (default 300), `SOAK_SECONDS` to settle (default 180),
 //! all traffic on 127.0.0.1.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use imagegen_shared::replicate::PredictionStatus;
@@ -37,6 +40,8 @@ fn fault_mix() -> Faults {
         webhook_delay_ms: 300,
         create_throttle: 0.10,
         throttle_retry_after: 0.5,
+        create_lost: 0.04,
+        create_slow: 0.02,
         download_fail_once: 0.05,
         download_truncate_once: 0.03,
         fail: 0.03,
@@ -57,8 +62,12 @@ fn request_body(i: usize) -> Value {
     }
 }
 
+/// Submits answered by a gateway error and tried again.
+static GATEWAY_RETRIES: AtomicUsize = AtomicUsize::new(0);
+
 /// Submits with an Idempotency-Key, retrying throttling and upstream errors as a client
-/// should (bounded).
+/// should (bounded). After a 502 or 504 the client cannot know whether its request took
+/// effect, so it repeats it with the same key: that must never start a second prediction.
 async fn submit(stack: &Stack, i: usize) -> Result<String, String> {
     let key = format!("soak-{i}");
     for _ in 0..12 {
@@ -87,6 +96,10 @@ async fn submit(stack: &Stack, i: usize) -> Result<String, String> {
             | StatusCode::CONFLICT => {
                 tokio::time::sleep(Duration::from_secs(wait)).await;
             }
+            StatusCode::BAD_GATEWAY | StatusCode::GATEWAY_TIMEOUT => {
+                GATEWAY_RETRIES.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_secs(wait)).await;
+            }
             _ => return Err(format!("{status}: {body}")),
         }
     }
@@ -95,6 +108,10 @@ async fn submit(stack: &Stack, i: usize) -> Result<String, String> {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
+    // Quiet unless asked: `RUST_LOG=warn make soak` shows what the service logged.
+    if let Ok(filter) = std::env::var("RUST_LOG") {
+        imagegen_shared::telemetry::init_json_logs(Some(&filter));
+    }
     let count = env_number("SOAK_COUNT", 300) as usize;
     let settle = Duration::from_secs(env_number("SOAK_SECONDS", 180));
     let started = Instant::now();
@@ -136,8 +153,9 @@ async fn main() -> std::process::ExitCode {
         if open == 0 || Instant::now() > deadline {
             break;
         }
-        if let Err(e) = stack.app.reconcile().await {
-            println!("soak: reconcile failed: {e}");
+        let report = stack.app.reconcile(None).await;
+        if report.errors > 0 {
+            println!("soak: reconcile could not sync everything: {report:?}");
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
@@ -150,6 +168,14 @@ async fn main() -> std::process::ExitCode {
     println!("  distinct predictions:           {}", distinct.len());
     println!("  created at Replicate:           {}", stats.creates);
     println!("  throttled creates (retried):    {}", stats.throttled);
+    println!(
+        "  create answers lost / late:     {} / {}",
+        stats.lost_creates, stats.slow_creates
+    );
+    println!(
+        "  submits retried after 502/504:  {}",
+        GATEWAY_RETRIES.load(Ordering::Relaxed)
+    );
     println!(
         "  webhooks delivered:             {}",
         stats.webhooks_delivered
@@ -165,13 +191,19 @@ async fn main() -> std::process::ExitCode {
         summary.verified, summary.expected_outputs
     );
     println!("  duplicates created:             {}", summary.duplicates);
+    println!("  Replicate predictions orphaned: {}", summary.orphans);
     println!("  lost:                           {}", summary.lost);
     println!("  wrong final states:             {}", summary.wrong);
     for problem in refused.iter().chain(&summary.problems).take(20) {
         println!("  ! {problem}");
     }
-    if refused.is_empty() && summary.duplicates == 0 && summary.lost == 0 && summary.wrong == 0 {
-        println!("soak: 0 lost, 0 duplicates, 0 wrong states");
+    if refused.is_empty()
+        && summary.duplicates == 0
+        && summary.orphans == 0
+        && summary.lost == 0
+        && summary.wrong == 0
+    {
+        println!("soak: 0 lost, 0 duplicates, 0 orphans, 0 wrong states");
         std::process::ExitCode::SUCCESS
     } else {
         std::process::ExitCode::FAILURE
@@ -199,6 +231,8 @@ struct Summary {
     expected_outputs: usize,
     verified: usize,
     duplicates: usize,
+    /// Replicate predictions no record of ours names: billed, and nobody gets the result.
+    orphans: usize,
     lost: usize,
     wrong: usize,
     problems: Vec<String>,
@@ -218,29 +252,7 @@ async fn check(
         .into_iter()
         .map(|p| (p["id"].as_str().unwrap_or_default().to_owned(), p))
         .collect();
-    // Identical requests share one prediction, except that one which failed is never
-    // reused: so at most one of the predictions answering the same body may succeed.
-    let mut by_body: BTreeMap<String, BTreeSet<&String>> = BTreeMap::new();
-    for (i, id) in ids {
-        by_body
-            .entry(request_body(*i).to_string())
-            .or_default()
-            .insert(id);
-    }
-    for (body, answered) in &by_body {
-        let mut succeeded = 0;
-        for id in answered {
-            let record = stack.record(id).await;
-            succeeded +=
-                usize::from(record.is_some_and(|r| r.status == PredictionStatus::Succeeded));
-        }
-        if succeeded > 1 {
-            summary.duplicates += succeeded - 1;
-            summary
-                .problems
-                .push(format!("{body} succeeded {succeeded} times: {answered:?}"));
-        }
-    }
+    count_duplicates(stack, ids, &truth, &mut summary).await;
     let mut claimed_replicate_ids = BTreeSet::new();
     for id in distinct {
         let (status, view) = stack.get(id).await;
@@ -261,6 +273,16 @@ async fn check(
                 .push(format!("{id}: Replicate has no {replicate_id}"));
             continue;
         };
+        // A prediction adopted after a lost create answer must be this request's own.
+        let asked = record.input.get("prompt").and_then(Value::as_str);
+        if asked != Some(prompt_of(real)) {
+            summary.wrong += 1;
+            summary.problems.push(format!(
+                "{id}: asked for {asked:?} but is linked to {replicate_id}, made for {:?}",
+                prompt_of(real)
+            ));
+            continue;
+        }
         let theirs = real["status"].as_str().unwrap_or_default();
         if status != StatusCode::OK || ours != theirs {
             if theirs == "succeeded" {
@@ -321,16 +343,99 @@ async fn check(
             }
         }
     }
-    // A Replicate prediction no record of ours points at was created in vain.
-    let orphans = truth
+    // A Replicate prediction no record of ours points at was created in vain, e.g. a create
+    // whose answer was lost and which was never adopted.
+    let orphans: Vec<&String> = truth
         .keys()
         .filter(|id| !claimed_replicate_ids.contains(*id))
-        .count();
-    if orphans > 0 {
-        summary.duplicates += orphans;
+        .collect();
+    if !orphans.is_empty() {
+        summary.orphans = orphans.len();
         summary.problems.push(format!(
-            "{orphans} Replicate predictions belong to no record"
+            "{} Replicate predictions belong to no record: {orphans:?}",
+            orphans.len()
         ));
     }
     summary
+}
+
+/// Each soak body has a prompt of its own, which Replicate's copy of the input keeps.
+fn prompt_of(body_or_prediction: &Value) -> &str {
+    body_or_prediction["input"]["prompt"]
+        .as_str()
+        .unwrap_or_default()
+}
+
+/// Duplicates, per request body, from both sides. Identical requests share one prediction,
+/// except that one which failed is never reused, so:
+/// - at most one of our records answering the body may succeed;
+/// - at Replicate, the body's next prediction may only be created after the previous one
+///   ended failed, canceled or aborted. A create repeated after its answer was lost breaks
+///   this whether or not a record names either prediction.
+///
+/// A body counts the larger of the two excesses, so one mistake is not counted twice.
+async fn count_duplicates(
+    stack: &Stack,
+    ids: &BTreeMap<usize, String>,
+    truth: &BTreeMap<String, Value>,
+    summary: &mut Summary,
+) {
+    let mut answered: BTreeMap<String, BTreeSet<&String>> = BTreeMap::new();
+    for (i, id) in ids {
+        let body = request_body(*i);
+        answered
+            .entry(prompt_of(&body).to_owned())
+            .or_default()
+            .insert(id);
+    }
+    let mut at_replicate: BTreeMap<String, Vec<&Value>> = BTreeMap::new();
+    for prediction in truth.values() {
+        at_replicate
+            .entry(prompt_of(prediction).to_owned())
+            .or_default()
+            .push(prediction);
+    }
+    let prompts: BTreeSet<&String> = answered.keys().chain(at_replicate.keys()).collect();
+    for prompt in prompts {
+        let ours = answered.get(prompt).cloned().unwrap_or_default();
+        let mut succeeded = 0;
+        for id in &ours {
+            let record = stack.record(id).await;
+            succeeded +=
+                usize::from(record.is_some_and(|r| r.status == PredictionStatus::Succeeded));
+        }
+        let theirs = at_replicate.get(prompt).cloned().unwrap_or_default();
+        let overlapping = overlapping_creates(theirs.clone());
+        let excess = succeeded.saturating_sub(1).max(overlapping);
+        if excess > 0 {
+            summary.duplicates += excess;
+            let replicate_ids: Vec<&str> = theirs.iter().filter_map(|p| p["id"].as_str()).collect();
+            summary.problems.push(format!(
+                "{prompt:?}: {succeeded} of ours succeeded ({ours:?}); Replicate ran \
+                 {replicate_ids:?}, {overlapping} made while an earlier one ran or had succeeded"
+            ));
+        }
+    }
+}
+
+/// How many of one body's Replicate predictions were created while an earlier one had not
+/// yet ended unsuccessfully. (The simulator writes fixed-width UTC timestamps, so their
+/// text order is their time order.)
+fn overlapping_creates(mut created: Vec<&Value>) -> usize {
+    let at = |p: &Value, field: &str| p[field].as_str().unwrap_or_default().to_owned();
+    let over_unsuccessfully_before = |earlier: &Value, later: &Value| {
+        matches!(
+            earlier["status"].as_str(),
+            Some("failed" | "canceled" | "aborted")
+        ) && earlier["completed_at"].is_string()
+            && at(earlier, "completed_at") <= at(later, "created_at")
+    };
+    created.sort_by_key(|p| at(p, "created_at"));
+    (1..created.len())
+        .filter(|&i| {
+            created[..i]
+                .iter()
+                .any(|earlier| !over_unsuccessfully_before(earlier, created[i]))
+        })
+        .count()
 }

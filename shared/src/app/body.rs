@@ -1,0 +1,616 @@
+//! Reading a submit body (`{"model", "input"}`) in memory bounded by the body's size,
+//! whatever the body holds: half a million unknown keys, a huge `input`, or deeply nested
+//! arrays in place of a prompt. Nothing builds a `serde_json::Value` of the whole body:
+//! unknown keys and the contents of nested values are skipped as they are read, and at most
+//! [`InputErrors::MAX_LISTED`] errors are kept (all are counted).
+//!
+//! Public (hidden from docs) only so the integration tests can measure it directly.
+#![doc(hidden)]
+
+use std::fmt;
+
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::{Map, Number, Value};
+use sha2::{Digest, Sha256};
+
+use super::{ApiError, MAX_BODY_BYTES};
+use crate::outputs::hex;
+use crate::registry::{InputErrors, canonical_json};
+
+/// Most fields an `input` may have; no model takes more.
+pub const MAX_INPUT_FIELDS: usize = 64;
+
+const UNKNOWN_FIELD: &str = "is not a field of this request (expected `model` and `input`)";
+
+/// A submit body that has the right shape.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SubmitBody {
+    pub model: String,
+    /// At most [`MAX_INPUT_FIELDS`] fields. Scalars as given; an array or object value is an
+    /// empty placeholder of its kind (no model takes one, so validation still refuses it).
+    pub input: Value,
+    /// SHA-256 (hex) of the canonical `{"model", "input"}`: "same body" for Idempotency-Key
+    /// purposes, whatever the formatting or key order.
+    pub hash: String,
+}
+
+/// Parses a submit body: 413 over [`MAX_BODY_BYTES`], 400 unless it is a JSON object, 422
+/// with per-field errors for a wrong or missing `model` or `input`, an `input` of more than
+/// [`MAX_INPUT_FIELDS`] fields, or any other top-level key.
+pub fn parse_submit_body(bytes: &[u8]) -> Result<SubmitBody, ApiError> {
+    if bytes.len() > MAX_BODY_BYTES {
+        return Err(ApiError::PayloadTooLarge {
+            limit: MAX_BODY_BYTES,
+        });
+    }
+    let mut json = serde_json::Deserializer::from_slice(bytes);
+    let top = json
+        .deserialize_any(TopVisitor)
+        .and_then(|top| json.end().map(|()| top))
+        .map_err(|e| ApiError::BadRequest(format!("request body is not valid JSON: {e}")))?;
+    let Some(top) = top else {
+        return Err(ApiError::BadRequest(
+            "request body must be a JSON object".to_owned(),
+        ));
+    };
+
+    let mut errors = InputErrors::new();
+    let model = match top.model {
+        Some(Value::String(m)) if !m.trim().is_empty() => Some(m),
+        Some(_) => {
+            errors.push("model", "must be a non-empty string naming a model");
+            None
+        }
+        None => {
+            errors.push("model", "is required");
+            None
+        }
+    };
+    let input = match top.input {
+        Some(Input::Object { fields, dropped: 0 }) => Some(Value::Object(fields)),
+        Some(Input::Object { fields, dropped }) => {
+            let count = fields.len().saturating_add(dropped);
+            errors.push(
+                "input",
+                format!("has {count} fields; no model takes more than {MAX_INPUT_FIELDS}"),
+            );
+            None
+        }
+        Some(Input::NotObject) => {
+            errors.push("input", "must be a JSON object");
+            None
+        }
+        None => {
+            errors.push("input", "is required");
+            None
+        }
+    };
+    for name in &top.unknown_names {
+        errors.push(name, UNKNOWN_FIELD);
+    }
+    errors.add_unlisted(top.unknown_count - top.unknown_names.len());
+
+    match (model, input) {
+        (Some(model), Some(input)) if errors.is_empty() => {
+            // The input is moved in and back out, not copied.
+            let mut body = serde_json::json!({"model": model.as_str(), "input": input});
+            let hash = hex(&Sha256::digest(canonical_json(&body).as_bytes()));
+            let input = body["input"].take();
+            Ok(SubmitBody { model, input, hash })
+        }
+        _ => Err(ApiError::InvalidInput(errors)),
+    }
+}
+
+/// The top level of a body that is an object.
+struct Top {
+    model: Option<Value>,
+    input: Option<Input>,
+    /// The first unknown keys (cleaned and cut short), at most `InputErrors::MAX_LISTED`.
+    unknown_names: Vec<String>,
+    unknown_count: usize,
+}
+
+enum Input {
+    Object {
+        fields: Map<String, Value>,
+        /// Keys skipped because `fields` was full.
+        dropped: usize,
+    },
+    NotObject,
+}
+
+/// `Some(Top)` for an object, `None` for any other JSON value (read to its end).
+struct TopVisitor;
+
+impl<'de> Visitor<'de> for TopVisitor {
+    type Value = Option<Top>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut top = Top {
+            model: None,
+            input: None,
+            unknown_names: Vec::new(),
+            unknown_count: 0,
+        };
+        let max_names = InputErrors::MAX_LISTED;
+        while let Some(key) = map.next_key_seed(TopKeySeed {
+            keep_name: top.unknown_names.len() < max_names,
+        })? {
+            // A repeated key: the last one counts, as in `serde_json::Value`.
+            match key {
+                TopKey::Model => top.model = Some(map.next_value::<Shallow>()?.0),
+                TopKey::Input => top.input = Some(map.next_value::<Input>()?),
+                TopKey::Other(name) => {
+                    map.next_value::<IgnoredAny>()?;
+                    top.unknown_count += 1;
+                    top.unknown_names.extend(name);
+                }
+            }
+        }
+        Ok(Some(top))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+        skip_seq(seq).map(|()| None)
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+}
+
+enum TopKey {
+    Model,
+    Input,
+    /// An unknown key: its name if still worth keeping for the error list.
+    Other(Option<String>),
+}
+
+struct TopKeySeed {
+    keep_name: bool,
+}
+
+impl<'de> DeserializeSeed<'de> for TopKeySeed {
+    type Value = TopKey;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<TopKey, D::Error> {
+        deserializer.deserialize_str(self)
+    }
+}
+
+impl Visitor<'_> for TopKeySeed {
+    type Value = TopKey;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a field name")
+    }
+
+    fn visit_str<E: de::Error>(self, key: &str) -> Result<TopKey, E> {
+        Ok(match key {
+            "model" => TopKey::Model,
+            "input" => TopKey::Input,
+            // Cut here rather than when listed, so a megabyte-long key is never copied.
+            // One character over the limit lets the list mark the name as cut.
+            other => TopKey::Other(self.keep_name.then(|| {
+                other
+                    .chars()
+                    .filter(|c| !c.is_control())
+                    .take(InputErrors::MAX_FIELD_CHARS + 1)
+                    .collect()
+            })),
+        })
+    }
+}
+
+impl<'de> de::Deserialize<'de> for Input {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(InputVisitor)
+    }
+}
+
+struct InputVisitor;
+
+impl<'de> Visitor<'de> for InputVisitor {
+    type Value = Input;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Input, A::Error> {
+        let mut fields = Map::new();
+        let mut dropped = 0usize;
+        while let Some(key) = map.next_key_seed(InputKeySeed { fields: &fields })? {
+            match key {
+                Some(key) => {
+                    let value = map.next_value::<Shallow>()?.0;
+                    fields.insert(key, value);
+                }
+                None => {
+                    map.next_value::<IgnoredAny>()?;
+                    dropped += 1;
+                }
+            }
+        }
+        Ok(Input::Object { fields, dropped })
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Input, A::Error> {
+        skip_seq(seq).map(|()| Input::NotObject)
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Input, E> {
+        Ok(Input::NotObject)
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Input, E> {
+        Ok(Input::NotObject)
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Input, E> {
+        Ok(Input::NotObject)
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Input, E> {
+        Ok(Input::NotObject)
+    }
+
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Input, E> {
+        Ok(Input::NotObject)
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Input, E> {
+        Ok(Input::NotObject)
+    }
+}
+
+/// An `input` key, kept while `fields` has room (or already holds it: the last of repeated
+/// keys counts); `None` once full, without copying the key.
+struct InputKeySeed<'a> {
+    fields: &'a Map<String, Value>,
+}
+
+impl<'de> DeserializeSeed<'de> for InputKeySeed<'_> {
+    type Value = Option<String>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_str(self)
+    }
+}
+
+impl Visitor<'_> for InputKeySeed<'_> {
+    type Value = Option<String>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a field name")
+    }
+
+    fn visit_str<E: de::Error>(self, key: &str) -> Result<Self::Value, E> {
+        let keep = self.fields.len() < MAX_INPUT_FIELDS || self.fields.contains_key(key);
+        Ok(keep.then(|| key.to_owned()))
+    }
+}
+
+/// A value whose scalars are kept and whose arrays and objects are skipped (in memory
+/// independent of their size and depth) and stand as an empty one of their kind.
+struct Shallow(Value);
+
+impl<'de> de::Deserialize<'de> for Shallow {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(ShallowVisitor)
+    }
+}
+
+struct ShallowVisitor;
+
+impl<'de> Visitor<'de> for ShallowVisitor {
+    type Value = Shallow;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Shallow, E> {
+        Ok(Shallow(Value::Bool(v)))
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Shallow, E> {
+        Ok(Shallow(Value::from(v)))
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Shallow, E> {
+        Ok(Shallow(Value::from(v)))
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Shallow, E> {
+        // As `serde_json::Value` does (JSON text cannot hold a non-finite number anyway).
+        Ok(Shallow(
+            Number::from_f64(v).map_or(Value::Null, Value::Number),
+        ))
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Shallow, E> {
+        Ok(Shallow(Value::String(v.to_owned())))
+    }
+
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Shallow, E> {
+        Ok(Shallow(Value::String(v)))
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Shallow, E> {
+        Ok(Shallow(Value::Null))
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<Shallow, E> {
+        Ok(Shallow(Value::Null))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Shallow, A::Error> {
+        skip_seq(seq).map(|()| Shallow(Value::Array(Vec::new())))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Shallow, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(Shallow(Value::Object(Map::new())))
+    }
+}
+
+/// Reads a sequence to its end, keeping nothing. `serde_json` skips nested values without
+/// recursion, in one byte of memory per level of nesting.
+fn skip_seq<'de, A: SeqAccess<'de>>(mut seq: A) -> Result<(), A::Error> {
+    while seq.next_element::<IgnoredAny>()?.is_some() {}
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn invalid(body: &[u8]) -> InputErrors {
+        match parse_submit_body(body) {
+            Err(ApiError::InvalidInput(errors)) => errors,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn fields(errors: &InputErrors) -> Vec<&str> {
+        errors.listed().iter().map(|e| e.field.as_str()).collect()
+    }
+
+    fn rendered(err: ApiError) -> (usize, Value) {
+        let response = err.into_response();
+        assert_eq!(response.status(), 422);
+        let bytes = response.body().as_ref();
+        (bytes.len(), serde_json::from_slice(bytes).unwrap())
+    }
+
+    #[test]
+    fn body_shape_errors_are_per_field() {
+        let errors = invalid(br#"{"model": 3, "inputs": {}}"#);
+        assert_eq!(fields(&errors), vec!["model", "input", "inputs"]);
+        assert_eq!(errors.total(), 3);
+        let errors = invalid(br#"{"model": " ", "input": [1]}"#);
+        assert_eq!(
+            errors.listed()[1].message,
+            "must be a JSON object",
+            "{errors:?}"
+        );
+        let errors = invalid(br#"{"input": null, "model": {"a": [1]}}"#);
+        assert_eq!(fields(&errors), vec!["model", "input"]);
+        let errors = invalid(br#"{}"#);
+        assert_eq!(
+            errors.to_string(),
+            "invalid input: model: is required; input: is required"
+        );
+        for bad in [
+            &b"{\"model\": "[..],
+            b"[1,2]",
+            b"",
+            b"\"model\"",
+            b"null",
+            b"{} {}",
+            b"{\"model\": \"sdxl\", \"input\": {}} x",
+            b"{\"model\": \"sdxl\", \"input\": {\"a\": [1,}}",
+        ] {
+            assert!(
+                matches!(parse_submit_body(bad), Err(ApiError::BadRequest(_))),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        assert!(matches!(
+            parse_submit_body(&vec![b' '; MAX_BODY_BYTES + 1]),
+            Err(ApiError::PayloadTooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn a_valid_body_keeps_model_and_scalar_input() {
+        let body = parse_submit_body(
+            br#"{"model":"sdxl","input":{"prompt":"a \"cat\"","seed":-1,"n":2,"g":7.5,"x":true,"y":null,"z":[1],"o":{"a":1}}}"#,
+        )
+        .unwrap();
+        assert_eq!(body.model, "sdxl");
+        assert_eq!(
+            body.input,
+            json!({"prompt": "a \"cat\"", "seed": -1, "n": 2, "g": 7.5, "x": true, "y": null,
+                   "z": [], "o": {}})
+        );
+    }
+
+    #[test]
+    fn the_same_body_hashes_the_same_whatever_its_formatting() {
+        let parse = |b: &[u8]| parse_submit_body(b).unwrap();
+        let a = parse(br#"{"model":"sdxl","input":{"prompt":"x","seed":1}}"#);
+        let b =
+            parse(b"{ \"input\": {\"seed\": 1, \"prompt\": \"\\u0078\"},\n \"model\": \"sdxl\" }");
+        let c = parse(br#"{"model":"sdxl","input":{"prompt":"y","seed":1}}"#);
+        let d = parse(br#"{"model":"sdxl-img2img","input":{"prompt":"x","seed":1}}"#);
+        assert_eq!(a.hash, b.hash);
+        assert_ne!(a.hash, c.hash);
+        assert_ne!(a.hash, d.hash);
+        // The hash of the whole canonical body, as before bodies were read field by field.
+        let whole = json!({"model": "sdxl", "input": {"prompt": "x", "seed": 1}});
+        assert_eq!(
+            a.hash,
+            hex(&Sha256::digest(canonical_json(&whole).as_bytes()))
+        );
+    }
+
+    #[test]
+    fn repeated_keys_mean_the_last_one() {
+        let body =
+            parse_submit_body(br#"{"model":"x","input":{"seed":1,"seed":2},"model":"sdxl"}"#)
+                .unwrap();
+        assert_eq!(
+            (body.model.as_str(), &body.input),
+            ("sdxl", &json!({"seed": 2}))
+        );
+        let errors = invalid(br#"{"model":"sdxl","model":3,"input":{}}"#);
+        assert_eq!(fields(&errors), vec!["model"]);
+    }
+
+    fn unknown_keys_body(n: usize) -> Vec<u8> {
+        let mut body = br#"{"model": "sdxl", "input": {"prompt": "x"}"#.to_vec();
+        for i in 0..n {
+            body.extend_from_slice(format!(r#","k{i}":0"#).as_bytes());
+        }
+        body.push(b'}');
+        body
+    }
+
+    #[test]
+    fn half_a_million_unknown_keys_get_a_small_422() {
+        let body = unknown_keys_body(500_000);
+        assert!(
+            body.len() > 5_000_000 && body.len() <= MAX_BODY_BYTES,
+            "{}",
+            body.len()
+        );
+        let errors = invalid(&body);
+        assert_eq!(errors.total(), 500_000);
+        assert_eq!(errors.listed().len(), InputErrors::MAX_LISTED);
+        assert_eq!(fields(&errors)[..2], ["k0", "k1"]);
+        let (size, problem) = rendered(ApiError::InvalidInput(errors));
+        assert!(size < 64 * 1024, "{size} bytes");
+        assert_eq!(
+            problem["detail"],
+            "the request has 500000 invalid fields; the first 20 are listed"
+        );
+        assert_eq!(problem["errors"].as_array().unwrap().len(), 20);
+    }
+
+    #[test]
+    fn model_and_input_errors_are_listed_before_unknown_keys() {
+        let mut body = b"{".to_vec();
+        for i in 0..100 {
+            body.extend_from_slice(format!(r#""k{i}": [[{{}}]], "#).as_bytes());
+        }
+        body.extend_from_slice(br#""input": 1}"#);
+        let errors = invalid(&body);
+        assert_eq!(errors.total(), 102);
+        assert_eq!(fields(&errors)[..3], ["model", "input", "k0"]);
+        assert_eq!(fields(&errors)[19], "k17");
+    }
+
+    #[test]
+    fn long_and_unprintable_unknown_keys_are_cut() {
+        let key = format!("{}{}", "\\u0007\\n".repeat(10), "é".repeat(300_000));
+        let body = format!(r#"{{"model": "sdxl", "input": {{}}, "{key}": 1}}"#);
+        let errors = invalid(body.as_bytes());
+        let field = &errors.listed()[0].field;
+        assert_eq!(
+            *field,
+            format!("{}…", "é".repeat(InputErrors::MAX_FIELD_CHARS))
+        );
+        let short = invalid(br#"{"model": "sdxl", "input": {}, "a\tb": 1}"#);
+        assert_eq!(short.listed()[0].field, "ab");
+    }
+
+    #[test]
+    fn an_input_of_half_a_million_fields_is_one_error() {
+        let mut body = br#"{"model": "sdxl", "input": {"prompt": "x""#.to_vec();
+        for i in 0..500_000 {
+            body.extend_from_slice(format!(r#","{i}":[]"#).as_bytes());
+        }
+        body.extend_from_slice(b"}}");
+        assert!(body.len() <= MAX_BODY_BYTES, "{}", body.len());
+        let errors = invalid(&body);
+        assert_eq!(errors.total(), 1);
+        assert_eq!(
+            errors.listed()[0],
+            crate::registry::FieldError {
+                field: "input".into(),
+                message: "has 500001 fields; no model takes more than 64".into()
+            }
+        );
+        let (size, _) = rendered(ApiError::InvalidInput(errors));
+        assert!(size < 1024, "{size} bytes");
+    }
+
+    #[test]
+    fn an_input_of_exactly_the_limit_is_read_whole() {
+        let body_of = |fields: &str| format!(r#"{{"model": "sdxl", "input": {{{fields}}}}}"#);
+        let limit: Vec<String> = (0..MAX_INPUT_FIELDS)
+            .map(|i| format!(r#""f{i}": {i}"#))
+            .collect();
+        let parsed = parse_submit_body(body_of(&limit.join(",")).as_bytes()).unwrap();
+        assert_eq!(parsed.input.as_object().unwrap().len(), MAX_INPUT_FIELDS);
+        assert_eq!(parsed.input["f63"], 63);
+        // Once full, a key already held is still the same field (the last value counts).
+        let again = format!(r#"{}, "f0": "again""#, limit.join(","));
+        let parsed = parse_submit_body(body_of(&again).as_bytes()).unwrap();
+        assert_eq!(parsed.input["f0"], "again");
+        let over = format!(r#"{}, "extra": 1"#, limit.join(","));
+        assert_eq!(
+            invalid(body_of(&over).as_bytes()).listed()[0].message,
+            "has 65 fields; no model takes more than 64"
+        );
+    }
+
+    #[test]
+    fn a_megabyte_nested_array_as_prompt_is_a_small_type_error() {
+        // Wide and deep: far past serde_json's recursion limit of 128.
+        let mut nested = String::new();
+        while nested.len() < 1024 * 1024 {
+            nested.push_str("[[1, \"two\", {\"three\": [3]}]], ");
+        }
+        let prompt = format!("{}[{nested}[]]{}", "[".repeat(50_000), "]".repeat(50_000));
+        let body = format!(r#"{{"model": "flux-schnell", "input": {{"prompt": {prompt}}}}}"#);
+        let parsed = parse_submit_body(body.as_bytes()).unwrap();
+        assert_eq!(parsed.input, json!({"prompt": []}));
+        let registry = crate::registry::ModelRegistry::shipped().unwrap();
+        let alias = registry.resolve(&parsed.model).unwrap();
+        let errors = alias.validate(&parsed.input).unwrap_err();
+        assert_eq!(fields(&errors), vec!["input.prompt"]);
+        assert_eq!(errors.listed()[0].message, "must be a string");
+        let (size, _) = rendered(errors.into());
+        assert!(size < 1024, "{size} bytes");
+    }
+}

@@ -1,0 +1,214 @@
+//! Inline (data URL) images: kept in the bucket under a content address, referenced by a
+//! short `inline://<sha256>` in the record and every response, and sent to Replicate as a
+//! data URL when small or as a presigned URL when not. A record's size so never depends on
+//! the images in it (DynamoDB items stop at 400 KB; the contract allows 1 MB images).
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use bytes::Bytes;
+use serde_json::{Map, Value};
+
+use crate::outputs::hex;
+use crate::ports::{ObjectStore, StoreError};
+use crate::registry::{FieldSpec, ModelAlias, ValidatedInput};
+
+/// Replicate's advice: data URLs up to about 256 KB; larger files as a URL it fetches.
+pub const MAX_DATA_URL_TO_REPLICATE: usize = 256 * 1024;
+/// How long the presigned URL of an input image given to Replicate stays valid: a
+/// prediction may wait through a cold boot and runs up to 30 minutes.
+pub const INPUT_URL_TTL: Duration = Duration::from_secs(2 * 3600);
+const REFERENCE_SCHEME: &str = "inline://";
+
+/// One inline image of a request, decoded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InlineImage {
+    pub field: String,
+    pub sha256: String,
+    pub content_type: String,
+    pub bytes: Bytes,
+}
+
+impl InlineImage {
+    pub fn key(&self) -> String {
+        input_key(&self.sha256)
+    }
+
+    pub fn reference(&self) -> String {
+        format!("{REFERENCE_SCHEME}{}", self.sha256)
+    }
+}
+
+pub fn input_key(sha256: &str) -> String {
+    format!("inputs/{sha256}")
+}
+
+/// The input as stored (inline images replaced by references) and the images themselves.
+pub fn extract_inline_images(
+    alias: &ModelAlias,
+    input: &ValidatedInput,
+) -> (Map<String, Value>, Vec<InlineImage>) {
+    let mut stored = input.as_map().clone();
+    let mut images = Vec::new();
+    for (field, value) in input.as_map() {
+        if !matches!(alias.inputs.get(field), Some(FieldSpec::Image { .. })) {
+            continue;
+        }
+        let Some(image) = value.as_str().and_then(|s| decode_data_url(field, s)) else {
+            continue;
+        };
+        stored.insert(field.clone(), Value::String(image.reference()));
+        images.push(image);
+    }
+    (stored, images)
+}
+
+/// `data:image/<type>[;…];base64,<payload>` (already validated) → the decoded image.
+fn decode_data_url(field: &str, s: &str) -> Option<InlineImage> {
+    let rest = s.get(..5).filter(|p| p.eq_ignore_ascii_case("data:"))?;
+    let (meta, payload) = s[rest.len()..].split_once(',')?;
+    let media_type = meta.split(';').next()?.trim().to_ascii_lowercase();
+    let bytes = BASE64.decode(payload).ok()?;
+    let content_type = if media_type
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"/.+-".contains(&b))
+        && media_type.len() <= 64
+    {
+        media_type
+    } else {
+        "application/octet-stream".to_owned()
+    };
+    Some(InlineImage {
+        field: field.to_owned(),
+        sha256: hex(&<sha2::Sha256 as sha2::Digest>::digest(&bytes)),
+        content_type,
+        bytes: Bytes::from(bytes),
+    })
+}
+
+/// Stores the images (idempotent: same bytes, same key) and returns the input to send to
+/// Replicate: small images as data URLs, larger ones as presigned URLs.
+pub async fn materialize<O: ObjectStore>(
+    objects: &O,
+    stored: &Map<String, Value>,
+    images: &[InlineImage],
+) -> Result<Map<String, Value>, StoreError> {
+    let mut sent = stored.clone();
+    for image in images {
+        let value = if image.bytes.len() <= MAX_DATA_URL_TO_REPLICATE {
+            format!(
+                "data:{};base64,{}",
+                image.content_type,
+                BASE64.encode(&image.bytes)
+            )
+        } else {
+            let key = image.key();
+            objects
+                .put_object(&key, &image.content_type, image.bytes.clone())
+                .await?;
+            objects.presign_get(&key, INPUT_URL_TTL).await?
+        };
+        sent.insert(image.field.clone(), Value::String(value));
+    }
+    Ok(sent)
+}
+
+/// Whether an input Replicate reports is the one a record stored: equal field by field,
+/// where a stored `inline://<sha256>` matches a data URL of those bytes or a URL of the
+/// object `inputs/<sha256>` (how `materialize` sent it). Used to find a prediction whose
+/// create answer was lost in Replicate's list, which carries inputs but no webhook URL.
+pub fn input_matches(stored: &Map<String, Value>, remote: &Map<String, Value>) -> bool {
+    stored.len() == remote.len()
+        && stored.iter().all(|(field, value)| {
+            let Some(theirs) = remote.get(field) else {
+                return false;
+            };
+            match value
+                .as_str()
+                .and_then(|s| s.strip_prefix(REFERENCE_SCHEME))
+            {
+                Some(sha) => theirs.as_str().is_some_and(|t| sent_as(sha, t)),
+                None => same_value(value, theirs),
+            }
+        })
+}
+
+fn sent_as(sha256: &str, value: &str) -> bool {
+    if let Some(image) = decode_data_url("", value) {
+        return image.sha256 == sha256;
+    }
+    url::Url::parse(value).is_ok_and(|u| u.path().ends_with(&format!("/{}", input_key(sha256))))
+}
+
+/// JSON equality where numbers compare by value (`4` and `4.0` are one input).
+fn same_value(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => x.as_f64() == y.as_f64(),
+        _ => a == b,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memory::MemoryObjects;
+    use crate::registry::ModelRegistry;
+    use serde_json::json;
+
+    fn data_url(bytes: &[u8]) -> String {
+        format!("data:image/png;base64,{}", BASE64.encode(bytes))
+    }
+
+    fn img2img(image: &str) -> (ModelAlias, ValidatedInput) {
+        let registry = ModelRegistry::shipped().unwrap();
+        let alias = registry.get("sdxl-img2img").unwrap().clone();
+        let input = alias
+            .validate(&json!({"prompt": "a cat", "image": image}))
+            .unwrap();
+        (alias, input)
+    }
+
+    #[tokio::test]
+    async fn small_images_go_inline_large_ones_by_url_and_both_match_back() {
+        let objects = MemoryObjects::default();
+        for size in [1000, MAX_DATA_URL_TO_REPLICATE + 1] {
+            let bytes: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+            let (alias, input) = img2img(&data_url(&bytes));
+            let (stored, images) = extract_inline_images(&alias, &input);
+            assert_eq!(images.len(), 1);
+            let reference = stored["image"].as_str().unwrap();
+            assert!(reference.starts_with("inline://") && reference.len() < 80);
+            let sent = materialize(&objects, &stored, &images).await.unwrap();
+            let value = sent["image"].as_str().unwrap();
+            assert_eq!(
+                value.starts_with("data:"),
+                size <= MAX_DATA_URL_TO_REPLICATE
+            );
+            assert!(input_matches(&stored, &sent), "{size}");
+            let mut other = sent.clone();
+            other.insert("prompt".into(), json!("a dog"));
+            assert!(!input_matches(&stored, &other));
+        }
+        assert_eq!(objects.keys().len(), 1, "only the large image is stored");
+    }
+
+    #[test]
+    fn urls_stay_as_they_are_and_numbers_match_by_value() {
+        let (alias, input) = img2img("https://example.com/cat.png");
+        let (stored, images) = extract_inline_images(&alias, &input);
+        assert!(images.is_empty());
+        assert_eq!(&stored, input.as_map());
+        let a = json!({"n": 4, "s": "x"});
+        let b = json!({"n": 4.0, "s": "x"});
+        assert!(input_matches(
+            a.as_object().unwrap(),
+            b.as_object().unwrap()
+        ));
+        let c = json!({"n": 4, "s": "x", "extra": 1});
+        assert!(!input_matches(
+            a.as_object().unwrap(),
+            c.as_object().unwrap()
+        ));
+    }
+}

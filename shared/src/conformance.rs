@@ -1,0 +1,1549 @@
+//! One storage conformance suite, run against the in-memory fakes (`memory`, in this
+//! module's tests) and against the real adapters (`aws`, on moto, in the integration tests):
+//! whatever the handlers' unit tests learn from the fakes holds for DynamoDB, S3 and SQS.
+//!
+//! Each suite is a sequence of assertions on behaviour the port traits document. Every id and
+//! key is fresh and random, so one store can run a suite any number of times, next to other
+//! data. Time-based rules are checked with explicit timestamps, never the clock; nothing
+//! depends on what emulators do not implement (TTL deletion, presigned-URL signatures).
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde_json::{Map, Value, json};
+
+use crate::ports::{
+    ClaimOutcome, CopyJob, CopyQueue, LEGACY_OPEN_SHARD, ObjectStore, RecordStore, Settlement,
+    open_shard,
+};
+use crate::record::{
+    Advance, Claim, ClaimGuard, Millis, PredictionId, PredictionRecord, StoredOutput, ttl_seconds,
+};
+use crate::replicate::{Metrics, Prediction, PredictionStatus, PredictionUrls};
+
+/// The "now" of the claim checks: any fixed time works, only the order of times matters.
+const NOW: Millis = 1_700_000_000_000;
+
+/// S3's smallest part of a multipart upload, except the last (`EntityTooSmall`).
+pub const MIN_PART_SIZE: usize = 5 * 1024 * 1024;
+
+fn unique() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+/// A fresh id whose first hex digit is `digit`: it is listed under `open#<digit>`.
+pub fn id_in_shard(digit: char) -> PredictionId {
+    let random = unique();
+    PredictionId::parse(&format!("{digit}{}", &random[1..]))
+        .unwrap_or_else(|_| panic!("`{digit}` is not a lowercase hex digit"))
+}
+
+fn claim(key: &str, token: &str, lease_until: Millis) -> Claim {
+    Claim {
+        key: key.to_owned(),
+        token: token.to_owned(),
+        prediction_id: None,
+        request_hash: None,
+        lease_until,
+        expires_at: ttl_seconds(lease_until) + 86_400,
+        from_cache: false,
+    }
+}
+
+fn claim_key() -> String {
+    format!("cache#conformance-{}", unique())
+}
+
+/// The claim stored at `key`, read through the trait: a claim attempt at time 0 never takes
+/// a held key, and comes back with the holder; if nobody held it, the probe is released.
+async fn peek<S: RecordStore>(store: &S, key: &str) -> Option<Claim> {
+    let probe = claim(key, &format!("probe-{}", unique()), 0);
+    match store.try_claim(&probe, 0).await.expect("try_claim (peek)") {
+        ClaimOutcome::HeldBy(held) => Some(held),
+        ClaimOutcome::Claimed => {
+            let released = store
+                .release_claim(key, ClaimGuard::Token(&probe.token))
+                .await
+                .expect("release_claim (peek)");
+            assert!(released, "release_claim: the probe just claimed `{key}`");
+            None
+        }
+    }
+}
+
+/// A record as submit stores it: `starting`, nothing optional set.
+fn bare_record(id: PredictionId, created_at: Millis) -> PredictionRecord {
+    PredictionRecord {
+        id,
+        replicate_id: None,
+        alias: "flux-schnell".to_owned(),
+        model: "black-forest-labs/flux-schnell".to_owned(),
+        version: None,
+        input: Map::new(),
+        cache_key: None,
+        status: PredictionStatus::Starting,
+        outputs: Vec::new(),
+        error: None,
+        metrics: None,
+        created_at,
+        started_at: None,
+        completed_at: None,
+        synced_at: None,
+        expires_at: ttl_seconds(created_at) + 86_400,
+        webhook_token: None,
+    }
+}
+
+fn metrics(predict_time: f64, extra: (&str, Value)) -> Metrics {
+    Metrics {
+        predict_time: Some(predict_time),
+        total_time: Some(predict_time + 0.5),
+        other: Map::from_iter([(extra.0.to_owned(), extra.1)]),
+    }
+}
+
+fn output(id: &PredictionId, index: usize) -> StoredOutput {
+    StoredOutput {
+        key: format!("outputs/{id}/{index}.webp"),
+        content_type: "image/webp".to_owned(),
+        size: 1234 + index as u64,
+        sha256: format!("{index:064x}"),
+    }
+}
+
+/// A record with every optional field set.
+fn full_record(id: PredictionId, created_at: Millis) -> PredictionRecord {
+    let input = json!({
+        "prompt": "a lighthouse at dusk — ünïcödé",
+        "num_outputs": 2,
+        "guidance": 3.5,
+        "go_fast": true,
+        "nested": {"list": [1, "two", null]},
+    });
+    PredictionRecord {
+        replicate_id: Some(format!("conformance-{}", unique())),
+        version: Some("f".repeat(64)),
+        input: input.as_object().cloned().unwrap_or_default(),
+        cache_key: Some(format!("cache#{}", unique())),
+        status: PredictionStatus::Processing,
+        outputs: vec![output(&id, 0), output(&id, 1)],
+        error: Some("an error text\non two lines".to_owned()),
+        metrics: Some(metrics(1.25, ("image_count", json!(2)))),
+        started_at: Some(created_at + 10),
+        completed_at: Some(created_at + 20),
+        synced_at: Some(created_at + 30),
+        webhook_token: Some(unique()),
+        ..bare_record(id, created_at)
+    }
+}
+
+async fn insert<S: RecordStore>(store: &S, record: &PredictionRecord) {
+    store
+        .insert_prediction(record)
+        .await
+        .unwrap_or_else(|e| panic!("insert_prediction {}: {e}", record.id));
+}
+
+async fn stored<S: RecordStore>(store: &S, id: &PredictionId) -> PredictionRecord {
+    store
+        .get_prediction(id)
+        .await
+        .expect("get_prediction")
+        .unwrap_or_else(|| panic!("get_prediction {id}: the record is missing"))
+}
+
+fn advance_to(status: PredictionStatus) -> Advance {
+    Advance {
+        status,
+        replicate_id: None,
+        outputs: Vec::new(),
+        error: None,
+        metrics: None,
+        started_at: None,
+        completed_at: None,
+    }
+}
+
+/// Every rule of `RecordStore` that the handlers rely on.
+pub async fn record_store_suite<S: RecordStore>(store: &S) {
+    claims_have_one_holder(store).await;
+    replace_claim_needs_the_token(store).await;
+    settle_claim_needs_the_guard_and_never_shortens(store).await;
+    release_claim_needs_the_guard(store).await;
+    predictions_round_trip(store).await;
+    attach_binds_one_replicate_id_to_one_record(store).await;
+    advance_only_moves_forward(store).await;
+    claim_sync_once_per_interval(store).await;
+    list_open_pages_through_each_open_record_once(store).await;
+}
+
+async fn claims_have_one_holder<S: RecordStore>(store: &S) {
+    let key = claim_key();
+    let first = Claim {
+        prediction_id: Some(PredictionId::generate()),
+        request_hash: Some(format!("hash-{}", unique())),
+        from_cache: true,
+        ..claim(&key, "first", NOW + 1_000)
+    };
+    let second = Claim {
+        prediction_id: Some(PredictionId::generate()),
+        request_hash: Some("another hash".to_owned()),
+        ..claim(&key, "second", NOW + 5_000)
+    };
+    assert_eq!(
+        store.try_claim(&first, NOW).await.expect("try_claim"),
+        ClaimOutcome::Claimed,
+        "try_claim: the first claim of a free key wins"
+    );
+    assert_eq!(
+        store.try_claim(&second, NOW).await.expect("try_claim"),
+        ClaimOutcome::HeldBy(first.clone()),
+        "try_claim: a second claim gets the holder's claim exactly as stored (every field)"
+    );
+    assert_eq!(
+        store
+            .try_claim(&second, NOW + 1_000)
+            .await
+            .expect("try_claim"),
+        ClaimOutcome::HeldBy(first.clone()),
+        "try_claim: a lease ending exactly at `now` has not ended (`lease_until < now` expires)"
+    );
+    assert_eq!(
+        store
+            .try_claim(&second, NOW + 1_001)
+            .await
+            .expect("try_claim"),
+        ClaimOutcome::Claimed,
+        "try_claim: a claim whose lease ended before `now` is taken over"
+    );
+    assert_eq!(
+        peek(store, &key).await,
+        Some(second.clone()),
+        "try_claim: the taker's claim replaced the expired one"
+    );
+    let third = claim(&key, "third", NOW + 9_000);
+    assert_eq!(
+        store
+            .try_claim(&third, NOW + 1_001)
+            .await
+            .expect("try_claim"),
+        ClaimOutcome::HeldBy(second),
+        "try_claim: the new holder keeps it until its own lease ends"
+    );
+
+    // A claim with nothing optional set comes back the same: no field is invented.
+    let key = claim_key();
+    let bare = claim(&key, "bare", NOW + 1_000);
+    assert_eq!(
+        store.try_claim(&bare, NOW).await.expect("try_claim"),
+        ClaimOutcome::Claimed
+    );
+    assert_eq!(
+        store
+            .try_claim(&claim(&key, "other", NOW + 2_000), NOW)
+            .await
+            .expect("try_claim"),
+        ClaimOutcome::HeldBy(bare),
+        "try_claim: a holder without prediction id, request hash or cache flag comes back as stored"
+    );
+}
+
+async fn replace_claim_needs_the_token<S: RecordStore>(store: &S) {
+    let key = claim_key();
+    let held = claim(&key, "holder", NOW + 1_000);
+    assert_eq!(
+        store.try_claim(&held, NOW).await.expect("try_claim"),
+        ClaimOutcome::Claimed
+    );
+    let replacement = Claim {
+        prediction_id: Some(PredictionId::generate()),
+        request_hash: Some("h".to_owned()),
+        from_cache: true,
+        ..claim(&key, "replacement", NOW + 2_000)
+    };
+    assert!(
+        !store
+            .replace_claim(&replacement, "not-the-holder")
+            .await
+            .expect("replace_claim"),
+        "replace_claim: refused without the holder's token"
+    );
+    assert_eq!(
+        peek(store, &key).await,
+        Some(held),
+        "replace_claim: a refused replace changes nothing"
+    );
+    assert!(
+        store
+            .replace_claim(&replacement, "holder")
+            .await
+            .expect("replace_claim"),
+        "replace_claim: applies with the holder's token"
+    );
+    assert_eq!(
+        peek(store, &key).await,
+        Some(replacement.clone()),
+        "replace_claim: the whole claim is replaced"
+    );
+    assert!(
+        !store
+            .replace_claim(&claim(&key, "again", NOW), "holder")
+            .await
+            .expect("replace_claim"),
+        "replace_claim: the old token no longer holds the claim"
+    );
+
+    let missing = claim_key();
+    assert!(
+        !store
+            .replace_claim(&claim(&missing, "t", NOW + 1_000), "t")
+            .await
+            .expect("replace_claim"),
+        "replace_claim: nothing to replace at a free key"
+    );
+    assert_eq!(
+        peek(store, &missing).await,
+        None,
+        "replace_claim: a refused replace does not create a claim"
+    );
+}
+
+async fn settle_claim_needs_the_guard_and_never_shortens<S: RecordStore>(store: &S) {
+    let key = claim_key();
+    let held = Claim {
+        request_hash: Some("request".to_owned()),
+        ..claim(&key, "holder", NOW + 1_000)
+    };
+    assert_eq!(
+        store.try_claim(&held, NOW).await.expect("try_claim"),
+        ClaimOutcome::Claimed
+    );
+    let worker = PredictionId::generate();
+    let settle = |lease_until, from_cache, prediction_id| Settlement {
+        prediction_id,
+        lease_until,
+        from_cache,
+    };
+
+    assert!(
+        !store
+            .settle_claim(
+                &key,
+                ClaimGuard::Token("stranger"),
+                &settle(NOW + 5_000, true, &worker)
+            )
+            .await
+            .expect("settle_claim"),
+        "settle_claim: refused for another token"
+    );
+    assert!(
+        !store
+            .settle_claim(
+                &key,
+                ClaimGuard::Prediction(&worker),
+                &settle(NOW + 5_000, true, &worker)
+            )
+            .await
+            .expect("settle_claim"),
+        "settle_claim: refused by prediction when the claim names no prediction"
+    );
+    assert_eq!(
+        peek(store, &key).await,
+        Some(held.clone()),
+        "settle_claim: refused settles change nothing"
+    );
+
+    assert!(
+        store
+            .settle_claim(
+                &key,
+                ClaimGuard::Token("holder"),
+                &settle(NOW + 5_000, true, &worker)
+            )
+            .await
+            .expect("settle_claim"),
+        "settle_claim: applies with the holder's token and a longer lease"
+    );
+    let settled = Claim {
+        prediction_id: Some(worker.clone()),
+        lease_until: NOW + 5_000,
+        from_cache: true,
+        ..held.clone()
+    };
+    assert_eq!(
+        peek(store, &key).await,
+        Some(settled.clone()),
+        "settle_claim: sets prediction id, lease and cache flag; keeps token, request hash and expiry"
+    );
+
+    let other = PredictionId::generate();
+    assert!(
+        !store
+            .settle_claim(
+                &key,
+                ClaimGuard::Prediction(&worker),
+                &settle(NOW + 4_999, false, &other)
+            )
+            .await
+            .expect("settle_claim"),
+        "settle_claim: never shortens a longer lease"
+    );
+    assert_eq!(
+        peek(store, &key).await,
+        Some(settled.clone()),
+        "settle_claim: a settle that would shorten the lease changes nothing"
+    );
+
+    assert!(
+        store
+            .settle_claim(
+                &key,
+                ClaimGuard::Prediction(&worker),
+                &settle(NOW + 5_000, false, &other)
+            )
+            .await
+            .expect("settle_claim"),
+        "settle_claim: an equal lease is not a shorter one (`lease_until <= new lease`)"
+    );
+    let resettled = Claim {
+        prediction_id: Some(other.clone()),
+        from_cache: false,
+        ..settled
+    };
+    assert_eq!(peek(store, &key).await, Some(resettled.clone()));
+    assert!(
+        !store
+            .settle_claim(
+                &key,
+                ClaimGuard::Prediction(&worker),
+                &settle(NOW + 9_000, true, &worker)
+            )
+            .await
+            .expect("settle_claim"),
+        "settle_claim: the prediction the claim no longer names does not hold it"
+    );
+    assert!(
+        store
+            .settle_claim(
+                &key,
+                ClaimGuard::Prediction(&other),
+                &settle(NOW + 9_000, true, &other)
+            )
+            .await
+            .expect("settle_claim"),
+        "settle_claim: the prediction the claim names holds it"
+    );
+    assert_eq!(
+        peek(store, &key).await,
+        Some(Claim {
+            lease_until: NOW + 9_000,
+            from_cache: true,
+            ..resettled
+        })
+    );
+
+    let missing = claim_key();
+    assert!(
+        !store
+            .settle_claim(
+                &missing,
+                ClaimGuard::Token("holder"),
+                &settle(NOW + 5_000, false, &worker)
+            )
+            .await
+            .expect("settle_claim"),
+        "settle_claim: nothing to settle at a free key"
+    );
+    assert_eq!(
+        peek(store, &missing).await,
+        None,
+        "settle_claim: a refused settle does not create a claim"
+    );
+}
+
+async fn release_claim_needs_the_guard<S: RecordStore>(store: &S) {
+    let key = claim_key();
+    let worker = PredictionId::generate();
+    let held = Claim {
+        prediction_id: Some(worker.clone()),
+        ..claim(&key, "holder", NOW + 1_000)
+    };
+    assert_eq!(
+        store.try_claim(&held, NOW).await.expect("try_claim"),
+        ClaimOutcome::Claimed
+    );
+    assert!(
+        !store
+            .release_claim(&key, ClaimGuard::Token("stranger"))
+            .await
+            .expect("release_claim"),
+        "release_claim: refused for another token"
+    );
+    assert!(
+        !store
+            .release_claim(&key, ClaimGuard::Prediction(&PredictionId::generate()))
+            .await
+            .expect("release_claim"),
+        "release_claim: refused for another prediction"
+    );
+    assert_eq!(
+        peek(store, &key).await,
+        Some(held.clone()),
+        "release_claim: refused releases change nothing"
+    );
+    assert!(
+        store
+            .release_claim(&key, ClaimGuard::Prediction(&worker))
+            .await
+            .expect("release_claim"),
+        "release_claim: the prediction the claim names may release it"
+    );
+    assert!(
+        !store
+            .release_claim(&key, ClaimGuard::Prediction(&worker))
+            .await
+            .expect("release_claim"),
+        "release_claim: nothing left to release"
+    );
+    let next = claim(&key, "next", NOW + 1_000);
+    assert_eq!(
+        store.try_claim(&next, NOW).await.expect("try_claim"),
+        ClaimOutcome::Claimed,
+        "release_claim: a released key can be claimed at once, though the old lease has not ended"
+    );
+    assert!(
+        store
+            .release_claim(&key, ClaimGuard::Token("next"))
+            .await
+            .expect("release_claim"),
+        "release_claim: the holder's token may release it"
+    );
+    assert_eq!(
+        peek(store, &key).await,
+        None,
+        "release_claim: the claim is gone"
+    );
+}
+
+async fn predictions_round_trip<S: RecordStore>(store: &S) {
+    let full = full_record(PredictionId::generate(), NOW);
+    insert(store, &full).await;
+    assert_eq!(
+        stored(store, &full.id).await,
+        full,
+        "get_prediction: a record with every optional field set reads back exactly"
+    );
+
+    let bare = bare_record(PredictionId::generate(), NOW);
+    insert(store, &bare).await;
+    assert_eq!(
+        stored(store, &bare.id).await,
+        bare,
+        "get_prediction: a record with no optional field set reads back exactly"
+    );
+
+    let terminal = Advance {
+        outputs: vec![output(&bare.id, 0)],
+        metrics: Some(Metrics::default()),
+        completed_at: Some(NOW + 1),
+        ..advance_to(PredictionStatus::Succeeded)
+    };
+    let succeeded = PredictionRecord {
+        id: PredictionId::generate(),
+        status: terminal.status.clone(),
+        outputs: terminal.outputs.clone(),
+        metrics: terminal.metrics.clone(),
+        completed_at: terminal.completed_at,
+        ..bare.clone()
+    };
+    insert(store, &succeeded).await;
+    assert_eq!(
+        stored(store, &succeeded.id).await,
+        succeeded,
+        "get_prediction: a terminal record with empty metrics reads back exactly"
+    );
+
+    let again = PredictionRecord {
+        alias: "sdxl".to_owned(),
+        status: PredictionStatus::Failed,
+        ..full_record(full.id.clone(), NOW + 1)
+    };
+    assert!(
+        store.insert_prediction(&again).await.is_err(),
+        "insert_prediction: a second record with the same id is an error"
+    );
+    assert_eq!(
+        stored(store, &full.id).await,
+        full,
+        "insert_prediction: a refused insert changes nothing"
+    );
+
+    assert_eq!(
+        store
+            .get_prediction(&PredictionId::generate())
+            .await
+            .expect("get_prediction"),
+        None,
+        "get_prediction: an unknown id is None, not an error"
+    );
+}
+
+async fn attach_binds_one_replicate_id_to_one_record<S: RecordStore>(store: &S) {
+    let a = bare_record(PredictionId::generate(), NOW);
+    let b = bare_record(PredictionId::generate(), NOW);
+    insert(store, &a).await;
+    insert(store, &b).await;
+    let first = format!("conformance-{}", unique());
+    let second = format!("conformance-{}", unique());
+    let attach = |id: &PredictionId, replicate_id: &str| {
+        let (id, replicate_id) = (id.clone(), replicate_id.to_owned());
+        async move {
+            store
+                .attach_replicate_id(&id, &replicate_id, 4_000_000_000)
+                .await
+                .unwrap_or_else(|e| panic!("attach_replicate_id {id} {replicate_id}: {e}"))
+        }
+    };
+
+    assert!(
+        attach(&a.id, &first).await,
+        "attach_replicate_id: the first attach applies"
+    );
+    assert_eq!(stored(store, &a.id).await.replicate_id, Some(first.clone()));
+    assert!(
+        attach(&a.id, &first).await,
+        "attach_replicate_id: attaching the same id again is idempotent (true)"
+    );
+    assert!(
+        !attach(&a.id, &second).await,
+        "attach_replicate_id: a record attached to one Replicate id refuses another"
+    );
+    assert_eq!(
+        stored(store, &a.id).await,
+        PredictionRecord {
+            replicate_id: Some(first.clone()),
+            ..a.clone()
+        },
+        "attach_replicate_id: a refused attach changes nothing"
+    );
+    assert!(
+        !attach(&b.id, &first).await,
+        "attach_replicate_id: a Replicate id already bound to another record is refused"
+    );
+    assert_eq!(
+        stored(store, &b.id).await,
+        b,
+        "attach_replicate_id: a refused attach changes nothing"
+    );
+    assert!(
+        attach(&b.id, &second).await,
+        "attach_replicate_id: the refused attach of `second` to another record left no binding behind"
+    );
+    assert_eq!(stored(store, &b.id).await.replicate_id, Some(second));
+
+    let unknown = PredictionId::generate();
+    let third = format!("conformance-{}", unique());
+    assert!(
+        !attach(&unknown, &third).await,
+        "attach_replicate_id: an unknown record is false, not an error"
+    );
+    assert_eq!(
+        store
+            .get_prediction(&unknown)
+            .await
+            .expect("get_prediction"),
+        None,
+        "attach_replicate_id: attaching to an unknown record does not create it"
+    );
+    let c = bare_record(PredictionId::generate(), NOW);
+    insert(store, &c).await;
+    assert!(
+        attach(&c.id, &third).await,
+        "attach_replicate_id: the attach to an unknown record left no binding behind"
+    );
+}
+
+async fn advance_only_moves_forward<S: RecordStore>(store: &S) {
+    use PredictionStatus::{Failed, Processing, Starting, Succeeded, Unknown};
+    let advance = |id: &PredictionId, advance: Advance| {
+        let id = id.clone();
+        async move {
+            store
+                .advance(&id, &advance)
+                .await
+                .unwrap_or_else(|e| panic!("advance {id}: {e}"))
+        }
+    };
+    let record = bare_record(PredictionId::generate(), NOW);
+    insert(store, &record).await;
+    let id = record.id.clone();
+
+    assert!(
+        !advance(&id, advance_to(Starting)).await,
+        "advance: the same rank is refused"
+    );
+    assert!(
+        !advance(&id, advance_to(Unknown("queued".to_owned()))).await,
+        "advance: an unknown status never overwrites"
+    );
+    let first_metrics = metrics(0.5, ("image_count", json!(1)));
+    let processing = Advance {
+        error: Some("a transient warning".to_owned()),
+        metrics: Some(first_metrics.clone()),
+        started_at: Some(NOW + 100),
+        ..advance_to(Processing)
+    };
+    assert!(
+        advance(&id, processing).await,
+        "advance: starting → processing applies"
+    );
+    let after_processing = PredictionRecord {
+        status: Processing,
+        error: Some("a transient warning".to_owned()),
+        metrics: Some(first_metrics.clone()),
+        started_at: Some(NOW + 100),
+        ..record.clone()
+    };
+    assert_eq!(stored(store, &id).await, after_processing);
+    assert!(
+        !advance(&id, advance_to(Processing)).await,
+        "advance: the same rank is refused"
+    );
+    assert!(
+        !advance(&id, advance_to(Starting)).await,
+        "advance: backwards is refused"
+    );
+    assert_eq!(
+        stored(store, &id).await,
+        after_processing,
+        "advance: a refused advance changes nothing"
+    );
+
+    let replicate_id = format!("conformance-{}", unique());
+    assert!(
+        store
+            .attach_replicate_id(&id, &replicate_id, 4_000_000_000)
+            .await
+            .expect("attach_replicate_id")
+    );
+    let after_attach = PredictionRecord {
+        replicate_id: Some(replicate_id.clone()),
+        ..after_processing
+    };
+    let outputs = vec![output(&id, 0), output(&id, 1)];
+    let success = Advance {
+        outputs: outputs.clone(),
+        started_at: Some(NOW + 200),
+        completed_at: Some(NOW + 300),
+        ..advance_to(Succeeded)
+    };
+    assert!(
+        !advance(
+            &id,
+            Advance {
+                replicate_id: Some("another-replicate-id".to_owned()),
+                ..success.clone()
+            }
+        )
+        .await,
+        "advance: naming another Replicate id than the record's is refused"
+    );
+    assert_eq!(
+        stored(store, &id).await,
+        after_attach,
+        "advance: a refused advance changes nothing"
+    );
+    assert!(
+        advance(
+            &id,
+            Advance {
+                replicate_id: Some(replicate_id.clone()),
+                ..success.clone()
+            }
+        )
+        .await,
+        "advance: naming the record's Replicate id applies"
+    );
+    let succeeded = PredictionRecord {
+        status: Succeeded,
+        outputs,
+        error: None,
+        metrics: Some(first_metrics),
+        started_at: Some(NOW + 100),
+        completed_at: Some(NOW + 300),
+        ..after_attach
+    };
+    assert_eq!(
+        stored(store, &id).await,
+        succeeded,
+        "advance: outputs replaced, error cleared when the advance has none, metrics kept when \
+         the advance has none, started_at kept from the first advance"
+    );
+    for terminal in [Succeeded, Failed] {
+        let late = Advance {
+            completed_at: Some(NOW + 400),
+            ..advance_to(terminal.clone())
+        };
+        assert!(
+            !advance(&id, late).await,
+            "advance: nothing follows a terminal status (not even {terminal})"
+        );
+    }
+    assert_eq!(stored(store, &id).await, succeeded);
+
+    // A Replicate id named by an advance is a condition; it is never written.
+    let unattached = bare_record(PredictionId::generate(), NOW);
+    insert(store, &unattached).await;
+    assert!(
+        !advance(
+            &unattached.id,
+            Advance {
+                replicate_id: Some(format!("conformance-{}", unique())),
+                ..advance_to(Processing)
+            }
+        )
+        .await,
+        "advance: naming a Replicate id is refused while the record has none"
+    );
+    assert_eq!(
+        stored(store, &unattached.id).await,
+        unattached,
+        "advance: a refused advance does not set the Replicate id"
+    );
+
+    // started_at / completed_at already stored are kept (first value wins).
+    let stamped = PredictionRecord {
+        started_at: Some(NOW + 1),
+        completed_at: Some(NOW + 2),
+        ..bare_record(PredictionId::generate(), NOW)
+    };
+    insert(store, &stamped).await;
+    assert!(
+        advance(
+            &stamped.id,
+            Advance {
+                started_at: Some(NOW + 50),
+                completed_at: Some(NOW + 60),
+                error: Some("boom".to_owned()),
+                ..advance_to(Failed)
+            }
+        )
+        .await
+    );
+    assert_eq!(
+        stored(store, &stamped.id).await,
+        PredictionRecord {
+            status: Failed,
+            error: Some("boom".to_owned()),
+            ..stamped
+        },
+        "advance: started_at and completed_at keep the value stored first"
+    );
+
+    // A stored status this service does not know counts as the start of the lifecycle.
+    let odd = PredictionRecord {
+        status: Unknown("queued".to_owned()),
+        ..bare_record(PredictionId::generate(), NOW)
+    };
+    insert(store, &odd).await;
+    assert_eq!(
+        stored(store, &odd.id).await,
+        odd,
+        "get_prediction: an unknown status reads back"
+    );
+    assert!(
+        !advance(&odd.id, advance_to(Starting)).await,
+        "advance: an unknown stored status ranks as `starting`"
+    );
+    assert!(
+        advance(&odd.id, advance_to(Processing)).await,
+        "advance: an unknown stored status ranks as `starting`, so `processing` moves forward"
+    );
+
+    let unknown = PredictionId::generate();
+    assert!(
+        !advance(&unknown, advance_to(Processing)).await,
+        "advance: an unknown record is false, not an error"
+    );
+    assert_eq!(
+        store
+            .get_prediction(&unknown)
+            .await
+            .expect("get_prediction"),
+        None,
+        "advance: advancing an unknown record does not create it"
+    );
+}
+
+async fn claim_sync_once_per_interval<S: RecordStore>(store: &S) {
+    let sync = |id: &PredictionId, now: Millis, not_since: Millis| {
+        let id = id.clone();
+        async move {
+            store
+                .claim_sync(&id, now, not_since)
+                .await
+                .unwrap_or_else(|e| panic!("claim_sync {id}: {e}"))
+        }
+    };
+    let record = bare_record(PredictionId::generate(), NOW);
+    insert(store, &record).await;
+    let id = &record.id;
+    assert!(
+        sync(id, NOW + 1_000, NOW + 500).await,
+        "claim_sync: a never-synced record syncs"
+    );
+    assert_eq!(stored(store, id).await.synced_at, Some(NOW + 1_000));
+    assert!(
+        !sync(id, NOW + 1_200, NOW + 1_000).await,
+        "claim_sync: refused when last synced exactly at `not_since` (`synced_at < not_since`)"
+    );
+    assert!(
+        !sync(id, NOW + 1_200, NOW + 900).await,
+        "claim_sync: refused when last synced after `not_since`"
+    );
+    assert_eq!(
+        stored(store, id).await,
+        PredictionRecord {
+            synced_at: Some(NOW + 1_000),
+            ..record.clone()
+        },
+        "claim_sync: a refused sync changes nothing"
+    );
+    assert!(
+        sync(id, NOW + 2_000, NOW + 1_001).await,
+        "claim_sync: applies when last synced before `not_since`"
+    );
+    assert_eq!(stored(store, id).await.synced_at, Some(NOW + 2_000));
+
+    let unknown = PredictionId::generate();
+    assert!(
+        !sync(&unknown, NOW, NOW).await,
+        "claim_sync: an unknown record is false, not an error"
+    );
+    assert_eq!(
+        store
+            .get_prediction(&unknown)
+            .await
+            .expect("get_prediction"),
+        None,
+        "claim_sync: syncing an unknown record does not create it"
+    );
+}
+
+/// Follows `next` cursors from the first page to the end, checking every page.
+async fn walk_open<S: RecordStore>(
+    store: &S,
+    shard: &str,
+    created_before: Millis,
+    limit: usize,
+) -> Vec<PredictionRecord> {
+    let mut seen: Vec<PredictionRecord> = Vec::new();
+    let mut cursor: Option<String> = None;
+    for page_number in 0.. {
+        assert!(
+            page_number < 10_000,
+            "list_open {shard} limit {limit}: the cursors never end"
+        );
+        let page = store
+            .list_open(shard, created_before, cursor.as_deref(), limit)
+            .await
+            .unwrap_or_else(|e| panic!("list_open {shard} limit {limit}: {e}"));
+        assert!(
+            page.records.len() <= limit,
+            "list_open {shard}: a page of {} records for limit {limit}",
+            page.records.len()
+        );
+        for record in &page.records {
+            assert_eq!(
+                open_shard(&record.id),
+                shard,
+                "list_open {shard}: {} belongs to another shard",
+                record.id
+            );
+            assert!(
+                !record.status.is_terminal(),
+                "list_open {shard}: {} is {}, which is terminal",
+                record.id,
+                record.status
+            );
+            assert!(
+                record.created_at < created_before,
+                "list_open {shard}: {} was created at {}, not before {created_before}",
+                record.id,
+                record.created_at
+            );
+        }
+        let empty = page.records.is_empty();
+        seen.extend(page.records);
+        match page.next {
+            None => break,
+            Some(next) => {
+                // DynamoDB may end a full last page with a cursor; the page after it is
+                // empty and has none. An empty page with a cursor would loop forever.
+                assert!(
+                    !empty,
+                    "list_open {shard} limit {limit}: an empty page with a `next` cursor"
+                );
+                assert_ne!(
+                    cursor.as_deref(),
+                    Some(next.as_str()),
+                    "list_open {shard} limit {limit}: the cursor did not move"
+                );
+                cursor = Some(next);
+            }
+        }
+    }
+    for pair in seen.windows(2) {
+        assert!(
+            pair[0].created_at <= pair[1].created_at,
+            "list_open {shard} limit {limit}: not oldest first: {} ({}) before {} ({})",
+            pair[0].id,
+            pair[0].created_at,
+            pair[1].id,
+            pair[1].created_at
+        );
+    }
+    let mut ids = HashSet::new();
+    for record in &seen {
+        assert!(
+            ids.insert(record.id.clone()),
+            "list_open {shard} limit {limit}: {} listed twice",
+            record.id
+        );
+    }
+    seen
+}
+
+/// Of the records a walk saw, those among `ours`, checked to be exactly `expected` (each
+/// once) and as stored.
+fn check_ours(
+    seen: &[PredictionRecord],
+    ours: &HashMap<PredictionId, PredictionRecord>,
+    expected: &[&PredictionId],
+    context: &str,
+) {
+    let listed: Vec<&PredictionRecord> = seen.iter().filter(|r| ours.contains_key(&r.id)).collect();
+    for record in &listed {
+        assert_eq!(
+            Some(*record),
+            ours.get(&record.id),
+            "{context}: a listed record is the whole record as stored"
+        );
+    }
+    let mut listed_ids: Vec<&PredictionId> = listed.iter().map(|r| &r.id).collect();
+    let mut expected_ids = expected.to_vec();
+    listed_ids.sort();
+    expected_ids.sort();
+    assert_eq!(
+        listed_ids, expected_ids,
+        "{context}: exactly the open records of the shard created before the bound, each once"
+    );
+}
+
+async fn list_open_pages_through_each_open_record_once<S: RecordStore>(store: &S) {
+    const DIGIT: char = 'c';
+    let shard = open_shard(&id_in_shard(DIGIT));
+    // A window of creation times of this run's own (other records of the shard may be
+    // listed too; they are checked for the page rules but not counted).
+    let base = NOW + 1_000_000 + fastrand::u64(0..1_000_000_000);
+    let before = base + 10;
+    let mut ours: HashMap<PredictionId, PredictionRecord> = HashMap::new();
+    let mut open = Vec::new();
+    // Two pairs share a creation time: paging must not lose or repeat either of a tie.
+    for (offset, status) in [
+        (0, PredictionStatus::Starting),
+        (1, PredictionStatus::Processing),
+        (1, PredictionStatus::Starting),
+        (2, PredictionStatus::Starting),
+        (3, PredictionStatus::Starting),
+        (3, PredictionStatus::Processing),
+        (9, PredictionStatus::Starting),
+    ] {
+        let record = PredictionRecord {
+            status,
+            ..bare_record(id_in_shard(DIGIT), base + offset)
+        };
+        insert(store, &record).await;
+        open.push(record.id.clone());
+        ours.insert(record.id.clone(), record);
+    }
+    let not_listed = [
+        // Terminal when stored.
+        PredictionRecord {
+            status: PredictionStatus::Succeeded,
+            ..bare_record(id_in_shard(DIGIT), base + 2)
+        },
+        // Created at the bound, and after it.
+        bare_record(id_in_shard(DIGIT), before),
+        bare_record(id_in_shard(DIGIT), before + 1),
+        // Another shard.
+        bare_record(id_in_shard('d'), base + 1),
+        bare_record(id_in_shard('0'), base + 1),
+    ];
+    for record in &not_listed {
+        insert(store, record).await;
+        ours.insert(record.id.clone(), record.clone());
+    }
+    // Advanced to terminal after it was listed.
+    let ended = bare_record(id_in_shard(DIGIT), base + 2);
+    insert(store, &ended).await;
+    ours.insert(ended.id.clone(), ended.clone());
+    let expected: Vec<&PredictionId> = open.iter().chain([&ended.id]).collect();
+    for limit in [1, 2, 3, 4, 8, 100] {
+        let seen = walk_open(store, shard, before, limit).await;
+        check_ours(
+            &seen,
+            &ours,
+            &expected,
+            &format!("list_open {shard} limit {limit}"),
+        );
+    }
+
+    // Moving forward but not to the end keeps a record listed; ending it removes it.
+    assert!(
+        store
+            .advance(&open[0], &advance_to(PredictionStatus::Processing))
+            .await
+            .expect("advance")
+    );
+    if let Some(r) = ours.get_mut(&open[0]) {
+        r.status = PredictionStatus::Processing;
+    }
+    assert!(
+        store
+            .advance(&ended.id, &Advance::failed("ended", base + 5))
+            .await
+            .expect("advance")
+    );
+    let expected: Vec<&PredictionId> = open.iter().collect();
+    for limit in [1, 3, 100] {
+        let seen = walk_open(store, shard, before, limit).await;
+        check_ours(
+            &seen,
+            &ours,
+            &expected,
+            &format!("list_open {shard} limit {limit} after an advance to `failed`"),
+        );
+    }
+
+    // A bound between creation times: strictly before it.
+    let seen = walk_open(store, shard, base + 3, 2).await;
+    let early: Vec<&PredictionId> = open
+        .iter()
+        .filter(|id| ours[*id].created_at < base + 3)
+        .collect();
+    check_ours(
+        &seen,
+        &ours,
+        &early,
+        &format!("list_open {shard} before base + 3"),
+    );
+
+    // The other shards and the legacy shard list none of this shard's records.
+    for other in ["open#d", LEGACY_OPEN_SHARD] {
+        let seen = walk_open(store, other, before, 100).await;
+        assert!(
+            seen.iter().all(|r| !open.contains(&r.id)),
+            "list_open {other}: lists a record of {shard}"
+        );
+    }
+    let seen = walk_open(store, "open#d", before, 100).await;
+    assert!(
+        seen.iter().any(|r| r.id == not_listed[3].id),
+        "list_open open#d: its own open record is listed"
+    );
+
+    assert!(
+        store
+            .list_open(shard, before, Some("not a cursor"), 10)
+            .await
+            .is_err(),
+        "list_open: a malformed cursor is an error"
+    );
+}
+
+/// A copy job with every field of Replicate's prediction that survives `CopyJob::new` set.
+fn full_copy_job() -> CopyJob {
+    let remote = Prediction {
+        id: format!("conformance-{}", unique()),
+        model: "black-forest-labs/flux-schnell".to_owned(),
+        version: Some("a".repeat(64)),
+        input: Map::from_iter([("prompt".to_owned(), json!("dropped by CopyJob::new"))]),
+        output: vec![
+            "https://replicate.delivery/xezq/abc/out-0.webp".to_owned(),
+            "https://replicate.delivery/xezq/abc/out-1.webp".to_owned(),
+        ],
+        error: Some("a warning ünïcödé".to_owned()),
+        logs: Some("dropped by CopyJob::new".to_owned()),
+        status: PredictionStatus::Succeeded,
+        data_removed: false,
+        created_at: Some("2025-01-01T00:00:00.123Z".to_owned()),
+        started_at: Some("2025-01-01T00:00:01.5Z".to_owned()),
+        completed_at: Some("2025-01-01T00:00:02.000000Z".to_owned()),
+        urls: PredictionUrls {
+            get: Some("https://api.replicate.com/v1/predictions/x".to_owned()),
+            cancel: Some("https://api.replicate.com/v1/predictions/x/cancel".to_owned()),
+            web: Some("https://replicate.com/p/x".to_owned()),
+            stream: None,
+        },
+        metrics: metrics(1.5, ("image_count", json!(2))),
+        deadline: Some("2025-01-01T01:00:00Z".to_owned()),
+    };
+    CopyJob::new(PredictionId::generate(), &remote)
+}
+
+fn bare_copy_job() -> CopyJob {
+    let remote = Prediction {
+        id: format!("conformance-{}", unique()),
+        model: String::new(),
+        version: None,
+        input: Map::new(),
+        output: Vec::new(),
+        error: None,
+        logs: None,
+        status: PredictionStatus::Succeeded,
+        data_removed: true,
+        created_at: None,
+        started_at: None,
+        completed_at: None,
+        urls: PredictionUrls::default(),
+        metrics: Metrics::default(),
+        deadline: None,
+    };
+    CopyJob::new(PredictionId::generate(), &remote)
+}
+
+/// `send_copy` queues jobs that come back whole. `receive` takes what the queue holds now
+/// (possibly not everything yet, as SQS may); it is called until the jobs are back.
+pub async fn copy_queue_suite<Q, F, Fut>(queue: &Q, mut receive: F)
+where
+    Q: CopyQueue,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Vec<CopyJob>>,
+{
+    let sent = [full_copy_job(), bare_copy_job(), full_copy_job()];
+    assert!(sent[0].remote.input.is_empty() && sent[0].remote.logs.is_none());
+    for job in &sent {
+        queue
+            .send_copy(job)
+            .await
+            .unwrap_or_else(|e| panic!("send_copy {}: {e}", job.prediction_id));
+    }
+    let mut pending: HashMap<PredictionId, &CopyJob> = sent
+        .iter()
+        .map(|job| (job.prediction_id.clone(), job))
+        .collect();
+    for _ in 0..50 {
+        if pending.is_empty() {
+            break;
+        }
+        for job in receive().await {
+            // Jobs of other runs sharing the queue are not this suite's business.
+            if let Some(expected) = pending.remove(&job.prediction_id) {
+                assert_eq!(&job, expected, "send_copy: the job comes back as sent");
+            } else {
+                assert!(
+                    !sent.iter().any(|s| s.prediction_id == job.prediction_id),
+                    "send_copy: job {} came back twice",
+                    job.prediction_id
+                );
+            }
+        }
+    }
+    assert!(
+        pending.is_empty(),
+        "send_copy: jobs never came back: {:?}",
+        pending.keys().collect::<Vec<_>>()
+    );
+}
+
+/// The rules of `ObjectStore` that S3 enforces and the output copy relies on. `read_back`
+/// reads a stored object (bytes, content type), `None` if there is none: the port itself
+/// has no read.
+pub async fn object_store_suite<O, F, Fut>(objects: &O, read_back: F)
+where
+    O: ObjectStore,
+    F: Fn(String) -> Fut,
+    Fut: Future<Output = Option<(Vec<u8>, String)>>,
+{
+    let prefix = format!("conformance/{}", unique());
+    put_object_overwrites(objects, &read_back, &prefix).await;
+    multipart_concatenates_in_part_order(objects, &read_back, &prefix).await;
+    failed_completes_leave_the_upload_open(objects, &read_back, &prefix).await;
+    aborted_uploads_are_gone(objects, &read_back, &prefix).await;
+
+    let key = format!("{prefix}/presigned/0.webp");
+    let url = objects
+        .presign_get(&key, Duration::from_secs(3600))
+        .await
+        .expect("presign_get");
+    let parsed =
+        url::Url::parse(&url).unwrap_or_else(|e| panic!("presign_get: `{url}` is not a URL: {e}"));
+    assert!(
+        parsed.path().ends_with(&format!("/{key}")),
+        "presign_get: `{url}` does not name `{key}`"
+    );
+}
+
+fn body(byte: u8, len: usize) -> Bytes {
+    Bytes::from(vec![byte; len])
+}
+
+async fn put_object_overwrites<O, F, Fut>(objects: &O, read_back: &F, prefix: &str)
+where
+    O: ObjectStore,
+    F: Fn(String) -> Fut,
+    Fut: Future<Output = Option<(Vec<u8>, String)>>,
+{
+    let key = format!("{prefix}/put/0.png");
+    assert_eq!(
+        read_back(key.clone()).await,
+        None,
+        "no object before it is put"
+    );
+    objects
+        .put_object(&key, "image/png", Bytes::from_static(b"\x89PNG first"))
+        .await
+        .expect("put_object");
+    assert_eq!(
+        read_back(key.clone()).await,
+        Some((b"\x89PNG first".to_vec(), "image/png".to_owned())),
+        "put_object: bytes and content type are stored"
+    );
+    objects
+        .put_object(&key, "image/webp", Bytes::from_static(b"RIFF second"))
+        .await
+        .expect("put_object");
+    assert_eq!(
+        read_back(key).await,
+        Some((b"RIFF second".to_vec(), "image/webp".to_owned())),
+        "put_object: a second put replaces the object"
+    );
+}
+
+async fn upload<O: ObjectStore>(
+    objects: &O,
+    key: &str,
+    id: &str,
+    number: i32,
+    body: Bytes,
+) -> String {
+    objects
+        .upload_part(key, id, number, body)
+        .await
+        .unwrap_or_else(|e| panic!("upload_part {number} of {key}: {e}"))
+}
+
+async fn multipart_concatenates_in_part_order<O, F, Fut>(objects: &O, read_back: &F, prefix: &str)
+where
+    O: ObjectStore,
+    F: Fn(String) -> Fut,
+    Fut: Future<Output = Option<(Vec<u8>, String)>>,
+{
+    let key = format!("{prefix}/multipart/0.webp");
+    let id = objects
+        .create_multipart(&key, "image/webp")
+        .await
+        .expect("create_multipart");
+    // Parts may arrive in any order, and a part uploaded again replaces the first upload.
+    let last = upload(objects, &key, &id, 3, body(b'c', 1000)).await;
+    let stale = upload(objects, &key, &id, 1, body(b'x', MIN_PART_SIZE)).await;
+    let second = upload(objects, &key, &id, 2, body(b'b', MIN_PART_SIZE + 1)).await;
+    let first = upload(objects, &key, &id, 1, body(b'a', MIN_PART_SIZE)).await;
+    assert_ne!(
+        stale, first,
+        "upload_part: the ETag names the part's content"
+    );
+    assert_eq!(
+        read_back(key.clone()).await,
+        None,
+        "no object before the upload completes"
+    );
+    objects
+        .complete_multipart(&key, &id, &[(1, first), (2, second), (3, last)])
+        .await
+        .expect("complete_multipart: parts uploaded out of order, listed in order");
+    let mut expected = vec![b'a'; MIN_PART_SIZE];
+    expected.extend(vec![b'b'; MIN_PART_SIZE + 1]);
+    expected.extend(vec![b'c'; 1000]);
+    let (stored, content_type) = read_back(key.clone())
+        .await
+        .expect("complete_multipart: the object exists");
+    assert_eq!(
+        content_type, "image/webp",
+        "complete_multipart: the upload's content type"
+    );
+    assert!(
+        stored == expected,
+        "complete_multipart: the object is the parts in part-number order, the last upload of \
+         each part ({} bytes stored, {} expected)",
+        stored.len(),
+        expected.len()
+    );
+    // (Completing it again is not checked: S3 answers a repeated complete of the upload that
+    // made the object with success, so that a retried complete is not a failure.)
+    assert!(
+        objects
+            .upload_part(&key, &id, 4, body(b'd', 10))
+            .await
+            .is_err(),
+        "upload_part: a completed upload takes no more parts"
+    );
+
+    // A single small part is a whole object.
+    let key = format!("{prefix}/multipart/1.webp");
+    let id = objects
+        .create_multipart(&key, "image/webp")
+        .await
+        .expect("create_multipart");
+    let only = upload(objects, &key, &id, 1, body(b'z', 10)).await;
+    objects
+        .complete_multipart(&key, &id, &[(1, only)])
+        .await
+        .expect("complete_multipart: one small part");
+    assert_eq!(
+        read_back(key).await,
+        Some((vec![b'z'; 10], "image/webp".to_owned()))
+    );
+}
+
+async fn failed_completes_leave_the_upload_open<O, F, Fut>(objects: &O, read_back: &F, prefix: &str)
+where
+    O: ObjectStore,
+    F: Fn(String) -> Fut,
+    Fut: Future<Output = Option<(Vec<u8>, String)>>,
+{
+    let key = format!("{prefix}/refused/0.png");
+    let id = objects
+        .create_multipart(&key, "image/png")
+        .await
+        .expect("create_multipart");
+    let small = upload(objects, &key, &id, 1, body(b's', 100)).await;
+    let tail = upload(objects, &key, &id, 2, body(b't', 100)).await;
+    let refused: [(&str, Vec<(i32, String)>); 4] = [
+        ("no parts", vec![]),
+        (
+            "a part other than the last under 5 MiB",
+            vec![(1, small), (2, tail.clone())],
+        ),
+        (
+            "an ETag that is not the part's",
+            vec![(2, "\"0123456789abcdef0123456789abcdef\"".to_owned())],
+        ),
+        ("a part never uploaded", vec![(3, tail.clone())]),
+    ];
+    for (why, parts) in &refused {
+        assert!(
+            objects.complete_multipart(&key, &id, parts).await.is_err(),
+            "complete_multipart: refused for {why}"
+        );
+    }
+    let first = upload(objects, &key, &id, 1, body(b'p', MIN_PART_SIZE)).await;
+    assert!(
+        objects
+            .complete_multipart(&key, &id, &[(2, tail.clone()), (1, first.clone())])
+            .await
+            .is_err(),
+        "complete_multipart: refused for parts listed out of order"
+    );
+    assert_eq!(
+        read_back(key.clone()).await,
+        None,
+        "a refused complete stores nothing"
+    );
+    objects
+        .complete_multipart(&key, &id, &[(1, first), (2, tail)])
+        .await
+        .expect("complete_multipart: the upload stays open after refused completes");
+    let mut expected = vec![b'p'; MIN_PART_SIZE];
+    expected.extend(vec![b't'; 100]);
+    let (stored, content_type) = read_back(key).await.expect("the object exists");
+    assert!(
+        stored == expected && content_type == "image/png",
+        "complete_multipart: stored"
+    );
+}
+
+async fn aborted_uploads_are_gone<O, F, Fut>(objects: &O, read_back: &F, prefix: &str)
+where
+    O: ObjectStore,
+    F: Fn(String) -> Fut,
+    Fut: Future<Output = Option<(Vec<u8>, String)>>,
+{
+    let key = format!("{prefix}/aborted/0.png");
+    let id = objects
+        .create_multipart(&key, "image/png")
+        .await
+        .expect("create_multipart");
+    let part = upload(objects, &key, &id, 1, body(b'q', 100)).await;
+    objects
+        .abort_multipart(&key, &id)
+        .await
+        .expect("abort_multipart");
+    assert!(
+        objects
+            .complete_multipart(&key, &id, &[(1, part)])
+            .await
+            .is_err(),
+        "complete_multipart: an aborted upload cannot complete"
+    );
+    assert!(
+        objects
+            .upload_part(&key, &id, 2, body(b'r', 10))
+            .await
+            .is_err(),
+        "upload_part: an aborted upload takes no parts"
+    );
+    assert!(
+        objects.abort_multipart(&key, &id).await.is_err(),
+        "abort_multipart: an upload already aborted is unknown (S3: NoSuchUpload)"
+    );
+    assert_eq!(
+        read_back(key).await,
+        None,
+        "an aborted upload stores nothing"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memory::{MemoryObjects, MemoryQueue, MemoryRecords};
+
+    #[tokio::test]
+    async fn memory_records_conform() {
+        let store = MemoryRecords::default();
+        record_store_suite(&store).await;
+        // Fresh ids every run: the same store passes again.
+        record_store_suite(&store).await;
+    }
+
+    #[test]
+    fn output_parts_are_large_enough_for_s3() {
+        const { assert!(crate::outputs::PART_SIZE >= MIN_PART_SIZE) };
+    }
+
+    #[tokio::test]
+    async fn memory_objects_conform() {
+        let objects = MemoryObjects::default();
+        object_store_suite(&objects, |key| {
+            let stored = objects.get(&key);
+            async move { stored }
+        })
+        .await;
+        assert_eq!(objects.open_multipart_uploads(), 0, "every upload ended");
+    }
+
+    #[tokio::test]
+    async fn memory_queue_conforms() {
+        let queue = MemoryQueue::default();
+        copy_queue_suite(&queue, || {
+            let jobs = queue.drain();
+            async move { jobs }
+        })
+        .await;
+        assert!(queue.is_empty());
+    }
+}

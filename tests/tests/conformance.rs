@@ -1,0 +1,99 @@
+//! The storage conformance suite (`imagegen_shared::conformance`) against the real adapters:
+//! DynamoDB, S3 and SQS on moto (`AWS_ENDPOINT_URL`), each with a table, bucket or queue of
+//! its own. The same suite runs against the in-memory fakes in the shared crate's unit tests,
+//! so the fakes and the adapters cannot drift apart unnoticed.
+
+use imagegen_shared::aws::{
+    AwsClients, DynamoRecords, S3Objects, SqsCopyQueue, ensure_bucket, ensure_queue, ensure_table,
+};
+use imagegen_shared::conformance::{copy_queue_suite, object_store_suite, record_store_suite};
+use imagegen_shared::ports::CopyJob;
+use integration_tests::aws_endpoint;
+
+fn unique_name() -> String {
+    format!("conformance-{}", uuid::Uuid::new_v4().simple())
+}
+
+#[tokio::test]
+async fn dynamo_records_conform() {
+    let aws = AwsClients::local(&aws_endpoint()).await;
+    let table = unique_name();
+    ensure_table(&aws.dynamodb, &table).await.expect("table");
+    let store = DynamoRecords::new(aws.dynamodb.clone(), &table);
+    record_store_suite(&store).await;
+    // Fresh ids every run: the same table passes again, next to the first run's items.
+    record_store_suite(&store).await;
+}
+
+#[tokio::test]
+async fn s3_objects_conform() {
+    let aws = AwsClients::local(&aws_endpoint()).await;
+    let bucket = unique_name();
+    ensure_bucket(&aws.s3, &bucket).await.expect("bucket");
+    let objects = S3Objects::new(aws.s3.clone(), &bucket, aws.credentials.clone());
+    let s3 = &aws.s3;
+    let bucket = &bucket;
+    object_store_suite(&objects, |key| async move {
+        let got = match s3.get_object().bucket(bucket).key(&key).send().await {
+            Ok(got) => got,
+            Err(err) if err.as_service_error().is_some_and(|e| e.is_no_such_key()) => {
+                return None;
+            }
+            Err(err) => panic!(
+                "get_object {key}: {}",
+                aws_sdk_s3::error::DisplayErrorContext(err)
+            ),
+        };
+        let content_type = got.content_type().unwrap_or_default().to_owned();
+        let bytes = got.body.collect().await.expect("object body").to_vec();
+        Some((bytes, content_type))
+    })
+    .await;
+    let open = s3
+        .list_multipart_uploads()
+        .bucket(bucket)
+        .send()
+        .await
+        .expect("list multipart uploads");
+    assert!(
+        open.uploads().is_empty(),
+        "every upload ended: {:?}",
+        open.uploads()
+    );
+}
+
+#[tokio::test]
+async fn sqs_copy_queue_conforms() {
+    let aws = AwsClients::local(&aws_endpoint()).await;
+    let url = ensure_queue(&aws.sqs, &unique_name(), 30, 3)
+        .await
+        .expect("queue");
+    let queue = SqsCopyQueue::new(aws.sqs.clone(), &url);
+    let sqs = &aws.sqs;
+    let url = &url;
+    copy_queue_suite(&queue, || async move {
+        let received = sqs
+            .receive_message()
+            .queue_url(url)
+            .max_number_of_messages(10)
+            .wait_time_seconds(1)
+            .send()
+            .await
+            .expect("receive message");
+        let mut jobs = Vec::new();
+        for message in received.messages() {
+            let body = message.body().expect("a message body");
+            let job: CopyJob = serde_json::from_str(body)
+                .unwrap_or_else(|e| panic!("a copy job as JSON: {e}: {body}"));
+            jobs.push(job);
+            sqs.delete_message()
+                .queue_url(url)
+                .receipt_handle(message.receipt_handle().expect("a receipt handle"))
+                .send()
+                .await
+                .expect("delete message");
+        }
+        jobs
+    })
+    .await;
+}

@@ -78,7 +78,7 @@ pub fn serve_app<P: Ports>(listener: TcpListener, app: Arc<App<P>>) -> Server {
 /// dead-lettered after `LOCAL_MAX_RECEIVES` tries (the template's values are larger).
 pub const LOCAL_VISIBILITY_TIMEOUT_SECONDS: u32 = 20;
 pub const LOCAL_MAX_RECEIVES: u32 = 5;
-/// Time one local batch of copy jobs may take (the Lambda worker's comes from its timeout).
+/// Time one local copy job may take (the Lambda worker's comes from its timeout).
 const LOCAL_COPY_BUDGET: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// The copy worker's local stand-in: long-polls the copy queue (moto's SQS) and runs each
@@ -109,20 +109,21 @@ pub fn spawn_copy_worker(
             if messages.is_empty() {
                 continue;
             }
-            let batch = SqsBatch {
-                records: messages
-                    .iter()
-                    .map(|m| SqsMessage {
-                        message_id: m.message_id.clone().unwrap_or_default(),
-                        body: m.body.clone().unwrap_or_default(),
-                    })
-                    .collect(),
-            };
-            let deadline = tokio::time::Instant::now() + LOCAL_COPY_BUDGET;
-            let response = copy_batch(&app, batch, deadline).await;
+            // One message a batch, each with its own deadline, as the Lambda worker runs
+            // them (BatchSize 1): a slow job never eats the next one's time.
+            let mut failures = Vec::new();
             for message in &messages {
-                let failed = response
-                    .failures
+                let batch = SqsBatch {
+                    records: vec![SqsMessage {
+                        message_id: message.message_id.clone().unwrap_or_default(),
+                        body: message.body.clone().unwrap_or_default(),
+                    }],
+                };
+                let deadline = tokio::time::Instant::now() + LOCAL_COPY_BUDGET;
+                failures.extend(copy_batch(&app, batch, deadline).await.failures);
+            }
+            for message in &messages {
+                let failed = failures
                     .iter()
                     .any(|f| Some(f.id.as_str()) == message.message_id.as_deref());
                 if failed {

@@ -16,7 +16,7 @@ use serde_json::{Map, Value, json};
 
 use crate::ports::{
     ClaimOutcome, CopyJob, CopyQueue, LEGACY_OPEN_SHARD, ObjectStore, RecordStore, Settlement,
-    open_shard,
+    SyncMark, open_shard,
 };
 use crate::record::{
     Advance, Claim, ClaimGuard, Millis, PredictionId, PredictionRecord, StoredOutput, ttl_seconds,
@@ -56,11 +56,11 @@ fn claim_key() -> String {
     format!("cache#conformance-{}", unique())
 }
 
-/// The claim stored at `key`, read through the trait: a claim attempt at time 0 never takes
-/// a held key, and comes back with the holder; if nobody held it, the probe is released.
+/// The claim stored at `key`, read through the trait: a claim attempt never takes a held
+/// key, and comes back with the holder; if nobody held it, the probe is released.
 async fn peek<S: RecordStore>(store: &S, key: &str) -> Option<Claim> {
     let probe = claim(key, &format!("probe-{}", unique()), 0);
-    match store.try_claim(&probe, 0).await.expect("try_claim (peek)") {
+    match store.try_claim(&probe).await.expect("try_claim (peek)") {
         ClaimOutcome::HeldBy(held) => Some(held),
         ClaimOutcome::Claimed => {
             let released = store
@@ -91,6 +91,7 @@ fn bare_record(id: PredictionId, created_at: Millis) -> PredictionRecord {
         started_at: None,
         completed_at: None,
         synced_at: None,
+        copy_queued_at: None,
         expires_at: ttl_seconds(created_at) + 86_400,
         webhook_token: None,
     }
@@ -134,6 +135,7 @@ fn full_record(id: PredictionId, created_at: Millis) -> PredictionRecord {
         started_at: Some(created_at + 10),
         completed_at: Some(created_at + 20),
         synced_at: Some(created_at + 30),
+        copy_queued_at: Some(created_at + 40),
         webhook_token: Some(unique()),
         ..bare_record(id, created_at)
     }
@@ -193,56 +195,50 @@ async fn claims_have_one_holder<S: RecordStore>(store: &S) {
         ..claim(&key, "second", NOW + 5_000)
     };
     assert_eq!(
-        store.try_claim(&first, NOW).await.expect("try_claim"),
+        store.try_claim(&first).await.expect("try_claim"),
         ClaimOutcome::Claimed,
         "try_claim: the first claim of a free key wins"
     );
     assert_eq!(
-        store.try_claim(&second, NOW).await.expect("try_claim"),
+        store.try_claim(&second).await.expect("try_claim"),
         ClaimOutcome::HeldBy(first.clone()),
         "try_claim: a second claim gets the holder's claim exactly as stored (every field)"
     );
+    // An ended lease is not taken over by a claim: only the holder's state (its prediction
+    // record) can say whether taking over is safe, so takeover is `replace_claim` with the
+    // holder's token, decided by the caller.
+    let expired_second = Claim {
+        lease_until: NOW + 10_000,
+        ..second.clone()
+    };
     assert_eq!(
-        store
-            .try_claim(&second, NOW + 1_000)
-            .await
-            .expect("try_claim"),
+        store.try_claim(&expired_second).await.expect("try_claim"),
         ClaimOutcome::HeldBy(first.clone()),
-        "try_claim: a lease ending exactly at `now` has not ended (`lease_until < now` expires)"
+        "try_claim: a held key is never taken, whatever the holder's lease"
     );
-    assert_eq!(
+    assert!(
         store
-            .try_claim(&second, NOW + 1_001)
+            .replace_claim(&second, &first.token)
             .await
-            .expect("try_claim"),
-        ClaimOutcome::Claimed,
-        "try_claim: a claim whose lease ended before `now` is taken over"
+            .expect("replace_claim"),
+        "replace_claim: the holder's token takes over"
     );
     assert_eq!(
         peek(store, &key).await,
         Some(second.clone()),
-        "try_claim: the taker's claim replaced the expired one"
-    );
-    let third = claim(&key, "third", NOW + 9_000);
-    assert_eq!(
-        store
-            .try_claim(&third, NOW + 1_001)
-            .await
-            .expect("try_claim"),
-        ClaimOutcome::HeldBy(second),
-        "try_claim: the new holder keeps it until its own lease ends"
+        "replace_claim: the taker's claim replaced the old one"
     );
 
     // A claim with nothing optional set comes back the same: no field is invented.
     let key = claim_key();
     let bare = claim(&key, "bare", NOW + 1_000);
     assert_eq!(
-        store.try_claim(&bare, NOW).await.expect("try_claim"),
+        store.try_claim(&bare).await.expect("try_claim"),
         ClaimOutcome::Claimed
     );
     assert_eq!(
         store
-            .try_claim(&claim(&key, "other", NOW + 2_000), NOW)
+            .try_claim(&claim(&key, "other", NOW + 2_000))
             .await
             .expect("try_claim"),
         ClaimOutcome::HeldBy(bare),
@@ -254,7 +250,7 @@ async fn replace_claim_needs_the_token<S: RecordStore>(store: &S) {
     let key = claim_key();
     let held = claim(&key, "holder", NOW + 1_000);
     assert_eq!(
-        store.try_claim(&held, NOW).await.expect("try_claim"),
+        store.try_claim(&held).await.expect("try_claim"),
         ClaimOutcome::Claimed
     );
     let replacement = Claim {
@@ -317,7 +313,7 @@ async fn settle_claim_needs_the_guard_and_never_shortens<S: RecordStore>(store: 
         ..claim(&key, "holder", NOW + 1_000)
     };
     assert_eq!(
-        store.try_claim(&held, NOW).await.expect("try_claim"),
+        store.try_claim(&held).await.expect("try_claim"),
         ClaimOutcome::Claimed
     );
     let worker = PredictionId::generate();
@@ -471,7 +467,7 @@ async fn release_claim_needs_the_guard<S: RecordStore>(store: &S) {
         ..claim(&key, "holder", NOW + 1_000)
     };
     assert_eq!(
-        store.try_claim(&held, NOW).await.expect("try_claim"),
+        store.try_claim(&held).await.expect("try_claim"),
         ClaimOutcome::Claimed
     );
     assert!(
@@ -509,7 +505,7 @@ async fn release_claim_needs_the_guard<S: RecordStore>(store: &S) {
     );
     let next = claim(&key, "next", NOW + 1_000);
     assert_eq!(
-        store.try_claim(&next, NOW).await.expect("try_claim"),
+        store.try_claim(&next).await.expect("try_claim"),
         ClaimOutcome::Claimed,
         "release_claim: a released key can be claimed at once, though the old lease has not ended"
     );
@@ -756,6 +752,11 @@ async fn advance_only_moves_forward<S: RecordStore>(store: &S) {
         "advance: a refused advance changes nothing"
     );
     assert!(
+        !advance(&id, success.clone()).await,
+        "advance: naming no Replicate id is refused once the record is tied to one (ending \
+         an unconfirmed record never ends one a webhook tied meanwhile)"
+    );
+    assert!(
         advance(
             &id,
             Advance {
@@ -878,11 +879,34 @@ async fn advance_only_moves_forward<S: RecordStore>(store: &S) {
 }
 
 async fn claim_sync_once_per_interval<S: RecordStore>(store: &S) {
+    for mark in [SyncMark::Fetched, SyncMark::CopyQueued] {
+        claim_sync_mark(store, mark).await;
+    }
+}
+
+/// The record's time for `mark`.
+fn mark_of(record: &PredictionRecord, mark: SyncMark) -> Option<Millis> {
+    match mark {
+        SyncMark::Fetched => record.synced_at,
+        SyncMark::CopyQueued => record.copy_queued_at,
+    }
+}
+
+fn with_mark(record: &PredictionRecord, mark: SyncMark, at: Millis) -> PredictionRecord {
+    let mut record = record.clone();
+    match mark {
+        SyncMark::Fetched => record.synced_at = Some(at),
+        SyncMark::CopyQueued => record.copy_queued_at = Some(at),
+    }
+    record
+}
+
+async fn claim_sync_mark<S: RecordStore>(store: &S, mark: SyncMark) {
     let sync = |id: &PredictionId, now: Millis, not_since: Millis| {
         let id = id.clone();
         async move {
             store
-                .claim_sync(&id, now, not_since)
+                .claim_sync(&id, mark, now, not_since)
                 .await
                 .unwrap_or_else(|e| panic!("claim_sync {id}: {e}"))
         }
@@ -892,35 +916,36 @@ async fn claim_sync_once_per_interval<S: RecordStore>(store: &S) {
     let id = &record.id;
     assert!(
         sync(id, NOW + 1_000, NOW + 500).await,
-        "claim_sync: a never-synced record syncs"
-    );
-    assert_eq!(stored(store, id).await.synced_at, Some(NOW + 1_000));
-    assert!(
-        !sync(id, NOW + 1_200, NOW + 1_000).await,
-        "claim_sync: refused when last synced exactly at `not_since` (`synced_at < not_since`)"
-    );
-    assert!(
-        !sync(id, NOW + 1_200, NOW + 900).await,
-        "claim_sync: refused when last synced after `not_since`"
+        "claim_sync {mark:?}: a never-synced record syncs"
     );
     assert_eq!(
         stored(store, id).await,
-        PredictionRecord {
-            synced_at: Some(NOW + 1_000),
-            ..record.clone()
-        },
-        "claim_sync: a refused sync changes nothing"
+        with_mark(&record, mark, NOW + 1_000),
+        "claim_sync {mark:?}: sets only its own time"
+    );
+    assert!(
+        !sync(id, NOW + 1_200, NOW + 1_000).await,
+        "claim_sync {mark:?}: refused when last set exactly at `not_since` (strictly before)"
+    );
+    assert!(
+        !sync(id, NOW + 1_200, NOW + 900).await,
+        "claim_sync {mark:?}: refused when last set after `not_since`"
+    );
+    assert_eq!(
+        stored(store, id).await,
+        with_mark(&record, mark, NOW + 1_000),
+        "claim_sync {mark:?}: a refused sync changes nothing"
     );
     assert!(
         sync(id, NOW + 2_000, NOW + 1_001).await,
-        "claim_sync: applies when last synced before `not_since`"
+        "claim_sync {mark:?}: applies when last set before `not_since`"
     );
-    assert_eq!(stored(store, id).await.synced_at, Some(NOW + 2_000));
+    assert_eq!(mark_of(&stored(store, id).await, mark), Some(NOW + 2_000));
 
     let unknown = PredictionId::generate();
     assert!(
         !sync(&unknown, NOW, NOW).await,
-        "claim_sync: an unknown record is false, not an error"
+        "claim_sync {mark:?}: an unknown record is false, not an error"
     );
     assert_eq!(
         store
@@ -928,7 +953,7 @@ async fn claim_sync_once_per_interval<S: RecordStore>(store: &S) {
             .await
             .expect("get_prediction"),
         None,
-        "claim_sync: syncing an unknown record does not create it"
+        "claim_sync {mark:?}: syncing an unknown record does not create it"
     );
 }
 

@@ -13,7 +13,7 @@ use url::Url;
 use crate::outputs::{Download, OutputError, OutputSource};
 use crate::ports::{
     ClaimOutcome, CopyJob, CopyQueue, ObjectStore, OpenPage, RecordStore, Settlement, StoreError,
-    open_shard,
+    SyncMark, open_shard,
 };
 use crate::record::{Advance, Claim, ClaimGuard, Millis, PredictionId, PredictionRecord};
 use crate::replicate::{
@@ -76,11 +76,11 @@ fn guard_holds(claim: &Claim, guard: ClaimGuard<'_>) -> bool {
 }
 
 impl RecordStore for MemoryRecords {
-    async fn try_claim(&self, claim: &Claim, now: Millis) -> Result<ClaimOutcome, StoreError> {
+    async fn try_claim(&self, claim: &Claim) -> Result<ClaimOutcome, StoreError> {
         let mut claims = lock(&self.claims);
         match claims.get(&claim.key) {
-            Some(held) if !held.is_expired(now) => Ok(ClaimOutcome::HeldBy(held.clone())),
-            _ => {
+            Some(held) => Ok(ClaimOutcome::HeldBy(held.clone())),
+            None => {
                 claims.insert(claim.key.clone(), claim.clone());
                 Ok(ClaimOutcome::Claimed)
             }
@@ -172,10 +172,7 @@ impl RecordStore for MemoryRecords {
         let Some(record) = predictions.get_mut(id) else {
             return Ok(false);
         };
-        let same_prediction = match &advance.replicate_id {
-            Some(given) => record.replicate_id.as_ref() == Some(given),
-            None => true,
-        };
+        let same_prediction = record.replicate_id == advance.replicate_id;
         // As DynamoDB stores it: a status of unknown rank counts as `starting` (rank 0).
         let stored_rank = record.status.progress_rank().unwrap_or(0);
         let forward = advance
@@ -200,17 +197,23 @@ impl RecordStore for MemoryRecords {
     async fn claim_sync(
         &self,
         id: &PredictionId,
+        mark: SyncMark,
         now: Millis,
         not_since: Millis,
     ) -> Result<bool, StoreError> {
         let mut predictions = lock(&self.predictions);
-        match predictions.get_mut(id) {
-            Some(r) if r.synced_at.is_none_or(|t| t < not_since) => {
-                r.synced_at = Some(now);
-                Ok(true)
-            }
-            _ => Ok(false),
+        let Some(record) = predictions.get_mut(id) else {
+            return Ok(false);
+        };
+        let last = match mark {
+            SyncMark::Fetched => &mut record.synced_at,
+            SyncMark::CopyQueued => &mut record.copy_queued_at,
+        };
+        if last.is_some_and(|t| t >= not_since) {
+            return Ok(false);
         }
+        *last = Some(now);
+        Ok(true)
     }
 
     async fn list_open(
@@ -806,9 +809,9 @@ impl<T> Recorded<T> {
 }
 
 impl<T: RecordStore> RecordStore for Recorded<T> {
-    async fn try_claim(&self, claim: &Claim, now: Millis) -> Result<ClaimOutcome, StoreError> {
+    async fn try_claim(&self, claim: &Claim) -> Result<ClaimOutcome, StoreError> {
         self.note("try_claim");
-        self.inner.try_claim(claim, now).await
+        self.inner.try_claim(claim).await
     }
 
     async fn replace_claim(&self, claim: &Claim, expected_token: &str) -> Result<bool, StoreError> {
@@ -864,11 +867,12 @@ impl<T: RecordStore> RecordStore for Recorded<T> {
     async fn claim_sync(
         &self,
         id: &PredictionId,
+        mark: SyncMark,
         now: Millis,
         not_since: Millis,
     ) -> Result<bool, StoreError> {
         self.note("claim_sync");
-        self.inner.claim_sync(id, now, not_since).await
+        self.inner.claim_sync(id, mark, now, not_since).await
     }
 
     async fn list_open(

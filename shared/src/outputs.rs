@@ -18,6 +18,10 @@ pub const PART_SIZE: usize = 8 * 1024 * 1024;
 /// Larger outputs are refused; no image model produces anything near it.
 pub const MAX_OUTPUT_BYTES: u64 = 512 * 1024 * 1024;
 
+/// Longest output URL accepted (Replicate's are a few hundred characters): a copy job must
+/// fit in one queue message, whatever an upstream sends.
+pub const MAX_OUTPUT_URL_LEN: usize = 4096;
+
 /// Attempts per output before a transient failure is reported (and the webhook retried).
 const DOWNLOAD_ATTEMPTS: u32 = 3;
 
@@ -250,6 +254,18 @@ impl OutputSource for HttpDownloads {
     }
 }
 
+/// Refuses an output list no prediction of ours can have (too many, or absurd URLs) before
+/// anything is queued or downloaded: a permanent failure, not a retry.
+pub fn check_output_list(urls: &[String]) -> Result<(), OutputError> {
+    if urls.len() > MAX_OUTPUTS {
+        return Err(OutputError::TooMany(urls.len()));
+    }
+    if urls.iter().any(|u| u.len() > MAX_OUTPUT_URL_LEN) {
+        return Err(OutputError::InvalidUrl);
+    }
+    Ok(())
+}
+
 /// Downloads and stores every output of a prediction, one after another (so memory stays
 /// at one part's worth), under `outputs/{id}/{index}.{ext}`: a retried webhook overwrites
 /// the same objects instead of adding copies.
@@ -260,9 +276,7 @@ pub async fn store_outputs<S: OutputSource, O: ObjectStore>(
     id: &PredictionId,
     urls: &[String],
 ) -> Result<Vec<StoredOutput>, OutputError> {
-    if urls.len() > MAX_OUTPUTS {
-        return Err(OutputError::TooMany(urls.len()));
-    }
+    check_output_list(urls)?;
     let mut parsed = Vec::with_capacity(urls.len());
     for raw in urls {
         let url = Url::parse(raw).map_err(|_| OutputError::InvalidUrl)?;

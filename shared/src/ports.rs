@@ -67,6 +67,15 @@ pub struct OpenPage {
     pub next: Option<String>,
 }
 
+/// A time a record keeps of its last sync of one kind (`claim_sync`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncMark {
+    /// A fetch asked Replicate (`synced_at`).
+    Fetched,
+    /// A fetch or the reconciler queued the output copy (`copy_queued_at`).
+    CopyQueued,
+}
+
 /// How a claim is settled: who does the work, until when nobody else may take it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settlement<'a> {
@@ -77,12 +86,13 @@ pub struct Settlement<'a> {
 }
 
 pub trait RecordStore: Send + Sync {
-    /// Takes `claim` if nobody holds its key or the holder's lease ended before `now`
-    /// (one conditional write; on failure the current holder comes back in the same trip).
+    /// Takes `claim` if nobody holds its key (one conditional write; otherwise the holder
+    /// comes back in the same trip). A held key is never taken here, whatever its lease:
+    /// whether taking over is safe depends on the holder's prediction, so the caller decides
+    /// and takes over with `replace_claim`.
     fn try_claim(
         &self,
         claim: &Claim,
-        now: Millis,
     ) -> impl Future<Output = Result<ClaimOutcome, StoreError>> + Send;
 
     /// Replaces the claim at `claim.key` only if it is still held by `expected_token`.
@@ -131,8 +141,8 @@ pub trait RecordStore: Send + Sync {
         expires_at: u64,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
-    /// Applies `advance` only if it moves the status forward (and, when `advance` names a
-    /// Replicate id, the record is attached to that one).
+    /// Applies `advance` only if it moves the status forward and the record is tied to the
+    /// Replicate prediction `advance` names (or, naming none, to none).
     /// `false` means the stored state was already as far or further along.
     fn advance(
         &self,
@@ -140,11 +150,13 @@ pub trait RecordStore: Send + Sync {
         advance: &Advance,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
-    /// Marks the prediction as being synced at `now`, only if it was last synced before
-    /// `not_since`: at most one fetch asks Replicate per interval.
+    /// Sets the record's `mark` to `now`, only if it was last set before `not_since`: at
+    /// most one fetch asks Replicate per interval, and polling sources queue at most one
+    /// copy job per visibility timeout.
     fn claim_sync(
         &self,
         id: &PredictionId,
+        mark: SyncMark,
         now: Millis,
         not_since: Millis,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;

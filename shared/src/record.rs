@@ -169,6 +169,8 @@ pub struct PredictionRecord {
     pub completed_at: Option<Millis>,
     /// Last time a fetch asked Replicate for this prediction's state.
     pub synced_at: Option<Millis>,
+    /// Last time a fetch or the reconciler queued the copy of its outputs.
+    pub copy_queued_at: Option<Millis>,
     /// DynamoDB TTL (seconds since the epoch).
     pub expires_at: u64,
     /// A secret in this record's webhook URL: only Replicate, which we told the URL, can
@@ -198,8 +200,9 @@ pub fn new_webhook_token() -> String {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Advance {
     pub status: PredictionStatus,
-    /// Adopted if the record has none yet (a webhook may arrive before the create answer
-    /// is recorded); refused if the record has a different one.
+    /// The Replicate prediction this state is about: the advance applies only if the record
+    /// is tied to exactly this one (`None`: only if it is tied to none, so ending an
+    /// unconfirmed record can never end one a webhook tied meanwhile). Never written.
     pub replicate_id: Option<String>,
     pub outputs: Vec<StoredOutput>,
     pub error: Option<String>,

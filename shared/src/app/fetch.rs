@@ -6,9 +6,10 @@ use lambda_http::{Body, Request, RequestExt, Response};
 
 use super::Ports;
 use super::problem::json_response;
+use super::resolve::SearchBudget;
 use super::sync::Copy;
 use super::{ApiError, App, PredictionView};
-use crate::ports::RecordStore;
+use crate::ports::{RecordStore, SyncMark};
 use crate::record::{PredictionId, PredictionRecord};
 use crate::replicate::ReplicateApi;
 
@@ -52,13 +53,20 @@ impl<P: Ports> App<P> {
         let interval = self.settings.fetch_sync_interval.as_millis() as u64;
         if !self
             .records
-            .claim_sync(&record.id, now, now.saturating_sub(interval))
+            .claim_sync(
+                &record.id,
+                SyncMark::Fetched,
+                now,
+                now.saturating_sub(interval),
+            )
             .await?
         {
             return Ok(record);
         }
         let Some(replicate_id) = record.replicate_id.clone() else {
-            return Ok(self.resolve_unconfirmed(record).await?);
+            return Ok(self
+                .resolve_unconfirmed(record, SearchBudget::FETCH)
+                .await?);
         };
         let remote = match self.replicate.get_prediction(&replicate_id).await {
             Ok(remote) => remote,
@@ -67,7 +75,7 @@ impl<P: Ports> App<P> {
                 return Ok(record);
             }
         };
-        if let Err(err) = self.apply_remote(&record, &remote, Copy::Queue).await {
+        if let Err(err) = self.apply_remote(&record, &remote, Copy::QueueOnce).await {
             tracing::warn!(prediction_id = %record.id, error = %err, "could not apply the synced state");
             return Ok(record);
         }

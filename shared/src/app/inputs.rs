@@ -114,31 +114,68 @@ pub async fn materialize<O: ObjectStore>(
     Ok(sent)
 }
 
-/// Whether an input Replicate reports is the one a record stored: equal field by field,
-/// where a stored `inline://<sha256>` matches a data URL of those bytes or a URL of the
-/// object `inputs/<sha256>` (how `materialize` sent it). Used to find a prediction whose
-/// create answer was lost in Replicate's list, which carries inputs but no webhook URL.
-pub fn input_matches(stored: &Map<String, Value>, remote: &Map<String, Value>) -> bool {
-    stored.len() == remote.len()
-        && stored.iter().all(|(field, value)| {
-            let Some(theirs) = remote.get(field) else {
-                return false;
-            };
-            match value
-                .as_str()
-                .and_then(|s| s.strip_prefix(REFERENCE_SCHEME))
-            {
-                Some(sha) => theirs.as_str().is_some_and(|t| sent_as(sha, t)),
-                None => same_value(value, theirs),
-            }
-        })
+/// How an input Replicate reports compares with the one a record stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputMatch {
+    Same,
+    /// Equal but for inline images Replicate shows in a form we cannot check (its own file
+    /// URL, say): perhaps the same request, perhaps not. Never adopted; never taken as proof
+    /// that nothing was created either.
+    Possible,
+    Different,
 }
 
-fn sent_as(sha256: &str, value: &str) -> bool {
-    if let Some(image) = decode_data_url("", value) {
-        return image.sha256 == sha256;
+/// Compares field by field, where a stored `inline://<sha256>` is the same as a data URL of
+/// those bytes or a URL of the object `inputs/<sha256>` (how `materialize` sent it). Used to
+/// find a prediction whose create answer was lost in Replicate's list, which carries inputs
+/// but no webhook URL.
+pub fn input_match(stored: &Map<String, Value>, remote: &Map<String, Value>) -> InputMatch {
+    if stored.len() != remote.len() {
+        return InputMatch::Different;
     }
-    url::Url::parse(value).is_ok_and(|u| u.path().ends_with(&format!("/{}", input_key(sha256))))
+    let mut result = InputMatch::Same;
+    for (field, value) in stored {
+        let Some(theirs) = remote.get(field) else {
+            return InputMatch::Different;
+        };
+        let field_match = match value
+            .as_str()
+            .and_then(|s| s.strip_prefix(REFERENCE_SCHEME))
+        {
+            Some(sha) => theirs
+                .as_str()
+                .map_or(InputMatch::Different, |t| sent_as(sha, t)),
+            None if same_value(value, theirs) => InputMatch::Same,
+            None => InputMatch::Different,
+        };
+        match field_match {
+            InputMatch::Different => return InputMatch::Different,
+            InputMatch::Possible => result = InputMatch::Possible,
+            InputMatch::Same => {}
+        }
+    }
+    result
+}
+
+/// `input_match` is `Same`.
+pub fn input_matches(stored: &Map<String, Value>, remote: &Map<String, Value>) -> bool {
+    input_match(stored, remote) == InputMatch::Same
+}
+
+fn sent_as(sha256: &str, value: &str) -> InputMatch {
+    if let Some(image) = decode_data_url("", value) {
+        return if image.sha256 == sha256 {
+            InputMatch::Same
+        } else {
+            InputMatch::Different
+        };
+    }
+    match url::Url::parse(value) {
+        Ok(url) if url.path().ends_with(&format!("/{}", input_key(sha256))) => InputMatch::Same,
+        Ok(url) if url.path().contains("/inputs/") => InputMatch::Different,
+        Ok(_) => InputMatch::Possible,
+        Err(_) => InputMatch::Different,
+    }
 }
 
 /// JSON equality where numbers compare by value (`4` and `4.0` are one input).
@@ -191,6 +228,24 @@ mod tests {
             assert!(!input_matches(&stored, &other));
         }
         assert_eq!(objects.keys().len(), 1, "only the large image is stored");
+    }
+
+    #[tokio::test]
+    async fn an_image_replicate_shows_as_its_own_url_is_only_a_possible_match() {
+        let bytes = vec![7u8; 2000];
+        let (alias, input) = img2img(&data_url(&bytes));
+        let (stored, _) = extract_inline_images(&alias, &input);
+        let mut rewritten = stored.clone();
+        rewritten.insert(
+            "image".into(),
+            json!("https://replicate.delivery/pbxt/abc/image.png"),
+        );
+        assert_eq!(input_match(&stored, &rewritten), InputMatch::Possible);
+        rewritten.insert("prompt".into(), json!("a dog"));
+        assert_eq!(input_match(&stored, &rewritten), InputMatch::Different);
+        let mut other_bytes = stored.clone();
+        other_bytes.insert("image".into(), json!(data_url(&[8u8; 2000])));
+        assert_eq!(input_match(&stored, &other_bytes), InputMatch::Different);
     }
 
     #[test]

@@ -11,12 +11,15 @@ use futures_util::future::join_all;
 use serde::Serialize;
 use tokio::time::Instant;
 
+use super::resolve::SearchBudget;
 use super::sync::{Copy, SyncOutcome};
 use super::{App, Ports};
 use crate::ports::{LEGACY_OPEN_SHARD, OPEN_SHARDS, RecordStore, StoreError};
 use crate::record::{Advance, Millis, PredictionRecord, after};
 use crate::replicate::{PredictionStatus, ReplicateApi};
 
+/// The schedule's period (template: `rate(5 minutes)`), for rotating the first shard.
+const RUN_EVERY_MS: u64 = 5 * 60 * 1000;
 /// Records read per query of the open index.
 const PAGE: usize = 100;
 /// Syncs in flight at once: enough to cover a backlog, few enough not to trip Replicate's
@@ -55,8 +58,15 @@ impl<P: Ports> App<P> {
         let now = self.clock.millis();
         let threshold = now.saturating_sub(self.settings.reconcile_after.as_millis() as u64);
         let mut report = ReconcileReport::default();
-        let shards = OPEN_SHARDS.iter().copied().chain([LEGACY_OPEN_SHARD]);
-        'shards: for shard in shards {
+        // Each run starts at another shard, so a run cut short never starves the same ones.
+        let shards: Vec<&str> = OPEN_SHARDS
+            .iter()
+            .copied()
+            .chain([LEGACY_OPEN_SHARD])
+            .collect();
+        let first = (now / RUN_EVERY_MS) as usize % shards.len();
+        let order = shards[first..].iter().chain(&shards[..first]).copied();
+        'shards: for shard in order {
             let mut cursor: Option<String> = None;
             loop {
                 if deadline.is_some_and(|d| Instant::now() >= d) {
@@ -75,7 +85,13 @@ impl<P: Ports> App<P> {
                         continue 'shards;
                     }
                 };
-                self.reconcile_page(page.records, now, &mut report).await;
+                if !self
+                    .reconcile_page(page.records, now, deadline, &mut report)
+                    .await
+                {
+                    report.incomplete = true;
+                    break 'shards;
+                }
                 match page.next {
                     Some(next) => cursor = Some(next),
                     None => break,
@@ -93,15 +109,28 @@ impl<P: Ports> App<P> {
         report
     }
 
+    /// Reconciles a page, a few at a time; `false` if the deadline came first.
     async fn reconcile_page(
         &self,
         records: Vec<PredictionRecord>,
         now: Millis,
+        deadline: Option<Instant>,
         report: &mut ReconcileReport,
-    ) {
-        report.examined += records.len();
+    ) -> bool {
         for chunk in records.chunks(CONCURRENCY) {
-            let outcomes = join_all(chunk.iter().map(|r| self.reconcile_one(r.clone(), now))).await;
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return false;
+            }
+            report.examined += chunk.len();
+            let bounded = |record: PredictionRecord| async move {
+                match deadline {
+                    Some(d) => tokio::time::timeout_at(d, self.reconcile_one(record, now))
+                        .await
+                        .unwrap_or(Outcome::Error),
+                    None => self.reconcile_one(record, now).await,
+                }
+            };
+            let outcomes = join_all(chunk.iter().cloned().map(bounded)).await;
             for outcome in outcomes {
                 match outcome {
                     Outcome::Advanced => report.advanced += 1,
@@ -111,6 +140,7 @@ impl<P: Ports> App<P> {
                 }
             }
         }
+        true
     }
 
     async fn reconcile_one(&self, record: PredictionRecord, now: Millis) -> Outcome {
@@ -153,7 +183,10 @@ impl<P: Ports> App<P> {
         record: PredictionRecord,
     ) -> Result<(PredictionRecord, bool), (PredictionRecord, String)> {
         let Some(replicate_id) = record.replicate_id.clone() else {
-            return match self.resolve_unconfirmed(record.clone()).await {
+            return match self
+                .resolve_unconfirmed(record.clone(), SearchBudget::RECONCILE)
+                .await
+            {
                 Ok(fresh) => {
                     let changed = fresh.replicate_id.is_some() || fresh.status != record.status;
                     Ok((fresh, changed))
@@ -163,7 +196,7 @@ impl<P: Ports> App<P> {
         };
         let outcome = match self.replicate.get_prediction(&replicate_id).await {
             Ok(remote) => self
-                .apply_remote(&record, &remote, Copy::Queue)
+                .apply_remote(&record, &remote, Copy::QueueOnce)
                 .await
                 .map_err(|e| e.to_string()),
             // Replicate no longer knows it (deleted, or another account's): it will never

@@ -2,38 +2,60 @@
 //! 5xx) may have started a billed prediction; it is never repeated. Instead the record is
 //! tied to the Replicate prediction by, whichever comes first: a webhook addressed to it
 //! (its URL carries the record's token), or Replicate's prediction list searched around the
-//! attempt for the same model, version and input. If the list, read once Replicate has had
-//! time to show it, has no such prediction, nothing was created and the record ends
-//! `failed` (nothing billed); at the give-up deadline it ends `failed` either way.
+//! attempt for the same model, version and input. If the list, read in full once Replicate
+//! has had time to show it, has no such prediction (nor one that might be it), nothing was
+//! created and the record ends `failed` (nothing billed). Past the give-up deadline (longer
+//! than any prediction runs) it ends `failed` either way.
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use crate::ports::{RecordStore, StoreError};
-use crate::record::{Advance, Millis, PredictionRecord, after, before, from_millis};
+use crate::record::{Advance, Millis, PredictionRecord, after, before, from_millis, parse_rfc3339};
 use crate::replicate::{Prediction, ReplicateApi, ReplicateError};
 
-use super::inputs::input_matches;
+use super::inputs::{InputMatch, input_match};
 use super::sync::{Copy, SyncOutcome};
 use super::{App, Ports};
 
-/// An unconfirmed record is given up on after this long.
-pub const UNCONFIRMED_DEADLINE: Duration = Duration::from_secs(10 * 60);
+/// An unconfirmed record is given up on after this long: Replicate stops any prediction at
+/// 30 minutes, so by then its `completed` webhook (or the list) has had every chance.
+pub const UNCONFIRMED_DEADLINE: Duration = Duration::from_secs(35 * 60);
 /// Once this long has passed since the attempt, a list without the prediction is taken to
 /// mean it was not created.
 const LIST_SETTLE: Duration = Duration::from_secs(60);
-/// The search window around a record's creation: the create call started after it, and
-/// ended (answered or timed out) within the client's time budget.
-const WINDOW_BEFORE: Duration = Duration::from_secs(60);
-const WINDOW_AFTER: Duration = Duration::from_secs(120);
-/// Pages of 100 read at most per search; a busier window is searched again next time.
-const MAX_LIST_PAGES: usize = 10;
+/// The search window around a record's creation: the create was sent after the record was
+/// stored and the client gives up on it within about 25 s; plus clock skew either way.
+const WINDOW_BEFORE: Duration = Duration::from_secs(30);
+const WINDOW_AFTER: Duration = Duration::from_secs(45);
+
+/// How much of Replicate's list one search may read.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SearchBudget {
+    pub pages: usize,
+    pub time: Duration,
+}
+
+impl SearchBudget {
+    /// A fetch answers within API Gateway's 30 s and is repeated by polling clients: a
+    /// short look; the reconciler goes deeper.
+    pub const FETCH: Self = Self {
+        pages: 2,
+        time: Duration::from_secs(6),
+    };
+    /// 20 pages of 100 cover the window at Replicate's full create rate (600 a minute).
+    pub const RECONCILE: Self = Self {
+        pages: 20,
+        time: Duration::from_secs(30),
+    };
+}
 
 /// What a search of Replicate's list found.
 enum Search {
-    /// Matching predictions, the closest in time to the record first.
+    /// Predictions of the same request, the closest in time to the record first.
     Found(Vec<Prediction>),
-    /// Nothing matched; `complete` when every page of the window was read.
-    NotFound { complete: bool },
+    /// Nothing that is certainly it. `conclusive` when every page of the window was read
+    /// and nothing could even possibly be it (an input Replicate rewrote, say).
+    NotFound { conclusive: bool },
 }
 
 impl<P: Ports> App<P> {
@@ -42,15 +64,19 @@ impl<P: Ports> App<P> {
     pub(crate) async fn resolve_unconfirmed(
         &self,
         record: PredictionRecord,
+        budget: SearchBudget,
     ) -> Result<PredictionRecord, StoreError> {
         if !record.is_unconfirmed() {
             return Ok(record);
         }
         let now = self.clock.millis();
-        let outcome = match self.search_created(&record, now).await {
+        let search = tokio::time::timeout(budget.time, self.search_created(&record, now, budget))
+            .await
+            .unwrap_or(Ok(Search::NotFound { conclusive: false }));
+        let tied = match search {
             Ok(Search::Found(candidates)) => self.adopt_first(&record, &candidates).await?,
-            Ok(Search::NotFound { complete }) => {
-                if complete && now >= after(record.created_at, LIST_SETTLE) {
+            Ok(Search::NotFound { conclusive }) => {
+                if conclusive && now >= after(record.created_at, LIST_SETTLE) {
                     tracing::warn!(prediction_id = %record.id, "Replicate has no prediction for an unconfirmed create; ending it");
                     self.end_record(
                         &record,
@@ -66,10 +92,7 @@ impl<P: Ports> App<P> {
             }
         };
         let fresh = self.reread(record).await?;
-        if !outcome
-            && fresh.is_unconfirmed()
-            && now >= after(fresh.created_at, UNCONFIRMED_DEADLINE)
-        {
+        if !tied && fresh.is_unconfirmed() && now >= after(fresh.created_at, UNCONFIRMED_DEADLINE) {
             self.end_record(
                 &fresh,
                 "the prediction could not be confirmed as created at Replicate",
@@ -86,36 +109,49 @@ impl<P: Ports> App<P> {
         &self,
         record: &PredictionRecord,
         now: Millis,
+        budget: SearchBudget,
     ) -> Result<Search, ReplicateError> {
-        let created_after = from_millis(before(record.created_at, WINDOW_BEFORE));
-        let created_before: SystemTime =
-            from_millis(after(record.created_at, WINDOW_AFTER).min(now.saturating_add(1000)));
+        let window = (
+            before(record.created_at, WINDOW_BEFORE),
+            after(record.created_at, WINDOW_AFTER).min(now.saturating_add(1000)),
+        );
         let mut found = Vec::new();
+        let mut possible = false;
         let mut page: Option<String> = None;
-        for _ in 0..MAX_LIST_PAGES {
+        let mut complete = false;
+        for _ in 0..budget.pages {
             let listed = self
                 .replicate
-                .list_predictions(created_after, created_before, page.as_deref())
+                .list_predictions(
+                    from_millis(window.0),
+                    from_millis(window.1),
+                    page.as_deref(),
+                )
                 .await?;
-            found.extend(
-                listed
-                    .results
-                    .into_iter()
-                    .filter(|p| is_same_request(record, p)),
-            );
+            for candidate in listed.results {
+                match same_request(record, &candidate, window) {
+                    InputMatch::Same => found.push(candidate),
+                    InputMatch::Possible => possible = true,
+                    InputMatch::Different => {}
+                }
+            }
             match listed.next {
                 Some(next) => page = Some(next),
-                None if found.is_empty() => return Ok(Search::NotFound { complete: true }),
-                None => break,
+                None => {
+                    complete = true;
+                    break;
+                }
             }
         }
         if found.is_empty() {
-            return Ok(Search::NotFound { complete: false });
+            return Ok(Search::NotFound {
+                conclusive: complete && !possible,
+            });
         }
         let distance = |p: &Prediction| {
             p.created_at
                 .as_deref()
-                .and_then(crate::record::parse_rfc3339)
+                .and_then(parse_rfc3339)
                 .map_or(u64::MAX, |t| t.abs_diff(record.created_at))
         };
         found.sort_by_key(distance);
@@ -130,7 +166,7 @@ impl<P: Ports> App<P> {
         candidates: &[Prediction],
     ) -> Result<bool, StoreError> {
         for candidate in candidates {
-            match self.apply_remote(record, candidate, Copy::Queue).await {
+            match self.apply_remote(record, candidate, Copy::QueueOnce).await {
                 Ok(SyncOutcome::Ignored(reason)) => {
                     tracing::info!(prediction_id = %record.id, replicate_id = %candidate.id, reason, "candidate not adopted");
                     if self.reread(record.clone()).await?.replicate_id.is_some() {
@@ -150,7 +186,8 @@ impl<P: Ports> App<P> {
         Ok(false)
     }
 
-    /// Ends a record as `failed` for a reason of ours.
+    /// Ends a record as `failed` for a reason of ours, only if it is still tied to what
+    /// `record` says (an unconfirmed one only while still unconfirmed).
     pub(crate) async fn end_record(
         &self,
         record: &PredictionRecord,
@@ -173,8 +210,17 @@ impl<P: Ports> App<P> {
     }
 }
 
-fn is_same_request(record: &PredictionRecord, remote: &Prediction) -> bool {
-    remote.model == record.model
-        && remote.version == record.version
-        && input_matches(&record.input, &remote.input)
+/// Whether a listed prediction is the record's: same model and version, created inside the
+/// window (checked here too, not only trusted to the filter), and the same input.
+fn same_request(
+    record: &PredictionRecord,
+    remote: &Prediction,
+    window: (Millis, Millis),
+) -> InputMatch {
+    let created = remote.created_at.as_deref().and_then(parse_rfc3339);
+    let in_window = created.is_some_and(|t| t >= window.0 && t < window.1);
+    if remote.model != record.model || remote.version != record.version || !in_window {
+        return InputMatch::Different;
+    }
+    input_match(&record.input, &remote.input)
 }

@@ -46,6 +46,9 @@ pub const REPLAYED_HEADER: &str = "idempotent-replayed";
 
 /// What a submit asks for, once parsed and validated.
 struct NewPrediction<'a> {
+    /// The id this request's prediction gets if this request creates one. Claims name it
+    /// before anything is created, so whoever finds a claim can find the record.
+    id: PredictionId,
     alias: &'a ModelAlias,
     /// The input as stored and shown: inline images replaced by their references.
     stored_input: Map<String, Value>,
@@ -74,6 +77,17 @@ impl Started {
     }
 }
 
+/// What to do about an Idempotency-Key someone else holds.
+enum KeyHolder {
+    /// Answered (or being answered) with this prediction.
+    Replay(Box<PredictionRecord>),
+    /// Its request is still between claiming and recording a prediction.
+    InProgress,
+    /// Its request died before recording anything (nothing was created), or the window
+    /// ended: the key is free to take.
+    TakeOver,
+}
+
 /// What to do about a cache key someone else holds.
 enum Holder {
     Cached(PredictionRecord),
@@ -83,7 +97,7 @@ enum Holder {
     TakeOver,
 }
 
-fn sha256_hex(data: &[u8]) -> String {
+pub(super) fn sha256_hex(data: &[u8]) -> String {
     hex(&Sha256::digest(data))
 }
 
@@ -150,6 +164,7 @@ impl<P: Ports> App<P> {
         let cache_key =
             (!wants_no_cache(request.headers())).then(|| alias.cache_key_of(&stored_input));
         let new = NewPrediction {
+            id: PredictionId::generate(),
             alias,
             stored_input,
             images,
@@ -195,38 +210,76 @@ impl<P: Ports> App<P> {
         body_hash: &str,
         new: &NewPrediction<'_>,
     ) -> Result<Started, ApiError> {
-        let now = self.clock.millis();
-        let claim = Claim {
-            key: format!("idem#{}", sha256_hex(key.as_bytes())),
-            token: PredictionId::generate().to_string(),
-            prediction_id: None,
-            request_hash: Some(body_hash.to_owned()),
-            lease_until: after(now, CREATE_LEASE),
-            expires_at: ttl_seconds(after(now, IDEMPOTENCY_WINDOW)),
-            from_cache: false,
-        };
-        if let ClaimOutcome::HeldBy(held) = self.records.try_claim(&claim, now).await? {
-            if held.request_hash.as_deref() != Some(body_hash) {
-                return Err(ApiError::IdempotencyKeyReused);
-            }
-            let Some(id) = held.prediction_id else {
-                return Err(ApiError::IdempotencyInProgress);
+        let key = format!("idem#{}", sha256_hex(key.as_bytes()));
+        for _ in 0..MAX_CLAIM_ROUNDS {
+            let now = self.clock.millis();
+            let claim = Claim {
+                key: key.clone(),
+                token: PredictionId::generate().to_string(),
+                prediction_id: Some(new.id.clone()),
+                request_hash: Some(body_hash.to_owned()),
+                lease_until: after(now, CREATE_LEASE),
+                expires_at: ttl_seconds(after(now, IDEMPOTENCY_WINDOW)),
+                from_cache: false,
             };
-            let record = self
-                .live_prediction(&id)
-                .await?
-                .ok_or(ApiError::IdempotencyInProgress)?;
-            return Ok(Started {
-                status: if held.from_cache {
-                    StatusCode::OK
-                } else {
-                    StatusCode::ACCEPTED
-                },
-                cached: held.from_cache,
-                replayed: true,
-                ..Started::new(record)
-            });
+            let won = match self.records.try_claim(&claim).await? {
+                ClaimOutcome::Claimed => true,
+                ClaimOutcome::HeldBy(held) => {
+                    if held.request_hash.as_deref() != Some(body_hash) && !past_ttl(&held, now) {
+                        return Err(ApiError::IdempotencyKeyReused);
+                    }
+                    match self.judge_key_holder(&held, now).await? {
+                        KeyHolder::Replay(record) => {
+                            return Ok(Started {
+                                status: if held.from_cache {
+                                    StatusCode::OK
+                                } else {
+                                    StatusCode::ACCEPTED
+                                },
+                                cached: held.from_cache,
+                                replayed: true,
+                                ..Started::new(*record)
+                            });
+                        }
+                        KeyHolder::InProgress => return Err(ApiError::IdempotencyInProgress),
+                        KeyHolder::TakeOver => {
+                            self.records.replace_claim(&claim, &held.token).await?
+                        }
+                    }
+                }
+            };
+            if won {
+                return self.answer_for_key(&claim, new, now).await;
+            }
         }
+        Err(ApiError::IdempotencyInProgress)
+    }
+
+    async fn judge_key_holder(&self, held: &Claim, now: Millis) -> Result<KeyHolder, ApiError> {
+        if past_ttl(held, now) {
+            return Ok(KeyHolder::TakeOver);
+        }
+        let record = match &held.prediction_id {
+            Some(id) => self.live_prediction(id).await?,
+            None => None,
+        };
+        Ok(match record {
+            Some(record) => KeyHolder::Replay(Box::new(record)),
+            // A record is always stored before its create is sent: none after the lease
+            // means the holder died before creating anything.
+            None if held.is_expired(now) => KeyHolder::TakeOver,
+            None => KeyHolder::InProgress,
+        })
+    }
+
+    /// Runs the request under the key it holds, then points the key at the answer. A
+    /// failed request frees the key: errors are only returned when nothing was created.
+    async fn answer_for_key(
+        &self,
+        claim: &Claim,
+        new: &NewPrediction<'_>,
+        now: Millis,
+    ) -> Result<Started, ApiError> {
         let guard = ClaimGuard::Token(&claim.token);
         let result = self.start_or_join(new).await;
         let settled = match &result {
@@ -240,8 +293,6 @@ impl<P: Ports> App<P> {
                     .settle_claim(&claim.key, guard, &settlement)
                     .await
             }
-            // Nothing was started (a create that may have happened answers Ok), so the same
-            // key may be used again at once.
             Err(_) => self.records.release_claim(&claim.key, guard).await,
         };
         if let Err(err) = settled {
@@ -259,8 +310,8 @@ impl<P: Ports> App<P> {
         let key = cache_claim_key(cache_key.as_str());
         for _ in 0..MAX_CLAIM_ROUNDS {
             let now = self.clock.millis();
-            let claim = self.cache_claim(&key, now);
-            let won = match self.records.try_claim(&claim, now).await? {
+            let claim = self.cache_claim(&key, &new.id, now);
+            let won = match self.records.try_claim(&claim).await? {
                 ClaimOutcome::Claimed => true,
                 ClaimOutcome::HeldBy(held) => {
                     let existing = match &held.prediction_id {
@@ -293,11 +344,11 @@ impl<P: Ports> App<P> {
         })
     }
 
-    fn cache_claim(&self, key: &str, now: Millis) -> Claim {
+    fn cache_claim(&self, key: &str, id: &PredictionId, now: Millis) -> Claim {
         Claim {
             key: key.to_owned(),
             token: PredictionId::generate().to_string(),
-            prediction_id: Some(PredictionId::generate()),
+            prediction_id: Some(id.clone()),
             request_hash: None,
             lease_until: after(now, CREATE_LEASE),
             expires_at: ttl_seconds(after(now, self.settings.record_ttl)),
@@ -305,15 +356,19 @@ impl<P: Ports> App<P> {
         }
     }
 
-    /// What a cache claim's holder means for this request. A running prediction is joined,
-    /// also while its creation is unconfirmed: it then ends one way or the other (resolved,
-    /// or failed at the give-up), and only then may anyone create again.
+    /// What a cache claim's holder means for this request. A running prediction is joined
+    /// whatever the claim's lease, also while its creation is unconfirmed: it ends one way or
+    /// the other (resolved, or failed at the give-up), and only then may anyone create again.
+    /// The lease only lets a holder that died before storing its record be taken over.
     fn judge_holder(
         &self,
         existing: Option<PredictionRecord>,
         held: &Claim,
         now: Millis,
     ) -> Holder {
+        if past_ttl(held, now) && existing.as_ref().is_none_or(|r| r.status.is_terminal()) {
+            return Holder::TakeOver;
+        }
         match existing {
             None if held.is_expired(now) => Holder::TakeOver,
             None => Holder::Wait,
@@ -342,7 +397,7 @@ impl<P: Ports> App<P> {
         let now = self.clock.millis();
         let id = claim
             .and_then(|c| c.prediction_id.clone())
-            .unwrap_or_else(PredictionId::generate);
+            .unwrap_or_else(|| new.id.clone());
         let token = new_webhook_token();
         let mut record = PredictionRecord {
             id: id.clone(),
@@ -360,6 +415,7 @@ impl<P: Ports> App<P> {
             started_at: None,
             completed_at: None,
             synced_at: None,
+            copy_queued_at: None,
             expires_at: ttl_seconds(after(now, self.settings.record_ttl)),
             webhook_token: Some(token.clone()),
         };
@@ -392,14 +448,21 @@ impl<P: Ports> App<P> {
             .await
         {
             Ok(remote) => {
-                let attached = self
+                // It exists (and is billed) now: whatever fails below, the answer is the
+                // record, never an error that would free the keys for a second create.
+                match self
                     .records
                     .attach_replicate_id(&id, &remote.id, record.expires_at)
-                    .await?;
-                if !attached {
-                    tracing::warn!(prediction_id = %id, replicate_id = %remote.id, "record already names another Replicate prediction");
+                    .await
+                {
+                    Ok(true) => record.replicate_id = Some(remote.id.clone()),
+                    Ok(false) => {
+                        tracing::warn!(prediction_id = %id, replicate_id = %remote.id, "record already names another Replicate prediction");
+                    }
+                    Err(err) => {
+                        tracing::error!(prediction_id = %id, replicate_id = %remote.id, error = %err, "could not record Replicate's id; its webhook or the resolver will");
+                    }
                 }
-                record.replicate_id = Some(remote.id.clone());
                 tracing::info!(prediction_id = %id, replicate_id = %remote.id, model = %new.alias.model, "prediction created");
                 self.extend_cache_claim(claim, &id, after(now, RUN_LEASE))
                     .await;
@@ -480,6 +543,12 @@ impl<P: Ports> App<P> {
             tracing::warn!(error = %err, "could not release the cache claim");
         }
     }
+}
+
+/// Whether DynamoDB's TTL for a claim has passed (it deletes lazily; until then the item is
+/// still there and must count as gone).
+fn past_ttl(claim: &Claim, now: Millis) -> bool {
+    claim.expires_at.saturating_mul(1000) < now
 }
 
 /// The route a submit arrives on; what precedes it in the path is a custom domain's base.

@@ -4,8 +4,8 @@
 
 use tokio::time::Instant;
 
-use crate::outputs::{OutputError, store_outputs};
-use crate::ports::{CopyJob, CopyQueue, RecordStore, Settlement, StoreError};
+use crate::outputs::{OutputError, check_output_list, store_outputs};
+use crate::ports::{CopyJob, CopyQueue, RecordStore, Settlement, StoreError, SyncMark};
 use crate::record::{
     Advance, ClaimGuard, PredictionRecord, after, bounded_error, bounded_metrics, parse_rfc3339,
 };
@@ -41,7 +41,14 @@ pub enum Copy {
     Inline { deadline: Instant },
     /// By the copy worker, through the queue: everything that must answer quickly.
     Queue,
+    /// The same, but at most once per `COPY_REQUEUE_AFTER` per prediction: for fetches and
+    /// the reconciler, which see the same success again and again while its copy runs.
+    QueueOnce,
 }
+
+/// A copy queued by a poll is not queued again for this long: the queue's visibility
+/// timeout in the template, after which a failed job is retried anyway.
+pub const COPY_REQUEUE_AFTER: std::time::Duration = std::time::Duration::from_secs(6 * 60);
 
 pub(crate) fn cache_claim_key(cache_key: &str) -> String {
     format!("cache#{cache_key}")
@@ -81,8 +88,19 @@ impl<P: Ports> App<P> {
         }
         let mut advance = self.advance_to(remote);
         if remote.status == PredictionStatus::Succeeded {
+            // An output list that can never be stored fails here and now: it would not fit
+            // a queue message, and no retry could help.
+            let copy = match (copy, check_output_list(&remote.output)) {
+                (Copy::Queue | Copy::QueueOnce, Err(_)) => Copy::Inline {
+                    deadline: Instant::now() + std::time::Duration::from_secs(1),
+                },
+                (copy, _) => copy,
+            };
             match copy {
-                Copy::Queue => {
+                Copy::QueueOnce if !self.claim_copy(record).await? => {
+                    return Ok(SyncOutcome::CopyQueued);
+                }
+                Copy::Queue | Copy::QueueOnce => {
                     self.queue
                         .send_copy(&CopyJob::new(record.id.clone(), remote))
                         .await?;
@@ -103,6 +121,15 @@ impl<P: Ports> App<P> {
             self.settle_cache_claim(record, &advance).await;
         }
         Ok(SyncOutcome::Applied(advance.status))
+    }
+
+    /// Whether this poll may queue the record's copy (none queued by a poll lately).
+    async fn claim_copy(&self, record: &PredictionRecord) -> Result<bool, StoreError> {
+        let now = self.clock.millis();
+        let since = now.saturating_sub(COPY_REQUEUE_AFTER.as_millis() as u64);
+        self.records
+            .claim_sync(&record.id, SyncMark::CopyQueued, now, since)
+            .await
     }
 
     /// The record's next state from Replicate's, bounded in size whatever Replicate sends.

@@ -149,6 +149,7 @@ fn remote(id: &str, status: PredictionStatus) -> Prediction {
         vec![]
     };
     let mut p = FakeReplicate::prediction(id, status, output);
+    p.model = "black-forest-labs/flux-schnell".into();
     p.completed_at = Some("2025-01-01T00:00:05.000Z".into());
     p
 }
@@ -315,6 +316,7 @@ async fn a_cache_hit_answers_the_alias_that_was_asked_for() {
     let (_, first) = submitted(&app, sdxl.clone()).await;
     let id = PredictionId::parse(first["id"].as_str().unwrap()).unwrap();
     let mut done = remote("rep-1", PredictionStatus::Succeeded);
+    done.model = "stability-ai/sdxl".into();
     done.version = record(&app, id.as_str()).await.version;
     done.completed_at = Some(crate::record::rfc3339(app.clock.millis()));
     app.webhook(webhook_event(&app, &id, &json!(done), app.clock.now()).await)
@@ -368,10 +370,10 @@ async fn an_expired_creation_claim_is_taken_over_and_a_live_one_is_waited_for() 
         prediction_id: Some(PredictionId::generate()),
         request_hash: None,
         lease_until: now + 60_000,
-        expires_at: 0,
+        expires_at: now / 1000 + 3600,
         from_cache: false,
     };
-    app.records.try_claim(&stale, 0).await.unwrap();
+    app.records.try_claim(&stale).await.unwrap();
     // Lease still running: the submit waits, then asks the client to come back.
     let response = app.submit(submit_event(fox())).await;
     assert_eq!(response.status(), 503);
@@ -387,6 +389,92 @@ async fn an_expired_creation_claim_is_taken_over_and_a_live_one_is_waited_for() 
     assert_eq!(status, 202, "{body}");
     assert_eq!(app.replicate.created().len(), 1);
     assert_ne!(app.records.claim(&key).unwrap().token, "dead-submit");
+}
+
+#[tokio::test]
+async fn a_running_prediction_is_joined_whatever_its_claims_lease() {
+    // The create's answer was lost; a webhook tied the record later. Long after every
+    // lease of the claim, the prediction is still running (a cold boot): join it.
+    let app = app();
+    app.replicate.lose_next_create_answer();
+    let (_, first) = submitted(&app, fox()).await;
+    let id = PredictionId::parse(first["id"].as_str().unwrap()).unwrap();
+    let start = json!(remote("rep-1", PredictionStatus::Starting));
+    app.webhook(webhook_event(&app, &id, &start, app.clock.now()).await)
+        .await;
+    app.clock.advance(Duration::from_secs(11 * 60));
+    let (status, again) = submitted(&app, fox()).await;
+    assert_eq!((status, again["id"].clone()), (202, first["id"].clone()));
+    assert_eq!(app.replicate.created().len(), 1, "never a second create");
+
+    // A submit that died mid-create: its record exists, unconfirmed, its lease long over.
+    let app = app_with(&[]);
+    app.replicate
+        .fail_next_create(ReplicateError::CreateOutcomeUnknown {
+            reason: "crash".into(),
+        });
+    let (_, first) = submitted(&app, fox()).await;
+    let claim = {
+        let alias = app.registry.get("flux-schnell").unwrap();
+        let input = alias.validate(&fox()["input"]).unwrap();
+        app.records
+            .claim(&format!("cache#{}", alias.cache_key(&input).as_str()))
+            .unwrap()
+    };
+    let mut dead = claim.clone();
+    dead.lease_until = app.clock.millis() - 1;
+    app.records.put_claim(dead);
+    let (status, again) = submitted(&app, fox()).await;
+    assert_eq!((status, again["id"].clone()), (202, first["id"].clone()));
+    assert_eq!(app.replicate.created().len(), 0, "nothing created twice");
+}
+
+#[tokio::test]
+async fn an_idempotency_key_whose_holder_died_is_taken_over_only_if_nothing_was_stored() {
+    let app = app();
+    let keyed = || {
+        let mut request = submit_event(fox());
+        request
+            .headers_mut()
+            .insert("idempotency-key", HeaderValue::from_static("k-dead"));
+        request
+    };
+    let hash = super::body::parse_submit_body(fox().to_string().as_bytes())
+        .unwrap()
+        .hash;
+    let key = format!("idem#{}", super::submit::sha256_hex(b"k-dead"));
+    let now = app.clock.millis();
+    let holder = Claim {
+        key: key.clone(),
+        token: "dead".into(),
+        prediction_id: Some(PredictionId::generate()),
+        request_hash: Some(hash),
+        lease_until: now + 30_000,
+        expires_at: now / 1000 + 86_400,
+        from_cache: false,
+    };
+    app.records.put_claim(holder.clone());
+    // Its lease runs: the request is in progress.
+    assert_eq!(app.submit(keyed()).await.status(), 409);
+    // The lease ended and its prediction was never stored: nothing was created, take over.
+    app.records.put_claim(Claim {
+        lease_until: now - 1,
+        ..holder.clone()
+    });
+    let taken = app.submit(keyed()).await;
+    assert_eq!(taken.status(), 202);
+    assert_eq!(app.replicate.created().len(), 1);
+    // The same, but its prediction was stored: it is the answer, never a new create.
+    let stored_id = PredictionId::parse(json_of(&taken)["id"].as_str().unwrap()).unwrap();
+    app.records.put_claim(Claim {
+        prediction_id: Some(stored_id.clone()),
+        lease_until: now - 1,
+        ..holder
+    });
+    let replay = app.submit(keyed()).await;
+    assert_eq!(replay.status(), 202);
+    assert_eq!(json_of(&replay)["id"], json!(stored_id.as_str()));
+    assert_eq!(app.replicate.created().len(), 1);
 }
 
 #[tokio::test]
@@ -723,16 +811,23 @@ async fn fetch_recovers_a_lost_webhook_and_syncs_at_most_once_per_interval() {
         1,
         "the copy is queued, not done in the fetch"
     );
+    app.clock.advance(Duration::from_secs(6));
+    assert_eq!(fetched(&app, &id).await["status"], "processing");
+    assert_eq!(
+        app.queue.len(),
+        1,
+        "polling does not queue the same copy again"
+    );
     run_copies(&app).await;
     let view = fetched(&app, &id).await;
     assert_eq!(view["status"], "succeeded");
     assert_eq!(view["output"].as_array().unwrap().len(), 1);
-    assert_eq!(app.replicate.get_calls(), 2);
+    assert_eq!(app.replicate.get_calls(), 3);
     app.clock.advance(Duration::from_secs(60));
     fetched(&app, &id).await;
     assert_eq!(
         app.replicate.get_calls(),
-        2,
+        3,
         "a terminal prediction is never synced"
     );
 }
@@ -800,9 +895,14 @@ async fn replicates_text_and_numbers_are_stored_bounded() {
     let id = PredictionId::parse(body["id"].as_str().unwrap()).unwrap();
     let mut many = remote("rep-2", PredictionStatus::Succeeded);
     many.output = (0..5000).map(|i| format!("{OUTPUT_URL}?{i}")).collect();
-    app.webhook(webhook_event(&app, &id, &json!(many), app.clock.now()).await)
+    let response = app
+        .webhook(webhook_event(&app, &id, &json!(many), app.clock.now()).await)
         .await;
-    run_copies(&app).await;
+    assert_eq!(json_of(&response)["result"], "applied");
+    assert!(
+        app.queue.is_empty(),
+        "nothing that cannot be stored is queued"
+    );
     let stored = record(&app, id.as_str()).await;
     assert_eq!(stored.status, PredictionStatus::Failed);
     assert!(stored.error.unwrap().contains("at most 16"));

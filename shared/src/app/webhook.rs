@@ -55,8 +55,7 @@ fn belongs_to(record: &PredictionRecord, token: Option<&str>, remote: &Predictio
         (Some(_), None) => false,
         (None, _) => record.replicate_id.as_deref() == Some(remote.id.as_str()),
     };
-    let same_model = remote.model.is_empty() || remote.model == record.model;
-    addressed && same_model && remote.version == record.version
+    addressed && remote.model == record.model && remote.version == record.version
 }
 
 impl<P: Ports> App<P> {

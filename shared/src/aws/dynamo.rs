@@ -7,7 +7,9 @@ use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata};
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailure};
 
-use crate::ports::{ClaimOutcome, OpenPage, RecordStore, Settlement, StoreError, open_shard};
+use crate::ports::{
+    ClaimOutcome, OpenPage, RecordStore, Settlement, StoreError, SyncMark, open_shard,
+};
 use crate::record::{Advance, Claim, ClaimGuard, Millis, PredictionId, PredictionRecord};
 use crate::replicate::PredictionStatus;
 
@@ -132,6 +134,7 @@ fn prediction_to_item(r: &PredictionRecord) -> Result<Item, StoreError> {
         ("started_at", r.started_at.map(n)),
         ("completed_at", r.completed_at.map(n)),
         ("synced_at", r.synced_at.map(n)),
+        ("copy_queued_at", r.copy_queued_at.map(n)),
         ("webhook_token", r.webhook_token.clone().map(s)),
     ];
     if !r.status.is_terminal() {
@@ -164,6 +167,7 @@ fn prediction_from_item(item: &Item) -> Result<PredictionRecord, StoreError> {
         started_at: read_opt_n(item, "started_at"),
         completed_at: read_opt_n(item, "completed_at"),
         synced_at: read_opt_n(item, "synced_at"),
+        copy_queued_at: read_opt_n(item, "copy_queued_at"),
         expires_at: read_n(item, TTL_ATTRIBUTE)?,
         webhook_token: read_opt_s(item, "webhook_token"),
     })
@@ -334,11 +338,14 @@ impl DynamoRecords {
 }
 
 impl RecordStore for DynamoRecords {
-    async fn try_claim(&self, claim: &Claim, now: Millis) -> Result<ClaimOutcome, StoreError> {
-        let condition = "attribute_not_exists(#pk) OR #lease_until < :now";
-        let values = Item::from([(":now".to_owned(), n(now))]);
+    async fn try_claim(&self, claim: &Claim) -> Result<ClaimOutcome, StoreError> {
         match self
-            .put_if("claim", claim_to_item(claim), condition, Some(values))
+            .put_if(
+                "claim",
+                claim_to_item(claim),
+                "attribute_not_exists(#pk)",
+                None,
+            )
             .await?
         {
             PutOutcome::Written => Ok(ClaimOutcome::Claimed),
@@ -491,9 +498,10 @@ impl RecordStore for DynamoRecords {
         }
         let (update, values) = advance_expression(advance)?;
         let mut condition = "attribute_exists(#pk) AND #rank < :rank".to_owned();
-        if advance.replicate_id.is_some() {
-            condition.push_str(" AND #replicate_id = :rid");
-        }
+        condition.push_str(match advance.replicate_id {
+            Some(_) => " AND #replicate_id = :rid",
+            None => " AND attribute_not_exists(#replicate_id)",
+        });
         self.update_if(
             "advance prediction",
             prediction_pk(id),
@@ -507,12 +515,20 @@ impl RecordStore for DynamoRecords {
     async fn claim_sync(
         &self,
         id: &PredictionId,
+        mark: SyncMark,
         now: Millis,
         not_since: Millis,
     ) -> Result<bool, StoreError> {
-        let update = "SET #synced_at = :now";
-        let condition =
-            "attribute_exists(#pk) AND (attribute_not_exists(#synced_at) OR #synced_at < :since)";
+        let (update, condition) = match mark {
+            SyncMark::Fetched => (
+                "SET #synced_at = :now",
+                "attribute_exists(#pk) AND (attribute_not_exists(#synced_at) OR #synced_at < :since)",
+            ),
+            SyncMark::CopyQueued => (
+                "SET #copy_queued_at = :now",
+                "attribute_exists(#pk) AND (attribute_not_exists(#copy_queued_at) OR #copy_queued_at < :since)",
+            ),
+        };
         let values = Item::from([
             (":now".to_owned(), n(now)),
             (":since".to_owned(), n(not_since)),
@@ -624,9 +640,67 @@ mod tests {
             started_at: Some(2),
             completed_at: Some(3),
             synced_at: None,
+            copy_queued_at: Some(5),
             expires_at: 4,
             webhook_token: Some("t".repeat(32)),
         }
+    }
+
+    /// DynamoDB's size of an item: attribute names plus values (numbers count as their
+    /// digits, an upper bound of their stored size).
+    fn item_bytes(item: &Item) -> usize {
+        item.iter()
+            .map(|(name, value)| {
+                name.len()
+                    + match value {
+                        AttributeValue::S(s) | AttributeValue::N(s) => s.len(),
+                        _ => 1,
+                    }
+            })
+            .sum()
+    }
+
+    /// Whatever a client sends and Replicate answers, a record stays far under DynamoDB's
+    /// 400 KB item limit: every part of it is bounded where it is made.
+    #[test]
+    fn the_largest_possible_record_is_far_under_the_item_limit() {
+        use crate::record::{MAX_ERROR_CHARS, MAX_OUTPUTS, bounded_error, bounded_metrics};
+        let registry = crate::registry::ModelRegistry::shipped().unwrap();
+        let widest = registry.aliases().max_by_key(|a| a.inputs.len()).unwrap();
+        let mut input = serde_json::Map::new();
+        for (name, spec) in &widest.inputs {
+            let value = match spec {
+                crate::registry::FieldSpec::String { max_length, .. } => {
+                    json!("\u{1D11E}".repeat(*max_length))
+                }
+                crate::registry::FieldSpec::Image { .. } => {
+                    json!(format!("inline://{}", "f".repeat(64)))
+                }
+                _ => json!(-1.234_567_890_123_456_7e300),
+            };
+            input.insert(name.clone(), value);
+        }
+        let mut metrics = crate::replicate::Metrics::default();
+        for i in 0..1000 {
+            metrics
+                .other
+                .insert(format!("{i}{}", "k".repeat(60)), json!(1.0e300));
+        }
+        let mut r = record();
+        r.input = input;
+        r.outputs = (0..MAX_OUTPUTS)
+            .map(|i| StoredOutput {
+                key: format!("outputs/{}/{i}.webp", r.id),
+                content_type: "application/octet-stream".into(),
+                size: u64::MAX,
+                sha256: "f".repeat(64),
+            })
+            .collect();
+        r.error = Some(bounded_error(&"\u{1D11E}".repeat(MAX_ERROR_CHARS * 10)));
+        r.metrics = Some(bounded_metrics(&metrics));
+        let bytes = item_bytes(&prediction_to_item(&r).unwrap());
+        println!("largest prediction item: {bytes} bytes");
+        assert!(bytes < 64 * 1024, "{bytes} bytes");
     }
 
     #[test]

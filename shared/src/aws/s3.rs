@@ -19,14 +19,29 @@ pub struct S3Objects {
     bucket: String,
     /// What signs presigned URLs (the client's own provider is not reachable from it).
     credentials: Option<SharedCredentialsProvider>,
-    /// When the signing credentials expire, as last asked (and when it was asked).
-    credentials_expiry: Mutex<Option<(Instant, Option<SystemTime>)>>,
+    /// What the signing credentials say of their lifetime, as last asked (and when).
+    credentials_expiry: Mutex<Option<(Instant, Lifetime)>>,
 }
 
 /// How long a looked-up credential expiry is trusted before asking again.
 const EXPIRY_RECHECK: Duration = Duration::from_secs(60);
 /// A presigned URL is made to expire this long before its credentials do.
 const EXPIRY_MARGIN: Duration = Duration::from_secs(60);
+/// The longest a URL is signed for with temporary credentials that do not say when they
+/// expire (a Lambda function's role credentials come as environment variables, without an
+/// expiry): such a URL stops working when they do.
+pub const UNKNOWN_TEMPORARY_LIFETIME: Duration = Duration::from_secs(3600);
+
+/// What the signing credentials say of how long they live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lifetime {
+    /// Long-lived keys (no session token, no expiry).
+    Unlimited,
+    /// Temporary, expiring then.
+    Until(SystemTime),
+    /// Temporary (a session token), expiry not told.
+    Temporary,
+}
 
 impl S3Objects {
     pub fn new(
@@ -42,41 +57,49 @@ impl S3Objects {
         }
     }
 
-    /// When the credentials that sign URLs expire, if they say (temporary credentials from
-    /// a role do; a URL signed with them stops working then, whatever it claims).
-    async fn credentials_expiry(&self) -> Option<SystemTime> {
+    /// How long the credentials that sign URLs live: a URL signed with temporary
+    /// credentials stops working when they expire, whatever it claims.
+    async fn credentials_lifetime(&self) -> Lifetime {
         use aws_sdk_s3::config::ProvideCredentials as _;
-        if let Some((at, expiry)) = *self
+        if let Some((at, lifetime)) = *self
             .credentials_expiry
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             && at.elapsed() < EXPIRY_RECHECK
         {
-            return expiry;
+            return lifetime;
         }
-        let provider = self.credentials.as_ref()?;
-        let expiry = provider
-            .provide_credentials()
-            .await
-            .ok()
-            .and_then(|c| c.expiry());
+        let Some(provider) = self.credentials.as_ref() else {
+            return Lifetime::Temporary;
+        };
+        let lifetime = match provider.provide_credentials().await {
+            Ok(c) => match (c.expiry(), c.session_token()) {
+                (Some(expiry), _) => Lifetime::Until(expiry),
+                (None, Some(_)) => Lifetime::Temporary,
+                (None, None) => Lifetime::Unlimited,
+            },
+            Err(_) => Lifetime::Temporary,
+        };
         *self
             .credentials_expiry
             .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), expiry));
-        expiry
+            .unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), lifetime));
+        lifetime
     }
 }
 
 /// The lifetime to sign for: `wanted`, but never past the credentials' expiry.
-pub fn presign_lifetime(wanted: Duration, expiry: Option<SystemTime>, now: SystemTime) -> Duration {
-    match expiry.and_then(|e| e.duration_since(now).ok()) {
-        Some(left) => wanted.min(
-            left.saturating_sub(EXPIRY_MARGIN)
-                .max(Duration::from_secs(1)),
-        ),
-        None if expiry.is_some() => Duration::from_secs(1),
-        None => wanted,
+pub fn presign_lifetime(wanted: Duration, credentials: Lifetime, now: SystemTime) -> Duration {
+    match credentials {
+        Lifetime::Unlimited => wanted,
+        Lifetime::Temporary => wanted.min(UNKNOWN_TEMPORARY_LIFETIME),
+        Lifetime::Until(expiry) => match expiry.duration_since(now) {
+            Ok(left) => wanted.min(
+                left.saturating_sub(EXPIRY_MARGIN)
+                    .max(Duration::from_secs(1)),
+            ),
+            Err(_) => Duration::from_secs(1),
+        },
     }
 }
 
@@ -187,8 +210,8 @@ impl ObjectStore for S3Objects {
     }
 
     async fn presign_get(&self, key: &str, ttl: Duration) -> Result<String, StoreError> {
-        let expiry = self.credentials_expiry().await;
-        let ttl = presign_lifetime(ttl, expiry, SystemTime::now());
+        let lifetime = self.credentials_lifetime().await;
+        let ttl = presign_lifetime(ttl, lifetime, SystemTime::now());
         let config = PresigningConfig::expires_in(ttl).map_err(|e| failed("presign", e))?;
         let request = self
             .client
@@ -210,14 +233,19 @@ mod tests {
     fn presigned_urls_never_outlive_their_credentials() {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
         let hour = Duration::from_secs(3600);
-        assert_eq!(presign_lifetime(hour, None, now), hour);
-        assert_eq!(presign_lifetime(hour, Some(now + 10 * hour), now), hour);
+        let week = 168 * hour;
+        assert_eq!(presign_lifetime(week, Lifetime::Unlimited, now), week);
+        assert_eq!(presign_lifetime(week, Lifetime::Temporary, now), hour);
         assert_eq!(
-            presign_lifetime(hour, Some(now + Duration::from_secs(900)), now),
+            presign_lifetime(hour, Lifetime::Until(now + 10 * hour), now),
+            hour
+        );
+        assert_eq!(
+            presign_lifetime(hour, Lifetime::Until(now + Duration::from_secs(900)), now),
             Duration::from_secs(840)
         );
         assert_eq!(
-            presign_lifetime(hour, Some(now - Duration::from_secs(5)), now),
+            presign_lifetime(hour, Lifetime::Until(now - Duration::from_secs(5)), now),
             Duration::from_secs(1)
         );
     }

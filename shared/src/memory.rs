@@ -791,20 +791,30 @@ impl ReplicateApi for FakeReplicate {
     }
 }
 
-/// Wraps a store and writes down the name of every port method called on it: which calls a
-/// handler makes decides which IAM actions its function needs.
+/// One port call as `Recorded` writes it down: the method, and for object store calls the
+/// key prefix it acted on (`outputs/*`, `inputs/*`), which IAM scopes S3 actions by.
+pub type RecordedCall = (&'static str, Option<String>);
+
+/// Wraps a store and writes down every port method called on it: which calls a handler
+/// makes decides which IAM actions its function needs (and on which resources).
 pub struct Recorded<T> {
     pub inner: T,
-    calls: std::sync::Arc<Mutex<Vec<&'static str>>>,
+    calls: std::sync::Arc<Mutex<Vec<RecordedCall>>>,
 }
 
 impl<T> Recorded<T> {
-    pub fn new(inner: T, calls: std::sync::Arc<Mutex<Vec<&'static str>>>) -> Self {
+    pub fn new(inner: T, calls: std::sync::Arc<Mutex<Vec<RecordedCall>>>) -> Self {
         Self { inner, calls }
     }
 
     fn note(&self, method: &'static str) {
-        lock(&self.calls).push(method);
+        lock(&self.calls).push((method, None));
+    }
+
+    /// An object store call on `key`, written down with the key's prefix.
+    fn note_key(&self, method: &'static str, key: &str) {
+        let prefix = key.split_once('/').map_or(key, |(prefix, _)| prefix);
+        lock(&self.calls).push((method, Some(format!("{prefix}/*"))));
     }
 }
 
@@ -903,12 +913,12 @@ impl<T: ObjectStore> ObjectStore for Recorded<T> {
         content_type: &str,
         body: Bytes,
     ) -> Result<(), StoreError> {
-        self.note("put_object");
+        self.note_key("put_object", key);
         self.inner.put_object(key, content_type, body).await
     }
 
     async fn create_multipart(&self, key: &str, content_type: &str) -> Result<String, StoreError> {
-        self.note("create_multipart");
+        self.note_key("create_multipart", key);
         self.inner.create_multipart(key, content_type).await
     }
 
@@ -919,7 +929,7 @@ impl<T: ObjectStore> ObjectStore for Recorded<T> {
         part_number: i32,
         body: Bytes,
     ) -> Result<String, StoreError> {
-        self.note("upload_part");
+        self.note_key("upload_part", key);
         self.inner
             .upload_part(key, upload_id, part_number, body)
             .await
@@ -931,17 +941,17 @@ impl<T: ObjectStore> ObjectStore for Recorded<T> {
         upload_id: &str,
         parts: &[(i32, String)],
     ) -> Result<(), StoreError> {
-        self.note("complete_multipart");
+        self.note_key("complete_multipart", key);
         self.inner.complete_multipart(key, upload_id, parts).await
     }
 
     async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<(), StoreError> {
-        self.note("abort_multipart");
+        self.note_key("abort_multipart", key);
         self.inner.abort_multipart(key, upload_id).await
     }
 
     async fn presign_get(&self, key: &str, ttl: Duration) -> Result<String, StoreError> {
-        self.note("presign_get");
+        self.note_key("presign_get", key);
         self.inner.presign_get(key, ttl).await
     }
 }

@@ -2,6 +2,8 @@
 //! and S3 on moto (`AWS_ENDPOINT_URL`, started by `make test`) with a table and bucket of
 //! the test's own, and a Replicate simulator of its own.
 
+pub mod heap;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

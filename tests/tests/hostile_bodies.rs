@@ -4,35 +4,13 @@
 //! prompt that is one huge nested array. Peak heap is measured with a counting allocator
 //! (this test binary only) over parsing, validating and rendering the 422.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use imagegen_shared::app::body::{MAX_INPUT_FIELDS, parse_submit_body};
 use imagegen_shared::app::{ApiError, MAX_BODY_BYTES};
 use imagegen_shared::registry::{InputErrors, ModelRegistry};
+use integration_tests::heap::{self, Counting};
 use serde_json::Value;
-
-struct Counting;
-
-static CURRENT: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let ptr = unsafe { System.alloc(layout) };
-        if !ptr.is_null() {
-            let now = CURRENT.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
-            PEAK.fetch_max(now, Ordering::Relaxed);
-        }
-        ptr
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) };
-        CURRENT.fetch_sub(layout.size(), Ordering::Relaxed);
-    }
-}
 
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
@@ -73,10 +51,9 @@ fn measure(label: &str, registry: &ModelRegistry, body: &[u8]) -> Measured {
         body.len()
     );
     let started = Instant::now();
-    let baseline = CURRENT.load(Ordering::Relaxed);
-    PEAK.store(baseline, Ordering::Relaxed);
+    let baseline = heap::start();
     let response = answer(registry, body);
-    let peak = PEAK.load(Ordering::Relaxed) - baseline;
+    let peak = heap::peak_since(baseline);
     let elapsed = started.elapsed();
     assert_eq!(response.status(), 422, "{label}");
     let problem_bytes = response.body().as_ref().len();

@@ -2,8 +2,6 @@
 //! bucket in bounded parts, so peak heap does not grow with output size. Measured with a
 //! counting allocator (this test binary only); `make bench` prints the figures.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -13,27 +11,7 @@ use imagegen_shared::outputs::{
 };
 use imagegen_shared::ports::{ObjectStore, StoreError};
 use imagegen_shared::record::PredictionId;
-
-struct Counting;
-
-static CURRENT: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let ptr = unsafe { System.alloc(layout) };
-        if !ptr.is_null() {
-            let now = CURRENT.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
-            PEAK.fetch_max(now, Ordering::Relaxed);
-        }
-        ptr
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) };
-        CURRENT.fetch_sub(layout.size(), Ordering::Relaxed);
-    }
-}
+use integration_tests::heap::{self, Counting};
 
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
@@ -148,8 +126,7 @@ fn peak_while_storing(count: usize, size: usize) -> usize {
         .collect();
     let id = PredictionId::generate();
     let sink = Arc::new(Sink::default());
-    let baseline = CURRENT.load(Ordering::Relaxed);
-    PEAK.store(baseline, Ordering::Relaxed);
+    let baseline = heap::start();
     let stored = runtime
         .block_on(store_outputs(
             &Source(size),
@@ -159,7 +136,7 @@ fn peak_while_storing(count: usize, size: usize) -> usize {
             &urls,
         ))
         .expect("stored");
-    let peak = PEAK.load(Ordering::Relaxed) - baseline;
+    let peak = heap::peak_since(baseline);
     assert_eq!(stored.len(), count);
     for output in &stored {
         assert_eq!(output.size, size as u64);

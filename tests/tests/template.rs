@@ -8,17 +8,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
-use bytes::Bytes;
 use imagegen_shared::app::inputs::{INPUT_URL_TTL, MAX_DATA_URL_TO_REPLICATE, input_key};
 use imagegen_shared::app::{App, PortSet};
 use imagegen_shared::aws::{OPEN_INDEX, OPEN_SHARD_ATTRIBUTE, TTL_ATTRIBUTE, iam_actions};
 use imagegen_shared::bootstrap::{SqsBatch, SqsMessage, TokenSource, boot_config, copy_batch};
 use imagegen_shared::config::Settings;
 use imagegen_shared::memory::{
-    FakeReplicate, MemoryObjects, MemoryQueue, MemoryRecords, MemorySource, Recorded,
+    FakeReplicate, MemoryObjects, MemoryQueue, MemoryRecords, MemorySource, Recorded, RecordedCall,
 };
 use imagegen_shared::outputs::PART_SIZE;
-use imagegen_shared::ports::{ObjectStore, StoreError};
 use imagegen_shared::record::{Claim, PredictionId, PredictionRecord};
 use imagegen_shared::registry::ModelRegistry;
 use imagegen_shared::replicate::{Prediction, PredictionStatus, ReplicateApi, ReplicateError};
@@ -229,82 +227,13 @@ fn variables_read(env: &BTreeMap<String, Option<String>>) -> BTreeSet<String> {
     read.into_inner().unwrap()
 }
 
-/// Every object store call written down with the key prefix it was made on (`outputs/*`,
-/// `inputs/*`): the template scopes S3 actions by prefix.
-struct KeyedObjects {
-    inner: MemoryObjects,
-    log: Arc<Mutex<Vec<(&'static str, String)>>>,
-}
-
-impl KeyedObjects {
-    fn note(&self, method: &'static str, key: &str) {
-        let (prefix, _) = key
-            .split_once('/')
-            .unwrap_or_else(|| panic!("object key without a prefix: {key}"));
-        self.log
-            .lock()
-            .unwrap()
-            .push((method, format!("{prefix}/*")));
-    }
-}
-
-impl ObjectStore for KeyedObjects {
-    async fn put_object(
-        &self,
-        key: &str,
-        content_type: &str,
-        body: Bytes,
-    ) -> Result<(), StoreError> {
-        self.note("put_object", key);
-        self.inner.put_object(key, content_type, body).await
-    }
-
-    async fn create_multipart(&self, key: &str, content_type: &str) -> Result<String, StoreError> {
-        self.note("create_multipart", key);
-        self.inner.create_multipart(key, content_type).await
-    }
-
-    async fn upload_part(
-        &self,
-        key: &str,
-        upload_id: &str,
-        part_number: i32,
-        body: Bytes,
-    ) -> Result<String, StoreError> {
-        self.note("upload_part", key);
-        self.inner
-            .upload_part(key, upload_id, part_number, body)
-            .await
-    }
-
-    async fn complete_multipart(
-        &self,
-        key: &str,
-        upload_id: &str,
-        parts: &[(i32, String)],
-    ) -> Result<(), StoreError> {
-        self.note("complete_multipart", key);
-        self.inner.complete_multipart(key, upload_id, parts).await
-    }
-
-    async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<(), StoreError> {
-        self.note("abort_multipart", key);
-        self.inner.abort_multipart(key, upload_id).await
-    }
-
-    async fn presign_get(&self, key: &str, ttl: Duration) -> Result<String, StoreError> {
-        self.note("presign_get", key);
-        self.inner.presign_get(key, ttl).await
-    }
-}
-
 /// The in-memory ports, with every storage and queue call written down.
 struct Recording;
 
 impl imagegen_shared::app::Ports for Recording {
     type Replicate = FakeReplicate;
     type Records = Recorded<MemoryRecords>;
-    type Objects = KeyedObjects;
+    type Objects = Recorded<MemoryObjects>;
     type Downloads = MemorySource;
     type Queue = Recorded<MemoryQueue>;
 }
@@ -319,10 +248,8 @@ const MISSING: &str = "https://replicate.delivery/missing.png";
 
 struct Scenario {
     app: RecordingApp,
-    /// Record store and queue calls, by port method.
-    calls: Arc<Mutex<Vec<&'static str>>>,
-    /// Object store calls, by port method and key prefix.
-    object_calls: Arc<Mutex<Vec<(&'static str, String)>>>,
+    /// Port calls, by method (and key prefix, for the object store).
+    calls: Arc<Mutex<Vec<RecordedCall>>>,
     by_handler: BTreeMap<Handler, BTreeSet<(&'static str, Resource)>>,
 }
 
@@ -348,7 +275,6 @@ fn resource_of(method: &str) -> Resource {
 impl Scenario {
     fn new() -> Self {
         let calls = Arc::new(Mutex::new(Vec::new()));
-        let object_calls = Arc::new(Mutex::new(Vec::new()));
         let settings = Settings::from_lookup(|name| match name {
             "TABLE_NAME" | "BUCKET_NAME" | "COPY_QUEUE_URL" => Some("x".into()),
             "PUBLIC_BASE_URL" => Some("https://api.example.com".into()),
@@ -362,24 +288,19 @@ impl Scenario {
         let ports = PortSet::<Recording> {
             replicate: FakeReplicate::default(),
             records: Recorded::new(MemoryRecords::default(), calls.clone()),
-            objects: KeyedObjects {
-                inner: MemoryObjects::default(),
-                log: object_calls.clone(),
-            },
+            objects: Recorded::new(MemoryObjects::default(), calls.clone()),
             downloads: source,
             queue: Recorded::new(MemoryQueue::default(), calls.clone()),
         };
         Self {
             app: App::new(ports, ModelRegistry::shipped().unwrap(), settings),
             calls,
-            object_calls,
             by_handler: BTreeMap::new(),
         }
     }
 
     fn begin(&self) {
         self.calls.lock().unwrap().clear();
-        self.object_calls.lock().unwrap().clear();
     }
 
     /// Files the port calls made since `begin` under `handler`.
@@ -389,14 +310,10 @@ impl Scenario {
             .lock()
             .unwrap()
             .iter()
-            .map(|method| (*method, resource_of(method)))
-            .chain(
-                self.object_calls
-                    .lock()
-                    .unwrap()
-                    .iter()
-                    .map(|(method, prefix)| (*method, Resource::Objects(prefix.clone()))),
-            )
+            .map(|(method, prefix)| match prefix {
+                Some(prefix) => (*method, Resource::Objects(prefix.clone())),
+                None => (*method, resource_of(method)),
+            })
             .collect();
         self.by_handler.entry(handler).or_default().extend(calls);
     }

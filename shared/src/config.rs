@@ -42,6 +42,10 @@ pub struct Settings {
     /// The reconciler syncs predictions still running this long after creation
     /// (`RECONCILE_AFTER_SECONDS`).
     pub reconcile_after: Duration,
+    /// A record whose create outcome is unknown is looked for in Replicate's list only this
+    /// long after the attempt (`RESOLVE_AFTER_SECONDS`): by then a create that did happen is
+    /// listed, and any identical create in flight has recorded its own id.
+    pub resolve_after: Duration,
     /// Whether creates ask Replicate for webhooks (`SEND_WEBHOOKS`, default true). Off when
     /// nothing can reach this service, e.g. the real API from a laptop: fetches sync instead.
     pub send_webhooks: bool,
@@ -116,6 +120,7 @@ impl Settings {
             fetch_sync_interval: seconds("FETCH_SYNC_INTERVAL_SECONDS", 5)?,
             record_ttl: seconds("RECORD_TTL_DAYS", 30)?.saturating_mul(24 * 3600),
             reconcile_after: seconds("RECONCILE_AFTER_SECONDS", 120)?,
+            resolve_after: seconds("RESOLVE_AFTER_SECONDS", 300)?,
             send_webhooks: match get("SEND_WEBHOOKS").as_deref() {
                 None | Some("true" | "1") => true,
                 Some("false" | "0") => false,

@@ -67,6 +67,8 @@ async fn create_by_version_sends_exact_body_and_accepts_201() {
     Mock::given(method("POST"))
         .and(path("/v1/predictions"))
         .and(header("authorization", format!("Bearer {TOKEN}").as_str()))
+        // Every prediction ends within 30 minutes: the service's give-ups rely on it.
+        .and(header("cancel-after", "30m"))
         .and(body_json(json!({
             "version": SDXL, "input": {"prompt": "a cat"},
             "webhook": "https://api.example.com/webhooks/replicate",
@@ -409,6 +411,29 @@ async fn malformed_json_is_an_invalid_response() {
     let err = client(&server).get_prediction("p8").await.unwrap_err();
     assert!(
         matches!(err, ReplicateError::InvalidResponse { .. }),
+        "{err:?}"
+    );
+    assert_eq!(request_count(&server).await, 1);
+}
+
+/// A create answered 2xx with a body this client cannot read did create the prediction: an
+/// unknown outcome (resolved, never repeated), not a refusal.
+#[tokio::test]
+async fn an_unreadable_create_answer_is_an_unknown_outcome() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(
+            ResponseTemplate::new(201)
+                .set_body_json(json!({"id": "p9", "status": "starting", "metrics": "soon"})),
+        )
+        .mount(&server)
+        .await;
+    let err = client(&server)
+        .create_prediction(&sdxl(), &input(), None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ReplicateError::CreateOutcomeUnknown { .. }),
         "{err:?}"
     );
     assert_eq!(request_count(&server).await, 1);

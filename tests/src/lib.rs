@@ -81,6 +81,8 @@ impl Stack {
             ("REPLICATE_API_TOKEN", "r8_integration".to_owned()),
             ("OUTPUT_HOST_ALLOWLIST", sim.output_host()),
             ("FETCH_SYNC_INTERVAL_SECONDS", "1".to_owned()),
+            // Unconfirmed creates are looked for in the simulator's list after 2 s, not 5 min.
+            ("RESOLVE_AFTER_SECONDS", "2".to_owned()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))

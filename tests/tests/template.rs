@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
-use imagegen_shared::app::inputs::{INPUT_URL_TTL, MAX_DATA_URL_TO_REPLICATE, input_key};
+use imagegen_shared::app::inputs::{INPUT_URL_TTL, input_key};
 use imagegen_shared::app::{App, PortSet};
 use imagegen_shared::aws::{OPEN_INDEX, OPEN_SHARD_ATTRIBUTE, TTL_ATTRIBUTE, iam_actions};
 use imagegen_shared::bootstrap::{SqsBatch, SqsMessage, TokenSource, boot_config, copy_batch};
@@ -279,6 +279,7 @@ impl Scenario {
             "TABLE_NAME" | "BUCKET_NAME" | "COPY_QUEUE_URL" => Some("x".into()),
             "PUBLIC_BASE_URL" => Some("https://api.example.com".into()),
             "REPLICATE_WEBHOOK_SECRET" => Some(SECRET.into()),
+            "RESOLVE_AFTER_SECONDS" => Some("1".into()),
             _ => None,
         })
         .unwrap();
@@ -519,6 +520,7 @@ async fn port_calls_by_handler() -> BTreeMap<Handler, BTreeSet<(&'static str, Re
         u.webhook(by_webhook, &processing).await.1["result"],
         "applied"
     );
+    u.app.clock.advance(Duration::from_secs(2));
     u.fetch(by_fetch).await;
     assert!(
         u.record(by_fetch).replicate_id.is_some(),
@@ -564,7 +566,7 @@ async fn port_calls_by_handler() -> BTreeMap<Handler, BTreeSet<(&'static str, Re
     assert_eq!(s.submit(prompt("d"), &[]).await.0, 429);
     // Submit: an inline image too large for a data URL is stored under inputs/ and sent to
     // Replicate as a presigned URL.
-    let image = png(MAX_DATA_URL_TO_REPLICATE + 1000);
+    let image = png(300_000);
     let data_url = format!(
         "data:image/png;base64,{}",
         base64::engine::general_purpose::STANDARD.encode(&image)

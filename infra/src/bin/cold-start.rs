@@ -55,6 +55,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 ("AWS_SECRET_ACCESS_KEY", "bench"),
                 ("TABLE_NAME", "bench"),
                 ("BUCKET_NAME", "bench"),
+                (
+                    "COPY_QUEUE_URL",
+                    "https://sqs.us-east-1.amazonaws.com/1/bench",
+                ),
                 ("REPLICATE_API_TOKEN", "r8_bench"),
                 ("RUST_LOG", "error"),
             ])

@@ -1,7 +1,9 @@
 //! Inline (data URL) images: kept in the bucket under a content address, referenced by a
 //! short `inline://<sha256>` in the record and every response, and sent to Replicate as a
-//! data URL when small or as a presigned URL when not. A record's size so never depends on
-//! the images in it (DynamoDB items stop at 400 KB; the contract allows 1 MB images).
+//! presigned URL of that object. A record's size so never depends on the images in it
+//! (DynamoDB items stop at 400 KB; the contract allows 1 MB images). Always a URL, even for
+//! small images Replicate would take inline: a URL naming `inputs/<sha256>` is how a lost
+//! create is recognised in Replicate's list, whatever Replicate does with data URLs.
 
 use std::time::Duration;
 
@@ -14,8 +16,6 @@ use crate::outputs::hex;
 use crate::ports::{ObjectStore, StoreError};
 use crate::registry::{FieldSpec, ModelAlias, ValidatedInput};
 
-/// Replicate's advice: data URLs up to about 256 KB; larger files as a URL it fetches.
-pub const MAX_DATA_URL_TO_REPLICATE: usize = 256 * 1024;
 /// How long the presigned URL of an input image given to Replicate stays valid: a
 /// prediction may wait through a cold boot and runs up to 30 minutes.
 pub const INPUT_URL_TTL: Duration = Duration::from_secs(2 * 3600);
@@ -88,7 +88,7 @@ fn decode_data_url(field: &str, s: &str) -> Option<InlineImage> {
 }
 
 /// Stores the images (idempotent: same bytes, same key) and returns the input to send to
-/// Replicate: small images as data URLs, larger ones as presigned URLs.
+/// Replicate, each image a presigned URL of its object.
 pub async fn materialize<O: ObjectStore>(
     objects: &O,
     stored: &Map<String, Value>,
@@ -96,20 +96,12 @@ pub async fn materialize<O: ObjectStore>(
 ) -> Result<Map<String, Value>, StoreError> {
     let mut sent = stored.clone();
     for image in images {
-        let value = if image.bytes.len() <= MAX_DATA_URL_TO_REPLICATE {
-            format!(
-                "data:{};base64,{}",
-                image.content_type,
-                BASE64.encode(&image.bytes)
-            )
-        } else {
-            let key = image.key();
-            objects
-                .put_object(&key, &image.content_type, image.bytes.clone())
-                .await?;
-            objects.presign_get(&key, INPUT_URL_TTL).await?
-        };
-        sent.insert(image.field.clone(), Value::String(value));
+        let key = image.key();
+        objects
+            .put_object(&key, &image.content_type, image.bytes.clone())
+            .await?;
+        let url = objects.presign_get(&key, INPUT_URL_TTL).await?;
+        sent.insert(image.field.clone(), Value::String(url));
     }
     Ok(sent)
 }
@@ -207,9 +199,9 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn small_images_go_inline_large_ones_by_url_and_both_match_back() {
+    async fn images_go_by_url_of_their_object_and_match_back() {
         let objects = MemoryObjects::default();
-        for size in [1000, MAX_DATA_URL_TO_REPLICATE + 1] {
+        for size in [1000, 300_000] {
             let bytes: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
             let (alias, input) = img2img(&data_url(&bytes));
             let (stored, images) = extract_inline_images(&alias, &input);
@@ -218,16 +210,13 @@ mod tests {
             assert!(reference.starts_with("inline://") && reference.len() < 80);
             let sent = materialize(&objects, &stored, &images).await.unwrap();
             let value = sent["image"].as_str().unwrap();
-            assert_eq!(
-                value.starts_with("data:"),
-                size <= MAX_DATA_URL_TO_REPLICATE
-            );
+            assert!(value.contains("/inputs/"), "{value}");
             assert!(input_matches(&stored, &sent), "{size}");
             let mut other = sent.clone();
             other.insert("prompt".into(), json!("a dog"));
             assert!(!input_matches(&stored, &other));
         }
-        assert_eq!(objects.keys().len(), 1, "only the large image is stored");
+        assert_eq!(objects.keys().len(), 2, "one object per distinct image");
     }
 
     #[tokio::test]

@@ -34,8 +34,10 @@ pub const OUTPUT_RETENTION: Duration = Duration::from_secs(70 * 60);
 pub struct ReconcileReport {
     /// Running predictions older than the threshold.
     pub examined: usize,
-    /// Moved forward (to a later status, or terminal), or their output copy queued.
+    /// Moved forward (to a later status, or terminal), or tied to their Replicate prediction.
     pub advanced: usize,
+    /// Succeeded at Replicate; their output copy was queued.
+    pub copies_queued: usize,
     /// Ended because they outlived Replicate's output retention.
     pub expired: usize,
     /// Could not be synced this time (Replicate or storage failed); retried next run.
@@ -44,8 +46,16 @@ pub struct ReconcileReport {
     pub incomplete: bool,
 }
 
+/// What syncing one record did.
+enum Step {
+    Advanced,
+    CopyQueued,
+    Unchanged,
+}
+
 enum Outcome {
     Advanced,
+    CopyQueued,
     Unchanged,
     Expired,
     Error,
@@ -134,6 +144,7 @@ impl<P: Ports> App<P> {
             for outcome in outcomes {
                 match outcome {
                     Outcome::Advanced => report.advanced += 1,
+                    Outcome::CopyQueued => report.copies_queued += 1,
                     Outcome::Expired => report.expired += 1,
                     Outcome::Error => report.errors += 1,
                     Outcome::Unchanged => {}
@@ -145,8 +156,14 @@ impl<P: Ports> App<P> {
 
     async fn reconcile_one(&self, record: PredictionRecord, now: Millis) -> Outcome {
         match self.sync_for_reconcile(record).await {
-            Ok((_, true)) => Outcome::Advanced,
-            Ok((record, false)) => {
+            Ok((_, Step::Advanced)) => Outcome::Advanced,
+            // A queued copy does not end the record: if it never lands, the record must
+            // still expire with Replicate's retention.
+            Ok((record, Step::CopyQueued)) => {
+                self.expire_if_too_old(&record, now, Outcome::CopyQueued)
+                    .await
+            }
+            Ok((record, Step::Unchanged)) => {
                 self.expire_if_too_old(&record, now, Outcome::Unchanged)
                     .await
             }
@@ -177,19 +194,26 @@ impl<P: Ports> App<P> {
         }
     }
 
-    /// Syncs one record; `changed` when something was applied or queued.
+    /// Syncs one record, saying what that did.
     async fn sync_for_reconcile(
         &self,
         record: PredictionRecord,
-    ) -> Result<(PredictionRecord, bool), (PredictionRecord, String)> {
+    ) -> Result<(PredictionRecord, Step), (PredictionRecord, String)> {
         let Some(replicate_id) = record.replicate_id.clone() else {
             return match self
                 .resolve_unconfirmed(record.clone(), SearchBudget::RECONCILE)
                 .await
             {
                 Ok(fresh) => {
-                    let changed = fresh.replicate_id.is_some() || fresh.status != record.status;
-                    Ok((fresh, changed))
+                    let tied = fresh.replicate_id.is_some() || fresh.status != record.status;
+                    Ok((
+                        fresh,
+                        if tied {
+                            Step::Advanced
+                        } else {
+                            Step::Unchanged
+                        },
+                    ))
                 }
                 Err(err) => Err((record, err.to_string())),
             };
@@ -216,8 +240,9 @@ impl<P: Ports> App<P> {
             Err(err) => Err(err.to_string()),
         };
         match outcome {
-            Ok(SyncOutcome::Ignored(_)) => Ok((record, false)),
-            Ok(_) => Ok((record, true)),
+            Ok(SyncOutcome::Ignored(_)) => Ok((record, Step::Unchanged)),
+            Ok(SyncOutcome::CopyQueued) => Ok((record, Step::CopyQueued)),
+            Ok(SyncOutcome::Applied(_)) => Ok((record, Step::Advanced)),
             Err(error) => Err((record, error)),
         }
     }

@@ -20,13 +20,11 @@ use super::{App, Ports};
 /// An unconfirmed record is given up on after this long: Replicate stops any prediction at
 /// 30 minutes, so by then its `completed` webhook (or the list) has had every chance.
 pub const UNCONFIRMED_DEADLINE: Duration = Duration::from_secs(35 * 60);
-/// Once this long has passed since the attempt, a list without the prediction is taken to
-/// mean it was not created.
-const LIST_SETTLE: Duration = Duration::from_secs(60);
 /// The search window around a record's creation: the create was sent after the record was
-/// stored and the client gives up on it within about 25 s; plus clock skew either way.
+/// stored and the client gives up on it within about 25 s; plus clock skew, and a margin
+/// for a Replicate that stores a create late.
 const WINDOW_BEFORE: Duration = Duration::from_secs(30);
-const WINDOW_AFTER: Duration = Duration::from_secs(45);
+const WINDOW_AFTER: Duration = Duration::from_secs(180);
 
 /// How much of Replicate's list one search may read.
 #[derive(Debug, Clone, Copy)]
@@ -70,13 +68,19 @@ impl<P: Ports> App<P> {
             return Ok(record);
         }
         let now = self.clock.millis();
+        // Not before `RESOLVE_AFTER_SECONDS`: until then the list may not show a late
+        // create, and an identical request's create may be listed before it records its id
+        // (adopting it would leave that one's own prediction orphaned).
+        if now < after(record.created_at, self.settings.resolve_after) {
+            return Ok(record);
+        }
         let search = tokio::time::timeout(budget.time, self.search_created(&record, now, budget))
             .await
             .unwrap_or(Ok(Search::NotFound { conclusive: false }));
         let tied = match search {
             Ok(Search::Found(candidates)) => self.adopt_first(&record, &candidates).await?,
             Ok(Search::NotFound { conclusive }) => {
-                if conclusive && now >= after(record.created_at, LIST_SETTLE) {
+                if conclusive {
                     tracing::warn!(prediction_id = %record.id, "Replicate has no prediction for an unconfirmed create; ending it");
                     self.end_record(
                         &record,

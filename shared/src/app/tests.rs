@@ -521,7 +521,11 @@ async fn an_ambiguous_create_is_never_repeated_and_is_found_in_replicates_list()
     let (status, joined) = submitted(&app, fox()).await;
     assert_eq!((status, joined["id"].as_str()), (202, Some(id.as_str())));
     assert_eq!(app.replicate.created().len(), 1, "never a second create");
-    // A fetch finds the prediction in Replicate's list (same model and input) and ties it.
+    // Not looked for yet: too early to be sure the list shows it.
+    fetched(&app, &id).await;
+    assert_eq!(app.replicate.list_calls(), 0);
+    // Later, a fetch finds the prediction in Replicate's list (same model and input).
+    app.clock.advance(Duration::from_secs(300));
     let view = fetched(&app, &id).await;
     assert_eq!(view["status"], "starting");
     assert_eq!(
@@ -544,7 +548,7 @@ async fn an_ambiguous_create_that_created_nothing_ends_failed_and_frees_the_key(
     let id = body["id"].as_str().unwrap().to_owned();
     // Too early to trust an empty list: still starting.
     assert_eq!(fetched(&app, &id).await["status"], "starting");
-    app.clock.advance(Duration::from_secs(61));
+    app.clock.advance(Duration::from_secs(301));
     let view = fetched(&app, &id).await;
     assert_eq!(view["status"], "failed", "{view}");
     assert!(view["error"].as_str().unwrap().contains("not created"));
@@ -954,8 +958,13 @@ async fn the_reconciler_syncs_old_running_predictions_and_gives_up_on_vanished_o
     app.replicate.forget("rep-2");
     let report = app.reconcile(None).await;
     assert_eq!(
-        (report.examined, report.advanced, report.errors),
-        (2, 2, 0),
+        (
+            report.examined,
+            report.advanced,
+            report.copies_queued,
+            report.errors
+        ),
+        (2, 1, 1, 0),
         "{report:?}"
     );
     run_copies(&app).await;

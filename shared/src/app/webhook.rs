@@ -55,7 +55,10 @@ fn belongs_to(record: &PredictionRecord, token: Option<&str>, remote: &Predictio
         (Some(_), None) => false,
         (None, _) => record.replicate_id.as_deref() == Some(remote.id.as_str()),
     };
-    addressed && remote.model == record.model && remote.version == record.version
+    // Replicate's schema does not promise `model` in every body; the token is the binding,
+    // the model and version only a check when present.
+    let same_model = remote.model.is_empty() || remote.model == record.model;
+    addressed && same_model && remote.version == record.version
 }
 
 impl<P: Ports> App<P> {

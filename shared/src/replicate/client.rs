@@ -22,6 +22,11 @@ use crate::webhook::WebhookSecret;
 
 pub const DEFAULT_BASE_URL: &str = "https://api.replicate.com/v1";
 
+const CANCEL_AFTER_HEADER: &str = "cancel-after";
+/// Every prediction ends within 30 minutes of its create (Replicate cancels, or aborts one
+/// that never started): what the service's give-ups and retention checks rely on.
+pub const CREATE_DEADLINE: &str = "30m";
+
 /// The calls this service makes to Replicate. Handlers depend on this, not on HTTP, so they
 /// can be tested with an in-memory implementation.
 pub trait ReplicateApi: Send + Sync {
@@ -207,8 +212,11 @@ impl ReplicateClient {
             if let Some(body) = body {
                 request = request.json(body);
             }
+            if kind == CallKind::Create {
+                request = request.header(CANCEL_AFTER_HEADER, CREATE_DEADLINE);
+            }
             let failure = match self.attempt(kind, request).await {
-                Ok(Success(bytes)) => return decode(&bytes),
+                Ok(Success(bytes)) => return decode(kind, &bytes),
                 Err(failure) => failure,
             };
             let retryable = is_retryable(kind, failure.kind);
@@ -357,10 +365,18 @@ impl Failure {
     }
 }
 
-fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ReplicateError> {
-    serde_json::from_slice(bytes).map_err(|err| ReplicateError::InvalidResponse {
-        status: 200,
-        message: err.to_string(),
+/// Reads a 2xx body. For a create, an unreadable one still means Replicate created the
+/// prediction: the outcome is unknown, never a refusal (which would free the request for a
+/// second, billed create).
+fn decode<T: DeserializeOwned>(kind: CallKind, bytes: &[u8]) -> Result<T, ReplicateError> {
+    serde_json::from_slice(bytes).map_err(|err| match kind {
+        CallKind::Create => ReplicateError::CreateOutcomeUnknown {
+            reason: format!("the create answer could not be read: {err}"),
+        },
+        CallKind::Idempotent => ReplicateError::InvalidResponse {
+            status: 200,
+            message: err.to_string(),
+        },
     })
 }
 

@@ -184,11 +184,16 @@ impl PredictionRecord {
         self.replicate_id.is_none() && !self.status.is_terminal()
     }
 
-    /// Whether DynamoDB's TTL has passed (it deletes lazily, up to days later): such a
-    /// record is treated as gone.
+    /// Whether DynamoDB's TTL has passed: such a record is treated as gone.
     pub fn is_expired(&self, now: Millis) -> bool {
-        self.expires_at.saturating_mul(1000) < now
+        ttl_passed(self.expires_at, now)
     }
+}
+
+/// Whether a TTL attribute (seconds) is before `now`. DynamoDB deletes expired items
+/// lazily, up to days later; until then they must count as gone.
+pub fn ttl_passed(expires_at: u64, now: Millis) -> bool {
+    expires_at.saturating_mul(1000) < now
 }
 
 /// A new random token for a record's webhook URL (128 bits, hex).
@@ -248,8 +253,14 @@ pub struct Claim {
 }
 
 impl Claim {
+    /// Whether the holder's lease ended before `now`.
     pub fn is_expired(&self, now: Millis) -> bool {
         self.lease_until < now
+    }
+
+    /// Whether the claim's TTL passed: it no longer counts, whatever it says.
+    pub fn past_ttl(&self, now: Millis) -> bool {
+        ttl_passed(self.expires_at, now)
     }
 }
 

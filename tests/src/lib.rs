@@ -228,17 +228,9 @@ pub fn hex_sha256(bytes: &[u8]) -> String {
 
 /// A small PNG as a data URL, for image inputs.
 pub fn png_data_url(width: u32, height: u32) -> String {
-    let image = image::RgbImage::from_fn(width, height, |x, y| {
+    png_as_data_url(&image::RgbImage::from_fn(width, height, |x, y| {
         image::Rgb([(x * 7) as u8, (y * 5) as u8, 128])
-    });
-    let mut bytes = std::io::Cursor::new(Vec::new());
-    image
-        .write_to(&mut bytes, image::ImageFormat::Png)
-        .expect("encode");
-    format!(
-        "data:image/png;base64,{}",
-        base64::engine::general_purpose::STANDARD.encode(bytes.into_inner())
-    )
+    }))
 }
 
 /// A PNG of noise (it does not compress) of about `bytes` bytes, as a data URL: for inputs
@@ -246,7 +238,7 @@ pub fn png_data_url(width: u32, height: u32) -> String {
 pub fn noise_png_data_url(bytes: usize) -> String {
     let side = ((bytes / 3) as f64).sqrt() as u32;
     let mut state = 0x2545_f491_u32;
-    let image = image::RgbImage::from_fn(side, side, |_, _| {
+    png_as_data_url(&image::RgbImage::from_fn(side, side, |_, _| {
         let mut next = || {
             state ^= state << 13;
             state ^= state >> 17;
@@ -254,14 +246,17 @@ pub fn noise_png_data_url(bytes: usize) -> String {
             state as u8
         };
         image::Rgb([next(), next(), next()])
-    });
-    let mut out = std::io::Cursor::new(Vec::new());
+    }))
+}
+
+fn png_as_data_url(image: &image::RgbImage) -> String {
+    let mut bytes = std::io::Cursor::new(Vec::new());
     image
-        .write_to(&mut out, image::ImageFormat::Png)
+        .write_to(&mut bytes, image::ImageFormat::Png)
         .expect("encode");
     format!(
         "data:image/png;base64,{}",
-        base64::engine::general_purpose::STANDARD.encode(out.into_inner())
+        base64::engine::general_purpose::STANDARD.encode(bytes.into_inner())
     )
 }
 

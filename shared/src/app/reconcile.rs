@@ -15,7 +15,7 @@ use super::resolve::SearchBudget;
 use super::sync::{Copy, SyncOutcome};
 use super::{App, Ports};
 use crate::ports::{LEGACY_OPEN_SHARD, OPEN_SHARDS, RecordStore, StoreError};
-use crate::record::{Advance, Millis, PredictionRecord, after};
+use crate::record::{Millis, PredictionRecord, after};
 use crate::replicate::{PredictionStatus, ReplicateApi};
 
 /// The schedule's period (template: `rate(5 minutes)`), for rotating the first shard.
@@ -226,8 +226,7 @@ impl<P: Ports> App<P> {
             // Replicate no longer knows it (deleted, or another account's): it will never
             // finish, so record that rather than ask again every run.
             Err(err) if err.is_not_found() => self
-                .records
-                .advance(&record.id, &gone(&replicate_id, self.clock.millis()))
+                .end_record(&record, "Replicate no longer has this prediction")
                 .await
                 .map(|ended| {
                     if ended {
@@ -246,10 +245,4 @@ impl<P: Ports> App<P> {
             Err(error) => Err((record, error)),
         }
     }
-}
-
-fn gone(replicate_id: &str, now: Millis) -> Advance {
-    let mut advance = Advance::failed("Replicate no longer has this prediction", now);
-    advance.replicate_id = Some(replicate_id.to_owned());
-    advance
 }

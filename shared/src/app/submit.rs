@@ -23,7 +23,7 @@ use super::{ApiError, App, PredictionView};
 use crate::outputs::hex;
 use crate::ports::{ClaimOutcome, RecordStore, Settlement};
 use crate::record::{
-    Advance, Claim, ClaimGuard, Millis, PredictionId, PredictionRecord, after, new_webhook_token,
+    Claim, ClaimGuard, Millis, PredictionId, PredictionRecord, after, new_webhook_token,
     ttl_seconds,
 };
 use crate::registry::{CacheKey, ModelAlias};
@@ -225,7 +225,7 @@ impl<P: Ports> App<P> {
             let won = match self.records.try_claim(&claim).await? {
                 ClaimOutcome::Claimed => true,
                 ClaimOutcome::HeldBy(held) => {
-                    if held.request_hash.as_deref() != Some(body_hash) && !past_ttl(&held, now) {
+                    if held.request_hash.as_deref() != Some(body_hash) && !held.past_ttl(now) {
                         return Err(ApiError::IdempotencyKeyReused);
                     }
                     match self.judge_key_holder(&held, now).await? {
@@ -256,7 +256,7 @@ impl<P: Ports> App<P> {
     }
 
     async fn judge_key_holder(&self, held: &Claim, now: Millis) -> Result<KeyHolder, ApiError> {
-        if past_ttl(held, now) {
+        if held.past_ttl(now) {
             return Ok(KeyHolder::TakeOver);
         }
         let record = match &held.prediction_id {
@@ -366,7 +366,7 @@ impl<P: Ports> App<P> {
         held: &Claim,
         now: Millis,
     ) -> Holder {
-        if past_ttl(held, now) && existing.as_ref().is_none_or(|r| r.status.is_terminal()) {
+        if held.past_ttl(now) && existing.as_ref().is_none_or(|r| r.status.is_terminal()) {
             return Holder::TakeOver;
         }
         match existing {
@@ -494,8 +494,7 @@ impl<P: Ports> App<P> {
 
     /// Ends a record whose prediction was certainly never created at Replicate.
     async fn end_unstarted(&self, record: &PredictionRecord, reason: &str) {
-        let advance = Advance::failed(reason, self.clock.millis());
-        if let Err(err) = self.records.advance(&record.id, &advance).await {
+        if let Err(err) = self.end_record(record, reason).await {
             tracing::warn!(prediction_id = %record.id, error = %err, "could not end the unstarted record");
         }
     }
@@ -509,9 +508,9 @@ impl<P: Ports> App<P> {
         if let Err(err) = self.apply_remote(&record, remote, Copy::Queue).await {
             tracing::warn!(prediction_id = %record.id, error = %err, "could not apply the create answer's state");
         }
-        match self.records.get_prediction(&record.id).await {
-            Ok(Some(fresh)) => fresh,
-            _ => record,
+        match self.reread(record.clone()).await {
+            Ok(fresh) => fresh,
+            Err(_) => record,
         }
     }
 
@@ -543,12 +542,6 @@ impl<P: Ports> App<P> {
             tracing::warn!(error = %err, "could not release the cache claim");
         }
     }
-}
-
-/// Whether DynamoDB's TTL for a claim has passed (it deletes lazily; until then the item is
-/// still there and must count as gone).
-fn past_ttl(claim: &Claim, now: Millis) -> bool {
-    claim.expires_at.saturating_mul(1000) < now
 }
 
 /// The route a submit arrives on; what precedes it in the path is a custom domain's base.

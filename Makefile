@@ -12,7 +12,7 @@ DEPLOY_STAMP := $(VENV)/.installed-deploy
 LAMBDA_TARGET := aarch64-unknown-linux-gnu
 FUNCTIONS := submit webhook fetch-result reconciler copier
 
-.PHONY: help dev demo reconcile test bench soak lint fmt venv build validate deploy clean-venv
+.PHONY: help dev demo key revoke reconcile test bench soak cost lint fmt venv build validate deploy clean-venv
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -30,6 +30,12 @@ dev: $(VENV_STAMP) ## Local stack on http://127.0.0.1:3000 (DEV_PORT): moto, Rep
 
 demo: ## Submit PROMPT to the running local stack and save the image
 	$(CARGO) run --locked -q -p local-stack --bin demo -- $(PROMPT)
+
+key: ## New API key: make key TENANT=<name> [RATE=<per minute>] [BUDGET=<usd>] (make dev's stack, or TABLE_NAME in AWS)
+	$(CARGO) run --locked -q -p local-stack --bin keys -- create --tenant "$(TENANT)" $(if $(RATE),--rate "$(RATE)") $(if $(BUDGET),--budget "$(BUDGET)")
+
+revoke: ## Revoke an API key: make revoke KEY_ID=<id> (refused everywhere within 60 s)
+	$(CARGO) run --locked -q -p local-stack --bin keys -- revoke "$(KEY_ID)"
 
 reconcile: ## One reconcile pass against the stack the environment names (TABLE_NAME, …)
 	$(CARGO) run --locked -q -p local-stack --bin reconcile
@@ -58,14 +64,20 @@ deploy: $(BUILD_STAMP) $(DEPLOY_STAMP) ## sam build + sam deploy (guided the fir
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/sam build --beta-features
 	if [ -f samconfig.toml ]; then $(VENV)/bin/sam deploy; else $(VENV)/bin/sam deploy --guided; fi
 
-bench: ## Print measured figures: peak memory storing large outputs; init time of a release binary
+bench: $(VENV_STAMP) ## Print measured figures: peak memory storing large outputs; init time of a release binary; API-key check latency
 	$(CARGO) test --locked -q -p integration-tests --test memory_bound -- --nocapture
 	$(CARGO) build --locked -q --release -p submit
 	$(CARGO) run --locked -q -p local-stack --bin cold-start -- target/release/submit 20
+	$(CARGO) build --locked -q -p integration-tests --bin auth-bench
+	MOTO_SERVER=$(VENV)/bin/moto_server infra/scripts/with-moto.sh target/debug/auth-bench
 
 soak: $(VENV_STAMP) ## A few hundred submissions under injected faults; prints lost/duplicates/wrong states
 	$(CARGO) build --locked -q -p integration-tests --bin soak
 	MOTO_SERVER=$(VENV)/bin/moto_server infra/scripts/with-moto.sh target/debug/soak
+
+cost: $(VENV_STAMP) ## AWS cost per 1,000 images by component, next to Replicate's price (COST_COUNT predictions)
+	$(CARGO) build --locked -q -p integration-tests --bin cost
+	MOTO_SERVER=$(VENV)/bin/moto_server infra/scripts/with-moto.sh target/debug/cost
 
 lint: ## rustfmt check and clippy with warnings as errors
 	$(CARGO) fmt --all -- --check

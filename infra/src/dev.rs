@@ -11,6 +11,7 @@ use tokio::net::TcpListener;
 use tracing::Instrument;
 
 use crate::http_server::{HttpRequest, HttpResponse, Server, serve};
+use crate::meter::Invocations;
 
 fn too_large() -> HttpResponse {
     from_lambda(
@@ -57,8 +58,18 @@ pub fn from_lambda(response: http::Response<Body>) -> HttpResponse {
 
 /// Serves the three routes of `app` on `listener`.
 pub fn serve_app<P: Ports>(listener: TcpListener, app: Arc<App<P>>) -> Server {
+    serve_app_metered(listener, app, None)
+}
+
+/// `serve_app`, telling `invocations` (`make cost`) each request's route and handler time.
+pub fn serve_app_metered<P: Ports>(
+    listener: TcpListener,
+    app: Arc<App<P>>,
+    invocations: Option<Arc<Invocations>>,
+) -> Server {
     serve(listener, MAX_BODY_BYTES, too_large, move |request| {
         let app = app.clone();
+        let invocations = invocations.clone();
         async move {
             let request = to_lambda(request);
             let span = tracing::info_span!(
@@ -66,9 +77,15 @@ pub fn serve_app<P: Ports>(listener: TcpListener, app: Arc<App<P>>) -> Server {
                 request_id = %request_id(&request),
                 method = %request.method(),
                 path = %request.uri().path(),
-                prediction_id = tracing::field::Empty
+                prediction_id = tracing::field::Empty,
+                tenant = tracing::field::Empty
             );
+            let (method, path) = (request.method().clone(), request.uri().path().to_owned());
+            let started = std::time::Instant::now();
             let response = app.route(request).instrument(span).await;
+            if let Some(invocations) = &invocations {
+                invocations.record_request(method.as_str(), &path, started.elapsed());
+            }
             from_lambda(response)
         }
     })
@@ -87,6 +104,16 @@ pub fn spawn_copy_worker(
     app: Arc<imagegen_shared::bootstrap::ProductionApp>,
     sqs: aws_sdk_sqs::Client,
     queue_url: String,
+) -> tokio::task::JoinHandle<()> {
+    spawn_copy_worker_metered(app, sqs, queue_url, None)
+}
+
+/// `spawn_copy_worker`, telling `invocations` (`make cost`) each job's handler time.
+pub fn spawn_copy_worker_metered(
+    app: Arc<imagegen_shared::bootstrap::ProductionApp>,
+    sqs: aws_sdk_sqs::Client,
+    queue_url: String,
+    invocations: Option<Arc<Invocations>>,
 ) -> tokio::task::JoinHandle<()> {
     use imagegen_shared::bootstrap::{SqsBatch, SqsMessage, copy_batch};
     tokio::spawn(async move {
@@ -119,8 +146,12 @@ pub fn spawn_copy_worker(
                         body: message.body.clone().unwrap_or_default(),
                     }],
                 };
-                let deadline = tokio::time::Instant::now() + LOCAL_COPY_BUDGET;
+                let started = tokio::time::Instant::now();
+                let deadline = started + LOCAL_COPY_BUDGET;
                 failures.extend(copy_batch(&app, batch, deadline).await.failures);
+                if let Some(invocations) = &invocations {
+                    invocations.record_queue_job(started.elapsed());
+                }
             }
             for message in &messages {
                 let failed = failures

@@ -4,4 +4,6 @@
 
 pub mod dev;
 pub mod http_server;
+pub mod keys;
+pub mod meter;
 pub mod sim;

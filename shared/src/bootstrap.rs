@@ -176,7 +176,8 @@ where
             let span = tracing::info_span!(
                 "request",
                 request_id = %request_id(&request),
-                prediction_id = tracing::field::Empty
+                prediction_id = tracing::field::Empty,
+                tenant = tracing::field::Empty
             );
             Ok::<_, std::convert::Infallible>(handler(app, request).instrument(span).await)
         },

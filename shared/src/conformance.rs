@@ -14,14 +14,16 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
 
+use crate::cost::Price;
 use crate::ports::{
-    ClaimOutcome, CopyJob, CopyQueue, LEGACY_OPEN_SHARD, ObjectStore, RecordStore, Settlement,
-    SyncMark, open_shard,
+    AccountStore, ClaimOutcome, CopyJob, CopyQueue, LEGACY_OPEN_SHARD, ObjectStore, OpenEntry,
+    RecordStore, Settlement, SyncMark, open_shard,
 };
 use crate::record::{
     Advance, Claim, ClaimGuard, Millis, PredictionId, PredictionRecord, StoredOutput, ttl_seconds,
 };
 use crate::replicate::{Metrics, Prediction, PredictionStatus, PredictionUrls};
+use crate::tenancy::{ApiKey, CostSettlement, KeyRecord, RateWindow, Reservation, TenantId, Usage};
 
 /// The "now" of the claim checks: any fixed time works, only the order of times matters.
 const NOW: Millis = 1_700_000_000_000;
@@ -82,7 +84,6 @@ fn bare_record(id: PredictionId, created_at: Millis) -> PredictionRecord {
         model: "black-forest-labs/flux-schnell".to_owned(),
         version: None,
         input: Map::new(),
-        cache_key: None,
         status: PredictionStatus::Starting,
         outputs: Vec::new(),
         error: None,
@@ -94,6 +95,10 @@ fn bare_record(id: PredictionId, created_at: Millis) -> PredictionRecord {
         copy_queued_at: None,
         expires_at: ttl_seconds(created_at) + 86_400,
         webhook_token: None,
+        tenant: None,
+        price: None,
+        cost_estimate: 0,
+        cost: None,
     }
 }
 
@@ -127,7 +132,6 @@ fn full_record(id: PredictionId, created_at: Millis) -> PredictionRecord {
         replicate_id: Some(format!("conformance-{}", unique())),
         version: Some("f".repeat(64)),
         input: input.as_object().cloned().unwrap_or_default(),
-        cache_key: Some(format!("cache#{}", unique())),
         status: PredictionStatus::Processing,
         outputs: vec![output(&id, 0), output(&id, 1)],
         error: Some("an error text\non two lines".to_owned()),
@@ -137,6 +141,13 @@ fn full_record(id: PredictionId, created_at: Millis) -> PredictionRecord {
         synced_at: Some(created_at + 30),
         copy_queued_at: Some(created_at + 40),
         webhook_token: Some(unique()),
+        tenant: Some(TenantId::parse("conformance").expect("a tenant")),
+        price: Some(Price::Second {
+            micros: 975,
+            typical_seconds: 6,
+        }),
+        cost_estimate: 11_700,
+        cost: Some(2_438),
         ..bare_record(id, created_at)
     }
 }
@@ -165,6 +176,7 @@ fn advance_to(status: PredictionStatus) -> Advance {
         metrics: None,
         started_at: None,
         completed_at: None,
+        cost: None,
     }
 }
 
@@ -963,8 +975,8 @@ async fn walk_open<S: RecordStore>(
     shard: &str,
     created_before: Millis,
     limit: usize,
-) -> Vec<PredictionRecord> {
-    let mut seen: Vec<PredictionRecord> = Vec::new();
+) -> Vec<OpenEntry> {
+    let mut seen: Vec<OpenEntry> = Vec::new();
     let mut cursor: Option<String> = None;
     for page_number in 0.. {
         assert!(
@@ -976,32 +988,26 @@ async fn walk_open<S: RecordStore>(
             .await
             .unwrap_or_else(|e| panic!("list_open {shard} limit {limit}: {e}"));
         assert!(
-            page.records.len() <= limit,
-            "list_open {shard}: a page of {} records for limit {limit}",
-            page.records.len()
+            page.entries.len() <= limit,
+            "list_open {shard}: a page of {} entries for limit {limit}",
+            page.entries.len()
         );
-        for record in &page.records {
+        for entry in &page.entries {
             assert_eq!(
-                open_shard(&record.id),
+                open_shard(&entry.id),
                 shard,
                 "list_open {shard}: {} belongs to another shard",
-                record.id
+                entry.id
             );
             assert!(
-                !record.status.is_terminal(),
-                "list_open {shard}: {} is {}, which is terminal",
-                record.id,
-                record.status
-            );
-            assert!(
-                record.created_at < created_before,
+                entry.created_at < created_before,
                 "list_open {shard}: {} was created at {}, not before {created_before}",
-                record.id,
-                record.created_at
+                entry.id,
+                entry.created_at
             );
         }
-        let empty = page.records.is_empty();
-        seen.extend(page.records);
+        let empty = page.entries.is_empty();
+        seen.extend(page.entries);
         match page.next {
             None => break,
             Some(next) => {
@@ -1031,33 +1037,33 @@ async fn walk_open<S: RecordStore>(
         );
     }
     let mut ids = HashSet::new();
-    for record in &seen {
+    for entry in &seen {
         assert!(
-            ids.insert(record.id.clone()),
+            ids.insert(entry.id.clone()),
             "list_open {shard} limit {limit}: {} listed twice",
-            record.id
+            entry.id
         );
     }
     seen
 }
 
-/// Of the records a walk saw, those among `ours`, checked to be exactly `expected` (each
-/// once) and as stored.
+/// Of the entries a walk saw, those among `ours`, checked to be exactly `expected` (each
+/// once, terminal records never) with their records' creation times.
 fn check_ours(
-    seen: &[PredictionRecord],
+    seen: &[OpenEntry],
     ours: &HashMap<PredictionId, PredictionRecord>,
     expected: &[&PredictionId],
     context: &str,
 ) {
-    let listed: Vec<&PredictionRecord> = seen.iter().filter(|r| ours.contains_key(&r.id)).collect();
-    for record in &listed {
+    let listed: Vec<&OpenEntry> = seen.iter().filter(|e| ours.contains_key(&e.id)).collect();
+    for entry in &listed {
         assert_eq!(
-            Some(*record),
-            ours.get(&record.id),
-            "{context}: a listed record is the whole record as stored"
+            Some(entry.created_at),
+            ours.get(&entry.id).map(|r| r.created_at),
+            "{context}: an entry carries its record's creation time"
         );
     }
-    let mut listed_ids: Vec<&PredictionId> = listed.iter().map(|r| &r.id).collect();
+    let mut listed_ids: Vec<&PredictionId> = listed.iter().map(|e| &e.id).collect();
     let mut expected_ids = expected.to_vec();
     listed_ids.sort();
     expected_ids.sort();
@@ -1170,13 +1176,13 @@ async fn list_open_pages_through_each_open_record_once<S: RecordStore>(store: &S
     for other in ["open#d", LEGACY_OPEN_SHARD] {
         let seen = walk_open(store, other, before, 100).await;
         assert!(
-            seen.iter().all(|r| !open.contains(&r.id)),
+            seen.iter().all(|e| !open.contains(&e.id)),
             "list_open {other}: lists a record of {shard}"
         );
     }
     let seen = walk_open(store, "open#d", before, 100).await;
     assert!(
-        seen.iter().any(|r| r.id == not_listed[3].id),
+        seen.iter().any(|e| e.id == not_listed[3].id),
         "list_open open#d: its own open record is listed"
     );
 
@@ -1532,6 +1538,243 @@ where
     );
 }
 
+/// Every rule of `AccountStore` that authentication, rate limits and budgets rely on.
+pub async fn account_store_suite<S: AccountStore>(store: &S) {
+    keys_are_created_once_read_back_and_revoked(store).await;
+    rate_windows_admit_exactly_the_limit(store).await;
+    budgets_reserve_atomically_and_settle_to_the_actual_cost(store).await;
+}
+
+fn fresh_tenant() -> TenantId {
+    TenantId::parse(&format!("t-{}", unique())).unwrap_or_else(|e| panic!("{e}"))
+}
+
+async fn keys_are_created_once_read_back_and_revoked<S: AccountStore>(store: &S) {
+    let key = ApiKey::generate();
+    let record = KeyRecord::new(&key, fresh_tenant(), 42, Some(7_500_000), NOW)
+        .unwrap_or_else(|e| panic!("{e}"));
+    store
+        .create_key(&record)
+        .await
+        .unwrap_or_else(|e| panic!("create_key: {e}"));
+    assert_eq!(
+        store.get_key(&record.id).await.ok().flatten(),
+        Some(record.clone()),
+        "get_key: a key reads back exactly as created"
+    );
+    assert!(
+        store.create_key(&record).await.is_err(),
+        "create_key: a key id that exists is never overwritten"
+    );
+    let no_budget = KeyRecord::new(&ApiKey::generate(), fresh_tenant(), 1, None, NOW)
+        .unwrap_or_else(|e| panic!("{e}"));
+    store
+        .create_key(&no_budget)
+        .await
+        .unwrap_or_else(|e| panic!("create_key: {e}"));
+    assert_eq!(
+        store.get_key(&no_budget.id).await.ok().flatten(),
+        Some(no_budget),
+        "get_key: a key without a budget reads back without one"
+    );
+    let unknown = ApiKey::generate().hash().key_id();
+    assert_eq!(
+        store.get_key(&unknown).await.ok().flatten(),
+        None,
+        "get_key: an unknown id is None"
+    );
+    assert!(
+        matches!(store.revoke_key(&record.id, NOW + 5).await, Ok(true)),
+        "revoke_key: a known key is revoked"
+    );
+    assert!(
+        matches!(store.revoke_key(&record.id, NOW + 9).await, Ok(true)),
+        "revoke_key: revoking again succeeds"
+    );
+    assert_eq!(
+        store
+            .get_key(&record.id)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|k| k.revoked_at),
+        Some(NOW + 5),
+        "revoke_key: the first revocation time is kept"
+    );
+    assert!(
+        matches!(store.revoke_key(&unknown, NOW).await, Ok(false)),
+        "revoke_key: an unknown key is not created by revoking it"
+    );
+    assert_eq!(
+        store.get_key(&unknown).await.ok().flatten(),
+        None,
+        "revoke_key: revoking an unknown key stores nothing"
+    );
+}
+
+async fn rate_windows_admit_exactly_the_limit<S: AccountStore>(store: &S) {
+    let tenant = fresh_tenant();
+    let window = RateWindow::at(&tenant, NOW);
+    let next = RateWindow::at(&tenant, window.ends_at);
+    let mut admitted = 0;
+    for _ in 0..5 {
+        if store
+            .count_request(&window, 3)
+            .await
+            .unwrap_or_else(|e| panic!("count_request: {e}"))
+        {
+            admitted += 1;
+        }
+    }
+    assert_eq!(
+        admitted, 3,
+        "count_request: a window admits exactly its limit"
+    );
+    assert!(
+        matches!(store.count_request(&next, 3).await, Ok(true)),
+        "count_request: the next window starts empty"
+    );
+    assert!(
+        matches!(store.count_request(&window, 4).await, Ok(true)),
+        "count_request: a higher limit admits more in the same window"
+    );
+    // Many at once: the counter is one conditional update, so exactly the limit gets in.
+    let burst = RateWindow::at(&fresh_tenant(), NOW);
+    let results =
+        futures_util::future::join_all((0..24).map(|_| store.count_request(&burst, 7))).await;
+    let admitted = results
+        .into_iter()
+        .filter(|r| matches!(r, Ok(true)))
+        .count();
+    assert_eq!(
+        admitted, 7,
+        "count_request: concurrent requests never exceed the limit"
+    );
+}
+
+async fn budgets_reserve_atomically_and_settle_to_the_actual_cost<S: AccountStore>(store: &S) {
+    let tenant = fresh_tenant();
+    let month = "2026-11";
+    let expires_at = ttl_seconds(NOW) + 86_400;
+    let usage = |expected: Usage, why: &'static str| {
+        let tenant = tenant.clone();
+        async move {
+            assert_eq!(
+                store
+                    .usage(&tenant, month)
+                    .await
+                    .unwrap_or_else(|e| panic!("usage: {e}")),
+                expected,
+                "{why}"
+            );
+        }
+    };
+    usage(Usage::default(), "usage: nothing recorded is zero").await;
+    let reserve = |estimate, budget| {
+        let tenant = tenant.clone();
+        let reservation = Reservation {
+            estimate,
+            images: 2,
+            budget,
+            expires_at,
+        };
+        async move {
+            store
+                .reserve_cost(&tenant, month, &reservation)
+                .await
+                .unwrap_or_else(|e| panic!("reserve_cost: {e}"))
+        }
+    };
+    assert!(
+        reserve(4_000, Some(10_000)).await,
+        "reserve_cost: within the budget"
+    );
+    assert!(
+        reserve(4_000, Some(10_000)).await,
+        "reserve_cost: still within"
+    );
+    assert!(
+        !reserve(4_000, Some(10_000)).await,
+        "reserve_cost: refused when it would pass the budget"
+    );
+    assert!(
+        reserve(2_000, Some(10_000)).await,
+        "reserve_cost: exactly reaching the budget is allowed"
+    );
+    assert!(
+        !reserve(20_000, Some(10_000)).await,
+        "reserve_cost: an estimate above the whole budget is refused"
+    );
+    usage(
+        Usage {
+            predictions: 3,
+            images: 6,
+            committed: 10_000,
+        },
+        "reserve_cost: refusals change nothing",
+    )
+    .await;
+    let settle = |settlement: CostSettlement| {
+        let tenant = tenant.clone();
+        async move {
+            store
+                .settle_cost(&tenant, month, &settlement)
+                .await
+                .unwrap_or_else(|e| panic!("settle_cost: {e}"))
+        }
+    };
+    settle(CostSettlement {
+        estimate: 4_000,
+        actual: 1_000,
+        requested_images: 2,
+        stored_images: 1,
+        created: true,
+    })
+    .await;
+    settle(CostSettlement {
+        estimate: 2_000,
+        actual: 0,
+        requested_images: 2,
+        stored_images: 0,
+        created: false,
+    })
+    .await;
+    usage(
+        Usage {
+            predictions: 2,
+            images: 3,
+            committed: 5_000,
+        },
+        "settle_cost: estimates are replaced by actual costs (subtracting too); a \
+         never-created prediction is uncounted",
+    )
+    .await;
+    assert!(
+        reserve(u64::MAX / 4, None).await,
+        "reserve_cost: no budget, no limit"
+    );
+    // Concurrent reservations against one budget: never more than fits.
+    let tight = fresh_tenant();
+    let reservation = Reservation {
+        estimate: 1_000,
+        images: 1,
+        budget: Some(5_000),
+        expires_at,
+    };
+    let results = futures_util::future::join_all(
+        (0..12).map(|_| store.reserve_cost(&tight, month, &reservation)),
+    )
+    .await;
+    let reserved = results
+        .into_iter()
+        .filter(|r| matches!(r, Ok(true)))
+        .count();
+    assert_eq!(
+        reserved, 5,
+        "reserve_cost: concurrent reservations never pass the budget"
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1543,6 +1786,8 @@ mod tests {
         record_store_suite(&store).await;
         // Fresh ids every run: the same store passes again.
         record_store_suite(&store).await;
+        account_store_suite(&store).await;
+        account_store_suite(&store).await;
     }
 
     #[test]

@@ -12,12 +12,15 @@ use url::Url;
 
 use crate::outputs::{Download, OutputError, OutputSource};
 use crate::ports::{
-    ClaimOutcome, CopyJob, CopyQueue, ObjectStore, OpenPage, RecordStore, Settlement, StoreError,
-    SyncMark, open_shard,
+    AccountStore, ClaimOutcome, CopyJob, CopyQueue, ObjectStore, OpenEntry, OpenPage, RecordStore,
+    Settlement, StoreError, SyncMark, open_shard,
 };
 use crate::record::{Advance, Claim, ClaimGuard, Millis, PredictionId, PredictionRecord};
 use crate::replicate::{
     Model, ModelRef, Prediction, PredictionStatus, ReplicateApi, ReplicateError, WebhookTarget,
+};
+use crate::tenancy::{
+    CostSettlement, KeyId, KeyRecord, RateWindow, Reservation, TenantId, Usage, usage_key,
 };
 use crate::webhook::WebhookSecret;
 
@@ -42,6 +45,102 @@ pub struct MemoryRecords {
     claims: Mutex<HashMap<String, Claim>>,
     /// Replicate id → the record it is bound to.
     bindings: Mutex<HashMap<String, PredictionId>>,
+    keys: Mutex<HashMap<String, KeyRecord>>,
+    /// Rate windows and usage months: counters by store key (signed, as DynamoDB's `ADD`).
+    counters: Mutex<HashMap<String, HashMap<&'static str, i128>>>,
+}
+
+impl MemoryRecords {
+    fn counter(&self, key: &str, name: &str) -> i128 {
+        lock(&self.counters)
+            .get(key)
+            .and_then(|c| c.get(name))
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+impl AccountStore for MemoryRecords {
+    async fn create_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
+        let mut keys = lock(&self.keys);
+        if keys.contains_key(key.id.as_str()) {
+            return Err(StoreError::new("create key", "the key exists"));
+        }
+        keys.insert(key.id.as_str().to_owned(), key.clone());
+        Ok(())
+    }
+
+    async fn get_key(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
+        Ok(lock(&self.keys).get(id.as_str()).cloned())
+    }
+
+    async fn revoke_key(&self, id: &KeyId, at: Millis) -> Result<bool, StoreError> {
+        Ok(lock(&self.keys)
+            .get_mut(id.as_str())
+            .map(|key| key.revoked_at = key.revoked_at.or(Some(at)))
+            .is_some())
+    }
+
+    async fn count_request(&self, window: &RateWindow, limit: u32) -> Result<bool, StoreError> {
+        let mut counters = lock(&self.counters);
+        let count = counters
+            .entry(window.key.clone())
+            .or_default()
+            .entry("count")
+            .or_insert(0);
+        if *count >= i128::from(limit) {
+            return Ok(false);
+        }
+        *count += 1;
+        Ok(true)
+    }
+
+    async fn reserve_cost(
+        &self,
+        tenant: &TenantId,
+        month: &str,
+        reservation: &Reservation,
+    ) -> Result<bool, StoreError> {
+        let mut counters = lock(&self.counters);
+        let usage = counters.entry(usage_key(tenant, month)).or_default();
+        let committed = usage.get("committed").copied().unwrap_or(0);
+        let estimate = i128::from(reservation.estimate);
+        if reservation
+            .budget
+            .is_some_and(|b| committed + estimate > i128::from(b))
+        {
+            return Ok(false);
+        }
+        *usage.entry("committed").or_insert(0) += estimate;
+        *usage.entry("images").or_insert(0) += i128::from(reservation.images);
+        *usage.entry("predictions").or_insert(0) += 1;
+        Ok(true)
+    }
+
+    async fn settle_cost(
+        &self,
+        tenant: &TenantId,
+        month: &str,
+        settlement: &CostSettlement,
+    ) -> Result<(), StoreError> {
+        let (cost, images, predictions) = settlement.deltas();
+        let mut counters = lock(&self.counters);
+        let usage = counters.entry(usage_key(tenant, month)).or_default();
+        *usage.entry("committed").or_insert(0) += cost;
+        *usage.entry("images").or_insert(0) += images;
+        *usage.entry("predictions").or_insert(0) += predictions;
+        Ok(())
+    }
+
+    async fn usage(&self, tenant: &TenantId, month: &str) -> Result<Usage, StoreError> {
+        let key = usage_key(tenant, month);
+        let count = |name| self.counter(&key, name).max(0) as u64;
+        Ok(Usage {
+            predictions: count("predictions"),
+            images: count("images"),
+            committed: count("committed"),
+        })
+    }
 }
 
 impl MemoryRecords {
@@ -65,6 +164,11 @@ impl MemoryRecords {
 
     pub fn records(&self) -> Vec<PredictionRecord> {
         lock(&self.predictions).values().cloned().collect()
+    }
+
+    /// Stores an API key as is, for setting up a test's callers.
+    pub fn put_key(&self, key: KeyRecord) {
+        lock(&self.keys).insert(key.id.as_str().to_owned(), key);
     }
 }
 
@@ -188,6 +292,9 @@ impl RecordStore for MemoryRecords {
         if advance.metrics.is_some() {
             record.metrics = advance.metrics.clone();
         }
+        if advance.cost.is_some() {
+            record.cost = advance.cost;
+        }
         // `if_not_exists`: a time already stored is kept.
         record.started_at = record.started_at.or(advance.started_at);
         record.completed_at = record.completed_at.or(advance.completed_at);
@@ -251,10 +358,14 @@ impl RecordStore for MemoryRecords {
             .flatten()
             .map(|r| format!("{}|{}", r.created_at, r.id));
         open.truncate(limit);
-        Ok(OpenPage {
-            records: open,
-            next,
-        })
+        let entries = open
+            .into_iter()
+            .map(|r| OpenEntry {
+                id: r.id,
+                created_at: r.created_at,
+            })
+            .collect();
+        Ok(OpenPage { entries, next })
     }
 }
 
@@ -896,6 +1007,53 @@ impl<T: RecordStore> RecordStore for Recorded<T> {
         self.inner
             .list_open(shard, created_before, cursor, limit)
             .await
+    }
+}
+
+impl<T: AccountStore> AccountStore for Recorded<T> {
+    async fn create_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
+        self.note("create_key");
+        self.inner.create_key(key).await
+    }
+
+    async fn get_key(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
+        self.note("get_key");
+        self.inner.get_key(id).await
+    }
+
+    async fn revoke_key(&self, id: &KeyId, at: Millis) -> Result<bool, StoreError> {
+        self.note("revoke_key");
+        self.inner.revoke_key(id, at).await
+    }
+
+    async fn count_request(&self, window: &RateWindow, limit: u32) -> Result<bool, StoreError> {
+        self.note("count_request");
+        self.inner.count_request(window, limit).await
+    }
+
+    async fn reserve_cost(
+        &self,
+        tenant: &TenantId,
+        month: &str,
+        reservation: &Reservation,
+    ) -> Result<bool, StoreError> {
+        self.note("reserve_cost");
+        self.inner.reserve_cost(tenant, month, reservation).await
+    }
+
+    async fn settle_cost(
+        &self,
+        tenant: &TenantId,
+        month: &str,
+        settlement: &CostSettlement,
+    ) -> Result<(), StoreError> {
+        self.note("settle_cost");
+        self.inner.settle_cost(tenant, month, settlement).await
+    }
+
+    async fn usage(&self, tenant: &TenantId, month: &str) -> Result<Usage, StoreError> {
+        self.note("usage");
+        self.inner.usage(tenant, month).await
     }
 }
 

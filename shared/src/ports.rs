@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::record::{Advance, Claim, ClaimGuard, Millis, PredictionId, PredictionRecord};
 use crate::replicate::Prediction;
+use crate::tenancy::{CostSettlement, KeyId, KeyRecord, RateWindow, Reservation, TenantId, Usage};
 
 /// A storage call failed. The message is for logs only; clients see a generic 5xx.
 #[derive(Debug, thiserror::Error)]
@@ -59,12 +60,21 @@ pub fn open_shard(id: &PredictionId) -> &'static str {
     OPEN_SHARDS[index]
 }
 
-/// One page of open predictions, oldest first, and where the next page starts.
+/// One page of open predictions, oldest first, and where the next page starts. Only keys:
+/// the index projects nothing else, so updates of a running record never write it (half
+/// of a prediction's index writes, `make cost` showed); the reconciler reads each record.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct OpenPage {
-    pub records: Vec<PredictionRecord>,
+    pub entries: Vec<OpenEntry>,
     /// Opaque; `None` when the shard has no more.
     pub next: Option<String>,
+}
+
+/// An open prediction as the index lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenEntry {
+    pub id: PredictionId,
+    pub created_at: Millis,
 }
 
 /// A time a record keeps of its last sync of one kind (`claim_sync`).
@@ -243,4 +253,56 @@ pub trait ObjectStore: Send + Sync {
         key: &str,
         ttl: Duration,
     ) -> impl Future<Output = Result<String, StoreError>> + Send;
+}
+
+/// API keys and each tenant's rate and usage counters: every check that must hold across
+/// all Lambda instances at once is one conditional write here.
+pub trait AccountStore: Send + Sync {
+    /// Stores a new key; fails if a key with its id exists.
+    fn create_key(&self, key: &KeyRecord) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    fn get_key(
+        &self,
+        id: &KeyId,
+    ) -> impl Future<Output = Result<Option<KeyRecord>, StoreError>> + Send;
+
+    /// Marks a key revoked at `at` (keeping the first time); `false` if there is no such key.
+    fn revoke_key(
+        &self,
+        id: &KeyId,
+        at: Millis,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Counts one request in `window` if fewer than `limit` were counted there; `false`
+    /// (nothing counted) when the window is full.
+    fn count_request(
+        &self,
+        window: &RateWindow,
+        limit: u32,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Adds the reservation's estimate to the month's committed spend, its images, and one
+    /// prediction, only if the committed spend stays within its budget. `false`: refused,
+    /// nothing changed.
+    fn reserve_cost(
+        &self,
+        tenant: &TenantId,
+        month: &str,
+        reservation: &Reservation,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Adds a settlement's corrections (`CostSettlement::deltas`), in one atomic update.
+    fn settle_cost(
+        &self,
+        tenant: &TenantId,
+        month: &str,
+        settlement: &CostSettlement,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// A tenant's usage in `month` (zero if nothing was recorded).
+    fn usage(
+        &self,
+        tenant: &TenantId,
+        month: &str,
+    ) -> impl Future<Output = Result<Usage, StoreError>> + Send;
 }

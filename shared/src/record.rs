@@ -6,7 +6,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::cost::{Micros, Price};
 use crate::replicate::{Metrics, PredictionStatus};
+use crate::tenancy::TenantId;
 
 /// This service's id for a prediction: 128 random bits as 32 lowercase hex characters.
 /// Knowing it is what lets a client read the prediction, so it must not be guessable.
@@ -158,8 +160,6 @@ pub struct PredictionRecord {
     pub version: Option<String>,
     /// The input as sent to Replicate (defaults applied).
     pub input: Map<String, Value>,
-    /// Result-cache key, when the prediction was started through the cache.
-    pub cache_key: Option<String>,
     pub status: PredictionStatus,
     pub outputs: Vec<StoredOutput>,
     pub error: Option<String>,
@@ -176,6 +176,15 @@ pub struct PredictionRecord {
     /// A secret in this record's webhook URL: only Replicate, which we told the URL, can
     /// address a delivery to this record (a delivery signed for another prediction cannot).
     pub webhook_token: Option<String>,
+    /// Whose prediction it is; only this tenant can see it. `None` on records from before
+    /// tenants existed: nobody's.
+    pub tenant: Option<TenantId>,
+    /// The alias's price when it was submitted (what the actual cost is computed with).
+    pub price: Option<Price>,
+    /// Reserved against the tenant's budget at submit.
+    pub cost_estimate: Micros,
+    /// What Replicate billed, once the prediction ended.
+    pub cost: Option<Micros>,
 }
 
 impl PredictionRecord {
@@ -187,6 +196,11 @@ impl PredictionRecord {
     /// Whether DynamoDB's TTL has passed: such a record is treated as gone.
     pub fn is_expired(&self, now: Millis) -> bool {
         ttl_passed(self.expires_at, now)
+    }
+
+    /// Whether `tenant` may see this prediction.
+    pub fn belongs_to(&self, tenant: &TenantId) -> bool {
+        self.tenant.as_ref() == Some(tenant)
     }
 }
 
@@ -214,6 +228,8 @@ pub struct Advance {
     pub metrics: Option<Metrics>,
     pub started_at: Option<Millis>,
     pub completed_at: Option<Millis>,
+    /// What Replicate billed: set with a terminal status (`App::finish` computes it).
+    pub cost: Option<Micros>,
 }
 
 impl Advance {
@@ -227,6 +243,7 @@ impl Advance {
             metrics: None,
             started_at: None,
             completed_at: Some(now),
+            cost: None,
         }
     }
 }

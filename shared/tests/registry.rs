@@ -1,6 +1,7 @@
 //! The shipped model registry: resolution, per-alias validation tables, configuration
 //! overrides, and properties of canonicalisation and the cache key.
 
+use imagegen_shared::cost::Price;
 use imagegen_shared::registry::{ModelAlias, ModelRegistry, RegistryError, canonical_json};
 use proptest::prelude::*;
 use serde_json::{Value, json};
@@ -528,14 +529,52 @@ fn a_version_swap_is_a_configuration_change() {
 fn an_override_can_remove_and_add_aliases() {
     let patch = r#"{"models": {"flux-1.1-pro": null, "fast": {
         "model": "black-forest-labs/flux-dev", "version": null,
+        "price": {"hardware": "nvidia-h100", "typical_seconds": 3},
         "inputs": {"prompt": {"type": "string", "required": true, "max_length": 500}}}}}"#;
     let r = ModelRegistry::with_override(patch).unwrap();
+    assert_eq!(
+        r.get("fast").unwrap().price,
+        Price::Second {
+            micros: 1_525,
+            typical_seconds: 3
+        }
+    );
     assert!(r.get("flux-1.1-pro").is_none());
     assert!(r.resolve("black-forest-labs/flux-1.1-pro").is_err());
     assert_eq!(
         r.resolve("fast").unwrap().model.path(),
         "black-forest-labs/flux-dev"
     );
+}
+
+#[test]
+fn prices_ship_with_the_models_and_operators_override_them() {
+    let shipped = ModelRegistry::shipped().unwrap();
+    assert_eq!(
+        shipped.get("flux-schnell").unwrap().price,
+        Price::Image { micros: 3_000 }
+    );
+    assert_eq!(
+        shipped.get("flux-1.1-pro").unwrap().price,
+        Price::Image { micros: 40_000 }
+    );
+    assert!(matches!(
+        shipped.get("real-esrgan").unwrap().price,
+        Price::Second { micros: 225, .. }
+    ));
+    let patched = ModelRegistry::with_override(
+        r#"{"hardware_usd_per_second": {"nvidia-l40s": 0.001},
+            "models": {"flux-schnell": {"price": {"usd_per_image": 0.0025}}}}"#,
+    )
+    .unwrap();
+    assert_eq!(
+        patched.get("flux-schnell").unwrap().price,
+        Price::Image { micros: 2_500 }
+    );
+    assert!(matches!(
+        patched.get("sdxl").unwrap().price,
+        Price::Second { micros: 1_000, .. }
+    ));
 }
 
 #[test]
@@ -603,7 +642,7 @@ fn invalid_configurations_are_refused_with_a_reason() {
             "mark exactly one",
         ),
         (
-            r#"{"models":{"SDXL Turbo":{"model":"a/b","version":null,"inputs":{"p":{"type":"boolean"}}}}}"#,
+            r#"{"models":{"SDXL Turbo":{"model":"a/b","version":null,"price":{"usd_per_image":1},"inputs":{"p":{"type":"boolean"}}}}}"#,
             "alias names",
         ),
         (
@@ -615,6 +654,26 @@ fn invalid_configurations_are_refused_with_a_reason() {
             "unknown variant",
         ),
         (r#"{"models":null}"#, "models"),
+        (
+            r#"{"models":{"sdxl":{"price":{"typical_seconds":null}}}}"#,
+            "give either",
+        ),
+        (
+            r#"{"models":{"sdxl":{"price":{"hardware":"tpu","typical_seconds":2}}}}"#,
+            "`tpu` is not in `hardware_usd_per_second`",
+        ),
+        (
+            r#"{"models":{"sdxl":{"price":{"usd_per_image":0.01}}}}"#,
+            "give either",
+        ),
+        (
+            r#"{"models":{"flux-schnell":{"price":{"usd_per_image":-1}}}}"#,
+            "is not a price",
+        ),
+        (
+            r#"{"models":{"x":{"model":"a/b","version":null,"inputs":{"p":{"type":"boolean"}}}}}"#,
+            "missing field `price`",
+        ),
         ("not json", "not valid JSON"),
     ];
     for (patch, needle) in cases {
@@ -632,16 +691,24 @@ fn cache_key_depends_on_model_version_and_input() {
     let same = sdxl
         .validate(&json!({"seed": 1, "prompt": "p", "width": 1024}))
         .unwrap();
-    assert_eq!(sdxl.cache_key(&input), sdxl.cache_key(&same));
+    assert_eq!(sdxl.cache_key("t", &input), sdxl.cache_key("t", &same));
     let other_seed = sdxl.validate(&json!({"prompt": "p", "seed": 2})).unwrap();
-    assert_ne!(sdxl.cache_key(&input), sdxl.cache_key(&other_seed));
+    assert_ne!(
+        sdxl.cache_key("t", &input),
+        sdxl.cache_key("t", &other_seed)
+    );
     let patched = ModelRegistry::with_override(&format!(
         r#"{{"models":{{"sdxl":{{"version":"{OTHER_VERSION}"}}}}}}"#
     ))
     .unwrap();
     let other_version = patched.get("sdxl").unwrap();
-    assert_ne!(sdxl.cache_key(&input), other_version.cache_key(&input));
-    assert_eq!(sdxl.cache_key(&input).as_str().len(), 64);
+    assert_ne!(
+        sdxl.cache_key("t", &input),
+        other_version.cache_key("t", &input)
+    );
+    assert_eq!(sdxl.cache_key("t", &input).as_str().len(), 64);
+    // Tenants never share cache entries.
+    assert_ne!(sdxl.cache_key("t", &input), sdxl.cache_key("u", &input));
 }
 
 fn flux_input() -> impl Strategy<Value = serde_json::Map<String, Value>> {
@@ -688,7 +755,7 @@ proptest! {
     fn key_order_never_changes_the_hash(input in flux_input(), seed in any::<u64>()) {
         let flux = alias("flux-schnell");
         let mut entries: Vec<(String, Value)> = input.clone().into_iter().collect();
-        let reference = flux.cache_key(&flux.validate(&Value::Object(input)).unwrap());
+        let reference = flux.cache_key("t", &flux.validate(&Value::Object(input)).unwrap());
         // A deterministic shuffle driven by the generated seed.
         let mut rng = seed;
         for i in (1..entries.len()).rev() {
@@ -696,7 +763,7 @@ proptest! {
             entries.swap(i, (rng >> 33) as usize % (i + 1));
         }
         let reordered: Value = serde_json::from_str(&object_text(&entries)).unwrap();
-        prop_assert_eq!(flux.cache_key(&flux.validate(&reordered).unwrap()), reference);
+        prop_assert_eq!(flux.cache_key("t", &flux.validate(&reordered).unwrap()), reference);
     }
 
     #[test]
@@ -712,7 +779,7 @@ proptest! {
         }
         let explicit = flux.validate(&Value::Object(explicit)).unwrap();
         prop_assert_eq!(&explicit, &validated);
-        prop_assert_eq!(flux.cache_key(&explicit), flux.cache_key(&validated));
+        prop_assert_eq!(flux.cache_key("t", &explicit), flux.cache_key("t", &validated));
     }
 
     #[test]
@@ -720,15 +787,15 @@ proptest! {
         let flux = alias("flux-schnell");
         let as_ints = flux.validate(&json!({"prompt": "p", "num_outputs": outputs, "num_inference_steps": steps})).unwrap();
         let as_floats = flux.validate(&json!({"prompt": "p", "num_outputs": outputs as f64, "num_inference_steps": steps as f64})).unwrap();
-        prop_assert_eq!(flux.cache_key(&as_ints), flux.cache_key(&as_floats));
+        prop_assert_eq!(flux.cache_key("t", &as_ints), flux.cache_key("t", &as_floats));
     }
 
     #[test]
     fn different_prompts_hash_differently(a in "[a-z]{1,20}", b in "[a-z]{1,20}") {
         prop_assume!(a != b);
         let flux = alias("flux-schnell");
-        let ka = flux.cache_key(&flux.validate(&json!({"prompt": a})).unwrap());
-        let kb = flux.cache_key(&flux.validate(&json!({"prompt": b})).unwrap());
+        let ka = flux.cache_key("t", &flux.validate(&json!({"prompt": a})).unwrap());
+        let kb = flux.cache_key("t", &flux.validate(&json!({"prompt": b})).unwrap());
         prop_assert_ne!(ka, kb);
     }
 

@@ -11,12 +11,15 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use imagegen_shared::aws::{AwsClients, ensure_bucket, ensure_queue, ensure_table};
 use imagegen_shared::bootstrap::{ProductionApp, build_app};
-use imagegen_shared::ports::RecordStore;
+use imagegen_shared::ports::{AccountStore, RecordStore};
 use imagegen_shared::record::{PredictionId, PredictionRecord};
+use imagegen_shared::tenancy::{ApiKey, KeyRecord, TenantId};
 use local_stack::dev::{
-    LOCAL_MAX_RECEIVES, LOCAL_VISIBILITY_TIMEOUT_SECONDS, serve_app, spawn_copy_worker,
+    LOCAL_MAX_RECEIVES, LOCAL_VISIBILITY_TIMEOUT_SECONDS, serve_app_metered,
+    spawn_copy_worker_metered,
 };
 use local_stack::http_server::{Server, bind_loopback};
+use local_stack::meter::Invocations;
 use local_stack::sim::{SimConfig, Simulator};
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -28,7 +31,11 @@ pub struct Stack {
     pub app: Arc<ProductionApp>,
     pub aws: AwsClients,
     pub bucket: String,
+    /// A client sending this stack's API key (of tenant `TENANT`) with every request.
     pub http: reqwest::Client,
+    /// A client sending no key (downloads, and requests that must be refused).
+    pub plain: reqwest::Client,
+    pub api_key: String,
     _server: Server,
     _copier: AbortOnDrop,
 }
@@ -40,6 +47,35 @@ impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
     }
+}
+
+/// The tenant of a stack's own API key.
+pub const TENANT: &str = "it";
+
+/// Stores a new API key (as `make key` does) and returns it.
+pub async fn create_key(
+    app: &ProductionApp,
+    tenant: &str,
+    rate_per_minute: u32,
+    budget: Option<u64>,
+) -> String {
+    let key = ApiKey::generate();
+    let tenant = TenantId::parse(tenant).expect("a tenant name");
+    let record = KeyRecord::new(&key, tenant, rate_per_minute, budget, app.clock.millis())
+        .expect("a valid key");
+    app.records.create_key(&record).await.expect("key stored");
+    key.expose().to_owned()
+}
+
+/// A client that sends `Authorization: Bearer <key>` with every request.
+pub fn client_with_key(key: &str) -> reqwest::Client {
+    let mut headers = http::HeaderMap::new();
+    let value = http::HeaderValue::from_str(&format!("Bearer {key}")).expect("a header value");
+    headers.insert(http::header::AUTHORIZATION, value);
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .expect("a client")
 }
 
 /// The moto endpoint `make test` provides.
@@ -55,10 +91,19 @@ impl Stack {
 
     /// Starts a stack; `adjust` may change the app's environment before it is built.
     pub async fn start_with(adjust: impl FnOnce(&mut HashMap<String, String>)) -> Self {
-        let sim = Simulator::start(SimConfig::default())
-            .await
-            .expect("simulator starts");
-        let aws = AwsClients::local(&aws_endpoint()).await;
+        Self::start_on(&aws_endpoint(), SimConfig::default(), None, adjust).await
+    }
+
+    /// `start_with` on another AWS endpoint (`make cost`'s metering proxy), with this
+    /// simulator configuration; `invocations`, if given, meters the handlers as Lambda calls.
+    pub async fn start_on(
+        aws_endpoint: &str,
+        sim: SimConfig,
+        invocations: Option<Arc<Invocations>>,
+        adjust: impl FnOnce(&mut HashMap<String, String>),
+    ) -> Self {
+        let sim = Simulator::start(sim).await.expect("simulator starts");
+        let aws = AwsClients::local(aws_endpoint).await;
         let name = format!("it-{}", uuid::Uuid::new_v4().simple());
         ensure_table(&aws.dynamodb, &name).await.expect("table");
         ensure_bucket(&aws.s3, &name).await.expect("bucket");
@@ -93,18 +138,27 @@ impl Stack {
                 .await
                 .expect("app builds"),
         );
-        let copier = spawn_copy_worker(app.clone(), aws.sqs.clone(), queue);
-        let server = serve_app(listener, app.clone());
+        let copier =
+            spawn_copy_worker_metered(app.clone(), aws.sqs.clone(), queue, invocations.clone());
+        let server = serve_app_metered(listener, app.clone(), invocations);
+        let api_key = create_key(&app, TENANT, 100_000, None).await;
         Self {
             base: format!("http://{}", server.addr),
             sim,
             app,
             aws,
             bucket: name,
-            http: reqwest::Client::new(),
+            http: client_with_key(&api_key),
+            plain: reqwest::Client::new(),
+            api_key,
             _server: server,
             _copier: AbortOnDrop(copier),
         }
+    }
+
+    /// A new API key of `tenant` in this stack's table.
+    pub async fn new_key(&self, tenant: &str, rate_per_minute: u32, budget: Option<u64>) -> String {
+        create_key(&self.app, tenant, rate_per_minute, budget).await
     }
 
     pub async fn submit(&self, body: &Value) -> (StatusCode, Value) {
@@ -120,8 +174,13 @@ impl Stack {
     }
 
     pub async fn get(&self, id: &str) -> (StatusCode, Value) {
+        self.get_as(&self.http, id).await
+    }
+
+    /// Reads a prediction with `client`'s API key.
+    pub async fn get_as(&self, client: &reqwest::Client, id: &str) -> (StatusCode, Value) {
         read(
-            self.http
+            client
                 .get(format!("{}/v1/predictions/{id}", self.base))
                 .send()
                 .await
@@ -132,9 +191,14 @@ impl Stack {
 
     /// Fetches until the prediction is terminal (each fetch may sync from Replicate).
     pub async fn wait_terminal(&self, id: &str) -> Value {
+        self.wait_terminal_as(&self.http, id).await
+    }
+
+    /// `wait_terminal` with `client`'s API key.
+    pub async fn wait_terminal_as(&self, client: &reqwest::Client, id: &str) -> Value {
         let started = Instant::now();
         loop {
-            let (status, body) = self.get(id).await;
+            let (status, body) = self.get_as(client, id).await;
             assert_eq!(status, StatusCode::OK, "{body}");
             if matches!(
                 body["status"].as_str(),
@@ -181,7 +245,7 @@ impl Stack {
     /// Downloads an output through its presigned URL and checks it against its metadata.
     pub async fn download_verified(&self, output: &Value) -> Vec<u8> {
         let url = output["url"].as_str().expect("url");
-        let response = self.http.get(url).send().await.expect("download");
+        let response = self.plain.get(url).send().await.expect("download");
         assert_eq!(response.status(), StatusCode::OK, "{url}");
         let bytes = response.bytes().await.expect("body").to_vec();
         assert_eq!(bytes.len() as u64, output["size"].as_u64().expect("size"));

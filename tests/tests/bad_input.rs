@@ -13,6 +13,7 @@ use imagegen_shared::memory::{
     FakeReplicate, MemoryObjects, MemoryQueue, MemoryRecords, MemorySource,
 };
 use imagegen_shared::registry::ModelRegistry;
+use imagegen_shared::tenancy::{ApiKey, KeyRecord, MAX_RATE_PER_MINUTE, TenantId};
 use imagegen_shared::webhook::WebhookSecret;
 use lambda_http::Body;
 use proptest::prelude::*;
@@ -21,6 +22,7 @@ use serde_json::{Value, json};
 type TestApp = App<imagegen_shared::memory::InMemory>;
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+const API_KEY: &str = "igk_bad_input_property_tests_key_0123456789";
 
 fn app() -> TestApp {
     let settings = Settings::from_lookup(|name| match name {
@@ -30,9 +32,20 @@ fn app() -> TestApp {
         _ => None,
     })
     .unwrap();
+    let records = MemoryRecords::default();
+    records.put_key(
+        KeyRecord::new(
+            &ApiKey::parse(API_KEY).unwrap(),
+            TenantId::parse("fuzz").unwrap(),
+            MAX_RATE_PER_MINUTE,
+            None,
+            0,
+        )
+        .unwrap(),
+    );
     let ports = PortSet {
         replicate: FakeReplicate::default(),
-        records: MemoryRecords::default(),
+        records,
         objects: MemoryObjects::default(),
         downloads: MemorySource::default(),
         queue: MemoryQueue::default(),
@@ -56,7 +69,8 @@ fn request(
     let mut builder = http::Request::builder()
         .method(method)
         .uri(uri)
-        .header("host", "api.example.com");
+        .header("host", "api.example.com")
+        .header("authorization", format!("Bearer {API_KEY}"));
     for (name, value) in headers {
         if let (Ok(n), Ok(v)) = (
             http::HeaderName::try_from(name.as_str()),
@@ -225,6 +239,29 @@ proptest! {
         let headers = vec![("idempotency-key".to_owned(), key), ("cache-control".to_owned(), cache)];
         let body = json!({"model": "flux-schnell", "input": {"prompt": "hello"}}).to_string().into_bytes();
         check(&app, &rt, request("POST", "/v1/predictions", &headers, body))?;
+    }
+
+    #[test]
+    fn junk_api_keys_are_401_on_every_route(auth in prop_oneof![
+        "\\PC{0,300}",
+        "[A-Za-z0-9._~+/=-]{0,300}".prop_map(|k| format!("Bearer {k}")),
+        "\\PC{0,40}".prop_map(|k| format!("bearer {k}")),
+    ]) {
+        let (app, rt) = (app(), runtime());
+        let body = json!({"model": "flux-schnell", "input": {"prompt": "hello"}}).to_string().into_bytes();
+        for (method, path, body) in [
+            ("POST", "/v1/predictions", body),
+            ("GET", "/v1/predictions/0123456789abcdef0123456789abcdef", vec![]),
+            ("GET", "/v1/usage", vec![]),
+        ] {
+            let mut request = request(method, path, &[], body);
+            match http::HeaderValue::try_from(auth.as_str()) {
+                Ok(value) => { request.headers_mut().insert("authorization", value); }
+                Err(_) => { request.headers_mut().remove("authorization"); }
+            }
+            let status = check(&app, &rt, request)?;
+            prop_assert_eq!(status, 401, "{} {}", method, path);
+        }
     }
 
     #[test]

@@ -6,7 +6,9 @@
 use imagegen_shared::aws::{
     AwsClients, DynamoRecords, S3Objects, SqsCopyQueue, ensure_bucket, ensure_queue, ensure_table,
 };
-use imagegen_shared::conformance::{copy_queue_suite, object_store_suite, record_store_suite};
+use imagegen_shared::conformance::{
+    account_store_suite, copy_queue_suite, object_store_suite, record_store_suite,
+};
 use imagegen_shared::ports::CopyJob;
 use integration_tests::aws_endpoint;
 
@@ -23,6 +25,8 @@ async fn dynamo_records_conform() {
     record_store_suite(&store).await;
     // Fresh ids every run: the same table passes again, next to the first run's items.
     record_store_suite(&store).await;
+    account_store_suite(&store).await;
+    account_store_suite(&store).await;
 }
 
 #[tokio::test]

@@ -427,7 +427,8 @@ async fn forged_stale_and_missing_signatures_are_refused_and_change_nothing() {
 #[tokio::test]
 async fn duplicate_and_out_of_order_webhooks_change_nothing() {
     let stack = Stack::start().await;
-    // The simulator sends the completed webhook twice, and the start webhook after it.
+    // The simulator sends the completed webhook twice (the service asks for no `start`
+    // deliveries; an older state arriving late is replayed below).
     let (_, submitted) = stack
         .submit(&json!({"model": "sdxl", "input": {"prompt": "twice [sim:duplicate] [sim:reorder]", "width": 256, "height": 256}}))
         .await;
@@ -437,7 +438,7 @@ async fn duplicate_and_out_of_order_webhooks_change_nothing() {
     let (_, done) = stack.get(&id).await;
     assert_eq!(done["status"], "succeeded", "{done}");
     assert!(
-        stack.sim.stats().webhooks_delivered >= 3,
+        stack.sim.stats().webhooks_delivered >= 2,
         "{:?}",
         stack.sim.stats()
     );

@@ -20,6 +20,7 @@ use imagegen_shared::outputs::PART_SIZE;
 use imagegen_shared::record::{Claim, PredictionId, PredictionRecord};
 use imagegen_shared::registry::ModelRegistry;
 use imagegen_shared::replicate::{Prediction, PredictionStatus, ReplicateApi, ReplicateError};
+use imagegen_shared::tenancy::{ApiKey, KeyRecord, TenantId};
 use imagegen_shared::webhook::WebhookSecret;
 use lambda_http::Body;
 use serde_json::{Value, json};
@@ -241,6 +242,8 @@ impl imagegen_shared::app::Ports for Recording {
 type RecordingApp = App<Recording>;
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+const TENANT: &str = "template";
+const API_KEY: &str = "igk_template_scenario_key_0123456789abcdef";
 const SMALL: &str = "https://replicate.delivery/small.png";
 const LARGE: &str = "https://replicate.delivery/large.png";
 /// Replicate no longer serves it (404): the copy fails for good.
@@ -286,9 +289,20 @@ impl Scenario {
         let source = MemorySource::default();
         source.insert(SMALL, png(100));
         source.insert(LARGE, png(PART_SIZE + 10));
+        let records = MemoryRecords::default();
+        records.put_key(
+            KeyRecord::new(
+                &ApiKey::parse(API_KEY).unwrap(),
+                TenantId::parse(TENANT).unwrap(),
+                10_000,
+                Some(1_000_000_000),
+                0,
+            )
+            .unwrap(),
+        );
         let ports = PortSet::<Recording> {
             replicate: FakeReplicate::default(),
-            records: Recorded::new(MemoryRecords::default(), calls.clone()),
+            records: Recorded::new(records, calls.clone()),
             objects: Recorded::new(MemoryObjects::default(), calls.clone()),
             downloads: source,
             queue: Recorded::new(MemoryQueue::default(), calls.clone()),
@@ -325,7 +339,7 @@ impl Scenario {
         let response = match handler {
             Handler::Submit => self.app.submit(request).await,
             Handler::Webhook => self.app.webhook(request).await,
-            Handler::Fetch => self.app.fetch(request).await,
+            Handler::Fetch => self.app.read(request).await,
             other => unreachable!("{other:?} is not an HTTP handler"),
         };
         self.file(handler);
@@ -338,7 +352,8 @@ impl Scenario {
     async fn submit(&mut self, body: Value, headers: &[(&str, &str)]) -> (u16, Value) {
         let mut builder = http::Request::builder()
             .method("POST")
-            .uri("/v1/predictions");
+            .uri("/v1/predictions")
+            .header("authorization", format!("Bearer {API_KEY}"));
         for (name, value) in headers {
             builder = builder.header(*name, *value);
         }
@@ -420,6 +435,17 @@ impl Scenario {
     async fn fetch(&mut self, id: &str) -> (u16, Value) {
         let request = http::Request::builder()
             .uri(format!("/v1/predictions/{id}"))
+            .header("authorization", format!("Bearer {API_KEY}"))
+            .body(Body::Empty)
+            .unwrap();
+        self.http(Handler::Fetch, request).await
+    }
+
+    /// `GET /v1/usage`, which the fetch-result function serves.
+    async fn usage(&mut self) -> (u16, Value) {
+        let request = http::Request::builder()
+            .uri("/v1/usage")
+            .header("authorization", format!("Bearer {API_KEY}"))
             .body(Body::Empty)
             .unwrap();
         self.http(Handler::Fetch, request).await
@@ -487,9 +513,9 @@ fn merge(
 /// Calls no driven path makes, so no function is granted them: submit never queues a copy
 /// (a create answered `processing` is applied, and `processing` copies nothing; any later
 /// state is left to the webhook or a sync); the copier never attaches a Replicate id (a job
-/// is queued only once its record is tied to the prediction) and presigns nothing; the
-/// webhook, fetch and the reconciler never settle a cache claim (only a stored success,
-/// i.e. the copier, does).
+/// is queued only once its record is tied to the prediction), presigns nothing and deletes
+/// nothing; only submit touches cache claims (a claim is judged by its prediction's record,
+/// so nothing updates it when the prediction ends).
 async fn port_calls_by_handler() -> BTreeMap<Handler, BTreeSet<(&'static str, Resource)>> {
     // Creates whose answer was lost, tied to their prediction by a webhook, a fetch and the
     // reconciler. First, in a scenario of their own: a search of Replicate's list needs the
@@ -520,7 +546,8 @@ async fn port_calls_by_handler() -> BTreeMap<Handler, BTreeSet<(&'static str, Re
         u.webhook(by_webhook, &processing).await.1["result"],
         "applied"
     );
-    u.app.clock.advance(Duration::from_secs(2));
+    // Past the fetch sync interval (a young prediction is left to its webhook).
+    u.app.clock.advance(Duration::from_secs(6));
     u.fetch(by_fetch).await;
     assert!(
         u.record(by_fetch).replicate_id.is_some(),
@@ -643,7 +670,7 @@ async fn port_calls_by_handler() -> BTreeMap<Handler, BTreeSet<(&'static str, Re
     let key = format!(
         "cache#{}",
         alias
-            .cache_key(&alias.validate(&prompt("doomed")["input"]).unwrap())
+            .cache_key(TENANT, &alias.validate(&prompt("doomed")["input"]).unwrap(),)
             .as_str()
     );
     s.app.records.inner.put_claim(Claim {
@@ -668,6 +695,12 @@ async fn port_calls_by_handler() -> BTreeMap<Handler, BTreeSet<(&'static str, Re
     let (ok_id, ok_rep) = s.submitted("sync ok").await;
     s.set_remote(&ok_rep, PredictionStatus::Processing, &[])
         .await;
+    assert_eq!(
+        s.fetch(&ok_id).await.1["status"],
+        "starting",
+        "left to its webhook"
+    );
+    s.app.clock.advance(Duration::from_secs(10));
     assert_eq!(s.fetch(&ok_id).await.1["status"], "processing");
     s.set_remote(&ok_rep, PredictionStatus::Succeeded, &[LARGE])
         .await;
@@ -682,6 +715,8 @@ async fn port_calls_by_handler() -> BTreeMap<Handler, BTreeSet<(&'static str, Re
         .await;
     s.app.clock.advance(Duration::from_secs(10));
     assert_eq!(s.fetch(&failed_id).await.1["status"], "failed");
+    let (status, usage) = s.usage().await;
+    assert_eq!((status, usage["tenant"].as_str()), (200, Some(TENANT)));
 
     // Reconciler: lost webhooks, nobody fetching: a success (its copy queued), a failure, a
     // prediction still running, and one Replicate no longer has; every shard is read.
@@ -941,17 +976,27 @@ fn the_template_wires_routes_and_arm64_cargo_lambda_builds() {
             "{binary}"
         );
     }
-    for (function, route) in [
-        ("SubmitFunction", ("POST", "/v1/predictions")),
-        ("WebhookFunction", ("POST", "/webhooks/replicate")),
-        ("FetchResultFunction", ("GET", "/v1/predictions/{id}")),
+    for (function, routes) in [
+        ("SubmitFunction", vec![("POST", "/v1/predictions")]),
+        ("WebhookFunction", vec![("POST", "/webhooks/replicate")]),
+        (
+            "FetchResultFunction",
+            vec![("GET", "/v1/predictions/{id}"), ("GET", "/v1/usage")],
+        ),
     ] {
         let events = template["Resources"][function]["Properties"]["Events"]
             .as_hash()
             .expect("events");
-        let event = events.values().next().expect("one event");
-        assert_eq!(event["Type"].as_str(), Some("HttpApi"));
-        assert_eq!(event["Properties"]["Method"].as_str(), Some(route.0));
-        assert_eq!(event["Properties"]["Path"].as_str(), Some(route.1));
+        let served: Vec<(&str, &str)> = events
+            .values()
+            .map(|event| {
+                assert_eq!(event["Type"].as_str(), Some("HttpApi"));
+                (
+                    event["Properties"]["Method"].as_str().unwrap_or_default(),
+                    event["Properties"]["Path"].as_str().unwrap_or_default(),
+                )
+            })
+            .collect();
+        assert_eq!(served, routes, "{function}");
     }
 }

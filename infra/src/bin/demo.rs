@@ -1,8 +1,10 @@
 //! `make demo`: submits a prompt to the running local stack, waits for the prediction, and
-//! saves the first image. `demo [--model M] [--out FILE] [--base-url URL] PROMPT…`
+//! saves the first image. `demo [--model M] [--out FILE] [--base-url URL] PROMPT…`, with the
+//! API key in `API_KEY`, or the one the running `make dev` wrote to `.dev-stack.json`.
 
 use std::time::{Duration, Instant};
 
+use local_stack::keys::{DEV_STATE_FILE, DevState};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
@@ -11,14 +13,25 @@ struct Args {
     out: Option<String>,
     base: String,
     prompt: String,
+    api_key: String,
 }
 
 fn parse_args() -> Result<Args, String> {
+    let dev = DevState::read(std::path::Path::new(DEV_STATE_FILE));
+    let base = std::env::var("DEMO_BASE_URL")
+        .ok()
+        .or_else(|| dev.as_ref().map(|d| d.base_url.clone()))
+        .unwrap_or_else(|| "http://127.0.0.1:3000".into());
+    let api_key = std::env::var("API_KEY")
+        .ok()
+        .or_else(|| dev.map(|d| d.api_key))
+        .ok_or("no API key: set API_KEY, or run `make dev` (it writes .dev-stack.json)")?;
     let mut args = Args {
         model: "flux-schnell".into(),
         out: None,
-        base: std::env::var("DEMO_BASE_URL").unwrap_or_else(|_| "http://127.0.0.1:3000".into()),
+        base,
         prompt: String::new(),
+        api_key,
     };
     let mut words = Vec::new();
     let mut it = std::env::args().skip(1);
@@ -42,6 +55,7 @@ async fn run() -> Result<(), String> {
     let http = reqwest::Client::new();
     let submitted: Value = http
         .post(format!("{}/v1/predictions", args.base))
+        .bearer_auth(&args.api_key)
         .json(&json!({"model": args.model, "input": {"prompt": args.prompt}}))
         .send()
         .await
@@ -58,6 +72,7 @@ async fn run() -> Result<(), String> {
     let done = loop {
         let current: Value = http
             .get(format!("{}/v1/predictions/{id}", args.base))
+            .bearer_auth(&args.api_key)
             .send()
             .await
             .map_err(|e| e.to_string())?

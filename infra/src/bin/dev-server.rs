@@ -5,21 +5,26 @@
 //! - Replicate: `REPLICATE_API_BASE_URL` if set; else the real API if `REPLICATE_API_TOKEN`
 //!   is set (without webhooks, which cannot reach a laptop: fetches sync instead); else the
 //!   simulator, in this process.
+//! - Callers: the keys in `DEV_API_KEYS`, or a new key for tenant `dev`, printed as
+//!   `api key <key>`; both stored (hashed) before `ready`. `.dev-stack.json` tells
+//!   `make key`, `make revoke` and `make demo` where the stack is, while it runs.
 //! - Serves the API on `DEV_PORT` (3000) and prints `ready http://127.0.0.1:3000`.
 
 use std::collections::HashMap;
 use std::io::Write as _;
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use imagegen_shared::aws::{AwsClients, ensure_bucket, ensure_queue, ensure_table};
-use imagegen_shared::bootstrap::build_app;
+use imagegen_shared::bootstrap::{ProductionApp, build_app};
 use imagegen_shared::config::DEFAULT_OUTPUT_HOST_ALLOWLIST;
 use local_stack::dev::{
     LOCAL_MAX_RECEIVES, LOCAL_VISIBILITY_TIMEOUT_SECONDS, serve_app, spawn_copy_worker,
 };
 use local_stack::http_server::bind_loopback;
+use local_stack::keys::{DEV_STATE_FILE, DevState, NewKey, parse_dev_keys};
 use local_stack::sim::{SimConfig, Simulator};
 use tokio::process::{Child, Command};
 
@@ -80,14 +85,15 @@ async fn run() -> Result<(), String> {
     );
 
     let mut moto = None;
-    let aws = match env("AWS_ENDPOINT_URL") {
-        Some(endpoint) => AwsClients::local(&endpoint).await,
+    let aws_endpoint = match env("AWS_ENDPOINT_URL") {
+        Some(endpoint) => endpoint,
         None => {
             let (child, url) = start_moto().await?;
             moto = Some(child);
-            AwsClients::local(&url).await
+            url
         }
     };
+    let aws = AwsClients::local(&aws_endpoint).await;
     ensure_table(&aws.dynamodb, &extra["TABLE_NAME"])
         .await
         .map_err(|e| e.to_string())?;
@@ -157,6 +163,8 @@ async fn run() -> Result<(), String> {
     let sqs = aws.sqs.clone();
     let lookup = |name: &str| extra.get(name).cloned().or_else(|| env(name));
     let app = build_app(aws, lookup).await.map_err(|e| e.to_string())?;
+    let api_key = store_api_keys(&app).await?;
+    let table_name = app.settings.table_name.clone();
     let app = Arc::new(app);
     let copier = spawn_copy_worker(app.clone(), sqs, app.settings.copy_queue_url.clone());
     let server = serve_app(listener, app.clone());
@@ -172,10 +180,21 @@ async fn run() -> Result<(), String> {
             app.reconcile(None).await;
         }
     });
+    let state = DevState {
+        aws_endpoint,
+        table_name,
+        base_url: format!("http://{}", server.addr),
+        api_key,
+    };
+    let state_file = Path::new(DEV_STATE_FILE);
+    if let Err(err) = state.write(state_file) {
+        eprintln!("dev-server: could not write {DEV_STATE_FILE} (make key/demo need it): {err}");
+    }
     println!("ready http://{}", server.addr);
     let _ = std::io::stdout().flush();
 
     wait_for_shutdown().await;
+    let _ = std::fs::remove_file(state_file);
     reconciler.abort();
     copier.abort();
     drop(server);
@@ -184,6 +203,23 @@ async fn run() -> Result<(), String> {
         let _ = child.kill().await;
     }
     Ok(())
+}
+
+/// Stores the callers' keys before `ready`: `DEV_API_KEYS` if set, else a new key for tenant
+/// `dev`, printed once as `api key <key>`. Returns the key `make demo` uses.
+async fn store_api_keys(app: &ProductionApp) -> Result<String, String> {
+    let keys = match env("DEV_API_KEYS") {
+        Some(json) => parse_dev_keys(&json)?,
+        None => vec![NewKey::new(None, "dev", None, None)?],
+    };
+    for key in &keys {
+        key.store(&app.records).await?;
+    }
+    let first = keys.first().ok_or("DEV_API_KEYS is an empty list")?;
+    if env("DEV_API_KEYS").is_none() {
+        println!("api key {}", first.key.expose());
+    }
+    Ok(first.key.expose().to_owned())
 }
 
 async fn wait_for_shutdown() {

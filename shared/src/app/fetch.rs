@@ -10,7 +10,7 @@ use super::resolve::SearchBudget;
 use super::sync::Copy;
 use super::{ApiError, App, PredictionView};
 use crate::ports::{RecordStore, SyncMark};
-use crate::record::{PredictionId, PredictionRecord};
+use crate::record::{PredictionId, PredictionRecord, after, before};
 use crate::replicate::ReplicateApi;
 
 fn path_id(request: &Request) -> Option<String> {
@@ -30,12 +30,18 @@ impl<P: Ports> App<P> {
     }
 
     async fn try_fetch(&self, request: &Request) -> Result<PredictionView, ApiError> {
+        let caller = self.authenticate(request).await?;
         let not_found = || ApiError::NotFound("no prediction with this id".to_owned());
         let id = path_id(request)
             .and_then(|raw| PredictionId::parse(&raw).ok())
             .ok_or_else(not_found)?;
         tracing::Span::current().record("prediction_id", id.as_str());
-        let mut record = self.live_prediction(&id).await?.ok_or_else(not_found)?;
+        // Another tenant's prediction is answered exactly like one that does not exist.
+        let mut record = self
+            .live_prediction(&id)
+            .await?
+            .filter(|r| r.belongs_to(&caller.tenant))
+            .ok_or_else(not_found)?;
         if !record.status.is_terminal() {
             record = self.sync_running(record).await?;
         }
@@ -50,15 +56,18 @@ impl<P: Ports> App<P> {
     /// is queued: a fetch answers within API Gateway's 30 s whatever the outputs' size).
     async fn sync_running(&self, record: PredictionRecord) -> Result<PredictionRecord, ApiError> {
         let now = self.clock.millis();
-        let interval = self.settings.fetch_sync_interval.as_millis() as u64;
+        let interval = self.settings.fetch_sync_interval;
+        // Checked on the record just read before spending a conditional write (a refused
+        // one is billed too): not again within the interval, and, while webhooks are on,
+        // not before the prediction is an interval old (its webhook normally comes first).
+        let since_created = self.settings.send_webhooks.then_some(record.created_at);
+        let last = record.synced_at.max(since_created).unwrap_or(0);
+        if now < after(last, interval) {
+            return Ok(record);
+        }
         if !self
             .records
-            .claim_sync(
-                &record.id,
-                SyncMark::Fetched,
-                now,
-                now.saturating_sub(interval),
-            )
+            .claim_sync(&record.id, SyncMark::Fetched, now, before(now, interval))
             .await?
         {
             return Ok(record);

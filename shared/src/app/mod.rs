@@ -2,6 +2,7 @@
 //! Lambda binaries and the local dev server both call these; they depend only on the ports,
 //! so unit tests run them on in-memory fakes.
 
+mod auth;
 pub mod body;
 mod copy;
 mod fetch;
@@ -11,6 +12,7 @@ mod reconcile;
 mod resolve;
 mod submit;
 mod sync;
+mod usage;
 mod view;
 mod webhook;
 
@@ -24,12 +26,13 @@ use tokio::sync::OnceCell;
 
 use crate::config::Settings;
 use crate::outputs::OutputSource;
-use crate::ports::{CopyQueue, ObjectStore, RecordStore, StoreError};
+use crate::ports::{AccountStore, CopyQueue, ObjectStore, RecordStore, StoreError};
 use crate::record::{Millis, PredictionId, PredictionRecord, to_millis};
 use crate::registry::ModelRegistry;
 use crate::replicate::{ReplicateApi, ReplicateError};
 use crate::webhook::WebhookVerifier;
 
+pub use auth::KEY_CACHE_TTL;
 pub use problem::ApiError;
 pub use reconcile::{OUTPUT_RETENTION, ReconcileReport};
 pub use resolve::UNCONFIRMED_DEADLINE;
@@ -76,7 +79,7 @@ impl Clock {
 /// in-memory fakes (`memory::InMemory`) each name theirs.
 pub trait Ports: 'static {
     type Replicate: ReplicateApi;
-    type Records: RecordStore;
+    type Records: RecordStore + AccountStore;
     type Objects: ObjectStore;
     type Downloads: OutputSource;
     type Queue: CopyQueue;
@@ -92,6 +95,7 @@ pub struct App<P: Ports> {
     pub registry: ModelRegistry,
     pub settings: Settings,
     pub clock: Clock,
+    keys: auth::KeyCache,
     webhook_verifier: OnceCell<WebhookVerifier>,
     secret_failed_at: Mutex<Option<Instant>>,
 }
@@ -118,6 +122,7 @@ impl<P: Ports> App<P> {
             registry,
             settings,
             clock: Clock::default(),
+            keys: auth::KeyCache::default(),
             webhook_verifier,
             secret_failed_at: Mutex::new(None),
         }
@@ -181,14 +186,43 @@ impl<P: Ports> App<P> {
         match (&method, path.as_str()) {
             (&Method::POST, "/v1/predictions") => self.submit(request).await,
             (&Method::POST, "/webhooks/replicate") => self.webhook(request).await,
-            (&Method::GET, p) if p.starts_with("/v1/predictions/") => self.fetch(request).await,
-            _ => ApiError::NoRoute {
-                method: method.to_string(),
-                path: printable_path(&path),
-            }
-            .into_response(),
+            (&Method::GET, _) => self.read(request).await,
+            _ => no_route(&method, &path),
         }
     }
+
+    /// The read routes, which one function serves: a prediction, or the caller's usage.
+    /// Behind API Gateway the route key says which (the path may carry a custom domain's
+    /// base path); locally the path does.
+    pub async fn read(&self, request: Request) -> Response<Body> {
+        use lambda_http::RequestExt;
+        let path = request.uri().path().trim_end_matches('/').to_owned();
+        let route_key = match request.request_context_ref() {
+            Some(lambda_http::request::RequestContext::ApiGatewayV2(context)) => {
+                context.route_key.clone()
+            }
+            _ => None,
+        };
+        let usage = match route_key.as_deref() {
+            Some(key) if key != "$default" => key == "GET /v1/usage",
+            _ => path == "/v1/usage",
+        };
+        if usage {
+            self.usage(request).await
+        } else if path.starts_with("/v1/predictions/") || route_key.is_some() {
+            self.fetch(request).await
+        } else {
+            no_route(request.method(), &path)
+        }
+    }
+}
+
+fn no_route(method: &Method, path: &str) -> Response<Body> {
+    ApiError::NoRoute {
+        method: method.to_string(),
+        path: printable_path(path),
+    }
+    .into_response()
 }
 
 fn printable_path(path: &str) -> String {

@@ -39,7 +39,16 @@ pub enum ApiError {
     #[error("Replicate answered with an error")]
     Upstream,
     #[error("{0}")]
-    Unauthorized(String),
+    InvalidSignature(String),
+    /// No, a malformed, an unknown or a revoked API key.
+    #[error("{0}")]
+    Unauthenticated(String),
+    #[error("this API key may submit {limit} predictions a minute; retry later")]
+    RateLimited { limit: u32, retry_after: Duration },
+    #[error(
+        "this prediction's estimated cost of ${estimate_usd:.4} would take this month's spend past the budget of ${budget_usd:.2}"
+    )]
+    BudgetExhausted { estimate_usd: f64, budget_usd: f64 },
     #[error("an internal error occurred")]
     Internal,
     /// Storing failed; for a webhook this asks Replicate to deliver it again.
@@ -93,10 +102,19 @@ impl ApiError {
                 "Upstream unavailable",
             ),
             Self::Upstream => (S::BAD_GATEWAY, "upstream-error", "Upstream error"),
-            Self::Unauthorized(_) => (
+            Self::InvalidSignature(_) => (
                 S::UNAUTHORIZED,
                 "invalid-signature",
                 "Invalid webhook signature",
+            ),
+            Self::Unauthenticated(_) => (S::UNAUTHORIZED, "unauthorized", "Unauthorized"),
+            Self::RateLimited { .. } => {
+                (S::TOO_MANY_REQUESTS, "rate-limited", "Rate limit exceeded")
+            }
+            Self::BudgetExhausted { .. } => (
+                S::PAYMENT_REQUIRED,
+                "budget-exhausted",
+                "Monthly budget exhausted",
             ),
             Self::Internal => (S::INTERNAL_SERVER_ERROR, "internal-error", "Internal error"),
             Self::StorageFailed => (S::INTERNAL_SERVER_ERROR, "storage-failed", "Storage failed"),
@@ -105,9 +123,9 @@ impl ApiError {
 
     fn retry_after(&self) -> Option<Duration> {
         match self {
-            Self::Throttled { retry_after } | Self::Unavailable { retry_after } => {
-                Some(*retry_after)
-            }
+            Self::Throttled { retry_after }
+            | Self::Unavailable { retry_after }
+            | Self::RateLimited { retry_after, .. } => Some(*retry_after),
             Self::IdempotencyInProgress => Some(Duration::from_secs(1)),
             _ => None,
         }
@@ -134,6 +152,13 @@ impl ApiError {
         response
             .headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        if matches!(self, Self::Unauthenticated(_)) {
+            // RFC 6750: a 401 names the scheme the route wants.
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"api\""),
+            );
+        }
         if let Some(after) = self.retry_after() {
             let seconds = after.as_secs().max(1);
             response

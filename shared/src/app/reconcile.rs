@@ -12,9 +12,9 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use super::resolve::SearchBudget;
-use super::sync::{Copy, SyncOutcome};
+use super::sync::{Billed, Copy, SyncOutcome};
 use super::{App, Ports};
-use crate::ports::{LEGACY_OPEN_SHARD, OPEN_SHARDS, RecordStore, StoreError};
+use crate::ports::{LEGACY_OPEN_SHARD, OPEN_SHARDS, OpenEntry, RecordStore, StoreError};
 use crate::record::{Millis, PredictionRecord, after};
 use crate::replicate::{PredictionStatus, ReplicateApi};
 
@@ -96,7 +96,7 @@ impl<P: Ports> App<P> {
                     }
                 };
                 if !self
-                    .reconcile_page(page.records, now, deadline, &mut report)
+                    .reconcile_page(page.entries, now, deadline, &mut report)
                     .await
                 {
                     report.incomplete = true;
@@ -122,22 +122,22 @@ impl<P: Ports> App<P> {
     /// Reconciles a page, a few at a time; `false` if the deadline came first.
     async fn reconcile_page(
         &self,
-        records: Vec<PredictionRecord>,
+        entries: Vec<OpenEntry>,
         now: Millis,
         deadline: Option<Instant>,
         report: &mut ReconcileReport,
     ) -> bool {
-        for chunk in records.chunks(CONCURRENCY) {
+        for chunk in entries.chunks(CONCURRENCY) {
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 return false;
             }
             report.examined += chunk.len();
-            let bounded = |record: PredictionRecord| async move {
+            let bounded = |entry: OpenEntry| async move {
                 match deadline {
-                    Some(d) => tokio::time::timeout_at(d, self.reconcile_one(record, now))
+                    Some(d) => tokio::time::timeout_at(d, self.reconcile_entry(entry, now))
                         .await
                         .unwrap_or(Outcome::Error),
-                    None => self.reconcile_one(record, now).await,
+                    None => self.reconcile_entry(entry, now).await,
                 }
             };
             let outcomes = join_all(chunk.iter().cloned().map(bounded)).await;
@@ -152,6 +152,21 @@ impl<P: Ports> App<P> {
             }
         }
         true
+    }
+
+    /// Reads a listed record (the index holds only keys) and reconciles it if it still runs.
+    async fn reconcile_entry(&self, entry: OpenEntry, now: Millis) -> Outcome {
+        match self.live_prediction(&entry.id).await {
+            Ok(Some(record)) if !record.status.is_terminal() => {
+                self.reconcile_one(record, now).await
+            }
+            // Ended or gone since it was listed.
+            Ok(_) => Outcome::Unchanged,
+            Err(err) => {
+                tracing::warn!(prediction_id = %entry.id, error = %err, "reconcile could not read a listed record; next run retries");
+                Outcome::Error
+            }
+        }
     }
 
     async fn reconcile_one(&self, record: PredictionRecord, now: Millis) -> Outcome {
@@ -185,7 +200,7 @@ impl<P: Ports> App<P> {
             return otherwise;
         }
         let reason = "no result within Replicate's one-hour output retention; the outputs are no longer available";
-        match self.end_record(record, reason).await {
+        match self.end_record(record, reason, Billed::Unknown).await {
             Ok(_) => Outcome::Expired,
             Err(err) => {
                 tracing::error!(prediction_id = %record.id, error = %err, "could not end an expired prediction");
@@ -226,7 +241,11 @@ impl<P: Ports> App<P> {
             // Replicate no longer knows it (deleted, or another account's): it will never
             // finish, so record that rather than ask again every run.
             Err(err) if err.is_not_found() => self
-                .end_record(&record, "Replicate no longer has this prediction")
+                .end_record(
+                    &record,
+                    "Replicate no longer has this prediction",
+                    Billed::Unknown,
+                )
                 .await
                 .map(|ended| {
                     if ended {

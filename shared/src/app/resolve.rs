@@ -14,7 +14,7 @@ use crate::record::{Advance, Millis, PredictionRecord, after, before, from_milli
 use crate::replicate::{Prediction, ReplicateApi, ReplicateError};
 
 use super::inputs::{InputMatch, input_match};
-use super::sync::{Copy, SyncOutcome};
+use super::sync::{Billed, Copy, SyncOutcome};
 use super::{App, Ports};
 
 /// An unconfirmed record is given up on after this long: Replicate stops any prediction at
@@ -85,6 +85,7 @@ impl<P: Ports> App<P> {
                     self.end_record(
                         &record,
                         "the prediction was not created at Replicate (nothing was billed); submit it again",
+                        Billed::NotCreated,
                     )
                     .await?;
                 }
@@ -100,6 +101,7 @@ impl<P: Ports> App<P> {
             self.end_record(
                 &fresh,
                 "the prediction could not be confirmed as created at Replicate",
+                Billed::Unknown,
             )
             .await?;
             return self.reread(fresh).await;
@@ -196,10 +198,11 @@ impl<P: Ports> App<P> {
         &self,
         record: &PredictionRecord,
         reason: &str,
+        billed: Billed<'_>,
     ) -> Result<bool, StoreError> {
         let mut advance = Advance::failed(reason, self.clock.millis());
         advance.replicate_id = record.replicate_id.clone();
-        self.records.advance(&record.id, &advance).await
+        self.finish(record, advance, billed).await
     }
 
     pub(crate) async fn reread(

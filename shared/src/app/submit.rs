@@ -17,11 +17,11 @@ use super::Ports;
 use super::body::parse_submit_body;
 use super::inputs::{InlineImage, extract_inline_images, materialize};
 use super::problem::json_response;
-use super::resolve::UNCONFIRMED_DEADLINE;
-use super::sync::{Copy, cache_claim_key};
+use super::sync::{Billed, Copy};
 use super::{ApiError, App, PredictionView};
+use crate::cost::{Micros, requested_outputs, usd};
 use crate::outputs::hex;
-use crate::ports::{ClaimOutcome, RecordStore, Settlement};
+use crate::ports::{AccountStore, ClaimOutcome, RecordStore, Settlement};
 use crate::record::{
     Claim, ClaimGuard, Millis, PredictionId, PredictionRecord, after, new_webhook_token,
     ttl_seconds,
@@ -30,12 +30,11 @@ use crate::registry::{CacheKey, ModelAlias};
 use crate::replicate::{
     PredictionStatus, ReplicateApi, ReplicateError, WebhookEvent, WebhookTarget,
 };
+use crate::tenancy::{Caller, Reservation, TenantId, month_of, usage_expires_at};
 
 /// How long a submit may take to create its prediction before others may take over (the
 /// Replicate client gives up on a create well within it).
 const CREATE_LEASE: Duration = Duration::from_secs(30);
-/// How long identical requests join a running prediction (Replicate stops one at 30 min).
-const RUN_LEASE: Duration = Duration::from_secs(3600);
 /// How long an Idempotency-Key is remembered.
 const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(24 * 3600);
 /// Rounds of claim contention before answering 503.
@@ -56,6 +55,7 @@ struct NewPrediction<'a> {
     /// `None` with `Cache-Control: no-cache`.
     cache_key: Option<CacheKey>,
     webhook_base: String,
+    caller: &'a Caller,
 }
 
 /// How a submit was answered.
@@ -99,6 +99,16 @@ enum Holder {
 
 pub(super) fn sha256_hex(data: &[u8]) -> String {
     hex(&Sha256::digest(data))
+}
+
+/// The claim item of a result-cache key (which includes the tenant).
+fn cache_claim_key(cache_key: &CacheKey) -> String {
+    format!("cache#{}", cache_key.as_str())
+}
+
+/// The claim item of a tenant's Idempotency-Key (a tenant name holds no newline).
+pub(super) fn idempotency_claim_key(tenant: &TenantId, key: &str) -> String {
+    format!("idem#{}", sha256_hex(format!("{tenant}\n{key}").as_bytes()))
 }
 
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
@@ -152,6 +162,8 @@ impl<P: Ports> App<P> {
     }
 
     async fn try_submit(&self, request: &Request) -> Result<Started, ApiError> {
+        let caller = self.authenticate(request).await?;
+        self.admit_submit(&caller, self.clock.millis()).await?;
         let body = parse_submit_body(request.body().as_ref())?;
         let alias = self
             .registry
@@ -161,8 +173,8 @@ impl<P: Ports> App<P> {
             .validate(&body.input)
             .map_err(ApiError::InvalidInput)?;
         let (stored_input, images) = extract_inline_images(alias, &input);
-        let cache_key =
-            (!wants_no_cache(request.headers())).then(|| alias.cache_key_of(&stored_input));
+        let cache_key = (!wants_no_cache(request.headers()))
+            .then(|| alias.cache_key_of(caller.tenant.as_str(), &stored_input));
         let new = NewPrediction {
             id: PredictionId::generate(),
             alias,
@@ -170,6 +182,7 @@ impl<P: Ports> App<P> {
             images,
             cache_key,
             webhook_base: self.webhook_base(request)?,
+            caller: &caller,
         };
         match idempotency_key(request.headers())? {
             Some(key) => self.submit_idempotently(&key, &body.hash, &new).await,
@@ -203,14 +216,14 @@ impl<P: Ports> App<P> {
     }
 
     /// Same key and same body: the same prediction, answered as the first time. Same key,
-    /// other body: 422.
+    /// other body: 422. Keys are the caller's tenant's own: two tenants' keys never meet.
     async fn submit_idempotently(
         &self,
         key: &str,
         body_hash: &str,
         new: &NewPrediction<'_>,
     ) -> Result<Started, ApiError> {
-        let key = format!("idem#{}", sha256_hex(key.as_bytes()));
+        let key = idempotency_claim_key(&new.caller.tenant, key);
         for _ in 0..MAX_CLAIM_ROUNDS {
             let now = self.clock.millis();
             let claim = Claim {
@@ -307,7 +320,7 @@ impl<P: Ports> App<P> {
         let Some(cache_key) = &new.cache_key else {
             return self.create(new, None).await;
         };
-        let key = cache_claim_key(cache_key.as_str());
+        let key = cache_claim_key(cache_key);
         for _ in 0..MAX_CLAIM_ROUNDS {
             let now = self.clock.millis();
             let claim = self.cache_claim(&key, &new.id, now);
@@ -398,6 +411,13 @@ impl<P: Ports> App<P> {
         let id = claim
             .and_then(|c| c.prediction_id.clone())
             .unwrap_or_else(|| new.id.clone());
+        let estimate = match self.reserve_estimate(new, now).await {
+            Ok(estimate) => estimate,
+            Err(err) => {
+                self.release_cache_claim(claim).await;
+                return Err(err);
+            }
+        };
         let token = new_webhook_token();
         let mut record = PredictionRecord {
             id: id.clone(),
@@ -406,7 +426,6 @@ impl<P: Ports> App<P> {
             model: new.alias.model.path(),
             version: new.alias.model.version.as_ref().map(|v| v.to_string()),
             input: new.stored_input.clone(),
-            cache_key: new.cache_key.as_ref().map(|k| k.as_str().to_owned()),
             status: PredictionStatus::Starting,
             outputs: Vec::new(),
             error: None,
@@ -418,9 +437,14 @@ impl<P: Ports> App<P> {
             copy_queued_at: None,
             expires_at: ttl_seconds(after(now, self.settings.record_ttl)),
             webhook_token: Some(token.clone()),
+            tenant: Some(new.caller.tenant.clone()),
+            price: Some(new.alias.price),
+            cost_estimate: estimate,
+            cost: None,
         };
         tracing::Span::current().record("prediction_id", id.as_str());
         if let Err(err) = self.records.insert_prediction(&record).await {
+            self.give_back_estimate(&record).await;
             self.release_cache_claim(claim).await;
             return Err(err.into());
         }
@@ -439,7 +463,10 @@ impl<P: Ports> App<P> {
                 "{}/webhooks/replicate?id={id}&token={token}",
                 new.webhook_base
             ),
-            events: vec![WebhookEvent::Start, WebhookEvent::Completed],
+            // Only `completed`: a `start` delivery would cost an API request, an invocation
+            // and a record write per prediction (`make cost`) and saves nothing; fetches
+            // show `processing` by syncing, and only `completed` is retried by Replicate.
+            events: vec![WebhookEvent::Completed],
         };
         let webhook = self.settings.send_webhooks.then_some(&webhook);
         match self
@@ -464,8 +491,6 @@ impl<P: Ports> App<P> {
                     }
                 }
                 tracing::info!(prediction_id = %id, replicate_id = %remote.id, model = %new.alias.model, "prediction created");
-                self.extend_cache_claim(claim, &id, after(now, RUN_LEASE))
-                    .await;
                 // A create answered `processing` is recorded now; a terminal answer is left
                 // to the webhook or a sync, which queue the output copy.
                 if remote.status == PredictionStatus::Processing {
@@ -478,8 +503,6 @@ impl<P: Ports> App<P> {
                 // pointing at it until the resolver finds the prediction or gives up. Never
                 // create a second one for the same request.
                 tracing::error!(prediction_id = %id, error = %err, "prediction create outcome unknown; the resolver will find out");
-                self.extend_cache_claim(claim, &id, after(now, UNCONFIRMED_DEADLINE))
-                    .await;
                 Ok(Started::new(record))
             }
             Err(err) => {
@@ -492,9 +515,43 @@ impl<P: Ports> App<P> {
         }
     }
 
-    /// Ends a record whose prediction was certainly never created at Replicate.
+    /// Reserves the run's estimated cost against the caller's monthly budget, atomically
+    /// with every other submit of the tenant: 402 when it would not fit.
+    async fn reserve_estimate(
+        &self,
+        new: &NewPrediction<'_>,
+        now: Millis,
+    ) -> Result<Micros, ApiError> {
+        let caller = new.caller;
+        let estimate = new.alias.price.estimate(&new.stored_input);
+        let reservation = Reservation {
+            estimate,
+            images: requested_outputs(&new.stored_input),
+            budget: caller.monthly_budget,
+            expires_at: usage_expires_at(now),
+        };
+        let reserved = self
+            .records
+            .reserve_cost(&caller.tenant, &month_of(now), &reservation)
+            .await?;
+        if reserved {
+            return Ok(estimate);
+        }
+        Err(ApiError::BudgetExhausted {
+            estimate_usd: usd(estimate),
+            budget_usd: caller.monthly_budget.map_or(0.0, usd),
+        })
+    }
+
+    /// Undoes a reservation whose record could not even be stored.
+    async fn give_back_estimate(&self, record: &PredictionRecord) {
+        self.settle_usage(record, 0, 0, false).await;
+    }
+
+    /// Ends a record whose prediction was certainly never created at Replicate (its
+    /// estimate is given back).
     async fn end_unstarted(&self, record: &PredictionRecord, reason: &str) {
-        if let Err(err) = self.end_record(record, reason).await {
+        if let Err(err) = self.end_record(record, reason, Billed::NotCreated).await {
             tracing::warn!(prediction_id = %record.id, error = %err, "could not end the unstarted record");
         }
     }
@@ -511,24 +568,6 @@ impl<P: Ports> App<P> {
         match self.reread(record.clone()).await {
             Ok(fresh) => fresh,
             Err(_) => record,
-        }
-    }
-
-    /// Points the cache claim at the prediction until `until` (never shortening it:
-    /// completion may already have set the cache window).
-    async fn extend_cache_claim(&self, claim: Option<&Claim>, id: &PredictionId, until: Millis) {
-        let Some(claim) = claim else { return };
-        let settlement = Settlement {
-            prediction_id: id,
-            lease_until: until,
-            from_cache: false,
-        };
-        if let Err(err) = self
-            .records
-            .settle_claim(&claim.key, ClaimGuard::Token(&claim.token), &settlement)
-            .await
-        {
-            tracing::warn!(prediction_id = %id, error = %err, "could not extend the cache claim");
         }
     }
 

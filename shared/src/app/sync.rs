@@ -4,12 +4,12 @@
 
 use tokio::time::Instant;
 
+use crate::cost::{Micros, requested_outputs};
 use crate::outputs::{OutputError, check_output_list, store_outputs};
-use crate::ports::{CopyJob, CopyQueue, RecordStore, Settlement, StoreError, SyncMark};
-use crate::record::{
-    Advance, ClaimGuard, PredictionRecord, after, bounded_error, bounded_metrics, parse_rfc3339,
-};
+use crate::ports::{AccountStore, CopyJob, CopyQueue, RecordStore, StoreError, SyncMark};
+use crate::record::{Advance, PredictionRecord, bounded_error, bounded_metrics, parse_rfc3339};
 use crate::replicate::{Prediction, PredictionStatus};
+use crate::tenancy::{CostSettlement, month_of};
 
 use super::App;
 use super::Ports;
@@ -46,13 +46,32 @@ pub enum Copy {
     QueueOnce,
 }
 
+/// What is known about what Replicate billed for a prediction that ends.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Billed<'a> {
+    /// Replicate said how it ended: its status, outputs and `predict_time` decide.
+    Remote(&'a Prediction),
+    /// It was certainly never created: nothing.
+    NotCreated,
+    /// It may have run, and how will never be known: the estimate stands.
+    Unknown,
+}
+
+impl Billed<'_> {
+    fn cost(&self, record: &PredictionRecord) -> Micros {
+        match (self, &record.price) {
+            (Self::Remote(remote), Some(price)) => {
+                price.billed(&remote.status, remote.output.len(), &remote.metrics)
+            }
+            (Self::Remote(_), None) | (Self::NotCreated, _) => 0,
+            (Self::Unknown, _) => record.cost_estimate,
+        }
+    }
+}
+
 /// A copy queued by a poll is not queued again for this long: the queue's visibility
 /// timeout in the template, after which a failed job is retried anyway.
 pub const COPY_REQUEUE_AFTER: std::time::Duration = std::time::Duration::from_secs(6 * 60);
-
-pub(crate) fn cache_claim_key(cache_key: &str) -> String {
-    format!("cache#{cache_key}")
-}
 
 impl<P: Ports> App<P> {
     /// Moves `record` forward to `remote`'s state. A record not yet tied to a Replicate
@@ -113,14 +132,75 @@ impl<P: Ports> App<P> {
                 }
             }
         }
-        if !self.records.advance(&record.id, &advance).await? {
+        let status = advance.status.clone();
+        if !self.finish(record, advance, Billed::Remote(remote)).await? {
             return Ok(SyncOutcome::Ignored("already as far along"));
         }
-        tracing::info!(prediction_id = %record.id, status = %advance.status, "prediction advanced");
-        if advance.status.is_terminal() {
-            self.settle_cache_claim(record, &advance).await;
+        tracing::info!(prediction_id = %record.id, status = %status, "prediction advanced");
+        Ok(SyncOutcome::Applied(status))
+    }
+
+    /// Writes `advance` (only if it moves the record forward). One that ends the prediction
+    /// carries what Replicate billed, and then settles the tenant's month: only the one
+    /// writer whose terminal update applied does, so it happens once. (Cache claims need no
+    /// update: submit judges a claim by its prediction's record.)
+    pub(crate) async fn finish(
+        &self,
+        record: &PredictionRecord,
+        mut advance: Advance,
+        billed: Billed<'_>,
+    ) -> Result<bool, StoreError> {
+        let ends = advance.status.is_terminal();
+        if ends {
+            advance.cost = Some(billed.cost(record));
         }
-        Ok(SyncOutcome::Applied(advance.status))
+        if !self.records.advance(&record.id, &advance).await? {
+            return Ok(false);
+        }
+        if ends {
+            let stored = if advance.status == PredictionStatus::Succeeded {
+                advance.outputs.len() as u64
+            } else {
+                0
+            };
+            let created = !matches!(billed, Billed::NotCreated);
+            self.settle_usage(record, advance.cost.unwrap_or(0), stored, created)
+                .await;
+        }
+        Ok(true)
+    }
+
+    /// Replaces what submit reserved in the tenant's month of the record by what happened:
+    /// `actual` cost, `stored` images, whether it was `created` at all. Nothing is written
+    /// when the reservation was exact (the usual case for per-image prices). Best effort: if
+    /// it fails the estimate stays counted, so a budget is never under-counted.
+    pub(crate) async fn settle_usage(
+        &self,
+        record: &PredictionRecord,
+        actual: Micros,
+        stored: u64,
+        created: bool,
+    ) {
+        let Some(tenant) = &record.tenant else {
+            return;
+        };
+        let settlement = CostSettlement {
+            estimate: record.cost_estimate,
+            actual,
+            requested_images: requested_outputs(&record.input),
+            stored_images: stored,
+            created,
+        };
+        if settlement.changes_nothing() {
+            return;
+        }
+        if let Err(err) = self
+            .records
+            .settle_cost(tenant, &month_of(record.created_at), &settlement)
+            .await
+        {
+            tracing::error!(prediction_id = %record.id, error = %err, "could not settle the prediction's cost; its estimate stays counted");
+        }
     }
 
     /// Whether this poll may queue the record's copy (none queued by a poll lately).
@@ -149,6 +229,7 @@ impl<P: Ports> App<P> {
             metrics: Some(bounded_metrics(&remote.metrics)),
             started_at: remote.started_at.as_deref().and_then(parse_rfc3339),
             completed_at,
+            cost: None,
         }
     }
 
@@ -196,29 +277,5 @@ impl<P: Ports> App<P> {
             Err(err) => return Err(err.into()),
         }
         Ok(())
-    }
-
-    /// A succeeded prediction answers identical requests for the cache window; any other
-    /// ending frees the cache key at once. Best effort: submit re-checks the state anyway.
-    async fn settle_cache_claim(&self, record: &PredictionRecord, advance: &Advance) {
-        let Some(cache_key) = &record.cache_key else {
-            return;
-        };
-        let key = cache_claim_key(cache_key);
-        let guard = ClaimGuard::Prediction(&record.id);
-        let result = if advance.status == PredictionStatus::Succeeded {
-            let completed = advance.completed_at.unwrap_or_else(|| self.clock.millis());
-            let settlement = Settlement {
-                prediction_id: &record.id,
-                lease_until: after(completed, self.settings.result_cache_ttl),
-                from_cache: false,
-            };
-            self.records.settle_claim(&key, guard, &settlement).await
-        } else {
-            self.records.release_claim(&key, guard).await
-        };
-        if let Err(err) = result {
-            tracing::warn!(prediction_id = %record.id, error = %err, "could not update the cache claim");
-        }
     }
 }

@@ -14,6 +14,7 @@ use crate::ports::RecordStore;
 use crate::record::{Claim, PredictionId, PredictionRecord};
 use crate::registry::ModelRegistry;
 use crate::replicate::{Prediction, PredictionStatus, ReplicateError};
+use crate::tenancy::{ApiKey, KeyRecord, TenantId};
 use crate::webhook::WebhookSecret;
 
 type TestApp = App<crate::memory::InMemory>;
@@ -22,6 +23,8 @@ const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const PLACEHOLDER_ID: &str = "00000000000000000000000000000000";
 const HOST: &str = "abc123.execute-api.us-east-1.amazonaws.com";
 const OUTPUT_URL: &str = "https://pbxt.replicate.delivery/abc/out-0.png";
+/// The key the API Gateway fixtures carry: tenant `acme`'s.
+const FIXTURE_KEY: &str = "igk_fixture_key_of_tenant_acme_7f3c9a1e5b2d4f6a8c1e";
 
 fn app_with(extra: &[(&str, &str)]) -> TestApp {
     let settings = Settings::from_lookup(|name| {
@@ -40,14 +43,44 @@ fn app_with(extra: &[(&str, &str)]) -> TestApp {
     .unwrap();
     let source = MemorySource::default();
     source.insert(OUTPUT_URL, png());
+    let records = MemoryRecords::default();
+    records.put_key(key_record(FIXTURE_KEY, "acme", 10_000, None));
     let ports = PortSet {
         replicate: FakeReplicate::default(),
-        records: MemoryRecords::default(),
+        records,
         objects: MemoryObjects::default(),
         downloads: source,
         queue: MemoryQueue::default(),
     };
     App::new(ports, ModelRegistry::shipped().unwrap(), settings)
+}
+
+fn key_record(key: &str, tenant: &str, rate: u32, budget: Option<u64>) -> KeyRecord {
+    KeyRecord::new(
+        &ApiKey::parse(key).unwrap(),
+        TenantId::parse(tenant).unwrap(),
+        rate,
+        budget,
+        0,
+    )
+    .unwrap()
+}
+
+/// `request` sent with another API key (`None`: with none).
+fn with_key(mut request: Request, key: Option<&str>) -> Request {
+    let headers = request.headers_mut();
+    match key {
+        Some(key) => {
+            headers.insert(
+                http::header::AUTHORIZATION,
+                HeaderValue::from_str(&format!("Bearer {key}")).unwrap(),
+            );
+        }
+        None => {
+            headers.remove(http::header::AUTHORIZATION);
+        }
+    }
+    request
 }
 
 /// Runs every queued copy job as the copy worker would; returns how many failed.
@@ -76,6 +109,7 @@ fn event(fixture: &str, id: &str) -> Request {
     let text = match fixture {
         "submit" => include_str!("../../tests/fixtures/apigw-v2-submit.json"),
         "fetch" => include_str!("../../tests/fixtures/apigw-v2-fetch.json"),
+        "usage" => include_str!("../../tests/fixtures/apigw-v2-usage.json"),
         _ => include_str!("../../tests/fixtures/apigw-v2-webhook.json"),
     };
     lambda_http::request::from_str(&text.replace(PLACEHOLDER_ID, id))
@@ -181,6 +215,11 @@ async fn submit_creates_a_prediction_with_a_webhook_back_to_the_api() {
         webhook.url,
         format!("https://{HOST}/webhooks/replicate?id={id}&token={token}")
     );
+    assert_eq!(
+        webhook.events,
+        [crate::replicate::WebhookEvent::Completed],
+        "no `start` deliveries: they cost a request, an invocation and a write each"
+    );
     assert_eq!(stored.replicate_id.as_deref(), Some("rep-1"));
 }
 
@@ -231,6 +270,7 @@ async fn the_webhook_url_comes_from_the_api_domain_never_from_client_headers() {
         .unwrap();
     bare.headers_mut()
         .insert("host", HeaderValue::from_static("attacker.example"));
+    let bare = with_key(bare, Some(FIXTURE_KEY));
     assert_eq!(app.submit(bare).await.status(), 500);
     assert!(app.replicate.created().is_empty());
 }
@@ -362,7 +402,7 @@ async fn an_expired_creation_claim_is_taken_over_and_a_live_one_is_waited_for() 
     let app = app();
     let alias = app.registry.get("flux-schnell").unwrap().clone();
     let input = alias.validate(&fox()["input"]).unwrap();
-    let key = format!("cache#{}", alias.cache_key(&input).as_str());
+    let key = format!("cache#{}", alias.cache_key("acme", &input).as_str());
     let now = app.clock.millis();
     let mut stale = Claim {
         key: key.clone(),
@@ -418,7 +458,10 @@ async fn a_running_prediction_is_joined_whatever_its_claims_lease() {
         let alias = app.registry.get("flux-schnell").unwrap();
         let input = alias.validate(&fox()["input"]).unwrap();
         app.records
-            .claim(&format!("cache#{}", alias.cache_key(&input).as_str()))
+            .claim(&format!(
+                "cache#{}",
+                alias.cache_key("acme", &input).as_str()
+            ))
             .unwrap()
     };
     let mut dead = claim.clone();
@@ -442,7 +485,7 @@ async fn an_idempotency_key_whose_holder_died_is_taken_over_only_if_nothing_was_
     let hash = super::body::parse_submit_body(fox().to_string().as_bytes())
         .unwrap()
         .hash;
-    let key = format!("idem#{}", super::submit::sha256_hex(b"k-dead"));
+    let key = super::submit::idempotency_claim_key(&TenantId::parse("acme").unwrap(), "k-dead");
     let now = app.clock.millis();
     let holder = Claim {
         key: key.clone(),
@@ -799,6 +842,13 @@ async fn fetch_recovers_a_lost_webhook_and_syncs_at_most_once_per_interval() {
     let id = body["id"].as_str().unwrap().to_owned();
     app.replicate
         .set_prediction(remote("rep-1", PredictionStatus::Processing));
+    assert_eq!(
+        fetched(&app, &id).await["status"],
+        "starting",
+        "a prediction younger than the interval is left to its webhook"
+    );
+    assert_eq!(app.replicate.get_calls(), 0);
+    app.clock.advance(Duration::from_secs(6));
     assert_eq!(fetched(&app, &id).await["status"], "processing");
     assert_eq!(fetched(&app, &id).await["status"], "processing");
     assert_eq!(
@@ -1028,4 +1078,275 @@ async fn the_reconciler_pages_through_every_shard_past_errors_and_ends_the_expir
     // A run out of time stops and says so.
     let report = app.reconcile(Some(tokio::time::Instant::now())).await;
     assert!(report.incomplete);
+}
+
+const BETA_KEY: &str = "igk_second_tenant_beta_key_2b4d6f8a0c1e3g5h";
+
+fn fetch_as(id: &str, key: Option<&str>) -> Request {
+    with_key(event("fetch", id), key)
+}
+
+async fn status_and_body(response: Response<Body>) -> (u16, Value) {
+    (response.status().as_u16(), json_of(&response))
+}
+
+#[tokio::test]
+async fn every_route_refuses_missing_malformed_unknown_and_revoked_keys() {
+    let app = app();
+    let revoked = "igk_revoked_key_of_tenant_acme_000111222333";
+    app.records.put_key(key_record(revoked, "acme", 60, None));
+    let (_, mine) = submitted(&app, fox()).await;
+    let id = mine["id"].as_str().unwrap().to_owned();
+    let created = app.replicate.created().len();
+
+    // The revoked key works until it is revoked, and stops within the cache's lifetime.
+    let usage = |key| with_key(event("usage", ""), key);
+    assert_eq!(app.usage(usage(Some(revoked))).await.status(), 200);
+    use crate::ports::AccountStore;
+    let revoked_id = ApiKey::parse(revoked).unwrap().hash().key_id();
+    assert!(
+        app.records
+            .revoke_key(&revoked_id, app.clock.millis())
+            .await
+            .unwrap()
+    );
+    app.clock
+        .advance(super::KEY_CACHE_TTL + Duration::from_secs(1));
+
+    let bad_keys: [(Option<&str>, &str); 5] = [
+        (None, "needs an API key"),
+        (Some("short"), "malformed"),
+        (
+            Some("igk_well_formed_but_unknown_key_123456789"),
+            "not valid",
+        ),
+        (Some("igk_well formed?"), "malformed"),
+        (Some(revoked), "revoked"),
+    ];
+    for (key, says) in bad_keys {
+        let responses = [
+            app.submit(with_key(submit_event(fox()), key)).await,
+            app.fetch(fetch_as(&id, key)).await,
+            app.usage(usage(key)).await,
+            app.route(with_key(submit_event(fox()), key)).await,
+        ];
+        for response in responses {
+            assert_eq!(response.status(), 401, "{key:?}");
+            assert_eq!(
+                response.headers()["www-authenticate"],
+                "Bearer realm=\"api\""
+            );
+            let body = json_of(&response);
+            assert_eq!(body["type"], "/problems/unauthorized");
+            assert!(body["detail"].as_str().unwrap().contains(says), "{body}");
+        }
+    }
+    assert_eq!(
+        app.replicate.created().len(),
+        created,
+        "nothing was created"
+    );
+    // The webhook is authenticated by its signature, never by a key.
+    let response = app.webhook(with_key(event("webhook", ""), None)).await;
+    assert_eq!(json_of(&response)["type"], "/problems/invalid-signature");
+    assert!(!response.headers().contains_key("www-authenticate"));
+}
+
+#[tokio::test]
+async fn tenants_cannot_read_replay_or_reuse_each_others_work() {
+    let app = app();
+    app.records
+        .put_key(key_record(BETA_KEY, "beta", 10_000, None));
+    let keyed = |key: Option<&str>, idem: &'static str, body: Value| {
+        let mut request = with_key(submit_event(body), key);
+        request
+            .headers_mut()
+            .insert("idempotency-key", HeaderValue::from_static(idem));
+        request
+    };
+    let acme = with_key(submit_event(fox()), Some(FIXTURE_KEY));
+    let (status, acme) = status_and_body(app.submit(acme).await).await;
+    assert_eq!(status, 202, "{acme}");
+    let id = acme["id"].as_str().unwrap().to_owned();
+
+    // Another tenant's prediction is a 404 exactly like an id that does not exist.
+    let (status, theirs) = status_and_body(app.fetch(fetch_as(&id, Some(BETA_KEY))).await).await;
+    let (_, unknown) = status_and_body(
+        app.fetch(fetch_as(PredictionId::generate().as_str(), Some(BETA_KEY)))
+            .await,
+    )
+    .await;
+    assert_eq!((status, &theirs), (404, &unknown));
+
+    // The same input is not joined, and once it succeeded it is not served from the cache.
+    let (status, beta) = status_and_body(
+        app.submit(with_key(submit_event(fox()), Some(BETA_KEY)))
+            .await,
+    )
+    .await;
+    assert_eq!(status, 202);
+    assert_ne!(beta["id"], acme["id"]);
+    let rid = record(&app, &id).await.replicate_id.unwrap();
+    complete(&app, &PredictionId::parse(&id).unwrap(), &rid).await;
+    let (status, again) = status_and_body(
+        app.submit(with_key(
+            submit_event(json!({"model": "flux-schnell", "input": {"prompt": "a red fox"}})),
+            Some(BETA_KEY),
+        ))
+        .await,
+    )
+    .await;
+    assert_eq!(status, 202, "never acme's cached result: {again}");
+    assert_eq!(again["id"], beta["id"], "beta's own prediction in flight");
+
+    // The same Idempotency-Key from two tenants: two unrelated requests, even with other
+    // bodies (no 422), each replaying its own answer.
+    let other = json!({"model": "flux-schnell", "input": {"prompt": "a blue whale"}});
+    let (status, first_beta) = status_and_body(
+        app.submit(keyed(Some(BETA_KEY), "order-1", other.clone()))
+            .await,
+    )
+    .await;
+    assert_eq!(status, 202, "{first_beta}");
+    let (_, replay_beta) =
+        status_and_body(app.submit(keyed(Some(BETA_KEY), "order-1", other)).await).await;
+    let (_, replay_acme) =
+        status_and_body(app.submit(keyed(Some(FIXTURE_KEY), "order-1", fox())).await).await;
+    assert_eq!(replay_beta["id"], first_beta["id"]);
+    assert_ne!(replay_acme["id"], first_beta["id"]);
+    assert_eq!(replay_acme["input"]["prompt"], "a red fox");
+}
+
+#[tokio::test]
+async fn the_rate_limit_holds_per_tenant_per_minute_under_concurrency() {
+    let app = app();
+    let slow = "igk_rate_limited_tenant_key_5a6b7c8d9e0f";
+    app.records.put_key(key_record(slow, "slow", 3, None));
+    // Start at the beginning of a minute so the burst stays in one window.
+    let into_minute = app.clock.millis() % 60_000;
+    app.clock
+        .advance(Duration::from_millis(60_000 - into_minute));
+    let burst = (0..10).map(|i| {
+        let body = json!({"model": "flux-schnell", "input": {"prompt": format!("burst {i}")}});
+        app.submit(with_key(submit_event(body), Some(slow)))
+    });
+    let responses = futures_util::future::join_all(burst).await;
+    let admitted = responses.iter().filter(|r| r.status() == 202).count();
+    assert_eq!(admitted, 3);
+    let refused = responses.iter().find(|r| r.status() == 429).unwrap();
+    let wait: u64 = refused.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((59..=60).contains(&wait), "{wait}");
+    assert_eq!(json_of(refused)["type"], "/problems/rate-limited");
+    assert_eq!(app.replicate.created().len(), 3);
+    // Another tenant is not affected; the next minute admits again.
+    assert_eq!(submitted(&app, fox()).await.0, 202);
+    app.clock.advance(Duration::from_secs(60));
+    let body = json!({"model": "flux-schnell", "input": {"prompt": "next minute"}});
+    assert_eq!(
+        app.submit(with_key(submit_event(body), Some(slow)))
+            .await
+            .status(),
+        202
+    );
+}
+
+fn prompt(text: &str) -> Value {
+    json!({"model": "flux-schnell", "input": {"prompt": text}})
+}
+
+#[tokio::test]
+async fn the_budget_refuses_before_creating_and_settles_to_the_actual_cost() {
+    let app = app();
+    let capped = "igk_budgeted_tenant_key_9f8e7d6c5b4a3210";
+    // $0.01: three flux-schnell images at $0.003.
+    app.records
+        .put_key(key_record(capped, "capped", 1000, Some(10_000)));
+    let submit = |body: Value| app.submit(with_key(submit_event(body), Some(capped)));
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let (status, body) = status_and_body(submit(prompt(&format!("p{i}"))).await).await;
+        assert_eq!(status, 202, "{body}");
+        assert_eq!(body["cost"], json!({"estimated_usd": 0.003, "usd": null}));
+        ids.push(PredictionId::parse(body["id"].as_str().unwrap()).unwrap());
+    }
+    let (status, refused) = status_and_body(submit(prompt("p3")).await).await;
+    assert_eq!(
+        (status, refused["type"].as_str()),
+        (402, Some("/problems/budget-exhausted"))
+    );
+    assert_eq!(app.replicate.created().len(), 3, "refused before creating");
+
+    // One succeeds (billed), one fails as an official model (not billed): room again.
+    complete(&app, &ids[0], "rep-1").await;
+    let fetched_done = json_of(&app.fetch(fetch_as(ids[0].as_str(), Some(capped))).await);
+    assert_eq!(
+        fetched_done["cost"],
+        json!({"estimated_usd": 0.003, "usd": 0.003})
+    );
+    let failed = remote("rep-2", PredictionStatus::Failed);
+    app.webhook(webhook_event(&app, &ids[1], &json!(failed), app.clock.now()).await)
+        .await;
+    assert_eq!(record(&app, ids[1].as_str()).await.cost, Some(0));
+    assert_eq!(submit(prompt("p3")).await.status(), 202);
+    assert_eq!(submit(prompt("p4")).await.status(), 402);
+
+    // A cached answer costs nothing and still works with the budget spent.
+    let (status, cached) = status_and_body(submit(prompt("p0")).await).await;
+    assert_eq!(status, 200);
+    assert_eq!(cached["cost"], json!({"estimated_usd": 0.0, "usd": 0.0}));
+
+    let usage = json_of(&app.usage(with_key(event("usage", ""), Some(capped))).await);
+    assert_eq!(usage["tenant"], "capped");
+    assert_eq!(usage["month"], crate::tenancy::month_of(app.clock.millis()));
+    assert_eq!(usage["predictions"], 4);
+    // p0 stored + p1 none + p2 and p3 requested while running.
+    assert_eq!(usage["images"], 3);
+    // p0 actual + p1 nothing + p2 and p3 estimated while running.
+    assert_eq!(usage["cost_usd"], 0.009);
+    assert_eq!(usage["budget_usd"], 0.01);
+}
+
+#[tokio::test]
+async fn per_second_models_bill_predict_time_aborted_and_refused_creates_cost_nothing() {
+    let app = app();
+    let sdxl = json!({"model": "sdxl", "input": {"prompt": "a cat", "num_outputs": 2}});
+    let (_, body) = submitted(&app, sdxl).await;
+    // L40S at $0.000975/s, 6 s per output, 2 outputs.
+    assert_eq!(body["cost"]["estimated_usd"], 0.0117);
+    let id = PredictionId::parse(body["id"].as_str().unwrap()).unwrap();
+    let mut failed = remote("rep-1", PredictionStatus::Failed);
+    failed.model = "stability-ai/sdxl".into();
+    failed.version = record(&app, id.as_str()).await.version;
+    failed.metrics.predict_time = Some(2.0);
+    app.webhook(webhook_event(&app, &id, &json!(failed), app.clock.now()).await)
+        .await;
+    assert_eq!(
+        record(&app, id.as_str()).await.cost,
+        Some(1_950),
+        "failures bill their time"
+    );
+
+    let (_, body) = submitted(&app, prompt("never started")).await;
+    let id = PredictionId::parse(body["id"].as_str().unwrap()).unwrap();
+    let mut aborted = remote("rep-2", PredictionStatus::Aborted);
+    aborted.metrics.predict_time = Some(3.0);
+    app.webhook(webhook_event(&app, &id, &json!(aborted), app.clock.now()).await)
+        .await;
+    assert_eq!(record(&app, id.as_str()).await.cost, Some(0));
+
+    app.replicate.fail_next_create(ReplicateError::Rejected {
+        status: 422,
+        problem: Default::default(),
+    });
+    assert_eq!(submitted(&app, prompt("refused")).await.0, 502);
+    let usage = json_of(&app.usage(event("usage", "")).await);
+    assert_eq!(
+        usage["predictions"], 2,
+        "a refused create is not a prediction"
+    );
+    assert_eq!(usage["cost_usd"], 0.00195);
 }

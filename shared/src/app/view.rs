@@ -3,6 +3,7 @@
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use crate::cost::usd;
 use crate::ports::{ObjectStore, StoreError};
 use crate::record::{PredictionRecord, rfc3339};
 use crate::replicate::{Metrics, PredictionStatus};
@@ -17,6 +18,7 @@ pub struct PredictionView {
     pub output: Vec<OutputView>,
     pub error: Option<String>,
     pub metrics: Metrics,
+    pub cost: CostView,
     pub cached: bool,
     pub created_at: String,
     pub started_at: Option<String>,
@@ -30,6 +32,29 @@ pub struct OutputView {
     pub content_type: String,
     pub size: u64,
     pub sha256: String,
+}
+
+/// What the prediction costs on Replicate: the estimate made at submit, and the actual cost
+/// once it ended (`null` before). An answer from the result cache costs nothing.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CostView {
+    pub estimated_usd: f64,
+    pub usd: Option<f64>,
+}
+
+impl CostView {
+    fn of(record: &PredictionRecord, cached: bool) -> Self {
+        if cached {
+            return Self {
+                estimated_usd: 0.0,
+                usd: Some(0.0),
+            };
+        }
+        Self {
+            estimated_usd: usd(record.cost_estimate),
+            usd: record.cost.filter(|_| record.status.is_terminal()).map(usd),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -70,6 +95,7 @@ impl PredictionView {
             output,
             error: record.error.clone(),
             metrics: record.metrics.clone().unwrap_or_default(),
+            cost: CostView::of(record, cached),
             cached,
             created_at: rfc3339(record.created_at),
             started_at: record.started_at.map(rfc3339),

@@ -72,10 +72,10 @@ impl<P: Ports> App<P> {
     async fn try_webhook(&self, request: &Request) -> Result<Response<Body>, ApiError> {
         let body = request.body().as_ref();
         let headers = SignatureHeaders::from_header_map(request.headers())
-            .map_err(|e| ApiError::Unauthorized(e.to_string()))?;
+            .map_err(|e| ApiError::InvalidSignature(e.to_string()))?;
         headers
             .fresh_timestamp(self.clock.now(), DEFAULT_TOLERANCE)
-            .map_err(|e| ApiError::Unauthorized(e.to_string()))?;
+            .map_err(|e| ApiError::InvalidSignature(e.to_string()))?;
         let Some(to) = addressee(request) else {
             tracing::warn!("webhook without a prediction id; ignored");
             return Ok(receipt(
@@ -91,7 +91,7 @@ impl<P: Ports> App<P> {
             .verify(headers, body, self.clock.now())
             .map_err(|e| {
                 tracing::warn!(error = %e, "webhook refused");
-                ApiError::Unauthorized(e.to_string())
+                ApiError::InvalidSignature(e.to_string())
             })?;
         let remote: Prediction = serde_json::from_slice(body)
             .map_err(|e| ApiError::BadRequest(format!("webhook body is not a prediction: {e}")))?;

@@ -8,17 +8,23 @@ use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata};
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailure};
 
 use crate::ports::{
-    ClaimOutcome, OpenPage, RecordStore, Settlement, StoreError, SyncMark, open_shard,
+    AccountStore, ClaimOutcome, OpenEntry, OpenPage, RecordStore, Settlement, StoreError, SyncMark,
+    open_shard,
 };
 use crate::record::{Advance, Claim, ClaimGuard, Millis, PredictionId, PredictionRecord};
 use crate::replicate::PredictionStatus;
+use crate::tenancy::{
+    CostSettlement, KeyHash, KeyId, KeyRecord, RateWindow, Reservation, TenantId, Usage, usage_key,
+};
 
 type Item = HashMap<String, AttributeValue>;
 
 pub const TTL_ATTRIBUTE: &str = "expires_at";
 
 /// A sparse index of the predictions still running: only they carry `open_shard` (one of
-/// `ports::OPEN_SHARDS`), which a terminal update removes. The reconciler queries it.
+/// `ports::OPEN_SHARDS`), which a terminal update removes. It projects keys only, so it is
+/// written when a record enters and leaves it, not on every update. The reconciler queries
+/// it.
 pub const OPEN_INDEX: &str = "open-index";
 pub const OPEN_SHARD_ATTRIBUTE: &str = "open_shard";
 
@@ -112,7 +118,6 @@ fn json_attr<T: serde::Serialize>(value: &T) -> Result<AttributeValue, StoreErro
 fn prediction_to_item(r: &PredictionRecord) -> Result<Item, StoreError> {
     let mut item = Item::from([
         ("pk".to_owned(), prediction_pk(&r.id)),
-        ("id".to_owned(), s(r.id.as_str())),
         ("alias".to_owned(), s(&r.alias)),
         ("model".to_owned(), s(&r.model)),
         ("input".to_owned(), json_attr(&r.input)?),
@@ -124,11 +129,11 @@ fn prediction_to_item(r: &PredictionRecord) -> Result<Item, StoreError> {
         ("outputs".to_owned(), json_attr(&r.outputs)?),
         ("created_at".to_owned(), n(r.created_at)),
         (TTL_ATTRIBUTE.to_owned(), n(r.expires_at)),
+        ("cost_estimate".to_owned(), n(r.cost_estimate)),
     ]);
     let optional = [
         ("replicate_id", r.replicate_id.clone().map(s)),
         ("version", r.version.clone().map(s)),
-        ("cache_key", r.cache_key.clone().map(s)),
         ("error", r.error.clone().map(s)),
         ("metrics", r.metrics.as_ref().map(json_attr).transpose()?),
         ("started_at", r.started_at.map(n)),
@@ -136,6 +141,9 @@ fn prediction_to_item(r: &PredictionRecord) -> Result<Item, StoreError> {
         ("synced_at", r.synced_at.map(n)),
         ("copy_queued_at", r.copy_queued_at.map(n)),
         ("webhook_token", r.webhook_token.clone().map(s)),
+        ("tenant", r.tenant.as_ref().map(|t| s(t.as_str()))),
+        ("price", r.price.as_ref().map(json_attr).transpose()?),
+        ("cost", r.cost.map(n)),
     ];
     if !r.status.is_terminal() {
         item.insert(OPEN_SHARD_ATTRIBUTE.to_owned(), s(open_shard(&r.id)));
@@ -148,9 +156,17 @@ fn prediction_to_item(r: &PredictionRecord) -> Result<Item, StoreError> {
     Ok(item)
 }
 
+/// A prediction item's id, from its key (no copy is stored: every byte of a record is paid
+/// on each write).
+fn prediction_id_of(item: &Item) -> Result<PredictionId, StoreError> {
+    read_s(item, "pk")?
+        .strip_prefix("pred#")
+        .and_then(|id| PredictionId::parse(id).ok())
+        .ok_or_else(|| StoreError::new("read item", "`pk` is not a prediction's"))
+}
+
 fn prediction_from_item(item: &Item) -> Result<PredictionRecord, StoreError> {
-    let id = PredictionId::parse(&read_s(item, "id")?)
-        .map_err(|e| StoreError::new("read item", e.to_string()))?;
+    let id = prediction_id_of(item)?;
     Ok(PredictionRecord {
         id,
         replicate_id: read_opt_s(item, "replicate_id"),
@@ -158,7 +174,6 @@ fn prediction_from_item(item: &Item) -> Result<PredictionRecord, StoreError> {
         model: read_s(item, "model")?,
         version: read_opt_s(item, "version"),
         input: read_json(item, "input")?.unwrap_or_default(),
-        cache_key: read_opt_s(item, "cache_key"),
         status: PredictionStatus::parse(&read_s(item, "status")?),
         outputs: read_json(item, "outputs")?.unwrap_or_default(),
         error: read_opt_s(item, "error"),
@@ -170,6 +185,13 @@ fn prediction_from_item(item: &Item) -> Result<PredictionRecord, StoreError> {
         copy_queued_at: read_opt_n(item, "copy_queued_at"),
         expires_at: read_n(item, TTL_ATTRIBUTE)?,
         webhook_token: read_opt_s(item, "webhook_token"),
+        tenant: read_opt_s(item, "tenant")
+            .map(|t| TenantId::parse(&t))
+            .transpose()
+            .map_err(|e| StoreError::new("read item", format!("attribute `tenant`: {e}")))?,
+        price: read_json(item, "price")?,
+        cost_estimate: read_opt_n(item, "cost_estimate").unwrap_or(0),
+        cost: read_opt_n(item, "cost"),
     })
 }
 
@@ -239,6 +261,10 @@ fn advance_expression(advance: &Advance) -> Result<(String, Item), StoreError> {
     if let Some(metrics) = &advance.metrics {
         set.push("#metrics = :metrics");
         values.insert(":metrics".to_owned(), json_attr(metrics)?);
+    }
+    if let Some(cost) = advance.cost {
+        set.push("#cost = :cost");
+        values.insert(":cost".to_owned(), n(cost));
     }
     if let Some(rid) = &advance.replicate_id {
         values.insert(":rid".to_owned(), s(rid));
@@ -311,6 +337,27 @@ impl DynamoRecords {
             ),
             Err(other) => Err(failed(operation, other)),
         }
+    }
+
+    /// An unconditional `UpdateItem` on `pk` (counters: `ADD` is atomic by itself).
+    async fn update(
+        &self,
+        operation: &'static str,
+        pk: AttributeValue,
+        update: &str,
+        values: Item,
+    ) -> Result<(), StoreError> {
+        self.client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", pk)
+            .update_expression(update)
+            .set_expression_attribute_names(Some(names_in(&[update])))
+            .set_expression_attribute_values(Some(values))
+            .send()
+            .await
+            .map_err(|e| failed(operation, e))?;
+        Ok(())
     }
 
     /// An `UpdateItem` on `pk` that applies only if `condition` holds; `Ok(false)` if not.
@@ -561,22 +608,201 @@ impl RecordStore for DynamoRecords {
             .await
             .map_err(|e| failed("list open predictions", e))?;
         // One unreadable item must not hide the rest from the reconciler.
-        let records = output
+        let entries = output
             .items()
             .iter()
-            .filter_map(|item| match prediction_from_item(item) {
-                Ok(record) => Some(record),
+            .filter_map(|item| match open_entry(item) {
+                Ok(entry) => Some(entry),
                 Err(err) => {
-                    tracing::error!(error = %err, "unreadable prediction item in the open index");
+                    tracing::error!(error = %err, "unreadable entry in the open index");
                     None
                 }
             })
             .collect();
         Ok(OpenPage {
-            records,
+            entries,
             next: output.last_evaluated_key().and_then(key_to_cursor),
         })
     }
+}
+
+fn key_pk(id: &KeyId) -> AttributeValue {
+    s(format!("apikey#{id}"))
+}
+
+/// A signed number (DynamoDB's `ADD` subtracts a negative one).
+fn signed(v: i128) -> AttributeValue {
+    AttributeValue::N(v.to_string())
+}
+
+fn key_to_item(key: &KeyRecord) -> Item {
+    let mut item = Item::from([
+        ("pk".to_owned(), key_pk(&key.id)),
+        ("key_hash".to_owned(), s(key.hash.as_str())),
+        ("tenant".to_owned(), s(key.tenant.as_str())),
+        (
+            "rate_per_minute".to_owned(),
+            n(u64::from(key.rate_per_minute)),
+        ),
+        ("created_at".to_owned(), n(key.created_at)),
+    ]);
+    if let Some(budget) = key.monthly_budget {
+        item.insert("monthly_budget".to_owned(), n(budget));
+    }
+    if let Some(at) = key.revoked_at {
+        item.insert("revoked_at".to_owned(), n(at));
+    }
+    item
+}
+
+fn key_from_item(item: &Item) -> Result<KeyRecord, StoreError> {
+    let invalid = |e: crate::tenancy::TenancyError| StoreError::new("read key", e.to_string());
+    let hash = KeyHash::from_stored(read_s(item, "key_hash")?);
+    Ok(KeyRecord {
+        id: hash.key_id(),
+        tenant: TenantId::parse(&read_s(item, "tenant")?).map_err(invalid)?,
+        rate_per_minute: u32::try_from(read_n(item, "rate_per_minute")?).unwrap_or(u32::MAX),
+        monthly_budget: read_opt_n(item, "monthly_budget"),
+        created_at: read_n(item, "created_at")?,
+        revoked_at: read_opt_n(item, "revoked_at"),
+        hash,
+    })
+}
+
+impl AccountStore for DynamoRecords {
+    async fn create_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
+        match self
+            .put_if(
+                "create key",
+                key_to_item(key),
+                "attribute_not_exists(#pk)",
+                None,
+            )
+            .await?
+        {
+            PutOutcome::Written => Ok(()),
+            PutOutcome::Refused(_) => Err(StoreError::new("create key", "the key exists")),
+        }
+    }
+
+    async fn get_key(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
+        let output = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", key_pk(id))
+            .send()
+            .await
+            .map_err(|e| failed("get key", e))?;
+        output.item().map(key_from_item).transpose()
+    }
+
+    async fn revoke_key(&self, id: &KeyId, at: Millis) -> Result<bool, StoreError> {
+        let values = Item::from([(":at".to_owned(), n(at))]);
+        self.update_if(
+            "revoke key",
+            key_pk(id),
+            "SET #revoked_at = if_not_exists(#revoked_at, :at)",
+            "attribute_exists(#pk)",
+            values,
+        )
+        .await
+    }
+
+    async fn count_request(&self, window: &RateWindow, limit: u32) -> Result<bool, StoreError> {
+        let values = Item::from([
+            (":one".to_owned(), n(1)),
+            (":limit".to_owned(), n(u64::from(limit))),
+            (":ttl".to_owned(), n(window.expires_at)),
+        ]);
+        self.update_if(
+            "count request",
+            s(&window.key),
+            "SET #expires_at = :ttl ADD #count :one",
+            "attribute_not_exists(#count) OR #count < :limit",
+            values,
+        )
+        .await
+    }
+
+    async fn reserve_cost(
+        &self,
+        tenant: &TenantId,
+        month: &str,
+        reservation: &Reservation,
+    ) -> Result<bool, StoreError> {
+        let mut values = Item::from([
+            (":estimate".to_owned(), n(reservation.estimate)),
+            (":images".to_owned(), n(reservation.images)),
+            (":one".to_owned(), n(1)),
+            (":ttl".to_owned(), n(reservation.expires_at)),
+        ]);
+        let update = "SET #expires_at = if_not_exists(#expires_at, :ttl) \
+                      ADD #committed :estimate, #images :images, #predictions :one";
+        let pk = s(usage_key(tenant, month));
+        let Some(budget) = reservation.budget else {
+            self.update("reserve cost", pk, update, values).await?;
+            return Ok(true);
+        };
+        // DynamoDB conditions cannot add, so the room left for this estimate is computed here.
+        let Some(room) = budget.checked_sub(reservation.estimate) else {
+            return Ok(false);
+        };
+        values.insert(":room".to_owned(), n(room));
+        let condition = "attribute_not_exists(#committed) OR #committed <= :room";
+        self.update_if("reserve cost", pk, update, condition, values)
+            .await
+    }
+
+    async fn settle_cost(
+        &self,
+        tenant: &TenantId,
+        month: &str,
+        settlement: &CostSettlement,
+    ) -> Result<(), StoreError> {
+        let (cost, images, predictions) = settlement.deltas();
+        let values = Item::from([
+            (":cost".to_owned(), signed(cost)),
+            (":images".to_owned(), signed(images)),
+            (":predictions".to_owned(), signed(predictions)),
+        ]);
+        let update = "ADD #committed :cost, #images :images, #predictions :predictions";
+        self.update("settle cost", s(usage_key(tenant, month)), update, values)
+            .await
+    }
+
+    async fn usage(&self, tenant: &TenantId, month: &str) -> Result<Usage, StoreError> {
+        let output = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(usage_key(tenant, month)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| failed("get usage", e))?;
+        let Some(item) = output.item() else {
+            return Ok(Usage::default());
+        };
+        // `ADD` of a negative delta can leave a count below zero only through a bug; clamp.
+        let count = |name: &str| match item.get(name) {
+            Some(AttributeValue::N(v)) => v.parse::<i128>().map_or(0, |v| v.max(0) as u64),
+            _ => 0,
+        };
+        Ok(Usage {
+            predictions: count("predictions"),
+            images: count("images"),
+            committed: count("committed"),
+        })
+    }
+}
+
+/// An open-index item (keys only): the prediction's id from `pk`, and its creation time.
+fn open_entry(item: &Item) -> Result<OpenEntry, StoreError> {
+    Ok(OpenEntry {
+        id: prediction_id_of(item)?,
+        created_at: read_n(item, "created_at")?,
+    })
 }
 
 /// The reconciler's cursor: where a query of the open index stopped, as `created_at|pk`.
@@ -626,7 +852,6 @@ mod tests {
                 .as_object()
                 .unwrap()
                 .clone(),
-            cache_key: Some("k".into()),
             status: PredictionStatus::Succeeded,
             outputs: vec![StoredOutput {
                 key: "outputs/x/0.png".into(),
@@ -643,6 +868,10 @@ mod tests {
             copy_queued_at: Some(5),
             expires_at: 4,
             webhook_token: Some("t".repeat(32)),
+            tenant: Some(TenantId::parse("acme").unwrap()),
+            price: Some(crate::cost::Price::Image { micros: 3_000 }),
+            cost_estimate: 3_000,
+            cost: Some(3_000),
         }
     }
 
@@ -735,6 +964,7 @@ mod tests {
             metrics: None,
             started_at: Some(7),
             completed_at: None,
+            cost: None,
         };
         let (expression, values) = advance_expression(&advance).unwrap();
         assert_eq!(

@@ -14,8 +14,9 @@ pub use sqs::SqsCopyQueue;
 /// The SAM template grants each function the actions of the methods its handler calls.
 pub fn iam_actions(port_method: &str) -> &'static [&'static str] {
     match port_method {
-        "try_claim" | "replace_claim" | "insert_prediction" => &["dynamodb:PutItem"],
-        "settle_claim" | "advance" | "claim_sync" => &["dynamodb:UpdateItem"],
+        "try_claim" | "replace_claim" | "insert_prediction" | "create_key" => &["dynamodb:PutItem"],
+        "settle_claim" | "advance" | "claim_sync" | "revoke_key" | "count_request"
+        | "reserve_cost" | "settle_cost" => &["dynamodb:UpdateItem"],
         // The `replicate#` binding is put, the record updated (the binding given back if not).
         "attach_replicate_id" => &[
             "dynamodb:PutItem",
@@ -23,7 +24,7 @@ pub fn iam_actions(port_method: &str) -> &'static [&'static str] {
             "dynamodb:DeleteItem",
         ],
         "release_claim" => &["dynamodb:DeleteItem"],
-        "get_prediction" => &["dynamodb:GetItem"],
+        "get_prediction" | "get_key" | "usage" => &["dynamodb:GetItem"],
         // On the `open-index` index only.
         "list_open" => &["dynamodb:Query"],
         // Creating, uploading parts of and completing a multipart upload are all s3:PutObject.

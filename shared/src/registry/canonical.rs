@@ -8,7 +8,7 @@ use sha2::{Digest, Sha256};
 use crate::replicate::ModelRef;
 
 /// Bumped if the canonical form ever changes, so old cache entries are simply not found.
-const CACHE_KEY_SCHEME: &str = "imagegen-cache-v2";
+const CACHE_KEY_SCHEME: &str = "imagegen-cache-v3";
 
 /// JSON with object keys sorted at every level and no insignificant whitespace. Sorting is
 /// done here rather than relying on `serde_json::Map` being ordered, which a feature flag
@@ -55,12 +55,14 @@ fn write_canonical(value: &Value, out: &mut String) {
 pub struct CacheKey(String);
 
 impl CacheKey {
-    /// The alias is part of the key: two aliases of one model version (`sdxl` and
-    /// `sdxl-img2img`) never answer each other's requests, so an answer names what was asked.
-    pub fn new(alias: &str, model: &ModelRef, input: &Map<String, Value>) -> Self {
+    /// The tenant is part of the key: one tenant's results never answer another's requests.
+    /// So is the alias: two aliases of one model version (`sdxl` and `sdxl-img2img`) never
+    /// answer each other's requests, so an answer names what was asked.
+    pub fn new(tenant: &str, alias: &str, model: &ModelRef, input: &Map<String, Value>) -> Self {
         let mut hasher = Sha256::new();
         for part in [
             CACHE_KEY_SCHEME,
+            tenant,
             alias,
             &model.to_string(),
             &canonical_json(&Value::Object(input.clone())),

@@ -13,9 +13,12 @@ use std::collections::{BTreeMap, HashMap};
 use serde_json::Value;
 
 pub use canonical::{CacheKey, canonical_json};
-pub use spec::{AliasSpec, DEFAULT_MAX_INLINE_IMAGE_BYTES, FieldSpec, RegistryDocument, Rule};
+pub use spec::{
+    AliasSpec, DEFAULT_MAX_INLINE_IMAGE_BYTES, FieldSpec, PriceSpec, RegistryDocument, Rule,
+};
 pub use validate::{FieldError, InputErrors, ValidatedInput};
 
+use crate::cost::{Price, micros_from_usd};
 use crate::replicate::{ModelRef, VersionId};
 
 /// The registry compiled into every binary.
@@ -54,6 +57,8 @@ pub struct ModelAlias {
     pub model: ModelRef,
     pub inputs: BTreeMap<String, FieldSpec>,
     pub rules: Vec<Rule>,
+    /// What Replicate charges for a run (estimates and settled costs use it).
+    pub price: Price,
 }
 
 impl ModelAlias {
@@ -63,14 +68,14 @@ impl ModelAlias {
         validate::validate(&self.inputs, &self.rules, input)
     }
 
-    /// The result-cache key of running this alias's model version on `input`.
-    pub fn cache_key(&self, input: &ValidatedInput) -> CacheKey {
-        self.cache_key_of(input.as_map())
+    /// The result-cache key of `tenant` running this alias's model version on `input`.
+    pub fn cache_key(&self, tenant: &str, input: &ValidatedInput) -> CacheKey {
+        self.cache_key_of(tenant, input.as_map())
     }
 
     /// The cache key of an input as stored (inline images replaced by their references).
-    pub fn cache_key_of(&self, input: &serde_json::Map<String, Value>) -> CacheKey {
-        CacheKey::new(&self.alias, &self.model, input)
+    pub fn cache_key_of(&self, tenant: &str, input: &serde_json::Map<String, Value>) -> CacheKey {
+        CacheKey::new(tenant, &self.alias, &self.model, input)
     }
 }
 
@@ -122,7 +127,14 @@ impl ModelRegistry {
         }
         let mut aliases = BTreeMap::new();
         for (alias, spec) in document.models {
-            let model = build_alias(&alias, spec.clone())?;
+            let price =
+                build_price(&spec.price, &document.hardware_usd_per_second).map_err(|message| {
+                    RegistryError::Alias {
+                        alias: alias.clone(),
+                        message: format!("price: {message}"),
+                    }
+                })?;
+            let model = build_alias(&alias, spec.clone(), price)?;
             aliases.insert(alias, (model, spec.primary));
         }
         let by_model = index_by_model(&aliases)?;
@@ -220,7 +232,27 @@ fn valid_alias_name(alias: &str) -> bool {
         })
 }
 
-fn build_alias(alias: &str, spec: AliasSpec) -> Result<ModelAlias, RegistryError> {
+/// An alias's price: per image, or per second of a listed hardware.
+fn build_price(spec: &PriceSpec, hardware: &BTreeMap<String, f64>) -> Result<Price, String> {
+    let dollars = |usd: f64| micros_from_usd(usd).ok_or(format!("`{usd}` is not a price"));
+    match (spec.usd_per_image, &spec.hardware, spec.typical_seconds) {
+        (Some(usd), None, None) => Ok(Price::Image {
+            micros: dollars(usd)?,
+        }),
+        (None, Some(name), Some(typical_seconds)) if typical_seconds > 0 => {
+            let per_second = hardware.get(name).ok_or(format!(
+                "hardware `{name}` is not in `hardware_usd_per_second`"
+            ))?;
+            Ok(Price::Second {
+                micros: dollars(*per_second)?,
+                typical_seconds,
+            })
+        }
+        _ => Err("give either `usd_per_image`, or `hardware` and `typical_seconds` (> 0)".into()),
+    }
+}
+
+fn build_alias(alias: &str, spec: AliasSpec, price: Price) -> Result<ModelAlias, RegistryError> {
     let fail = |message: String| RegistryError::Alias {
         alias: alias.to_owned(),
         message,
@@ -264,6 +296,7 @@ fn build_alias(alias: &str, spec: AliasSpec) -> Result<ModelAlias, RegistryError
         model,
         inputs: spec.inputs,
         rules: spec.rules,
+        price,
     })
 }
 

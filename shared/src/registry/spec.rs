@@ -10,6 +10,10 @@ pub const DEFAULT_MAX_INLINE_IMAGE_BYTES: usize = 1024 * 1024;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RegistryDocument {
+    /// Replicate's price per second of `predict_time` on each hardware, in US dollars
+    /// (replicate.com/pricing); aliases priced per second name one of these.
+    #[serde(default)]
+    pub hardware_usd_per_second: BTreeMap<String, f64>,
     pub models: BTreeMap<String, AliasSpec>,
 }
 
@@ -28,6 +32,21 @@ pub struct AliasSpec {
     pub inputs: BTreeMap<String, FieldSpec>,
     #[serde(default)]
     pub rules: Vec<Rule>,
+    pub price: PriceSpec,
+}
+
+/// How Replicate bills an alias's model: `usd_per_image` (official models), or `hardware`
+/// (a key of `hardware_usd_per_second`) with the `typical_seconds` one output takes, which
+/// budget estimates use until the real `predict_time` is known.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PriceSpec {
+    #[serde(default)]
+    pub usd_per_image: Option<f64>,
+    #[serde(default)]
+    pub hardware: Option<String>,
+    #[serde(default)]
+    pub typical_seconds: Option<u32>,
 }
 
 /// One input field's type, limits and default.

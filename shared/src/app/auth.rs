@@ -1,0 +1,102 @@
+//! API keys on every `/v1/*` route, checked in the function itself (README, "Callers,
+//! limits and cost", says why not a Lambda authorizer), and the per-tenant submit rate.
+//!
+//! A key's record is cached per process for `KEY_CACHE_TTL`, so a warm function reads the
+//! table about once per key per half minute, and a revoked key stops working within that
+//! time everywhere. Unknown keys are cached briefly too, so a flood of one bad key does not
+//! become a flood of reads.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use lambda_http::Request;
+
+use super::{ApiError, App, Ports};
+use crate::ports::AccountStore;
+use crate::record::{Millis, after};
+use crate::tenancy::{Caller, KeyHash, KeyRecord, RateWindow, bearer_key};
+
+/// How long a key's record is trusted: revocation takes effect within this (CONTRACT: 60 s).
+pub const KEY_CACHE_TTL: Duration = Duration::from_secs(30);
+/// How long "no such key" is remembered.
+const UNKNOWN_KEY_TTL: Duration = Duration::from_secs(5);
+/// Keys remembered per process; beyond it the cache starts over (a flood of random keys
+/// must not grow memory).
+const KEY_CACHE_ENTRIES: usize = 10_000;
+
+/// Key records by key id, with when (app clock) they were read.
+#[derive(Default)]
+pub struct KeyCache {
+    entries: Mutex<HashMap<String, (Millis, Option<KeyRecord>)>>,
+}
+
+impl KeyCache {
+    fn get(&self, id: &str, now: Millis) -> Option<Option<KeyRecord>> {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let (read_at, record) = entries.get(id)?;
+        let ttl = if record.is_some() {
+            KEY_CACHE_TTL
+        } else {
+            UNKNOWN_KEY_TTL
+        };
+        (now >= *read_at && now < after(*read_at, ttl)).then(|| record.clone())
+    }
+
+    fn put(&self, id: &str, record: Option<KeyRecord>, now: Millis) {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if entries.len() >= KEY_CACHE_ENTRIES {
+            entries.clear();
+        }
+        entries.insert(id.to_owned(), (now, record));
+    }
+}
+
+impl<P: Ports> App<P> {
+    /// The caller of a `/v1/*` request, or 401.
+    pub async fn authenticate(&self, request: &Request) -> Result<Caller, ApiError> {
+        let key = bearer_key(request.headers().get(http::header::AUTHORIZATION))
+            .map_err(|reason| ApiError::Unauthenticated(reason.to_owned()))?;
+        let hash = key.hash();
+        let record = self.key_record(&hash).await?;
+        let invalid = || ApiError::Unauthenticated("the API key is not valid".to_owned());
+        let record = record
+            .filter(|r| r.hash.matches(&hash))
+            .ok_or_else(invalid)?;
+        let caller = record
+            .caller()
+            .ok_or_else(|| ApiError::Unauthenticated("the API key has been revoked".to_owned()))?;
+        tracing::Span::current().record("tenant", caller.tenant.as_str());
+        Ok(caller)
+    }
+
+    async fn key_record(&self, hash: &KeyHash) -> Result<Option<KeyRecord>, ApiError> {
+        let id = hash.key_id();
+        let now = self.clock.millis();
+        if let Some(cached) = self.keys.get(id.as_str(), now) {
+            return Ok(cached);
+        }
+        let record = self.records.get_key(&id).await?;
+        self.keys.put(id.as_str(), record.clone(), now);
+        Ok(record)
+    }
+
+    /// Counts a submit against the caller's rate; 429 with the time to the next window when
+    /// the window is full. Shared by every instance: the counter lives in the table.
+    pub(super) async fn admit_submit(&self, caller: &Caller, now: Millis) -> Result<(), ApiError> {
+        let window = RateWindow::at(&caller.tenant, now);
+        if self
+            .records
+            .count_request(&window, caller.rate_per_minute)
+            .await?
+        {
+            return Ok(());
+        }
+        // Whole seconds, rounded up: a client that waits exactly this long gets in.
+        let wait_ms = window.ends_at.saturating_sub(now);
+        Err(ApiError::RateLimited {
+            limit: caller.rate_per_minute,
+            retry_after: Duration::from_secs(wait_ms.div_ceil(1000).max(1)),
+        })
+    }
+}

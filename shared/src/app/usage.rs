@@ -1,0 +1,46 @@
+//! `GET /v1/usage`: the caller's tenant's usage in the current calendar month (UTC).
+
+use http::StatusCode;
+use lambda_http::{Body, Request, Response};
+use serde::Serialize;
+
+use super::problem::json_response;
+use super::{ApiError, App, Ports};
+use crate::cost::usd;
+use crate::ports::AccountStore;
+use crate::tenancy::month_of;
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct UsageView {
+    pub tenant: String,
+    pub month: String,
+    pub predictions: u64,
+    pub images: u64,
+    /// Actual cost of the predictions that ended plus the estimate of those still running:
+    /// what the budget is checked against.
+    pub cost_usd: f64,
+    pub budget_usd: Option<f64>,
+}
+
+impl<P: Ports> App<P> {
+    pub async fn usage(&self, request: Request) -> Response<Body> {
+        match self.try_usage(&request).await {
+            Ok(view) => json_response(StatusCode::OK, &view),
+            Err(err) => err.into_response(),
+        }
+    }
+
+    async fn try_usage(&self, request: &Request) -> Result<UsageView, ApiError> {
+        let caller = self.authenticate(request).await?;
+        let month = month_of(self.clock.millis());
+        let usage = self.records.usage(&caller.tenant, &month).await?;
+        Ok(UsageView {
+            tenant: caller.tenant.to_string(),
+            month,
+            predictions: usage.predictions,
+            images: usage.images,
+            cost_usd: usd(usage.committed),
+            budget_usd: caller.monthly_budget.map(usd),
+        })
+    }
+}

@@ -1,0 +1,164 @@
+//! What a prediction costs on Replicate: the price an alias is configured with, the estimate
+//! reserved against a tenant's budget at submit, and the actual cost once it ends (README,
+//! "Callers, limits and cost").
+//!
+//! Money is kept in whole micro-dollars (`Micros`): DynamoDB adds them atomically and exactly,
+//! and every listed price is a whole number of them.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::record::MAX_OUTPUTS;
+use crate::replicate::{Metrics, PredictionStatus};
+
+/// Millionths of a US dollar.
+pub type Micros = u64;
+
+/// One dollar.
+pub const MICROS_PER_USD: Micros = 1_000_000;
+
+/// Longest run a prediction can be billed for: every create carries `Cancel-After: 30m`.
+const MAX_BILLED_SECONDS: f64 = 30.0 * 60.0;
+
+/// Dollars as shown to clients (`0.003`).
+pub fn usd(micros: Micros) -> f64 {
+    micros as f64 / MICROS_PER_USD as f64
+}
+
+/// Dollars from configuration or a command line, to whole micro-dollars (rounded). `None`
+/// for anything negative, not finite, or above a billion dollars.
+pub fn micros_from_usd(dollars: f64) -> Option<Micros> {
+    (dollars.is_finite() && (0.0..=1e9).contains(&dollars))
+        .then(|| (dollars * MICROS_PER_USD as f64).round() as Micros)
+}
+
+/// How Replicate bills a model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "per", rename_all = "snake_case")]
+pub enum Price {
+    /// Official models: a fixed price per output image.
+    Image { micros: Micros },
+    /// Other models: per second of `predict_time` on the model's hardware. The estimate
+    /// assumes `typical_seconds` per requested output.
+    Second {
+        micros: Micros,
+        typical_seconds: u32,
+    },
+}
+
+/// The number of images a validated input asks for.
+pub fn requested_outputs(input: &Map<String, Value>) -> u64 {
+    input
+        .get("num_outputs")
+        .and_then(Value::as_u64)
+        .unwrap_or(1)
+        .clamp(1, MAX_OUTPUTS as u64)
+}
+
+impl Price {
+    /// What a run of `input` is expected to cost: reserved against the budget at submit.
+    pub fn estimate(&self, input: &Map<String, Value>) -> Micros {
+        let outputs = requested_outputs(input);
+        match *self {
+            Self::Image { micros } => micros.saturating_mul(outputs),
+            Self::Second {
+                micros,
+                typical_seconds,
+            } => micros
+                .saturating_mul(u64::from(typical_seconds))
+                .saturating_mul(outputs),
+        }
+    }
+
+    /// What Replicate bills for a prediction that ended in `status` with `images` outputs
+    /// and `metrics`: nothing when `aborted` (it never started); per output image for
+    /// official models (only a success has them); per second it ran for the others,
+    /// failures and cancellations included.
+    pub fn billed(&self, status: &PredictionStatus, images: usize, metrics: &Metrics) -> Micros {
+        if *status == PredictionStatus::Aborted {
+            return 0;
+        }
+        match *self {
+            Self::Image { micros } if *status == PredictionStatus::Succeeded => {
+                micros.saturating_mul(images.min(MAX_OUTPUTS) as u64)
+            }
+            Self::Image { .. } => 0,
+            Self::Second { micros, .. } => {
+                let seconds = metrics
+                    .predict_time
+                    .filter(|t| t.is_finite() && *t > 0.0)
+                    .unwrap_or(0.0)
+                    .min(MAX_BILLED_SECONDS);
+                (seconds * micros as f64).round() as Micros
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn input(value: Value) -> Map<String, Value> {
+        value.as_object().cloned().unwrap_or_default()
+    }
+
+    fn metrics(predict_time: Option<f64>) -> Metrics {
+        Metrics {
+            predict_time,
+            ..Metrics::default()
+        }
+    }
+
+    #[test]
+    fn per_image_prices_bill_the_outputs_of_a_success_only() {
+        let flux = Price::Image { micros: 3_000 };
+        assert_eq!(flux.estimate(&input(json!({"num_outputs": 4}))), 12_000);
+        assert_eq!(flux.estimate(&input(json!({"prompt": "x"}))), 3_000);
+        let done = PredictionStatus::Succeeded;
+        assert_eq!(flux.billed(&done, 3, &metrics(Some(2.0))), 9_000);
+        assert_eq!(flux.billed(&done, 10_000, &metrics(None)), 48_000);
+        for ended in [
+            PredictionStatus::Failed,
+            PredictionStatus::Canceled,
+            PredictionStatus::Aborted,
+        ] {
+            assert_eq!(flux.billed(&ended, 0, &metrics(Some(2.0))), 0, "{ended}");
+        }
+    }
+
+    #[test]
+    fn per_second_prices_bill_the_time_run_even_when_it_failed() {
+        let sdxl = Price::Second {
+            micros: 975,
+            typical_seconds: 6,
+        };
+        assert_eq!(sdxl.estimate(&input(json!({"num_outputs": 2}))), 11_700);
+        let failed = PredictionStatus::Failed;
+        assert_eq!(sdxl.billed(&failed, 0, &metrics(Some(2.5))), 2_438);
+        assert_eq!(
+            sdxl.billed(&PredictionStatus::Canceled, 0, &metrics(Some(1.0))),
+            975
+        );
+        assert_eq!(
+            sdxl.billed(&PredictionStatus::Aborted, 0, &metrics(Some(9.0))),
+            0
+        );
+        // A hostile or broken metric cannot bill more than the 30-minute deadline allows.
+        let huge = sdxl.billed(&failed, 0, &metrics(Some(1e30)));
+        assert_eq!(huge, 975 * 1800);
+        assert_eq!(sdxl.billed(&failed, 0, &metrics(Some(f64::NAN))), 0);
+        assert_eq!(sdxl.billed(&failed, 0, &metrics(Some(-3.0))), 0);
+    }
+
+    #[test]
+    fn dollars_convert_exactly_for_listed_prices() {
+        assert_eq!(micros_from_usd(0.003), Some(3_000));
+        assert_eq!(micros_from_usd(0.000225), Some(225));
+        assert_eq!(micros_from_usd(25.0), Some(25_000_000));
+        assert_eq!(micros_from_usd(-1.0), None);
+        assert_eq!(micros_from_usd(f64::INFINITY), None);
+        assert_eq!(usd(3_000), 0.003);
+    }
+}

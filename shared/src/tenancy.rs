@@ -1,0 +1,427 @@
+//! Callers: API keys, the tenants they belong to, per-tenant rate windows and usage months
+//! (README, "Callers, limits and cost").
+//!
+//! A key is stored only as its SHA-256: keys are long random strings, so a fast hash is as
+//! safe as a slow one and costs nothing per request. The item is found by the hash's first
+//! 16 hex digits (the key's public id, what `make revoke` takes), and the whole hash is then
+//! compared in constant time.
+
+use std::fmt;
+
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::cost::Micros;
+use crate::record::{Millis, rfc3339};
+
+/// Longest key accepted in a header (generated keys are 68 characters).
+pub const MAX_KEY_CHARS: usize = 256;
+/// Submits per minute when a key is created without a rate.
+pub const DEFAULT_RATE_PER_MINUTE: u32 = 60;
+/// Highest rate a key may be given.
+pub const MAX_RATE_PER_MINUTE: u32 = 1_000_000;
+const GENERATED_KEY_PREFIX: &str = "igk_";
+
+/// A tenant: lowercase letters, digits, `-`, `_` and `.`, 1 to 64 characters, starting with
+/// a letter or digit. It is part of stored keys, so it can hold no `#`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TenantId(String);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TenancyError {
+    #[error(
+        "a tenant is 1 to 64 lowercase letters, digits, `-`, `_` or `.`, starting with a letter or digit"
+    )]
+    InvalidTenant,
+    #[error("an API key is 16 to 256 characters of A-Z a-z 0-9 - . _ ~ + /")]
+    InvalidKey,
+    #[error("a key id is 16 lowercase hex digits")]
+    InvalidKeyId,
+    #[error("rate_per_minute must be between 1 and {MAX_RATE_PER_MINUTE}")]
+    InvalidRate,
+    #[error("monthly_budget_usd must be a non-negative amount of dollars")]
+    InvalidBudget,
+}
+
+impl TenantId {
+    pub fn parse(s: &str) -> Result<Self, TenancyError> {
+        let bytes = s.as_bytes();
+        let valid = !bytes.is_empty()
+            && bytes.len() <= 64
+            && bytes[0].is_ascii_alphanumeric()
+            && bytes.iter().all(|b| {
+                b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.')
+            });
+        if valid {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(TenancyError::InvalidTenant)
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for TenantId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A key's public id: the first 16 hex digits of its hash.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct KeyId(String);
+
+impl KeyId {
+    pub fn parse(s: &str) -> Result<Self, TenancyError> {
+        if s.len() == 16
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(TenancyError::InvalidKeyId)
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// An API key as a caller presents it. `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiKey(String);
+
+impl fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ApiKey(<redacted>)")
+    }
+}
+
+impl ApiKey {
+    /// A new key: 244 random bits (two v4 UUIDs from the OS's random source) as hex.
+    pub fn generate() -> Self {
+        let a = uuid::Uuid::new_v4().simple().to_string();
+        let b = uuid::Uuid::new_v4().simple().to_string();
+        Self(format!("{GENERATED_KEY_PREFIX}{a}{b}"))
+    }
+
+    /// A key in RFC 6750's `b64token` alphabet, 16 to 256 characters (an operator may choose
+    /// their own through `DEV_API_KEYS`).
+    pub fn parse(s: &str) -> Result<Self, TenancyError> {
+        let body = s.trim_end_matches('=');
+        let valid = (16..=MAX_KEY_CHARS).contains(&s.len())
+            && !body.is_empty()
+            && body
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._~+/".contains(&b));
+        if valid {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(TenancyError::InvalidKey)
+        }
+    }
+
+    /// The key itself: shown once, when it is created.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// SHA-256 of the key, hex: the only form in which it is stored.
+    pub fn hash(&self) -> KeyHash {
+        KeyHash(crate::outputs::hex(&Sha256::digest(self.0.as_bytes())))
+    }
+}
+
+/// The stored form of a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyHash(String);
+
+impl KeyHash {
+    pub fn from_stored(hex: String) -> Self {
+        Self(hex)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The id the key is stored and revoked under.
+    pub fn key_id(&self) -> KeyId {
+        KeyId(self.0.chars().take(16).collect())
+    }
+
+    /// Constant-time equality, so response timing tells nothing about a stored hash.
+    pub fn matches(&self, other: &KeyHash) -> bool {
+        self.0.len() == other.0.len() && bool::from(self.0.as_bytes().ct_eq(other.0.as_bytes()))
+    }
+}
+
+/// A stored API key: whose it is and what it may do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRecord {
+    pub id: KeyId,
+    pub hash: KeyHash,
+    pub tenant: TenantId,
+    pub rate_per_minute: u32,
+    pub monthly_budget: Option<Micros>,
+    pub created_at: Millis,
+    pub revoked_at: Option<Millis>,
+}
+
+impl KeyRecord {
+    /// A record for `key`, active from `now`.
+    pub fn new(
+        key: &ApiKey,
+        tenant: TenantId,
+        rate_per_minute: u32,
+        monthly_budget: Option<Micros>,
+        now: Millis,
+    ) -> Result<Self, TenancyError> {
+        if !(1..=MAX_RATE_PER_MINUTE).contains(&rate_per_minute) {
+            return Err(TenancyError::InvalidRate);
+        }
+        let hash = key.hash();
+        Ok(Self {
+            id: hash.key_id(),
+            hash,
+            tenant,
+            rate_per_minute,
+            monthly_budget,
+            created_at: now,
+            revoked_at: None,
+        })
+    }
+
+    /// The caller a request with this key acts as, if the key is still valid.
+    pub fn caller(&self) -> Option<Caller> {
+        self.revoked_at.is_none().then(|| Caller {
+            tenant: self.tenant.clone(),
+            key_id: self.id.clone(),
+            rate_per_minute: self.rate_per_minute,
+            monthly_budget: self.monthly_budget,
+        })
+    }
+}
+
+/// Who a request comes from, once its key checked out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub tenant: TenantId,
+    pub key_id: KeyId,
+    pub rate_per_minute: u32,
+    pub monthly_budget: Option<Micros>,
+}
+
+/// The key of an `Authorization: Bearer <key>` header; `Err` says what is wrong with it.
+pub fn bearer_key(header: Option<&http::HeaderValue>) -> Result<ApiKey, &'static str> {
+    let header = header.ok_or("this route needs an API key: `Authorization: Bearer <key>`")?;
+    let text = header
+        .to_str()
+        .map_err(|_| "the Authorization header is not a bearer API key")?;
+    let (scheme, key) = text
+        .trim()
+        .split_once(' ')
+        .ok_or("the Authorization header is not a bearer API key")?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err("the Authorization header is not a bearer API key");
+    }
+    ApiKey::parse(key.trim()).map_err(|_| "the API key is malformed")
+}
+
+/// One tenant's minute of submits: a fixed window, counted atomically in the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateWindow {
+    /// Store key, e.g. `rate#acme#29613424`.
+    pub key: String,
+    /// When the window ends (and a refused caller may try again).
+    pub ends_at: Millis,
+    /// DynamoDB TTL (seconds): shortly after the window ends.
+    pub expires_at: u64,
+}
+
+const MINUTE_MS: Millis = 60_000;
+
+impl RateWindow {
+    pub fn at(tenant: &TenantId, now: Millis) -> Self {
+        let minute = now / MINUTE_MS;
+        let ends_at = (minute + 1) * MINUTE_MS;
+        Self {
+            key: format!("rate#{tenant}#{minute}"),
+            ends_at,
+            expires_at: ends_at / 1000 + 120,
+        }
+    }
+}
+
+/// The calendar month (UTC) of a time, as `2026-11`: usage and budgets are per month.
+pub fn month_of(t: Millis) -> String {
+    rfc3339(t).chars().take(7).collect()
+}
+
+/// A tenant's usage in one month, as stored.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Predictions started (creates sent to Replicate; cached answers are free and not
+    /// counted).
+    pub predictions: u64,
+    /// Output images: stored ones for ended predictions, requested ones for running ones.
+    pub images: u64,
+    /// The actual cost of ended predictions plus the estimate of running ones: what the
+    /// budget is checked against.
+    pub committed: Micros,
+}
+
+/// What a submit reserves in its tenant's month before it creates a prediction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reservation {
+    pub estimate: Micros,
+    /// Images requested.
+    pub images: u64,
+    /// Refused if the month's committed spend would pass it (`None`: no budget).
+    pub budget: Option<Micros>,
+    /// DynamoDB TTL of the month's item (seconds).
+    pub expires_at: u64,
+}
+
+/// What ending a prediction changes in its tenant's month: the reservation is replaced by
+/// what really happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CostSettlement {
+    pub estimate: Micros,
+    pub actual: Micros,
+    pub requested_images: u64,
+    pub stored_images: u64,
+    /// `false` when it was never created at Replicate: it is not counted as a prediction.
+    pub created: bool,
+}
+
+impl CostSettlement {
+    /// The corrections to add: (committed spend, images, predictions).
+    pub fn deltas(&self) -> (i128, i128, i128) {
+        (
+            i128::from(self.actual) - i128::from(self.estimate),
+            i128::from(self.stored_images) - i128::from(self.requested_images),
+            if self.created { 0 } else { -1 },
+        )
+    }
+
+    /// Whether the reservation was exactly right (the usual case for per-image prices):
+    /// then nothing needs writing.
+    pub fn changes_nothing(&self) -> bool {
+        self.deltas() == (0, 0, 0)
+    }
+}
+
+/// The store key of a tenant's month of usage.
+pub fn usage_key(tenant: &TenantId, month: &str) -> String {
+    format!("usage#{tenant}#{month}")
+}
+
+/// Usage items are kept for 400 days after the start of their month.
+pub fn usage_expires_at(now: Millis) -> u64 {
+    now / 1000 + 400 * 24 * 3600
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    #[test]
+    fn tenants_are_plain_names() {
+        assert!(TenantId::parse("acme").is_ok());
+        assert!(TenantId::parse("a.b-c_9").is_ok());
+        for bad in ["", "Acme", "-x", "a#b", "a b", &"a".repeat(65), "é"] {
+            assert_eq!(
+                TenantId::parse(bad),
+                Err(TenancyError::InvalidTenant),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn generated_keys_are_long_random_and_stored_only_as_a_hash() {
+        let a = ApiKey::generate();
+        let b = ApiKey::generate();
+        assert_ne!(a, b);
+        assert_eq!(a.expose().len(), 68);
+        assert!(ApiKey::parse(a.expose()).is_ok());
+        assert_eq!(format!("{a:?}"), "ApiKey(<redacted>)");
+        let hash = a.hash();
+        assert_eq!(hash.as_str().len(), 64);
+        assert!(!hash.as_str().contains(&a.expose()[4..]));
+        assert_eq!(hash.key_id().as_str(), &hash.as_str()[..16]);
+        assert!(hash.matches(&a.hash()));
+        assert!(!hash.matches(&b.hash()));
+        assert!(!hash.matches(&KeyHash::from_stored(String::new())));
+    }
+
+    #[test]
+    fn bearer_headers_are_parsed_strictly() {
+        let key = ApiKey::generate();
+        let header = |v: &str| HeaderValue::from_str(v).unwrap();
+        let good = format!("Bearer {}", key.expose());
+        assert_eq!(bearer_key(Some(&header(&good))), Ok(key.clone()));
+        let lower = format!("bearer  {} ", key.expose());
+        assert_eq!(bearer_key(Some(&header(&lower))), Ok(key.clone()));
+        assert!(bearer_key(None).is_err());
+        for bad in [
+            "Basic dXNlcjpwYXNz".to_owned(),
+            key.expose().to_owned(),
+            "Bearer short".to_owned(),
+            "Bearer ".to_owned(),
+            format!("Bearer {}", "k".repeat(300)),
+            format!("Bearer {}\"", key.expose()),
+        ] {
+            assert!(bearer_key(Some(&header(&bad))).is_err(), "{bad}");
+        }
+        let binary = HeaderValue::from_bytes(b"Bearer \xff\xfe0123456789abcdef").unwrap();
+        assert!(bearer_key(Some(&binary)).is_err());
+    }
+
+    #[test]
+    fn key_records_refuse_absurd_rates_and_revoked_keys_have_no_caller() {
+        let key = ApiKey::generate();
+        let tenant = TenantId::parse("acme").unwrap();
+        assert_eq!(
+            KeyRecord::new(&key, tenant.clone(), 0, None, 1),
+            Err(TenancyError::InvalidRate)
+        );
+        let mut record = KeyRecord::new(&key, tenant, 60, Some(5), 1).unwrap();
+        assert_eq!(record.caller().unwrap().rate_per_minute, 60);
+        record.revoked_at = Some(2);
+        assert_eq!(record.caller(), None);
+    }
+
+    #[test]
+    fn rate_windows_are_whole_minutes_per_tenant() {
+        let tenant = TenantId::parse("acme").unwrap();
+        let a = RateWindow::at(&tenant, 120_000);
+        let b = RateWindow::at(&tenant, 179_999);
+        let c = RateWindow::at(&tenant, 180_000);
+        assert_eq!(a, b);
+        assert_ne!(a.key, c.key);
+        assert_eq!(a.key, "rate#acme#2");
+        assert_eq!(a.ends_at, 180_000);
+        let other = RateWindow::at(&TenantId::parse("beta").unwrap(), 120_000);
+        assert_ne!(a.key, other.key);
+    }
+
+    #[test]
+    fn months_are_utc_calendar_months() {
+        // 2026-11-30T23:59:59.999Z and one millisecond later.
+        assert_eq!(month_of(1_796_083_199_999), "2026-11");
+        assert_eq!(month_of(1_796_083_200_000), "2026-12");
+    }
+}

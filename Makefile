@@ -31,7 +31,7 @@ dev: $(VENV_STAMP) ## Local stack on http://127.0.0.1:3000 (DEV_PORT): moto, Rep
 demo: ## Submit PROMPT to the running local stack and save the image
 	$(CARGO) run --locked -q -p local-stack --bin demo -- $(PROMPT)
 
-key: ## New API key: make key TENANT=<name> [RATE=<per minute>] [BUDGET=<usd>] (make dev's stack, or TABLE_NAME in AWS)
+key: ## New API key: make key TENANT=<name> [RATE=<per minute>] [BUDGET=<usd>|none] (the tenant's limits; make dev's stack, or TABLE_NAME in AWS)
 	$(CARGO) run --locked -q -p local-stack --bin keys -- create --tenant "$(TENANT)" $(if $(RATE),--rate "$(RATE)") $(if $(BUDGET),--budget "$(BUDGET)")
 
 revoke: ## Revoke an API key: make revoke KEY_ID=<id> (refused everywhere within 60 s)

@@ -7,7 +7,9 @@ use imagegen_shared::aws::{AwsClients, DynamoRecords};
 use imagegen_shared::cost::micros_from_usd;
 use imagegen_shared::ports::AccountStore;
 use imagegen_shared::record::to_millis;
-use imagegen_shared::tenancy::{ApiKey, DEFAULT_RATE_PER_MINUTE, KeyRecord, TenantId};
+use imagegen_shared::tenancy::{
+    ApiKey, DEFAULT_RATE_PER_MINUTE, KeyRecord, TenantId, TenantLimits,
+};
 use serde::{Deserialize, Serialize};
 
 /// Where a running `make dev` says it is, for `make key`, `make revoke` and `make demo`.
@@ -24,17 +26,22 @@ pub struct DevState {
 }
 
 impl DevState {
+    /// Writes the file readable by its owner only (it holds a key), replacing any earlier
+    /// one whole, whatever that one's mode.
     pub fn write(&self, path: &Path) -> std::io::Result<()> {
         use std::io::Write as _;
-        use std::os::unix::fs::OpenOptionsExt as _;
+        use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
         let text = serde_json::to_string_pretty(self).map_err(std::io::Error::other)?;
+        let temporary = path.with_extension("json.tmp");
         let mut file = std::fs::OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
             .mode(0o600)
-            .open(path)?;
-        file.write_all(text.as_bytes())
+            .open(&temporary)?;
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        file.write_all(text.as_bytes())?;
+        std::fs::rename(&temporary, path)
     }
 
     pub fn read(path: &Path) -> Option<Self> {
@@ -54,75 +61,170 @@ pub struct DevKey {
     pub monthly_budget_usd: Option<f64>,
 }
 
-/// A key to store: checked in full before anything is written.
+/// A tenant's monthly budget as asked for on a command line or in `DEV_API_KEYS`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Budget {
+    Usd(u64),
+    /// `none`: remove the budget.
+    Unlimited,
+}
+
+impl Budget {
+    /// Dollars (`25`, `0.5`) or `none`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        if text.eq_ignore_ascii_case("none") {
+            return Ok(Self::Unlimited);
+        }
+        text.parse::<f64>()
+            .ok()
+            .and_then(micros_from_usd)
+            .map(Self::Usd)
+            .ok_or(format!(
+                "budget `{text}` is not an amount of dollars (or `none`)"
+            ))
+    }
+
+    fn micros(self) -> Option<u64> {
+        match self {
+            Self::Usd(micros) => Some(micros),
+            Self::Unlimited => None,
+        }
+    }
+}
+
+/// A tenant's limits as asked for: what is not given stays as stored (or the default).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitsChange {
+    pub tenant: TenantId,
+    pub rate: Option<u32>,
+    pub budget: Option<Budget>,
+}
+
+impl LimitsChange {
+    pub fn new(tenant: &str, rate: Option<u32>, budget: Option<Budget>) -> Result<Self, String> {
+        let tenant = TenantId::parse(tenant).map_err(|e| format!("tenant `{tenant}`: {e}"))?;
+        // Checked now, before anything is written.
+        TenantLimits::new(
+            tenant.clone(),
+            rate.unwrap_or(DEFAULT_RATE_PER_MINUTE),
+            None,
+        )
+        .map_err(|e| e.to_string())?;
+        Ok(Self {
+            tenant,
+            rate,
+            budget,
+        })
+    }
+
+    /// Applies the change to the tenant's stored limits (creating them with the defaults
+    /// for what is not given) and returns the limits now in force for all its keys.
+    pub async fn apply<S: AccountStore>(&self, store: &S) -> Result<TenantLimits, String> {
+        let stored = store
+            .get_tenant(&self.tenant)
+            .await
+            .map_err(|e| e.to_string())?;
+        let current = stored
+            .clone()
+            .unwrap_or_else(|| TenantLimits::default_for(self.tenant.clone()));
+        let wanted = TenantLimits::new(
+            self.tenant.clone(),
+            self.rate.unwrap_or(current.rate_per_minute),
+            match self.budget {
+                Some(budget) => budget.micros(),
+                None => current.monthly_budget,
+            },
+        )
+        .map_err(|e| e.to_string())?;
+        if stored.as_ref() != Some(&wanted) {
+            store.put_tenant(&wanted).await.map_err(|e| e.to_string())?;
+        }
+        Ok(wanted)
+    }
+}
+
+/// A key to store for a tenant.
 pub struct NewKey {
     pub key: ApiKey,
     pub record: KeyRecord,
 }
 
 impl NewKey {
-    /// `key` for `tenant` (a new random key when `None`), `rate` submits a minute (default
-    /// 60), an optional monthly budget in dollars.
-    pub fn new(
-        key: Option<&str>,
-        tenant: &str,
-        rate: Option<u32>,
-        budget_usd: Option<f64>,
-    ) -> Result<Self, String> {
+    /// `key` for `tenant` (a new random key when `None`).
+    pub fn new(key: Option<&str>, tenant: &TenantId) -> Result<Self, String> {
         let key = match key {
             Some(key) => ApiKey::parse(key).map_err(|e| e.to_string())?,
             None => ApiKey::generate(),
         };
-        let tenant = TenantId::parse(tenant).map_err(|e| format!("tenant `{tenant}`: {e}"))?;
-        let budget = budget_usd
-            .map(|usd| micros_from_usd(usd).ok_or("monthly budget: not an amount of dollars"))
-            .transpose()?;
         let now = to_millis(std::time::SystemTime::now());
-        let record = KeyRecord::new(
-            &key,
-            tenant,
-            rate.unwrap_or(DEFAULT_RATE_PER_MINUTE),
-            budget,
-            now,
-        )
-        .map_err(|e| e.to_string())?;
+        let record = KeyRecord::new(&key, tenant.clone(), now);
         Ok(Self { key, record })
     }
 
     /// Stores the key's record. The same key stored before for the same tenant is fine (a
-    /// restarted `make dev` on a kept table); for another tenant it is an error.
+    /// restarted `make dev` on a kept table) unless it was revoked; for another tenant it
+    /// is an error.
     pub async fn store<S: AccountStore>(&self, store: &S) -> Result<(), String> {
         match store.create_key(&self.record).await {
             Ok(()) => Ok(()),
             Err(err) => match store.get_key(&self.record.id).await {
-                Ok(Some(existing)) if existing.tenant == self.record.tenant => Ok(()),
-                Ok(Some(_)) => Err(format!(
+                Ok(Some(existing)) if existing.tenant != self.record.tenant => Err(format!(
                     "key {} already belongs to another tenant",
                     self.record.id
                 )),
+                Ok(Some(existing)) if existing.revoked_at.is_some() => Err(format!(
+                    "key {} was revoked; choose another",
+                    self.record.id
+                )),
+                Ok(Some(_)) => Ok(()),
                 _ => Err(err.to_string()),
             },
         }
     }
 }
 
+/// `DEV_API_KEYS`, checked in full before anything is written: the tenants' limits (one
+/// setting per tenant) and the keys.
+pub struct DevKeys {
+    pub limits: Vec<LimitsChange>,
+    pub keys: Vec<NewKey>,
+}
+
 /// Parses `DEV_API_KEYS`: a JSON list of `{"tenant", "key", "rate_per_minute"?,
 /// "monthly_budget_usd"?}`.
-pub fn parse_dev_keys(json: &str) -> Result<Vec<NewKey>, String> {
+pub fn parse_dev_keys(json: &str) -> Result<DevKeys, String> {
     let entries: Vec<DevKey> =
         serde_json::from_str(json).map_err(|e| format!("DEV_API_KEYS: {e}"))?;
-    entries
-        .iter()
-        .map(|e| {
-            NewKey::new(
-                Some(&e.key),
-                &e.tenant,
-                e.rate_per_minute,
-                e.monthly_budget_usd,
-            )
-            .map_err(|err| format!("DEV_API_KEYS, tenant `{}`: {err}", e.tenant))
-        })
-        .collect()
+    let mut limits: Vec<LimitsChange> = Vec::new();
+    let mut keys = Vec::new();
+    for entry in &entries {
+        let context = |err: String| format!("DEV_API_KEYS, tenant `{}`: {err}", entry.tenant);
+        let budget = entry
+            .monthly_budget_usd
+            .map(|usd| micros_from_usd(usd).map(Budget::Usd))
+            .map(|b| b.ok_or("monthly_budget_usd is not an amount of dollars".to_owned()))
+            .transpose()
+            .map_err(context)?;
+        let change = LimitsChange::new(
+            &entry.tenant,
+            Some(entry.rate_per_minute.unwrap_or(DEFAULT_RATE_PER_MINUTE)),
+            Some(budget.unwrap_or(Budget::Unlimited)),
+        )
+        .map_err(context)?;
+        match limits.iter().find(|l| l.tenant == change.tenant) {
+            Some(earlier) if *earlier != change => {
+                return Err(context(
+                    "two entries give the tenant different limits (limits are the tenant's, \
+                     shared by its keys)"
+                        .to_owned(),
+                ));
+            }
+            Some(_) => {}
+            None => limits.push(change.clone()),
+        }
+        keys.push(NewKey::new(Some(&entry.key), &change.tenant).map_err(context)?);
+    }
+    Ok(DevKeys { limits, keys })
 }
 
 /// The table `make key` and `make revoke` act on: `AWS_ENDPOINT_URL` (+`TABLE_NAME`, default
@@ -164,24 +266,61 @@ mod tests {
 
     #[test]
     fn dev_keys_are_checked_before_anything_is_stored() {
-        let keys = parse_dev_keys(
+        let parsed = parse_dev_keys(
             r#"[{"tenant": "acme", "key": "acme-local-key-0001"},
-                {"tenant": "beta", "key": "beta-local-key-0002", "rate_per_minute": 5, "monthly_budget_usd": 2.5}]"#,
+                {"tenant": "beta", "key": "beta-local-key-0002", "rate_per_minute": 5, "monthly_budget_usd": 2.5},
+                {"tenant": "beta", "key": "beta-local-key-0003", "rate_per_minute": 5, "monthly_budget_usd": 2.5}]"#,
         )
         .unwrap();
-        assert_eq!(keys[0].record.rate_per_minute, 60);
-        assert_eq!(keys[0].record.monthly_budget, None);
-        assert_eq!(keys[1].record.rate_per_minute, 5);
-        assert_eq!(keys[1].record.monthly_budget, Some(2_500_000));
+        assert_eq!(parsed.keys.len(), 3);
+        assert_eq!(parsed.limits.len(), 2);
+        assert_eq!(parsed.limits[0].rate, Some(60));
+        assert_eq!(parsed.limits[0].budget, Some(Budget::Unlimited));
+        assert_eq!(parsed.limits[1].rate, Some(5));
+        assert_eq!(parsed.limits[1].budget, Some(Budget::Usd(2_500_000)));
         for bad in [
             r#"[{"tenant": "Acme!", "key": "acme-local-key-0001"}]"#,
             r#"[{"tenant": "acme", "key": "short"}]"#,
             r#"[{"tenant": "acme", "key": "acme-local-key-0001", "rate_per_minute": 0}]"#,
             r#"[{"tenant": "acme", "key": "acme-local-key-0001", "monthly_budget_usd": -1}]"#,
             r#"[{"tenant": "acme", "key": "acme-local-key-0001", "rate": 5}]"#,
+            r#"[{"tenant": "acme", "key": "acme-local-key-0001", "rate_per_minute": 5},
+                {"tenant": "acme", "key": "acme-local-key-0002", "rate_per_minute": 6}]"#,
             r#"{"tenant": "acme"}"#,
         ] {
             assert!(parse_dev_keys(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn budgets_are_dollars_or_none() {
+        assert_eq!(Budget::parse("25"), Ok(Budget::Usd(25_000_000)));
+        assert_eq!(Budget::parse("None"), Ok(Budget::Unlimited));
+        assert!(Budget::parse("-1").is_err());
+        assert!(Budget::parse("lots").is_err());
+    }
+
+    #[tokio::test]
+    async fn limit_changes_keep_what_is_not_given() {
+        use imagegen_shared::memory::MemoryRecords;
+        let store = MemoryRecords::default();
+        let set = LimitsChange::new("acme", Some(30), Some(Budget::Usd(5_000_000))).unwrap();
+        let limits = set.apply(&store).await.unwrap();
+        assert_eq!(
+            (limits.rate_per_minute, limits.monthly_budget),
+            (30, Some(5_000_000))
+        );
+        let only_rate = LimitsChange::new("acme", Some(90), None).unwrap();
+        let limits = only_rate.apply(&store).await.unwrap();
+        assert_eq!(
+            (limits.rate_per_minute, limits.monthly_budget),
+            (90, Some(5_000_000))
+        );
+        let clear = LimitsChange::new("acme", None, Some(Budget::Unlimited)).unwrap();
+        let limits = clear.apply(&store).await.unwrap();
+        assert_eq!((limits.rate_per_minute, limits.monthly_budget), (90, None));
+        let fresh = LimitsChange::new("beta", None, None).unwrap();
+        let limits = fresh.apply(&store).await.unwrap();
+        assert_eq!((limits.rate_per_minute, limits.monthly_budget), (60, None));
     }
 }

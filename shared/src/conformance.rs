@@ -23,7 +23,9 @@ use crate::record::{
     Advance, Claim, ClaimGuard, Millis, PredictionId, PredictionRecord, StoredOutput, ttl_seconds,
 };
 use crate::replicate::{Metrics, Prediction, PredictionStatus, PredictionUrls};
-use crate::tenancy::{ApiKey, CostSettlement, KeyRecord, RateWindow, Reservation, TenantId, Usage};
+use crate::tenancy::{
+    ApiKey, CostSettlement, KeyRecord, RateWindow, Reservation, TenantId, TenantLimits, Usage,
+};
 
 /// The "now" of the claim checks: any fixed time works, only the order of times matters.
 const NOW: Millis = 1_700_000_000_000;
@@ -145,6 +147,8 @@ fn full_record(id: PredictionId, created_at: Millis) -> PredictionRecord {
         price: Some(Price::Second {
             micros: 975,
             typical_seconds: 6,
+            typical_pixels: Some(1024 * 1024),
+            typical_steps: Some(50),
         }),
         cost_estimate: 11_700,
         cost: Some(2_438),
@@ -745,6 +749,7 @@ async fn advance_only_moves_forward<S: RecordStore>(store: &S) {
         outputs: outputs.clone(),
         started_at: Some(NOW + 200),
         completed_at: Some(NOW + 300),
+        cost: Some(7_777),
         ..advance_to(Succeeded)
     };
     assert!(
@@ -786,12 +791,13 @@ async fn advance_only_moves_forward<S: RecordStore>(store: &S) {
         metrics: Some(first_metrics),
         started_at: Some(NOW + 100),
         completed_at: Some(NOW + 300),
+        cost: Some(7_777),
         ..after_attach
     };
     assert_eq!(
         stored(store, &id).await,
         succeeded,
-        "advance: outputs replaced, error cleared when the advance has none, metrics kept when \
+        "advance: outputs replaced, cost written, error cleared when the advance has none, metrics kept when \
          the advance has none, started_at kept from the first advance"
     );
     for terminal in [Succeeded, Failed] {
@@ -1541,6 +1547,7 @@ where
 /// Every rule of `AccountStore` that authentication, rate limits and budgets rely on.
 pub async fn account_store_suite<S: AccountStore>(store: &S) {
     keys_are_created_once_read_back_and_revoked(store).await;
+    tenant_limits_are_set_and_replaced(store).await;
     rate_windows_admit_exactly_the_limit(store).await;
     budgets_reserve_atomically_and_settle_to_the_actual_cost(store).await;
 }
@@ -1551,8 +1558,7 @@ fn fresh_tenant() -> TenantId {
 
 async fn keys_are_created_once_read_back_and_revoked<S: AccountStore>(store: &S) {
     let key = ApiKey::generate();
-    let record = KeyRecord::new(&key, fresh_tenant(), 42, Some(7_500_000), NOW)
-        .unwrap_or_else(|e| panic!("{e}"));
+    let record = KeyRecord::new(&key, fresh_tenant(), NOW);
     store
         .create_key(&record)
         .await
@@ -1565,17 +1571,6 @@ async fn keys_are_created_once_read_back_and_revoked<S: AccountStore>(store: &S)
     assert!(
         store.create_key(&record).await.is_err(),
         "create_key: a key id that exists is never overwritten"
-    );
-    let no_budget = KeyRecord::new(&ApiKey::generate(), fresh_tenant(), 1, None, NOW)
-        .unwrap_or_else(|e| panic!("{e}"));
-    store
-        .create_key(&no_budget)
-        .await
-        .unwrap_or_else(|e| panic!("create_key: {e}"));
-    assert_eq!(
-        store.get_key(&no_budget.id).await.ok().flatten(),
-        Some(no_budget),
-        "get_key: a key without a budget reads back without one"
     );
     let unknown = ApiKey::generate().hash().key_id();
     assert_eq!(
@@ -1609,6 +1604,36 @@ async fn keys_are_created_once_read_back_and_revoked<S: AccountStore>(store: &S)
         store.get_key(&unknown).await.ok().flatten(),
         None,
         "revoke_key: revoking an unknown key stores nothing"
+    );
+}
+
+async fn tenant_limits_are_set_and_replaced<S: AccountStore>(store: &S) {
+    let tenant = fresh_tenant();
+    assert_eq!(
+        store.get_tenant(&tenant).await.ok().flatten(),
+        None,
+        "get_tenant: an unknown tenant is None"
+    );
+    let limits =
+        TenantLimits::new(tenant.clone(), 42, Some(7_500_000)).unwrap_or_else(|e| panic!("{e}"));
+    store
+        .put_tenant(&limits)
+        .await
+        .unwrap_or_else(|e| panic!("put_tenant: {e}"));
+    assert_eq!(
+        store.get_tenant(&tenant).await.ok().flatten(),
+        Some(limits),
+        "get_tenant: limits read back exactly as set"
+    );
+    let unlimited = TenantLimits::new(tenant.clone(), 5, None).unwrap_or_else(|e| panic!("{e}"));
+    store
+        .put_tenant(&unlimited)
+        .await
+        .unwrap_or_else(|e| panic!("put_tenant: {e}"));
+    assert_eq!(
+        store.get_tenant(&tenant).await.ok().flatten(),
+        Some(unlimited),
+        "put_tenant: replaces the limits, a removed budget included"
     );
 }
 

@@ -39,10 +39,17 @@ pub enum Price {
     /// Official models: a fixed price per output image.
     Image { micros: Micros },
     /// Other models: per second of `predict_time` on the model's hardware. The estimate
-    /// assumes `typical_seconds` per requested output.
+    /// assumes `typical_seconds` per requested output at the typical size and step count,
+    /// scaled by the request's `width × height` and `num_inference_steps` when the alias
+    /// names its typical ones (run time grows with both), and capped at the 30 minutes a
+    /// prediction can run: a large request reserves what it may really cost.
     Second {
         micros: Micros,
         typical_seconds: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        typical_pixels: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        typical_steps: Option<u64>,
     },
 }
 
@@ -64,9 +71,23 @@ impl Price {
             Self::Second {
                 micros,
                 typical_seconds,
-            } => micros
-                .saturating_mul(u64::from(typical_seconds))
-                .saturating_mul(outputs),
+                typical_pixels,
+                typical_steps,
+            } => {
+                let number = |name: &str| input.get(name).and_then(Value::as_f64);
+                let ratio = |asked: Option<f64>, typical: Option<u64>| match (asked, typical) {
+                    (Some(asked), Some(typical)) if typical > 0 && asked > 0.0 => {
+                        asked / typical as f64
+                    }
+                    _ => 1.0,
+                };
+                let pixels = number("width").zip(number("height")).map(|(w, h)| w * h);
+                let seconds = f64::from(typical_seconds)
+                    * outputs as f64
+                    * ratio(pixels, typical_pixels)
+                    * ratio(number("num_inference_steps"), typical_steps);
+                (seconds.min(MAX_BILLED_SECONDS) * micros as f64).round() as Micros
+            }
         }
     }
 
@@ -133,6 +154,8 @@ mod tests {
         let sdxl = Price::Second {
             micros: 975,
             typical_seconds: 6,
+            typical_pixels: None,
+            typical_steps: None,
         };
         assert_eq!(sdxl.estimate(&input(json!({"num_outputs": 2}))), 11_700);
         let failed = PredictionStatus::Failed;
@@ -150,6 +173,40 @@ mod tests {
         assert_eq!(huge, 975 * 1800);
         assert_eq!(sdxl.billed(&failed, 0, &metrics(Some(f64::NAN))), 0);
         assert_eq!(sdxl.billed(&failed, 0, &metrics(Some(-3.0))), 0);
+    }
+
+    #[test]
+    fn per_second_estimates_grow_with_size_and_steps_up_to_the_deadline() {
+        let sdxl = Price::Second {
+            micros: 975,
+            typical_seconds: 6,
+            typical_pixels: Some(1024 * 1024),
+            typical_steps: Some(50),
+        };
+        let typical = json!({"width": 1024, "height": 1024, "num_inference_steps": 50});
+        assert_eq!(sdxl.estimate(&input(typical)), 5_850);
+        let small = json!({"width": 512, "height": 512, "num_inference_steps": 25});
+        assert_eq!(sdxl.estimate(&input(small)), 731);
+        // The costliest request: 4 × 2048² at 500 steps is 960 s, reserved as such.
+        let largest =
+            json!({"width": 2048, "height": 2048, "num_inference_steps": 500, "num_outputs": 4});
+        assert_eq!(sdxl.estimate(&input(largest)), 975 * 960);
+        let absurd = json!({"width": 1e9, "height": 1e9, "num_inference_steps": 1e9});
+        assert_eq!(
+            sdxl.estimate(&input(absurd)),
+            975 * 1800,
+            "capped at 30 minutes"
+        );
+        let unscaled = Price::Second {
+            micros: 975,
+            typical_seconds: 6,
+            typical_pixels: None,
+            typical_steps: None,
+        };
+        assert_eq!(
+            unscaled.estimate(&input(json!({"width": 2048, "height": 2048}))),
+            5_850
+        );
     }
 
     #[test]

@@ -20,7 +20,8 @@ use crate::replicate::{
     Model, ModelRef, Prediction, PredictionStatus, ReplicateApi, ReplicateError, WebhookTarget,
 };
 use crate::tenancy::{
-    CostSettlement, KeyId, KeyRecord, RateWindow, Reservation, TenantId, Usage, usage_key,
+    CostSettlement, KeyId, KeyRecord, RateWindow, Reservation, TenantId, TenantLimits, Usage,
+    usage_key,
 };
 use crate::webhook::WebhookSecret;
 
@@ -46,8 +47,11 @@ pub struct MemoryRecords {
     /// Replicate id → the record it is bound to.
     bindings: Mutex<HashMap<String, PredictionId>>,
     keys: Mutex<HashMap<String, KeyRecord>>,
+    tenants: Mutex<HashMap<TenantId, TenantLimits>>,
     /// Rate windows and usage months: counters by store key (signed, as DynamoDB's `ADD`).
     counters: Mutex<HashMap<String, HashMap<&'static str, i128>>>,
+    /// Inserts that store their record but answer with an error (a lost answer).
+    lost_insert_answers: Mutex<usize>,
 }
 
 impl MemoryRecords {
@@ -72,6 +76,15 @@ impl AccountStore for MemoryRecords {
 
     async fn get_key(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
         Ok(lock(&self.keys).get(id.as_str()).cloned())
+    }
+
+    async fn put_tenant(&self, limits: &TenantLimits) -> Result<(), StoreError> {
+        lock(&self.tenants).insert(limits.tenant.clone(), limits.clone());
+        Ok(())
+    }
+
+    async fn get_tenant(&self, tenant: &TenantId) -> Result<Option<TenantLimits>, StoreError> {
+        Ok(lock(&self.tenants).get(tenant).cloned())
     }
 
     async fn revoke_key(&self, id: &KeyId, at: Millis) -> Result<bool, StoreError> {
@@ -166,9 +179,20 @@ impl MemoryRecords {
         lock(&self.predictions).values().cloned().collect()
     }
 
+    /// The next `n` inserts store their record but report an error, as a write whose
+    /// answer was lost does.
+    pub fn lose_next_insert_answers(&self, n: usize) {
+        *lock(&self.lost_insert_answers) = n;
+    }
+
     /// Stores an API key as is, for setting up a test's callers.
     pub fn put_key(&self, key: KeyRecord) {
         lock(&self.keys).insert(key.id.as_str().to_owned(), key);
+    }
+
+    /// Stores a tenant's limits as they are, for setting up a test's callers.
+    pub fn put_limits(&self, limits: TenantLimits) {
+        lock(&self.tenants).insert(limits.tenant.clone(), limits);
     }
 }
 
@@ -237,6 +261,11 @@ impl RecordStore for MemoryRecords {
             return Err(StoreError::new("insert prediction", "id exists"));
         }
         predictions.insert(record.id.clone(), record.clone());
+        let mut lost = lock(&self.lost_insert_answers);
+        if *lost > 0 {
+            *lost -= 1;
+            return Err(StoreError::new("insert prediction", "the answer was lost"));
+        }
         Ok(())
     }
 
@@ -902,8 +931,9 @@ impl ReplicateApi for FakeReplicate {
     }
 }
 
-/// One port call as `Recorded` writes it down: the method, and for object store calls the
-/// key prefix it acted on (`outputs/*`, `inputs/*`), which IAM scopes S3 actions by.
+/// One port call as `Recorded` writes it down: the method, and the key prefix it acted on
+/// where that varies: object store calls (`outputs/*`, `inputs/*`), which IAM scopes S3
+/// actions by, and claim calls (`cache#`, `idem#`), which it scopes table items by.
 pub type RecordedCall = (&'static str, Option<String>);
 
 /// Wraps a store and writes down every port method called on it: which calls a handler
@@ -922,6 +952,12 @@ impl<T> Recorded<T> {
         lock(&self.calls).push((method, None));
     }
 
+    /// A claim call on `key`, written down with the key's prefix (`cache#`, `idem#`).
+    fn note_claim(&self, method: &'static str, key: &str) {
+        let prefix = key.split_once('#').map_or(key, |(prefix, _)| prefix);
+        lock(&self.calls).push((method, Some(format!("{prefix}#"))));
+    }
+
     /// An object store call on `key`, written down with the key's prefix.
     fn note_key(&self, method: &'static str, key: &str) {
         let prefix = key.split_once('/').map_or(key, |(prefix, _)| prefix);
@@ -931,12 +967,12 @@ impl<T> Recorded<T> {
 
 impl<T: RecordStore> RecordStore for Recorded<T> {
     async fn try_claim(&self, claim: &Claim) -> Result<ClaimOutcome, StoreError> {
-        self.note("try_claim");
+        self.note_claim("try_claim", &claim.key);
         self.inner.try_claim(claim).await
     }
 
     async fn replace_claim(&self, claim: &Claim, expected_token: &str) -> Result<bool, StoreError> {
-        self.note("replace_claim");
+        self.note_claim("replace_claim", &claim.key);
         self.inner.replace_claim(claim, expected_token).await
     }
 
@@ -946,12 +982,12 @@ impl<T: RecordStore> RecordStore for Recorded<T> {
         guard: ClaimGuard<'_>,
         settlement: &Settlement<'_>,
     ) -> Result<bool, StoreError> {
-        self.note("settle_claim");
+        self.note_claim("settle_claim", key);
         self.inner.settle_claim(key, guard, settlement).await
     }
 
     async fn release_claim(&self, key: &str, guard: ClaimGuard<'_>) -> Result<bool, StoreError> {
-        self.note("release_claim");
+        self.note_claim("release_claim", key);
         self.inner.release_claim(key, guard).await
     }
 
@@ -1019,6 +1055,16 @@ impl<T: AccountStore> AccountStore for Recorded<T> {
     async fn get_key(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
         self.note("get_key");
         self.inner.get_key(id).await
+    }
+
+    async fn put_tenant(&self, limits: &TenantLimits) -> Result<(), StoreError> {
+        self.note("put_tenant");
+        self.inner.put_tenant(limits).await
+    }
+
+    async fn get_tenant(&self, tenant: &TenantId) -> Result<Option<TenantLimits>, StoreError> {
+        self.note("get_tenant");
+        self.inner.get_tenant(tenant).await
     }
 
     async fn revoke_key(&self, id: &KeyId, at: Millis) -> Result<bool, StoreError> {

@@ -10,7 +10,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::record::{Advance, Claim, ClaimGuard, Millis, PredictionId, PredictionRecord};
 use crate::replicate::Prediction;
-use crate::tenancy::{CostSettlement, KeyId, KeyRecord, RateWindow, Reservation, TenantId, Usage};
+use crate::tenancy::{
+    CostSettlement, KeyId, KeyRecord, RateWindow, Reservation, TenantId, TenantLimits, Usage,
+};
 
 /// A storage call failed. The message is for logs only; clients see a generic 5xx.
 #[derive(Debug, thiserror::Error)]
@@ -61,8 +63,8 @@ pub fn open_shard(id: &PredictionId) -> &'static str {
 }
 
 /// One page of open predictions, oldest first, and where the next page starts. Only keys:
-/// the index projects nothing else, so updates of a running record never write it (half
-/// of a prediction's index writes, `make cost` showed); the reconciler reads each record.
+/// the reconciler reads each record itself (strongly consistent, and the index may then
+/// project keys only, which saves an index write per prediction).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct OpenPage {
     pub entries: Vec<OpenEntry>,
@@ -265,6 +267,18 @@ pub trait AccountStore: Send + Sync {
         &self,
         id: &KeyId,
     ) -> impl Future<Output = Result<Option<KeyRecord>, StoreError>> + Send;
+
+    /// Sets a tenant's limits (all its keys share them).
+    fn put_tenant(
+        &self,
+        limits: &TenantLimits,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// A tenant's limits, if any were stored.
+    fn get_tenant(
+        &self,
+        tenant: &TenantId,
+    ) -> impl Future<Output = Result<Option<TenantLimits>, StoreError>> + Send;
 
     /// Marks a key revoked at `at` (keeping the first time); `false` if there is no such key.
     fn revoke_key(

@@ -166,51 +166,81 @@ impl KeyHash {
     }
 }
 
-/// A stored API key: whose it is and what it may do.
+/// A stored API key: whose it is. What the tenant may do is the tenant's (`TenantLimits`),
+/// shared by all its keys, as its rate window and usage are.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyRecord {
     pub id: KeyId,
     pub hash: KeyHash,
     pub tenant: TenantId,
-    pub rate_per_minute: u32,
-    pub monthly_budget: Option<Micros>,
     pub created_at: Millis,
     pub revoked_at: Option<Millis>,
 }
 
 impl KeyRecord {
     /// A record for `key`, active from `now`.
+    pub fn new(key: &ApiKey, tenant: TenantId, now: Millis) -> Self {
+        let hash = key.hash();
+        Self {
+            id: hash.key_id(),
+            hash,
+            tenant,
+            created_at: now,
+            revoked_at: None,
+        }
+    }
+}
+
+/// A tenant's limits: submits per minute and an optional monthly budget.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantLimits {
+    pub tenant: TenantId,
+    pub rate_per_minute: u32,
+    pub monthly_budget: Option<Micros>,
+}
+
+impl TenantLimits {
     pub fn new(
-        key: &ApiKey,
         tenant: TenantId,
         rate_per_minute: u32,
         monthly_budget: Option<Micros>,
-        now: Millis,
     ) -> Result<Self, TenancyError> {
         if !(1..=MAX_RATE_PER_MINUTE).contains(&rate_per_minute) {
             return Err(TenancyError::InvalidRate);
         }
-        let hash = key.hash();
         Ok(Self {
-            id: hash.key_id(),
-            hash,
             tenant,
             rate_per_minute,
             monthly_budget,
-            created_at: now,
-            revoked_at: None,
         })
     }
 
-    /// The caller a request with this key acts as, if the key is still valid.
-    pub fn caller(&self) -> Option<Caller> {
-        self.revoked_at.is_none().then(|| Caller {
-            tenant: self.tenant.clone(),
-            key_id: self.id.clone(),
-            rate_per_minute: self.rate_per_minute,
-            monthly_budget: self.monthly_budget,
-        })
+    /// What a tenant without a stored item may do: the default rate, no budget.
+    pub fn default_for(tenant: TenantId) -> Self {
+        Self {
+            tenant,
+            rate_per_minute: DEFAULT_RATE_PER_MINUTE,
+            monthly_budget: None,
+        }
     }
+}
+
+/// The caller a request with `key` acts as, if the key is still valid, with its tenant's
+/// `limits` (the defaults when the tenant has none stored).
+pub fn caller(key: &KeyRecord, limits: Option<&TenantLimits>) -> Option<Caller> {
+    if key.revoked_at.is_some() {
+        return None;
+    }
+    let limits = limits
+        .filter(|l| l.tenant == key.tenant)
+        .cloned()
+        .unwrap_or_else(|| TenantLimits::default_for(key.tenant.clone()));
+    Some(Caller {
+        tenant: limits.tenant,
+        key_id: key.id.clone(),
+        rate_per_minute: limits.rate_per_minute,
+        monthly_budget: limits.monthly_budget,
+    })
 }
 
 /// Who a request comes from, once its key checked out.
@@ -391,17 +421,30 @@ mod tests {
     }
 
     #[test]
-    fn key_records_refuse_absurd_rates_and_revoked_keys_have_no_caller() {
+    fn callers_take_their_tenants_limits_and_revoked_keys_have_none() {
         let key = ApiKey::generate();
         let tenant = TenantId::parse("acme").unwrap();
         assert_eq!(
-            KeyRecord::new(&key, tenant.clone(), 0, None, 1),
+            TenantLimits::new(tenant.clone(), 0, None),
             Err(TenancyError::InvalidRate)
         );
-        let mut record = KeyRecord::new(&key, tenant, 60, Some(5), 1).unwrap();
-        assert_eq!(record.caller().unwrap().rate_per_minute, 60);
+        let limits = TenantLimits::new(tenant.clone(), 7, Some(5)).unwrap();
+        let mut record = KeyRecord::new(&key, tenant.clone(), 1);
+        let with = caller(&record, Some(&limits)).unwrap();
+        assert_eq!((with.rate_per_minute, with.monthly_budget), (7, Some(5)));
+        let without = caller(&record, None).unwrap();
+        assert_eq!(
+            (without.rate_per_minute, without.monthly_budget),
+            (DEFAULT_RATE_PER_MINUTE, None)
+        );
+        let others = TenantLimits::new(TenantId::parse("beta").unwrap(), 9, None).unwrap();
+        assert_eq!(
+            caller(&record, Some(&others)).unwrap().tenant,
+            tenant,
+            "another tenant's limits never apply"
+        );
         record.revoked_at = Some(2);
-        assert_eq!(record.caller(), None);
+        assert_eq!(caller(&record, Some(&limits)), None);
     }
 
     #[test]

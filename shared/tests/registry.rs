@@ -536,7 +536,9 @@ fn an_override_can_remove_and_add_aliases() {
         r.get("fast").unwrap().price,
         Price::Second {
             micros: 1_525,
-            typical_seconds: 3
+            typical_seconds: 3,
+            typical_pixels: None,
+            typical_steps: None,
         }
     );
     assert!(r.get("flux-1.1-pro").is_none());

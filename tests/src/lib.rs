@@ -13,7 +13,7 @@ use imagegen_shared::aws::{AwsClients, ensure_bucket, ensure_queue, ensure_table
 use imagegen_shared::bootstrap::{ProductionApp, build_app};
 use imagegen_shared::ports::{AccountStore, RecordStore};
 use imagegen_shared::record::{PredictionId, PredictionRecord};
-use imagegen_shared::tenancy::{ApiKey, KeyRecord, TenantId};
+use imagegen_shared::tenancy::{ApiKey, KeyRecord, TenantId, TenantLimits};
 use local_stack::dev::{
     LOCAL_MAX_RECEIVES, LOCAL_VISIBILITY_TIMEOUT_SECONDS, serve_app_metered,
     spawn_copy_worker_metered,
@@ -52,7 +52,8 @@ impl Drop for AbortOnDrop {
 /// The tenant of a stack's own API key.
 pub const TENANT: &str = "it";
 
-/// Stores a new API key (as `make key` does) and returns it.
+/// Sets `tenant`'s limits and stores a new API key for it (as `make key` does); returns the
+/// key.
 pub async fn create_key(
     app: &ProductionApp,
     tenant: &str,
@@ -61,8 +62,12 @@ pub async fn create_key(
 ) -> String {
     let key = ApiKey::generate();
     let tenant = TenantId::parse(tenant).expect("a tenant name");
-    let record = KeyRecord::new(&key, tenant, rate_per_minute, budget, app.clock.millis())
-        .expect("a valid key");
+    let limits = TenantLimits::new(tenant.clone(), rate_per_minute, budget).expect("valid limits");
+    app.records
+        .put_tenant(&limits)
+        .await
+        .expect("limits stored");
+    let record = KeyRecord::new(&key, tenant, app.clock.millis());
     app.records.create_key(&record).await.expect("key stored");
     key.expose().to_owned()
 }
@@ -156,7 +161,7 @@ impl Stack {
         }
     }
 
-    /// A new API key of `tenant` in this stack's table.
+    /// A new API key of `tenant` in this stack's table (setting the tenant's limits).
     pub async fn new_key(&self, tenant: &str, rate_per_minute: u32, budget: Option<u64>) -> String {
         create_key(&self.app, tenant, rate_per_minute, budget).await
     }

@@ -13,7 +13,7 @@ use imagegen_shared::memory::{
     FakeReplicate, MemoryObjects, MemoryQueue, MemoryRecords, MemorySource,
 };
 use imagegen_shared::registry::ModelRegistry;
-use imagegen_shared::tenancy::{ApiKey, KeyRecord, MAX_RATE_PER_MINUTE, TenantId};
+use imagegen_shared::tenancy::{ApiKey, KeyRecord, MAX_RATE_PER_MINUTE, TenantId, TenantLimits};
 use imagegen_shared::webhook::WebhookSecret;
 use lambda_http::Body;
 use proptest::prelude::*;
@@ -33,16 +33,13 @@ fn app() -> TestApp {
     })
     .unwrap();
     let records = MemoryRecords::default();
-    records.put_key(
-        KeyRecord::new(
-            &ApiKey::parse(API_KEY).unwrap(),
-            TenantId::parse("fuzz").unwrap(),
-            MAX_RATE_PER_MINUTE,
-            None,
-            0,
-        )
-        .unwrap(),
-    );
+    let fuzz = TenantId::parse("fuzz").unwrap();
+    records.put_key(KeyRecord::new(
+        &ApiKey::parse(API_KEY).unwrap(),
+        fuzz.clone(),
+        0,
+    ));
+    records.put_limits(TenantLimits::new(fuzz, MAX_RATE_PER_MINUTE, None).unwrap());
     let ports = PortSet {
         replicate: FakeReplicate::default(),
         records,

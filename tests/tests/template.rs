@@ -1,7 +1,8 @@
 //! The SAM template against the code: each function is given every environment variable
 //! its code needs (and none it does not read), and exactly the AWS actions its handler
-//! calls, each on exactly the resources it calls them on: no fewer (it would fail in AWS)
-//! and no more (least privilege).
+//! calls, each on exactly the resources it calls them on (table items by key prefix,
+//! through `dynamodb:LeadingKeys`): no fewer (it would fail in AWS) and no more (least
+//! privilege: a function that does not check API keys cannot read or write them).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -10,7 +11,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use base64::Engine as _;
 use imagegen_shared::app::inputs::{INPUT_URL_TTL, input_key};
 use imagegen_shared::app::{App, PortSet};
-use imagegen_shared::aws::{OPEN_INDEX, OPEN_SHARD_ATTRIBUTE, TTL_ATTRIBUTE, iam_actions};
+use imagegen_shared::aws::{
+    OPEN_INDEX, OPEN_SHARD_ATTRIBUTE, TTL_ATTRIBUTE, iam_actions, item_actions,
+};
 use imagegen_shared::bootstrap::{SqsBatch, SqsMessage, TokenSource, boot_config, copy_batch};
 use imagegen_shared::config::Settings;
 use imagegen_shared::memory::{
@@ -20,7 +23,7 @@ use imagegen_shared::outputs::PART_SIZE;
 use imagegen_shared::record::{Claim, PredictionId, PredictionRecord};
 use imagegen_shared::registry::ModelRegistry;
 use imagegen_shared::replicate::{Prediction, PredictionStatus, ReplicateApi, ReplicateError};
-use imagegen_shared::tenancy::{ApiKey, KeyRecord, TenantId};
+use imagegen_shared::tenancy::{ApiKey, KeyRecord, TenantId, TenantLimits};
 use imagegen_shared::webhook::WebhookSecret;
 use lambda_http::Body;
 use serde_json::{Value, json};
@@ -46,7 +49,11 @@ enum Handler {
 /// What an IAM statement is scoped to, as the template names it.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 enum Resource {
+    /// The whole table: never granted (every table statement names its items' prefixes).
     Table,
+    /// The table's items whose key starts with this prefix (`pred#`): a statement on the
+    /// table limited by a `dynamodb:LeadingKeys` condition.
+    Items(String),
     OpenIndex,
     /// Objects under one prefix of the bucket, e.g. `outputs/*`.
     Objects(String),
@@ -165,10 +172,25 @@ fn statement_grants(function: &str, statement: &Yaml) -> Grants {
         !resources.is_empty(),
         "{function}: a statement without Resource"
     );
+    // `ForAllValues:StringLike: {dynamodb:LeadingKeys: [pred#*, …]}` narrows a statement on
+    // the table to the items with those key prefixes.
+    let leading_keys =
+        as_strings(&statement["Condition"]["ForAllValues:StringLike"]["dynamodb:LeadingKeys"]);
     let mut grants = Grants::new();
     for action in as_strings(&statement["Action"]) {
         for resource in &resources {
-            grants.insert((action.clone(), parse_resource(resource)));
+            let resource = parse_resource(resource);
+            if resource == Resource::Table && !leading_keys.is_empty() {
+                for pattern in &leading_keys {
+                    let prefix = pattern
+                        .strip_suffix('*')
+                        .filter(|p| p.ends_with('#') && !p.contains('*'))
+                        .unwrap_or_else(|| panic!("{function}: key pattern {pattern:?}"));
+                    grants.insert((action.clone(), Resource::Items(prefix.to_owned())));
+                }
+            } else {
+                grants.insert((action.clone(), resource));
+            }
         }
     }
     grants
@@ -253,7 +275,7 @@ struct Scenario {
     app: RecordingApp,
     /// Port calls, by method (and key prefix, for the object store).
     calls: Arc<Mutex<Vec<RecordedCall>>>,
-    by_handler: BTreeMap<Handler, BTreeSet<(&'static str, Resource)>>,
+    by_handler: BTreeMap<Handler, Grants>,
 }
 
 fn png(len: usize) -> Vec<u8> {
@@ -262,17 +284,31 @@ fn png(len: usize) -> Vec<u8> {
     bytes
 }
 
-/// Where a record store or queue method acts: DynamoDB's table or open index, the queue.
-fn resource_of(method: &str) -> Resource {
+/// The IAM grants one recorded port call needs: table items by key prefix, the open index,
+/// the queue, or objects by key prefix.
+fn grants_of(method: &str, prefix: Option<&str>) -> Vec<(String, Resource)> {
+    let items = item_actions(method, prefix);
+    if !items.is_empty() {
+        return items
+            .into_iter()
+            .map(|(action, prefix)| (action.to_owned(), Resource::Items(prefix)))
+            .collect();
+    }
+    let actions = iam_actions(method);
     assert!(
-        !iam_actions(method).is_empty(),
+        !actions.is_empty(),
         "port method {method} has no IAM action"
     );
-    match method {
-        "list_open" => Resource::OpenIndex,
-        "send_copy" => Resource::CopyQueue,
-        _ => Resource::Table,
-    }
+    let resource = match (method, prefix) {
+        ("list_open", _) => Resource::OpenIndex,
+        ("send_copy", _) => Resource::CopyQueue,
+        (_, Some(prefix)) => Resource::Objects(prefix.to_owned()),
+        (other, None) => panic!("port method {other} acts on nothing known"),
+    };
+    actions
+        .iter()
+        .map(|action| ((*action).to_owned(), resource.clone()))
+        .collect()
 }
 
 impl Scenario {
@@ -290,16 +326,13 @@ impl Scenario {
         source.insert(SMALL, png(100));
         source.insert(LARGE, png(PART_SIZE + 10));
         let records = MemoryRecords::default();
-        records.put_key(
-            KeyRecord::new(
-                &ApiKey::parse(API_KEY).unwrap(),
-                TenantId::parse(TENANT).unwrap(),
-                10_000,
-                Some(1_000_000_000),
-                0,
-            )
-            .unwrap(),
-        );
+        let tenant = TenantId::parse(TENANT).unwrap();
+        records.put_key(KeyRecord::new(
+            &ApiKey::parse(API_KEY).unwrap(),
+            tenant.clone(),
+            0,
+        ));
+        records.put_limits(TenantLimits::new(tenant, 10_000, Some(1_000_000_000)).unwrap());
         let ports = PortSet::<Recording> {
             replicate: FakeReplicate::default(),
             records: Recorded::new(records, calls.clone()),
@@ -320,17 +353,14 @@ impl Scenario {
 
     /// Files the port calls made since `begin` under `handler`.
     fn file(&mut self, handler: Handler) {
-        let calls: Vec<(&'static str, Resource)> = self
+        let grants: Grants = self
             .calls
             .lock()
             .unwrap()
             .iter()
-            .map(|(method, prefix)| match prefix {
-                Some(prefix) => (*method, Resource::Objects(prefix.clone())),
-                None => (*method, resource_of(method)),
-            })
+            .flat_map(|(method, prefix)| grants_of(method, prefix.as_deref()))
             .collect();
-        self.by_handler.entry(handler).or_default().extend(calls);
+        self.by_handler.entry(handler).or_default().extend(grants);
     }
 
     /// Runs one HTTP handler and files the port calls it made.
@@ -498,10 +528,7 @@ fn prompt(p: &str) -> Value {
     json!({"model": "flux-schnell", "input": {"prompt": p}})
 }
 
-fn merge(
-    into: &mut BTreeMap<Handler, BTreeSet<(&'static str, Resource)>>,
-    from: BTreeMap<Handler, BTreeSet<(&'static str, Resource)>>,
-) {
+fn merge(into: &mut BTreeMap<Handler, Grants>, from: BTreeMap<Handler, Grants>) {
     for (handler, calls) in from {
         into.entry(handler).or_default().extend(calls);
     }
@@ -516,7 +543,7 @@ fn merge(
 /// is queued only once its record is tied to the prediction), presigns nothing and deletes
 /// nothing; only submit touches cache claims (a claim is judged by its prediction's record,
 /// so nothing updates it when the prediction ends).
-async fn port_calls_by_handler() -> BTreeMap<Handler, BTreeSet<(&'static str, Resource)>> {
+async fn port_calls_by_handler() -> BTreeMap<Handler, Grants> {
     // Creates whose answer was lost, tied to their prediction by a webhook, a fetch and the
     // reconciler. First, in a scenario of their own: a search of Replicate's list needs the
     // records' clock to be the fake's.
@@ -591,6 +618,18 @@ async fn port_calls_by_handler() -> BTreeMap<Handler, BTreeSet<(&'static str, Re
         attempts: 4,
     });
     assert_eq!(s.submit(prompt("d"), &[]).await.0, 429);
+    // Submit: the same with an Idempotency-Key, which is freed for a retry.
+    s.app.replicate.fail_next_create(ReplicateError::Throttled {
+        retry_after: None,
+        attempts: 4,
+    });
+    let keyed = [("idempotency-key", "k-throttled")];
+    assert_eq!(s.submit(prompt("d2"), &keyed).await.0, 429);
+    assert_eq!(
+        s.submit(prompt("d2"), &keyed).await.0,
+        202,
+        "the key was freed"
+    );
     // Submit: an inline image too large for a data URL is stored under inputs/ and sent to
     // Replicate as a presigned URL.
     let image = png(300_000);
@@ -769,16 +808,6 @@ async fn port_calls_by_handler() -> BTreeMap<Handler, BTreeSet<(&'static str, Re
 }
 
 /// The (action, resource) pairs a handler's port calls need.
-fn needed_grants(calls: &BTreeSet<(&'static str, Resource)>) -> Grants {
-    calls
-        .iter()
-        .flat_map(|(method, resource)| {
-            iam_actions(method)
-                .iter()
-                .map(move |action| ((*action).to_owned(), resource.clone()))
-        })
-        .collect()
-}
 
 #[tokio::test]
 async fn each_function_gets_exactly_the_variables_and_actions_its_code_needs() {
@@ -798,7 +827,7 @@ async fn each_function_gets_exactly_the_variables_and_actions_its_code_needs() {
             );
         }
 
-        let mut needed = needed_grants(&calls[&handler]);
+        let mut needed = calls[&handler].clone();
         // The token, read from SSM at cold start (`variables_read` checked it is there).
         needed.insert(("ssm:GetParameter".to_owned(), Resource::TokenParameter));
         let policies = policies(&template, function);

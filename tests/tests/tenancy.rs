@@ -250,22 +250,49 @@ async fn the_budget_refuses_before_creating_and_settles_on_completion() {
         "refused before creating"
     );
 
-    // Settled on completion: the actual cost is on the prediction and in the month.
+    // Settled on completion: the actual cost is on the prediction and in the month. The
+    // second one fails (an official model bills no image then): its estimate is given back.
     let id = first["id"].as_str().unwrap();
     let done = stack.wait_terminal_as(&capped, id).await;
     assert_eq!(done["status"], "succeeded");
     assert_eq!(done["cost"], json!({"estimated_usd": 0.003, "usd": 0.003}));
-    let (_, usage) = read(
-        capped
-            .get(format!("{}/v1/usage", stack.base))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, doomed) = read(submit_raw(&capped, &stack, "doomed [sim:fail]").await).await;
+    assert_eq!(status, StatusCode::PAYMENT_REQUIRED, "still over: {doomed}");
+    let usage = |client: &reqwest::Client| client.get(format!("{}/v1/usage", stack.base)).send();
+    let (_, before) = read(usage(&capped).await.unwrap()).await;
+    assert_eq!(before["cost_usd"], 0.006, "{before}");
+
+    // A second budgeted tenant: one success and one failure, then exact figures.
+    let other = client_with_key(&stack.new_key("settled", 60, Some(6_000)).await);
+    let (_, ok) = read(submit_raw(&other, &stack, "fine").await).await;
+    let (_, failing) = read(submit_raw(&other, &stack, "broken [sim:fail]").await).await;
+    let ok = stack
+        .wait_terminal_as(&other, ok["id"].as_str().unwrap())
+        .await;
+    let failing = stack
+        .wait_terminal_as(&other, failing["id"].as_str().unwrap())
+        .await;
+    assert_eq!(
+        (ok["status"].as_str(), failing["status"].as_str()),
+        (Some("succeeded"), Some("failed"))
+    );
+    assert_eq!(failing["cost"], json!({"estimated_usd": 0.003, "usd": 0.0}));
+    let (_, settled) = read(usage(&other).await.unwrap()).await;
+    assert_eq!(
+        (
+            settled["predictions"].as_u64(),
+            settled["images"].as_u64(),
+            settled["cost_usd"].as_f64()
+        ),
+        (Some(2), Some(1), Some(0.003)),
+        "the failure's estimate was replaced by its actual cost: {settled}"
+    );
+    let (status, _) = read(submit_raw(&other, &stack, "fits again").await).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "the budget has room again");
+
+    let (_, usage) = read(usage(&capped).await.unwrap()).await;
     assert_eq!(usage["tenant"], "capped");
     assert_eq!(usage["predictions"], 2);
-    assert!(usage["images"].as_u64().is_some_and(|n| n >= 1), "{usage}");
     assert_eq!(usage["budget_usd"], 0.007);
     assert!(
         usage["month"].as_str().is_some_and(|m| m.len() == 7),
@@ -275,4 +302,13 @@ async fn the_budget_refuses_before_creating_and_settles_on_completion() {
     let (status, cached) = read(submit("first").await.unwrap()).await;
     assert_eq!(status, StatusCode::OK, "{cached}");
     assert_eq!(cached["cost"], json!({"estimated_usd": 0.0, "usd": 0.0}));
+}
+
+async fn submit_raw(client: &reqwest::Client, stack: &Stack, text: &str) -> reqwest::Response {
+    client
+        .post(format!("{}/v1/predictions", stack.base))
+        .json(&prompt(text))
+        .send()
+        .await
+        .unwrap()
 }

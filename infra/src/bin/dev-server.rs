@@ -24,7 +24,7 @@ use local_stack::dev::{
     LOCAL_MAX_RECEIVES, LOCAL_VISIBILITY_TIMEOUT_SECONDS, serve_app, spawn_copy_worker,
 };
 use local_stack::http_server::bind_loopback;
-use local_stack::keys::{DEV_STATE_FILE, DevState, NewKey, parse_dev_keys};
+use local_stack::keys::{DEV_STATE_FILE, DevKeys, DevState, LimitsChange, NewKey, parse_dev_keys};
 use local_stack::sim::{SimConfig, Simulator};
 use tokio::process::{Child, Command};
 
@@ -208,15 +208,26 @@ async fn run() -> Result<(), String> {
 /// Stores the callers' keys before `ready`: `DEV_API_KEYS` if set, else a new key for tenant
 /// `dev`, printed once as `api key <key>`. Returns the key `make demo` uses.
 async fn store_api_keys(app: &ProductionApp) -> Result<String, String> {
-    let keys = match env("DEV_API_KEYS") {
-        Some(json) => parse_dev_keys(&json)?,
-        None => vec![NewKey::new(None, "dev", None, None)?],
+    let given = env("DEV_API_KEYS");
+    let DevKeys { limits, keys } = match &given {
+        Some(json) => parse_dev_keys(json)?,
+        None => {
+            let change = LimitsChange::new("dev", None, None)?;
+            let key = NewKey::new(None, &change.tenant)?;
+            DevKeys {
+                limits: vec![change],
+                keys: vec![key],
+            }
+        }
     };
+    for change in &limits {
+        change.apply(&app.records).await?;
+    }
     for key in &keys {
         key.store(&app.records).await?;
     }
     let first = keys.first().ok_or("DEV_API_KEYS is an empty list")?;
-    if env("DEV_API_KEYS").is_none() {
+    if given.is_none() {
         println!("api key {}", first.key.expose());
     }
     Ok(first.key.expose().to_owned())

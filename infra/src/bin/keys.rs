@@ -1,17 +1,20 @@
 //! `make key` and `make revoke`: API keys in the table of the stack the environment names
 //! (the running `make dev`; a local emulator with `AWS_ENDPOINT_URL`; AWS with `TABLE_NAME`).
 //!
-//! `keys create --tenant NAME [--rate PER_MINUTE] [--budget USD]` prints the new key once
-//! (only its hash is stored) and its id; `keys revoke KEY_ID` revokes it (within 60 s
-//! everywhere).
+//! `keys create --tenant NAME [--rate PER_MINUTE] [--budget USD|none]` prints the new key
+//! once (only its hash is stored) and its id. Rate and budget are the tenant's, shared by
+//! all its keys: given, they change the tenant's limits; left out, they stay as they are
+//! (60 a minute and no budget for a new tenant). `keys revoke KEY_ID` revokes a key
+//! (within 60 s everywhere).
 
 use std::path::Path;
 use std::process::ExitCode;
 
+use imagegen_shared::cost::usd;
 use imagegen_shared::ports::AccountStore;
 use imagegen_shared::record::to_millis;
 use imagegen_shared::tenancy::KeyId;
-use local_stack::keys::{DEV_STATE_FILE, NewKey, target_table};
+use local_stack::keys::{Budget, DEV_STATE_FILE, LimitsChange, NewKey, target_table};
 
 const USAGE: &str =
     "usage: keys create --tenant NAME [--rate PER_MINUTE] [--budget USD] | keys revoke KEY_ID";
@@ -21,7 +24,7 @@ fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.trim().is_empty())
 }
 
-fn parse_create(args: &[String]) -> Result<NewKey, String> {
+fn parse_create(args: &[String]) -> Result<LimitsChange, String> {
     let (mut tenant, mut rate, mut budget) = (None, None, None);
     let mut it = args.iter();
     while let Some(flag) = it.next() {
@@ -38,28 +41,33 @@ fn parse_create(args: &[String]) -> Result<NewKey, String> {
                         .map_err(|_| format!("--rate `{value}` is not a whole number"))?,
                 )
             }
-            "--budget" => {
-                budget = Some(
-                    value
-                        .parse()
-                        .map_err(|_| format!("--budget `{value}` is not an amount of dollars"))?,
-                )
-            }
+            "--budget" => budget = Some(Budget::parse(value)?),
             other => return Err(format!("unknown option `{other}`\n{USAGE}")),
         }
     }
     let tenant = tenant.ok_or(format!("--tenant is required\n{USAGE}"))?;
-    NewKey::new(None, &tenant, rate, budget)
+    LimitsChange::new(&tenant, rate, budget)
 }
 
 async fn run(args: Vec<String>) -> Result<(), String> {
     let state = Path::new(DEV_STATE_FILE);
     match args.first().map(String::as_str) {
         Some("create") => {
-            let new = parse_create(&args[1..])?;
+            let change = parse_create(&args[1..])?;
+            let new = NewKey::new(None, &change.tenant)?;
             let (table, label) = target_table(env, state, DEV_TABLE).await?;
-            new.store(&table).await?;
-            println!("tenant    {}", new.record.tenant);
+            let failed = |e: String| {
+                format!("{e} (in {label}; if that is a stopped `make dev`, start it again)")
+            };
+            let limits = change.apply(&table).await.map_err(failed)?;
+            new.store(&table).await.map_err(failed)?;
+            let budget = limits
+                .monthly_budget
+                .map_or("none".to_owned(), |m| format!("${}", usd(m)));
+            println!(
+                "tenant    {} (all its keys: {} submits a minute, monthly budget {budget})",
+                limits.tenant, limits.rate_per_minute
+            );
             println!("key id    {}", new.record.id);
             println!("api key   {}", new.key.expose());
             eprintln!("stored in {label}; the key is shown only now: keep it somewhere safe");

@@ -1,9 +1,9 @@
 //! API keys on every `/v1/*` route, checked in the function itself (README, "Callers,
 //! limits and cost", says why not a Lambda authorizer), and the per-tenant submit rate.
 //!
-//! A key's record is cached per process for `KEY_CACHE_TTL`, so a warm function reads the
-//! table about once per key per half minute, and a revoked key stops working within that
-//! time everywhere. Unknown keys are cached briefly too, so a flood of one bad key does not
+//! A key's record and its tenant's limits are cached per process for `KEY_CACHE_TTL`, so a
+//! warm function reads the table about once per key per half minute, and a revoked key (or
+//! a changed limit) takes effect within that time everywhere. Unknown keys are cached briefly too, so a flood of one bad key does not
 //! become a flood of reads.
 
 use std::collections::HashMap;
@@ -15,7 +15,7 @@ use lambda_http::Request;
 use super::{ApiError, App, Ports};
 use crate::ports::AccountStore;
 use crate::record::{Millis, after};
-use crate::tenancy::{Caller, KeyHash, KeyRecord, RateWindow, bearer_key};
+use crate::tenancy::{Caller, KeyHash, KeyRecord, RateWindow, TenantLimits, bearer_key, caller};
 
 /// How long a key's record is trusted: revocation takes effect within this (CONTRACT: 60 s).
 pub const KEY_CACHE_TTL: Duration = Duration::from_secs(30);
@@ -25,30 +25,34 @@ const UNKNOWN_KEY_TTL: Duration = Duration::from_secs(5);
 /// must not grow memory).
 const KEY_CACHE_ENTRIES: usize = 10_000;
 
-/// Key records by key id, with when (app clock) they were read.
+/// What a key's id was found to stand for: the key and its tenant's limits (`None`: no such
+/// key).
+type Found = Option<(KeyRecord, Option<TenantLimits>)>;
+
+/// Keys by key id, with when (app clock) they were read.
 #[derive(Default)]
 pub struct KeyCache {
-    entries: Mutex<HashMap<String, (Millis, Option<KeyRecord>)>>,
+    entries: Mutex<HashMap<String, (Millis, Found)>>,
 }
 
 impl KeyCache {
-    fn get(&self, id: &str, now: Millis) -> Option<Option<KeyRecord>> {
+    fn get(&self, id: &str, now: Millis) -> Option<Found> {
         let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        let (read_at, record) = entries.get(id)?;
-        let ttl = if record.is_some() {
+        let (read_at, found) = entries.get(id)?;
+        let ttl = if found.is_some() {
             KEY_CACHE_TTL
         } else {
             UNKNOWN_KEY_TTL
         };
-        (now >= *read_at && now < after(*read_at, ttl)).then(|| record.clone())
+        (now >= *read_at && now < after(*read_at, ttl)).then(|| found.clone())
     }
 
-    fn put(&self, id: &str, record: Option<KeyRecord>, now: Millis) {
+    fn put(&self, id: &str, found: Found, now: Millis) {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         if entries.len() >= KEY_CACHE_ENTRIES {
             entries.clear();
         }
-        entries.insert(id.to_owned(), (now, record));
+        entries.insert(id.to_owned(), (now, found));
     }
 }
 
@@ -58,27 +62,34 @@ impl<P: Ports> App<P> {
         let key = bearer_key(request.headers().get(http::header::AUTHORIZATION))
             .map_err(|reason| ApiError::Unauthenticated(reason.to_owned()))?;
         let hash = key.hash();
-        let record = self.key_record(&hash).await?;
         let invalid = || ApiError::Unauthenticated("the API key is not valid".to_owned());
-        let record = record
-            .filter(|r| r.hash.matches(&hash))
+        let (record, limits) = self
+            .find_key(&hash)
+            .await?
+            .filter(|(record, _)| record.hash.matches(&hash))
             .ok_or_else(invalid)?;
-        let caller = record
-            .caller()
+        let caller = caller(&record, limits.as_ref())
             .ok_or_else(|| ApiError::Unauthenticated("the API key has been revoked".to_owned()))?;
         tracing::Span::current().record("tenant", caller.tenant.as_str());
         Ok(caller)
     }
 
-    async fn key_record(&self, hash: &KeyHash) -> Result<Option<KeyRecord>, ApiError> {
+    /// The key with this hash's id and its tenant's limits: from the cache, or two reads.
+    async fn find_key(&self, hash: &KeyHash) -> Result<Found, ApiError> {
         let id = hash.key_id();
         let now = self.clock.millis();
         if let Some(cached) = self.keys.get(id.as_str(), now) {
             return Ok(cached);
         }
-        let record = self.records.get_key(&id).await?;
-        self.keys.put(id.as_str(), record.clone(), now);
-        Ok(record)
+        let found = match self.records.get_key(&id).await? {
+            Some(record) => {
+                let limits = self.records.get_tenant(&record.tenant).await?;
+                Some((record, limits))
+            }
+            None => None,
+        };
+        self.keys.put(id.as_str(), found.clone(), now);
+        Ok(found)
     }
 
     /// Counts a submit against the caller's rate; 429 with the time to the next window when

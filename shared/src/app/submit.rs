@@ -443,7 +443,9 @@ impl<P: Ports> App<P> {
             cost: None,
         };
         tracing::Span::current().record("prediction_id", id.as_str());
-        if let Err(err) = self.records.insert_prediction(&record).await {
+        if let Err(err) = self.records.insert_prediction(&record).await
+            && !self.stored_anyway(&record).await
+        {
             self.give_back_estimate(&record).await;
             self.release_cache_claim(claim).await;
             return Err(err.into());
@@ -541,6 +543,16 @@ impl<P: Ports> App<P> {
             estimate_usd: usd(estimate),
             budget_usd: caller.monthly_budget.map_or(0.0, usd),
         })
+    }
+
+    /// Whether a record whose insert reported an error was stored all the same (a lost
+    /// answer, or an SDK retry of a write that had landed): then it goes on as stored, and
+    /// its reservation is settled once, when it ends.
+    async fn stored_anyway(&self, record: &PredictionRecord) -> bool {
+        match self.records.get_prediction(&record.id).await {
+            Ok(Some(stored)) => stored.webhook_token == record.webhook_token,
+            _ => false,
+        }
     }
 
     /// Undoes a reservation whose record could not even be stored.

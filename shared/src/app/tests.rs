@@ -14,7 +14,7 @@ use crate::ports::RecordStore;
 use crate::record::{Claim, PredictionId, PredictionRecord};
 use crate::registry::ModelRegistry;
 use crate::replicate::{Prediction, PredictionStatus, ReplicateError};
-use crate::tenancy::{ApiKey, KeyRecord, TenantId};
+use crate::tenancy::{ApiKey, KeyRecord, TenantId, TenantLimits};
 use crate::webhook::WebhookSecret;
 
 type TestApp = App<crate::memory::InMemory>;
@@ -44,7 +44,7 @@ fn app_with(extra: &[(&str, &str)]) -> TestApp {
     let source = MemorySource::default();
     source.insert(OUTPUT_URL, png());
     let records = MemoryRecords::default();
-    records.put_key(key_record(FIXTURE_KEY, "acme", 10_000, None));
+    add_caller(&records, FIXTURE_KEY, "acme", 10_000, None);
     let ports = PortSet {
         replicate: FakeReplicate::default(),
         records,
@@ -55,15 +55,18 @@ fn app_with(extra: &[(&str, &str)]) -> TestApp {
     App::new(ports, ModelRegistry::shipped().unwrap(), settings)
 }
 
-fn key_record(key: &str, tenant: &str, rate: u32, budget: Option<u64>) -> KeyRecord {
+fn key_record(key: &str, tenant: &str) -> KeyRecord {
     KeyRecord::new(
         &ApiKey::parse(key).unwrap(),
         TenantId::parse(tenant).unwrap(),
-        rate,
-        budget,
         0,
     )
-    .unwrap()
+}
+
+/// Stores `key` for `tenant` and sets the tenant's limits.
+fn add_caller(records: &MemoryRecords, key: &str, tenant: &str, rate: u32, budget: Option<u64>) {
+    records.put_key(key_record(key, tenant));
+    records.put_limits(TenantLimits::new(TenantId::parse(tenant).unwrap(), rate, budget).unwrap());
 }
 
 /// `request` sent with another API key (`None`: with none).
@@ -1094,7 +1097,7 @@ async fn status_and_body(response: Response<Body>) -> (u16, Value) {
 async fn every_route_refuses_missing_malformed_unknown_and_revoked_keys() {
     let app = app();
     let revoked = "igk_revoked_key_of_tenant_acme_000111222333";
-    app.records.put_key(key_record(revoked, "acme", 60, None));
+    app.records.put_key(key_record(revoked, "acme"));
     let (_, mine) = submitted(&app, fox()).await;
     let id = mine["id"].as_str().unwrap().to_owned();
     let created = app.replicate.created().len();
@@ -1155,8 +1158,7 @@ async fn every_route_refuses_missing_malformed_unknown_and_revoked_keys() {
 #[tokio::test]
 async fn tenants_cannot_read_replay_or_reuse_each_others_work() {
     let app = app();
-    app.records
-        .put_key(key_record(BETA_KEY, "beta", 10_000, None));
+    add_caller(&app.records, BETA_KEY, "beta", 10_000, None);
     let keyed = |key: Option<&str>, idem: &'static str, body: Value| {
         let mut request = with_key(submit_event(body), key);
         request
@@ -1218,10 +1220,10 @@ async fn tenants_cannot_read_replay_or_reuse_each_others_work() {
 }
 
 #[tokio::test]
-async fn the_rate_limit_holds_per_tenant_per_minute_under_concurrency() {
+async fn the_rate_limit_holds_per_tenant_per_minute() {
     let app = app();
     let slow = "igk_rate_limited_tenant_key_5a6b7c8d9e0f";
-    app.records.put_key(key_record(slow, "slow", 3, None));
+    add_caller(&app.records, slow, "slow", 3, None);
     // Start at the beginning of a minute so the burst stays in one window.
     let into_minute = app.clock.millis() % 60_000;
     app.clock
@@ -1263,8 +1265,7 @@ async fn the_budget_refuses_before_creating_and_settles_to_the_actual_cost() {
     let app = app();
     let capped = "igk_budgeted_tenant_key_9f8e7d6c5b4a3210";
     // $0.01: three flux-schnell images at $0.003.
-    app.records
-        .put_key(key_record(capped, "capped", 1000, Some(10_000)));
+    add_caller(&app.records, capped, "capped", 1000, Some(10_000));
     let submit = |body: Value| app.submit(with_key(submit_event(body), Some(capped)));
     let mut ids = Vec::new();
     for i in 0..3 {
@@ -1349,4 +1350,79 @@ async fn per_second_models_bill_predict_time_aborted_and_refused_creates_cost_no
         "a refused create is not a prediction"
     );
     assert_eq!(usage["cost_usd"], 0.00195);
+}
+
+#[tokio::test]
+async fn an_insert_whose_answer_was_lost_goes_on_and_is_reserved_once() {
+    let app = app();
+    app.records.lose_next_insert_answers(1);
+    let (status, body) = submitted(&app, prompt("lost insert answer")).await;
+    assert_eq!(status, 202, "the record was stored: {body}");
+    assert_eq!(app.replicate.created().len(), 1);
+    let id = PredictionId::parse(body["id"].as_str().unwrap()).unwrap();
+    complete(&app, &id, "rep-1").await;
+    let usage = json_of(&app.usage(event("usage", "")).await);
+    assert_eq!(
+        (usage["predictions"].as_u64(), usage["cost_usd"].as_f64()),
+        (Some(1), Some(0.003)),
+        "reserved and settled once: {usage}"
+    );
+}
+
+#[tokio::test]
+async fn all_keys_of_a_tenant_share_its_limits_and_a_change_applies_within_the_cache_ttl() {
+    let app = app();
+    let first = "igk_first_key_of_a_shared_tenant_00112233";
+    let second = "igk_second_key_of_a_shared_tenant_44556677";
+    add_caller(&app.records, first, "shared", 2, None);
+    app.records.put_key(key_record(second, "shared"));
+    let into_minute = app.clock.millis() % 60_000;
+    app.clock
+        .advance(Duration::from_millis(60_000 - into_minute));
+    let submit =
+        |key: &'static str, text: &str| app.submit(with_key(submit_event(prompt(text)), Some(key)));
+    assert_eq!(submit(first, "a").await.status(), 202);
+    assert_eq!(submit(second, "b").await.status(), 202);
+    assert_eq!(
+        submit(first, "c").await.status(),
+        429,
+        "one window per tenant"
+    );
+    assert_eq!(submit(second, "d").await.status(), 429);
+    let shared = TenantId::parse("shared").unwrap();
+    app.records
+        .put_limits(TenantLimits::new(shared, 100, None).unwrap());
+    assert_eq!(submit(second, "e").await.status(), 429, "cached limits");
+    app.clock.advance(super::KEY_CACHE_TTL);
+    assert_eq!(
+        submit(second, "f").await.status(),
+        202,
+        "the new limit applies"
+    );
+}
+
+#[tokio::test]
+async fn the_read_function_serves_usage_and_predictions_by_route_key() {
+    let app = app();
+    let (_, body) = submitted(&app, fox()).await;
+    let id = body["id"].as_str().unwrap().to_owned();
+    let usage = json_of(&app.read(event("usage", "")).await);
+    assert_eq!(usage["tenant"], "acme", "{usage}");
+    let fetched = json_of(&app.read(event("fetch", &id)).await);
+    assert_eq!(fetched["id"], id.as_str());
+    // Behind a custom domain's base path the route key still says which route it is.
+    let text = include_str!("../../tests/fixtures/apigw-v2-usage.json")
+        .replace(
+            "\"rawPath\": \"/v1/usage\"",
+            "\"rawPath\": \"/api/v1/usage\"",
+        )
+        .replace("\"path\": \"/v1/usage\"", "\"path\": \"/api/v1/usage\"");
+    let request = lambda_http::request::from_str(&text).unwrap();
+    let usage = json_of(&app.read(request).await);
+    assert_eq!(usage["tenant"], "acme", "{usage}");
+    let text = include_str!("../../tests/fixtures/apigw-v2-fetch.json")
+        .replace(PLACEHOLDER_ID, &id)
+        .replace("\"rawPath\": \"/v1/", "\"rawPath\": \"/api/v1/");
+    let request = lambda_http::request::from_str(&text).unwrap();
+    assert_eq!(json_of(&app.read(request).await)["id"], id.as_str());
 }

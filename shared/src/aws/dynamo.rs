@@ -14,7 +14,8 @@ use crate::ports::{
 use crate::record::{Advance, Claim, ClaimGuard, Millis, PredictionId, PredictionRecord};
 use crate::replicate::PredictionStatus;
 use crate::tenancy::{
-    CostSettlement, KeyHash, KeyId, KeyRecord, RateWindow, Reservation, TenantId, Usage, usage_key,
+    CostSettlement, KeyHash, KeyId, KeyRecord, RateWindow, Reservation, TenantId, TenantLimits,
+    Usage, usage_key,
 };
 
 type Item = HashMap<String, AttributeValue>;
@@ -22,9 +23,8 @@ type Item = HashMap<String, AttributeValue>;
 pub const TTL_ATTRIBUTE: &str = "expires_at";
 
 /// A sparse index of the predictions still running: only they carry `open_shard` (one of
-/// `ports::OPEN_SHARDS`), which a terminal update removes. It projects keys only, so it is
-/// written when a record enters and leaves it, not on every update. The reconciler queries
-/// it.
+/// `ports::OPEN_SHARDS`), which a terminal update removes. Only its keys are read, so it
+/// may project keys only. The reconciler queries it.
 pub const OPEN_INDEX: &str = "open-index";
 pub const OPEN_SHARD_ATTRIBUTE: &str = "open_shard";
 
@@ -640,32 +640,54 @@ fn key_to_item(key: &KeyRecord) -> Item {
         ("pk".to_owned(), key_pk(&key.id)),
         ("key_hash".to_owned(), s(key.hash.as_str())),
         ("tenant".to_owned(), s(key.tenant.as_str())),
-        (
-            "rate_per_minute".to_owned(),
-            n(u64::from(key.rate_per_minute)),
-        ),
         ("created_at".to_owned(), n(key.created_at)),
     ]);
-    if let Some(budget) = key.monthly_budget {
-        item.insert("monthly_budget".to_owned(), n(budget));
-    }
     if let Some(at) = key.revoked_at {
         item.insert("revoked_at".to_owned(), n(at));
     }
     item
 }
 
+fn read_tenant(item: &Item) -> Result<TenantId, StoreError> {
+    TenantId::parse(&read_s(item, "tenant")?)
+        .map_err(|e| StoreError::new("read item", format!("attribute `tenant`: {e}")))
+}
+
 fn key_from_item(item: &Item) -> Result<KeyRecord, StoreError> {
-    let invalid = |e: crate::tenancy::TenancyError| StoreError::new("read key", e.to_string());
     let hash = KeyHash::from_stored(read_s(item, "key_hash")?);
     Ok(KeyRecord {
         id: hash.key_id(),
-        tenant: TenantId::parse(&read_s(item, "tenant")?).map_err(invalid)?,
-        rate_per_minute: u32::try_from(read_n(item, "rate_per_minute")?).unwrap_or(u32::MAX),
-        monthly_budget: read_opt_n(item, "monthly_budget"),
+        tenant: read_tenant(item)?,
         created_at: read_n(item, "created_at")?,
         revoked_at: read_opt_n(item, "revoked_at"),
         hash,
+    })
+}
+
+fn tenant_pk(tenant: &TenantId) -> AttributeValue {
+    s(format!("tenant#{tenant}"))
+}
+
+fn limits_to_item(limits: &TenantLimits) -> Item {
+    let mut item = Item::from([
+        ("pk".to_owned(), tenant_pk(&limits.tenant)),
+        ("tenant".to_owned(), s(limits.tenant.as_str())),
+        (
+            "rate_per_minute".to_owned(),
+            n(u64::from(limits.rate_per_minute)),
+        ),
+    ]);
+    if let Some(budget) = limits.monthly_budget {
+        item.insert("monthly_budget".to_owned(), n(budget));
+    }
+    item
+}
+
+fn limits_from_item(item: &Item) -> Result<TenantLimits, StoreError> {
+    Ok(TenantLimits {
+        tenant: read_tenant(item)?,
+        rate_per_minute: u32::try_from(read_n(item, "rate_per_minute")?).unwrap_or(u32::MAX),
+        monthly_budget: read_opt_n(item, "monthly_budget"),
     })
 }
 
@@ -695,6 +717,29 @@ impl AccountStore for DynamoRecords {
             .await
             .map_err(|e| failed("get key", e))?;
         output.item().map(key_from_item).transpose()
+    }
+
+    async fn put_tenant(&self, limits: &TenantLimits) -> Result<(), StoreError> {
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(limits_to_item(limits)))
+            .send()
+            .await
+            .map_err(|e| failed("put tenant", e))?;
+        Ok(())
+    }
+
+    async fn get_tenant(&self, tenant: &TenantId) -> Result<Option<TenantLimits>, StoreError> {
+        let output = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", tenant_pk(tenant))
+            .send()
+            .await
+            .map_err(|e| failed("get tenant", e))?;
+        output.item().map(limits_from_item).transpose()
     }
 
     async fn revoke_key(&self, id: &KeyId, at: Millis) -> Result<bool, StoreError> {

@@ -38,7 +38,7 @@ pub async fn ensure_table(
                 .key_schema(key("created_at", KeyType::Range)?)
                 .projection(
                     Projection::builder()
-                        .projection_type(ProjectionType::KeysOnly)
+                        .projection_type(ProjectionType::All)
                         .build(),
                 )
                 .build()

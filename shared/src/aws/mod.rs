@@ -14,7 +14,9 @@ pub use sqs::SqsCopyQueue;
 /// The SAM template grants each function the actions of the methods its handler calls.
 pub fn iam_actions(port_method: &str) -> &'static [&'static str] {
     match port_method {
-        "try_claim" | "replace_claim" | "insert_prediction" | "create_key" => &["dynamodb:PutItem"],
+        "try_claim" | "replace_claim" | "insert_prediction" | "create_key" | "put_tenant" => {
+            &["dynamodb:PutItem"]
+        }
         "settle_claim" | "advance" | "claim_sync" | "revoke_key" | "count_request"
         | "reserve_cost" | "settle_cost" => &["dynamodb:UpdateItem"],
         // The `replicate#` binding is put, the record updated (the binding given back if not).
@@ -24,7 +26,7 @@ pub fn iam_actions(port_method: &str) -> &'static [&'static str] {
             "dynamodb:DeleteItem",
         ],
         "release_claim" => &["dynamodb:DeleteItem"],
-        "get_prediction" | "get_key" | "usage" => &["dynamodb:GetItem"],
+        "get_prediction" | "get_key" | "get_tenant" | "usage" => &["dynamodb:GetItem"],
         // On the `open-index` index only.
         "list_open" => &["dynamodb:Query"],
         // Creating, uploading parts of and completing a multipart upload are all s3:PutObject.
@@ -36,6 +38,42 @@ pub fn iam_actions(port_method: &str) -> &'static [&'static str] {
         "presign_get" => &["s3:GetObject"],
         "send_copy" => &["sqs:SendMessage"],
         _ => &[],
+    }
+}
+
+/// The table items a record-store method acts on, by key prefix (`dynamodb:LeadingKeys`),
+/// with each IAM action: what a function's statements on the table must allow, and no
+/// more. A claim method acts on its claim's prefix (`cache#` or `idem#`), `claim_prefix`.
+pub fn item_actions(port_method: &str, claim_prefix: Option<&str>) -> Vec<(&'static str, String)> {
+    let on = |prefix: &str| prefix.to_owned();
+    let claim = || on(claim_prefix.unwrap_or("cache#"));
+    let (put, get, update, delete) = (
+        "dynamodb:PutItem",
+        "dynamodb:GetItem",
+        "dynamodb:UpdateItem",
+        "dynamodb:DeleteItem",
+    );
+    match port_method {
+        "try_claim" | "replace_claim" => vec![(put, claim())],
+        "settle_claim" => vec![(update, claim())],
+        "release_claim" => vec![(delete, claim())],
+        "insert_prediction" => vec![(put, on("pred#"))],
+        "get_prediction" => vec![(get, on("pred#"))],
+        "advance" | "claim_sync" => vec![(update, on("pred#"))],
+        "attach_replicate_id" => vec![
+            (put, on("replicate#")),
+            (update, on("pred#")),
+            (delete, on("replicate#")),
+        ],
+        "create_key" => vec![(put, on("apikey#"))],
+        "get_key" => vec![(get, on("apikey#"))],
+        "revoke_key" => vec![(update, on("apikey#"))],
+        "put_tenant" => vec![(put, on("tenant#"))],
+        "get_tenant" => vec![(get, on("tenant#"))],
+        "count_request" => vec![(update, on("rate#"))],
+        "reserve_cost" | "settle_cost" => vec![(update, on("usage#"))],
+        "usage" => vec![(get, on("usage#"))],
+        _ => Vec::new(),
     }
 }
 

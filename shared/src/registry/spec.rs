@@ -37,7 +37,9 @@ pub struct AliasSpec {
 
 /// How Replicate bills an alias's model: `usd_per_image` (official models), or `hardware`
 /// (a key of `hardware_usd_per_second`) with the `typical_seconds` one output takes, which
-/// budget estimates use until the real `predict_time` is known.
+/// budget estimates use until the real `predict_time` is known, at `typical_pixels`
+/// (width × height) and `typical_steps` if given: estimates scale with a request's size and
+/// steps.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PriceSpec {
@@ -47,6 +49,10 @@ pub struct PriceSpec {
     pub hardware: Option<String>,
     #[serde(default)]
     pub typical_seconds: Option<u32>,
+    #[serde(default)]
+    pub typical_pixels: Option<u64>,
+    #[serde(default)]
+    pub typical_steps: Option<u64>,
 }
 
 /// One input field's type, limits and default.

@@ -3,7 +3,6 @@
 //! invocation of the queue-fed function, each billed for its handler's wall time.
 
 use std::collections::BTreeMap;
-use std::ops::Sub;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -18,15 +17,10 @@ pub struct FunctionCalls {
     pub billed_ms: u64,
 }
 
-impl Sub for FunctionCalls {
-    type Output = Self;
-    fn sub(self, o: Self) -> Self {
-        Self {
-            invocations: self.invocations - o.invocations,
-            billed_ms: self.billed_ms - o.billed_ms,
-        }
-    }
-}
+super::fieldwise_sub!(FunctionCalls {
+    invocations,
+    billed_ms
+});
 
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct InvocationTally {

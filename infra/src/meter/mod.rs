@@ -37,6 +37,19 @@ const SQS_CHUNK_BYTES: u64 = 64 * 1024;
 type Item = Map<String, Value>;
 
 /// DynamoDB capacity billed for one kind of call.
+/// `Sub` field by field, for the counters a phase's share is taken from (`Tally::since`).
+macro_rules! fieldwise_sub {
+    ($type:ident { $($field:ident),+ }) => {
+        impl std::ops::Sub for $type {
+            type Output = Self;
+            fn sub(self, o: Self) -> Self {
+                Self { $($field: self.$field - o.$field),+ }
+            }
+        }
+    };
+}
+pub(crate) use fieldwise_sub;
+
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Capacity {
     pub calls: u64,
@@ -49,18 +62,13 @@ pub struct Capacity {
     pub failed_conditions: u64,
 }
 
-impl Sub for Capacity {
-    type Output = Self;
-    fn sub(self, o: Self) -> Self {
-        Self {
-            calls: self.calls - o.calls,
-            write_units: self.write_units - o.write_units,
-            index_write_units: self.index_write_units - o.index_write_units,
-            read_units: self.read_units - o.read_units,
-            failed_conditions: self.failed_conditions - o.failed_conditions,
-        }
-    }
-}
+fieldwise_sub!(Capacity {
+    calls,
+    write_units,
+    index_write_units,
+    read_units,
+    failed_conditions
+});
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SqsCount {
@@ -72,17 +80,12 @@ pub struct SqsCount {
     pub messages: u64,
 }
 
-impl Sub for SqsCount {
-    type Output = Self;
-    fn sub(self, o: Self) -> Self {
-        Self {
-            calls: self.calls - o.calls,
-            billed: self.billed - o.billed,
-            empty: self.empty - o.empty,
-            messages: self.messages - o.messages,
-        }
-    }
-}
+fieldwise_sub!(SqsCount {
+    calls,
+    billed,
+    empty,
+    messages
+});
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Stored {

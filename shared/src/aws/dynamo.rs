@@ -360,6 +360,25 @@ impl DynamoRecords {
         Ok(())
     }
 
+    /// A strongly consistent `GetItem` of `pk`: every caller needs the latest write (a
+    /// record's state, a key created a moment ago, the month's spend).
+    async fn get_item(
+        &self,
+        operation: &'static str,
+        pk: AttributeValue,
+    ) -> Result<Option<Item>, StoreError> {
+        let output = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", pk)
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| failed(operation, e))?;
+        Ok(output.item)
+    }
+
     /// An `UpdateItem` on `pk` that applies only if `condition` holds; `Ok(false)` if not.
     async fn update_if(
         &self,
@@ -469,16 +488,11 @@ impl RecordStore for DynamoRecords {
         &self,
         id: &PredictionId,
     ) -> Result<Option<PredictionRecord>, StoreError> {
-        let output = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .key("pk", prediction_pk(id))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(|e| failed("get prediction", e))?;
-        output.item().map(prediction_from_item).transpose()
+        self.get_item("get prediction", prediction_pk(id))
+            .await?
+            .as_ref()
+            .map(prediction_from_item)
+            .transpose()
     }
 
     async fn attach_replicate_id(
@@ -708,15 +722,11 @@ impl AccountStore for DynamoRecords {
     }
 
     async fn get_key(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
-        let output = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .key("pk", key_pk(id))
-            .send()
-            .await
-            .map_err(|e| failed("get key", e))?;
-        output.item().map(key_from_item).transpose()
+        self.get_item("get key", key_pk(id))
+            .await?
+            .as_ref()
+            .map(key_from_item)
+            .transpose()
     }
 
     async fn put_tenant(&self, limits: &TenantLimits) -> Result<(), StoreError> {
@@ -731,15 +741,11 @@ impl AccountStore for DynamoRecords {
     }
 
     async fn get_tenant(&self, tenant: &TenantId) -> Result<Option<TenantLimits>, StoreError> {
-        let output = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .key("pk", tenant_pk(tenant))
-            .send()
-            .await
-            .map_err(|e| failed("get tenant", e))?;
-        output.item().map(limits_from_item).transpose()
+        self.get_item("get tenant", tenant_pk(tenant))
+            .await?
+            .as_ref()
+            .map(limits_from_item)
+            .transpose()
     }
 
     async fn revoke_key(&self, id: &KeyId, at: Millis) -> Result<bool, StoreError> {
@@ -817,16 +823,10 @@ impl AccountStore for DynamoRecords {
     }
 
     async fn usage(&self, tenant: &TenantId, month: &str) -> Result<Usage, StoreError> {
-        let output = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .key("pk", s(usage_key(tenant, month)))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(|e| failed("get usage", e))?;
-        let Some(item) = output.item() else {
+        let item = self
+            .get_item("get usage", s(usage_key(tenant, month)))
+            .await?;
+        let Some(item) = item else {
             return Ok(Usage::default());
         };
         // `ADD` of a negative delta can leave a count below zero only through a bug; clamp.

@@ -8,7 +8,7 @@ use imagegen_shared::cost::micros_from_usd;
 use imagegen_shared::ports::AccountStore;
 use imagegen_shared::record::to_millis;
 use imagegen_shared::tenancy::{
-    ApiKey, DEFAULT_RATE_PER_MINUTE, KeyRecord, TenantId, TenantLimits,
+    ApiKey, DEFAULT_RATE_PER_MINUTE, KeyRecord, LimitsUpdate, TenantId, TenantLimits,
 };
 use serde::{Deserialize, Serialize};
 
@@ -84,7 +84,7 @@ impl Budget {
             ))
     }
 
-    fn micros(self) -> Option<u64> {
+    pub fn micros(self) -> Option<u64> {
         match self {
             Self::Usd(micros) => Some(micros),
             Self::Unlimited => None,
@@ -92,55 +92,23 @@ impl Budget {
     }
 }
 
-/// A tenant's limits as asked for: what is not given stays as stored (or the default).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LimitsChange {
-    pub tenant: TenantId,
-    pub rate: Option<u32>,
-    pub budget: Option<Budget>,
+/// A tenant's limits as asked for on a command line: what is not given stays as stored
+/// (the default rate and no budget for a new tenant).
+pub fn limits_change(
+    tenant: &str,
+    rate: Option<u32>,
+    budget: Option<Budget>,
+) -> Result<LimitsUpdate, String> {
+    let tenant = TenantId::parse(tenant).map_err(|e| format!("tenant `{tenant}`: {e}"))?;
+    LimitsUpdate::new(tenant, rate, budget.map(Budget::micros)).map_err(|e| e.to_string())
 }
 
-impl LimitsChange {
-    pub fn new(tenant: &str, rate: Option<u32>, budget: Option<Budget>) -> Result<Self, String> {
-        let tenant = TenantId::parse(tenant).map_err(|e| format!("tenant `{tenant}`: {e}"))?;
-        // Checked now, before anything is written.
-        TenantLimits::new(
-            tenant.clone(),
-            rate.unwrap_or(DEFAULT_RATE_PER_MINUTE),
-            None,
-        )
-        .map_err(|e| e.to_string())?;
-        Ok(Self {
-            tenant,
-            rate,
-            budget,
-        })
-    }
-
-    /// Applies the change to the tenant's stored limits (creating them with the defaults
-    /// for what is not given) and returns the limits now in force for all its keys.
-    pub async fn apply<S: AccountStore>(&self, store: &S) -> Result<TenantLimits, String> {
-        let stored = store
-            .get_tenant(&self.tenant)
-            .await
-            .map_err(|e| e.to_string())?;
-        let current = stored
-            .clone()
-            .unwrap_or_else(|| TenantLimits::default_for(self.tenant.clone()));
-        let wanted = TenantLimits::new(
-            self.tenant.clone(),
-            self.rate.unwrap_or(current.rate_per_minute),
-            match self.budget {
-                Some(budget) => budget.micros(),
-                None => current.monthly_budget,
-            },
-        )
-        .map_err(|e| e.to_string())?;
-        if stored.as_ref() != Some(&wanted) {
-            store.put_tenant(&wanted).await.map_err(|e| e.to_string())?;
-        }
-        Ok(wanted)
-    }
+/// Applies a change of a tenant's limits; returns the limits now in force for its keys.
+pub async fn apply_limits<S: AccountStore>(
+    store: &S,
+    change: &LimitsUpdate,
+) -> Result<TenantLimits, String> {
+    store.update_tenant(change).await.map_err(|e| e.to_string())
 }
 
 /// A key to store for a tenant.
@@ -183,47 +151,70 @@ impl NewKey {
     }
 }
 
-/// `DEV_API_KEYS`, checked in full before anything is written: the tenants' limits (one
-/// setting per tenant) and the keys.
+/// `DEV_API_KEYS`, checked in full before anything is written: the tenants' limits and the
+/// keys.
 pub struct DevKeys {
-    pub limits: Vec<LimitsChange>,
+    pub limits: Vec<LimitsUpdate>,
     pub keys: Vec<NewKey>,
 }
 
 /// Parses `DEV_API_KEYS`: a JSON list of `{"tenant", "key", "rate_per_minute"?,
-/// "monthly_budget_usd"?}`.
+/// "monthly_budget_usd"?}`. Limits are the tenant's: entries of one tenant may each give
+/// them or not, but never two different values; a tenant none of whose entries gives one
+/// gets the default rate and no budget.
 pub fn parse_dev_keys(json: &str) -> Result<DevKeys, String> {
     let entries: Vec<DevKey> =
         serde_json::from_str(json).map_err(|e| format!("DEV_API_KEYS: {e}"))?;
-    let mut limits: Vec<LimitsChange> = Vec::new();
+    // Per tenant, in order of first appearance: (rate, budget) as given.
+    let mut given: Vec<(TenantId, Option<u32>, Option<Budget>)> = Vec::new();
     let mut keys = Vec::new();
     for entry in &entries {
         let context = |err: String| format!("DEV_API_KEYS, tenant `{}`: {err}", entry.tenant);
         let budget = entry
             .monthly_budget_usd
-            .map(|usd| micros_from_usd(usd).map(Budget::Usd))
-            .map(|b| b.ok_or("monthly_budget_usd is not an amount of dollars".to_owned()))
+            .map(|usd| {
+                micros_from_usd(usd)
+                    .map(Budget::Usd)
+                    .ok_or("monthly_budget_usd is not an amount of dollars".to_owned())
+            })
             .transpose()
             .map_err(context)?;
-        let change = LimitsChange::new(
-            &entry.tenant,
-            Some(entry.rate_per_minute.unwrap_or(DEFAULT_RATE_PER_MINUTE)),
-            Some(budget.unwrap_or(Budget::Unlimited)),
-        )
-        .map_err(context)?;
-        match limits.iter().find(|l| l.tenant == change.tenant) {
-            Some(earlier) if *earlier != change => {
-                return Err(context(
-                    "two entries give the tenant different limits (limits are the tenant's, \
-                     shared by its keys)"
-                        .to_owned(),
-                ));
+        let change =
+            limits_change(&entry.tenant, entry.rate_per_minute, budget).map_err(context)?;
+        let conflict = || {
+            context(
+                "two entries give the tenant different limits (limits are the tenant's, \
+                 shared by its keys)"
+                    .to_owned(),
+            )
+        };
+        match given.iter_mut().find(|(t, _, _)| *t == change.tenant) {
+            Some((_, rate, known_budget)) => {
+                if let Some(asked) = entry.rate_per_minute {
+                    if rate.is_some_and(|r| r != asked) {
+                        return Err(conflict());
+                    }
+                    *rate = Some(asked);
+                }
+                if let Some(asked) = budget {
+                    if known_budget.is_some_and(|b| b != asked) {
+                        return Err(conflict());
+                    }
+                    *known_budget = Some(asked);
+                }
             }
-            Some(_) => {}
-            None => limits.push(change.clone()),
+            None => given.push((change.tenant.clone(), entry.rate_per_minute, budget)),
         }
         keys.push(NewKey::new(Some(&entry.key), &change.tenant).map_err(context)?);
     }
+    let limits = given
+        .into_iter()
+        .map(|(tenant, rate, budget)| LimitsUpdate {
+            tenant,
+            rate_per_minute: Some(rate.unwrap_or(DEFAULT_RATE_PER_MINUTE)),
+            monthly_budget: Some(budget.and_then(Budget::micros)),
+        })
+        .collect();
     Ok(DevKeys { limits, keys })
 }
 
@@ -268,16 +259,23 @@ mod tests {
     fn dev_keys_are_checked_before_anything_is_stored() {
         let parsed = parse_dev_keys(
             r#"[{"tenant": "acme", "key": "acme-local-key-0001"},
-                {"tenant": "beta", "key": "beta-local-key-0002", "rate_per_minute": 5, "monthly_budget_usd": 2.5},
-                {"tenant": "beta", "key": "beta-local-key-0003", "rate_per_minute": 5, "monthly_budget_usd": 2.5}]"#,
+                {"tenant": "beta", "key": "beta-local-key-0002", "monthly_budget_usd": 2.5},
+                {"tenant": "beta", "key": "beta-local-key-0003", "rate_per_minute": 5},
+                {"tenant": "beta", "key": "beta-local-key-0004", "rate_per_minute": 5, "monthly_budget_usd": 2.5}]"#,
         )
         .unwrap();
-        assert_eq!(parsed.keys.len(), 3);
+        assert_eq!(parsed.keys.len(), 4);
         assert_eq!(parsed.limits.len(), 2);
-        assert_eq!(parsed.limits[0].rate, Some(60));
-        assert_eq!(parsed.limits[0].budget, Some(Budget::Unlimited));
-        assert_eq!(parsed.limits[1].rate, Some(5));
-        assert_eq!(parsed.limits[1].budget, Some(Budget::Usd(2_500_000)));
+        assert_eq!(parsed.limits[0].rate_per_minute, Some(60));
+        assert_eq!(parsed.limits[0].monthly_budget, Some(None));
+        assert_eq!(
+            (
+                parsed.limits[1].rate_per_minute,
+                parsed.limits[1].monthly_budget
+            ),
+            (Some(5), Some(Some(2_500_000))),
+            "entries of one tenant that each give part of its limits agree"
+        );
         for bad in [
             r#"[{"tenant": "Acme!", "key": "acme-local-key-0001"}]"#,
             r#"[{"tenant": "acme", "key": "short"}]"#,
@@ -304,23 +302,25 @@ mod tests {
     async fn limit_changes_keep_what_is_not_given() {
         use imagegen_shared::memory::MemoryRecords;
         let store = MemoryRecords::default();
-        let set = LimitsChange::new("acme", Some(30), Some(Budget::Usd(5_000_000))).unwrap();
-        let limits = set.apply(&store).await.unwrap();
+        let apply = |rate, budget| {
+            let change = limits_change("acme", rate, budget).unwrap();
+            let store = &store;
+            async move { apply_limits(store, &change).await.unwrap() }
+        };
+        let limits = apply(Some(30), Some(Budget::Usd(5_000_000))).await;
         assert_eq!(
             (limits.rate_per_minute, limits.monthly_budget),
             (30, Some(5_000_000))
         );
-        let only_rate = LimitsChange::new("acme", Some(90), None).unwrap();
-        let limits = only_rate.apply(&store).await.unwrap();
+        let limits = apply(Some(90), None).await;
         assert_eq!(
             (limits.rate_per_minute, limits.monthly_budget),
             (90, Some(5_000_000))
         );
-        let clear = LimitsChange::new("acme", None, Some(Budget::Unlimited)).unwrap();
-        let limits = clear.apply(&store).await.unwrap();
+        let limits = apply(None, Some(Budget::Unlimited)).await;
         assert_eq!((limits.rate_per_minute, limits.monthly_budget), (90, None));
-        let fresh = LimitsChange::new("beta", None, None).unwrap();
-        let limits = fresh.apply(&store).await.unwrap();
+        let fresh = limits_change("beta", None, None).unwrap();
+        let limits = apply_limits(&store, &fresh).await.unwrap();
         assert_eq!((limits.rate_per_minute, limits.monthly_budget), (60, None));
     }
 }

@@ -24,7 +24,8 @@ use crate::record::{
 };
 use crate::replicate::{Metrics, Prediction, PredictionStatus, PredictionUrls};
 use crate::tenancy::{
-    ApiKey, CostSettlement, KeyRecord, RateWindow, Reservation, TenantId, TenantLimits, Usage,
+    ApiKey, CostSettlement, DEFAULT_RATE_PER_MINUTE, KeyRecord, LimitsUpdate, RateWindow,
+    Reservation, TenantId, TenantLimits, Usage,
 };
 
 /// The "now" of the claim checks: any fixed time works, only the order of times matters.
@@ -149,6 +150,7 @@ fn full_record(id: PredictionId, created_at: Millis) -> PredictionRecord {
             typical_seconds: 6,
             typical_pixels: Some(1024 * 1024),
             typical_steps: Some(50),
+            seconds_with_image: Some(30),
         }),
         cost_estimate: 11_700,
         cost: Some(2_438),
@@ -1614,26 +1616,52 @@ async fn tenant_limits_are_set_and_replaced<S: AccountStore>(store: &S) {
         None,
         "get_tenant: an unknown tenant is None"
     );
-    let limits =
-        TenantLimits::new(tenant.clone(), 42, Some(7_500_000)).unwrap_or_else(|e| panic!("{e}"));
-    store
-        .put_tenant(&limits)
-        .await
-        .unwrap_or_else(|e| panic!("put_tenant: {e}"));
+    let update = |rate, budget| {
+        let change =
+            LimitsUpdate::new(tenant.clone(), rate, budget).unwrap_or_else(|e| panic!("{e}"));
+        async move {
+            store
+                .update_tenant(&change)
+                .await
+                .unwrap_or_else(|e| panic!("update_tenant: {e}"))
+        }
+    };
+    let limits = |rate, budget| TenantLimits {
+        tenant: tenant.clone(),
+        rate_per_minute: rate,
+        monthly_budget: budget,
+    };
     assert_eq!(
-        store.get_tenant(&tenant).await.ok().flatten(),
-        Some(limits),
-        "get_tenant: limits read back exactly as set"
+        update(None, None).await,
+        limits(DEFAULT_RATE_PER_MINUTE, None),
+        "update_tenant: a new tenant gets the default rate and no budget"
     );
-    let unlimited = TenantLimits::new(tenant.clone(), 5, None).unwrap_or_else(|e| panic!("{e}"));
-    store
-        .put_tenant(&unlimited)
-        .await
-        .unwrap_or_else(|e| panic!("put_tenant: {e}"));
+    assert_eq!(
+        update(None, Some(Some(7_500_000))).await,
+        limits(DEFAULT_RATE_PER_MINUTE, Some(7_500_000)),
+        "update_tenant: a budget alone leaves the rate"
+    );
+    assert_eq!(
+        update(Some(42), None).await,
+        limits(42, Some(7_500_000)),
+        "update_tenant: a rate alone leaves the budget"
+    );
     assert_eq!(
         store.get_tenant(&tenant).await.ok().flatten(),
-        Some(unlimited),
-        "put_tenant: replaces the limits, a removed budget included"
+        Some(limits(42, Some(7_500_000))),
+        "get_tenant: limits read back as updated"
+    );
+    assert_eq!(
+        update(None, Some(None)).await,
+        limits(42, None),
+        "update_tenant: a budget can be removed"
+    );
+    // Two changes at once, one of the rate and one of the budget: both hold.
+    futures_util::future::join(update(Some(9), None), update(None, Some(Some(1_000)))).await;
+    assert_eq!(
+        store.get_tenant(&tenant).await.ok().flatten(),
+        Some(limits(9, Some(1_000))),
+        "update_tenant: concurrent changes of different limits are both kept"
     );
 }
 

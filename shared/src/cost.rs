@@ -50,8 +50,15 @@ pub enum Price {
         typical_pixels: Option<u64>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         typical_steps: Option<u64>,
+        /// Seconds per output reserved when the request has an input image: then the
+        /// image (its size, unknown at submit) sets the run time, not the fields.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        seconds_with_image: Option<u32>,
     },
 }
+
+/// The image inputs of the shipped models (CONTRACT §2): whose size no field states.
+const IMAGE_INPUTS: [&str; 3] = ["image", "mask", "image_prompt"];
 
 /// The number of images a validated input asks for.
 pub fn requested_outputs(input: &Map<String, Value>) -> u64 {
@@ -73,19 +80,27 @@ impl Price {
                 typical_seconds,
                 typical_pixels,
                 typical_steps,
+                seconds_with_image,
             } => {
-                let number = |name: &str| input.get(name).and_then(Value::as_f64);
-                let ratio = |asked: Option<f64>, typical: Option<u64>| match (asked, typical) {
-                    (Some(asked), Some(typical)) if typical > 0 && asked > 0.0 => {
-                        asked / typical as f64
+                let has_image = IMAGE_INPUTS.iter().any(|name| input.contains_key(*name));
+                let seconds = match seconds_with_image {
+                    Some(seconds) if has_image => f64::from(seconds) * outputs as f64,
+                    _ => {
+                        let number = |name: &str| input.get(name).and_then(Value::as_f64);
+                        let ratio =
+                            |asked: Option<f64>, typical: Option<u64>| match (asked, typical) {
+                                (Some(asked), Some(typical)) if typical > 0 && asked > 0.0 => {
+                                    asked / typical as f64
+                                }
+                                _ => 1.0,
+                            };
+                        let pixels = number("width").zip(number("height")).map(|(w, h)| w * h);
+                        f64::from(typical_seconds)
+                            * outputs as f64
+                            * ratio(pixels, typical_pixels)
+                            * ratio(number("num_inference_steps"), typical_steps)
                     }
-                    _ => 1.0,
                 };
-                let pixels = number("width").zip(number("height")).map(|(w, h)| w * h);
-                let seconds = f64::from(typical_seconds)
-                    * outputs as f64
-                    * ratio(pixels, typical_pixels)
-                    * ratio(number("num_inference_steps"), typical_steps);
                 (seconds.min(MAX_BILLED_SECONDS) * micros as f64).round() as Micros
             }
         }
@@ -156,6 +171,7 @@ mod tests {
             typical_seconds: 6,
             typical_pixels: None,
             typical_steps: None,
+            seconds_with_image: None,
         };
         assert_eq!(sdxl.estimate(&input(json!({"num_outputs": 2}))), 11_700);
         let failed = PredictionStatus::Failed;
@@ -182,6 +198,7 @@ mod tests {
             typical_seconds: 6,
             typical_pixels: Some(1024 * 1024),
             typical_steps: Some(50),
+            seconds_with_image: Some(30),
         };
         let typical = json!({"width": 1024, "height": 1024, "num_inference_steps": 50});
         assert_eq!(sdxl.estimate(&input(typical)), 5_850);
@@ -202,11 +219,15 @@ mod tests {
             typical_seconds: 6,
             typical_pixels: None,
             typical_steps: None,
+            seconds_with_image: None,
         };
         assert_eq!(
             unscaled.estimate(&input(json!({"width": 2048, "height": 2048}))),
             5_850
         );
+        // An input image sets the run time: its reservation, whatever the fields say.
+        let img2img = json!({"image": "https://example.com/a.png", "width": 512, "height": 512, "num_outputs": 2});
+        assert_eq!(sdxl.estimate(&input(img2img)), 975 * 60);
     }
 
     #[test]

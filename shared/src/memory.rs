@@ -20,8 +20,8 @@ use crate::replicate::{
     Model, ModelRef, Prediction, PredictionStatus, ReplicateApi, ReplicateError, WebhookTarget,
 };
 use crate::tenancy::{
-    CostSettlement, KeyId, KeyRecord, RateWindow, Reservation, TenantId, TenantLimits, Usage,
-    usage_key,
+    CostSettlement, KeyId, KeyRecord, LimitsUpdate, RateWindow, Reservation, TenantId,
+    TenantLimits, Usage, usage_key,
 };
 use crate::webhook::WebhookSecret;
 
@@ -78,9 +78,11 @@ impl AccountStore for MemoryRecords {
         Ok(lock(&self.keys).get(id.as_str()).cloned())
     }
 
-    async fn put_tenant(&self, limits: &TenantLimits) -> Result<(), StoreError> {
-        lock(&self.tenants).insert(limits.tenant.clone(), limits.clone());
-        Ok(())
+    async fn update_tenant(&self, update: &LimitsUpdate) -> Result<TenantLimits, StoreError> {
+        let mut tenants = lock(&self.tenants);
+        let limits = update.applied_to(tenants.get(&update.tenant));
+        tenants.insert(update.tenant.clone(), limits.clone());
+        Ok(limits)
     }
 
     async fn get_tenant(&self, tenant: &TenantId) -> Result<Option<TenantLimits>, StoreError> {
@@ -1057,9 +1059,9 @@ impl<T: AccountStore> AccountStore for Recorded<T> {
         self.inner.get_key(id).await
     }
 
-    async fn put_tenant(&self, limits: &TenantLimits) -> Result<(), StoreError> {
-        self.note("put_tenant");
-        self.inner.put_tenant(limits).await
+    async fn update_tenant(&self, update: &LimitsUpdate) -> Result<TenantLimits, StoreError> {
+        self.note("update_tenant");
+        self.inner.update_tenant(update).await
     }
 
     async fn get_tenant(&self, tenant: &TenantId) -> Result<Option<TenantLimits>, StoreError> {

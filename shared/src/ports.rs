@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 use crate::record::{Advance, Claim, ClaimGuard, Millis, PredictionId, PredictionRecord};
 use crate::replicate::Prediction;
 use crate::tenancy::{
-    CostSettlement, KeyId, KeyRecord, RateWindow, Reservation, TenantId, TenantLimits, Usage,
+    CostSettlement, KeyId, KeyRecord, LimitsUpdate, RateWindow, Reservation, TenantId,
+    TenantLimits, Usage,
 };
 
 /// A storage call failed. The message is for logs only; clients see a generic 5xx.
@@ -268,11 +269,12 @@ pub trait AccountStore: Send + Sync {
         id: &KeyId,
     ) -> impl Future<Output = Result<Option<KeyRecord>, StoreError>> + Send;
 
-    /// Sets a tenant's limits (all its keys share them).
-    fn put_tenant(
+    /// Changes a tenant's limits (all its keys share them) in one atomic update; returns
+    /// the limits now stored.
+    fn update_tenant(
         &self,
-        limits: &TenantLimits,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+        update: &LimitsUpdate,
+    ) -> impl Future<Output = Result<TenantLimits, StoreError>> + Send;
 
     /// A tenant's limits, if any were stored.
     fn get_tenant(

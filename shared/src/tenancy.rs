@@ -225,6 +225,46 @@ impl TenantLimits {
     }
 }
 
+/// A change to a tenant's limits: what is `None` stays as stored (a tenant without stored
+/// limits gets the default rate and no budget). Applied in one update, so two changes at
+/// once (one of the rate, one of the budget) both take effect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitsUpdate {
+    pub tenant: TenantId,
+    pub rate_per_minute: Option<u32>,
+    /// `Some(None)` removes the budget.
+    pub monthly_budget: Option<Option<Micros>>,
+}
+
+impl LimitsUpdate {
+    pub fn new(
+        tenant: TenantId,
+        rate_per_minute: Option<u32>,
+        monthly_budget: Option<Option<Micros>>,
+    ) -> Result<Self, TenancyError> {
+        if rate_per_minute.is_some_and(|r| !(1..=MAX_RATE_PER_MINUTE).contains(&r)) {
+            return Err(TenancyError::InvalidRate);
+        }
+        Ok(Self {
+            tenant,
+            rate_per_minute,
+            monthly_budget,
+        })
+    }
+
+    /// The limits after this change to `stored`.
+    pub fn applied_to(&self, stored: Option<&TenantLimits>) -> TenantLimits {
+        let current = stored
+            .cloned()
+            .unwrap_or_else(|| TenantLimits::default_for(self.tenant.clone()));
+        TenantLimits {
+            tenant: self.tenant.clone(),
+            rate_per_minute: self.rate_per_minute.unwrap_or(current.rate_per_minute),
+            monthly_budget: self.monthly_budget.unwrap_or(current.monthly_budget),
+        }
+    }
+}
+
 /// The caller a request with `key` acts as, if the key is still valid, with its tenant's
 /// `limits` (the defaults when the tenant has none stored).
 pub fn caller(key: &KeyRecord, limits: Option<&TenantLimits>) -> Option<Caller> {

@@ -539,6 +539,7 @@ fn an_override_can_remove_and_add_aliases() {
             typical_seconds: 3,
             typical_pixels: None,
             typical_steps: None,
+            seconds_with_image: None,
         }
     );
     assert!(r.get("flux-1.1-pro").is_none());

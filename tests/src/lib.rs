@@ -13,7 +13,7 @@ use imagegen_shared::aws::{AwsClients, ensure_bucket, ensure_queue, ensure_table
 use imagegen_shared::bootstrap::{ProductionApp, build_app};
 use imagegen_shared::ports::{AccountStore, RecordStore};
 use imagegen_shared::record::{PredictionId, PredictionRecord};
-use imagegen_shared::tenancy::{ApiKey, KeyRecord, TenantId, TenantLimits};
+use imagegen_shared::tenancy::{ApiKey, KeyRecord, LimitsUpdate, TenantId};
 use local_stack::dev::{
     LOCAL_MAX_RECEIVES, LOCAL_VISIBILITY_TIMEOUT_SECONDS, serve_app_metered,
     spawn_copy_worker_metered,
@@ -62,9 +62,10 @@ pub async fn create_key(
 ) -> String {
     let key = ApiKey::generate();
     let tenant = TenantId::parse(tenant).expect("a tenant name");
-    let limits = TenantLimits::new(tenant.clone(), rate_per_minute, budget).expect("valid limits");
+    let limits = LimitsUpdate::new(tenant.clone(), Some(rate_per_minute), Some(budget))
+        .expect("valid limits");
     app.records
-        .put_tenant(&limits)
+        .update_tenant(&limits)
         .await
         .expect("limits stored");
     let record = KeyRecord::new(&key, tenant, app.clock.millis());

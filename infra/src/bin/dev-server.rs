@@ -24,7 +24,9 @@ use local_stack::dev::{
     LOCAL_MAX_RECEIVES, LOCAL_VISIBILITY_TIMEOUT_SECONDS, serve_app, spawn_copy_worker,
 };
 use local_stack::http_server::bind_loopback;
-use local_stack::keys::{DEV_STATE_FILE, DevKeys, DevState, LimitsChange, NewKey, parse_dev_keys};
+use local_stack::keys::{
+    DEV_STATE_FILE, DevKeys, DevState, NewKey, apply_limits, limits_change, parse_dev_keys,
+};
 use local_stack::sim::{SimConfig, Simulator};
 use tokio::process::{Child, Command};
 
@@ -212,7 +214,7 @@ async fn store_api_keys(app: &ProductionApp) -> Result<String, String> {
     let DevKeys { limits, keys } = match &given {
         Some(json) => parse_dev_keys(json)?,
         None => {
-            let change = LimitsChange::new("dev", None, None)?;
+            let change = limits_change("dev", None, None)?;
             let key = NewKey::new(None, &change.tenant)?;
             DevKeys {
                 limits: vec![change],
@@ -221,7 +223,7 @@ async fn store_api_keys(app: &ProductionApp) -> Result<String, String> {
         }
     };
     for change in &limits {
-        change.apply(&app.records).await?;
+        apply_limits(&app.records, change).await?;
     }
     for key in &keys {
         key.store(&app.records).await?;

@@ -14,7 +14,10 @@ use imagegen_shared::cost::usd;
 use imagegen_shared::ports::AccountStore;
 use imagegen_shared::record::to_millis;
 use imagegen_shared::tenancy::KeyId;
-use local_stack::keys::{Budget, DEV_STATE_FILE, LimitsChange, NewKey, target_table};
+use imagegen_shared::tenancy::LimitsUpdate;
+use local_stack::keys::{
+    Budget, DEV_STATE_FILE, NewKey, apply_limits, limits_change, target_table,
+};
 
 const USAGE: &str =
     "usage: keys create --tenant NAME [--rate PER_MINUTE] [--budget USD] | keys revoke KEY_ID";
@@ -24,7 +27,7 @@ fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.trim().is_empty())
 }
 
-fn parse_create(args: &[String]) -> Result<LimitsChange, String> {
+fn parse_create(args: &[String]) -> Result<LimitsUpdate, String> {
     let (mut tenant, mut rate, mut budget) = (None, None, None);
     let mut it = args.iter();
     while let Some(flag) = it.next() {
@@ -46,7 +49,7 @@ fn parse_create(args: &[String]) -> Result<LimitsChange, String> {
         }
     }
     let tenant = tenant.ok_or(format!("--tenant is required\n{USAGE}"))?;
-    LimitsChange::new(&tenant, rate, budget)
+    limits_change(&tenant, rate, budget)
 }
 
 async fn run(args: Vec<String>) -> Result<(), String> {
@@ -59,7 +62,7 @@ async fn run(args: Vec<String>) -> Result<(), String> {
             let failed = |e: String| {
                 format!("{e} (in {label}; if that is a stopped `make dev`, start it again)")
             };
-            let limits = change.apply(&table).await.map_err(failed)?;
+            let limits = apply_limits(&table, &change).await.map_err(failed)?;
             new.store(&table).await.map_err(failed)?;
             let budget = limits
                 .monthly_budget

@@ -88,6 +88,13 @@ enum KeyHolder {
     TakeOver,
 }
 
+/// Whether a record whose insert reported an error is there after all.
+enum ReadBack {
+    Stored,
+    Absent,
+    Unknown,
+}
+
 /// What to do about a cache key someone else holds.
 enum Holder {
     Cached(PredictionRecord),
@@ -443,12 +450,21 @@ impl<P: Ports> App<P> {
             cost: None,
         };
         tracing::Span::current().record("prediction_id", id.as_str());
-        if let Err(err) = self.records.insert_prediction(&record).await
-            && !self.stored_anyway(&record).await
-        {
-            self.give_back_estimate(&record).await;
-            self.release_cache_claim(claim).await;
-            return Err(err.into());
+        if let Err(err) = self.records.insert_prediction(&record).await {
+            match self.read_back(&record).await {
+                ReadBack::Stored => {}
+                ReadBack::Absent => {
+                    self.give_back_estimate(&record).await;
+                    self.release_cache_claim(claim).await;
+                    return Err(err.into());
+                }
+                // It may be stored: if so the resolver ends it and settles its reservation
+                // once; if not, the estimate stays counted (never given back twice).
+                ReadBack::Unknown => {
+                    self.release_cache_claim(claim).await;
+                    return Err(err.into());
+                }
+            }
         }
         let sent_input = match materialize(&self.objects, &new.stored_input, &new.images).await {
             Ok(input) => input,
@@ -548,10 +564,11 @@ impl<P: Ports> App<P> {
     /// Whether a record whose insert reported an error was stored all the same (a lost
     /// answer, or an SDK retry of a write that had landed): then it goes on as stored, and
     /// its reservation is settled once, when it ends.
-    async fn stored_anyway(&self, record: &PredictionRecord) -> bool {
+    async fn read_back(&self, record: &PredictionRecord) -> ReadBack {
         match self.records.get_prediction(&record.id).await {
-            Ok(Some(stored)) => stored.webhook_token == record.webhook_token,
-            _ => false,
+            Ok(Some(stored)) if stored.webhook_token == record.webhook_token => ReadBack::Stored,
+            Ok(_) => ReadBack::Absent,
+            Err(_) => ReadBack::Unknown,
         }
     }
 

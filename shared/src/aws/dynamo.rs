@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata};
-use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailure};
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure};
 
 use crate::ports::{
     AccountStore, ClaimOutcome, OpenEntry, OpenPage, RecordStore, Settlement, StoreError, SyncMark,
@@ -14,8 +14,8 @@ use crate::ports::{
 use crate::record::{Advance, Claim, ClaimGuard, Millis, PredictionId, PredictionRecord};
 use crate::replicate::PredictionStatus;
 use crate::tenancy::{
-    CostSettlement, KeyHash, KeyId, KeyRecord, RateWindow, Reservation, TenantId, TenantLimits,
-    Usage, usage_key,
+    CostSettlement, DEFAULT_RATE_PER_MINUTE, KeyHash, KeyId, KeyRecord, LimitsUpdate, RateWindow,
+    Reservation, TenantId, TenantLimits, Usage, usage_key,
 };
 
 type Item = HashMap<String, AttributeValue>;
@@ -682,21 +682,6 @@ fn tenant_pk(tenant: &TenantId) -> AttributeValue {
     s(format!("tenant#{tenant}"))
 }
 
-fn limits_to_item(limits: &TenantLimits) -> Item {
-    let mut item = Item::from([
-        ("pk".to_owned(), tenant_pk(&limits.tenant)),
-        ("tenant".to_owned(), s(limits.tenant.as_str())),
-        (
-            "rate_per_minute".to_owned(),
-            n(u64::from(limits.rate_per_minute)),
-        ),
-    ]);
-    if let Some(budget) = limits.monthly_budget {
-        item.insert("monthly_budget".to_owned(), n(budget));
-    }
-    item
-}
-
 fn limits_from_item(item: &Item) -> Result<TenantLimits, StoreError> {
     Ok(TenantLimits {
         tenant: read_tenant(item)?,
@@ -729,15 +714,48 @@ impl AccountStore for DynamoRecords {
             .transpose()
     }
 
-    async fn put_tenant(&self, limits: &TenantLimits) -> Result<(), StoreError> {
-        self.client
-            .put_item()
+    async fn update_tenant(&self, update: &LimitsUpdate) -> Result<TenantLimits, StoreError> {
+        let mut set = vec!["#tenant = :tenant"];
+        let mut remove = Vec::new();
+        let mut values = Item::from([(":tenant".to_owned(), s(update.tenant.as_str()))]);
+        match update.rate_per_minute {
+            Some(rate) => {
+                set.push("#rate_per_minute = :rate");
+                values.insert(":rate".to_owned(), n(u64::from(rate)));
+            }
+            None => {
+                set.push("#rate_per_minute = if_not_exists(#rate_per_minute, :rate)");
+                values.insert(":rate".to_owned(), n(u64::from(DEFAULT_RATE_PER_MINUTE)));
+            }
+        }
+        match update.monthly_budget {
+            Some(Some(budget)) => {
+                set.push("#monthly_budget = :budget");
+                values.insert(":budget".to_owned(), n(budget));
+            }
+            Some(None) => remove.push("#monthly_budget"),
+            None => {}
+        }
+        let mut expression = format!("SET {}", set.join(", "));
+        if !remove.is_empty() {
+            expression.push_str(&format!(" REMOVE {}", remove.join(", ")));
+        }
+        let output = self
+            .client
+            .update_item()
             .table_name(&self.table)
-            .set_item(Some(limits_to_item(limits)))
+            .key("pk", tenant_pk(&update.tenant))
+            .update_expression(&expression)
+            .set_expression_attribute_names(Some(names_in(&[&expression])))
+            .set_expression_attribute_values(Some(values))
+            .return_values(ReturnValue::AllNew)
             .send()
             .await
-            .map_err(|e| failed("put tenant", e))?;
-        Ok(())
+            .map_err(|e| failed("update tenant", e))?;
+        let item = output
+            .attributes
+            .ok_or_else(|| StoreError::new("update tenant", "no attributes returned"))?;
+        limits_from_item(&item)
     }
 
     async fn get_tenant(&self, tenant: &TenantId) -> Result<Option<TenantLimits>, StoreError> {

@@ -14,11 +14,9 @@ pub use sqs::SqsCopyQueue;
 /// The SAM template grants each function the actions of the methods its handler calls.
 pub fn iam_actions(port_method: &str) -> &'static [&'static str] {
     match port_method {
-        "try_claim" | "replace_claim" | "insert_prediction" | "create_key" | "put_tenant" => {
-            &["dynamodb:PutItem"]
-        }
-        "settle_claim" | "advance" | "claim_sync" | "revoke_key" | "count_request"
-        | "reserve_cost" | "settle_cost" => &["dynamodb:UpdateItem"],
+        "try_claim" | "replace_claim" | "insert_prediction" | "create_key" => &["dynamodb:PutItem"],
+        "settle_claim" | "advance" | "claim_sync" | "revoke_key" | "update_tenant"
+        | "count_request" | "reserve_cost" | "settle_cost" => &["dynamodb:UpdateItem"],
         // The `replicate#` binding is put, the record updated (the binding given back if not).
         "attach_replicate_id" => &[
             "dynamodb:PutItem",
@@ -68,7 +66,7 @@ pub fn item_actions(port_method: &str, claim_prefix: Option<&str>) -> Vec<(&'sta
         "create_key" => vec![(put, on("apikey#"))],
         "get_key" => vec![(get, on("apikey#"))],
         "revoke_key" => vec![(update, on("apikey#"))],
-        "put_tenant" => vec![(put, on("tenant#"))],
+        "update_tenant" => vec![(update, on("tenant#"))],
         "get_tenant" => vec![(get, on("tenant#"))],
         "count_request" => vec![(update, on("rate#"))],
         "reserve_cost" | "settle_cost" => vec![(update, on("usage#"))],

@@ -235,7 +235,9 @@ fn valid_alias_name(alias: &str) -> bool {
 /// An alias's price: per image, or per second of a listed hardware.
 fn build_price(spec: &PriceSpec, hardware: &BTreeMap<String, f64>) -> Result<Price, String> {
     let dollars = |usd: f64| micros_from_usd(usd).ok_or(format!("`{usd}` is not a price"));
-    let scaled = spec.typical_pixels.is_some() || spec.typical_steps.is_some();
+    let scaled = spec.typical_pixels.is_some()
+        || spec.typical_steps.is_some()
+        || spec.seconds_with_image.is_some();
     match (spec.usd_per_image, &spec.hardware, spec.typical_seconds) {
         (Some(usd), None, None) if !scaled => Ok(Price::Image {
             micros: dollars(usd)?,
@@ -244,19 +246,25 @@ fn build_price(spec: &PriceSpec, hardware: &BTreeMap<String, f64>) -> Result<Pri
             let per_second = hardware.get(name).ok_or(format!(
                 "hardware `{name}` is not in `hardware_usd_per_second`"
             ))?;
-            if spec.typical_pixels == Some(0) || spec.typical_steps == Some(0) {
-                return Err("typical_pixels and typical_steps must be positive".into());
+            if spec.typical_pixels == Some(0)
+                || spec.typical_steps == Some(0)
+                || spec.seconds_with_image == Some(0)
+            {
+                return Err(
+                    "typical_pixels, typical_steps and seconds_with_image must be positive".into(),
+                );
             }
             Ok(Price::Second {
                 micros: dollars(*per_second)?,
                 typical_seconds,
                 typical_pixels: spec.typical_pixels,
                 typical_steps: spec.typical_steps,
+                seconds_with_image: spec.seconds_with_image,
             })
         }
         _ => Err(
             "give either `usd_per_image`, or `hardware` and `typical_seconds` (> 0) \
-             (with `typical_pixels`/`typical_steps` if any)"
+             (with `typical_pixels`/`typical_steps`/`seconds_with_image` if any)"
                 .into(),
         ),
     }

@@ -39,7 +39,8 @@ pub struct AliasSpec {
 /// (a key of `hardware_usd_per_second`) with the `typical_seconds` one output takes, which
 /// budget estimates use until the real `predict_time` is known, at `typical_pixels`
 /// (width × height) and `typical_steps` if given: estimates scale with a request's size and
-/// steps.
+/// steps. A request with an input image reserves `seconds_with_image` per output instead:
+/// the image, whose size is unknown at submit, sets the run time.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PriceSpec {
@@ -53,6 +54,8 @@ pub struct PriceSpec {
     pub typical_pixels: Option<u64>,
     #[serde(default)]
     pub typical_steps: Option<u64>,
+    #[serde(default)]
+    pub seconds_with_image: Option<u32>,
 }
 
 /// One input field's type, limits and default.

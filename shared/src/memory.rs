@@ -17,7 +17,8 @@ use crate::ports::{
 };
 use crate::record::{Advance, Claim, ClaimGuard, Millis, PredictionId, PredictionRecord};
 use crate::replicate::{
-    Model, ModelRef, Prediction, PredictionStatus, ReplicateApi, ReplicateError, WebhookTarget,
+    Deadline, Model, ModelRef, Prediction, PredictionStatus, ReplicateApi, ReplicateError,
+    WebhookTarget,
 };
 use crate::tenancy::{
     CostSettlement, KeyId, KeyRecord, LimitsUpdate, RateWindow, Reservation, TenantId,
@@ -681,6 +682,7 @@ pub struct CreatedCall {
     pub model: ModelRef,
     pub input: Map<String, Value>,
     pub webhook: Option<WebhookTarget>,
+    pub deadline: Deadline,
 }
 
 /// Replicate, in memory: creates answer `starting` predictions with ids `rep-1`, `rep-2`, …
@@ -688,6 +690,7 @@ pub struct CreatedCall {
 /// pages through every prediction it holds, `LIST_PAGE_SIZE` at a time.
 #[derive(Default)]
 pub struct FakeReplicate {
+    cancel_calls: Mutex<usize>,
     created: Mutex<Vec<CreatedCall>>,
     predictions: Mutex<HashMap<String, Prediction>>,
     create_errors: Mutex<VecDeque<ReplicateError>>,
@@ -712,6 +715,10 @@ impl FakeReplicate {
     }
 
     /// Calls of `webhook_secret`.
+    pub fn cancel_calls(&self) -> usize {
+        *lock(&self.cancel_calls)
+    }
+
     pub fn secret_calls(&self) -> usize {
         *lock(&self.secret_calls)
     }
@@ -827,6 +834,7 @@ impl ReplicateApi for FakeReplicate {
         model: &ModelRef,
         input: &Map<String, Value>,
         webhook: Option<&WebhookTarget>,
+        deadline: Deadline,
     ) -> Result<Prediction, ReplicateError> {
         if let Some(err) = lock(&self.create_errors).pop_front() {
             return Err(err);
@@ -836,6 +844,7 @@ impl ReplicateApi for FakeReplicate {
             model: model.clone(),
             input: input.clone(),
             webhook: webhook.cloned(),
+            deadline,
         });
         let mut prediction = Self::prediction(
             &format!("rep-{}", created.len()),
@@ -903,6 +912,7 @@ impl ReplicateApi for FakeReplicate {
     }
 
     async fn cancel_prediction(&self, id: &str) -> Result<Prediction, ReplicateError> {
+        *lock(&self.cancel_calls) += 1;
         let mut predictions = lock(&self.predictions);
         let prediction = predictions.get_mut(id).ok_or(ReplicateError::Rejected {
             status: 404,
@@ -1177,12 +1187,14 @@ mod fake_replicate_tests {
         let fake = FakeReplicate::default();
         let since = SystemTime::now() - Duration::from_secs(1);
         for _ in 0..100 {
-            fake.create_prediction(&model(), &Map::new(), None)
+            fake.create_prediction(&model(), &Map::new(), None, Deadline::MAX)
                 .await
                 .unwrap();
         }
         fake.lose_next_create_answer();
-        let lost = fake.create_prediction(&model(), &Map::new(), None).await;
+        let lost = fake
+            .create_prediction(&model(), &Map::new(), None, Deadline::MAX)
+            .await;
         assert!(matches!(
             lost,
             Err(ReplicateError::CreateOutcomeUnknown { .. })

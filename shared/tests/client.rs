@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant, SystemTime};
 
 use imagegen_shared::replicate::{
-    ApiToken, ClientConfig, ModelRef, PredictionStatus, ReplicateApi, ReplicateClient,
+    ApiToken, ClientConfig, Deadline, ModelRef, PredictionStatus, ReplicateApi, ReplicateClient,
     ReplicateError, RetryPolicy, WebhookEvent, WebhookTarget,
 };
 use serde_json::{Map, Value, json};
@@ -68,7 +68,7 @@ async fn create_by_version_sends_exact_body_and_accepts_201() {
         .and(path("/v1/predictions"))
         .and(header("authorization", format!("Bearer {TOKEN}").as_str()))
         // Every prediction ends within 30 minutes: the service's give-ups rely on it.
-        .and(header("cancel-after", "30m"))
+        .and(header("cancel-after", "1800s"))
         .and(body_json(json!({
             "version": SDXL, "input": {"prompt": "a cat"},
             "webhook": "https://api.example.com/webhooks/replicate",
@@ -83,7 +83,7 @@ async fn create_by_version_sends_exact_body_and_accepts_201() {
         events: vec![WebhookEvent::Start, WebhookEvent::Completed],
     };
     let p = client(&server)
-        .create_prediction(&sdxl(), &input(), Some(&webhook))
+        .create_prediction(&sdxl(), &input(), Some(&webhook), Deadline::MAX)
         .await
         .unwrap();
     assert_eq!(p.id, "p1");
@@ -109,7 +109,7 @@ async fn create_official_model_uses_model_endpoint_and_accepts_202() {
         .await;
     let model = ModelRef::parse("black-forest-labs/flux-schnell").unwrap();
     let p = client(&server)
-        .create_prediction(&model, &input(), None)
+        .create_prediction(&model, &input(), None, Deadline::MAX)
         .await
         .unwrap();
     assert_eq!(p.id, "p2");
@@ -135,7 +135,7 @@ async fn create_429_with_retry_after_waits_that_long_then_succeeds() {
         .await;
     let started = Instant::now();
     let p = client(&server)
-        .create_prediction(&sdxl(), &input(), None)
+        .create_prediction(&sdxl(), &input(), None, Deadline::MAX)
         .await
         .unwrap();
     assert_eq!(p.id, "p3");
@@ -163,7 +163,7 @@ async fn create_429_without_retry_after_backs_off_and_succeeds() {
         .mount(&server)
         .await;
     let p = client(&server)
-        .create_prediction(&sdxl(), &input(), None)
+        .create_prediction(&sdxl(), &input(), None, Deadline::MAX)
         .await
         .unwrap();
     assert_eq!(p.id, "p4");
@@ -204,7 +204,7 @@ async fn persistent_429_ends_in_throttled_with_a_retry_hint() {
         .mount(&server)
         .await;
     let err = client(&server)
-        .create_prediction(&sdxl(), &input(), None)
+        .create_prediction(&sdxl(), &input(), None, Deadline::MAX)
         .await
         .unwrap_err();
     assert!(
@@ -224,7 +224,7 @@ async fn retry_after_beyond_the_cap_is_handed_back_without_waiting() {
         .await;
     let started = Instant::now();
     let err = client(&server)
-        .create_prediction(&sdxl(), &input(), None)
+        .create_prediction(&sdxl(), &input(), None, Deadline::MAX)
         .await
         .unwrap_err();
     assert!(started.elapsed() < Duration::from_secs(5));
@@ -322,7 +322,7 @@ async fn create_is_not_retried_on_an_ambiguous_500() {
         .mount(&server)
         .await;
     let err = client(&server)
-        .create_prediction(&sdxl(), &input(), None)
+        .create_prediction(&sdxl(), &input(), None, Deadline::MAX)
         .await
         .unwrap_err();
     assert!(
@@ -346,7 +346,7 @@ async fn create_timeout_is_not_retried() {
         .await;
     let client = client_with(&server, policy(), Duration::from_millis(300));
     let err = client
-        .create_prediction(&sdxl(), &input(), None)
+        .create_prediction(&sdxl(), &input(), None, Deadline::MAX)
         .await
         .unwrap_err();
     assert!(
@@ -429,7 +429,7 @@ async fn an_unreadable_create_answer_is_an_unknown_outcome() {
         .mount(&server)
         .await;
     let err = client(&server)
-        .create_prediction(&sdxl(), &input(), None)
+        .create_prediction(&sdxl(), &input(), None, Deadline::MAX)
         .await
         .unwrap_err();
     assert!(
@@ -452,7 +452,7 @@ async fn client_errors_carry_replicates_problem_and_are_not_retried() {
         .mount(&server)
         .await;
     let err = client(&server)
-        .create_prediction(&sdxl(), &input(), None)
+        .create_prediction(&sdxl(), &input(), None, Deadline::MAX)
         .await
         .unwrap_err();
     match &err {
@@ -498,7 +498,7 @@ async fn connection_refused_is_retried_then_unreachable() {
     let client = ReplicateClient::new(config).unwrap();
     for err in [
         client
-            .create_prediction(&sdxl(), &input(), None)
+            .create_prediction(&sdxl(), &input(), None, Deadline::MAX)
             .await
             .unwrap_err(),
         client.get_prediction("p").await.unwrap_err(),

@@ -5,7 +5,8 @@
 use std::time::{Duration, Instant};
 
 use imagegen_shared::replicate::{
-    ApiToken, ClientConfig, ModelRef, ReplicateApi, ReplicateClient, WebhookEvent, WebhookTarget,
+    ApiToken, ClientConfig, Deadline, ModelRef, ReplicateApi, ReplicateClient, WebhookEvent,
+    WebhookTarget,
 };
 use imagegen_shared::webhook::{SignatureHeaders, WebhookSecret, WebhookVerifier};
 use local_stack::sim::{SimConfig, Simulator};
@@ -419,6 +420,7 @@ async fn our_client_sends_bodies_the_spec_accepts() {
             &ModelRef::parse(&format!("stability-ai/sdxl:{SDXL}")).unwrap(),
             &input,
             Some(&webhook),
+            Deadline::MAX,
         )
         .await
         .unwrap();
@@ -427,6 +429,7 @@ async fn our_client_sends_bodies_the_spec_accepts() {
             &ModelRef::parse("black-forest-labs/flux-schnell").unwrap(),
             &input,
             Some(&webhook),
+            Deadline::MAX,
         )
         .await
         .unwrap();

@@ -367,7 +367,7 @@ impl Scenario {
     async fn http(&mut self, handler: Handler, request: lambda_http::Request) -> (u16, Value) {
         self.begin();
         let response = match handler {
-            Handler::Submit => self.app.submit(request).await,
+            Handler::Submit => self.app.write(request).await,
             Handler::Webhook => self.app.webhook(request).await,
             Handler::Fetch => self.app.read(request).await,
             other => unreachable!("{other:?} is not an HTTP handler"),
@@ -471,6 +471,17 @@ impl Scenario {
         self.http(Handler::Fetch, request).await
     }
 
+    /// `POST /v1/predictions/{id}/cancel`, which the submit function serves.
+    async fn cancel(&mut self, id: &str) -> (u16, Value) {
+        let request = http::Request::builder()
+            .method("POST")
+            .uri(format!("/v1/predictions/{id}/cancel"))
+            .header("authorization", format!("Bearer {API_KEY}"))
+            .body(Body::Empty)
+            .unwrap();
+        self.http(Handler::Submit, request).await
+    }
+
     /// `GET /v1/usage`, which the fetch-result function serves.
     async fn usage(&mut self) -> (u16, Value) {
         let request = http::Request::builder()
@@ -537,9 +548,10 @@ fn merge(into: &mut BTreeMap<Handler, Grants>, from: BTreeMap<Handler, Grants>) 
 /// Drives every path of every handler and returns the port calls each made, with the
 /// resource each was made on.
 ///
-/// Calls no driven path makes, so no function is granted them: submit never queues a copy
-/// (a create answered `processing` is applied, and `processing` copies nothing; any later
-/// state is left to the webhook or a sync); the copier never attaches a Replicate id (a job
+/// Calls no driven path makes, so no function is granted them: submit queues a copy only
+/// through a cancel that finds the prediction succeeded (a create answered `processing` is
+/// applied, and `processing` copies nothing; any later state is left to the webhook or a
+/// sync); the copier never attaches a Replicate id (a job
 /// is queued only once its record is tied to the prediction), presigns nothing and deletes
 /// nothing; only submit touches cache claims (a claim is judged by its prediction's record,
 /// so nothing updates it when the prediction ends).
@@ -754,6 +766,25 @@ async fn port_calls_by_handler() -> BTreeMap<Handler, Grants> {
         .await;
     s.app.clock.advance(Duration::from_secs(10));
     assert_eq!(s.fetch(&failed_id).await.1["status"], "failed");
+    // Cancel: a running prediction (Replicate confirms), one that had already succeeded
+    // there (its copy is queued), one that ended here (unchanged, no call).
+    let (run_id, _) = s.submitted("cancel running").await;
+    let (status, canceled) = s.cancel(&run_id).await;
+    assert_eq!(
+        (status, canceled["status"].as_str()),
+        (200, Some("canceled"))
+    );
+    let (done_id, done_rep) = s.submitted("cancel too late").await;
+    s.set_remote(&done_rep, PredictionStatus::Succeeded, &[SMALL])
+        .await;
+    assert_eq!(s.cancel(&done_id).await.0, 200);
+    assert_eq!(
+        s.copy_queued().await.len(),
+        0,
+        "the copy was queued and ran"
+    );
+    assert_eq!(s.record(&done_id).status, PredictionStatus::Succeeded);
+    assert_eq!(s.cancel(&done_id).await.1["status"], "succeeded");
     let (status, usage) = s.usage().await;
     assert_eq!((status, usage["tenant"].as_str()), (200, Some(TENANT)));
 
@@ -1006,7 +1037,13 @@ fn the_template_wires_routes_and_arm64_cargo_lambda_builds() {
         );
     }
     for (function, routes) in [
-        ("SubmitFunction", vec![("POST", "/v1/predictions")]),
+        (
+            "SubmitFunction",
+            vec![
+                ("POST", "/v1/predictions"),
+                ("POST", "/v1/predictions/{id}/cancel"),
+            ],
+        ),
         ("WebhookFunction", vec![("POST", "/webhooks/replicate")]),
         (
             "FetchResultFunction",

@@ -118,6 +118,8 @@ struct Markers {
     abort: bool,
     cancel: bool,
     slow: bool,
+    /// Stays `starting` twenty times as long, as a model booting cold does.
+    cold: bool,
     no_webhook: bool,
     duplicate: bool,
     reorder: bool,
@@ -226,6 +228,7 @@ impl Markers {
             cancel: prompt.contains("[sim:cancel]"),
             delay_webhooks: false,
             slow: prompt.contains("[sim:slow]"),
+            cold: prompt.contains("[sim:cold]"),
             no_webhook: prompt.contains("[sim:no-webhook]"),
             duplicate: prompt.contains("[sim:duplicate]"),
             reorder: prompt.contains("[sim:reorder]"),
@@ -451,13 +454,21 @@ async fn handle(state: Arc<State>, request: HttpRequest) -> HttpResponse {
     }
     match (&method, segments.as_slice()) {
         (&Method::POST, ["v1", "predictions"]) => {
-            let created = state.create(request.body(), None).await;
+            let created = match cancel_after(&request) {
+                Ok(deadline) => state.create(request.body(), None, deadline).await,
+                Err(detail) => problem(StatusCode::UNPROCESSABLE_ENTITY, detail),
+            };
             state.answer_create(created).await
         }
         (&Method::POST, ["v1", "models", owner, name, "predictions"]) => {
-            let created = state
-                .create(request.body(), Some(format!("{owner}/{name}")))
-                .await;
+            let created = match cancel_after(&request) {
+                Ok(deadline) => {
+                    state
+                        .create(request.body(), Some(format!("{owner}/{name}")), deadline)
+                        .await
+                }
+                Err(detail) => problem(StatusCode::UNPROCESSABLE_ENTITY, detail),
+            };
             state.answer_create(created).await
         }
         (&Method::GET, ["v1", "predictions"]) => state.list(request.uri().query()),
@@ -475,6 +486,20 @@ async fn handle(state: Arc<State>, request: HttpRequest) -> HttpResponse {
         (&Method::GET, ["v1", "models", owner, name]) => state.model(owner, name),
         _ => problem(StatusCode::NOT_FOUND, "Not found."),
     }
+}
+
+/// A create's `Cancel-After` (`90s`, `5m`, `1h30m`; at least 5 s), as Replicate reads it.
+fn cancel_after(request: &HttpRequest) -> Result<Option<Duration>, &'static str> {
+    let Some(value) = request.headers().get("cancel-after") else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .ok()
+        .and_then(|text| humantime::parse_duration(text.trim()).ok())
+        .filter(|d| *d >= Duration::from_secs(5))
+        .map(Some)
+        .ok_or("Cancel-After must be a duration of at least 5s")
 }
 
 fn authorised(request: &HttpRequest) -> bool {
@@ -607,7 +632,12 @@ impl State {
         body
     }
 
-    async fn create(self: &Arc<Self>, body: &[u8], official_model: Option<String>) -> HttpResponse {
+    async fn create(
+        self: &Arc<Self>,
+        body: &[u8],
+        official_model: Option<String>,
+        deadline: Option<Duration>,
+    ) -> HttpResponse {
         let CreateBody {
             version,
             input,
@@ -658,6 +688,9 @@ impl State {
         let body = self.to_json(&prediction);
         lock(&self.predictions).insert(prediction.id.clone(), prediction.clone());
         lock(&self.stats).creates += 1;
+        if let Some(deadline) = deadline {
+            tokio::spawn(self.clone().enforce(prediction.id.clone(), deadline));
+        }
         tokio::spawn(self.clone().run(prediction.id));
         json(StatusCode::CREATED, &body)
     }
@@ -787,13 +820,39 @@ impl State {
         json(StatusCode::OK, &body)
     }
 
+    /// Replicate's `Cancel-After`: at the deadline a prediction that has not started is
+    /// aborted (not billed), one still running is canceled.
+    async fn enforce(self: Arc<Self>, id: String, deadline: Duration) {
+        tokio::time::sleep(deadline).await;
+        let Some(markers) = lock(&self.predictions)
+            .get(&id)
+            .map(|p| p.behaviour.clone())
+        else {
+            return;
+        };
+        self.finish(&id, &markers, |p| {
+            if p.status == "starting" {
+                p.status = "aborted";
+                p.error = Some("The prediction did not start before its deadline.".to_owned());
+            } else {
+                p.status = "canceled";
+            }
+        })
+        .await;
+    }
+
     /// Moves a prediction through its life, sending webhooks as Replicate would.
     async fn run(self: Arc<Self>, id: String) {
         let Some(first) = lock(&self.predictions).get(&id).cloned() else {
             return;
         };
         let markers = first.behaviour.clone();
-        tokio::time::sleep(self.config.start_delay).await;
+        let boot = if markers.cold {
+            self.config.start_delay * 20
+        } else {
+            self.config.start_delay
+        };
+        tokio::time::sleep(boot).await;
         if markers.abort {
             self.finish(&id, &markers, |p| {
                 p.status = "aborted";

@@ -4,6 +4,7 @@
 
 mod auth;
 pub mod body;
+mod cancel;
 mod copy;
 mod fetch;
 pub mod inputs;
@@ -184,10 +185,26 @@ impl<P: Ports> App<P> {
         let path = request.uri().path().trim_end_matches('/').to_owned();
         let method = request.method().clone();
         match (&method, path.as_str()) {
-            (&Method::POST, "/v1/predictions") => self.submit(request).await,
             (&Method::POST, "/webhooks/replicate") => self.webhook(request).await,
+            (&Method::POST, _) => self.write(request).await,
             (&Method::GET, _) => self.read(request).await,
             _ => no_route(&method, &path),
+        }
+    }
+
+    /// The write routes, which one function serves: submit, and cancel.
+    pub async fn write(&self, request: Request) -> Response<Body> {
+        let path = request.uri().path().trim_end_matches('/').to_owned();
+        let cancel = match route_key(&request).as_deref() {
+            Some(key) if key != "$default" => key == "POST /v1/predictions/{id}/cancel",
+            _ => path.starts_with("/v1/predictions/") && path.ends_with("/cancel"),
+        };
+        if cancel {
+            self.cancel(request).await
+        } else if path == "/v1/predictions" || route_key(&request).is_some() {
+            self.submit(request).await
+        } else {
+            no_route(request.method(), &path)
         }
     }
 
@@ -195,14 +212,8 @@ impl<P: Ports> App<P> {
     /// Behind API Gateway the route key says which (the path may carry a custom domain's
     /// base path); locally the path does.
     pub async fn read(&self, request: Request) -> Response<Body> {
-        use lambda_http::RequestExt;
         let path = request.uri().path().trim_end_matches('/').to_owned();
-        let route_key = match request.request_context_ref() {
-            Some(lambda_http::request::RequestContext::ApiGatewayV2(context)) => {
-                context.route_key.clone()
-            }
-            _ => None,
-        };
+        let route_key = route_key(&request);
         let usage = match route_key.as_deref() {
             Some(key) if key != "$default" => key == "GET /v1/usage",
             _ => path == "/v1/usage",
@@ -214,6 +225,18 @@ impl<P: Ports> App<P> {
         } else {
             no_route(request.method(), &path)
         }
+    }
+}
+
+/// API Gateway's route key (`GET /v1/usage`): behind a custom domain's base path the path
+/// alone does not say which route a request took. `None` locally.
+fn route_key(request: &Request) -> Option<String> {
+    use lambda_http::RequestExt;
+    match request.request_context_ref() {
+        Some(lambda_http::request::RequestContext::ApiGatewayV2(context)) => {
+            context.route_key.clone()
+        }
+        _ => None,
     }
 }
 

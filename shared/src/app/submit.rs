@@ -26,9 +26,11 @@ use crate::record::{
     Claim, ClaimGuard, Millis, PredictionId, PredictionRecord, after, new_webhook_token,
     ttl_seconds,
 };
+use crate::registry::InputErrors;
 use crate::registry::{CacheKey, ModelAlias};
 use crate::replicate::{
-    PredictionStatus, ReplicateApi, ReplicateError, WebhookEvent, WebhookTarget,
+    Deadline, InvalidDeadline, PredictionStatus, ReplicateApi, ReplicateError, WebhookEvent,
+    WebhookTarget,
 };
 use crate::tenancy::{Caller, Reservation, TenantId, month_of, usage_expires_at};
 
@@ -56,6 +58,8 @@ struct NewPrediction<'a> {
     cache_key: Option<CacheKey>,
     webhook_base: String,
     caller: &'a Caller,
+    /// `Cancel-After`: Replicate ends the prediction by then.
+    deadline: Deadline,
 }
 
 /// How a submit was answered.
@@ -132,6 +136,24 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     Ok(Some(key.to_owned()))
 }
 
+pub const CANCEL_AFTER_HEADER: &str = "cancel-after";
+
+/// The client's `Cancel-After` (5 s to 30 min), or the 30 minutes every prediction gets.
+fn cancel_after(headers: &HeaderMap) -> Result<Deadline, ApiError> {
+    let Some(value) = headers.get(CANCEL_AFTER_HEADER) else {
+        return Ok(Deadline::MAX);
+    };
+    value
+        .to_str()
+        .ok()
+        .and_then(|text| Deadline::parse(text).ok())
+        .ok_or_else(|| {
+            let mut errors = InputErrors::new();
+            errors.push("Cancel-After", InvalidDeadline.to_string());
+            ApiError::InvalidInput(errors)
+        })
+}
+
 fn wants_no_cache(headers: &HeaderMap) -> bool {
     headers
         .get_all(header::CACHE_CONTROL)
@@ -172,6 +194,7 @@ impl<P: Ports> App<P> {
         let caller = self.authenticate(request).await?;
         self.admit_submit(&caller, self.clock.millis()).await?;
         let body = parse_submit_body(request.body().as_ref())?;
+        let deadline = cancel_after(request.headers())?;
         let alias = self
             .registry
             .resolve(&body.model)
@@ -190,6 +213,7 @@ impl<P: Ports> App<P> {
             cache_key,
             webhook_base: self.webhook_base(request)?,
             caller: &caller,
+            deadline,
         };
         match idempotency_key(request.headers())? {
             Some(key) => self.submit_idempotently(&key, &body.hash, &new).await,
@@ -489,7 +513,7 @@ impl<P: Ports> App<P> {
         let webhook = self.settings.send_webhooks.then_some(&webhook);
         match self
             .replicate
-            .create_prediction(&new.alias.model, &sent_input, webhook)
+            .create_prediction(&new.alias.model, &sent_input, webhook, new.deadline)
             .await
         {
             Ok(remote) => {

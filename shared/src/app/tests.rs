@@ -1426,3 +1426,112 @@ async fn the_read_function_serves_usage_and_predictions_by_route_key() {
     let request = lambda_http::request::from_str(&text).unwrap();
     assert_eq!(json_of(&app.read(request).await)["id"], id.as_str());
 }
+
+fn with_header(mut request: Request, name: &'static str, value: &str) -> Request {
+    request
+        .headers_mut()
+        .insert(name, HeaderValue::from_str(value).unwrap());
+    request
+}
+
+#[tokio::test]
+async fn cancel_after_is_validated_and_passed_to_replicate() {
+    let app = app();
+    assert_eq!(submitted(&app, prompt("default")).await.0, 202);
+    let submit = |text: &str, deadline: &str| {
+        app.submit(with_header(
+            submit_event(prompt(text)),
+            "cancel-after",
+            deadline,
+        ))
+    };
+    assert_eq!(submit("ninety", "1m30s").await.status(), 202);
+    for bad in ["4s", "31m", "soon", "90"] {
+        let response = submit(bad, bad).await;
+        assert_eq!(response.status(), 422, "{bad}");
+        assert_eq!(json_of(&response)["errors"][0]["field"], "Cancel-After");
+    }
+    let created = app.replicate.created();
+    assert_eq!(created.len(), 2, "nothing created for a bad deadline");
+    assert_eq!(created[0].deadline, crate::replicate::Deadline::MAX);
+    assert_eq!(created[1].deadline.as_duration(), Duration::from_secs(90));
+}
+
+/// `POST /v1/predictions/{id}/cancel` as API Gateway delivers it (the fetch event, moved
+/// to the cancel route).
+fn cancel_event(id: &str, key: Option<&str>) -> Request {
+    let text = include_str!("../../tests/fixtures/apigw-v2-fetch.json")
+        .replace(
+            "GET /v1/predictions/{id}",
+            "POST /v1/predictions/{id}/cancel",
+        )
+        .replace("\"method\": \"GET\"", "\"method\": \"POST\"")
+        .replace(
+            &format!("/v1/predictions/{PLACEHOLDER_ID}\""),
+            &format!("/v1/predictions/{PLACEHOLDER_ID}/cancel\""),
+        )
+        .replace(PLACEHOLDER_ID, id);
+    let request = lambda_http::request::from_str(&text).expect("an API Gateway v2 event");
+    with_key(request, key)
+}
+
+#[tokio::test]
+async fn cancel_ends_running_predictions_once_and_leaves_ended_ones_alone() {
+    let app = app();
+    add_caller(&app.records, BETA_KEY, "beta", 100, None);
+    let (_, body) = submitted(&app, prompt("to cancel")).await;
+    let id = body["id"].as_str().unwrap().to_owned();
+
+    // Another tenant's prediction, or none: 404, and Replicate is not asked.
+    for (who, target) in [
+        (Some(BETA_KEY), id.as_str()),
+        (Some(FIXTURE_KEY), PLACEHOLDER_ID),
+    ] {
+        let response = app.write(cancel_event(target, who)).await;
+        assert_eq!(response.status(), 404);
+    }
+    assert_eq!(app.write(cancel_event(&id, None)).await.status(), 401);
+    assert_eq!(app.replicate.cancel_calls(), 0);
+
+    let canceled = json_of(&app.write(cancel_event(&id, Some(FIXTURE_KEY))).await);
+    assert_eq!(canceled["status"], "canceled", "{canceled}");
+    assert_eq!(
+        canceled["cost"]["usd"], 0.0,
+        "an official model bills no canceled image"
+    );
+    assert_eq!(app.replicate.cancel_calls(), 1);
+    let again = json_of(&app.write(cancel_event(&id, Some(FIXTURE_KEY))).await);
+    assert_eq!(again["status"], "canceled");
+    assert_eq!(
+        app.replicate.cancel_calls(),
+        1,
+        "an ended prediction is not cancelled again"
+    );
+
+    // Finished before the cancel: returned as it is.
+    let (_, body) = submitted(&app, prompt("already done")).await;
+    let done_id = PredictionId::parse(body["id"].as_str().unwrap()).unwrap();
+    complete(&app, &done_id, "rep-2").await;
+    let view = json_of(
+        &app.write(cancel_event(done_id.as_str(), Some(FIXTURE_KEY)))
+            .await,
+    );
+    assert_eq!(view["status"], "succeeded");
+    assert_eq!(
+        view["urls"]["cancel"],
+        format!("/v1/predictions/{done_id}/cancel")
+    );
+    assert_eq!(app.replicate.cancel_calls(), 1);
+
+    // A create whose answer was lost cannot be cancelled until it is found: 503, retry.
+    app.replicate.lose_next_create_answer();
+    let (_, body) = submitted(&app, prompt("unconfirmed")).await;
+    let response = app
+        .write(cancel_event(
+            body["id"].as_str().unwrap(),
+            Some(FIXTURE_KEY),
+        ))
+        .await;
+    assert_eq!(response.status(), 503);
+    assert!(response.headers().contains_key("retry-after"));
+}

@@ -60,6 +60,7 @@ impl CostView {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Urls {
     pub get: String,
+    pub cancel: String,
 }
 
 impl PredictionView {
@@ -102,6 +103,7 @@ impl PredictionView {
             completed_at: record.completed_at.map(rfc3339),
             urls: Urls {
                 get: format!("/v1/predictions/{}", record.id),
+                cancel: format!("/v1/predictions/{}/cancel", record.id),
             },
         })
     }

@@ -9,6 +9,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
+use super::deadline::Deadline;
 use super::error::ReplicateError;
 use super::model_ref::ModelRef;
 use super::retry::{
@@ -23,18 +24,18 @@ use crate::webhook::WebhookSecret;
 pub const DEFAULT_BASE_URL: &str = "https://api.replicate.com/v1";
 
 const CANCEL_AFTER_HEADER: &str = "cancel-after";
-/// Every prediction ends within 30 minutes of its create (Replicate cancels, or aborts one
-/// that never started): what the service's give-ups and retention checks rely on.
-pub const CREATE_DEADLINE: &str = "30m";
 
 /// The calls this service makes to Replicate. Handlers depend on this, not on HTTP, so they
 /// can be tested with an in-memory implementation.
 pub trait ReplicateApi: Send + Sync {
+    /// Creates a prediction that Replicate ends by `deadline` (`Cancel-After`): every
+    /// prediction of this service ends within 30 minutes, which its give-ups rely on.
     fn create_prediction(
         &self,
         model: &ModelRef,
         input: &Map<String, Value>,
         webhook: Option<&WebhookTarget>,
+        deadline: Deadline,
     ) -> impl Future<Output = Result<Prediction, ReplicateError>> + Send;
 
     fn get_prediction(
@@ -204,6 +205,18 @@ impl ReplicateClient {
         url: Url,
         body: Option<&(impl Serialize + Sync)>,
     ) -> Result<T, ReplicateError> {
+        self.call_with(kind, method, url, body, None).await
+    }
+
+    /// `call`, with a `Cancel-After` deadline on a create.
+    async fn call_with<T: DeserializeOwned>(
+        &self,
+        kind: CallKind,
+        method: Method,
+        url: Url,
+        body: Option<&(impl Serialize + Sync)>,
+        deadline: Option<Deadline>,
+    ) -> Result<T, ReplicateError> {
         let started = std::time::Instant::now();
         let mut attempt = 0;
         loop {
@@ -212,8 +225,8 @@ impl ReplicateClient {
             if let Some(body) = body {
                 request = request.json(body);
             }
-            if kind == CallKind::Create {
-                request = request.header(CANCEL_AFTER_HEADER, CREATE_DEADLINE);
+            if let Some(deadline) = deadline {
+                request = request.header(CANCEL_AFTER_HEADER, deadline.to_string());
             }
             let failure = match self.attempt(kind, request).await {
                 Ok(Success(bytes)) => return decode(kind, &bytes),
@@ -412,6 +425,7 @@ impl ReplicateApi for ReplicateClient {
         model: &ModelRef,
         input: &Map<String, Value>,
         webhook: Option<&WebhookTarget>,
+        deadline: Deadline,
     ) -> Result<Prediction, ReplicateError> {
         let body = CreatePredictionBody {
             version: model.version.as_ref().map(|v| v.as_str()),
@@ -423,8 +437,14 @@ impl ReplicateApi for ReplicateClient {
             Some(_) => self.url(&["predictions"]),
             None => self.url(&["models", &model.owner, &model.name, "predictions"]),
         };
-        self.call(CallKind::Create, Method::POST, url, Some(&body))
-            .await
+        self.call_with(
+            CallKind::Create,
+            Method::POST,
+            url,
+            Some(&body),
+            Some(deadline),
+        )
+        .await
     }
 
     async fn get_prediction(&self, id: &str) -> Result<Prediction, ReplicateError> {

@@ -1,0 +1,99 @@
+//! `POST /v1/predictions/{id}/cancel`: asks Replicate to cancel a running prediction and
+//! applies its answer like any other (the state only moves forward); a prediction that
+//! ended is answered unchanged. Idempotent: a second cancel finds it ended.
+
+use http::StatusCode;
+use lambda_http::{Body, Request, RequestExt, Response};
+
+use super::problem::json_response;
+use super::resolve::SearchBudget;
+use super::sync::{Billed, Copy};
+use super::{ApiError, App, Ports, PredictionView};
+use crate::record::{PredictionId, PredictionRecord};
+use crate::replicate::ReplicateApi;
+
+/// How long a client should wait before asking again about a cancel that could not be
+/// confirmed yet (its create's outcome is still being found out).
+const UNCONFIRMED_RETRY: std::time::Duration = std::time::Duration::from_secs(30);
+
+fn path_id(request: &Request) -> Option<String> {
+    if let Some(id) = request.path_parameters_ref().and_then(|p| p.first("id")) {
+        return Some(id.to_owned());
+    }
+    let path = request.uri().path().trim_end_matches('/');
+    path.strip_suffix("/cancel")
+        .and_then(|p| p.rsplit_once("/v1/predictions/"))
+        .map(|(_, id)| id.to_owned())
+}
+
+impl<P: Ports> App<P> {
+    pub async fn cancel(&self, request: Request) -> Response<Body> {
+        match self.try_cancel(&request).await {
+            Ok(view) => json_response(StatusCode::OK, &view),
+            Err(err) => err.into_response(),
+        }
+    }
+
+    async fn try_cancel(&self, request: &Request) -> Result<PredictionView, ApiError> {
+        let caller = self.authenticate(request).await?;
+        let not_found = || ApiError::NotFound("no prediction with this id".to_owned());
+        let id = path_id(request)
+            .and_then(|raw| PredictionId::parse(&raw).ok())
+            .ok_or_else(not_found)?;
+        tracing::Span::current().record("prediction_id", id.as_str());
+        let record = self
+            .live_prediction(&id)
+            .await?
+            .filter(|r| r.belongs_to(&caller.tenant))
+            .ok_or_else(not_found)?;
+        let record = if record.status.is_terminal() {
+            record
+        } else {
+            self.cancel_running(record).await?
+        };
+        Ok(
+            PredictionView::build(&record, false, &self.objects, self.settings.output_url_ttl)
+                .await?,
+        )
+    }
+
+    /// Cancels at Replicate and records its answer. A record not yet tied to a Replicate
+    /// prediction is first looked for; one that certainly never was created ends at once.
+    async fn cancel_running(&self, record: PredictionRecord) -> Result<PredictionRecord, ApiError> {
+        let record = match record.replicate_id {
+            Some(_) => record,
+            None => {
+                self.resolve_unconfirmed(record, SearchBudget::FETCH)
+                    .await?
+            }
+        };
+        let Some(replicate_id) = record.replicate_id.clone() else {
+            if record.status.is_terminal() {
+                return Ok(record);
+            }
+            // Its create may still have happened: cancelling it needs its Replicate id,
+            // which the resolver will find (or learn that nothing was created).
+            return Err(ApiError::Unavailable {
+                retry_after: UNCONFIRMED_RETRY,
+            });
+        };
+        let remote = match self.replicate.cancel_prediction(&replicate_id).await {
+            Ok(remote) => remote,
+            Err(err) if err.is_not_found() => {
+                self.end_record(
+                    &record,
+                    "Replicate no longer has this prediction",
+                    Billed::Unknown,
+                )
+                .await?;
+                return Ok(self.reread(record).await?);
+            }
+            Err(err) => return Err(err.into()),
+        };
+        tracing::info!(prediction_id = %record.id, status = %remote.status, "cancel answered");
+        if let Err(err) = self.apply_remote(&record, &remote, Copy::QueueOnce).await {
+            tracing::warn!(prediction_id = %record.id, error = %err, "could not apply the cancel answer");
+        }
+        Ok(self.reread(record).await?)
+    }
+}

@@ -197,6 +197,7 @@ pub async fn record_store_suite<S: RecordStore>(store: &S) {
     advance_only_moves_forward(store).await;
     claim_sync_once_per_interval(store).await;
     list_open_pages_through_each_open_record_once(store).await;
+    list_tenant_pages_newest_first_without_gaps_or_repeats(store).await;
 }
 
 async fn claims_have_one_holder<S: RecordStore>(store: &S) {
@@ -975,6 +976,90 @@ async fn claim_sync_mark<S: RecordStore>(store: &S, mark: SyncMark) {
         None,
         "claim_sync {mark:?}: syncing an unknown record does not create it"
     );
+}
+
+async fn list_tenant_pages_newest_first_without_gaps_or_repeats<S: RecordStore>(store: &S) {
+    let tenant = TenantId::parse(&format!("list-{}", unique())).unwrap_or_else(|e| panic!("{e}"));
+    let other = TenantId::parse(&format!("list-{}", unique())).unwrap_or_else(|e| panic!("{e}"));
+    let mut ours = Vec::new();
+    // Ties in creation time too: paging must neither lose nor repeat either of a tie.
+    for (offset, owner) in [
+        (0, &tenant),
+        (1, &tenant),
+        (1, &tenant),
+        (2, &other),
+        (3, &tenant),
+        (3, &tenant),
+        (5, &tenant),
+        (6, &other),
+        (9, &tenant),
+    ] {
+        let record = PredictionRecord {
+            tenant: Some(owner.clone()),
+            status: if offset % 2 == 0 {
+                PredictionStatus::Succeeded
+            } else {
+                PredictionStatus::Starting
+            },
+            ..bare_record(PredictionId::generate(), NOW + offset)
+        };
+        insert(store, &record).await;
+        if owner == &tenant {
+            ours.push(record);
+        }
+    }
+    for limit in [1, 2, 3, 100] {
+        let mut seen: Vec<OpenEntry> = Vec::new();
+        let mut cursor = None;
+        for page_number in 0.. {
+            assert!(
+                page_number < 100,
+                "list_tenant limit {limit}: the cursors never end"
+            );
+            let page = store
+                .list_tenant(&tenant, cursor.as_ref(), limit)
+                .await
+                .unwrap_or_else(|e| panic!("list_tenant: {e}"));
+            assert!(
+                page.entries.len() <= limit,
+                "list_tenant: a page over its limit"
+            );
+            let empty = page.entries.is_empty();
+            seen.extend(page.entries);
+            match page.next {
+                None => break,
+                Some(next) => {
+                    assert!(
+                        !empty,
+                        "list_tenant limit {limit}: an empty page with a cursor"
+                    );
+                    cursor = Some(next);
+                }
+            }
+        }
+        for pair in seen.windows(2) {
+            assert!(
+                pair[0].created_at >= pair[1].created_at,
+                "list_tenant limit {limit}: not newest first"
+            );
+        }
+        let mut seen_ids: Vec<&PredictionId> = seen.iter().map(|e| &e.id).collect();
+        let mut expected: Vec<&PredictionId> = ours.iter().map(|r| &r.id).collect();
+        seen_ids.sort();
+        expected.sort();
+        assert_eq!(
+            seen_ids, expected,
+            "list_tenant limit {limit}: exactly the tenant's predictions, each once"
+        );
+        for entry in &seen {
+            let record = ours.iter().find(|r| r.id == entry.id);
+            assert_eq!(
+                record.map(|r| r.created_at),
+                Some(entry.created_at),
+                "list_tenant: an entry carries its record's creation time"
+            );
+        }
+    }
 }
 
 /// Follows `next` cursors from the first page to the end, checking every page.

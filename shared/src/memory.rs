@@ -12,8 +12,8 @@ use url::Url;
 
 use crate::outputs::{Download, OutputError, OutputSource};
 use crate::ports::{
-    AccountStore, ClaimOutcome, CopyJob, CopyQueue, ObjectStore, OpenEntry, OpenPage, RecordStore,
-    Settlement, StoreError, SyncMark, open_shard,
+    AccountStore, ClaimOutcome, CopyJob, CopyQueue, ListCursor, ObjectStore, OpenEntry, OpenPage,
+    RecordStore, Settlement, StoreError, SyncMark, TenantPage, open_shard,
 };
 use crate::record::{Advance, Claim, ClaimGuard, Millis, PredictionId, PredictionRecord};
 use crate::replicate::{
@@ -353,6 +353,40 @@ impl RecordStore for MemoryRecords {
         }
         *last = Some(now);
         Ok(true)
+    }
+
+    async fn list_tenant(
+        &self,
+        tenant: &TenantId,
+        cursor: Option<&ListCursor>,
+        limit: usize,
+    ) -> Result<TenantPage, StoreError> {
+        if limit == 0 {
+            return Err(StoreError::new(
+                "list predictions",
+                "limit must be at least 1",
+            ));
+        }
+        let mut mine: Vec<OpenEntry> = lock(&self.predictions)
+            .values()
+            .filter(|r| r.tenant.as_ref() == Some(tenant))
+            .map(|r| OpenEntry {
+                id: r.id.clone(),
+                created_at: r.created_at,
+            })
+            .filter(|e| cursor.is_none_or(|c| (e.created_at, &e.id) < (c.created_at, &c.id)))
+            .collect();
+        mine.sort_by(|a, b| (b.created_at, &b.id).cmp(&(a.created_at, &a.id)));
+        let more = mine.len() > limit;
+        mine.truncate(limit);
+        let next = more.then(|| mine.last()).flatten().map(|last| ListCursor {
+            created_at: last.created_at,
+            id: last.id.clone(),
+        });
+        Ok(TenantPage {
+            entries: mine,
+            next,
+        })
     }
 
     async fn list_open(
@@ -1042,6 +1076,16 @@ impl<T: RecordStore> RecordStore for Recorded<T> {
     ) -> Result<bool, StoreError> {
         self.note("claim_sync");
         self.inner.claim_sync(id, mark, now, not_since).await
+    }
+
+    async fn list_tenant(
+        &self,
+        tenant: &TenantId,
+        cursor: Option<&ListCursor>,
+        limit: usize,
+    ) -> Result<TenantPage, StoreError> {
+        self.note("list_tenant");
+        self.inner.list_tenant(tenant, cursor, limit).await
     }
 
     async fn list_open(

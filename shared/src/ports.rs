@@ -80,6 +80,47 @@ pub struct OpenEntry {
     pub created_at: Millis,
 }
 
+/// One page of a tenant's predictions, newest first, and where the next page starts.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TenantPage {
+    pub entries: Vec<OpenEntry>,
+    /// Where the next page starts; `None` when there are no more.
+    pub next: Option<ListCursor>,
+}
+
+/// Where a page of a tenant's predictions ends: the last one's creation time and id. Opaque
+/// to clients (`encode`), and meaningful only within the caller's own tenant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListCursor {
+    pub created_at: Millis,
+    pub id: PredictionId,
+}
+
+impl ListCursor {
+    /// URL-safe base64 of `created_at.id`.
+    pub fn encode(&self) -> String {
+        use base64::Engine as _;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(format!("{}.{}", self.created_at, self.id))
+    }
+
+    pub fn decode(text: &str) -> Option<Self> {
+        use base64::Engine as _;
+        if text.len() > 128 {
+            return None;
+        }
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(text)
+            .ok()?;
+        let text = String::from_utf8(bytes).ok()?;
+        let (created_at, id) = text.split_once('.')?;
+        Some(Self {
+            created_at: created_at.parse().ok()?,
+            id: PredictionId::parse(id).ok()?,
+        })
+    }
+}
+
 /// A time a record keeps of its last sync of one kind (`claim_sync`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SyncMark {
@@ -173,6 +214,15 @@ pub trait RecordStore: Send + Sync {
         now: Millis,
         not_since: Millis,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Up to `limit` of a tenant's predictions, newest first, after `cursor` (a tie in
+    /// creation time is broken by id, so paging never skips or repeats one).
+    fn list_tenant(
+        &self,
+        tenant: &TenantId,
+        cursor: Option<&ListCursor>,
+        limit: usize,
+    ) -> impl Future<Output = Result<TenantPage, StoreError>> + Send;
 
     /// Up to `limit` predictions of one `shard` not yet terminal that were created before
     /// `created_before`, oldest first, from `cursor` on (for the reconciler).

@@ -137,3 +137,80 @@ async fn a_deadline_while_running_cancels() {
     let done = stack.wait_terminal(body["id"].as_str().unwrap()).await;
     assert_eq!(done["status"], "canceled", "{done}");
 }
+
+#[tokio::test]
+async fn the_list_pages_through_the_callers_own_predictions_without_gaps_or_repeats() {
+    let stack = Stack::start().await;
+    let mine = client_with_key(&stack.new_key("pager", 1000, None).await);
+    let other = client_with_key(&stack.new_key("stranger", 1000, None).await);
+    let mut submitted = Vec::new();
+    for i in 0..23 {
+        let body = json!({"model": "flux-schnell", "input": {"prompt": format!("page {i}"), "megapixels": "0.25"}});
+        let response = mine
+            .post(format!("{}/v1/predictions", stack.base))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::ACCEPTED);
+        let body: Value = response.json().await.unwrap();
+        submitted.push(body["id"].as_str().unwrap().to_owned());
+    }
+    let list = |client: &reqwest::Client, query: String| {
+        let url = format!("{}/v1/predictions?{query}", stack.base);
+        let client = client.clone();
+        async move {
+            let response = client.get(url).send().await.unwrap();
+            let status = response.status();
+            (status, response.json::<Value>().await.unwrap())
+        }
+    };
+    let mut seen: Vec<String> = Vec::new();
+    let mut times: Vec<String> = Vec::new();
+    let mut query = "limit=10".to_owned();
+    for page in 0.. {
+        assert!(page < 10, "the cursors never end");
+        let (status, body) = list(&mine, query.clone()).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let items = body["items"].as_array().unwrap();
+        assert!(items.len() <= 10);
+        for item in items {
+            seen.push(item["id"].as_str().unwrap().to_owned());
+            times.push(item["created_at"].as_str().unwrap().to_owned());
+        }
+        match body["next_cursor"].as_str() {
+            Some(cursor) => query = format!("limit=10&cursor={cursor}"),
+            None => break,
+        }
+    }
+    let mut newest_first = submitted.clone();
+    newest_first.reverse();
+    assert_eq!(seen, newest_first, "every prediction once, newest first");
+    assert!(times.windows(2).all(|t| t[0] >= t[1]));
+
+    let (status, theirs) = list(&other, String::new()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        theirs["items"],
+        json!([]),
+        "another tenant lists none of them"
+    );
+    assert_eq!(theirs["next_cursor"], Value::Null);
+    let (_, first) = list(&mine, String::new()).await;
+    assert_eq!(
+        first["items"].as_array().map(Vec::len),
+        Some(20),
+        "20 by default"
+    );
+    for bad in ["limit=0", "limit=101", "cursor=not-a-cursor"] {
+        let (status, problem) = list(&mine, bad.to_owned()).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{bad}: {problem}");
+    }
+    let unauthenticated = stack
+        .plain
+        .get(format!("{}/v1/predictions", stack.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unauthenticated.status(), StatusCode::UNAUTHORIZED);
+}

@@ -12,7 +12,7 @@ use base64::Engine as _;
 use imagegen_shared::app::inputs::{INPUT_URL_TTL, input_key};
 use imagegen_shared::app::{App, PortSet};
 use imagegen_shared::aws::{
-    OPEN_INDEX, OPEN_SHARD_ATTRIBUTE, TTL_ATTRIBUTE, iam_actions, item_actions,
+    OPEN_INDEX, OPEN_SHARD_ATTRIBUTE, TENANT_INDEX, TTL_ATTRIBUTE, iam_actions, item_actions,
 };
 use imagegen_shared::bootstrap::{SqsBatch, SqsMessage, TokenSource, boot_config, copy_batch};
 use imagegen_shared::config::Settings;
@@ -55,6 +55,7 @@ enum Resource {
     /// table limited by a `dynamodb:LeadingKeys` condition.
     Items(String),
     OpenIndex,
+    TenantIndex,
     /// Objects under one prefix of the bucket, e.g. `outputs/*`.
     Objects(String),
     CopyQueue,
@@ -131,9 +132,11 @@ fn environment(template: &Yaml, function: &str) -> BTreeMap<String, Option<Strin
 /// no wildcards, no other table, bucket or queue.
 fn parse_resource(text: &str) -> Resource {
     let open_index = format!("${{PredictionsTable.Arn}}/index/{OPEN_INDEX}");
+    let tenant_index = format!("${{PredictionsTable.Arn}}/index/{TENANT_INDEX}");
     match text {
         "PredictionsTable.Arn" => Resource::Table,
         t if t == open_index => Resource::OpenIndex,
+        t if t == tenant_index => Resource::TenantIndex,
         "CopyQueue.Arn" => Resource::CopyQueue,
         "arn:${AWS::Partition}:ssm:${AWS::Region}:${AWS::AccountId}:parameter${ReplicateApiTokenParameter}" => {
             Resource::TokenParameter
@@ -301,6 +304,7 @@ fn grants_of(method: &str, prefix: Option<&str>) -> Vec<(String, Resource)> {
     );
     let resource = match (method, prefix) {
         ("list_open", _) => Resource::OpenIndex,
+        ("list_tenant", _) => Resource::TenantIndex,
         ("send_copy", _) => Resource::CopyQueue,
         (_, Some(prefix)) => Resource::Objects(prefix.to_owned()),
         (other, None) => panic!("port method {other} acts on nothing known"),
@@ -480,6 +484,16 @@ impl Scenario {
             .body(Body::Empty)
             .unwrap();
         self.http(Handler::Submit, request).await
+    }
+
+    /// `GET /v1/predictions`, which the fetch-result function serves.
+    async fn list(&mut self, query: &str) -> (u16, Value) {
+        let request = http::Request::builder()
+            .uri(format!("/v1/predictions?{query}"))
+            .header("authorization", format!("Bearer {API_KEY}"))
+            .body(Body::Empty)
+            .unwrap();
+        self.http(Handler::Fetch, request).await
     }
 
     /// `GET /v1/usage`, which the fetch-result function serves.
@@ -785,6 +799,11 @@ async fn port_calls_by_handler() -> BTreeMap<Handler, Grants> {
     );
     assert_eq!(s.record(&done_id).status, PredictionStatus::Succeeded);
     assert_eq!(s.cancel(&done_id).await.1["status"], "succeeded");
+    let (status, listed) = s.list("limit=2").await;
+    assert_eq!(
+        (status, listed["items"].as_array().map(Vec::len)),
+        (200, Some(2))
+    );
     let (status, usage) = s.usage().await;
     assert_eq!((status, usage["tenant"].as_str()), (200, Some(TENANT)));
 
@@ -1047,7 +1066,11 @@ fn the_template_wires_routes_and_arm64_cargo_lambda_builds() {
         ("WebhookFunction", vec![("POST", "/webhooks/replicate")]),
         (
             "FetchResultFunction",
-            vec![("GET", "/v1/predictions/{id}"), ("GET", "/v1/usage")],
+            vec![
+                ("GET", "/v1/predictions/{id}"),
+                ("GET", "/v1/predictions"),
+                ("GET", "/v1/usage"),
+            ],
         ),
     ] {
         let events = template["Resources"][function]["Properties"]["Events"]

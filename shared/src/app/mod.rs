@@ -8,6 +8,7 @@ mod cancel;
 mod copy;
 mod fetch;
 pub mod inputs;
+mod list;
 pub mod problem;
 mod reconcile;
 mod resolve;
@@ -208,18 +209,21 @@ impl<P: Ports> App<P> {
         }
     }
 
-    /// The read routes, which one function serves: a prediction, or the caller's usage.
+    /// The read routes, which one function serves: a prediction, the caller's predictions,
+    /// or the caller's usage.
     /// Behind API Gateway the route key says which (the path may carry a custom domain's
     /// base path); locally the path does.
     pub async fn read(&self, request: Request) -> Response<Body> {
         let path = request.uri().path().trim_end_matches('/').to_owned();
         let route_key = route_key(&request);
-        let usage = match route_key.as_deref() {
-            Some(key) if key != "$default" => key == "GET /v1/usage",
-            _ => path == "/v1/usage",
+        let route = match route_key.as_deref() {
+            Some(key) if key != "$default" => key.trim_start_matches("GET ").to_owned(),
+            _ => path.clone(),
         };
-        if usage {
+        if route == "/v1/usage" {
             self.usage(request).await
+        } else if route == "/v1/predictions" {
+            self.list(request).await
         } else if path.starts_with("/v1/predictions/") || route_key.is_some() {
             self.fetch(request).await
         } else {

@@ -8,8 +8,8 @@ use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata};
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure};
 
 use crate::ports::{
-    AccountStore, ClaimOutcome, OpenEntry, OpenPage, RecordStore, Settlement, StoreError, SyncMark,
-    open_shard,
+    AccountStore, ClaimOutcome, ListCursor, OpenEntry, OpenPage, RecordStore, Settlement,
+    StoreError, SyncMark, TenantPage, open_shard,
 };
 use crate::record::{Advance, Claim, ClaimGuard, Millis, PredictionId, PredictionRecord};
 use crate::replicate::PredictionStatus;
@@ -27,6 +27,12 @@ pub const TTL_ATTRIBUTE: &str = "expires_at";
 /// may project keys only. The reconciler queries it.
 pub const OPEN_INDEX: &str = "open-index";
 pub const OPEN_SHARD_ATTRIBUTE: &str = "open_shard";
+
+/// A tenant's predictions, newest first, for `GET /v1/predictions`: keyed on the record's
+/// `owner` (only prediction items carry it) and creation time; keys only, so it is written
+/// once, when the record is stored.
+pub const TENANT_INDEX: &str = "tenant-index";
+pub const TENANT_ATTRIBUTE: &str = "owner";
 
 #[derive(Debug, Clone)]
 pub struct DynamoRecords {
@@ -141,7 +147,7 @@ fn prediction_to_item(r: &PredictionRecord) -> Result<Item, StoreError> {
         ("synced_at", r.synced_at.map(n)),
         ("copy_queued_at", r.copy_queued_at.map(n)),
         ("webhook_token", r.webhook_token.clone().map(s)),
-        ("tenant", r.tenant.as_ref().map(|t| s(t.as_str()))),
+        (TENANT_ATTRIBUTE, r.tenant.as_ref().map(|t| s(t.as_str()))),
         ("price", r.price.as_ref().map(json_attr).transpose()?),
         ("cost", r.cost.map(n)),
     ];
@@ -185,10 +191,10 @@ fn prediction_from_item(item: &Item) -> Result<PredictionRecord, StoreError> {
         copy_queued_at: read_opt_n(item, "copy_queued_at"),
         expires_at: read_n(item, TTL_ATTRIBUTE)?,
         webhook_token: read_opt_s(item, "webhook_token"),
-        tenant: read_opt_s(item, "tenant")
+        tenant: read_opt_s(item, TENANT_ATTRIBUTE)
             .map(|t| TenantId::parse(&t))
             .transpose()
-            .map_err(|e| StoreError::new("read item", format!("attribute `tenant`: {e}")))?,
+            .map_err(|e| StoreError::new("read item", format!("attribute `owner`: {e}")))?,
         price: read_json(item, "price")?,
         cost_estimate: read_opt_n(item, "cost_estimate").unwrap_or(0),
         cost: read_opt_n(item, "cost"),
@@ -596,6 +602,51 @@ impl RecordStore for DynamoRecords {
         ]);
         self.update_if("claim sync", prediction_pk(id), update, condition, values)
             .await
+    }
+
+    async fn list_tenant(
+        &self,
+        tenant: &TenantId,
+        cursor: Option<&ListCursor>,
+        limit: usize,
+    ) -> Result<TenantPage, StoreError> {
+        let condition = "#owner = :owner";
+        let start = cursor.map(|c| {
+            Item::from([
+                ("pk".to_owned(), prediction_pk(&c.id)),
+                (TENANT_ATTRIBUTE.to_owned(), s(tenant.as_str())),
+                ("created_at".to_owned(), n(c.created_at)),
+            ])
+        });
+        let output = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name(TENANT_INDEX)
+            .key_condition_expression(condition)
+            .set_expression_attribute_names(Some(names_in(&[condition])))
+            .expression_attribute_values(":owner", s(tenant.as_str()))
+            .scan_index_forward(false)
+            .set_exclusive_start_key(start)
+            .limit(i32::try_from(limit).unwrap_or(i32::MAX))
+            .send()
+            .await
+            .map_err(|e| failed("list predictions", e))?;
+        let entries: Vec<OpenEntry> = output
+            .items()
+            .iter()
+            .filter_map(|item| open_entry(item).ok())
+            .collect();
+        // DynamoDB may say there is more after a full last page; the page after it is then
+        // empty. The cursor names the last entry read.
+        let next = output
+            .last_evaluated_key()
+            .and(entries.last())
+            .map(|last| ListCursor {
+                created_at: last.created_at,
+                id: last.id.clone(),
+            });
+        Ok(TenantPage { entries, next })
     }
 
     async fn list_open(

@@ -6,7 +6,7 @@ use aws_sdk_dynamodb::types::{
     ProjectionType, ScalarAttributeType, TimeToLiveSpecification,
 };
 
-use super::{OPEN_INDEX, OPEN_SHARD_ATTRIBUTE, TTL_ATTRIBUTE};
+use super::{OPEN_INDEX, OPEN_SHARD_ATTRIBUTE, TENANT_ATTRIBUTE, TENANT_INDEX, TTL_ATTRIBUTE};
 use crate::ports::StoreError;
 
 fn failed<E: std::error::Error>(operation: &'static str, err: E) -> StoreError {
@@ -29,6 +29,7 @@ pub async fn ensure_table(
             attribute("pk", ScalarAttributeType::S)?,
             attribute(OPEN_SHARD_ATTRIBUTE, ScalarAttributeType::S)?,
             attribute("created_at", ScalarAttributeType::N)?,
+            attribute(TENANT_ATTRIBUTE, ScalarAttributeType::S)?,
         ]))
         .key_schema(key("pk", KeyType::Hash)?)
         .global_secondary_indexes(
@@ -39,6 +40,19 @@ pub async fn ensure_table(
                 .projection(
                     Projection::builder()
                         .projection_type(ProjectionType::All)
+                        .build(),
+                )
+                .build()
+                .map_err(|e| failed("create table", e))?,
+        )
+        .global_secondary_indexes(
+            GlobalSecondaryIndex::builder()
+                .index_name(TENANT_INDEX)
+                .key_schema(key(TENANT_ATTRIBUTE, KeyType::Hash)?)
+                .key_schema(key("created_at", KeyType::Range)?)
+                .projection(
+                    Projection::builder()
+                        .projection_type(ProjectionType::KeysOnly)
                         .build(),
                 )
                 .build()

@@ -5,7 +5,9 @@ mod local;
 mod s3;
 mod sqs;
 
-pub use dynamo::{DynamoRecords, OPEN_INDEX, OPEN_SHARD_ATTRIBUTE, TTL_ATTRIBUTE};
+pub use dynamo::{
+    DynamoRecords, OPEN_INDEX, OPEN_SHARD_ATTRIBUTE, TENANT_ATTRIBUTE, TENANT_INDEX, TTL_ATTRIBUTE,
+};
 pub use local::{ensure_bucket, ensure_queue, ensure_table};
 pub use s3::S3Objects;
 pub use sqs::SqsCopyQueue;
@@ -25,8 +27,8 @@ pub fn iam_actions(port_method: &str) -> &'static [&'static str] {
         ],
         "release_claim" => &["dynamodb:DeleteItem"],
         "get_prediction" | "get_key" | "get_tenant" | "usage" => &["dynamodb:GetItem"],
-        // On the `open-index` index only.
-        "list_open" => &["dynamodb:Query"],
+        // On the `open-index` and `tenant-index` indexes only.
+        "list_open" | "list_tenant" => &["dynamodb:Query"],
         // Creating, uploading parts of and completing a multipart upload are all s3:PutObject.
         "put_object" | "create_multipart" | "upload_part" | "complete_multipart" => {
             &["s3:PutObject"]

@@ -96,6 +96,7 @@ fn bare_record(id: PredictionId, created_at: Millis) -> PredictionRecord {
         completed_at: None,
         synced_at: None,
         copy_queued_at: None,
+        cancel_requested_at: None,
         expires_at: ttl_seconds(created_at) + 86_400,
         webhook_token: None,
         tenant: None,
@@ -143,6 +144,7 @@ fn full_record(id: PredictionId, created_at: Millis) -> PredictionRecord {
         completed_at: Some(created_at + 20),
         synced_at: Some(created_at + 30),
         copy_queued_at: Some(created_at + 40),
+        cancel_requested_at: Some(created_at + 50),
         webhook_token: Some(unique()),
         tenant: Some(TenantId::parse("conformance").expect("a tenant")),
         price: Some(Price::Second {
@@ -900,7 +902,11 @@ async fn advance_only_moves_forward<S: RecordStore>(store: &S) {
 }
 
 async fn claim_sync_once_per_interval<S: RecordStore>(store: &S) {
-    for mark in [SyncMark::Fetched, SyncMark::CopyQueued] {
+    for mark in [
+        SyncMark::Fetched,
+        SyncMark::CopyQueued,
+        SyncMark::CancelRequested,
+    ] {
         claim_sync_mark(store, mark).await;
     }
 }
@@ -910,6 +916,7 @@ fn mark_of(record: &PredictionRecord, mark: SyncMark) -> Option<Millis> {
     match mark {
         SyncMark::Fetched => record.synced_at,
         SyncMark::CopyQueued => record.copy_queued_at,
+        SyncMark::CancelRequested => record.cancel_requested_at,
     }
 }
 
@@ -918,6 +925,7 @@ fn with_mark(record: &PredictionRecord, mark: SyncMark, at: Millis) -> Predictio
     match mark {
         SyncMark::Fetched => record.synced_at = Some(at),
         SyncMark::CopyQueued => record.copy_queued_at = Some(at),
+        SyncMark::CancelRequested => record.cancel_requested_at = Some(at),
     }
     record
 }

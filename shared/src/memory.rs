@@ -347,6 +347,7 @@ impl RecordStore for MemoryRecords {
         let last = match mark {
             SyncMark::Fetched => &mut record.synced_at,
             SyncMark::CopyQueued => &mut record.copy_queued_at,
+            SyncMark::CancelRequested => &mut record.cancel_requested_at,
         };
         if last.is_some_and(|t| t >= not_since) {
             return Ok(false);

@@ -128,6 +128,8 @@ pub enum SyncMark {
     Fetched,
     /// A fetch or the reconciler queued the output copy (`copy_queued_at`).
     CopyQueued,
+    /// A client asked to cancel it (`cancel_requested_at`).
+    CancelRequested,
 }
 
 /// How a claim is settled: who does the work, until when nobody else may take it.

@@ -171,6 +171,9 @@ pub struct PredictionRecord {
     pub synced_at: Option<Millis>,
     /// Last time a fetch or the reconciler queued the copy of its outputs.
     pub copy_queued_at: Option<Millis>,
+    /// Last time a client asked to cancel it: a prediction not yet tied to Replicate's is
+    /// cancelled as soon as it is (or ends `canceled` if it was never created).
+    pub cancel_requested_at: Option<Millis>,
     /// DynamoDB TTL (seconds since the epoch).
     pub expires_at: u64,
     /// A secret in this record's webhook URL: only Replicate, which we told the URL, can

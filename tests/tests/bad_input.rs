@@ -262,7 +262,8 @@ proptest! {
     }
 
     #[test]
-    fn fetch_paths_are_404_not_5xx(id in "\\PC{0,80}") {
+    // An empty id is `/v1/predictions/`, the list.
+    fn fetch_paths_are_404_not_5xx(id in "\\PC{1,80}") {
         let (app, rt) = (app(), runtime());
         let encoded: String = url_encode(&id);
         let status = check(&app, &rt, request("GET", &format!("/v1/predictions/{encoded}"), &[], vec![]))?;

@@ -1,6 +1,7 @@
 //! `POST /v1/predictions/{id}/cancel`: asks Replicate to cancel a running prediction and
 //! applies its answer like any other (the state only moves forward); a prediction that
-//! ended is answered unchanged. Idempotent: a second cancel finds it ended.
+//! ended is answered unchanged. Idempotent: a second cancel finds it ended, or (within the
+//! sync interval) finds it asked already.
 
 use http::StatusCode;
 use lambda_http::{Body, Request, RequestExt, Response};
@@ -9,12 +10,9 @@ use super::problem::json_response;
 use super::resolve::SearchBudget;
 use super::sync::{Billed, Copy};
 use super::{ApiError, App, Ports, PredictionView};
-use crate::record::{PredictionId, PredictionRecord};
+use crate::ports::{RecordStore, SyncMark};
+use crate::record::{PredictionId, PredictionRecord, before};
 use crate::replicate::ReplicateApi;
-
-/// How long a client should wait before asking again about a cancel that could not be
-/// confirmed yet (its create's outcome is still being found out).
-const UNCONFIRMED_RETRY: std::time::Duration = std::time::Duration::from_secs(30);
 
 fn path_id(request: &Request) -> Option<String> {
     if let Some(id) = request.path_parameters_ref().and_then(|p| p.first("id")) {
@@ -57,25 +55,35 @@ impl<P: Ports> App<P> {
         )
     }
 
-    /// Cancels at Replicate and records its answer. A record not yet tied to a Replicate
-    /// prediction is first looked for; one that certainly never was created ends at once.
+    /// Records the request and cancels at Replicate, applying its answer. At most one
+    /// request a sync interval reaches Replicate for a record (repeats answer the state as
+    /// it is). A record not yet tied to a Replicate prediction keeps the request: it is
+    /// cancelled when it is tied, and ends `canceled` if it was never created.
     async fn cancel_running(&self, record: PredictionRecord) -> Result<PredictionRecord, ApiError> {
-        let record = match record.replicate_id {
-            Some(_) => record,
-            None => {
-                self.resolve_unconfirmed(record, SearchBudget::FETCH)
-                    .await?
-            }
+        let now = self.clock.millis();
+        let interval = self.settings.fetch_sync_interval;
+        if !self
+            .records
+            .claim_sync(
+                &record.id,
+                SyncMark::CancelRequested,
+                now,
+                before(now, interval),
+            )
+            .await?
+        {
+            return Ok(record);
+        }
+        let record = PredictionRecord {
+            cancel_requested_at: Some(now),
+            ..record
         };
         let Some(replicate_id) = record.replicate_id.clone() else {
-            if record.status.is_terminal() {
-                return Ok(record);
-            }
-            // Its create may still have happened: cancelling it needs its Replicate id,
-            // which the resolver will find (or learn that nothing was created).
-            return Err(ApiError::Unavailable {
-                retry_after: UNCONFIRMED_RETRY,
-            });
+            // The resolver (from `RESOLVE_AFTER_SECONDS` on) ties it and cancels it, or
+            // ends it `canceled` when nothing was created.
+            return Ok(self
+                .resolve_unconfirmed(record, SearchBudget::FETCH)
+                .await?);
         };
         let remote = match self.replicate.cancel_prediction(&replicate_id).await {
             Ok(remote) => remote,

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use crate::ports::{RecordStore, StoreError};
 use crate::record::{Advance, Millis, PredictionRecord, after, before, from_millis, parse_rfc3339};
-use crate::replicate::{Prediction, ReplicateApi, ReplicateError};
+use crate::replicate::{Prediction, PredictionStatus, ReplicateApi, ReplicateError};
 
 use super::inputs::{InputMatch, input_match};
 use super::sync::{Billed, Copy, SyncOutcome};
@@ -82,12 +82,22 @@ impl<P: Ports> App<P> {
             Ok(Search::NotFound { conclusive }) => {
                 if conclusive {
                     tracing::warn!(prediction_id = %record.id, "Replicate has no prediction for an unconfirmed create; ending it");
-                    self.end_record(
-                        &record,
-                        "the prediction was not created at Replicate (nothing was billed); submit it again",
-                        Billed::NotCreated,
-                    )
-                    .await?;
+                    if record.cancel_requested_at.is_some() {
+                        // Its cancel was asked for: it ends canceled, as one never created.
+                        let advance = Advance {
+                            status: PredictionStatus::Canceled,
+                            error: None,
+                            ..Advance::failed("", self.clock.millis())
+                        };
+                        self.finish(&record, advance, Billed::NotCreated).await?;
+                    } else {
+                        self.end_record(
+                            &record,
+                            "the prediction was not created at Replicate (nothing was billed); submit it again",
+                            Billed::NotCreated,
+                        )
+                        .await?;
+                    }
                 }
                 false
             }

@@ -203,8 +203,11 @@ impl<P: Ports> App<P> {
             .validate(&body.input)
             .map_err(ApiError::InvalidInput)?;
         let (stored_input, images) = extract_inline_images(alias, &input);
-        let cache_key = (!wants_no_cache(request.headers()))
-            .then(|| alias.cache_key_of(caller.tenant.as_str(), &stored_input));
+        // A request with its own deadline neither joins nor is joined: whoever joined would
+        // get (or impose) another deadline, and a cancel of one would stop the other.
+        let shareable = !wants_no_cache(request.headers()) && deadline == Deadline::MAX;
+        let cache_key =
+            shareable.then(|| alias.cache_key_of(caller.tenant.as_str(), &stored_input));
         let new = NewPrediction {
             id: PredictionId::generate(),
             alias,
@@ -216,7 +219,14 @@ impl<P: Ports> App<P> {
             deadline,
         };
         match idempotency_key(request.headers())? {
-            Some(key) => self.submit_idempotently(&key, &body.hash, &new).await,
+            Some(key) => {
+                // The deadline is part of the request an Idempotency-Key stands for.
+                let request_hash = match deadline {
+                    Deadline::MAX => body.hash.clone(),
+                    other => format!("{}|{other}", body.hash),
+                };
+                self.submit_idempotently(&key, &request_hash, &new).await
+            }
             None => self.start_or_join(&new).await,
         }
     }
@@ -466,6 +476,7 @@ impl<P: Ports> App<P> {
             completed_at: None,
             synced_at: None,
             copy_queued_at: None,
+            cancel_requested_at: None,
             expires_at: ttl_seconds(after(now, self.settings.record_ttl)),
             webhook_token: Some(token.clone()),
             tenant: Some(new.caller.tenant.clone()),

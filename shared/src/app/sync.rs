@@ -8,7 +8,7 @@ use crate::cost::{Micros, requested_outputs};
 use crate::outputs::{OutputError, check_output_list, store_outputs};
 use crate::ports::{AccountStore, CopyJob, CopyQueue, RecordStore, StoreError, SyncMark};
 use crate::record::{Advance, PredictionRecord, bounded_error, bounded_metrics, parse_rfc3339};
-use crate::replicate::{Prediction, PredictionStatus};
+use crate::replicate::{Prediction, PredictionStatus, ReplicateApi};
 use crate::tenancy::{CostSettlement, month_of};
 
 use super::App;
@@ -61,12 +61,24 @@ impl Billed<'_> {
     fn cost(&self, record: &PredictionRecord) -> Micros {
         match (self, &record.price) {
             (Self::Remote(remote), Some(price)) => {
-                price.billed(&remote.status, remote.output.len(), &remote.metrics)
+                // A cancel's answer may not carry `predict_time` yet: the time it ran.
+                let mut metrics = remote.metrics.clone();
+                if metrics.predict_time.is_none() {
+                    metrics.predict_time = ran_seconds(remote);
+                }
+                price.billed(&remote.status, remote.output.len(), &metrics)
             }
             (Self::Remote(_), None) | (Self::NotCreated, _) => 0,
             (Self::Unknown, _) => record.cost_estimate,
         }
     }
+}
+
+/// Seconds between a prediction's start and end, as Replicate stamped them.
+fn ran_seconds(remote: &Prediction) -> Option<f64> {
+    let started = remote.started_at.as_deref().and_then(parse_rfc3339)?;
+    let completed = remote.completed_at.as_deref().and_then(parse_rfc3339)?;
+    Some(completed.saturating_sub(started) as f64 / 1000.0)
 }
 
 /// A copy queued by a poll is not queued again for this long: the queue's visibility
@@ -100,6 +112,9 @@ impl<P: Ports> App<P> {
                     ));
                 }
                 tracing::info!(prediction_id = %record.id, replicate_id = %remote.id, "Replicate prediction recorded");
+                if record.cancel_requested_at.is_some() && !remote.status.is_terminal() {
+                    return self.cancel_now_tied(record, remote, copy).await;
+                }
             }
         }
         if !record.status.can_advance_to(&remote.status) {
@@ -138,6 +153,27 @@ impl<P: Ports> App<P> {
         }
         tracing::info!(prediction_id = %record.id, status = %status, "prediction advanced");
         Ok(SyncOutcome::Applied(status))
+    }
+
+    /// A record whose cancel was asked for before it was tied to its Replicate prediction:
+    /// cancelled now that it is, and Replicate's answer applied.
+    async fn cancel_now_tied(
+        &self,
+        record: &PredictionRecord,
+        remote: &Prediction,
+        copy: Copy,
+    ) -> Result<SyncOutcome, SyncError> {
+        let tied = PredictionRecord {
+            replicate_id: Some(remote.id.clone()),
+            ..record.clone()
+        };
+        match self.replicate.cancel_prediction(&remote.id).await {
+            Ok(canceled) => Box::pin(self.apply_remote(&tied, &canceled, copy)).await,
+            Err(err) => {
+                tracing::warn!(prediction_id = %record.id, error = %err, "could not cancel as asked; applying the state as delivered");
+                Box::pin(self.apply_remote(&tied, remote, copy)).await
+            }
+        }
     }
 
     /// Writes `advance` (only if it moves the record forward). One that ends the prediction

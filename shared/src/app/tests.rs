@@ -1523,15 +1523,103 @@ async fn cancel_ends_running_predictions_once_and_leaves_ended_ones_alone() {
     );
     assert_eq!(app.replicate.cancel_calls(), 1);
 
-    // A create whose answer was lost cannot be cancelled until it is found: 503, retry.
+    // A create whose answer was lost: the cancel is kept, and carried out once the
+    // prediction is tied to the record (here by its first webhook).
     app.replicate.lose_next_create_answer();
     let (_, body) = submitted(&app, prompt("unconfirmed")).await;
-    let response = app
-        .write(cancel_event(
-            body["id"].as_str().unwrap(),
-            Some(FIXTURE_KEY),
-        ))
+    let lost = PredictionId::parse(body["id"].as_str().unwrap()).unwrap();
+    let pending = json_of(
+        &app.write(cancel_event(lost.as_str(), Some(FIXTURE_KEY)))
+            .await,
+    );
+    assert_eq!(pending["status"], "starting", "{pending}");
+    assert!(
+        record(&app, lost.as_str())
+            .await
+            .cancel_requested_at
+            .is_some()
+    );
+    assert_eq!(app.replicate.cancel_calls(), 1);
+    let rid = format!("rep-{}", app.replicate.created().len());
+    let start = remote(&rid, PredictionStatus::Processing);
+    app.webhook(webhook_event(&app, &lost, &json!(start), app.clock.now()).await)
         .await;
-    assert_eq!(response.status(), 503);
-    assert!(response.headers().contains_key("retry-after"));
+    assert_eq!(
+        app.replicate.cancel_calls(),
+        2,
+        "cancelled as soon as it was tied"
+    );
+    assert_eq!(
+        record(&app, lost.as_str()).await.status,
+        PredictionStatus::Canceled
+    );
+}
+
+#[tokio::test]
+async fn a_cancel_of_a_create_that_never_happened_ends_it_canceled() {
+    let app = app_with(&[("RESOLVE_AFTER_SECONDS", "1")]);
+    app.replicate.lose_next_create_answer();
+    let (_, body) = submitted(&app, prompt("never made")).await;
+    let id = PredictionId::parse(body["id"].as_str().unwrap()).unwrap();
+    // Replicate never had it (its list is empty around the attempt).
+    app.replicate
+        .forget(&format!("rep-{}", app.replicate.created().len()));
+    app.clock.advance(Duration::from_secs(2));
+    let view = json_of(
+        &app.write(cancel_event(id.as_str(), Some(FIXTURE_KEY)))
+            .await,
+    );
+    assert_eq!(view["status"], "canceled", "{view}");
+    assert_eq!(view["cost"]["usd"], 0.0);
+    assert_eq!(app.replicate.cancel_calls(), 0);
+}
+
+#[tokio::test]
+async fn a_cancel_answer_without_predict_time_bills_the_time_it_ran() {
+    let app = app();
+    let sdxl = json!({"model": "sdxl", "input": {"prompt": "long run"}});
+    let (_, body) = submitted(&app, sdxl).await;
+    let id = PredictionId::parse(body["id"].as_str().unwrap()).unwrap();
+    let mut canceled = remote("rep-1", PredictionStatus::Canceled);
+    canceled.model = "stability-ai/sdxl".into();
+    canceled.version = record(&app, id.as_str()).await.version;
+    canceled.metrics.predict_time = None;
+    canceled.started_at = Some("2025-01-01T00:00:02.000Z".into());
+    canceled.completed_at = Some("2025-01-01T00:00:05.000Z".into());
+    app.webhook(webhook_event(&app, &id, &json!(canceled), app.clock.now()).await)
+        .await;
+    assert_eq!(record(&app, id.as_str()).await.cost, Some(3 * 975));
+}
+
+#[tokio::test]
+async fn a_request_with_its_own_deadline_neither_joins_nor_replays_another() {
+    let app = app();
+    let with_deadline =
+        |deadline: &str| with_header(submit_event(prompt("same input")), "cancel-after", deadline);
+    let first = json_of(&app.submit(with_deadline("90s")).await);
+    let second = json_of(&app.submit(submit_event(prompt("same input"))).await);
+    assert_ne!(first["id"], second["id"], "not joined across deadlines");
+    assert_eq!(app.replicate.created().len(), 2);
+    let keyed = |deadline: Option<&str>| {
+        let request = with_header(
+            submit_event(prompt("keyed")),
+            "idempotency-key",
+            "k-deadline",
+        );
+        match deadline {
+            Some(d) => with_header(request, "cancel-after", d),
+            None => request,
+        }
+    };
+    assert_eq!(app.submit(keyed(Some("90s"))).await.status(), 202);
+    assert_eq!(
+        app.submit(keyed(None)).await.status(),
+        422,
+        "the same key with another deadline is another request"
+    );
+    assert_eq!(
+        app.submit(keyed(Some("1m30s"))).await.status(),
+        202,
+        "the same deadline replays"
+    );
 }

@@ -146,6 +146,7 @@ fn prediction_to_item(r: &PredictionRecord) -> Result<Item, StoreError> {
         ("completed_at", r.completed_at.map(n)),
         ("synced_at", r.synced_at.map(n)),
         ("copy_queued_at", r.copy_queued_at.map(n)),
+        ("cancel_requested_at", r.cancel_requested_at.map(n)),
         ("webhook_token", r.webhook_token.clone().map(s)),
         (TENANT_ATTRIBUTE, r.tenant.as_ref().map(|t| s(t.as_str()))),
         ("price", r.price.as_ref().map(json_attr).transpose()?),
@@ -189,6 +190,7 @@ fn prediction_from_item(item: &Item) -> Result<PredictionRecord, StoreError> {
         completed_at: read_opt_n(item, "completed_at"),
         synced_at: read_opt_n(item, "synced_at"),
         copy_queued_at: read_opt_n(item, "copy_queued_at"),
+        cancel_requested_at: read_opt_n(item, "cancel_requested_at"),
         expires_at: read_n(item, TTL_ATTRIBUTE)?,
         webhook_token: read_opt_s(item, "webhook_token"),
         tenant: read_opt_s(item, TENANT_ATTRIBUTE)
@@ -595,6 +597,10 @@ impl RecordStore for DynamoRecords {
                 "SET #copy_queued_at = :now",
                 "attribute_exists(#pk) AND (attribute_not_exists(#copy_queued_at) OR #copy_queued_at < :since)",
             ),
+            SyncMark::CancelRequested => (
+                "SET #cancel_requested_at = :now",
+                "attribute_exists(#pk) AND (attribute_not_exists(#cancel_requested_at) OR #cancel_requested_at < :since)",
+            ),
         };
         let values = Item::from([
             (":now".to_owned(), n(now)),
@@ -980,6 +986,7 @@ mod tests {
             completed_at: Some(3),
             synced_at: None,
             copy_queued_at: Some(5),
+            cancel_requested_at: Some(6),
             expires_at: 4,
             webhook_token: Some("t".repeat(32)),
             tenant: Some(TenantId::parse("acme").unwrap()),

@@ -3,47 +3,24 @@
 //! ended is answered unchanged. Idempotent: a second cancel finds it ended, or (within the
 //! sync interval) finds it asked already.
 
-use http::StatusCode;
-use lambda_http::{Body, Request, RequestExt, Response};
+use lambda_http::{Body, Request, Response};
 
-use super::problem::json_response;
+use super::problem::json_or_problem;
 use super::resolve::SearchBudget;
 use super::sync::{Billed, Copy};
 use super::{ApiError, App, Ports, PredictionView};
 use crate::ports::{RecordStore, SyncMark};
-use crate::record::{PredictionId, PredictionRecord, before};
+use crate::record::{PredictionRecord, before};
 use crate::replicate::ReplicateApi;
-
-fn path_id(request: &Request) -> Option<String> {
-    if let Some(id) = request.path_parameters_ref().and_then(|p| p.first("id")) {
-        return Some(id.to_owned());
-    }
-    let path = request.uri().path().trim_end_matches('/');
-    path.strip_suffix("/cancel")
-        .and_then(|p| p.rsplit_once("/v1/predictions/"))
-        .map(|(_, id)| id.to_owned())
-}
 
 impl<P: Ports> App<P> {
     pub async fn cancel(&self, request: Request) -> Response<Body> {
-        match self.try_cancel(&request).await {
-            Ok(view) => json_response(StatusCode::OK, &view),
-            Err(err) => err.into_response(),
-        }
+        json_or_problem(self.try_cancel(&request).await)
     }
 
     async fn try_cancel(&self, request: &Request) -> Result<PredictionView, ApiError> {
         let caller = self.authenticate(request).await?;
-        let not_found = || ApiError::NotFound("no prediction with this id".to_owned());
-        let id = path_id(request)
-            .and_then(|raw| PredictionId::parse(&raw).ok())
-            .ok_or_else(not_found)?;
-        tracing::Span::current().record("prediction_id", id.as_str());
-        let record = self
-            .live_prediction(&id)
-            .await?
-            .filter(|r| r.belongs_to(&caller.tenant))
-            .ok_or_else(not_found)?;
+        let record = self.callers_prediction(request, &caller, "/cancel").await?;
         let record = if record.status.is_terminal() {
             record
         } else {

@@ -1,47 +1,25 @@
 //! `GET /v1/predictions/{id}`: the stored state, synced from Replicate first if it is still
 //! running and has not been synced lately (so a lost webhook loses nothing).
 
-use http::StatusCode;
-use lambda_http::{Body, Request, RequestExt, Response};
+use lambda_http::{Body, Request, Response};
 
 use super::Ports;
-use super::problem::json_response;
+use super::problem::json_or_problem;
 use super::resolve::SearchBudget;
 use super::sync::Copy;
 use super::{ApiError, App, PredictionView};
 use crate::ports::{RecordStore, SyncMark};
-use crate::record::{PredictionId, PredictionRecord, after, before};
+use crate::record::{PredictionRecord, after, before};
 use crate::replicate::ReplicateApi;
-
-fn path_id(request: &Request) -> Option<String> {
-    if let Some(id) = request.path_parameters_ref().and_then(|p| p.first("id")) {
-        return Some(id.to_owned());
-    }
-    let path = request.uri().path().trim_end_matches('/');
-    path.strip_prefix("/v1/predictions/").map(str::to_owned)
-}
 
 impl<P: Ports> App<P> {
     pub async fn fetch(&self, request: Request) -> Response<Body> {
-        match self.try_fetch(&request).await {
-            Ok(view) => json_response(StatusCode::OK, &view),
-            Err(err) => err.into_response(),
-        }
+        json_or_problem(self.try_fetch(&request).await)
     }
 
     async fn try_fetch(&self, request: &Request) -> Result<PredictionView, ApiError> {
         let caller = self.authenticate(request).await?;
-        let not_found = || ApiError::NotFound("no prediction with this id".to_owned());
-        let id = path_id(request)
-            .and_then(|raw| PredictionId::parse(&raw).ok())
-            .ok_or_else(not_found)?;
-        tracing::Span::current().record("prediction_id", id.as_str());
-        // Another tenant's prediction is answered exactly like one that does not exist.
-        let mut record = self
-            .live_prediction(&id)
-            .await?
-            .filter(|r| r.belongs_to(&caller.tenant))
-            .ok_or_else(not_found)?;
+        let mut record = self.callers_prediction(request, &caller, "").await?;
         if !record.status.is_terminal() {
             record = self.sync_running(record).await?;
         }

@@ -2,11 +2,10 @@
 //! time, from the tenant index (a query, never a scan); each record is then read whole.
 
 use futures_util::future::join_all;
-use http::StatusCode;
 use lambda_http::{Body, Request, Response};
 use serde::Serialize;
 
-use super::problem::json_response;
+use super::problem::json_or_problem;
 use super::{ApiError, App, Ports, PredictionView};
 use crate::ports::{ListCursor, RecordStore};
 use crate::registry::InputErrors;
@@ -51,10 +50,7 @@ fn page_request(query: Option<&str>) -> Result<(usize, Option<ListCursor>), ApiE
 
 impl<P: Ports> App<P> {
     pub async fn list(&self, request: Request) -> Response<Body> {
-        match self.try_list(&request).await {
-            Ok(list) => json_response(StatusCode::OK, &list),
-            Err(err) => err.into_response(),
-        }
+        json_or_problem(self.try_list(&request).await)
     }
 
     async fn try_list(&self, request: &Request) -> Result<PredictionList, ApiError> {

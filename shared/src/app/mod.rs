@@ -32,6 +32,7 @@ use crate::ports::{AccountStore, CopyQueue, ObjectStore, RecordStore, StoreError
 use crate::record::{Millis, PredictionId, PredictionRecord, to_millis};
 use crate::registry::ModelRegistry;
 use crate::replicate::{ReplicateApi, ReplicateError};
+use crate::tenancy::Caller;
 use crate::webhook::WebhookVerifier;
 
 pub use auth::KEY_CACHE_TTL;
@@ -180,6 +181,25 @@ impl<P: Ports> App<P> {
             .filter(|r| !r.is_expired(now)))
     }
 
+    /// The prediction a `/v1/predictions/{id}…` request names (`suffix` after the id), if it
+    /// is the caller's: another tenant's is answered exactly like one that does not exist.
+    pub(crate) async fn callers_prediction(
+        &self,
+        request: &Request,
+        caller: &Caller,
+        suffix: &str,
+    ) -> Result<PredictionRecord, ApiError> {
+        let not_found = || ApiError::NotFound("no prediction with this id".to_owned());
+        let id = path_id(request, suffix)
+            .and_then(|raw| PredictionId::parse(&raw).ok())
+            .ok_or_else(not_found)?;
+        tracing::Span::current().record("prediction_id", id.as_str());
+        self.live_prediction(&id)
+            .await?
+            .filter(|r| r.belongs_to(&caller.tenant))
+            .ok_or_else(not_found)
+    }
+
     /// Dispatches by method and path: the local server's router. In AWS, API Gateway routes
     /// each path to its own function, which calls its handler directly.
     pub async fn route(&self, request: Request) -> Response<Body> {
@@ -242,6 +262,19 @@ fn route_key(request: &Request) -> Option<String> {
         }
         _ => None,
     }
+}
+
+/// The `{id}` of a `/v1/predictions/{id}{suffix}` request: API Gateway's path parameter,
+/// or (locally) the path's.
+fn path_id(request: &Request, suffix: &str) -> Option<String> {
+    use lambda_http::RequestExt;
+    if let Some(id) = request.path_parameters_ref().and_then(|p| p.first("id")) {
+        return Some(id.to_owned());
+    }
+    let path = request.uri().path().trim_end_matches('/');
+    path.strip_suffix(suffix)
+        .and_then(|p| p.rsplit_once("/v1/predictions/"))
+        .map(|(_, id)| id.to_owned())
 }
 
 fn no_route(method: &Method, path: &str) -> Response<Body> {

@@ -169,6 +169,14 @@ impl ApiError {
     }
 }
 
+/// 200 with `result`'s JSON, or its problem.
+pub fn json_or_problem<T: Serialize>(result: Result<T, ApiError>) -> Response<Body> {
+    match result {
+        Ok(body) => json_response(StatusCode::OK, &body),
+        Err(err) => err.into_response(),
+    }
+}
+
 /// A JSON response. Serialising our own view types cannot fail.
 pub fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Response<Body> {
     let text = serde_json::to_string(body).unwrap_or_else(|_| "{}".to_owned());

@@ -1,10 +1,9 @@
 //! `GET /v1/usage`: the caller's tenant's usage in the current calendar month (UTC).
 
-use http::StatusCode;
 use lambda_http::{Body, Request, Response};
 use serde::Serialize;
 
-use super::problem::json_response;
+use super::problem::json_or_problem;
 use super::{ApiError, App, Ports};
 use crate::cost::usd;
 use crate::ports::AccountStore;
@@ -24,10 +23,7 @@ pub struct UsageView {
 
 impl<P: Ports> App<P> {
     pub async fn usage(&self, request: Request) -> Response<Body> {
-        match self.try_usage(&request).await {
-            Ok(view) => json_response(StatusCode::OK, &view),
-            Err(err) => err.into_response(),
-        }
+        json_or_problem(self.try_usage(&request).await)
     }
 
     async fn try_usage(&self, request: &Request) -> Result<UsageView, ApiError> {

@@ -352,15 +352,7 @@ impl Meter {
                     let answer: Value =
                         serde_json::from_slice(response.body()).unwrap_or(Value::Null);
                     let bytes = answer["Item"].as_object().map_or(0, item_size);
-                    self.add_dynamo(
-                        &op,
-                        group,
-                        Capacity {
-                            calls: 1,
-                            read_units: read_units(bytes, consistent),
-                            ..Capacity::default()
-                        },
-                    );
+                    self.add_read(&op, group, bytes, consistent);
                 }
                 response
             }
@@ -383,15 +375,7 @@ impl Meter {
                             .map(item_size)
                             .sum()
                     });
-                    self.add_dynamo(
-                        &op,
-                        group,
-                        Capacity {
-                            calls: 1,
-                            read_units: read_units(bytes, consistent),
-                            ..Capacity::default()
-                        },
-                    );
+                    self.add_read(&op, group, bytes, consistent);
                 }
                 response
             }
@@ -541,6 +525,16 @@ impl Meter {
             .entry(key.to_owned())
             .or_default()
             .clone()
+    }
+
+    /// One read call that returned `bytes` of items.
+    fn add_read(&self, op: &str, group: String, bytes: u64, consistent: bool) {
+        let capacity = Capacity {
+            calls: 1,
+            read_units: read_units(bytes, consistent),
+            ..Capacity::default()
+        };
+        self.add_dynamo(op, group, capacity);
     }
 
     fn add_dynamo(&self, op: &str, group: String, capacity: Capacity) {

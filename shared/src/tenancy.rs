@@ -205,9 +205,7 @@ impl TenantLimits {
         rate_per_minute: u32,
         monthly_budget: Option<Micros>,
     ) -> Result<Self, TenancyError> {
-        if !(1..=MAX_RATE_PER_MINUTE).contains(&rate_per_minute) {
-            return Err(TenancyError::InvalidRate);
-        }
+        check_rate(rate_per_minute)?;
         Ok(Self {
             tenant,
             rate_per_minute,
@@ -222,6 +220,15 @@ impl TenantLimits {
             rate_per_minute: DEFAULT_RATE_PER_MINUTE,
             monthly_budget: None,
         }
+    }
+}
+
+/// A rate a tenant may be given: 1 to `MAX_RATE_PER_MINUTE` submits a minute.
+fn check_rate(rate_per_minute: u32) -> Result<u32, TenancyError> {
+    if (1..=MAX_RATE_PER_MINUTE).contains(&rate_per_minute) {
+        Ok(rate_per_minute)
+    } else {
+        Err(TenancyError::InvalidRate)
     }
 }
 
@@ -242,9 +249,7 @@ impl LimitsUpdate {
         rate_per_minute: Option<u32>,
         monthly_budget: Option<Option<Micros>>,
     ) -> Result<Self, TenancyError> {
-        if rate_per_minute.is_some_and(|r| !(1..=MAX_RATE_PER_MINUTE).contains(&r)) {
-            return Err(TenancyError::InvalidRate);
-        }
+        rate_per_minute.map(check_rate).transpose()?;
         Ok(Self {
             tenant,
             rate_per_minute,

@@ -89,7 +89,7 @@ pub fn lines(phase: &Phase<'_>) -> Vec<Line> {
         table_writes as f64 * PRICES.dynamo_write_unit,
     ));
     out.push(line(
-        "DynamoDB writes (open-index GSI)",
+        "DynamoDB writes (global secondary indexes)",
         index_writes as f64,
         "WRU",
         index_writes as f64 * PRICES.dynamo_write_unit,

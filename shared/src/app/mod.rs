@@ -216,13 +216,14 @@ impl<P: Ports> App<P> {
     /// The write routes, which one function serves: submit, and cancel.
     pub async fn write(&self, request: Request) -> Response<Body> {
         let path = request.uri().path().trim_end_matches('/').to_owned();
-        let cancel = match route_key(&request).as_deref() {
+        let route_key = route_key(&request);
+        let cancel = match route_key.as_deref() {
             Some(key) if key != "$default" => key == "POST /v1/predictions/{id}/cancel",
             _ => path.starts_with("/v1/predictions/") && path.ends_with("/cancel"),
         };
         if cancel {
             self.cancel(request).await
-        } else if path == "/v1/predictions" || route_key(&request).is_some() {
+        } else if path == "/v1/predictions" || route_key.is_some() {
             self.submit(request).await
         } else {
             no_route(request.method(), &path)

@@ -28,8 +28,8 @@ dev: $(VENV_STAMP) ## Local stack on http://127.0.0.1:3000 (DEV_PORT): moto, Rep
 	$(CARGO) build --locked -p local-stack --bin dev-server
 	MOTO_SERVER=$(VENV)/bin/moto_server exec target/debug/dev-server
 
-demo: ## Submit PROMPT to the running local stack and save the image
-	$(CARGO) run --locked -q -p local-stack --bin demo -- $(PROMPT)
+demo: ## Submit PROMPT to the running local stack and save the image [IMAGE=file: upload it, img2img] [CALLBACK=1: receive a signed callback]
+	$(CARGO) run --locked -q -p local-stack --bin demo -- $(if $(IMAGE),--image "$(IMAGE)") $(if $(CALLBACK),--callback) $(PROMPT)
 
 key: ## New API key: make key TENANT=<name> [RATE=<per minute>] [BUDGET=<usd>|none] (the tenant's limits; make dev's stack, or TABLE_NAME in AWS)
 	$(CARGO) run --locked -q -p local-stack --bin keys -- create --tenant "$(TENANT)" $(if $(RATE),--rate "$(RATE)") $(if $(BUDGET),--budget "$(BUDGET)")

@@ -95,11 +95,118 @@ pub fn serve_app_metered<P: Ports>(
 /// dead-lettered after `LOCAL_MAX_RECEIVES` tries (the template's values are larger).
 pub const LOCAL_VISIBILITY_TIMEOUT_SECONDS: u32 = 20;
 pub const LOCAL_MAX_RECEIVES: u32 = 5;
+/// The callback queue's: its messages are hidden by the worker's own backoff, and the worker
+/// dead-letters them itself when their day is over; the redrive limit is a backstop.
+pub const LOCAL_CALLBACK_VISIBILITY_SECONDS: u32 = 30;
+pub const LOCAL_CALLBACK_MAX_RECEIVES: u32 = 1000;
 /// Time one local copy job may take (the Lambda worker's comes from its timeout).
 const LOCAL_COPY_BUDGET: std::time::Duration = std::time::Duration::from_secs(15);
 
-/// The copy worker's local stand-in: long-polls the copy queue (moto's SQS) and runs each
-/// batch through the same handler as the Lambda worker, deleting the jobs that succeeded.
+/// The queues of a local stack named `name`: copy jobs, callbacks, and the callbacks'
+/// dead-letter queue.
+pub async fn ensure_local_queues(
+    sqs: &aws_sdk_sqs::Client,
+    name: &str,
+) -> Result<imagegen_shared::aws::QueueUrls, imagegen_shared::ports::StoreError> {
+    use imagegen_shared::aws::{ensure_queue, ensure_queue_pair};
+    let copy = ensure_queue(
+        sqs,
+        name,
+        LOCAL_VISIBILITY_TIMEOUT_SECONDS,
+        LOCAL_MAX_RECEIVES,
+    )
+    .await?;
+    let callbacks = ensure_queue_pair(
+        sqs,
+        &format!("{name}-callbacks"),
+        LOCAL_CALLBACK_VISIBILITY_SECONDS,
+        LOCAL_CALLBACK_MAX_RECEIVES,
+    )
+    .await?;
+    Ok(imagegen_shared::aws::QueueUrls {
+        copy,
+        callback: callbacks.url,
+        callback_dead_letter: callbacks.dead_letter_url,
+    })
+}
+
+/// A Lambda SQS event source's local stand-in: long-polls `queue_url` (moto's SQS), hands
+/// each batch to `handle` as the Lambda event would carry it, and deletes the messages it
+/// did not report as failed.
+fn spawn_poller<F, Fut>(
+    sqs: aws_sdk_sqs::Client,
+    queue_url: String,
+    what: &'static str,
+    handle: F,
+) -> tokio::task::JoinHandle<()>
+where
+    F: Fn(Vec<imagegen_shared::bootstrap::SqsMessage>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Vec<String>> + Send,
+{
+    use aws_sdk_sqs::types::MessageSystemAttributeName;
+    use imagegen_shared::bootstrap::{SqsAttributes, SqsMessage};
+    tokio::spawn(async move {
+        loop {
+            let received = sqs
+                .receive_message()
+                .queue_url(&queue_url)
+                .max_number_of_messages(10)
+                .wait_time_seconds(1)
+                .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+                .send()
+                .await;
+            let messages = match received {
+                Ok(output) => output.messages.unwrap_or_default(),
+                Err(err) => {
+                    tracing::warn!(queue = what, error = %aws_sdk_sqs::error::DisplayErrorContext(err), "queue receive failed");
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            if messages.is_empty() {
+                continue;
+            }
+            let batch = messages
+                .iter()
+                .map(|m| SqsMessage {
+                    message_id: m.message_id.clone().unwrap_or_default(),
+                    receipt_handle: m.receipt_handle.clone().unwrap_or_default(),
+                    body: m.body.clone().unwrap_or_default(),
+                    attributes: SqsAttributes {
+                        receive_count: m
+                            .attributes
+                            .as_ref()
+                            .and_then(|a| {
+                                a.get(&MessageSystemAttributeName::ApproximateReceiveCount)
+                            })
+                            .cloned(),
+                    },
+                })
+                .collect();
+            let failures = handle(batch).await;
+            for message in &messages {
+                let failed = failures
+                    .iter()
+                    .any(|f| Some(f.as_str()) == message.message_id.as_deref());
+                if failed {
+                    continue;
+                }
+                if let Some(receipt) = &message.receipt_handle
+                    && let Err(err) = sqs
+                        .delete_message()
+                        .queue_url(&queue_url)
+                        .receipt_handle(receipt)
+                        .send()
+                        .await
+                {
+                    tracing::warn!(queue = what, error = %aws_sdk_sqs::error::DisplayErrorContext(err), "job could not be deleted; it will run again");
+                }
+            }
+        }
+    })
+}
+
+/// The copy worker's local stand-in, on the copy queue.
 pub fn spawn_copy_worker(
     app: Arc<imagegen_shared::bootstrap::ProductionApp>,
     sqs: aws_sdk_sqs::Client,
@@ -115,62 +222,53 @@ pub fn spawn_copy_worker_metered(
     queue_url: String,
     invocations: Option<Arc<Invocations>>,
 ) -> tokio::task::JoinHandle<()> {
-    use imagegen_shared::bootstrap::{SqsBatch, SqsMessage, copy_batch};
-    tokio::spawn(async move {
-        loop {
-            let received = sqs
-                .receive_message()
-                .queue_url(&queue_url)
-                .max_number_of_messages(10)
-                .wait_time_seconds(1)
-                .send()
-                .await;
-            let messages = match received {
-                Ok(output) => output.messages.unwrap_or_default(),
-                Err(err) => {
-                    tracing::warn!(error = %aws_sdk_sqs::error::DisplayErrorContext(err), "copy queue receive failed");
-                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                    continue;
-                }
-            };
-            if messages.is_empty() {
-                continue;
-            }
+    use imagegen_shared::bootstrap::{SqsBatch, copy_batch};
+    spawn_poller(sqs, queue_url, "copy", move |messages| {
+        let app = app.clone();
+        let invocations = invocations.clone();
+        async move {
             // One message a batch, each with its own deadline, as the Lambda worker runs
             // them (BatchSize 1): a slow job never eats the next one's time.
             let mut failures = Vec::new();
-            for message in &messages {
-                let batch = SqsBatch {
-                    records: vec![SqsMessage {
-                        message_id: message.message_id.clone().unwrap_or_default(),
-                        body: message.body.clone().unwrap_or_default(),
-                    }],
-                };
+            for message in messages {
                 let started = tokio::time::Instant::now();
-                let deadline = started + LOCAL_COPY_BUDGET;
-                failures.extend(copy_batch(&app, batch, deadline).await.failures);
+                let batch = SqsBatch {
+                    records: vec![message],
+                };
+                let response = copy_batch(&app, batch, started + LOCAL_COPY_BUDGET).await;
+                failures.extend(response.failures.into_iter().map(|f| f.id));
                 if let Some(invocations) = &invocations {
                     invocations.record_queue_job(started.elapsed());
                 }
             }
-            for message in &messages {
-                let failed = failures
-                    .iter()
-                    .any(|f| Some(f.id.as_str()) == message.message_id.as_deref());
-                if failed {
-                    continue;
-                }
-                if let Some(handle) = &message.receipt_handle
-                    && let Err(err) = sqs
-                        .delete_message()
-                        .queue_url(&queue_url)
-                        .receipt_handle(handle)
-                        .send()
-                        .await
-                {
-                    tracing::warn!(error = %aws_sdk_sqs::error::DisplayErrorContext(err), "copy job could not be deleted; it will run again");
-                }
-            }
+            failures
+        }
+    })
+}
+
+/// The callback worker's local stand-in, on the callback queue: the same handler as the
+/// Lambda, hiding messages for their backoff with `ChangeMessageVisibility`.
+pub fn spawn_callback_worker(
+    app: Arc<imagegen_shared::bootstrap::ProductionApp>,
+    sqs: aws_sdk_sqs::Client,
+) -> tokio::task::JoinHandle<()> {
+    use imagegen_shared::bootstrap::{SqsBatch, SqsRedelivery, callback_batch};
+    let queue_url = app.settings.callback_queue_url.clone();
+    let redelivery = Arc::new(SqsRedelivery {
+        client: sqs.clone(),
+        queue_url: queue_url.clone(),
+    });
+    spawn_poller(sqs, queue_url, "callbacks", move |messages| {
+        let app = app.clone();
+        let redelivery = redelivery.clone();
+        async move {
+            let batch = SqsBatch { records: messages };
+            callback_batch(&app, batch, redelivery.as_ref())
+                .await
+                .failures
+                .into_iter()
+                .map(|f| f.id)
+                .collect()
         }
     })
 }

@@ -23,6 +23,9 @@ pub struct DevState {
     pub base_url: String,
     /// The key `make dev` created or was given first, for `make demo`.
     pub api_key: String,
+    /// The loopback `host:port` callbacks may reach (`make demo CALLBACK=1` listens there).
+    #[serde(default)]
+    pub callback_host: Option<String>,
 }
 
 impl DevState {

@@ -12,8 +12,9 @@ use lambda_http::{Body, Request, Response};
 use tracing::Instrument;
 
 use crate::app::{App, PortSet, request_id};
-use crate::aws::{AwsClients, DynamoRecords, S3Objects, SqsCopyQueue};
+use crate::aws::{AwsClients, DynamoRecords, QueueUrls, S3Objects, SqsQueues};
 use crate::config::{ConfigError, Settings, replicate_token};
+use crate::delivery::HttpCallbacks;
 use crate::outputs::HttpDownloads;
 use crate::registry::{ModelRegistry, RegistryError};
 use crate::replicate::{ApiToken, ClientBuildError, ClientConfig, ReplicateClient};
@@ -26,7 +27,8 @@ impl crate::app::Ports for Production {
     type Records = DynamoRecords;
     type Objects = S3Objects;
     type Downloads = HttpDownloads;
-    type Queue = SqsCopyQueue;
+    type Queue = SqsQueues;
+    type Callbacks = HttpCallbacks;
 }
 
 pub type ProductionApp = App<Production>;
@@ -42,7 +44,7 @@ pub enum BootError {
     Registry(#[from] RegistryError),
     #[error(transparent)]
     Client(#[from] ClientBuildError),
-    #[error("could not build the download client: {0}")]
+    #[error("could not build an HTTP client: {0}")]
     Downloads(#[from] reqwest::Error),
     #[error("could not read the Replicate token from SSM: {0}")]
     Token(#[from] crate::ports::StoreError),
@@ -126,13 +128,22 @@ pub fn production_app(
     let records = DynamoRecords::new(aws.dynamodb, settings.table_name.clone());
     let objects = S3Objects::new(aws.s3, settings.bucket_name.clone(), aws.credentials);
     let downloads = HttpDownloads::new(settings.output_hosts.clone())?;
-    let queue = SqsCopyQueue::new(aws.sqs, settings.copy_queue_url.clone());
+    let queue = SqsQueues::new(
+        aws.sqs,
+        QueueUrls {
+            copy: settings.copy_queue_url.clone(),
+            callback: settings.callback_queue_url.clone(),
+            callback_dead_letter: settings.callback_dead_letter_url.clone(),
+        },
+    );
+    let callbacks = HttpCallbacks::new(settings.callback_allow.clone())?;
     let ports = PortSet {
         replicate,
         records,
         objects,
         downloads,
         queue,
+        callbacks,
     };
     Ok(App::new(ports, registry, settings))
 }
@@ -151,11 +162,18 @@ pub async fn build_app(
 
 /// Cold start: logs, SDK clients, configuration, the token; the app lives for the process.
 async fn init_app() -> Result<&'static ProductionApp, lambda_http::Error> {
+    init_app_with_sqs().await.map(|(app, _)| app)
+}
+
+/// `init_app`, also handing back the SQS client (the callback worker hides messages).
+async fn init_app_with_sqs()
+-> Result<(&'static ProductionApp, aws_sdk_sqs::Client), lambda_http::Error> {
     let env = |name: &str| std::env::var(name).ok();
     crate::telemetry::init_json_logs(env("RUST_LOG").as_deref());
     let aws = AwsClients::from_env().await;
+    let sqs = aws.sqs.clone();
     match build_app(aws, env).await {
-        Ok(app) => Ok(Box::leak(Box::new(app))),
+        Ok(app) => Ok((Box::leak(Box::new(app)), sqs)),
         Err(err) => {
             tracing::error!(error = %err, "configuration error");
             Err(err.into())
@@ -223,12 +241,142 @@ pub struct SqsBatch {
     pub records: Vec<SqsMessage>,
 }
 
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, Default, serde::Deserialize)]
 pub struct SqsMessage {
     #[serde(rename = "messageId")]
     pub message_id: String,
+    #[serde(rename = "receiptHandle", default)]
+    pub receipt_handle: String,
     #[serde(default)]
     pub body: String,
+    #[serde(default)]
+    pub attributes: SqsAttributes,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct SqsAttributes {
+    /// How many times the message was received, this time included (a string in events).
+    #[serde(rename = "ApproximateReceiveCount", default)]
+    pub receive_count: Option<String>,
+}
+
+impl SqsMessage {
+    /// Which delivery attempt this is (from 1).
+    pub fn attempt(&self) -> u32 {
+        self.attributes
+            .receive_count
+            .as_deref()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(1)
+            .max(1)
+    }
+}
+
+/// Hides a received message for a while: the callback worker's backoff (the queue then
+/// delivers it again, as the next attempt).
+pub trait Redelivery: Send + Sync {
+    fn hide_for(
+        &self,
+        receipt_handle: &str,
+        wait: Duration,
+    ) -> impl Future<Output = Result<(), crate::ports::StoreError>> + Send;
+}
+
+/// `Redelivery` on an SQS queue (`ChangeMessageVisibility`).
+pub struct SqsRedelivery {
+    pub client: aws_sdk_sqs::Client,
+    pub queue_url: String,
+}
+
+impl Redelivery for SqsRedelivery {
+    async fn hide_for(
+        &self,
+        receipt_handle: &str,
+        wait: Duration,
+    ) -> Result<(), crate::ports::StoreError> {
+        // SQS hides a message for at most 12 hours.
+        let seconds = wait.as_secs().clamp(0, 12 * 3600) as i32;
+        self.client
+            .change_message_visibility()
+            .queue_url(&self.queue_url)
+            .receipt_handle(receipt_handle)
+            .visibility_timeout(seconds)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                crate::ports::StoreError::new(
+                    "hide callback job",
+                    aws_sdk_sqs::error::DisplayErrorContext(e).to_string(),
+                )
+            })
+    }
+}
+
+/// Delivers each message's callback attempt, at once; those to try again are hidden until
+/// their retry is due and reported back (the others are done, and deleted).
+pub async fn callback_batch<P: crate::app::Ports, R: Redelivery>(
+    app: &App<P>,
+    batch: SqsBatch,
+    redelivery: &R,
+) -> BatchResponse {
+    use crate::app::CallbackDisposition;
+    let attempts = batch.records.into_iter().map(|message| async move {
+        let job = match serde_json::from_str::<crate::callbacks::CallbackJob>(&message.body) {
+            Ok(job) => job,
+            Err(err) => {
+                // Nothing can ever read it: dropped, not retried for a day.
+                tracing::error!(message_id = %message.message_id, error = %err, "unreadable callback job; dropped");
+                return None;
+            }
+        };
+        let span = tracing::info_span!("callback", prediction_id = %job.prediction_id);
+        let retry = match app
+            .deliver_callback(&job, message.attempt())
+            .instrument(span)
+            .await
+        {
+            Ok(CallbackDisposition::Done | CallbackDisposition::DeadLettered) => return None,
+            Ok(CallbackDisposition::RetryAfter(wait)) => Some(wait),
+            Err(err) => {
+                tracing::warn!(prediction_id = %job.prediction_id, error = %err, "callback attempt could not run; retried");
+                None
+            }
+        };
+        if let Some(wait) = retry
+            && let Err(err) = redelivery.hide_for(&message.receipt_handle, wait).await
+        {
+            tracing::warn!(error = %err, "could not delay the callback retry; it comes back sooner");
+        }
+        Some(BatchItemFailure {
+            id: message.message_id,
+        })
+    });
+    BatchResponse {
+        failures: futures_util::future::join_all(attempts)
+            .await
+            .into_iter()
+            .flatten()
+            .collect(),
+    }
+}
+
+/// The callback worker, fed by the callback queue.
+pub async fn run_callback_worker() -> Result<(), lambda_http::Error> {
+    use lambda_http::lambda_runtime::{LambdaEvent, run, service_fn};
+    let (app, sqs) = init_app_with_sqs().await?;
+    let redelivery: &'static SqsRedelivery = Box::leak(Box::new(SqsRedelivery {
+        client: sqs,
+        queue_url: app.settings.callback_queue_url.clone(),
+    }));
+    run(service_fn(move |event: LambdaEvent<SqsBatch>| async move {
+        let span = tracing::info_span!("callback-batch", request_id = %event.context.request_id);
+        let response = callback_batch(app, event.payload, redelivery)
+            .instrument(span)
+            .await;
+        Ok::<_, lambda_http::Error>(response)
+    }))
+    .await
 }
 
 /// The partial batch response: the messages to deliver again (Lambda's
@@ -305,7 +453,11 @@ mod tests {
     fn the_token_comes_from_the_environment_or_an_ssm_parameter() {
         let base = |extra: &'static [(&'static str, &'static str)]| {
             move |name: &str| match name {
-                "TABLE_NAME" | "BUCKET_NAME" | "COPY_QUEUE_URL" => Some("x".to_owned()),
+                "TABLE_NAME"
+                | "BUCKET_NAME"
+                | "COPY_QUEUE_URL"
+                | "CALLBACK_QUEUE_URL"
+                | "CALLBACK_DEAD_LETTER_QUEUE_URL" => Some("x".to_owned()),
                 _ => extra
                     .iter()
                     .find(|(k, _)| *k == name)

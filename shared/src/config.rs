@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use url::Url;
 
+use crate::destination::CallbackAllowList;
 use crate::outputs::HostAllowlist;
 use crate::replicate::DEFAULT_BASE_URL;
 use crate::webhook::{WebhookError, WebhookSecret};
@@ -28,6 +29,15 @@ pub struct Settings {
     pub bucket_name: String,
     /// SQS queue of output copy jobs (`COPY_QUEUE_URL`).
     pub copy_queue_url: String,
+    /// SQS queue of callbacks to callers (`CALLBACK_QUEUE_URL`), and where events go whose
+    /// retry window closed (`CALLBACK_DEAD_LETTER_QUEUE_URL`).
+    pub callback_queue_url: String,
+    pub callback_dead_letter_url: String,
+    /// `host:port`s callbacks may reach although private or plain http
+    /// (`CALLBACK_ALLOW_HOSTS`; local testing only).
+    pub callback_allow: CallbackAllowList,
+    /// The first wait before a failed callback is retried (`CALLBACK_RETRY_BASE_SECONDS`).
+    pub callback_retry_base: Duration,
     /// Base URL Replicate sends webhooks to; derived from each request when unset.
     pub public_base_url: Option<Url>,
     pub output_hosts: HostAllowlist,
@@ -113,6 +123,16 @@ impl Settings {
             table_name: required("TABLE_NAME")?,
             bucket_name: required("BUCKET_NAME")?,
             copy_queue_url: required("COPY_QUEUE_URL")?,
+            callback_queue_url: required("CALLBACK_QUEUE_URL")?,
+            callback_dead_letter_url: required("CALLBACK_DEAD_LETTER_QUEUE_URL")?,
+            callback_allow: CallbackAllowList::parse(
+                &get("CALLBACK_ALLOW_HOSTS").unwrap_or_default(),
+            )
+            .map_err(|reason| ConfigError::Invalid {
+                name: "CALLBACK_ALLOW_HOSTS",
+                reason,
+            })?,
+            callback_retry_base: seconds("CALLBACK_RETRY_BASE_SECONDS", 30)?,
             public_base_url,
             output_hosts,
             output_url_ttl,
@@ -171,10 +191,12 @@ mod tests {
         Settings::from_lookup(|name| map.get(name).cloned())
     }
 
-    const BASE: [(&str, &str); 3] = [
+    const BASE: [(&str, &str); 5] = [
         ("TABLE_NAME", "t"),
         ("BUCKET_NAME", "b"),
         ("COPY_QUEUE_URL", "http://127.0.0.1:1/q"),
+        ("CALLBACK_QUEUE_URL", "http://127.0.0.1:1/c"),
+        ("CALLBACK_DEAD_LETTER_QUEUE_URL", "http://127.0.0.1:1/d"),
     ];
 
     #[test]

@@ -7,17 +7,18 @@
 //! data. Time-based rules are checked with explicit timestamps, never the clock; nothing
 //! depends on what emulators do not implement (TTL deletion, presigned-URL signatures).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::time::Duration;
 
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
 
+use crate::callbacks::{CallbackEvent, CallbackJob, CallbackState, CallbackStatus, CallbackTarget};
 use crate::cost::Price;
 use crate::ports::{
-    AccountStore, ClaimOutcome, CopyJob, CopyQueue, LEGACY_OPEN_SHARD, ObjectStore, OpenEntry,
-    RecordStore, Settlement, SyncMark, open_shard,
+    AccountStore, ClaimOutcome, CopyJob, JobQueue, LEGACY_OPEN_SHARD, ObjectRead, ObjectStore,
+    OpenEntry, RecordStore, Settlement, SyncMark, open_shard,
 };
 use crate::record::{
     Advance, Claim, ClaimGuard, Millis, PredictionId, PredictionRecord, StoredOutput, ttl_seconds,
@@ -27,6 +28,7 @@ use crate::tenancy::{
     ApiKey, CostSettlement, DEFAULT_RATE_PER_MINUTE, KeyRecord, LimitsUpdate, RateWindow,
     Reservation, TenantId, TenantLimits, Usage,
 };
+use crate::uploads::{ImageKind, UploadId, UploadRecord};
 
 /// The "now" of the claim checks: any fixed time works, only the order of times matters.
 const NOW: Millis = 1_700_000_000_000;
@@ -103,6 +105,8 @@ fn bare_record(id: PredictionId, created_at: Millis) -> PredictionRecord {
         price: None,
         cost_estimate: 0,
         cost: None,
+        input_files: BTreeMap::new(),
+        callback: None,
     }
 }
 
@@ -156,6 +160,16 @@ fn full_record(id: PredictionId, created_at: Millis) -> PredictionRecord {
         }),
         cost_estimate: 11_700,
         cost: Some(2_438),
+        input_files: BTreeMap::from([("image".to_owned(), "a".repeat(64))]),
+        callback: Some(CallbackState {
+            target: CallbackTarget {
+                url: "https://hooks.example.com/in?tenant=ünï".to_owned(),
+                events: vec![CallbackEvent::Start, CallbackEvent::Completed],
+            },
+            event: Some(CallbackEvent::Start),
+            status: Some(CallbackStatus::Delivered),
+            attempts: 3,
+        }),
         ..bare_record(id, created_at)
     }
 }
@@ -185,6 +199,7 @@ fn advance_to(status: PredictionStatus) -> Advance {
         started_at: None,
         completed_at: None,
         cost: None,
+        keep_open: false,
     }
 }
 
@@ -200,6 +215,121 @@ pub async fn record_store_suite<S: RecordStore>(store: &S) {
     claim_sync_once_per_interval(store).await;
     list_open_pages_through_each_open_record_once(store).await;
     list_tenant_pages_newest_first_without_gaps_or_repeats(store).await;
+    callbacks_keep_an_ended_record_open_until_queued(store).await;
+}
+
+/// Whether `list_open` lists `id` (created before `created_before`).
+async fn is_listed_open<S: RecordStore>(
+    store: &S,
+    id: &PredictionId,
+    created_before: Millis,
+) -> bool {
+    let mut cursor: Option<String> = None;
+    loop {
+        let page = store
+            .list_open(open_shard(id), created_before, cursor.as_deref(), 100)
+            .await
+            .expect("list_open");
+        if page.entries.iter().any(|e| e.id == *id) {
+            return true;
+        }
+        match page.next {
+            Some(next) => cursor = Some(next),
+            None => return false,
+        }
+    }
+}
+
+/// An ended record that still owes its `completed` callback stays in the open index until
+/// the callback is noted as queued; attempts count, and set the status only of the event
+/// the record shows.
+async fn callbacks_keep_an_ended_record_open_until_queued<S: RecordStore>(store: &S) {
+    let created_at = NOW - 3_600_000;
+    let record = PredictionRecord {
+        callback: Some(CallbackState::new(CallbackTarget {
+            url: "https://hooks.example.com/in".to_owned(),
+            events: vec![CallbackEvent::Start, CallbackEvent::Completed],
+        })),
+        ..bare_record(PredictionId::generate(), created_at)
+    };
+    insert(store, &record).await;
+    assert!(
+        store
+            .callback_queued(&record.id, CallbackEvent::Start)
+            .await
+            .expect("callback_queued"),
+        "callback_queued: the first note of an event changes the record"
+    );
+    assert!(
+        !store
+            .callback_queued(&record.id, CallbackEvent::Start)
+            .await
+            .expect("callback_queued"),
+        "callback_queued: an event already noted changes nothing"
+    );
+    let ended = Advance {
+        keep_open: true,
+        completed_at: Some(created_at + 5),
+        ..advance_to(PredictionStatus::Failed)
+    };
+    assert!(store.advance(&record.id, &ended).await.expect("advance"));
+    assert!(
+        is_listed_open(store, &record.id, created_at + 1).await,
+        "advance: a terminal advance with keep_open leaves the record in the open index"
+    );
+    store
+        .callback_attempted(&record.id, CallbackEvent::Start, CallbackStatus::Delivered)
+        .await
+        .expect("callback_attempted");
+    assert!(
+        store
+            .callback_queued(&record.id, CallbackEvent::Completed)
+            .await
+            .expect("callback_queued")
+    );
+    assert!(
+        !is_listed_open(store, &record.id, created_at + 1).await,
+        "callback_queued: noting `completed` takes the record out of the open index"
+    );
+    // A late attempt of `start` counts, but the status is `completed`'s.
+    store
+        .callback_attempted(&record.id, CallbackEvent::Start, CallbackStatus::Delivered)
+        .await
+        .expect("callback_attempted");
+    let callback = stored(store, &record.id)
+        .await
+        .callback
+        .expect("a callback");
+    assert_eq!(
+        (callback.event, callback.status, callback.attempts),
+        (
+            Some(CallbackEvent::Completed),
+            Some(CallbackStatus::Pending),
+            2
+        ),
+        "callback_attempted: attempts of every event count; only the shown event's set the status"
+    );
+    store
+        .callback_attempted(&record.id, CallbackEvent::Completed, CallbackStatus::Failed)
+        .await
+        .expect("callback_attempted");
+    let callback = stored(store, &record.id)
+        .await
+        .callback
+        .expect("a callback");
+    assert_eq!(
+        (callback.status, callback.attempts),
+        (Some(CallbackStatus::Failed), 3)
+    );
+    let plain = bare_record(PredictionId::generate(), created_at);
+    insert(store, &plain).await;
+    assert!(
+        !store
+            .callback_queued(&plain.id, CallbackEvent::Completed)
+            .await
+            .expect("callback_queued"),
+        "callback_queued: a record without a callback is not changed"
+    );
 }
 
 async fn claims_have_one_holder<S: RecordStore>(store: &S) {
@@ -1351,7 +1481,7 @@ fn bare_copy_job() -> CopyJob {
 /// (possibly not everything yet, as SQS may); it is called until the jobs are back.
 pub async fn copy_queue_suite<Q, F, Fut>(queue: &Q, mut receive: F)
 where
-    Q: CopyQueue,
+    Q: JobQueue,
     F: FnMut() -> Fut,
     Fut: Future<Output = Vec<CopyJob>>,
 {
@@ -1406,7 +1536,29 @@ where
     failed_completes_leave_the_upload_open(objects, &read_back, &prefix).await;
     aborted_uploads_are_gone(objects, &read_back, &prefix).await;
 
+    objects_read_back_within_a_limit(objects, &prefix).await;
     let key = format!("{prefix}/presigned/0.webp");
+    let put = objects
+        .presign_put(&key, "image/webp", 1234, Duration::from_secs(900))
+        .await
+        .expect("presign_put");
+    assert!(
+        put.url.contains(&key),
+        "presign_put: `{}` does not name `{key}`",
+        put.url
+    );
+    let header = |name: &str| {
+        put.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    };
+    assert_eq!(
+        (header("content-type"), header("content-length")),
+        (Some("image/webp"), Some("1234")),
+        "presign_put: the PUT must carry the declared type and size: {:?}",
+        put.headers
+    );
     let url = objects
         .presign_get(&key, Duration::from_secs(3600))
         .await
@@ -1416,6 +1568,32 @@ where
     assert!(
         parsed.path().ends_with(&format!("/{key}")),
         "presign_get: `{url}` does not name `{key}`"
+    );
+}
+
+async fn objects_read_back_within_a_limit<O: ObjectStore>(objects: &O, prefix: &str) {
+    let key = format!("{prefix}/read/upload");
+    assert_eq!(
+        objects.read_object(&key, 100).await.expect("read_object"),
+        ObjectRead::Missing,
+        "read_object: no object is Missing"
+    );
+    objects
+        .put_object(&key, "image/png", body(9, 100))
+        .await
+        .expect("put_object");
+    assert_eq!(
+        objects.read_object(&key, 100).await.expect("read_object"),
+        ObjectRead::Found {
+            content_type: "image/png".to_owned(),
+            bytes: body(9, 100),
+        },
+        "read_object: an object within the limit comes back whole"
+    );
+    assert_eq!(
+        objects.read_object(&key, 99).await.expect("read_object"),
+        ObjectRead::TooLarge { size: 100 },
+        "read_object: an object over the limit is only measured"
     );
 }
 
@@ -1645,6 +1823,116 @@ pub async fn account_store_suite<S: AccountStore>(store: &S) {
     tenant_limits_are_set_and_replaced(store).await;
     rate_windows_admit_exactly_the_limit(store).await;
     budgets_reserve_atomically_and_settle_to_the_actual_cost(store).await;
+    uploads_are_created_once_and_read_back(store).await;
+    callback_secrets_are_made_once(store).await;
+}
+
+async fn uploads_are_created_once_and_read_back<S: AccountStore>(store: &S) {
+    let upload = UploadRecord {
+        id: UploadId::generate(),
+        tenant: fresh_tenant(),
+        kind: ImageKind::Jpeg,
+        size: 3 * 1024 * 1024,
+        created_at: NOW,
+        expires_at: ttl_seconds(NOW) + 86_400,
+    };
+    store.put_upload(&upload).await.expect("put_upload");
+    assert_eq!(
+        store.get_upload(&upload.id).await.expect("get_upload"),
+        Some(upload.clone()),
+        "get_upload: a slot reads back as created"
+    );
+    assert!(
+        store.put_upload(&upload).await.is_err(),
+        "put_upload: a slot id that exists is never overwritten"
+    );
+    assert_eq!(
+        store
+            .get_upload(&UploadId::generate())
+            .await
+            .expect("get_upload"),
+        None
+    );
+}
+
+async fn callback_secrets_are_made_once<S: AccountStore>(store: &S) {
+    let tenant = fresh_tenant();
+    let candidates: Vec<String> = (0..8).map(|i| format!("whsec_candidate{i}")).collect();
+    let answers = futures_util::future::join_all(
+        candidates
+            .iter()
+            .map(|candidate| store.callback_secret(&tenant, candidate)),
+    )
+    .await;
+    let answers: Vec<String> = answers
+        .into_iter()
+        .map(|a| a.expect("callback_secret"))
+        .collect();
+    assert!(
+        candidates.contains(&answers[0]) && answers.iter().all(|a| *a == answers[0]),
+        "callback_secret: first callers at once agree on one secret: {answers:?}"
+    );
+    assert_eq!(
+        store
+            .callback_secret(&tenant, "whsec_later")
+            .await
+            .expect("callback_secret"),
+        answers[0],
+        "callback_secret: a stored secret is kept"
+    );
+    assert_ne!(
+        store
+            .callback_secret(&fresh_tenant(), "whsec_other")
+            .await
+            .expect("callback_secret"),
+        answers[0],
+        "callback_secret: each tenant has its own"
+    );
+}
+
+/// Callback jobs come back as sent, from the callback queue and from its dead-letter queue.
+pub async fn callback_queue_suite<Q, F, Fut>(queue: &Q, mut receive: F)
+where
+    Q: JobQueue,
+    F: FnMut(bool) -> Fut,
+    Fut: Future<Output = Vec<CallbackJob>>,
+{
+    let job = CallbackJob {
+        prediction_id: PredictionId::generate(),
+        event: CallbackEvent::Completed,
+        queued_at: NOW,
+    };
+    queue.send_callback(&job).await.expect("send_callback");
+    let dead = CallbackJob {
+        event: CallbackEvent::Start,
+        ..job.clone()
+    };
+    queue
+        .dead_letter_callback(&dead)
+        .await
+        .expect("dead_letter_callback");
+    for (dead_letter, expected) in [(false, &job), (true, &dead)] {
+        let mut found = false;
+        for _ in 0..20 {
+            if receive(dead_letter)
+                .await
+                .iter()
+                .any(|received| received == expected)
+            {
+                found = true;
+                break;
+            }
+        }
+        assert!(
+            found,
+            "{}: the job comes back as sent",
+            if dead_letter {
+                "dead_letter_callback"
+            } else {
+                "send_callback"
+            }
+        );
+    }
 }
 
 fn fresh_tenant() -> TenantId {

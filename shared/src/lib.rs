@@ -4,9 +4,12 @@
 pub mod app;
 pub mod aws;
 pub mod bootstrap;
+pub mod callbacks;
 pub mod config;
 pub mod conformance;
 pub mod cost;
+pub mod delivery;
+pub mod destination;
 pub mod memory;
 pub mod outputs;
 pub mod ports;
@@ -15,4 +18,5 @@ pub mod registry;
 pub mod replicate;
 pub mod telemetry;
 pub mod tenancy;
+pub mod uploads;
 pub mod webhook;

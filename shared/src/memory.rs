@@ -10,10 +10,12 @@ use serde_json::{Map, Value};
 use sha2::Digest as _;
 use url::Url;
 
+use crate::callbacks::{CallbackEvent, CallbackJob, CallbackStatus};
+use crate::delivery::{CallbackRequest, CallbackSender, DeliveryOutcome};
 use crate::outputs::{Download, OutputError, OutputSource};
 use crate::ports::{
-    AccountStore, ClaimOutcome, CopyJob, CopyQueue, ListCursor, ObjectStore, OpenEntry, OpenPage,
-    RecordStore, Settlement, StoreError, SyncMark, TenantPage, open_shard,
+    AccountStore, ClaimOutcome, CopyJob, JobQueue, ListCursor, ObjectRead, ObjectStore, OpenEntry,
+    OpenPage, PresignedPut, RecordStore, Settlement, StoreError, SyncMark, TenantPage, open_shard,
 };
 use crate::record::{Advance, Claim, ClaimGuard, Millis, PredictionId, PredictionRecord};
 use crate::replicate::{
@@ -24,6 +26,7 @@ use crate::tenancy::{
     CostSettlement, KeyId, KeyRecord, LimitsUpdate, RateWindow, Reservation, TenantId,
     TenantLimits, Usage, usage_key,
 };
+use crate::uploads::{UploadId, UploadRecord};
 use crate::webhook::WebhookSecret;
 
 /// The in-memory ports, for handler tests.
@@ -35,6 +38,35 @@ impl crate::app::Ports for InMemory {
     type Objects = MemoryObjects;
     type Downloads = MemorySource;
     type Queue = MemoryQueue;
+    type Callbacks = MemoryCallbacks;
+}
+
+/// Callback attempts, written down and answered as scripted (2xx unless told otherwise).
+#[derive(Default)]
+pub struct MemoryCallbacks {
+    sent: Mutex<Vec<CallbackRequest>>,
+    answers: Mutex<VecDeque<DeliveryOutcome>>,
+}
+
+impl MemoryCallbacks {
+    /// The next attempts get these answers, in order.
+    pub fn answer_next(&self, outcomes: impl IntoIterator<Item = DeliveryOutcome>) {
+        lock(&self.answers).extend(outcomes);
+    }
+
+    /// Every attempt so far.
+    pub fn sent(&self) -> Vec<CallbackRequest> {
+        lock(&self.sent).clone()
+    }
+}
+
+impl CallbackSender for MemoryCallbacks {
+    async fn post(&self, request: CallbackRequest) -> DeliveryOutcome {
+        lock(&self.sent).push(request);
+        lock(&self.answers)
+            .pop_front()
+            .unwrap_or(DeliveryOutcome::Delivered { status: 204 })
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -53,6 +85,10 @@ pub struct MemoryRecords {
     counters: Mutex<HashMap<String, HashMap<&'static str, i128>>>,
     /// Inserts that store their record but answer with an error (a lost answer).
     lost_insert_answers: Mutex<usize>,
+    /// The predictions the open index lists (DynamoDB's sparse `open_shard` attribute).
+    open: Mutex<std::collections::HashSet<PredictionId>>,
+    uploads: Mutex<HashMap<String, UploadRecord>>,
+    callback_secrets: Mutex<HashMap<TenantId, String>>,
 }
 
 impl MemoryRecords {
@@ -66,6 +102,30 @@ impl MemoryRecords {
 }
 
 impl AccountStore for MemoryRecords {
+    async fn put_upload(&self, upload: &UploadRecord) -> Result<(), StoreError> {
+        let mut uploads = lock(&self.uploads);
+        if uploads.contains_key(upload.id.as_str()) {
+            return Err(StoreError::new("create upload", "the upload exists"));
+        }
+        uploads.insert(upload.id.as_str().to_owned(), upload.clone());
+        Ok(())
+    }
+
+    async fn get_upload(&self, id: &UploadId) -> Result<Option<UploadRecord>, StoreError> {
+        Ok(lock(&self.uploads).get(id.as_str()).cloned())
+    }
+
+    async fn callback_secret(
+        &self,
+        tenant: &TenantId,
+        candidate: &str,
+    ) -> Result<String, StoreError> {
+        Ok(lock(&self.callback_secrets)
+            .entry(tenant.clone())
+            .or_insert_with(|| candidate.to_owned())
+            .clone())
+    }
+
     async fn create_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
         let mut keys = lock(&self.keys);
         if keys.contains_key(key.id.as_str()) {
@@ -264,6 +324,9 @@ impl RecordStore for MemoryRecords {
             return Err(StoreError::new("insert prediction", "id exists"));
         }
         predictions.insert(record.id.clone(), record.clone());
+        if !record.status.is_terminal() {
+            lock(&self.open).insert(record.id.clone());
+        }
         let mut lost = lock(&self.lost_insert_answers);
         if *lost > 0 {
             *lost -= 1;
@@ -330,7 +393,49 @@ impl RecordStore for MemoryRecords {
         // `if_not_exists`: a time already stored is kept.
         record.started_at = record.started_at.or(advance.started_at);
         record.completed_at = record.completed_at.or(advance.completed_at);
+        if advance.status.is_terminal() && !advance.keep_open {
+            lock(&self.open).remove(id);
+        }
         Ok(true)
+    }
+
+    async fn callback_queued(
+        &self,
+        id: &PredictionId,
+        event: CallbackEvent,
+    ) -> Result<bool, StoreError> {
+        let mut predictions = lock(&self.predictions);
+        let Some(callback) = predictions.get_mut(id).and_then(|r| r.callback.as_mut()) else {
+            return Ok(false);
+        };
+        if callback.event == Some(event) {
+            return Ok(false);
+        }
+        callback.event = Some(event);
+        callback.status = Some(CallbackStatus::Pending);
+        if event == CallbackEvent::Completed {
+            lock(&self.open).remove(id);
+        }
+        Ok(true)
+    }
+
+    async fn callback_attempted(
+        &self,
+        id: &PredictionId,
+        event: CallbackEvent,
+        status: CallbackStatus,
+    ) -> Result<(), StoreError> {
+        let mut predictions = lock(&self.predictions);
+        let Some(record) = predictions.get_mut(id) else {
+            return Ok(());
+        };
+        if let Some(callback) = record.callback.as_mut() {
+            callback.attempts = callback.attempts.saturating_add(1);
+            if callback.event == Some(event) {
+                callback.status = Some(status);
+            }
+        }
+        Ok(())
     }
 
     async fn claim_sync(
@@ -408,9 +513,10 @@ impl RecordStore for MemoryRecords {
             Some(c) => Some(parse_cursor(c)?),
             None => None,
         };
+        let listed = lock(&self.open).clone();
         let mut open: Vec<PredictionRecord> = lock(&self.predictions)
             .values()
-            .filter(|r| !r.status.is_terminal() && r.created_at < created_before)
+            .filter(|r| listed.contains(&r.id) && r.created_at < created_before)
             .filter(|r| open_shard(&r.id) == shard)
             .filter(|r| {
                 after
@@ -445,14 +551,35 @@ fn parse_cursor(cursor: &str) -> Result<(Millis, PredictionId), StoreError> {
     ))
 }
 
-/// Copy jobs, queued in order.
+/// Copy and callback jobs, queued in order.
 #[derive(Default)]
 pub struct MemoryQueue {
     jobs: Mutex<VecDeque<CopyJob>>,
+    callbacks: Mutex<VecDeque<CallbackJob>>,
+    dead_callbacks: Mutex<Vec<CallbackJob>>,
     failing_sends: Mutex<usize>,
 }
 
 impl MemoryQueue {
+    /// Takes every queued callback job.
+    pub fn drain_callbacks(&self) -> Vec<CallbackJob> {
+        lock(&self.callbacks).drain(..).collect()
+    }
+
+    /// The callback jobs dead-lettered so far.
+    pub fn dead_callbacks(&self) -> Vec<CallbackJob> {
+        lock(&self.dead_callbacks).clone()
+    }
+
+    fn injected_failure(&self, operation: &'static str) -> Result<(), StoreError> {
+        let mut failing = lock(&self.failing_sends);
+        if *failing > 0 {
+            *failing -= 1;
+            return Err(StoreError::new(operation, "injected failure"));
+        }
+        Ok(())
+    }
+
     /// Takes every queued job (a test then runs them, as the worker would).
     pub fn drain(&self) -> Vec<CopyJob> {
         lock(&self.jobs).drain(..).collect()
@@ -472,14 +599,22 @@ impl MemoryQueue {
     }
 }
 
-impl CopyQueue for MemoryQueue {
+impl JobQueue for MemoryQueue {
     async fn send_copy(&self, job: &CopyJob) -> Result<(), StoreError> {
-        let mut failing = lock(&self.failing_sends);
-        if *failing > 0 {
-            *failing -= 1;
-            return Err(StoreError::new("send copy job", "injected failure"));
-        }
+        self.injected_failure("send copy job")?;
         lock(&self.jobs).push_back(job.clone());
+        Ok(())
+    }
+
+    async fn send_callback(&self, job: &CallbackJob) -> Result<(), StoreError> {
+        self.injected_failure("send callback job")?;
+        lock(&self.callbacks).push_back(job.clone());
+        Ok(())
+    }
+
+    async fn dead_letter_callback(&self, job: &CallbackJob) -> Result<(), StoreError> {
+        self.injected_failure("dead-letter callback job")?;
+        lock(&self.dead_callbacks).push(job.clone());
         Ok(())
     }
 }
@@ -642,6 +777,38 @@ impl ObjectStore for MemoryObjects {
             "https://bucket.example/{key}?expires-in={}",
             ttl.as_secs()
         ))
+    }
+
+    async fn presign_put(
+        &self,
+        key: &str,
+        content_type: &str,
+        size: u64,
+        ttl: Duration,
+    ) -> Result<PresignedPut, StoreError> {
+        Ok(PresignedPut {
+            url: format!(
+                "https://bucket.example/{key}?method=PUT&expires-in={}",
+                ttl.as_secs()
+            ),
+            headers: vec![
+                ("content-length".to_owned(), size.to_string()),
+                ("content-type".to_owned(), content_type.to_owned()),
+            ],
+        })
+    }
+
+    async fn read_object(&self, key: &str, max_bytes: u64) -> Result<ObjectRead, StoreError> {
+        Ok(match lock(&self.objects).get(key) {
+            None => ObjectRead::Missing,
+            Some((bytes, _)) if bytes.len() as u64 > max_bytes => ObjectRead::TooLarge {
+                size: bytes.len() as u64,
+            },
+            Some((bytes, content_type)) => ObjectRead::Found {
+                content_type: content_type.clone(),
+                bytes: Bytes::from(bytes.clone()),
+            },
+        })
     }
 }
 
@@ -1068,6 +1235,25 @@ impl<T: RecordStore> RecordStore for Recorded<T> {
         self.inner.advance(id, advance).await
     }
 
+    async fn callback_queued(
+        &self,
+        id: &PredictionId,
+        event: CallbackEvent,
+    ) -> Result<bool, StoreError> {
+        self.note("callback_queued");
+        self.inner.callback_queued(id, event).await
+    }
+
+    async fn callback_attempted(
+        &self,
+        id: &PredictionId,
+        event: CallbackEvent,
+        status: CallbackStatus,
+    ) -> Result<(), StoreError> {
+        self.note("callback_attempted");
+        self.inner.callback_attempted(id, event, status).await
+    }
+
     async fn claim_sync(
         &self,
         id: &PredictionId,
@@ -1104,6 +1290,25 @@ impl<T: RecordStore> RecordStore for Recorded<T> {
 }
 
 impl<T: AccountStore> AccountStore for Recorded<T> {
+    async fn put_upload(&self, upload: &UploadRecord) -> Result<(), StoreError> {
+        self.note_claim("put_upload", &format!("upload#{}", upload.id));
+        self.inner.put_upload(upload).await
+    }
+
+    async fn get_upload(&self, id: &UploadId) -> Result<Option<UploadRecord>, StoreError> {
+        self.note_claim("get_upload", &format!("upload#{id}"));
+        self.inner.get_upload(id).await
+    }
+
+    async fn callback_secret(
+        &self,
+        tenant: &TenantId,
+        candidate: &str,
+    ) -> Result<String, StoreError> {
+        self.note_claim("callback_secret", &format!("whsec#{tenant}"));
+        self.inner.callback_secret(tenant, candidate).await
+    }
+
     async fn create_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
         self.note("create_key");
         self.inner.create_key(key).await
@@ -1160,10 +1365,20 @@ impl<T: AccountStore> AccountStore for Recorded<T> {
     }
 }
 
-impl<T: CopyQueue> CopyQueue for Recorded<T> {
+impl<T: JobQueue> JobQueue for Recorded<T> {
     async fn send_copy(&self, job: &CopyJob) -> Result<(), StoreError> {
         self.note("send_copy");
         self.inner.send_copy(job).await
+    }
+
+    async fn send_callback(&self, job: &CallbackJob) -> Result<(), StoreError> {
+        self.note("send_callback");
+        self.inner.send_callback(job).await
+    }
+
+    async fn dead_letter_callback(&self, job: &CallbackJob) -> Result<(), StoreError> {
+        self.note("dead_letter_callback");
+        self.inner.dead_letter_callback(job).await
     }
 }
 
@@ -1214,6 +1429,22 @@ impl<T: ObjectStore> ObjectStore for Recorded<T> {
     async fn presign_get(&self, key: &str, ttl: Duration) -> Result<String, StoreError> {
         self.note_key("presign_get", key);
         self.inner.presign_get(key, ttl).await
+    }
+
+    async fn presign_put(
+        &self,
+        key: &str,
+        content_type: &str,
+        size: u64,
+        ttl: Duration,
+    ) -> Result<PresignedPut, StoreError> {
+        self.note_key("presign_put", key);
+        self.inner.presign_put(key, content_type, size, ttl).await
+    }
+
+    async fn read_object(&self, key: &str, max_bytes: u64) -> Result<ObjectRead, StoreError> {
+        self.note_key("read_object", key);
+        self.inner.read_object(key, max_bytes).await
     }
 }
 

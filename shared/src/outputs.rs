@@ -496,7 +496,7 @@ fn image_type_from_header(value: &str) -> Option<(&'static str, &'static str)> {
     }
 }
 
-pub(crate) fn hex(bytes: &[u8]) -> String {
+pub fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write as _;
     bytes
         .iter()

@@ -8,12 +8,14 @@ use bytes::Bytes;
 
 use serde::{Deserialize, Serialize};
 
+use crate::callbacks::{CallbackEvent, CallbackJob, CallbackStatus};
 use crate::record::{Advance, Claim, ClaimGuard, Millis, PredictionId, PredictionRecord};
 use crate::replicate::Prediction;
 use crate::tenancy::{
     CostSettlement, KeyId, KeyRecord, LimitsUpdate, RateWindow, Reservation, TenantId,
     TenantLimits, Usage,
 };
+use crate::uploads::{UploadId, UploadRecord};
 
 /// A storage call failed. The message is for logs only; clients see a generic 5xx.
 #[derive(Debug, thiserror::Error)]
@@ -217,6 +219,24 @@ pub trait RecordStore: Send + Sync {
         not_since: Millis,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
+    /// Notes that `event`'s callback was queued: it becomes the event whose delivery the
+    /// record shows (`pending`); for `completed`, the record also leaves the open index.
+    /// `false` if that event was already noted (nothing changed).
+    fn callback_queued(
+        &self,
+        id: &PredictionId,
+        event: CallbackEvent,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Counts one delivery attempt of `event`, and sets the delivery status to `status` if
+    /// `event` is still the one the record shows.
+    fn callback_attempted(
+        &self,
+        id: &PredictionId,
+        event: CallbackEvent,
+        status: CallbackStatus,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
     /// Up to `limit` of a tenant's predictions, newest first, after `cursor` (a tie in
     /// creation time is broken by id, so paging never skips or repeats one).
     fn list_tenant(
@@ -259,9 +279,23 @@ impl CopyJob {
     }
 }
 
-pub trait CopyQueue: Send + Sync {
+/// The durable queues: output copies, and callbacks to callers.
+pub trait JobQueue: Send + Sync {
     /// Queues the job durably; an error means it was not queued.
     fn send_copy(&self, job: &CopyJob) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Queues a callback event durably; an error means it was not queued.
+    fn send_callback(
+        &self,
+        job: &CallbackJob,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Moves an event whose retry window closed to the dead-letter queue (where operators
+    /// see it, alarmed).
+    fn dead_letter_callback(
+        &self,
+        job: &CallbackJob,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 
 /// Where output files are kept.
@@ -308,11 +342,66 @@ pub trait ObjectStore: Send + Sync {
         key: &str,
         ttl: Duration,
     ) -> impl Future<Output = Result<String, StoreError>> + Send;
+
+    /// A time-limited URL to PUT exactly `size` bytes of `content_type` at `key`, and the
+    /// headers the PUT must carry (both are signed, so S3 refuses any other).
+    fn presign_put(
+        &self,
+        key: &str,
+        content_type: &str,
+        size: u64,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<PresignedPut, StoreError>> + Send;
+
+    /// Reads an object back, unless it is larger than `max_bytes` (then only its size is
+    /// told, and no byte is read).
+    fn read_object(
+        &self,
+        key: &str,
+        max_bytes: u64,
+    ) -> impl Future<Output = Result<ObjectRead, StoreError>> + Send;
 }
 
-/// API keys and each tenant's rate and usage counters: every check that must hold across
-/// all Lambda instances at once is one conditional write here.
+/// A presigned PUT: where to send it, and the headers it must carry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PresignedPut {
+    pub url: String,
+    pub headers: Vec<(String, String)>,
+}
+
+/// An object as `read_object` found it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ObjectRead {
+    Missing,
+    TooLarge { size: u64 },
+    Found { content_type: String, bytes: Bytes },
+}
+
+/// API keys, each tenant's rate and usage counters, upload slots and callback signing
+/// secrets: every check that must hold across all Lambda instances at once is one
+/// conditional write here.
 pub trait AccountStore: Send + Sync {
+    /// Stores a new upload slot; fails if one with its id exists.
+    fn put_upload(
+        &self,
+        upload: &UploadRecord,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// An upload slot (strongly consistent), whoever's it is.
+    fn get_upload(
+        &self,
+        id: &UploadId,
+    ) -> impl Future<Output = Result<Option<UploadRecord>, StoreError>> + Send;
+
+    /// The tenant's callback signing secret (`whsec_…`): the stored one, or `candidate`
+    /// once stored. Two first callers at once agree on one (a conditional put; the loser
+    /// reads the winner's).
+    fn callback_secret(
+        &self,
+        tenant: &TenantId,
+        candidate: &str,
+    ) -> impl Future<Output = Result<String, StoreError>> + Send;
+
     /// Stores a new key; fails if a key with its id exists.
     fn create_key(&self, key: &KeyRecord) -> impl Future<Output = Result<(), StoreError>> + Send;
 

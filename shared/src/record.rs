@@ -6,6 +6,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use std::collections::BTreeMap;
+
+use crate::callbacks::{CallbackEvent, CallbackState};
 use crate::cost::{Micros, Price};
 use crate::replicate::{Metrics, PredictionStatus};
 use crate::tenancy::TenantId;
@@ -188,6 +191,11 @@ pub struct PredictionRecord {
     pub cost_estimate: Micros,
     /// What Replicate billed, once the prediction ended.
     pub cost: Option<Micros>,
+    /// The SHA-256 of each uploaded image the input names (`upload://` field → content),
+    /// as submit verified and sent it.
+    pub input_files: BTreeMap<String, String>,
+    /// The caller's callback, if it asked for one.
+    pub callback: Option<CallbackState>,
 }
 
 impl PredictionRecord {
@@ -199,6 +207,14 @@ impl PredictionRecord {
     /// Whether DynamoDB's TTL has passed: such a record is treated as gone.
     pub fn is_expired(&self, now: Millis) -> bool {
         ttl_passed(self.expires_at, now)
+    }
+
+    /// Whether its `completed` callback is still to be queued: then the record stays in the
+    /// open index after it ends, so the reconciler queues it if whoever ended it could not.
+    pub fn owes_completed_callback(&self) -> bool {
+        self.callback.as_ref().is_some_and(|c| {
+            c.target.wants(CallbackEvent::Completed) && c.event != Some(CallbackEvent::Completed)
+        })
     }
 
     /// Whether `tenant` may see this prediction.
@@ -233,6 +249,9 @@ pub struct Advance {
     pub completed_at: Option<Millis>,
     /// What Replicate billed: set with a terminal status (`App::finish` computes it).
     pub cost: Option<Micros>,
+    /// A terminal advance leaves the record in the open index (a callback is still to be
+    /// queued; `RecordStore::callback_queued` takes it out).
+    pub keep_open: bool,
 }
 
 impl Advance {
@@ -247,6 +266,7 @@ impl Advance {
             started_at: None,
             completed_at: Some(now),
             cost: None,
+            keep_open: false,
         }
     }
 }

@@ -70,6 +70,18 @@ impl WebhookSecret {
         Ok(Self { key })
     }
 
+    /// A new random secret (two v4 UUIDs' bytes: 244 random bits from the OS).
+    pub fn generate() -> Self {
+        let mut key = uuid::Uuid::new_v4().into_bytes().to_vec();
+        key.extend(uuid::Uuid::new_v4().into_bytes());
+        Self { key }
+    }
+
+    /// `whsec_<base64>`, as `parse` reads it back. It is the secret: never log it.
+    pub fn to_text(&self) -> String {
+        format!("whsec_{}", BASE64.encode(&self.key))
+    }
+
     fn tag(&self, id: &str, timestamp: &str, body: &[u8]) -> [u8; 32] {
         let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.key)
             .expect("HMAC accepts keys of any length");

@@ -9,14 +9,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use imagegen_shared::aws::{AwsClients, ensure_bucket, ensure_queue, ensure_table};
+use imagegen_shared::aws::{AwsClients, ensure_bucket, ensure_table};
 use imagegen_shared::bootstrap::{ProductionApp, build_app};
 use imagegen_shared::ports::{AccountStore, RecordStore};
 use imagegen_shared::record::{PredictionId, PredictionRecord};
 use imagegen_shared::tenancy::{ApiKey, KeyRecord, LimitsUpdate, TenantId};
 use local_stack::dev::{
-    LOCAL_MAX_RECEIVES, LOCAL_VISIBILITY_TIMEOUT_SECONDS, serve_app_metered,
-    spawn_copy_worker_metered,
+    ensure_local_queues, serve_app_metered, spawn_callback_worker, spawn_copy_worker_metered,
 };
 use local_stack::http_server::{Server, bind_loopback};
 use local_stack::meter::Invocations;
@@ -38,6 +37,7 @@ pub struct Stack {
     pub api_key: String,
     _server: Server,
     _copier: AbortOnDrop,
+    _callbacks: AbortOnDrop,
 }
 
 /// Stops the stack's copy worker with the stack.
@@ -113,20 +113,21 @@ impl Stack {
         let name = format!("it-{}", uuid::Uuid::new_v4().simple());
         ensure_table(&aws.dynamodb, &name).await.expect("table");
         ensure_bucket(&aws.s3, &name).await.expect("bucket");
-        let queue = ensure_queue(
-            &aws.sqs,
-            &name,
-            LOCAL_VISIBILITY_TIMEOUT_SECONDS,
-            LOCAL_MAX_RECEIVES,
-        )
-        .await
-        .expect("queue");
+        let queues = ensure_local_queues(&aws.sqs, &name).await.expect("queues");
+        let queue = queues.copy.clone();
         let listener = bind_loopback(0).await.expect("bind");
         let addr = listener.local_addr().expect("address");
         let mut vars: HashMap<String, String> = [
             ("TABLE_NAME", name.clone()),
             ("BUCKET_NAME", name.clone()),
             ("COPY_QUEUE_URL", queue.clone()),
+            ("CALLBACK_QUEUE_URL", queues.callback.clone()),
+            (
+                "CALLBACK_DEAD_LETTER_QUEUE_URL",
+                queues.callback_dead_letter.clone(),
+            ),
+            // Callback retries after 1 s, 2 s, … instead of 30 s.
+            ("CALLBACK_RETRY_BASE_SECONDS", "1".to_owned()),
             ("PUBLIC_BASE_URL", format!("http://{addr}")),
             ("REPLICATE_API_BASE_URL", sim.api_base()),
             ("REPLICATE_API_TOKEN", "r8_integration".to_owned()),
@@ -146,6 +147,7 @@ impl Stack {
         );
         let copier =
             spawn_copy_worker_metered(app.clone(), aws.sqs.clone(), queue, invocations.clone());
+        let callbacks = spawn_callback_worker(app.clone(), aws.sqs.clone());
         let server = serve_app_metered(listener, app.clone(), invocations);
         let api_key = create_key(&app, TENANT, 100_000, None).await;
         Self {
@@ -159,7 +161,56 @@ impl Stack {
             api_key,
             _server: server,
             _copier: AbortOnDrop(copier),
+            _callbacks: AbortOnDrop(callbacks),
         }
+    }
+
+    /// An upload slot for `size` bytes of `content_type`, as `client`'s tenant.
+    pub async fn upload_slot(
+        &self,
+        client: &reqwest::Client,
+        content_type: &str,
+        size: usize,
+    ) -> (StatusCode, Value) {
+        read(
+            client
+                .post(format!("{}/v1/uploads", self.base))
+                .json(&serde_json::json!({"content_type": content_type, "size": size}))
+                .send()
+                .await
+                .expect("upload slot"),
+        )
+        .await
+    }
+
+    /// PUTs `bytes` to a slot's URL with the headers it names (`content_type` overrides
+    /// the slot's, to send something else than declared); the upload's status.
+    pub async fn put_upload(&self, slot: &Value, bytes: Vec<u8>) -> StatusCode {
+        let mut request = self
+            .plain
+            .put(slot["upload_url"].as_str().expect("upload_url"));
+        for (name, value) in slot["headers"].as_object().expect("headers") {
+            // The client sets the length of what it really sends.
+            if name != "content-length" {
+                request = request.header(name, value.as_str().unwrap_or_default());
+            }
+        }
+        request
+            .body(bytes)
+            .send()
+            .await
+            .expect("PUT upload")
+            .status()
+    }
+
+    /// A slot with `bytes` uploaded to it, as this stack's tenant; its `upload://` ref.
+    pub async fn uploaded(&self, content_type: &str, bytes: Vec<u8>) -> String {
+        let (status, slot) = self
+            .upload_slot(&self.http, content_type, bytes.len())
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{slot}");
+        assert!(self.put_upload(&slot, bytes).await.is_success());
+        slot["ref"].as_str().expect("ref").to_owned()
     }
 
     /// A new API key of `tenant` in this stack's table (setting the tenant's limits).
@@ -306,9 +357,19 @@ pub fn png_data_url(width: u32, height: u32) -> String {
 /// A PNG of noise (it does not compress) of about `bytes` bytes, as a data URL: for inputs
 /// near the inline-image cap.
 pub fn noise_png_data_url(bytes: usize) -> String {
+    data_url(&noise_png(bytes))
+}
+
+/// A PNG of noise of about `bytes` bytes.
+pub fn noise_png(bytes: usize) -> Vec<u8> {
     let side = ((bytes / 3) as f64).sqrt() as u32;
+    noise_png_sized(side, side)
+}
+
+/// A `width`×`height` PNG of noise.
+pub fn noise_png_sized(width: u32, height: u32) -> Vec<u8> {
     let mut state = 0x2545_f491_u32;
-    png_as_data_url(&image::RgbImage::from_fn(side, side, |_, _| {
+    png_bytes(&image::RgbImage::from_fn(width, height, |_, _| {
         let mut next = || {
             state ^= state << 13;
             state ^= state >> 17;
@@ -320,13 +381,21 @@ pub fn noise_png_data_url(bytes: usize) -> String {
 }
 
 fn png_as_data_url(image: &image::RgbImage) -> String {
+    data_url(&png_bytes(image))
+}
+
+fn png_bytes(image: &image::RgbImage) -> Vec<u8> {
     let mut bytes = std::io::Cursor::new(Vec::new());
     image
         .write_to(&mut bytes, image::ImageFormat::Png)
         .expect("encode");
+    bytes.into_inner()
+}
+
+fn data_url(png: &[u8]) -> String {
     format!(
         "data:image/png;base64,{}",
-        base64::engine::general_purpose::STANDARD.encode(bytes.into_inner())
+        base64::engine::general_purpose::STANDARD.encode(png)
     )
 }
 

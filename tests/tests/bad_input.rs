@@ -10,7 +10,7 @@ use base64::Engine as _;
 use imagegen_shared::app::{App, PortSet};
 use imagegen_shared::config::Settings;
 use imagegen_shared::memory::{
-    FakeReplicate, MemoryObjects, MemoryQueue, MemoryRecords, MemorySource,
+    FakeReplicate, MemoryCallbacks, MemoryObjects, MemoryQueue, MemoryRecords, MemorySource,
 };
 use imagegen_shared::registry::ModelRegistry;
 use imagegen_shared::tenancy::{ApiKey, KeyRecord, MAX_RATE_PER_MINUTE, TenantId, TenantLimits};
@@ -26,7 +26,11 @@ const API_KEY: &str = "igk_bad_input_property_tests_key_0123456789";
 
 fn app() -> TestApp {
     let settings = Settings::from_lookup(|name| match name {
-        "TABLE_NAME" | "BUCKET_NAME" | "COPY_QUEUE_URL" => Some("x".into()),
+        "TABLE_NAME"
+        | "BUCKET_NAME"
+        | "COPY_QUEUE_URL"
+        | "CALLBACK_QUEUE_URL"
+        | "CALLBACK_DEAD_LETTER_QUEUE_URL" => Some("x".into()),
         "REPLICATE_WEBHOOK_SECRET" => Some(SECRET.into()),
         "PUBLIC_BASE_URL" => Some("https://api.example.com".into()),
         _ => None,
@@ -46,6 +50,7 @@ fn app() -> TestApp {
         objects: MemoryObjects::default(),
         downloads: MemorySource::default(),
         queue: MemoryQueue::default(),
+        callbacks: MemoryCallbacks::default(),
     };
     App::new(ports, ModelRegistry::shipped().unwrap(), settings)
 }

@@ -4,11 +4,14 @@
 //! so the fakes and the adapters cannot drift apart unnoticed.
 
 use imagegen_shared::aws::{
-    AwsClients, DynamoRecords, S3Objects, SqsCopyQueue, ensure_bucket, ensure_queue, ensure_table,
+    AwsClients, DynamoRecords, QueueUrls, S3Objects, SqsQueues, ensure_bucket, ensure_queue,
+    ensure_queue_pair, ensure_table,
 };
 use imagegen_shared::conformance::{
-    account_store_suite, copy_queue_suite, object_store_suite, record_store_suite,
+    account_store_suite, callback_queue_suite, copy_queue_suite, object_store_suite,
+    record_store_suite,
 };
+use imagegen_shared::memory::MemoryQueue;
 use imagegen_shared::ports::CopyJob;
 use integration_tests::aws_endpoint;
 
@@ -72,7 +75,14 @@ async fn sqs_copy_queue_conforms() {
     let url = ensure_queue(&aws.sqs, &unique_name(), 30, 3)
         .await
         .expect("queue");
-    let queue = SqsCopyQueue::new(aws.sqs.clone(), &url);
+    let queue = SqsQueues::new(
+        aws.sqs.clone(),
+        QueueUrls {
+            copy: url.clone(),
+            callback: url.clone(),
+            callback_dead_letter: url.clone(),
+        },
+    );
     let sqs = &aws.sqs;
     let url = &url;
     copy_queue_suite(&queue, || async move {
@@ -98,6 +108,59 @@ async fn sqs_copy_queue_conforms() {
                 .expect("delete message");
         }
         jobs
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn sqs_callback_queues_conform() {
+    let aws = AwsClients::local(&aws_endpoint()).await;
+    let pair = ensure_queue_pair(&aws.sqs, &unique_name(), 30, 1000)
+        .await
+        .expect("queues");
+    let queue = SqsQueues::new(
+        aws.sqs.clone(),
+        QueueUrls {
+            copy: pair.url.clone(),
+            callback: pair.url.clone(),
+            callback_dead_letter: pair.dead_letter_url.clone(),
+        },
+    );
+    let sqs = &aws.sqs;
+    let pair = &pair;
+    callback_queue_suite(&queue, |dead_letter| async move {
+        let url = if dead_letter {
+            &pair.dead_letter_url
+        } else {
+            &pair.url
+        };
+        let received = sqs
+            .receive_message()
+            .queue_url(url)
+            .max_number_of_messages(10)
+            .wait_time_seconds(1)
+            .send()
+            .await
+            .expect("receive message");
+        received
+            .messages()
+            .iter()
+            .filter_map(|m| m.body().and_then(|b| serde_json::from_str(b).ok()))
+            .collect()
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn memory_callback_queues_conform() {
+    let queue = MemoryQueue::default();
+    let queue = &queue;
+    callback_queue_suite(queue, |dead_letter| async move {
+        if dead_letter {
+            queue.dead_callbacks()
+        } else {
+            queue.drain_callbacks()
+        }
     })
     .await;
 }

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use imagegen_shared::outputs::{
     Download, HostAllowlist, OutputError, OutputSource, PART_SIZE, store_outputs,
 };
-use imagegen_shared::ports::{ObjectStore, StoreError};
+use imagegen_shared::ports::{ObjectRead, ObjectStore, PresignedPut, StoreError};
 use imagegen_shared::record::PredictionId;
 use integration_tests::heap::{self, Counting};
 
@@ -111,6 +111,21 @@ impl ObjectStore for Sink {
 
     async fn presign_get(&self, key: &str, _: Duration) -> Result<String, StoreError> {
         Ok(key.to_owned())
+    }
+
+    // Output storage never writes through slots nor reads objects back.
+    async fn presign_put(
+        &self,
+        _: &str,
+        _: &str,
+        _: u64,
+        _: Duration,
+    ) -> Result<PresignedPut, StoreError> {
+        Err(StoreError::new("presign put", "the sink keeps no uploads"))
+    }
+
+    async fn read_object(&self, _: &str, _: u64) -> Result<ObjectRead, StoreError> {
+        Err(StoreError::new("read object", "the sink keeps no bytes"))
     }
 }
 

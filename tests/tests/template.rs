@@ -14,12 +14,18 @@ use imagegen_shared::app::{App, PortSet};
 use imagegen_shared::aws::{
     OPEN_INDEX, OPEN_SHARD_ATTRIBUTE, TENANT_INDEX, TTL_ATTRIBUTE, iam_actions, item_actions,
 };
-use imagegen_shared::bootstrap::{SqsBatch, SqsMessage, TokenSource, boot_config, copy_batch};
+use imagegen_shared::bootstrap::{
+    BatchResponse, Redelivery, SqsBatch, SqsMessage, TokenSource, boot_config, callback_batch,
+    copy_batch,
+};
 use imagegen_shared::config::Settings;
+use imagegen_shared::delivery::DeliveryOutcome;
 use imagegen_shared::memory::{
-    FakeReplicate, MemoryObjects, MemoryQueue, MemoryRecords, MemorySource, Recorded, RecordedCall,
+    FakeReplicate, MemoryCallbacks, MemoryObjects, MemoryQueue, MemoryRecords, MemorySource,
+    Recorded, RecordedCall,
 };
 use imagegen_shared::outputs::PART_SIZE;
+use imagegen_shared::ports::{ObjectStore, StoreError};
 use imagegen_shared::record::{Claim, PredictionId, PredictionRecord};
 use imagegen_shared::registry::ModelRegistry;
 use imagegen_shared::replicate::{Prediction, PredictionStatus, ReplicateApi, ReplicateError};
@@ -29,12 +35,13 @@ use lambda_http::Body;
 use serde_json::{Value, json};
 use yaml_rust2::{Yaml, YamlLoader};
 
-const FUNCTIONS: [(&str, Handler, &str); 5] = [
+const FUNCTIONS: [(&str, Handler, &str); 6] = [
     ("SubmitFunction", Handler::Submit, "submit"),
     ("WebhookFunction", Handler::Webhook, "webhook"),
     ("FetchResultFunction", Handler::Fetch, "fetch-result"),
     ("ReconcilerFunction", Handler::Reconcile, "reconciler"),
     ("CopierFunction", Handler::Copy, "copier"),
+    ("CallbacksFunction", Handler::Callbacks, "callbacks"),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -44,6 +51,7 @@ enum Handler {
     Fetch,
     Reconcile,
     Copy,
+    Callbacks,
 }
 
 /// What an IAM statement is scoped to, as the template names it.
@@ -59,6 +67,8 @@ enum Resource {
     /// Objects under one prefix of the bucket, e.g. `outputs/*`.
     Objects(String),
     CopyQueue,
+    CallbackQueue,
+    CallbackDeadLetterQueue,
     TokenParameter,
     TokenKey,
 }
@@ -138,6 +148,8 @@ fn parse_resource(text: &str) -> Resource {
         t if t == open_index => Resource::OpenIndex,
         t if t == tenant_index => Resource::TenantIndex,
         "CopyQueue.Arn" => Resource::CopyQueue,
+        "CallbackQueue.Arn" => Resource::CallbackQueue,
+        "CallbackDeadLetterQueue.Arn" => Resource::CallbackDeadLetterQueue,
         "arn:${AWS::Partition}:ssm:${AWS::Region}:${AWS::AccountId}:parameter${ReplicateApiTokenParameter}" => {
             Resource::TokenParameter
         }
@@ -262,6 +274,7 @@ impl imagegen_shared::app::Ports for Recording {
     type Objects = Recorded<MemoryObjects>;
     type Downloads = MemorySource;
     type Queue = Recorded<MemoryQueue>;
+    type Callbacks = MemoryCallbacks;
 }
 
 type RecordingApp = App<Recording>;
@@ -270,6 +283,7 @@ const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const TENANT: &str = "template";
 const API_KEY: &str = "igk_template_scenario_key_0123456789abcdef";
 const SMALL: &str = "https://replicate.delivery/small.png";
+const CALLBACK_HOST: &str = "127.0.0.1:9";
 const LARGE: &str = "https://replicate.delivery/large.png";
 /// Replicate no longer serves it (404): the copy fails for good.
 const MISSING: &str = "https://replicate.delivery/missing.png";
@@ -306,6 +320,8 @@ fn grants_of(method: &str, prefix: Option<&str>) -> Vec<(String, Resource)> {
         ("list_open", _) => Resource::OpenIndex,
         ("list_tenant", _) => Resource::TenantIndex,
         ("send_copy", _) => Resource::CopyQueue,
+        ("send_callback", _) => Resource::CallbackQueue,
+        ("dead_letter_callback", _) => Resource::CallbackDeadLetterQueue,
         (_, Some(prefix)) => Resource::Objects(prefix.to_owned()),
         (other, None) => panic!("port method {other} acts on nothing known"),
     };
@@ -319,8 +335,14 @@ impl Scenario {
     fn new() -> Self {
         let calls = Arc::new(Mutex::new(Vec::new()));
         let settings = Settings::from_lookup(|name| match name {
-            "TABLE_NAME" | "BUCKET_NAME" | "COPY_QUEUE_URL" => Some("x".into()),
+            "TABLE_NAME"
+            | "BUCKET_NAME"
+            | "COPY_QUEUE_URL"
+            | "CALLBACK_QUEUE_URL"
+            | "CALLBACK_DEAD_LETTER_QUEUE_URL" => Some("x".into()),
             "PUBLIC_BASE_URL" => Some("https://api.example.com".into()),
+            // A literal loopback address, listed: no DNS; nothing is sent (MemoryCallbacks).
+            "CALLBACK_ALLOW_HOSTS" => Some(CALLBACK_HOST.into()),
             "REPLICATE_WEBHOOK_SECRET" => Some(SECRET.into()),
             "RESOLVE_AFTER_SECONDS" => Some("1".into()),
             _ => None,
@@ -343,6 +365,7 @@ impl Scenario {
             objects: Recorded::new(MemoryObjects::default(), calls.clone()),
             downloads: source,
             queue: Recorded::new(MemoryQueue::default(), calls.clone()),
+            callbacks: MemoryCallbacks::default(),
         };
         Self {
             app: App::new(ports, ModelRegistry::shipped().unwrap(), settings),
@@ -522,6 +545,7 @@ impl Scenario {
                 records: vec![SqsMessage {
                     message_id: format!("m{n}"),
                     body: body.clone(),
+                    ..SqsMessage::default()
                 }],
             };
             self.begin();
@@ -535,6 +559,63 @@ impl Scenario {
         failed
     }
 
+    /// Delivers every queued callback job once, as one batch of the callbacks function.
+    async fn deliver_callbacks(&mut self) -> BatchResponse {
+        let records = self
+            .app
+            .queue
+            .inner
+            .drain_callbacks()
+            .iter()
+            .enumerate()
+            .map(|(n, job)| SqsMessage {
+                message_id: format!("cb{n}"),
+                body: serde_json::to_string(job).unwrap(),
+                ..SqsMessage::default()
+            })
+            .collect();
+        self.begin();
+        let response = callback_batch(&self.app, SqsBatch { records }, &NoRedelivery).await;
+        self.file(Handler::Callbacks);
+        response
+    }
+
+    /// `POST /v1/uploads`, which the submit function serves.
+    async fn upload_slot(&mut self, size: usize) -> (u16, Value) {
+        let request = http::Request::builder()
+            .method("POST")
+            .uri("/v1/uploads")
+            .header("authorization", format!("Bearer {API_KEY}"))
+            .body(Body::Text(
+                json!({"content_type": "image/png", "size": size}).to_string(),
+            ))
+            .unwrap();
+        self.http(Handler::Submit, request).await
+    }
+
+    /// `GET /v1/webhooks/secret`, which the fetch-result function serves.
+    async fn callback_secret(&mut self) -> (u16, Value) {
+        let request = http::Request::builder()
+            .uri("/v1/webhooks/secret")
+            .header("authorization", format!("Bearer {API_KEY}"))
+            .body(Body::Empty)
+            .unwrap();
+        self.http(Handler::Fetch, request).await
+    }
+
+    /// Submits with a callback for both events and returns the ids.
+    async fn submitted_with_callback(&mut self, p: &str) -> (String, String) {
+        let mut body = prompt(p);
+        body["webhook"] = json!(format!("http://{CALLBACK_HOST}/hook"));
+        body["webhook_events_filter"] = json!(["start", "completed"]);
+        let (status, body) = self.submit(body, &[]).await;
+        assert_eq!(status, 202, "{body}");
+        (
+            body["id"].as_str().unwrap().to_owned(),
+            self.last_replicate_id(),
+        )
+    }
+
     /// Runs every queued copy job once; returns the failed ones.
     async fn copy_queued(&mut self) -> Vec<String> {
         let bodies = self
@@ -546,6 +627,16 @@ impl Scenario {
             .map(|job| serde_json::to_string(job).unwrap())
             .collect();
         self.copy(bodies).await
+    }
+}
+
+/// The callbacks function's `ChangeMessageVisibility` (granted by hand below: it is no
+/// port call); here nothing to hide.
+struct NoRedelivery;
+
+impl Redelivery for NoRedelivery {
+    async fn hide_for(&self, _: &str, _: Duration) -> Result<(), StoreError> {
+        Ok(())
     }
 }
 
@@ -852,8 +943,92 @@ async fn port_calls_by_handler() -> BTreeMap<Handler, Grants> {
     s.app.clock.advance(Duration::from_secs(11 * 60));
     assert_eq!(s.fetch(orphan.id.as_str()).await.1["status"], "failed");
 
+    let c = callback_and_upload_calls().await;
     let mut calls = s.by_handler;
     merge(&mut calls, u.by_handler);
+    merge(&mut calls, c);
+    calls
+}
+
+/// Uploads, and predictions with callbacks ended by every handler that ends predictions;
+/// then the callbacks function delivers, retries and dead-letters their events.
+async fn callback_and_upload_calls() -> BTreeMap<Handler, Grants> {
+    let mut c = Scenario::new();
+    // Uploads: a slot, then a submit naming it (read back, verified, stored under inputs/).
+    // A PNG signature and header (640×480), then filler: what sniffing reads.
+    let mut image = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR".to_vec();
+    image.extend(640u32.to_be_bytes());
+    image.extend(480u32.to_be_bytes());
+    image.extend([8, 6, 0, 0, 0]);
+    image.resize(4_000, 3);
+    let (status, slot) = c.upload_slot(image.len()).await;
+    assert_eq!(status, 201, "{slot}");
+    let key = format!("uploads/{}", slot["id"].as_str().unwrap());
+    c.app
+        .objects
+        .inner
+        .put_object(&key, "image/png", image.into())
+        .await
+        .unwrap();
+    let body = json!({"model": "sdxl-img2img", "input": {"prompt": "a cat", "image": slot["ref"]}});
+    let (status, body) = c.submit(body, &[]).await;
+    assert_eq!(status, 202, "{body}");
+
+    // Callbacks: `start` is queued by submit; `completed` by whoever ends the prediction.
+    let (hooked_run, _) = c.submitted_with_callback("cb cancel").await;
+    assert_eq!(c.cancel(&hooked_run).await.1["status"], "canceled");
+    let (by_webhook, rep) = c.submitted_with_callback("cb webhook").await;
+    let failed = c.set_remote(&rep, PredictionStatus::Failed, &[]).await;
+    assert_eq!(c.webhook(&by_webhook, &failed).await.1["result"], "applied");
+    let (by_copier, rep) = c.submitted_with_callback("cb copier").await;
+    let done = c
+        .set_remote(&rep, PredictionStatus::Succeeded, &[SMALL])
+        .await;
+    assert_eq!(c.webhook(&by_copier, &done).await.1["result"], "queued");
+    assert!(c.copy_queued().await.is_empty());
+    let (by_fetch, rep) = c.submitted_with_callback("cb fetch").await;
+    c.set_remote(&rep, PredictionStatus::Failed, &[]).await;
+    c.app.clock.advance(Duration::from_secs(10));
+    assert_eq!(c.fetch(&by_fetch).await.1["status"], "failed");
+    let (by_reconcile, rep) = c.submitted_with_callback("cb reconcile").await;
+    c.set_remote(&rep, PredictionStatus::Failed, &[]).await;
+    // The reconciler also queues a `completed` event whose first send failed.
+    let (lost_send, rep) = c.submitted_with_callback("cb lost send").await;
+    let failed = c.set_remote(&rep, PredictionStatus::Failed, &[]).await;
+    c.app.queue.inner.fail_next_sends(1);
+    assert_eq!(c.webhook(&lost_send, &failed).await.1["result"], "applied");
+    c.app.clock.advance(Duration::from_secs(180));
+    let report = c.reconcile().await;
+    assert!(report["callbacks_queued"].as_u64() >= Some(1), "{report}");
+    for id in [&by_reconcile, &lost_send] {
+        let callback = c.record(id).callback.expect("a callback");
+        assert_eq!(
+            callback.event,
+            Some(imagegen_shared::callbacks::CallbackEvent::Completed)
+        );
+    }
+    assert_eq!(c.callback_secret().await.0, 200);
+    // The callbacks function: delivered, then one rejected until its day is over.
+    assert!(c.deliver_callbacks().await.failures.is_empty());
+    let (doomed, rep) = c.submitted_with_callback("cb doomed").await;
+    let failed = c.set_remote(&rep, PredictionStatus::Failed, &[]).await;
+    c.webhook(&doomed, &failed).await;
+    c.app.clock.advance(Duration::from_secs(25 * 3600));
+    c.app.callbacks.answer_next(std::iter::repeat_n(
+        DeliveryOutcome::Rejected { status: 500 },
+        4,
+    ));
+    assert!(
+        c.deliver_callbacks().await.failures.is_empty(),
+        "dead-lettered, done"
+    );
+    assert_eq!(c.app.queue.inner.dead_callbacks().len(), 2);
+    let mut calls = c.by_handler;
+    // Not a port call: the backoff hides the message (`Redelivery`).
+    calls.entry(Handler::Callbacks).or_default().insert((
+        "sqs:ChangeMessageVisibility".to_owned(),
+        Resource::CallbackQueue,
+    ));
     calls
 }
 
@@ -1061,6 +1236,7 @@ fn the_template_wires_routes_and_arm64_cargo_lambda_builds() {
             vec![
                 ("POST", "/v1/predictions"),
                 ("POST", "/v1/predictions/{id}/cancel"),
+                ("POST", "/v1/uploads"),
             ],
         ),
         ("WebhookFunction", vec![("POST", "/webhooks/replicate")]),
@@ -1070,6 +1246,7 @@ fn the_template_wires_routes_and_arm64_cargo_lambda_builds() {
                 ("GET", "/v1/predictions/{id}"),
                 ("GET", "/v1/predictions"),
                 ("GET", "/v1/usage"),
+                ("GET", "/v1/webhooks/secret"),
             ],
         ),
     ] {

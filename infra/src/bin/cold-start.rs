@@ -59,6 +59,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     "COPY_QUEUE_URL",
                     "https://sqs.us-east-1.amazonaws.com/1/bench",
                 ),
+                (
+                    "CALLBACK_QUEUE_URL",
+                    "https://sqs.us-east-1.amazonaws.com/1/bench-callbacks",
+                ),
+                (
+                    "CALLBACK_DEAD_LETTER_QUEUE_URL",
+                    "https://sqs.us-east-1.amazonaws.com/1/bench-callbacks-dlq",
+                ),
                 ("REPLICATE_API_TOKEN", "r8_bench"),
                 ("RUST_LOG", "error"),
             ])

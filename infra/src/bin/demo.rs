@@ -1,6 +1,12 @@
 //! `make demo`: submits a prompt to the running local stack, waits for the prediction, and
-//! saves the first image. `demo [--model M] [--out FILE] [--base-url URL] PROMPT…`, with the
-//! API key in `API_KEY`, or the one the running `make dev` wrote to `.dev-stack.json`.
+//! saves the first image. `demo [--model M] [--out FILE] [--base-url URL] [--image FILE]
+//! [--callback] PROMPT…`, with the API key in `API_KEY`, or the one the running `make dev`
+//! wrote to `.dev-stack.json`.
+//!
+//! `--image FILE` uploads the file (`POST /v1/uploads`, then a PUT to S3) and runs
+//! img2img on it (`sdxl-img2img` unless `--model` says otherwise). `--callback` also asks
+//! for a callback, receives it on the loopback port `make dev` allows, and checks its
+//! signature with the tenant's secret (`GET /v1/webhooks/secret`).
 
 use std::time::{Duration, Instant};
 
@@ -9,11 +15,14 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 struct Args {
-    model: String,
+    model: Option<String>,
     out: Option<String>,
     base: String,
     prompt: String,
     api_key: String,
+    image: Option<String>,
+    /// Where to receive a callback (`make dev`'s allowed loopback `host:port`).
+    callback: Option<String>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -22,22 +31,31 @@ fn parse_args() -> Result<Args, String> {
         .ok()
         .or_else(|| dev.as_ref().map(|d| d.base_url.clone()))
         .unwrap_or_else(|| "http://127.0.0.1:3000".into());
+    let callback_host = dev.as_ref().and_then(|d| d.callback_host.clone());
     let api_key = std::env::var("API_KEY")
         .ok()
         .or_else(|| dev.map(|d| d.api_key))
         .ok_or("no API key: set API_KEY, or run `make dev` (it writes .dev-stack.json)")?;
     let mut args = Args {
-        model: "flux-schnell".into(),
+        model: None,
         out: None,
         base,
         prompt: String::new(),
         api_key,
+        image: None,
+        callback: None,
     };
     let mut words = Vec::new();
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {
-            "--model" => args.model = it.next().ok_or("--model needs a value")?,
+            "--model" => args.model = Some(it.next().ok_or("--model needs a value")?),
+            "--image" => args.image = Some(it.next().ok_or("--image needs a file")?),
+            "--callback" => {
+                args.callback = Some(callback_host.clone().ok_or(
+                    "--callback needs the running `make dev` (it allows one loopback port)",
+                )?);
+            }
             "--out" => args.out = Some(it.next().ok_or("--out needs a value")?),
             "--base-url" => args.base = it.next().ok_or("--base-url needs a value")?,
             _ => words.push(arg),
@@ -50,13 +68,136 @@ fn parse_args() -> Result<Args, String> {
     Ok(args)
 }
 
+/// Uploads `file` through a slot; returns its `upload://` reference.
+async fn upload(http: &reqwest::Client, args: &Args, file: &str) -> Result<String, String> {
+    let bytes = std::fs::read(file).map_err(|e| format!("could not read {file}: {e}"))?;
+    let content_type = match imagesize::image_type(&bytes) {
+        Ok(imagesize::ImageType::Jpeg) => "image/jpeg",
+        Ok(imagesize::ImageType::Webp) => "image/webp",
+        _ => "image/png",
+    };
+    let slot: Value = http
+        .post(format!("{}/v1/uploads", args.base))
+        .bearer_auth(&args.api_key)
+        .json(&json!({"content_type": content_type, "size": bytes.len()}))
+        .send()
+        .await
+        .map_err(|e| format!("is `make dev` running? {e}"))?
+        .json()
+        .await
+        .map_err(|e| e.to_string())?;
+    let url = slot["upload_url"]
+        .as_str()
+        .ok_or_else(|| format!("upload slot refused: {slot}"))?;
+    let mut put = http.put(url).body(bytes);
+    if let Some(headers) = slot["headers"].as_object() {
+        for (name, value) in headers {
+            if name != "content-length" {
+                put = put.header(name, value.as_str().unwrap_or_default());
+            }
+        }
+    }
+    let status = put.send().await.map_err(|e| e.to_string())?.status();
+    if !status.is_success() {
+        return Err(format!("the upload PUT answered {status}"));
+    }
+    let reference = slot["ref"].as_str().ok_or("no ref in the slot")?.to_owned();
+    println!("uploaded {file} as {reference}");
+    Ok(reference)
+}
+
+/// Waits for one callback on `host` (loopback), answers 204, and returns its headers and body.
+async fn receive_callback(
+    listener: tokio::net::TcpListener,
+) -> Result<(http::HeaderMap, bytes::Bytes), String> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+    let server = local_stack::http_server::serve(
+        listener,
+        1024 * 1024,
+        || {
+            http::Response::builder()
+                .status(413)
+                .body(bytes::Bytes::new())
+                .unwrap_or_default()
+        },
+        move |request| {
+            let tx = tx.clone();
+            async move {
+                let (parts, body) = request.into_parts();
+                let _ = tx.send((parts.headers, body)).await;
+                http::Response::builder()
+                    .status(204)
+                    .body(bytes::Bytes::new())
+                    .unwrap_or_default()
+            }
+        },
+    );
+    let received = tokio::time::timeout(Duration::from_secs(300), rx.recv())
+        .await
+        .map_err(|_| "no callback within 5 minutes".to_owned())?
+        .ok_or("the receiver stopped")?;
+    drop(server);
+    Ok(received)
+}
+
+async fn check_callback(
+    http: &reqwest::Client,
+    args: &Args,
+    headers: &http::HeaderMap,
+    body: &[u8],
+) -> Result<(), String> {
+    use imagegen_shared::webhook::{SignatureHeaders, WebhookSecret, WebhookVerifier};
+    let secret: Value = http
+        .get(format!("{}/v1/webhooks/secret", args.base))
+        .bearer_auth(&args.api_key)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?
+        .json()
+        .await
+        .map_err(|e| e.to_string())?;
+    let secret = WebhookSecret::parse(secret["key"].as_str().unwrap_or_default())
+        .map_err(|e| e.to_string())?;
+    let signature = SignatureHeaders::from_header_map(headers).map_err(|e| e.to_string())?;
+    let verified = WebhookVerifier::new(secret)
+        .verify(signature, body, std::time::SystemTime::now())
+        .map_err(|e| format!("the callback's signature does not verify: {e}"))?;
+    let event: Value = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    println!(
+        "callback {} verified: prediction {} is {}",
+        verified.id, event["id"], event["status"]
+    );
+    Ok(())
+}
+
 async fn run() -> Result<(), String> {
     let args = parse_args()?;
     let http = reqwest::Client::new();
+    let mut input = json!({"prompt": args.prompt});
+    if let Some(file) = &args.image {
+        input["image"] = Value::String(upload(&http, &args, file).await?);
+    }
+    let model = args.model.clone().unwrap_or_else(|| {
+        if args.image.is_some() {
+            "sdxl-img2img"
+        } else {
+            "flux-schnell"
+        }
+        .to_owned()
+    });
+    let mut body = json!({"model": model, "input": input});
+    let mut receiver = None;
+    if let Some(host) = &args.callback {
+        let listener = tokio::net::TcpListener::bind(host)
+            .await
+            .map_err(|e| format!("could not listen on {host} for the callback: {e}"))?;
+        body["webhook"] = Value::String(format!("http://{host}/callback"));
+        receiver = Some(tokio::spawn(receive_callback(listener)));
+    }
     let submitted: Value = http
         .post(format!("{}/v1/predictions", args.base))
         .bearer_auth(&args.api_key)
-        .json(&json!({"model": args.model, "input": {"prompt": args.prompt}}))
+        .json(&body)
         .send()
         .await
         .map_err(|e| format!("is `make dev` running? {e}"))?
@@ -112,13 +253,20 @@ async fn run() -> Result<(), String> {
         Some("image/jpeg") => "jpg",
         _ => "png",
     };
-    let out = args.out.unwrap_or_else(|| format!("demo-{id}.{ext}"));
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| format!("demo-{id}.{ext}"));
     std::fs::write(&out, &bytes).map_err(|e| format!("could not write {out}: {e}"))?;
     println!(
         "saved {out} ({} bytes, sha256 {digest}) in {:.1}s",
         bytes.len(),
         started.elapsed().as_secs_f64()
     );
+    if let Some(receiver) = receiver {
+        let (headers, body) = receiver.await.map_err(|e| e.to_string())??;
+        check_callback(&http, &args, &headers, &body).await?;
+    }
     Ok(())
 }
 

@@ -17,12 +17,10 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use imagegen_shared::aws::{AwsClients, ensure_bucket, ensure_queue, ensure_table};
+use imagegen_shared::aws::{AwsClients, ensure_bucket, ensure_table};
 use imagegen_shared::bootstrap::{ProductionApp, build_app};
 use imagegen_shared::config::DEFAULT_OUTPUT_HOST_ALLOWLIST;
-use local_stack::dev::{
-    LOCAL_MAX_RECEIVES, LOCAL_VISIBILITY_TIMEOUT_SECONDS, serve_app, spawn_copy_worker,
-};
+use local_stack::dev::{ensure_local_queues, serve_app, spawn_callback_worker, spawn_copy_worker};
 use local_stack::http_server::bind_loopback;
 use local_stack::keys::{
     DEV_STATE_FILE, DevKeys, DevState, NewKey, apply_limits, limits_change, parse_dev_keys,
@@ -102,16 +100,22 @@ async fn run() -> Result<(), String> {
     ensure_bucket(&aws.s3, &extra["BUCKET_NAME"])
         .await
         .map_err(|e| e.to_string())?;
-    if env("COPY_QUEUE_URL").is_none() {
-        let url = ensure_queue(
-            &aws.sqs,
-            DEFAULT_QUEUE,
-            LOCAL_VISIBILITY_TIMEOUT_SECONDS,
-            LOCAL_MAX_RECEIVES,
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-        extra.insert("COPY_QUEUE_URL".into(), url);
+    if env("COPY_QUEUE_URL").is_none() || env("CALLBACK_QUEUE_URL").is_none() {
+        let queues = ensure_local_queues(&aws.sqs, DEFAULT_QUEUE)
+            .await
+            .map_err(|e| e.to_string())?;
+        for (name, url) in [
+            ("COPY_QUEUE_URL", queues.copy),
+            ("CALLBACK_QUEUE_URL", queues.callback),
+            (
+                "CALLBACK_DEAD_LETTER_QUEUE_URL",
+                queues.callback_dead_letter,
+            ),
+        ] {
+            if env(name).is_none() {
+                extra.insert(name.into(), url);
+            }
+        }
     }
 
     let mut sim = None;
@@ -162,13 +166,29 @@ async fn run() -> Result<(), String> {
     {
         extra.insert("PUBLIC_BASE_URL".into(), format!("http://{addr}"));
     }
+    // `make demo CALLBACK=1` receives its callback on the next port: listed, so plain http
+    // to loopback is allowed there (and only there).
+    let callback_host = match env("CALLBACK_ALLOW_HOSTS") {
+        Some(listed) => listed.split(',').next().map(|h| h.trim().to_owned()),
+        None => {
+            let bound = listener.local_addr().map_or(port, |a| a.port());
+            let host = format!("127.0.0.1:{}", bound.wrapping_add(1));
+            extra.insert("CALLBACK_ALLOW_HOSTS".into(), host.clone());
+            Some(host)
+        }
+    };
     let sqs = aws.sqs.clone();
     let lookup = |name: &str| extra.get(name).cloned().or_else(|| env(name));
     let app = build_app(aws, lookup).await.map_err(|e| e.to_string())?;
     let api_key = store_api_keys(&app).await?;
     let table_name = app.settings.table_name.clone();
     let app = Arc::new(app);
-    let copier = spawn_copy_worker(app.clone(), sqs, app.settings.copy_queue_url.clone());
+    let copier = spawn_copy_worker(
+        app.clone(),
+        sqs.clone(),
+        app.settings.copy_queue_url.clone(),
+    );
+    let callbacks = spawn_callback_worker(app.clone(), sqs);
     let server = serve_app(listener, app.clone());
     // The scheduled reconciler's local stand-in.
     let every = env("RECONCILE_INTERVAL_SECONDS")
@@ -187,6 +207,7 @@ async fn run() -> Result<(), String> {
         table_name,
         base_url: format!("http://{}", server.addr),
         api_key,
+        callback_host,
     };
     let state_file = Path::new(DEV_STATE_FILE);
     if let Err(err) = state.write(state_file) {
@@ -199,6 +220,7 @@ async fn run() -> Result<(), String> {
     let _ = std::fs::remove_file(state_file);
     reconciler.abort();
     copier.abort();
+    callbacks.abort();
     drop(server);
     drop(sim);
     if let Some(mut child) = moto {

@@ -15,13 +15,14 @@ mod http_tests;
 pub mod images;
 mod list;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
 use bytes::Bytes;
 use http::{Method, StatusCode, header};
+use imagegen_shared::outputs::hex;
 use imagegen_shared::webhook::{ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, WebhookSecret};
 use serde::Serialize;
 use serde_json::{Map, Value, json};
@@ -55,6 +56,11 @@ const OFFICIAL_MODELS: &[&str] = &[
 const SINGLE_OUTPUT_MODELS: &[&str] =
     &["black-forest-labs/flux-1.1-pro", "nightmareai/real-esrgan"];
 
+/// The input images one prediction fetched: field → (SHA-256 hex, size).
+pub type InputFiles = BTreeMap<String, (String, usize)>;
+
+/// The inputs that carry an image the model fetches.
+const IMAGE_FIELDS: &[&str] = &["image", "mask", "image_prompt"];
 const MAX_REQUEST_BYTES: usize = 16 * 1024 * 1024;
 
 #[derive(Debug, Clone)]
@@ -279,6 +285,8 @@ struct State {
     faults: Mutex<Faults>,
     /// Files whose first download already failed (on purpose).
     failed_once: Mutex<std::collections::HashSet<String>>,
+    /// The input images each prediction fetched: field → (SHA-256 hex, size).
+    input_files: Mutex<HashMap<String, InputFiles>>,
     http: reqwest::Client,
 }
 
@@ -319,6 +327,7 @@ impl Simulator {
             stats: Mutex::new(Stats::default()),
             faults: Mutex::new(config.faults.clone()),
             failed_once: Mutex::new(std::collections::HashSet::new()),
+            input_files: Mutex::new(HashMap::new()),
             http,
         });
         let handler_state = state.clone();
@@ -365,6 +374,15 @@ impl Simulator {
         lock(&self.state.files)
             .get(key)
             .map(|(bytes, _)| bytes.clone())
+    }
+
+    /// The input images a prediction fetched, as field → (SHA-256 hex, size): what the
+    /// model really received.
+    pub fn input_files(&self, id: &str) -> InputFiles {
+        lock(&self.state.input_files)
+            .get(id)
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// A prediction as `GET /predictions/{id}` would show it.
@@ -936,12 +954,24 @@ impl State {
     /// Renders the outputs, stores them under `/files/...`, and returns `output` as the
     /// model returns it (a list, or one URL for single-output models).
     async fn generate(&self, p: &SimPrediction, markers: &Markers) -> Result<Value, String> {
-        let source = match p.input.get("image").and_then(Value::as_str) {
-            Some(image) if p.model == "nightmareai/real-esrgan" => {
-                Some(self.fetch_input_image(image).await?)
+        // Every image input is fetched, as the model would; a fetch that fails fails it.
+        let mut fetched = BTreeMap::new();
+        let mut source = None;
+        for field in IMAGE_FIELDS {
+            let Some(image) = p.input.get(*field).and_then(Value::as_str) else {
+                continue;
+            };
+            let bytes = self.fetch_input_image(image).await?;
+            let digest = hex(&<sha2::Sha256 as sha2::Digest>::digest(&bytes));
+            fetched.insert((*field).to_owned(), (digest, bytes.len()));
+            if *field == "image" && p.model == "nightmareai/real-esrgan" {
+                source = Some(
+                    images::decode_size(&bytes)
+                        .map_err(|e| format!("input image could not be decoded: {e}"))?,
+                );
             }
-            _ => None,
-        };
+        }
+        lock(&self.input_files).insert(p.id.clone(), fetched);
         let plan = images::plan(&p.model, &p.input, source);
         let prompt = p
             .input
@@ -985,7 +1015,7 @@ impl State {
         })
     }
 
-    async fn fetch_input_image(&self, image: &str) -> Result<(u32, u32), String> {
+    async fn fetch_input_image(&self, image: &str) -> Result<Vec<u8>, String> {
         let bytes = if let Some(rest) = image.strip_prefix("data:") {
             let (_, payload) = rest
                 .split_once(',')
@@ -1012,7 +1042,7 @@ impl State {
                 .map_err(|e| format!("could not fetch input image: {e}"))?
                 .to_vec()
         };
-        images::decode_size(&bytes).map_err(|e| format!("input image could not be decoded: {e}"))
+        Ok(bytes)
     }
 
     /// Posts a signed webhook. Completed events are retried on failure, like Replicate's.

@@ -14,13 +14,16 @@ use serde_json::{Map, Number, Value};
 use sha2::{Digest, Sha256};
 
 use super::{ApiError, MAX_BODY_BYTES};
+use crate::callbacks::CallbackEvent;
 use crate::outputs::hex;
 use crate::registry::{InputErrors, canonical_json};
 
 /// Most fields an `input` may have; no model takes more.
 pub const MAX_INPUT_FIELDS: usize = 64;
 
-const UNKNOWN_FIELD: &str = "is not a field of this request (expected `model` and `input`)";
+const UNKNOWN_FIELD: &str = "is not a field of this request (expected `model`, `input`, `webhook` and `webhook_events_filter`)";
+/// Most entries `webhook_events_filter` may list (there are two events).
+const MAX_EVENTS: usize = 8;
 
 /// A submit body that has the right shape.
 #[derive(Debug, Clone, PartialEq)]
@@ -29,8 +32,12 @@ pub struct SubmitBody {
     /// At most [`MAX_INPUT_FIELDS`] fields. Scalars as given; an array or object value is an
     /// empty placeholder of its kind (no model takes one, so validation still refuses it).
     pub input: Value,
-    /// SHA-256 (hex) of the canonical `{"model", "input"}`: "same body" for Idempotency-Key
-    /// purposes, whatever the formatting or key order.
+    /// The callback URL as given (checked by submit: syntax, then where it resolves).
+    pub webhook: Option<String>,
+    /// The events to call back for, without repeats; `[completed]` unless given.
+    pub events: Vec<CallbackEvent>,
+    /// SHA-256 (hex) of the canonical body: "same body" for Idempotency-Key purposes,
+    /// whatever the formatting or key order.
     pub hash: String,
 }
 
@@ -85,6 +92,15 @@ pub fn parse_submit_body(bytes: &[u8]) -> Result<SubmitBody, ApiError> {
             None
         }
     };
+    let webhook = match top.webhook {
+        None | Some(Value::Null) => None,
+        Some(Value::String(url)) => Some(url),
+        Some(_) => {
+            errors.push("webhook", "must be an https URL string");
+            None
+        }
+    };
+    let events = events_filter(top.events, webhook.is_some(), &mut errors);
     for name in &top.unknown_names {
         errors.push(name, UNKNOWN_FIELD);
     }
@@ -92,13 +108,134 @@ pub fn parse_submit_body(bytes: &[u8]) -> Result<SubmitBody, ApiError> {
 
     match (model, input) {
         (Some(model), Some(input)) if errors.is_empty() => {
-            // The input is moved in and back out, not copied.
+            // The input is moved in and back out, not copied. The callback fields join the
+            // hash only when given, so bodies without them hash as they always did.
             let mut body = serde_json::json!({"model": model.as_str(), "input": input});
+            if let Some(url) = &webhook {
+                body["webhook"] = Value::String(url.clone());
+                body["webhook_events_filter"] =
+                    events.iter().map(|e| Value::from(e.as_str())).collect();
+            }
             let hash = hex(&Sha256::digest(canonical_json(&body).as_bytes()));
             let input = body["input"].take();
-            Ok(SubmitBody { model, input, hash })
+            Ok(SubmitBody {
+                model,
+                input,
+                webhook,
+                events,
+                hash,
+            })
         }
         _ => Err(ApiError::InvalidInput(errors)),
+    }
+}
+
+/// `webhook_events_filter`: a non-empty list of `start` and `completed` (repeats dropped,
+/// in a fixed order), only with a `webhook`. Unset: `[completed]`.
+fn events_filter(
+    given: Option<Events>,
+    has_webhook: bool,
+    errors: &mut InputErrors,
+) -> Vec<CallbackEvent> {
+    const FIELD: &str = "webhook_events_filter";
+    let default = vec![CallbackEvent::Completed];
+    let listed = match given {
+        None | Some(Events::Null) => return default,
+        Some(Events::List(values)) => values,
+        Some(Events::TooMany) => {
+            errors.push(FIELD, format!("must list at most {MAX_EVENTS} events"));
+            return default;
+        }
+        Some(Events::NotList) => {
+            errors.push(FIELD, "must be a list of \"start\" and \"completed\"");
+            return default;
+        }
+    };
+    if !has_webhook {
+        errors.push(FIELD, "is only allowed together with `webhook`");
+        return default;
+    }
+    let mut events: Vec<CallbackEvent> = Vec::new();
+    for value in &listed {
+        match value.as_str().and_then(CallbackEvent::parse) {
+            Some(event) => events.push(event),
+            None => {
+                errors.push(FIELD, "may only list \"start\" and \"completed\"");
+                return default;
+            }
+        }
+    }
+    events.sort_unstable();
+    events.dedup();
+    if events.is_empty() {
+        errors.push(FIELD, "must list at least one event");
+        return default;
+    }
+    events
+}
+
+/// `webhook_events_filter` as read: at most `MAX_EVENTS` scalar entries are kept.
+enum Events {
+    Null,
+    List(Vec<Value>),
+    TooMany,
+    NotList,
+}
+
+impl<'de> de::Deserialize<'de> for Events {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(EventsVisitor)
+    }
+}
+
+struct EventsVisitor;
+
+impl<'de> Visitor<'de> for EventsVisitor {
+    type Value = Events;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a list of events")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Events, A::Error> {
+        let mut values = Vec::new();
+        while let Some(Shallow(value)) = seq.next_element::<Shallow>()? {
+            if values.len() == MAX_EVENTS {
+                skip_seq(seq)?;
+                return Ok(Events::TooMany);
+            }
+            values.push(value);
+        }
+        Ok(Events::List(values))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Events, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(Events::NotList)
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Events, E> {
+        Ok(Events::Null)
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Events, E> {
+        Ok(Events::NotList)
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Events, E> {
+        Ok(Events::NotList)
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Events, E> {
+        Ok(Events::NotList)
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Events, E> {
+        Ok(Events::NotList)
+    }
+
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Events, E> {
+        Ok(Events::NotList)
     }
 }
 
@@ -106,6 +243,8 @@ pub fn parse_submit_body(bytes: &[u8]) -> Result<SubmitBody, ApiError> {
 struct Top {
     model: Option<Value>,
     input: Option<Input>,
+    webhook: Option<Value>,
+    events: Option<Events>,
     /// The first unknown keys (cleaned and cut short), at most `InputErrors::MAX_LISTED`.
     unknown_names: Vec<String>,
     unknown_count: usize,
@@ -134,6 +273,8 @@ impl<'de> Visitor<'de> for TopVisitor {
         let mut top = Top {
             model: None,
             input: None,
+            webhook: None,
+            events: None,
             unknown_names: Vec::new(),
             unknown_count: 0,
         };
@@ -145,6 +286,8 @@ impl<'de> Visitor<'de> for TopVisitor {
             match key {
                 TopKey::Model => top.model = Some(map.next_value::<Shallow>()?.0),
                 TopKey::Input => top.input = Some(map.next_value::<Input>()?),
+                TopKey::Webhook => top.webhook = Some(map.next_value::<Shallow>()?.0),
+                TopKey::Events => top.events = Some(map.next_value::<Events>()?),
                 TopKey::Other(name) => {
                     map.next_value::<IgnoredAny>()?;
                     top.unknown_count += 1;
@@ -187,6 +330,8 @@ impl<'de> Visitor<'de> for TopVisitor {
 enum TopKey {
     Model,
     Input,
+    Webhook,
+    Events,
     /// An unknown key: its name if still worth keeping for the error list.
     Other(Option<String>),
 }
@@ -214,6 +359,8 @@ impl Visitor<'_> for TopKeySeed {
         Ok(match key {
             "model" => TopKey::Model,
             "input" => TopKey::Input,
+            "webhook" => TopKey::Webhook,
+            "webhook_events_filter" => TopKey::Events,
             // Cut here rather than when listed, so a megabyte-long key is never copied.
             // One character over the limit lets the list mark the name as cut.
             other => TopKey::Other(self.keep_name.then(|| {

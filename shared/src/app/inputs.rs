@@ -106,6 +106,25 @@ pub async fn materialize<O: ObjectStore>(
     Ok(sent)
 }
 
+/// The input with each uploaded image (`upload://<id>`, whose slot may be written again)
+/// named by the content submit verified (`inline://<sha256>`): what the result cache keys
+/// on and what a create lost in Replicate's list is matched by.
+pub fn with_file_references(
+    stored: &Map<String, Value>,
+    files: &std::collections::BTreeMap<String, String>,
+) -> Map<String, Value> {
+    let mut input = stored.clone();
+    for (field, sha256) in files {
+        if input.contains_key(field) {
+            input.insert(
+                field.clone(),
+                Value::String(format!("{REFERENCE_SCHEME}{sha256}")),
+            );
+        }
+    }
+    input
+}
+
 /// How an input Replicate reports compares with the one a record stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InputMatch {

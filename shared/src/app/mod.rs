@@ -4,6 +4,7 @@
 
 mod auth;
 pub mod body;
+mod callbacks;
 mod cancel;
 mod copy;
 mod fetch;
@@ -14,6 +15,7 @@ mod reconcile;
 mod resolve;
 mod submit;
 mod sync;
+mod uploads;
 mod usage;
 mod view;
 mod webhook;
@@ -27,8 +29,9 @@ use lambda_http::{Body, Request, Response};
 use tokio::sync::OnceCell;
 
 use crate::config::Settings;
+use crate::delivery::CallbackSender;
 use crate::outputs::OutputSource;
-use crate::ports::{AccountStore, CopyQueue, ObjectStore, RecordStore, StoreError};
+use crate::ports::{AccountStore, JobQueue, ObjectStore, RecordStore, StoreError};
 use crate::record::{Millis, PredictionId, PredictionRecord, to_millis};
 use crate::registry::ModelRegistry;
 use crate::replicate::{ReplicateApi, ReplicateError};
@@ -36,10 +39,12 @@ use crate::tenancy::Caller;
 use crate::webhook::WebhookVerifier;
 
 pub use auth::KEY_CACHE_TTL;
+pub use callbacks::CallbackDisposition;
 pub use problem::ApiError;
 pub use reconcile::{OUTPUT_RETENTION, ReconcileReport};
 pub use resolve::UNCONFIRMED_DEADLINE;
 pub use sync::{SyncError, SyncOutcome};
+pub use uploads::UploadSlot;
 pub use view::{OutputView, PredictionView};
 
 /// Lambda's own request payload limit; the local server enforces the same.
@@ -78,14 +83,15 @@ impl Clock {
     }
 }
 
-/// The five ports the handlers run on. Production (`bootstrap::Production`) and the
+/// The six ports the handlers run on. Production (`bootstrap::Production`) and the
 /// in-memory fakes (`memory::InMemory`) each name theirs.
 pub trait Ports: 'static {
     type Replicate: ReplicateApi;
     type Records: RecordStore + AccountStore;
     type Objects: ObjectStore;
     type Downloads: OutputSource;
-    type Queue: CopyQueue;
+    type Queue: JobQueue;
+    type Callbacks: CallbackSender;
 }
 
 /// Everything a handler needs, built once per process.
@@ -95,6 +101,7 @@ pub struct App<P: Ports> {
     pub objects: P::Objects,
     pub downloads: P::Downloads,
     pub queue: P::Queue,
+    pub callbacks: P::Callbacks,
     pub registry: ModelRegistry,
     pub settings: Settings,
     pub clock: Clock,
@@ -110,6 +117,7 @@ pub struct PortSet<P: Ports> {
     pub objects: P::Objects,
     pub downloads: P::Downloads,
     pub queue: P::Queue,
+    pub callbacks: P::Callbacks,
 }
 
 impl<P: Ports> App<P> {
@@ -122,6 +130,7 @@ impl<P: Ports> App<P> {
             objects: ports.objects,
             downloads: ports.downloads,
             queue: ports.queue,
+            callbacks: ports.callbacks,
             registry,
             settings,
             clock: Clock::default(),
@@ -213,7 +222,7 @@ impl<P: Ports> App<P> {
         }
     }
 
-    /// The write routes, which one function serves: submit, and cancel.
+    /// The write routes, which one function serves: submit, cancel, and upload slots.
     pub async fn write(&self, request: Request) -> Response<Body> {
         let path = request.uri().path().trim_end_matches('/').to_owned();
         let route_key = route_key(&request);
@@ -221,8 +230,14 @@ impl<P: Ports> App<P> {
             Some(key) if key != "$default" => key == "POST /v1/predictions/{id}/cancel",
             _ => path.starts_with("/v1/predictions/") && path.ends_with("/cancel"),
         };
+        let uploads = match route_key.as_deref() {
+            Some(key) if key != "$default" => key == "POST /v1/uploads",
+            _ => path == "/v1/uploads",
+        };
         if cancel {
             self.cancel(request).await
+        } else if uploads {
+            self.create_upload(request).await
         } else if path == "/v1/predictions" || route_key.is_some() {
             self.submit(request).await
         } else {
@@ -231,7 +246,7 @@ impl<P: Ports> App<P> {
     }
 
     /// The read routes, which one function serves: a prediction, the caller's predictions,
-    /// or the caller's usage.
+    /// the caller's usage, or the caller's callback signing secret.
     /// Behind API Gateway the route key says which (the path may carry a custom domain's
     /// base path); locally the path does.
     pub async fn read(&self, request: Request) -> Response<Body> {
@@ -243,6 +258,8 @@ impl<P: Ports> App<P> {
         };
         if route == "/v1/usage" {
             self.usage(request).await
+        } else if route == "/v1/webhooks/secret" {
+            self.webhook_secret_route(request).await
         } else if route == "/v1/predictions" {
             self.list(request).await
         } else if path.starts_with("/v1/predictions/") || route_key.is_some() {

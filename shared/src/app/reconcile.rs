@@ -14,6 +14,7 @@ use tokio::time::Instant;
 use super::resolve::SearchBudget;
 use super::sync::{Billed, Copy, SyncOutcome};
 use super::{App, Ports};
+use crate::callbacks::CallbackEvent;
 use crate::ports::{LEGACY_OPEN_SHARD, OPEN_SHARDS, OpenEntry, RecordStore, StoreError};
 use crate::record::{Millis, PredictionRecord, after};
 use crate::replicate::{PredictionStatus, ReplicateApi};
@@ -38,6 +39,8 @@ pub struct ReconcileReport {
     pub advanced: usize,
     /// Succeeded at Replicate; their output copy was queued.
     pub copies_queued: usize,
+    /// Ended predictions whose `completed` callback had not been queued.
+    pub callbacks_queued: usize,
     /// Ended because they outlived Replicate's output retention.
     pub expired: usize,
     /// Could not be synced this time (Replicate or storage failed); retried next run.
@@ -55,6 +58,7 @@ enum Step {
 
 enum Outcome {
     Advanced,
+    CallbackQueued,
     CopyQueued,
     Unchanged,
     Expired,
@@ -145,6 +149,7 @@ impl<P: Ports> App<P> {
                 match outcome {
                     Outcome::Advanced => report.advanced += 1,
                     Outcome::CopyQueued => report.copies_queued += 1,
+                    Outcome::CallbackQueued => report.callbacks_queued += 1,
                     Outcome::Expired => report.expired += 1,
                     Outcome::Error => report.errors += 1,
                     Outcome::Unchanged => {}
@@ -159,6 +164,12 @@ impl<P: Ports> App<P> {
         match self.live_prediction(&entry.id).await {
             Ok(Some(record)) if !record.status.is_terminal() => {
                 self.reconcile_one(record, now).await
+            }
+            // Ended, but its `completed` callback was never queued (whoever ended it failed
+            // to): queue it now, which takes it out of the index.
+            Ok(Some(record)) if record.owes_completed_callback() => {
+                self.queue_callback(&record, CallbackEvent::Completed).await;
+                Outcome::CallbackQueued
             }
             // Ended or gone since it was listed.
             Ok(_) => Outcome::Unchanged,

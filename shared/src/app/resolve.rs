@@ -13,7 +13,7 @@ use crate::ports::{RecordStore, StoreError};
 use crate::record::{Advance, Millis, PredictionRecord, after, before, from_millis, parse_rfc3339};
 use crate::replicate::{Prediction, PredictionStatus, ReplicateApi, ReplicateError};
 
-use super::inputs::{InputMatch, input_match};
+use super::inputs::{InputMatch, input_match, with_file_references};
 use super::sync::{Billed, Copy, SyncOutcome};
 use super::{App, Ports};
 
@@ -239,5 +239,8 @@ fn same_request(
     if remote.model != record.model || remote.version != record.version || !in_window {
         return InputMatch::Different;
     }
-    input_match(&record.input, &remote.input)
+    input_match(
+        &with_file_references(&record.input, &record.input_files),
+        &remote.input,
+    )
 }

@@ -6,6 +6,7 @@
 //! answered with. A create whose outcome is unknown keeps both pointing at its record,
 //! which the resolver (`resolve.rs`) later ties to the Replicate prediction or ends.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -14,12 +15,14 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use super::Ports;
-use super::body::parse_submit_body;
-use super::inputs::{InlineImage, extract_inline_images, materialize};
+use super::body::{SubmitBody, parse_submit_body};
+use super::inputs::{InlineImage, extract_inline_images, materialize, with_file_references};
 use super::problem::json_response;
 use super::sync::{Billed, Copy};
 use super::{ApiError, App, PredictionView};
+use crate::callbacks::{CallbackEvent, CallbackState, CallbackTarget};
 use crate::cost::{Micros, requested_outputs, usd};
+use crate::destination::{SystemResolver, check_destination, parse_callback_url};
 use crate::outputs::hex;
 use crate::ports::{AccountStore, ClaimOutcome, RecordStore, Settlement};
 use crate::record::{
@@ -60,6 +63,10 @@ struct NewPrediction<'a> {
     caller: &'a Caller,
     /// `Cancel-After`: Replicate ends the prediction by then.
     deadline: Deadline,
+    /// Content hashes of the uploads the input names, by field.
+    input_files: BTreeMap<String, String>,
+    /// Where to call the caller back, if it asked.
+    callback: Option<CallbackTarget>,
 }
 
 /// How a submit was answered.
@@ -202,12 +209,22 @@ impl<P: Ports> App<P> {
         let input = alias
             .validate(&body.input)
             .map_err(ApiError::InvalidInput)?;
-        let (stored_input, images) = extract_inline_images(alias, &input);
+        let (stored_input, mut images) = extract_inline_images(alias, &input);
+        let callback = self.callback_target(&body).await?;
+        let uploads = self.verify_uploads(&caller, alias, &stored_input).await?;
+        images.extend(uploads.images);
         // A request with its own deadline neither joins nor is joined: whoever joined would
-        // get (or impose) another deadline, and a cancel of one would stop the other.
-        let shareable = !wants_no_cache(request.headers()) && deadline == Deadline::MAX;
-        let cache_key =
-            shareable.then(|| alias.cache_key_of(caller.tenant.as_str(), &stored_input));
+        // get (or impose) another deadline, and a cancel of one would stop the other. One
+        // with a callback neither: a joiner's callback would never be called.
+        let shareable =
+            !wants_no_cache(request.headers()) && deadline == Deadline::MAX && callback.is_none();
+        // Uploads are keyed by content: the same slot may hold other bytes later.
+        let cache_key = shareable.then(|| {
+            alias.cache_key_of(
+                caller.tenant.as_str(),
+                &with_file_references(&stored_input, &uploads.files),
+            )
+        });
         let new = NewPrediction {
             id: PredictionId::generate(),
             alias,
@@ -217,6 +234,8 @@ impl<P: Ports> App<P> {
             webhook_base: self.webhook_base(request)?,
             caller: &caller,
             deadline,
+            input_files: uploads.files,
+            callback,
         };
         match idempotency_key(request.headers())? {
             Some(key) => {
@@ -228,6 +247,32 @@ impl<P: Ports> App<P> {
                 self.submit_idempotently(&key, &request_hash, &new).await
             }
             None => self.start_or_join(&new).await,
+        }
+    }
+
+    /// The submit's callback, if any: an https URL whose host resolves only to public
+    /// addresses (422 for `webhook` otherwise, before anything is created).
+    async fn callback_target(&self, body: &SubmitBody) -> Result<Option<CallbackTarget>, ApiError> {
+        let Some(raw) = &body.webhook else {
+            return Ok(None);
+        };
+        let allow = &self.settings.callback_allow;
+        let checked = match parse_callback_url(raw, allow) {
+            Ok(url) => check_destination(&url, allow, &SystemResolver)
+                .await
+                .map(|_| url),
+            Err(reason) => Err(reason),
+        };
+        match checked {
+            Ok(url) => Ok(Some(CallbackTarget {
+                url: url.to_string(),
+                events: body.events.clone(),
+            })),
+            Err(reason) => {
+                let mut errors = InputErrors::new();
+                errors.push("webhook", reason);
+                Err(ApiError::InvalidInput(errors))
+            }
         }
     }
 
@@ -483,6 +528,8 @@ impl<P: Ports> App<P> {
             price: Some(new.alias.price),
             cost_estimate: estimate,
             cost: None,
+            input_files: new.input_files.clone(),
+            callback: new.callback.clone().map(CallbackState::new),
         };
         tracing::Span::current().record("prediction_id", id.as_str());
         if let Err(err) = self.records.insert_prediction(&record).await {
@@ -549,6 +596,7 @@ impl<P: Ports> App<P> {
                 if remote.status == PredictionStatus::Processing {
                     record = self.apply_created_state(record, &remote).await;
                 }
+                self.queue_callback(&record, CallbackEvent::Start).await;
                 Ok(Started::new(record))
             }
             Err(err @ ReplicateError::CreateOutcomeUnknown { .. }) => {

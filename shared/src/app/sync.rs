@@ -4,9 +4,10 @@
 
 use tokio::time::Instant;
 
+use crate::callbacks::CallbackEvent;
 use crate::cost::{Micros, requested_outputs};
 use crate::outputs::{OutputError, check_output_list, store_outputs};
-use crate::ports::{AccountStore, CopyJob, CopyQueue, RecordStore, StoreError, SyncMark};
+use crate::ports::{AccountStore, CopyJob, JobQueue, RecordStore, StoreError, SyncMark};
 use crate::record::{Advance, PredictionRecord, bounded_error, bounded_metrics, parse_rfc3339};
 use crate::replicate::{Prediction, PredictionStatus, ReplicateApi};
 use crate::tenancy::{CostSettlement, month_of};
@@ -189,9 +190,13 @@ impl<P: Ports> App<P> {
         let ends = advance.status.is_terminal();
         if ends {
             advance.cost = Some(billed.cost(record));
+            advance.keep_open = record.owes_completed_callback();
         }
         if !self.records.advance(&record.id, &advance).await? {
             return Ok(false);
+        }
+        if advance.keep_open {
+            self.queue_callback(record, CallbackEvent::Completed).await;
         }
         if ends {
             let stored = if advance.status == PredictionStatus::Succeeded {
@@ -266,6 +271,7 @@ impl<P: Ports> App<P> {
             started_at: remote.started_at.as_deref().and_then(parse_rfc3339),
             completed_at,
             cost: None,
+            keep_open: false,
         }
     }
 

@@ -9,8 +9,10 @@ use serde_json::{Value, json};
 
 use super::{App, PortSet};
 use crate::config::Settings;
-use crate::memory::{FakeReplicate, MemoryObjects, MemoryQueue, MemoryRecords, MemorySource};
-use crate::ports::RecordStore;
+use crate::memory::{
+    FakeReplicate, MemoryCallbacks, MemoryObjects, MemoryQueue, MemoryRecords, MemorySource,
+};
+use crate::ports::{AccountStore, ObjectStore, RecordStore};
 use crate::record::{Claim, PredictionId, PredictionRecord};
 use crate::registry::ModelRegistry;
 use crate::replicate::{Prediction, PredictionStatus, ReplicateError};
@@ -36,6 +38,8 @@ fn app_with(extra: &[(&str, &str)]) -> TestApp {
                 "TABLE_NAME" => Some("t".into()),
                 "BUCKET_NAME" => Some("b".into()),
                 "COPY_QUEUE_URL" => Some("q".into()),
+                "CALLBACK_QUEUE_URL" => Some("c".into()),
+                "CALLBACK_DEAD_LETTER_QUEUE_URL" => Some("d".into()),
                 "REPLICATE_WEBHOOK_SECRET" => Some(SECRET.into()),
                 _ => None,
             })
@@ -51,6 +55,7 @@ fn app_with(extra: &[(&str, &str)]) -> TestApp {
         objects: MemoryObjects::default(),
         downloads: source,
         queue: MemoryQueue::default(),
+        callbacks: MemoryCallbacks::default(),
     };
     App::new(ports, ModelRegistry::shipped().unwrap(), settings)
 }
@@ -1622,4 +1627,226 @@ async fn a_request_with_its_own_deadline_neither_joins_nor_replays_another() {
         202,
         "the same deadline replays"
     );
+}
+
+fn with_callback(url: &str, events: Value) -> Value {
+    json!({"model": "flux-schnell", "input": {"prompt": "called back"},
+        "webhook": url, "webhook_events_filter": events})
+}
+
+#[tokio::test]
+async fn callbacks_to_private_metadata_or_link_local_literals_are_refused_unsent() {
+    let app = app();
+    // Literal addresses: refused without a DNS lookup, and the in-memory sender sends
+    // nothing anywhere.
+    for url in [
+        "https://10.1.2.3/hook",
+        "https://192.168.0.10/hook",
+        "https://169.254.169.254/latest/meta-data",
+        "https://[fd00:ec2::254]/hook",
+        "https://[fe80::1]/hook",
+        "https://0.0.0.0/hook",
+    ] {
+        let (status, problem) = submitted(&app, with_callback(url, json!(["completed"]))).await;
+        assert_eq!(status, 422, "{url}: {problem}");
+        assert_eq!(problem["errors"][0]["field"], "webhook", "{url}");
+    }
+    assert!(app.replicate.created().is_empty(), "nothing created");
+    assert!(app.callbacks.sent().is_empty());
+}
+
+#[tokio::test]
+async fn a_completed_callback_is_signed_retried_with_backoff_then_dead_lettered_after_a_day() {
+    let app = app_with(&[("CALLBACK_ALLOW_HOSTS", "127.0.0.1:9")]);
+    let (status, view) = submitted(
+        &app,
+        with_callback("http://127.0.0.1:9/in", json!(["completed"])),
+    )
+    .await;
+    assert_eq!(status, 202, "{view}");
+    assert!(
+        app.queue.drain_callbacks().is_empty(),
+        "no `start` callback was asked for"
+    );
+    let id = PredictionId::parse(view["id"].as_str().unwrap()).unwrap();
+    let rid = record(&app, id.as_str()).await.replicate_id.unwrap();
+    let failed = remote(&rid, PredictionStatus::Failed);
+    app.webhook(
+        webhook_event(
+            &app,
+            &id,
+            &serde_json::to_value(&failed).unwrap(),
+            SystemTime::now(),
+        )
+        .await,
+    )
+    .await;
+    let jobs = app.queue.drain_callbacks();
+    assert_eq!(jobs.len(), 1);
+    let job = &jobs[0];
+    assert_eq!(job.event, crate::callbacks::CallbackEvent::Completed);
+
+    app.callbacks.answer_next([
+        crate::delivery::DeliveryOutcome::Rejected { status: 503 },
+        crate::delivery::DeliveryOutcome::Unreachable("timed out".into()),
+    ]);
+    let first = app.deliver_callback(job, 1).await.unwrap();
+    let second = app.deliver_callback(job, 2).await.unwrap();
+    assert_eq!(
+        (first, second),
+        (
+            super::CallbackDisposition::RetryAfter(Duration::from_secs(30)),
+            super::CallbackDisposition::RetryAfter(Duration::from_secs(60)),
+        ),
+        "the default base, doubling"
+    );
+    let sent = app.callbacks.sent();
+    let header = |n: usize, name: &str| {
+        sent[n]
+            .headers
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.clone())
+            .unwrap()
+    };
+    assert_eq!(header(0, "webhook-id"), header(1, "webhook-id"));
+    // Signed under the tenant's secret, over exactly the body sent.
+    let secret = app
+        .records
+        .callback_secret(&TenantId::parse("acme").unwrap(), "unused")
+        .await
+        .unwrap();
+    let timestamp: i64 = header(0, "webhook-timestamp").parse().unwrap();
+    assert_eq!(
+        WebhookSecret::parse(&secret).unwrap().sign(
+            &header(0, "webhook-id"),
+            timestamp,
+            &sent[0].body
+        ),
+        header(0, "webhook-signature")
+    );
+    let body: Value = serde_json::from_slice(&sent[0].body).unwrap();
+    assert_eq!(
+        (body["id"].as_str(), body["status"].as_str()),
+        (Some(id.as_str()), Some("failed"))
+    );
+    let shown = fetched(&app, id.as_str()).await;
+    assert_eq!(
+        (
+            shown["webhook"]["status"].as_str(),
+            shown["webhook"]["attempts"].as_u64()
+        ),
+        (Some("pending"), Some(2))
+    );
+
+    // A day later a failure is final: dead-lettered, shown `failed`.
+    app.clock.advance(Duration::from_secs(24 * 3600));
+    app.callbacks
+        .answer_next([crate::delivery::DeliveryOutcome::Rejected { status: 500 }]);
+    assert_eq!(
+        app.deliver_callback(job, 3).await.unwrap(),
+        super::CallbackDisposition::DeadLettered
+    );
+    assert_eq!(app.queue.dead_callbacks(), vec![job.clone()]);
+    let callback = record(&app, id.as_str()).await.callback.unwrap();
+    assert_eq!(
+        (callback.status, callback.attempts),
+        (Some(crate::callbacks::CallbackStatus::Failed), 3)
+    );
+}
+
+#[tokio::test]
+async fn a_destination_that_now_resolves_inside_is_given_up_at_once() {
+    let app = app_with(&[("CALLBACK_ALLOW_HOSTS", "127.0.0.1:9")]);
+    let (_, view) = submitted(
+        &app,
+        with_callback("http://127.0.0.1:9/in", json!(["start"])),
+    )
+    .await;
+    let jobs = app.queue.drain_callbacks();
+    assert_eq!(jobs.len(), 1, "`start` is queued when Replicate created it");
+    app.callbacks
+        .answer_next([crate::delivery::DeliveryOutcome::Forbidden(
+            "`hooks.example.com` resolves to a private address".into(),
+        )]);
+    assert_eq!(
+        app.deliver_callback(&jobs[0], 1).await.unwrap(),
+        super::CallbackDisposition::DeadLettered
+    );
+    let shown = fetched(&app, view["id"].as_str().unwrap()).await;
+    assert_eq!(shown["webhook"]["status"], "failed");
+}
+
+#[tokio::test]
+async fn an_ended_prediction_whose_callback_could_not_be_queued_is_queued_by_the_reconciler() {
+    let app = app_with(&[("CALLBACK_ALLOW_HOSTS", "127.0.0.1:9")]);
+    let (_, view) = submitted(
+        &app,
+        with_callback("http://127.0.0.1:9/in", json!(["completed"])),
+    )
+    .await;
+    let id = PredictionId::parse(view["id"].as_str().unwrap()).unwrap();
+    let rid = record(&app, id.as_str()).await.replicate_id.unwrap();
+    app.queue.fail_next_sends(1);
+    let failed = remote(&rid, PredictionStatus::Failed);
+    app.webhook(
+        webhook_event(
+            &app,
+            &id,
+            &serde_json::to_value(&failed).unwrap(),
+            SystemTime::now(),
+        )
+        .await,
+    )
+    .await;
+    assert!(app.queue.drain_callbacks().is_empty(), "the send failed");
+    assert!(record(&app, id.as_str()).await.owes_completed_callback());
+    app.clock.advance(Duration::from_secs(180));
+    let report = app.reconcile(None).await;
+    assert_eq!(report.callbacks_queued, 1, "{report:?}");
+    assert_eq!(app.queue.drain_callbacks().len(), 1);
+    assert!(!record(&app, id.as_str()).await.owes_completed_callback());
+    assert_eq!(app.reconcile(None).await.callbacks_queued, 0, "once");
+}
+
+#[tokio::test]
+async fn an_upload_is_verified_stored_by_content_and_keyed_by_content_in_the_cache() {
+    let app = app();
+    let mut request = event("submit", "");
+    *request.uri_mut() = format!("https://{HOST}/v1/uploads").parse().unwrap();
+    let mut image = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR".to_vec();
+    image.extend(64u32.to_be_bytes());
+    image.extend(64u32.to_be_bytes());
+    image.extend([8, 6, 0, 0, 0]);
+    image.resize(500, 0);
+    *request.body_mut() = Body::Text(json!({"content_type": "image/png", "size": 500}).to_string());
+    // The fixture's route key is submit's: the handler is called as its route would.
+    let response = app.create_upload(request).await;
+    assert_eq!(response.status(), 201);
+    let slot = json_of(&response);
+    let key = format!("uploads/{}", slot["id"].as_str().unwrap());
+    app.objects
+        .put_object(&key, "image/png", image.clone().into())
+        .await
+        .unwrap();
+    let body = json!({"model": "sdxl-img2img", "input": {"prompt": "a cat", "image": slot["ref"]}});
+    let (status, view) = submitted(&app, body.clone()).await;
+    assert_eq!(status, 202, "{view}");
+    assert_eq!(view["input"]["image"], slot["ref"]);
+    let sha = crate::outputs::hex(&<sha2::Sha256 as sha2::Digest>::digest(&image));
+    assert_eq!(
+        app.objects.get(&format!("inputs/{sha}")).map(|o| o.0),
+        Some(image.clone()),
+        "the verified bytes, stored by content"
+    );
+    // The slot is written again with other bytes: the next submit is another request.
+    let mut other = image.clone();
+    other[400] = 1;
+    app.objects
+        .put_object(&key, "image/png", other.into())
+        .await
+        .unwrap();
+    let (_, again) = submitted(&app, body).await;
+    assert_ne!(again["id"], view["id"], "not joined: other content");
+    assert_eq!(app.replicate.created().len(), 2);
 }

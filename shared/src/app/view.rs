@@ -3,6 +3,7 @@
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use crate::callbacks::{CallbackEvent, CallbackStatus};
 use crate::cost::usd;
 use crate::ports::{ObjectStore, StoreError};
 use crate::record::{PredictionRecord, rfc3339};
@@ -19,6 +20,8 @@ pub struct PredictionView {
     pub error: Option<String>,
     pub metrics: Metrics,
     pub cost: CostView,
+    /// The caller's callback and how its delivery stands; `null` without one.
+    pub webhook: Option<WebhookView>,
     pub cached: bool,
     pub created_at: String,
     pub started_at: Option<String>,
@@ -54,6 +57,26 @@ impl CostView {
             estimated_usd: usd(record.cost_estimate),
             usd: record.cost.filter(|_| record.status.is_terminal()).map(usd),
         }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WebhookView {
+    pub url: String,
+    pub events: Vec<CallbackEvent>,
+    /// `pending` until the latest queued event is delivered (or given up on: `failed`).
+    pub status: CallbackStatus,
+    pub attempts: u32,
+}
+
+impl WebhookView {
+    fn of(record: &PredictionRecord) -> Option<Self> {
+        record.callback.as_ref().map(|c| Self {
+            url: c.target.url.clone(),
+            events: c.target.events.clone(),
+            status: c.status.unwrap_or(CallbackStatus::Pending),
+            attempts: c.attempts,
+        })
     }
 }
 
@@ -97,6 +120,7 @@ impl PredictionView {
             error: record.error.clone(),
             metrics: record.metrics.clone().unwrap_or_default(),
             cost: CostView::of(record, cached),
+            webhook: WebhookView::of(record),
             cached,
             created_at: rfc3339(record.created_at),
             started_at: record.started_at.map(rfc3339),

@@ -7,6 +7,7 @@ use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata};
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure};
 
+use crate::callbacks::{CallbackEvent, CallbackState, CallbackStatus, CallbackTarget};
 use crate::ports::{
     AccountStore, ClaimOutcome, ListCursor, OpenEntry, OpenPage, RecordStore, Settlement,
     StoreError, SyncMark, TenantPage, open_shard,
@@ -17,6 +18,7 @@ use crate::tenancy::{
     CostSettlement, DEFAULT_RATE_PER_MINUTE, KeyHash, KeyId, KeyRecord, LimitsUpdate, RateWindow,
     Reservation, TenantId, TenantLimits, Usage, usage_key,
 };
+use crate::uploads::{ImageKind, UploadId, UploadRecord};
 
 type Item = HashMap<String, AttributeValue>;
 
@@ -151,6 +153,40 @@ fn prediction_to_item(r: &PredictionRecord) -> Result<Item, StoreError> {
         (TENANT_ATTRIBUTE, r.tenant.as_ref().map(|t| s(t.as_str()))),
         ("price", r.price.as_ref().map(json_attr).transpose()?),
         ("cost", r.cost.map(n)),
+        (
+            "input_files",
+            (!r.input_files.is_empty())
+                .then(|| json_attr(&r.input_files))
+                .transpose()?,
+        ),
+        (
+            "callback",
+            r.callback
+                .as_ref()
+                .map(|c| json_attr(&c.target))
+                .transpose()?,
+        ),
+        (
+            "callback_event",
+            r.callback
+                .as_ref()
+                .and_then(|c| c.event)
+                .map(|e| s(e.as_str())),
+        ),
+        (
+            "callback_status",
+            r.callback
+                .as_ref()
+                .and_then(|c| c.status)
+                .map(|st| s(st.as_str())),
+        ),
+        (
+            "callback_attempts",
+            r.callback
+                .as_ref()
+                .filter(|c| c.attempts > 0)
+                .map(|c| n(u64::from(c.attempts))),
+        ),
     ];
     if !r.status.is_terminal() {
         item.insert(OPEN_SHARD_ATTRIBUTE.to_owned(), s(open_shard(&r.id)));
@@ -200,6 +236,14 @@ fn prediction_from_item(item: &Item) -> Result<PredictionRecord, StoreError> {
         price: read_json(item, "price")?,
         cost_estimate: read_opt_n(item, "cost_estimate").unwrap_or(0),
         cost: read_opt_n(item, "cost"),
+        input_files: read_json(item, "input_files")?.unwrap_or_default(),
+        callback: read_json::<CallbackTarget>(item, "callback")?.map(|target| CallbackState {
+            target,
+            event: read_opt_s(item, "callback_event").and_then(|e| CallbackEvent::parse(&e)),
+            status: read_opt_s(item, "callback_status").and_then(|st| CallbackStatus::parse(&st)),
+            attempts: read_opt_n(item, "callback_attempts")
+                .map_or(0, |a| u32::try_from(a).unwrap_or(u32::MAX)),
+        }),
     })
 }
 
@@ -263,7 +307,7 @@ fn advance_expression(advance: &Advance) -> Result<(String, Item), StoreError> {
         }
         None => remove.push("#error"),
     }
-    if advance.status.is_terminal() {
+    if advance.status.is_terminal() && !advance.keep_open {
         remove.push("#open_shard");
     }
     if let Some(metrics) = &advance.metrics {
@@ -610,6 +654,67 @@ impl RecordStore for DynamoRecords {
             .await
     }
 
+    async fn callback_queued(
+        &self,
+        id: &PredictionId,
+        event: CallbackEvent,
+    ) -> Result<bool, StoreError> {
+        let update = match event {
+            CallbackEvent::Start => "SET #callback_event = :event, #callback_status = :pending",
+            CallbackEvent::Completed => {
+                "SET #callback_event = :event, #callback_status = :pending REMOVE #open_shard"
+            }
+        };
+        let condition = "attribute_exists(#callback) AND (attribute_not_exists(#callback_event) OR #callback_event <> :event)";
+        let values = Item::from([
+            (":event".to_owned(), s(event.as_str())),
+            (":pending".to_owned(), s(CallbackStatus::Pending.as_str())),
+        ]);
+        self.update_if(
+            "note queued callback",
+            prediction_pk(id),
+            update,
+            condition,
+            values,
+        )
+        .await
+    }
+
+    async fn callback_attempted(
+        &self,
+        id: &PredictionId,
+        event: CallbackEvent,
+        status: CallbackStatus,
+    ) -> Result<(), StoreError> {
+        let values = Item::from([
+            (":one".to_owned(), n(1)),
+            (":event".to_owned(), s(event.as_str())),
+            (":status".to_owned(), s(status.as_str())),
+        ]);
+        let noted = self
+            .update_if(
+                "note callback attempt",
+                prediction_pk(id),
+                "SET #callback_status = :status ADD #callback_attempts :one",
+                "attribute_exists(#pk) AND #callback_event = :event",
+                values,
+            )
+            .await?;
+        if noted {
+            return Ok(());
+        }
+        // A later event is the one shown now: only count the attempt.
+        self.update_if(
+            "note callback attempt",
+            prediction_pk(id),
+            "ADD #callback_attempts :one",
+            "attribute_exists(#pk)",
+            Item::from([(":one".to_owned(), n(1))]),
+        )
+        .await
+        .map(|_| ())
+    }
+
     async fn list_tenant(
         &self,
         tenant: &TenantId,
@@ -747,7 +852,89 @@ fn limits_from_item(item: &Item) -> Result<TenantLimits, StoreError> {
     })
 }
 
+fn upload_pk(id: &UploadId) -> AttributeValue {
+    s(format!("upload#{id}"))
+}
+
+fn callback_secret_pk(tenant: &TenantId) -> AttributeValue {
+    s(format!("whsec#{tenant}"))
+}
+
+fn upload_to_item(upload: &UploadRecord) -> Item {
+    Item::from([
+        ("pk".to_owned(), upload_pk(&upload.id)),
+        ("tenant".to_owned(), s(upload.tenant.as_str())),
+        ("content_type".to_owned(), s(upload.kind.content_type())),
+        ("size".to_owned(), n(upload.size)),
+        ("created_at".to_owned(), n(upload.created_at)),
+        (TTL_ATTRIBUTE.to_owned(), n(upload.expires_at)),
+    ])
+}
+
+fn upload_from_item(id: &UploadId, item: &Item) -> Result<UploadRecord, StoreError> {
+    Ok(UploadRecord {
+        id: id.clone(),
+        tenant: read_tenant(item)?,
+        kind: ImageKind::from_content_type(&read_s(item, "content_type")?)
+            .ok_or_else(|| StoreError::new("read item", "attribute `content_type` unknown"))?,
+        size: read_n(item, "size")?,
+        created_at: read_n(item, "created_at")?,
+        expires_at: read_n(item, TTL_ATTRIBUTE)?,
+    })
+}
+
 impl AccountStore for DynamoRecords {
+    async fn put_upload(&self, upload: &UploadRecord) -> Result<(), StoreError> {
+        match self
+            .put_if(
+                "create upload",
+                upload_to_item(upload),
+                "attribute_not_exists(#pk)",
+                None,
+            )
+            .await?
+        {
+            PutOutcome::Written => Ok(()),
+            PutOutcome::Refused(_) => Err(StoreError::new("create upload", "the upload exists")),
+        }
+    }
+
+    async fn get_upload(&self, id: &UploadId) -> Result<Option<UploadRecord>, StoreError> {
+        self.get_item("get upload", upload_pk(id))
+            .await?
+            .as_ref()
+            .map(|item| upload_from_item(id, item))
+            .transpose()
+    }
+
+    async fn callback_secret(
+        &self,
+        tenant: &TenantId,
+        candidate: &str,
+    ) -> Result<String, StoreError> {
+        let pk = callback_secret_pk(tenant);
+        if let Some(item) = self.get_item("get callback secret", pk.clone()).await? {
+            return read_s(&item, "secret");
+        }
+        let item = Item::from([
+            ("pk".to_owned(), pk),
+            ("tenant".to_owned(), s(tenant.as_str())),
+            ("secret".to_owned(), s(candidate)),
+        ]);
+        match self
+            .put_if(
+                "create callback secret",
+                item,
+                "attribute_not_exists(#pk)",
+                None,
+            )
+            .await?
+        {
+            PutOutcome::Written => Ok(candidate.to_owned()),
+            PutOutcome::Refused(winner) => read_s(&winner, "secret"),
+        }
+    }
+
     async fn create_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
         match self
             .put_if(
@@ -991,6 +1178,8 @@ mod tests {
             webhook_token: Some("t".repeat(32)),
             tenant: Some(TenantId::parse("acme").unwrap()),
             price: Some(crate::cost::Price::Image { micros: 3_000 }),
+            input_files: Default::default(),
+            callback: None,
             cost_estimate: 3_000,
             cost: Some(3_000),
         }
@@ -1086,6 +1275,7 @@ mod tests {
             started_at: Some(7),
             completed_at: None,
             cost: None,
+            keep_open: false,
         };
         let (expression, values) = advance_expression(&advance).unwrap();
         assert_eq!(

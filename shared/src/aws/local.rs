@@ -127,6 +127,25 @@ pub async fn ensure_queue(
     visibility_timeout_seconds: u32,
     max_receives: u32,
 ) -> Result<String, StoreError> {
+    ensure_queue_pair(client, name, visibility_timeout_seconds, max_receives)
+        .await
+        .map(|pair| pair.url)
+}
+
+/// A queue and its dead-letter queue (`<name>-dlq`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuePair {
+    pub url: String,
+    pub dead_letter_url: String,
+}
+
+/// `ensure_queue`, telling both URLs.
+pub async fn ensure_queue_pair(
+    client: &aws_sdk_sqs::Client,
+    name: &str,
+    visibility_timeout_seconds: u32,
+    max_receives: u32,
+) -> Result<QueuePair, StoreError> {
     use aws_sdk_sqs::types::QueueAttributeName;
     let dlq_url = client
         .create_queue()
@@ -161,6 +180,10 @@ pub async fn ensure_queue(
         .map_err(|e| sqs_failed("create queue", e))?
         .queue_url
         .ok_or_else(|| StoreError::new("create queue", "no queue URL"))
+        .map(|url| QueuePair {
+            url,
+            dead_letter_url: dlq_url,
+        })
 }
 
 fn sqs_failed<E: std::error::Error + Send + Sync + 'static>(

@@ -8,17 +8,22 @@ mod sqs;
 pub use dynamo::{
     DynamoRecords, OPEN_INDEX, OPEN_SHARD_ATTRIBUTE, TENANT_ATTRIBUTE, TENANT_INDEX, TTL_ATTRIBUTE,
 };
-pub use local::{ensure_bucket, ensure_queue, ensure_table};
+pub use local::{QueuePair, ensure_bucket, ensure_queue, ensure_queue_pair, ensure_table};
 pub use s3::S3Objects;
-pub use sqs::SqsCopyQueue;
+pub use sqs::{QueueUrls, SqsQueues};
 
 /// The IAM actions each port method needs from the AWS adapters (`dynamo.rs`, `s3.rs`).
 /// The SAM template grants each function the actions of the methods its handler calls.
 pub fn iam_actions(port_method: &str) -> &'static [&'static str] {
     match port_method {
-        "try_claim" | "replace_claim" | "insert_prediction" | "create_key" => &["dynamodb:PutItem"],
+        "try_claim" | "replace_claim" | "insert_prediction" | "create_key" | "put_upload" => {
+            &["dynamodb:PutItem"]
+        }
         "settle_claim" | "advance" | "claim_sync" | "revoke_key" | "update_tenant"
-        | "count_request" | "reserve_cost" | "settle_cost" => &["dynamodb:UpdateItem"],
+        | "count_request" | "reserve_cost" | "settle_cost" | "callback_queued"
+        | "callback_attempted" => &["dynamodb:UpdateItem"],
+        // Read first; put (conditionally) only when the tenant has none yet.
+        "callback_secret" => &["dynamodb:GetItem", "dynamodb:PutItem"],
         // The `replicate#` binding is put, the record updated (the binding given back if not).
         "attach_replicate_id" => &[
             "dynamodb:PutItem",
@@ -26,7 +31,9 @@ pub fn iam_actions(port_method: &str) -> &'static [&'static str] {
             "dynamodb:DeleteItem",
         ],
         "release_claim" => &["dynamodb:DeleteItem"],
-        "get_prediction" | "get_key" | "get_tenant" | "usage" => &["dynamodb:GetItem"],
+        "get_prediction" | "get_key" | "get_tenant" | "usage" | "get_upload" => {
+            &["dynamodb:GetItem"]
+        }
         // On the `open-index` and `tenant-index` indexes only.
         "list_open" | "list_tenant" => &["dynamodb:Query"],
         // Creating, uploading parts of and completing a multipart upload are all s3:PutObject.
@@ -35,8 +42,9 @@ pub fn iam_actions(port_method: &str) -> &'static [&'static str] {
         }
         "abort_multipart" => &["s3:AbortMultipartUpload"],
         // A presigned URL carries the signer's permission.
-        "presign_get" => &["s3:GetObject"],
-        "send_copy" => &["sqs:SendMessage"],
+        "presign_get" | "read_object" => &["s3:GetObject"],
+        "presign_put" => &["s3:PutObject"],
+        "send_copy" | "send_callback" | "dead_letter_callback" => &["sqs:SendMessage"],
         _ => &[],
     }
 }
@@ -59,7 +67,9 @@ pub fn item_actions(port_method: &str, claim_prefix: Option<&str>) -> Vec<(&'sta
         "release_claim" => vec![(delete, claim())],
         "insert_prediction" => vec![(put, on("pred#"))],
         "get_prediction" => vec![(get, on("pred#"))],
-        "advance" | "claim_sync" => vec![(update, on("pred#"))],
+        "advance" | "claim_sync" | "callback_queued" | "callback_attempted" => {
+            vec![(update, on("pred#"))]
+        }
         "attach_replicate_id" => vec![
             (put, on("replicate#")),
             (update, on("pred#")),
@@ -73,6 +83,9 @@ pub fn item_actions(port_method: &str, claim_prefix: Option<&str>) -> Vec<(&'sta
         "count_request" => vec![(update, on("rate#"))],
         "reserve_cost" | "settle_cost" => vec![(update, on("usage#"))],
         "usage" => vec![(get, on("usage#"))],
+        "put_upload" => vec![(put, on("upload#"))],
+        "get_upload" => vec![(get, on("upload#"))],
+        "callback_secret" => vec![(get, on("whsec#")), (put, on("whsec#"))],
         _ => Vec::new(),
     }
 }

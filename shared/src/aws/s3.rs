@@ -11,7 +11,7 @@ use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use bytes::Bytes;
 
-use crate::ports::{ObjectStore, StoreError};
+use crate::ports::{ObjectRead, ObjectStore, PresignedPut, StoreError};
 
 #[derive(Debug)]
 pub struct S3Objects {
@@ -222,6 +222,86 @@ impl ObjectStore for S3Objects {
             .await
             .map_err(|e| failed("presign", e))?;
         Ok(request.uri().to_owned())
+    }
+
+    async fn presign_put(
+        &self,
+        key: &str,
+        content_type: &str,
+        size: u64,
+        ttl: Duration,
+    ) -> Result<PresignedPut, StoreError> {
+        let lifetime = self.credentials_lifetime().await;
+        let ttl = presign_lifetime(ttl, lifetime, SystemTime::now());
+        let config = PresigningConfig::expires_in(ttl).map_err(|e| failed("presign", e))?;
+        let request = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type(content_type)
+            .content_length(i64::try_from(size).unwrap_or(i64::MAX))
+            .presigned(config)
+            .await
+            .map_err(|e| failed("presign", e))?;
+        // The signed headers the PUT must repeat; `host` is the URL's own.
+        let headers = request
+            .headers()
+            .filter(|(name, _)| !name.eq_ignore_ascii_case("host"))
+            .map(|(name, value)| (name.to_ascii_lowercase(), value.to_owned()))
+            .collect();
+        Ok(PresignedPut {
+            url: request.uri().to_owned(),
+            headers,
+        })
+    }
+
+    async fn read_object(&self, key: &str, max_bytes: u64) -> Result<ObjectRead, StoreError> {
+        let result = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await;
+        let output = match result {
+            Ok(output) => output,
+            Err(err) => {
+                return match err.into_service_error() {
+                    aws_sdk_s3::operation::get_object::GetObjectError::NoSuchKey(_) => {
+                        Ok(ObjectRead::Missing)
+                    }
+                    other => Err(failed("read object", other)),
+                };
+            }
+        };
+        let size = output
+            .content_length()
+            .and_then(|n| u64::try_from(n).ok())
+            .unwrap_or(0);
+        if size > max_bytes {
+            return Ok(ObjectRead::TooLarge { size });
+        }
+        let content_type = output.content_type().unwrap_or_default().to_owned();
+        // Read at most one byte past the limit, whatever the length header said.
+        let mut body = output.body;
+        let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
+        while let Some(chunk) = body
+            .try_next()
+            .await
+            .map_err(|e| StoreError::new("read object", e.to_string()))?
+        {
+            bytes.extend_from_slice(&chunk);
+            if bytes.len() as u64 > max_bytes {
+                return Ok(ObjectRead::TooLarge {
+                    size: bytes.len() as u64,
+                });
+            }
+        }
+        Ok(ObjectRead::Found {
+            content_type,
+            bytes: Bytes::from(bytes),
+        })
     }
 }
 

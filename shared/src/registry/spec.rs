@@ -107,12 +107,17 @@ pub enum FieldSpec {
         #[serde(default)]
         default: Option<String>,
     },
-    /// An http(s) URL the model fetches, or a small `data:image/...;base64,` URL.
+    /// An http(s) URL the model fetches, a small `data:image/...;base64,` URL, or an
+    /// `upload://<id>` reference.
     Image {
         #[serde(default)]
         required: bool,
         #[serde(default)]
         max_inline_bytes: Option<usize>,
+        /// The model's input limit in pixels, where known: an upload (whose size submit
+        /// reads) above it is refused before anything is created.
+        #[serde(default)]
+        max_pixels: Option<u64>,
     },
 }
 

@@ -350,7 +350,11 @@ pub(super) fn check_value(spec: &FieldSpec, value: &Value) -> Result<Value, Stri
         } => {
             let s = value
                 .as_str()
-                .ok_or("must be an http(s) URL or a data URL string")?;
+                .ok_or("must be an http(s) URL, a data URL or an upload:// reference string")?;
+            if let Some(reference) = crate::uploads::UploadId::from_reference(s) {
+                // Whether the upload exists and is the caller's is submit's to check.
+                return reference.map(|_| value.clone()).map_err(|e| e.to_string());
+            }
             check_image(
                 s,
                 max_inline_bytes.unwrap_or(DEFAULT_MAX_INLINE_IMAGE_BYTES),
@@ -475,6 +479,7 @@ mod tests {
         FieldSpec::Image {
             required,
             max_inline_bytes: Some(30),
+            max_pixels: None,
         }
     }
 

@@ -1,0 +1,179 @@
+//! Callbacks to callers (README, "Callbacks"): queueing an event, delivering one attempt of
+//! it, and `GET /v1/webhooks/secret`.
+//!
+//! A `completed` event is queued by whoever ended the prediction (`App::finish`). Until it
+//! is queued the ended record stays in the open index, so a crash between the two is
+//! repaired by the reconciler, which queues it again (receivers see the same `webhook-id`).
+
+use std::time::Duration;
+
+use lambda_http::{Body, Request, Response};
+use serde::Serialize;
+
+use super::problem::json_or_problem;
+use super::{ApiError, App, Ports, PredictionView};
+use crate::callbacks::{CallbackEvent, CallbackJob, CallbackStatus, retry_delay};
+use crate::delivery::{CallbackRequest, CallbackSender, DeliveryOutcome};
+use crate::ports::{AccountStore, JobQueue, RecordStore, StoreError};
+use crate::record::PredictionRecord;
+use crate::tenancy::TenantId;
+use crate::webhook::{ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, WebhookSecret};
+
+/// What became of one delivery attempt's job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallbackDisposition {
+    /// Delivered, or nothing (any more) to deliver: the job is done.
+    Done,
+    /// Try again after this long (the message stays hidden until then).
+    RetryAfter(Duration),
+    /// Given up on and moved to the dead-letter queue: the job is done here.
+    DeadLettered,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SecretView {
+    pub key: String,
+}
+
+impl<P: Ports> App<P> {
+    /// `GET /v1/webhooks/secret`: the caller's tenant's signing secret, made on first use.
+    pub async fn webhook_secret_route(&self, request: Request) -> Response<Body> {
+        json_or_problem(self.try_webhook_secret(&request).await)
+    }
+
+    async fn try_webhook_secret(&self, request: &Request) -> Result<SecretView, ApiError> {
+        let caller = self.authenticate(request).await?;
+        let key = self.tenant_secret_text(&caller.tenant).await?;
+        Ok(SecretView { key })
+    }
+
+    async fn tenant_secret_text(&self, tenant: &TenantId) -> Result<String, StoreError> {
+        self.records
+            .callback_secret(tenant, &WebhookSecret::generate().to_text())
+            .await
+    }
+
+    /// Queues `event`'s callback for a record that asked for it, and notes it on the record.
+    /// Failures are logged: a `completed` one is queued again by the reconciler.
+    pub(crate) async fn queue_callback(&self, record: &PredictionRecord, event: CallbackEvent) {
+        if !record
+            .callback
+            .as_ref()
+            .is_some_and(|c| c.target.wants(event))
+        {
+            return;
+        }
+        let job = CallbackJob {
+            prediction_id: record.id.clone(),
+            event,
+            queued_at: self.clock.millis(),
+        };
+        if let Err(err) = self.queue.send_callback(&job).await {
+            tracing::error!(prediction_id = %record.id, event = event.as_str(), error = %err, "could not queue the callback");
+            return;
+        }
+        if let Err(err) = self.records.callback_queued(&record.id, event).await {
+            tracing::warn!(prediction_id = %record.id, error = %err, "callback queued but not noted; it may be queued again");
+        }
+    }
+
+    /// One delivery attempt (`attempt` counts from 1) of a queued event: the prediction as
+    /// `GET` shows it now, signed under its tenant's secret.
+    pub async fn deliver_callback(
+        &self,
+        job: &CallbackJob,
+        attempt: u32,
+    ) -> Result<CallbackDisposition, StoreError> {
+        tracing::Span::current().record("prediction_id", job.prediction_id.as_str());
+        let Some(record) = self.live_prediction(&job.prediction_id).await? else {
+            tracing::warn!("callback for a prediction that is gone; dropped");
+            return Ok(CallbackDisposition::Done);
+        };
+        let (Some(callback), Some(tenant)) = (&record.callback, &record.tenant) else {
+            return Ok(CallbackDisposition::Done);
+        };
+        let Ok(url) = url::Url::parse(&callback.target.url) else {
+            return self.give_up(job, "the callback URL is unreadable").await;
+        };
+        let view =
+            PredictionView::build(&record, false, &self.objects, self.settings.output_url_ttl)
+                .await?;
+        let body = serde_json::to_vec(&view).unwrap_or_default();
+        let secret = WebhookSecret::parse(&self.tenant_secret_text(tenant).await?)
+            .map_err(|e| StoreError::new("read callback secret", e.to_string()))?;
+        let id = job.webhook_id();
+        let timestamp = i64::try_from(self.clock.millis() / 1000).unwrap_or(i64::MAX);
+        let signature = secret.sign(&id, timestamp, &body);
+        let request = CallbackRequest {
+            url,
+            headers: vec![
+                ("content-type", "application/json".to_owned()),
+                (ID_HEADER, id),
+                (TIMESTAMP_HEADER, timestamp.to_string()),
+                (SIGNATURE_HEADER, signature),
+            ],
+            body: body.into(),
+        };
+        let outcome = self.callbacks.post(request).await;
+        self.settle_attempt(job, attempt, outcome).await
+    }
+
+    async fn settle_attempt(
+        &self,
+        job: &CallbackJob,
+        attempt: u32,
+        outcome: DeliveryOutcome,
+    ) -> Result<CallbackDisposition, StoreError> {
+        let why = match outcome {
+            DeliveryOutcome::Delivered { status } => {
+                tracing::info!(
+                    event = job.event.as_str(),
+                    attempt,
+                    status,
+                    "callback delivered"
+                );
+                self.records
+                    .callback_attempted(&job.prediction_id, job.event, CallbackStatus::Delivered)
+                    .await?;
+                return Ok(CallbackDisposition::Done);
+            }
+            // A destination that now resolves inside is not tried again.
+            DeliveryOutcome::Forbidden(reason) => {
+                self.records
+                    .callback_attempted(&job.prediction_id, job.event, CallbackStatus::Failed)
+                    .await?;
+                return self.give_up(job, &reason).await;
+            }
+            DeliveryOutcome::Rejected { status } => format!("answered HTTP {status}"),
+            DeliveryOutcome::Unreachable(reason) => reason,
+        };
+        tracing::warn!(event = job.event.as_str(), attempt, reason = %why, "callback attempt failed");
+        if job.window_closed(self.clock.millis()) {
+            self.records
+                .callback_attempted(&job.prediction_id, job.event, CallbackStatus::Failed)
+                .await?;
+            return self.give_up(job, &why).await;
+        }
+        self.records
+            .callback_attempted(&job.prediction_id, job.event, CallbackStatus::Pending)
+            .await?;
+        Ok(CallbackDisposition::RetryAfter(retry_delay(
+            self.settings.callback_retry_base,
+            attempt,
+        )))
+    }
+
+    async fn give_up(
+        &self,
+        job: &CallbackJob,
+        reason: &str,
+    ) -> Result<CallbackDisposition, StoreError> {
+        self.queue.dead_letter_callback(job).await?;
+        tracing::error!(
+            event = job.event.as_str(),
+            reason,
+            "callback given up on; moved to the dead-letter queue"
+        );
+        Ok(CallbackDisposition::DeadLettered)
+    }
+}

@@ -1,0 +1,144 @@
+//! Sending one callback attempt (README, "Callbacks"): a POST with a 10 s limit, no
+//! redirects, no proxy, to an address checked at connect time. Names are resolved by
+//! `GuardedResolver`, which refuses the whole name if any address is not public, so what
+//! is checked is what is connected to (no window for DNS rebinding). Literal addresses,
+//! which no resolver sees, are checked before sending.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use url::Url;
+
+use crate::callbacks::ATTEMPT_TIMEOUT;
+use crate::destination::{CallbackAllowList, forbidden_address};
+
+/// One attempt to make.
+#[derive(Debug, Clone)]
+pub struct CallbackRequest {
+    pub url: Url,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: Bytes,
+}
+
+/// How an attempt went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeliveryOutcome {
+    /// A 2xx answer.
+    Delivered { status: u16 },
+    /// Any other answer (redirects included: they are not followed).
+    Rejected { status: u16 },
+    /// No answer: refused connection, timeout, TLS failure.
+    Unreachable(String),
+    /// The destination is (now) not allowed: it resolves to a forbidden address.
+    Forbidden(String),
+}
+
+impl DeliveryOutcome {
+    pub fn delivered(&self) -> bool {
+        matches!(self, Self::Delivered { .. })
+    }
+}
+
+/// Sends callback attempts: HTTP (`HttpCallbacks`), or a scripted fake in unit tests.
+pub trait CallbackSender: Send + Sync {
+    fn post(&self, request: CallbackRequest) -> impl Future<Output = DeliveryOutcome> + Send;
+}
+
+/// Resolves with the system resolver and refuses any name with a forbidden address.
+#[derive(Debug, Default)]
+struct GuardedResolver;
+
+impl reqwest::dns::Resolve for GuardedResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            let addresses: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            if let Some(reason) = addresses.iter().find_map(|a| forbidden_address(a.ip())) {
+                return Err(format!("`{host}` resolves to {reason}").into());
+            }
+            Ok(Box::new(addresses.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+/// Callback attempts over HTTP.
+pub struct HttpCallbacks {
+    guarded: reqwest::Client,
+    /// For `CALLBACK_ALLOW_HOSTS` only: resolves without the address check.
+    exempt: reqwest::Client,
+    allow: CallbackAllowList,
+}
+
+impl HttpCallbacks {
+    pub fn new(allow: CallbackAllowList) -> Result<Self, reqwest::Error> {
+        let builder = || {
+            reqwest::Client::builder()
+                .timeout(ATTEMPT_TIMEOUT)
+                .connect_timeout(ATTEMPT_TIMEOUT)
+                .redirect(reqwest::redirect::Policy::none())
+                .no_proxy()
+                .user_agent(concat!("imagegen-callbacks/", env!("CARGO_PKG_VERSION")))
+        };
+        Ok(Self {
+            guarded: builder().dns_resolver(Arc::new(GuardedResolver)).build()?,
+            exempt: builder().build()?,
+            allow,
+        })
+    }
+}
+
+impl CallbackSender for HttpCallbacks {
+    async fn post(&self, request: CallbackRequest) -> DeliveryOutcome {
+        let client = if self.allow.exempts(&request.url) {
+            &self.exempt
+        } else {
+            let literal = match request.url.host() {
+                Some(url::Host::Ipv4(ip)) => Some(std::net::IpAddr::V4(ip)),
+                Some(url::Host::Ipv6(ip)) => Some(std::net::IpAddr::V6(ip)),
+                _ => None,
+            };
+            if let Some(reason) = literal.and_then(forbidden_address) {
+                return DeliveryOutcome::Forbidden(format!("the destination is {reason}"));
+            }
+            if request.url.scheme() != "https" {
+                return DeliveryOutcome::Forbidden("the destination is not https".to_owned());
+            }
+            &self.guarded
+        };
+        let mut builder = client.post(request.url.clone()).body(request.body);
+        for (name, value) in request.headers {
+            builder = builder.header(name, value);
+        }
+        match builder.send().await {
+            Ok(response) if response.status().is_success() => DeliveryOutcome::Delivered {
+                status: response.status().as_u16(),
+            },
+            Ok(response) => DeliveryOutcome::Rejected {
+                status: response.status().as_u16(),
+            },
+            Err(err) => {
+                let text = error_chain(err.without_url());
+                if text.contains("resolves to") {
+                    DeliveryOutcome::Forbidden(text)
+                } else {
+                    DeliveryOutcome::Unreachable(text)
+                }
+            }
+        }
+    }
+}
+
+/// An error and its causes, without the URL (it may carry the caller's secrets).
+fn error_chain(err: reqwest::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = std::error::Error::source(&err);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -238,7 +238,7 @@ pub fn spawn_copy_worker_metered(
                 let response = copy_batch(&app, batch, started + LOCAL_COPY_BUDGET).await;
                 failures.extend(response.failures.into_iter().map(|f| f.id));
                 if let Some(invocations) = &invocations {
-                    invocations.record_queue_job(started.elapsed());
+                    invocations.record_queue_job("CopyQueue", started.elapsed());
                 }
             }
             failures

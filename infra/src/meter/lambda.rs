@@ -71,10 +71,11 @@ impl Invocations {
         }
     }
 
-    pub fn record_queue_job(&self, took: Duration) {
+    /// A job of the queue `queue` (its logical id) ran for `took`.
+    pub fn record_queue_job(&self, queue: &str, took: Duration) {
         let name = self
             .template
-            .queue_consumer()
+            .queue_consumer(queue)
             .map_or("queue consumer", |f| f.name.as_str())
             .to_owned();
         add_call(
@@ -128,7 +129,7 @@ mod tests {
         meter.record_request("POST", "/v1/predictions", Duration::from_micros(2500));
         meter.record_request("GET", "/v1/predictions/abc", Duration::from_millis(4));
         meter.record_request("GET", "/nowhere", Duration::from_millis(4));
-        meter.record_queue_job(Duration::from_millis(10));
+        meter.record_queue_job("CopyQueue", Duration::from_millis(10));
         let tally = meter.tally();
         assert_eq!(tally.api_requests["POST /v1/predictions"], 1);
         assert_eq!(tally.api_requests["GET /v1/predictions/{id}"], 1);

@@ -112,6 +112,8 @@ pub struct Function {
     pub schedule: Option<String>,
     /// An SQS event source's batch size.
     pub queue_batch_size: Option<u32>,
+    /// The queue an SQS event source reads (`CopyQueue.Arn`).
+    pub queue: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -175,6 +177,7 @@ impl Template {
                         routes: Vec::new(),
                         schedule: None,
                         queue_batch_size: None,
+                        queue: None,
                     };
                     let events = format!("{props}.Events.");
                     for (key, kind) in flat.range(events.clone()..) {
@@ -199,7 +202,8 @@ impl Template {
                             "Schedule" => function.schedule = field("Schedule").map(str::to_owned),
                             "SQS" => {
                                 function.queue_batch_size =
-                                    Some(number(field("BatchSize")).unwrap_or(10))
+                                    Some(number(field("BatchSize")).unwrap_or(10));
+                                function.queue = field("Queue").map(str::to_owned);
                             }
                             _ => {}
                         }
@@ -285,9 +289,14 @@ impl Template {
         })
     }
 
-    /// The function fed by a queue (the copier).
-    pub fn queue_consumer(&self) -> Option<&Function> {
-        self.functions.iter().find(|f| f.queue_batch_size.is_some())
+    /// The function fed by the queue named `queue` (a logical id, e.g. `CopyQueue`).
+    pub fn queue_consumer(&self, queue: &str) -> Option<&Function> {
+        self.functions.iter().find(|f| {
+            f.queue
+                .as_deref()
+                .and_then(|q| q.trim_start_matches("!GetAtt ").split('.').next())
+                .is_some_and(|q| q == queue)
+        })
     }
 
     pub fn function(&self, name: &str) -> Option<&Function> {
@@ -445,7 +454,14 @@ Resources:
         assert!(t.route("POST", "/v1/predictions").is_some());
         assert!(t.route("POST", "/webhooks/replicate").is_some());
         assert!(t.route("GET", "/v1/predictions/abc").is_some());
-        assert!(t.queue_consumer().is_some());
+        assert_eq!(
+            t.queue_consumer("CopyQueue").map(|f| f.name.as_str()),
+            Some("CopierFunction")
+        );
+        assert_eq!(
+            t.queue_consumer("CallbackQueue").map(|f| f.name.as_str()),
+            Some("CallbacksFunction")
+        );
         assert!(t.functions.iter().any(|f| f.schedule.is_some()));
         assert!(t.retention_days("outputs/a/0.webp").is_some());
         assert_eq!(t.retention_days("inputs/abc"), Some(1));

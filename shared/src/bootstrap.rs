@@ -136,7 +136,7 @@ pub fn production_app(
             callback_dead_letter: settings.callback_dead_letter_url.clone(),
         },
     );
-    let callbacks = HttpCallbacks::new(settings.callback_allow.clone())?;
+    let callbacks = HttpCallbacks::new(settings.callback_allow.clone());
     let ports = PortSet {
         replicate,
         records,
@@ -331,21 +331,18 @@ pub async fn callback_batch<P: crate::app::Ports, R: Redelivery>(
             }
         };
         let span = tracing::info_span!("callback", prediction_id = %job.prediction_id);
-        let retry = match app
-            .deliver_callback(&job, message.attempt())
-            .instrument(span)
-            .await
-        {
-            Ok(CallbackDisposition::Done | CallbackDisposition::DeadLettered) => return None,
-            Ok(CallbackDisposition::RetryAfter(wait)) => Some(wait),
+        let attempt = message.attempt();
+        let disposition = match app.deliver_callback(&job, attempt).instrument(span).await {
+            Ok(disposition) => disposition,
             Err(err) => {
                 tracing::warn!(prediction_id = %job.prediction_id, error = %err, "callback attempt could not run; retried");
-                None
+                app.callback_not_run(&job, attempt).await
             }
         };
-        if let Some(wait) = retry
-            && let Err(err) = redelivery.hide_for(&message.receipt_handle, wait).await
-        {
+        let CallbackDisposition::RetryAfter(wait) = disposition else {
+            return None;
+        };
+        if let Err(err) = redelivery.hide_for(&message.receipt_handle, wait).await {
             tracing::warn!(error = %err, "could not delay the callback retry; it comes back sooner");
         }
         Some(BatchItemFailure {

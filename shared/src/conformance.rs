@@ -321,6 +321,51 @@ async fn callbacks_keep_an_ended_record_open_until_queued<S: RecordStore>(store:
         (callback.status, callback.attempts),
         (Some(CallbackStatus::Failed), 3)
     );
+    // An attempt that got in before the note: the note keeps its status, the record still
+    // leaves the index, and a delivered event never goes back to pending.
+    let quick = PredictionRecord {
+        id: PredictionId::generate(),
+        ..record.clone()
+    };
+    insert(store, &quick).await;
+    assert!(store.advance(&quick.id, &ended).await.expect("advance"));
+    store
+        .callback_attempted(
+            &quick.id,
+            CallbackEvent::Completed,
+            CallbackStatus::Delivered,
+        )
+        .await
+        .expect("callback_attempted");
+    assert!(
+        !store
+            .callback_queued(&quick.id, CallbackEvent::Completed)
+            .await
+            .expect("callback_queued"),
+        "callback_queued: an event an attempt already set is not noted again"
+    );
+    assert!(
+        !is_listed_open(store, &quick.id, created_at + 1).await,
+        "callback_queued: the record leaves the open index even when already noted"
+    );
+    store
+        .callback_attempted(&quick.id, CallbackEvent::Completed, CallbackStatus::Pending)
+        .await
+        .expect("callback_attempted");
+    store
+        .callback_attempted(&quick.id, CallbackEvent::Start, CallbackStatus::Failed)
+        .await
+        .expect("callback_attempted");
+    let callback = stored(store, &quick.id).await.callback.expect("a callback");
+    assert_eq!(
+        (callback.event, callback.status, callback.attempts),
+        (
+            Some(CallbackEvent::Completed),
+            Some(CallbackStatus::Delivered),
+            3
+        ),
+        "callback_attempted: delivered stays delivered; a start never hides completed"
+    );
     let plain = bare_record(PredictionId::generate(), created_at);
     insert(store, &plain).await;
     assert!(

@@ -12,6 +12,10 @@ use bytes::Bytes;
 use url::Url;
 
 use crate::callbacks::ATTEMPT_TIMEOUT;
+use crate::destination::RESOLVE_TIMEOUT;
+
+/// Time to connect (resolving included) before an attempt counts as failed.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 use crate::destination::{CallbackAllowList, forbidden_address};
 
 /// One attempt to make.
@@ -54,8 +58,11 @@ impl reqwest::dns::Resolve for GuardedResolver {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
         let host = name.as_str().to_owned();
         Box::pin(async move {
-            let addresses: Vec<SocketAddr> =
-                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let lookup = tokio::net::lookup_host((host.as_str(), 0));
+            let addresses: Vec<SocketAddr> = tokio::time::timeout(RESOLVE_TIMEOUT, lookup)
+                .await
+                .map_err(|_| format!("`{host}` did not resolve in time"))??
+                .collect();
             if let Some(reason) = addresses.iter().find_map(|a| forbidden_address(a.ip())) {
                 return Err(format!("`{host}` resolves to {reason}").into());
             }
@@ -64,36 +71,61 @@ impl reqwest::dns::Resolve for GuardedResolver {
     }
 }
 
-/// Callback attempts over HTTP.
+/// Callback attempts over HTTP. The clients are built on first use: only the callbacks
+/// function sends, and every other function's cold start would pay for their TLS setup.
 pub struct HttpCallbacks {
-    guarded: reqwest::Client,
-    /// For `CALLBACK_ALLOW_HOSTS` only: resolves without the address check.
-    exempt: reqwest::Client,
+    clients: std::sync::OnceLock<Result<Clients, String>>,
     allow: CallbackAllowList,
 }
 
+struct Clients {
+    guarded: reqwest::Client,
+    /// For `CALLBACK_ALLOW_HOSTS` only: resolves without the address check.
+    exempt: reqwest::Client,
+}
+
 impl HttpCallbacks {
-    pub fn new(allow: CallbackAllowList) -> Result<Self, reqwest::Error> {
-        let builder = || {
-            reqwest::Client::builder()
-                .timeout(ATTEMPT_TIMEOUT)
-                .connect_timeout(ATTEMPT_TIMEOUT)
-                .redirect(reqwest::redirect::Policy::none())
-                .no_proxy()
-                .user_agent(concat!("imagegen-callbacks/", env!("CARGO_PKG_VERSION")))
-        };
-        Ok(Self {
-            guarded: builder().dns_resolver(Arc::new(GuardedResolver)).build()?,
-            exempt: builder().build()?,
+    pub fn new(allow: CallbackAllowList) -> Self {
+        Self {
+            clients: std::sync::OnceLock::new(),
             allow,
-        })
+        }
     }
+
+    fn clients(&self) -> Result<&Clients, &str> {
+        self.clients
+            .get_or_init(|| {
+                build_clients().map_err(|e| format!("could not build the callback client: {e}"))
+            })
+            .as_ref()
+            .map_err(String::as_str)
+    }
+}
+
+fn build_clients() -> Result<Clients, reqwest::Error> {
+    let builder = || {
+        reqwest::Client::builder()
+            .timeout(ATTEMPT_TIMEOUT)
+            // A blackholed endpoint holds a worker slot for 3 s, not the whole attempt.
+            .connect_timeout(CONNECT_TIMEOUT)
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .user_agent(concat!("imagegen-callbacks/", env!("CARGO_PKG_VERSION")))
+    };
+    Ok(Clients {
+        guarded: builder().dns_resolver(Arc::new(GuardedResolver)).build()?,
+        exempt: builder().build()?,
+    })
 }
 
 impl CallbackSender for HttpCallbacks {
     async fn post(&self, request: CallbackRequest) -> DeliveryOutcome {
+        let clients = match self.clients() {
+            Ok(clients) => clients,
+            Err(reason) => return DeliveryOutcome::Unreachable(reason.to_owned()),
+        };
         let client = if self.allow.exempts(&request.url) {
-            &self.exempt
+            &clients.exempt
         } else {
             let literal = match request.url.host() {
                 Some(url::Host::Ipv4(ip)) => Some(std::net::IpAddr::V4(ip)),
@@ -106,7 +138,7 @@ impl CallbackSender for HttpCallbacks {
             if request.url.scheme() != "https" {
                 return DeliveryOutcome::Forbidden("the destination is not https".to_owned());
             }
-            &self.guarded
+            &clients.guarded
         };
         let mut builder = client.post(request.url.clone()).body(request.body);
         for (name, value) in request.headers {

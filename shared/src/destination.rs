@@ -22,10 +22,17 @@ impl CallbackAllowList {
     pub fn parse(list: &str) -> Result<Self, String> {
         let mut entries = Vec::new();
         for entry in list.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            let has_port = entry.rsplit_once(':').is_some_and(|(_, port)| {
+                !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit())
+            });
+            if !has_port {
+                return Err(format!("`{entry}` is not host:port"));
+            }
             let url = Url::parse(&format!("http://{entry}"))
                 .ok()
                 .filter(|u| u.path() == "/" && u.query().is_none() && u.username().is_empty());
-            let parsed = url.and_then(|u| Some((host_key(u.host()?), u.port()?)));
+            // `host:80` reads back without its port (http's default): take the default.
+            let parsed = url.and_then(|u| Some((host_key(u.host()?), u.port_or_known_default()?)));
             match parsed {
                 Some(pair) => entries.push(pair),
                 None => return Err(format!("`{entry}` is not host:port")),
@@ -109,11 +116,12 @@ fn forbidden_v6(ip: Ipv6Addr) -> Option<&'static str> {
         Some("a link-local address")
     } else if (segments[0] & 0xfe00) == 0xfc00 || (segments[0] & 0xffc0) == 0xfec0 {
         Some("a private address")
-    } else if ip.is_unspecified()
-        || ip.is_multicast()
-        || segments[..6] == [0, 0, 0, 0, 0, 0]
+    } else if (segments[0] & 0xe000) != 0x2000
+        // Outside global unicast (2000::/3) nothing is public: IPv4-translated, local NAT64,
+        // discard and the rest fail closed. Inside it: documentation and Teredo (which
+        // hides an IPv4 address).
         || segments[0] == 0x2001 && segments[1] == 0x0db8
-        || segments[0] == 0x0100 && segments[1..4] == [0, 0, 0]
+        || segments[0] == 0x2001 && segments[1] == 0
     {
         Some("not a public address")
     } else {
@@ -126,14 +134,20 @@ pub trait HostResolver: Send + Sync {
     fn resolve(&self, host: &str) -> impl Future<Output = std::io::Result<Vec<IpAddr>>> + Send;
 }
 
-/// The operating system's resolver.
+/// Longest a name may take to resolve: a name server that never answers must not hold a
+/// submit past API Gateway's 30 s.
+pub const RESOLVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// The operating system's resolver, bounded by `RESOLVE_TIMEOUT`.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SystemResolver;
 
 impl HostResolver for SystemResolver {
     async fn resolve(&self, host: &str) -> std::io::Result<Vec<IpAddr>> {
-        Ok(tokio::net::lookup_host((host, 0))
-            .await?
+        let lookup = tokio::net::lookup_host((host, 0));
+        Ok(tokio::time::timeout(RESOLVE_TIMEOUT, lookup)
+            .await
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??
             .map(|addr| addr.ip())
             .collect())
     }
@@ -244,6 +258,10 @@ mod tests {
             ("ff02::1", "public"),
             ("240.0.0.1", "public"),
             ("::7f00:1", "public"),
+            ("::ffff:0:7f00:1", "public"),
+            ("64:ff9b:1::1", "public"),
+            ("2001:0:4136:e378::1", "public"),
+            ("2001:db8::1", "public"),
         ] {
             let found = forbidden_address(ip(address));
             assert!(
@@ -294,6 +312,9 @@ mod tests {
                 .is_err()
         );
         assert!(CallbackAllowList::parse("no-port").is_err());
+        assert!(CallbackAllowList::parse("[::1]").is_err());
+        let port_80 = CallbackAllowList::parse("hooks.internal:80").unwrap();
+        assert!(port_80.exempts(&Url::parse("http://hooks.internal/x").unwrap()));
         assert!(CallbackAllowList::parse("host:1/path").is_err());
     }
 

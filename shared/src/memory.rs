@@ -408,15 +408,18 @@ impl RecordStore for MemoryRecords {
         let Some(callback) = predictions.get_mut(id).and_then(|r| r.callback.as_mut()) else {
             return Ok(false);
         };
-        if callback.event == Some(event) {
-            return Ok(false);
-        }
-        callback.event = Some(event);
-        callback.status = Some(CallbackStatus::Pending);
         if event == CallbackEvent::Completed {
             lock(&self.open).remove(id);
         }
-        Ok(true)
+        let noted = match event {
+            CallbackEvent::Start => callback.event.is_none(),
+            CallbackEvent::Completed => callback.event != Some(event),
+        };
+        if noted {
+            callback.event = Some(event);
+            callback.status = Some(CallbackStatus::Pending);
+        }
+        Ok(noted)
     }
 
     async fn callback_attempted(
@@ -431,7 +434,12 @@ impl RecordStore for MemoryRecords {
         };
         if let Some(callback) = record.callback.as_mut() {
             callback.attempts = callback.attempts.saturating_add(1);
-            if callback.event == Some(event) {
+            let shown_later =
+                event == CallbackEvent::Start && callback.event.is_some_and(|shown| shown != event);
+            let was_delivered =
+                callback.event == Some(event) && callback.status == Some(CallbackStatus::Delivered);
+            if !shown_later && !was_delivered {
+                callback.event = Some(event);
                 callback.status = Some(status);
             }
         }

@@ -328,10 +328,20 @@ const MINUTE_MS: Millis = 60_000;
 
 impl RateWindow {
     pub fn at(tenant: &TenantId, now: Millis) -> Self {
+        Self::named(format!("rate#{tenant}"), now)
+    }
+
+    /// The window of a tenant's upload slots: the same limit, counted apart from submits
+    /// (a tenant name holds no `#`, so the keys never meet).
+    pub fn uploads_at(tenant: &TenantId, now: Millis) -> Self {
+        Self::named(format!("rate#{tenant}#uploads"), now)
+    }
+
+    fn named(prefix: String, now: Millis) -> Self {
         let minute = now / MINUTE_MS;
         let ends_at = (minute + 1) * MINUTE_MS;
         Self {
-            key: format!("rate#{tenant}#{minute}"),
+            key: format!("{prefix}#{minute}"),
             ends_at,
             expires_at: ends_at / 1000 + 120,
         }

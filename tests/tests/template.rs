@@ -66,6 +66,8 @@ enum Resource {
     TenantIndex,
     /// Objects under one prefix of the bucket, e.g. `outputs/*`.
     Objects(String),
+    /// The bucket itself (`s3:ListBucket`, limited to a prefix by its condition).
+    Bucket,
     CopyQueue,
     CallbackQueue,
     CallbackDeadLetterQueue,
@@ -148,6 +150,7 @@ fn parse_resource(text: &str) -> Resource {
         t if t == open_index => Resource::OpenIndex,
         t if t == tenant_index => Resource::TenantIndex,
         "CopyQueue.Arn" => Resource::CopyQueue,
+        "OutputsBucket.Arn" => Resource::Bucket,
         "CallbackQueue.Arn" => Resource::CallbackQueue,
         "CallbackDeadLetterQueue.Arn" => Resource::CallbackDeadLetterQueue,
         "arn:${AWS::Partition}:ssm:${AWS::Region}:${AWS::AccountId}:parameter${ReplicateApiTokenParameter}" => {
@@ -193,6 +196,13 @@ fn statement_grants(function: &str, statement: &Yaml) -> Grants {
         as_strings(&statement["Condition"]["ForAllValues:StringLike"]["dynamodb:LeadingKeys"]);
     let mut grants = Grants::new();
     for action in as_strings(&statement["Action"]) {
+        if action == "s3:ListBucket" {
+            assert_eq!(
+                as_strings(&statement["Condition"]["StringLike"]["s3:prefix"]),
+                ["uploads/*"],
+                "{function}: listing only the uploads prefix"
+            );
+        }
         for resource in &resources {
             let resource = parse_resource(resource);
             if resource == Resource::Table && !leading_keys.is_empty() {
@@ -327,7 +337,10 @@ fn grants_of(method: &str, prefix: Option<&str>) -> Vec<(String, Resource)> {
     };
     actions
         .iter()
-        .map(|action| ((*action).to_owned(), resource.clone()))
+        .map(|action| match *action {
+            "s3:ListBucket" => (action.to_string(), Resource::Bucket),
+            _ => ((*action).to_owned(), resource.clone()),
+        })
         .collect()
 }
 
@@ -1007,7 +1020,6 @@ async fn callback_and_upload_calls() -> BTreeMap<Handler, Grants> {
             Some(imagegen_shared::callbacks::CallbackEvent::Completed)
         );
     }
-    assert_eq!(c.callback_secret().await.0, 200);
     // The callbacks function: delivered, then one rejected until its day is over.
     assert!(c.deliver_callbacks().await.failures.is_empty());
     let (doomed, rep) = c.submitted_with_callback("cb doomed").await;
@@ -1023,7 +1035,12 @@ async fn callback_and_upload_calls() -> BTreeMap<Handler, Grants> {
         "dead-lettered, done"
     );
     assert_eq!(c.app.queue.inner.dead_callbacks().len(), 2);
+    // The secret route, in an app of its own: secrets are cached per process, and in AWS
+    // the fetch-result and callbacks functions are separate processes.
+    let mut f = Scenario::new();
+    assert_eq!(f.callback_secret().await.0, 200);
     let mut calls = c.by_handler;
+    merge(&mut calls, f.by_handler);
     // Not a port call: the backoff hides the message (`Redelivery`).
     calls.entry(Handler::Callbacks).or_default().insert((
         "sqs:ChangeMessageVisibility".to_owned(),

@@ -95,7 +95,22 @@ impl<P: Ports> App<P> {
     /// Counts a submit against the caller's rate; 429 with the time to the next window when
     /// the window is full. Shared by every instance: the counter lives in the table.
     pub(super) async fn admit_submit(&self, caller: &Caller, now: Millis) -> Result<(), ApiError> {
-        let window = RateWindow::at(&caller.tenant, now);
+        self.admit(caller, RateWindow::at(&caller.tenant, now), now)
+            .await
+    }
+
+    /// Counts an upload slot in the tenant's upload window (the same per-minute limit).
+    pub(super) async fn admit_upload(&self, caller: &Caller, now: Millis) -> Result<(), ApiError> {
+        self.admit(caller, RateWindow::uploads_at(&caller.tenant, now), now)
+            .await
+    }
+
+    async fn admit(
+        &self,
+        caller: &Caller,
+        window: RateWindow,
+        now: Millis,
+    ) -> Result<(), ApiError> {
         if self
             .records
             .count_request(&window, caller.rate_per_minute)

@@ -48,9 +48,30 @@ impl<P: Ports> App<P> {
     }
 
     async fn tenant_secret_text(&self, tenant: &TenantId) -> Result<String, StoreError> {
-        self.records
+        /// Most secrets one process keeps (a few KB).
+        const MAX_CACHED: usize = 10_000;
+        let cached = self
+            .callback_secrets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(tenant)
+            .cloned();
+        if let Some(secret) = cached {
+            return Ok(secret);
+        }
+        let secret = self
+            .records
             .callback_secret(tenant, &WebhookSecret::generate().to_text())
-            .await
+            .await?;
+        let mut cache = self
+            .callback_secrets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= MAX_CACHED {
+            cache.clear();
+        }
+        cache.insert(tenant.clone(), secret.clone());
+        Ok(secret)
     }
 
     /// Queues `event`'s callback for a record that asked for it, and notes it on the record.
@@ -138,20 +159,12 @@ impl<P: Ports> App<P> {
                 return Ok(CallbackDisposition::Done);
             }
             // A destination that now resolves inside is not tried again.
-            DeliveryOutcome::Forbidden(reason) => {
-                self.records
-                    .callback_attempted(&job.prediction_id, job.event, CallbackStatus::Failed)
-                    .await?;
-                return self.give_up(job, &reason).await;
-            }
+            DeliveryOutcome::Forbidden(reason) => return self.give_up(job, &reason).await,
             DeliveryOutcome::Rejected { status } => format!("answered HTTP {status}"),
             DeliveryOutcome::Unreachable(reason) => reason,
         };
         tracing::warn!(event = job.event.as_str(), attempt, reason = %why, "callback attempt failed");
         if job.window_closed(self.clock.millis()) {
-            self.records
-                .callback_attempted(&job.prediction_id, job.event, CallbackStatus::Failed)
-                .await?;
             return self.give_up(job, &why).await;
         }
         self.records
@@ -163,12 +176,38 @@ impl<P: Ports> App<P> {
         )))
     }
 
+    /// What to do with a job whose attempt could not even run (a storage error): try again
+    /// after the backoff, until its day is over.
+    pub async fn callback_not_run(&self, job: &CallbackJob, attempt: u32) -> CallbackDisposition {
+        if !job.window_closed(self.clock.millis()) {
+            return CallbackDisposition::RetryAfter(retry_delay(
+                self.settings.callback_retry_base,
+                attempt,
+            ));
+        }
+        match self.give_up(job, "attempts could not run for a day").await {
+            Ok(disposition) => disposition,
+            Err(_) => CallbackDisposition::RetryAfter(retry_delay(
+                self.settings.callback_retry_base,
+                attempt,
+            )),
+        }
+    }
+
+    /// Ends the event: dead-lettered (where the alarm sees it) and shown `failed`.
     async fn give_up(
         &self,
         job: &CallbackJob,
         reason: &str,
     ) -> Result<CallbackDisposition, StoreError> {
         self.queue.dead_letter_callback(job).await?;
+        if let Err(err) = self
+            .records
+            .callback_attempted(&job.prediction_id, job.event, CallbackStatus::Failed)
+            .await
+        {
+            tracing::warn!(error = %err, "dead-lettered callback not marked failed");
+        }
         tracing::error!(
             event = job.event.as_str(),
             reason,

@@ -35,7 +35,7 @@ use crate::ports::{AccountStore, JobQueue, ObjectStore, RecordStore, StoreError}
 use crate::record::{Millis, PredictionId, PredictionRecord, to_millis};
 use crate::registry::ModelRegistry;
 use crate::replicate::{ReplicateApi, ReplicateError};
-use crate::tenancy::Caller;
+use crate::tenancy::{Caller, TenantId};
 use crate::webhook::WebhookVerifier;
 
 pub use auth::KEY_CACHE_TTL;
@@ -106,6 +106,8 @@ pub struct App<P: Ports> {
     pub settings: Settings,
     pub clock: Clock,
     keys: auth::KeyCache,
+    /// Tenants' callback signing secrets: made once, never changed, so kept per process.
+    callback_secrets: Mutex<std::collections::HashMap<TenantId, String>>,
     webhook_verifier: OnceCell<WebhookVerifier>,
     secret_failed_at: Mutex<Option<Instant>>,
 }
@@ -135,6 +137,7 @@ impl<P: Ports> App<P> {
             settings,
             clock: Clock::default(),
             keys: auth::KeyCache::default(),
+            callback_secrets: Mutex::default(),
             webhook_verifier,
             secret_failed_at: Mutex::new(None),
         }

@@ -662,8 +662,13 @@ impl<P: Ports> App<P> {
 
     /// Ends a record whose prediction was certainly never created at Replicate (its
     /// estimate is given back).
+    /// The caller gets an error instead of this record, so its callback is not called.
     async fn end_unstarted(&self, record: &PredictionRecord, reason: &str) {
-        if let Err(err) = self.end_record(record, reason, Billed::NotCreated).await {
+        let unseen = PredictionRecord {
+            callback: None,
+            ..record.clone()
+        };
+        if let Err(err) = self.end_record(&unseen, reason, Billed::NotCreated).await {
             tracing::warn!(prediction_id = %record.id, error = %err, "could not end the unstarted record");
         }
     }

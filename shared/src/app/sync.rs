@@ -113,6 +113,8 @@ impl<P: Ports> App<P> {
                     ));
                 }
                 tracing::info!(prediction_id = %record.id, replicate_id = %remote.id, "Replicate prediction recorded");
+                // A create whose answer was lost: it started all the same.
+                self.queue_callback(record, CallbackEvent::Start).await;
                 if record.cancel_requested_at.is_some() && !remote.status.is_terminal() {
                     return self.cancel_now_tied(record, remote, copy).await;
                 }

@@ -54,8 +54,8 @@ impl<P: Ports> App<P> {
 
     async fn try_create_upload(&self, request: &Request) -> Result<UploadSlot, ApiError> {
         let caller = self.authenticate(request).await?;
-        // Slots cost a write each: they count against the caller's rate like submits.
-        self.admit_submit(&caller, self.clock.millis()).await?;
+        // Slots cost a write each: limited at the caller's rate, counted apart from submits.
+        self.admit_upload(&caller, self.clock.millis()).await?;
         let wanted = UploadRequest::parse(request.body().as_ref()).map_err(|e| match e {
             UploadRequestError::Malformed(reason) => ApiError::BadRequest(reason),
             UploadRequestError::Invalid(errors) => ApiError::InvalidInput(errors),

@@ -448,7 +448,8 @@ impl DynamoRecords {
             .update_expression(update)
             .condition_expression(condition)
             .set_expression_attribute_names(Some(names_in(&[update, condition])))
-            .set_expression_attribute_values(Some(values))
+            // DynamoDB refuses an empty map (an expression without values).
+            .set_expression_attribute_values((!values.is_empty()).then_some(values))
             .send()
             .await;
         conditional(operation, result.map_err(|e| e.into_service_error()))
@@ -659,25 +660,44 @@ impl RecordStore for DynamoRecords {
         id: &PredictionId,
         event: CallbackEvent,
     ) -> Result<bool, StoreError> {
-        let update = match event {
-            CallbackEvent::Start => "SET #callback_event = :event, #callback_status = :pending",
-            CallbackEvent::Completed => {
-                "SET #callback_event = :event, #callback_status = :pending REMOVE #open_shard"
-            }
+        // Events only move forward (`start`, then `completed`); an attempt that got in
+        // before this note already set its event, and its status is kept.
+        let (update, condition) = match event {
+            CallbackEvent::Start => (
+                "SET #callback_event = :event, #callback_status = :pending",
+                "attribute_exists(#callback) AND attribute_not_exists(#callback_event)",
+            ),
+            CallbackEvent::Completed => (
+                "SET #callback_event = :event, #callback_status = :pending REMOVE #open_shard",
+                "attribute_exists(#callback) AND (attribute_not_exists(#callback_event) OR #callback_event <> :event)",
+            ),
         };
-        let condition = "attribute_exists(#callback) AND (attribute_not_exists(#callback_event) OR #callback_event <> :event)";
         let values = Item::from([
             (":event".to_owned(), s(event.as_str())),
             (":pending".to_owned(), s(CallbackStatus::Pending.as_str())),
         ]);
-        self.update_if(
-            "note queued callback",
-            prediction_pk(id),
-            update,
-            condition,
-            values,
-        )
-        .await
+        let noted = self
+            .update_if(
+                "note queued callback",
+                prediction_pk(id),
+                update,
+                condition,
+                values,
+            )
+            .await?;
+        if !noted && event == CallbackEvent::Completed {
+            // Noted already (by an earlier note or a quick attempt): it is queued, so the
+            // record leaves the open index all the same.
+            self.update_if(
+                "note queued callback",
+                prediction_pk(id),
+                "REMOVE #open_shard",
+                "attribute_exists(#open_shard)",
+                Item::new(),
+            )
+            .await?;
+        }
+        Ok(noted)
     }
 
     async fn callback_attempted(
@@ -690,20 +710,34 @@ impl RecordStore for DynamoRecords {
             (":one".to_owned(), n(1)),
             (":event".to_owned(), s(event.as_str())),
             (":status".to_owned(), s(status.as_str())),
+            (
+                ":delivered".to_owned(),
+                s(CallbackStatus::Delivered.as_str()),
+            ),
         ]);
+        // The attempt's event becomes the one shown unless a later one is (`completed` is
+        // the last), and a delivered event never goes back (a duplicate job's failure).
+        let condition = match event {
+            CallbackEvent::Start => {
+                "attribute_exists(#callback) AND (attribute_not_exists(#callback_event) OR #callback_event = :event) AND NOT (#callback_event = :event AND #callback_status = :delivered)"
+            }
+            CallbackEvent::Completed => {
+                "attribute_exists(#callback) AND NOT (#callback_event = :event AND #callback_status = :delivered)"
+            }
+        };
         let noted = self
             .update_if(
                 "note callback attempt",
                 prediction_pk(id),
-                "SET #callback_status = :status ADD #callback_attempts :one",
-                "attribute_exists(#pk) AND #callback_event = :event",
+                "SET #callback_event = :event, #callback_status = :status ADD #callback_attempts :one",
+                condition,
                 values,
             )
             .await?;
         if noted {
             return Ok(());
         }
-        // A later event is the one shown now: only count the attempt.
+        // Another event is the one shown, or this one was delivered: only count the attempt.
         self.update_if(
             "note callback attempt",
             prediction_pk(id),

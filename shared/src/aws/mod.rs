@@ -42,7 +42,9 @@ pub fn iam_actions(port_method: &str) -> &'static [&'static str] {
         }
         "abort_multipart" => &["s3:AbortMultipartUpload"],
         // A presigned URL carries the signer's permission.
-        "presign_get" | "read_object" => &["s3:GetObject"],
+        "presign_get" => &["s3:GetObject"],
+        // ListBucket (on the bucket, for its prefix) makes a missing key a 404, not a 403.
+        "read_object" => &["s3:GetObject", "s3:ListBucket"],
         "presign_put" => &["s3:PutObject"],
         "send_copy" | "send_callback" | "dead_letter_callback" => &["sqs:SendMessage"],
         _ => &[],

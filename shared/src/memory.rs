@@ -101,14 +101,24 @@ impl MemoryRecords {
     }
 }
 
+/// A conditional put (`attribute_not_exists`): fails if `id` exists.
+fn insert_new<T: Clone>(
+    map: &Mutex<HashMap<String, T>>,
+    id: &str,
+    item: &T,
+    operation: &'static str,
+) -> Result<(), StoreError> {
+    let mut map = lock(map);
+    if map.contains_key(id) {
+        return Err(StoreError::new(operation, "the item exists"));
+    }
+    map.insert(id.to_owned(), item.clone());
+    Ok(())
+}
+
 impl AccountStore for MemoryRecords {
     async fn put_upload(&self, upload: &UploadRecord) -> Result<(), StoreError> {
-        let mut uploads = lock(&self.uploads);
-        if uploads.contains_key(upload.id.as_str()) {
-            return Err(StoreError::new("create upload", "the upload exists"));
-        }
-        uploads.insert(upload.id.as_str().to_owned(), upload.clone());
-        Ok(())
+        insert_new(&self.uploads, upload.id.as_str(), upload, "create upload")
     }
 
     async fn get_upload(&self, id: &UploadId) -> Result<Option<UploadRecord>, StoreError> {
@@ -127,12 +137,7 @@ impl AccountStore for MemoryRecords {
     }
 
     async fn create_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
-        let mut keys = lock(&self.keys);
-        if keys.contains_key(key.id.as_str()) {
-            return Err(StoreError::new("create key", "the key exists"));
-        }
-        keys.insert(key.id.as_str().to_owned(), key.clone());
-        Ok(())
+        insert_new(&self.keys, key.id.as_str(), key, "create key")
     }
 
     async fn get_key(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {

@@ -140,6 +140,18 @@ async fn receive_callback(
     Ok(received)
 }
 
+/// `GET {base}{path}` with the caller's key, as JSON.
+async fn get_json(http: &reqwest::Client, args: &Args, path: &str) -> Result<Value, String> {
+    http.get(format!("{}{path}", args.base))
+        .bearer_auth(&args.api_key)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?
+        .json()
+        .await
+        .map_err(|e| e.to_string())
+}
+
 async fn check_callback(
     http: &reqwest::Client,
     args: &Args,
@@ -147,15 +159,7 @@ async fn check_callback(
     body: &[u8],
 ) -> Result<(), String> {
     use imagegen_shared::webhook::{SignatureHeaders, WebhookSecret, WebhookVerifier};
-    let secret: Value = http
-        .get(format!("{}/v1/webhooks/secret", args.base))
-        .bearer_auth(&args.api_key)
-        .send()
-        .await
-        .map_err(|e| e.to_string())?
-        .json()
-        .await
-        .map_err(|e| e.to_string())?;
+    let secret = get_json(http, args, "/v1/webhooks/secret").await?;
     let secret = WebhookSecret::parse(secret["key"].as_str().unwrap_or_default())
         .map_err(|e| e.to_string())?;
     let signature = SignatureHeaders::from_header_map(headers).map_err(|e| e.to_string())?;
@@ -211,15 +215,7 @@ async fn run() -> Result<(), String> {
     println!("submitted {id} ({})", submitted["status"]);
     let started = Instant::now();
     let done = loop {
-        let current: Value = http
-            .get(format!("{}/v1/predictions/{id}", args.base))
-            .bearer_auth(&args.api_key)
-            .send()
-            .await
-            .map_err(|e| e.to_string())?
-            .json()
-            .await
-            .map_err(|e| e.to_string())?;
+        let current = get_json(&http, &args, &format!("/v1/predictions/{id}")).await?;
         match current["status"].as_str() {
             Some("succeeded") => break current,
             Some(s @ ("failed" | "canceled" | "aborted")) => {

@@ -1629,6 +1629,14 @@ async fn a_request_with_its_own_deadline_neither_joins_nor_replays_another() {
     );
 }
 
+/// Replicate's signed delivery saying the prediction failed.
+async fn fail_by_webhook(app: &TestApp, id: &PredictionId) {
+    let rid = record(app, id.as_str()).await.replicate_id.unwrap();
+    let failed = serde_json::to_value(remote(&rid, PredictionStatus::Failed)).unwrap();
+    app.webhook(webhook_event(app, id, &failed, SystemTime::now()).await)
+        .await;
+}
+
 fn with_callback(url: &str, events: Value) -> Value {
     json!({"model": "flux-schnell", "input": {"prompt": "called back"},
         "webhook": url, "webhook_events_filter": events})
@@ -1669,18 +1677,7 @@ async fn a_completed_callback_is_signed_retried_with_backoff_then_dead_lettered_
         "no `start` callback was asked for"
     );
     let id = PredictionId::parse(view["id"].as_str().unwrap()).unwrap();
-    let rid = record(&app, id.as_str()).await.replicate_id.unwrap();
-    let failed = remote(&rid, PredictionStatus::Failed);
-    app.webhook(
-        webhook_event(
-            &app,
-            &id,
-            &serde_json::to_value(&failed).unwrap(),
-            SystemTime::now(),
-        )
-        .await,
-    )
-    .await;
+    fail_by_webhook(&app, &id).await;
     let jobs = app.queue.drain_callbacks();
     assert_eq!(jobs.len(), 1);
     let job = &jobs[0];
@@ -1786,19 +1783,8 @@ async fn an_ended_prediction_whose_callback_could_not_be_queued_is_queued_by_the
     )
     .await;
     let id = PredictionId::parse(view["id"].as_str().unwrap()).unwrap();
-    let rid = record(&app, id.as_str()).await.replicate_id.unwrap();
     app.queue.fail_next_sends(1);
-    let failed = remote(&rid, PredictionStatus::Failed);
-    app.webhook(
-        webhook_event(
-            &app,
-            &id,
-            &serde_json::to_value(&failed).unwrap(),
-            SystemTime::now(),
-        )
-        .await,
-    )
-    .await;
+    fail_by_webhook(&app, &id).await;
     assert!(app.queue.drain_callbacks().is_empty(), "the send failed");
     assert!(record(&app, id.as_str()).await.owes_completed_callback());
     app.clock.advance(Duration::from_secs(180));

@@ -74,7 +74,7 @@ impl reqwest::dns::Resolve for GuardedResolver {
 /// Callback attempts over HTTP. The clients are built on first use: only the callbacks
 /// function sends, and every other function's cold start would pay for their TLS setup.
 pub struct HttpCallbacks {
-    clients: std::sync::OnceLock<Result<Clients, String>>,
+    clients: std::sync::OnceLock<Clients>,
     allow: CallbackAllowList,
 }
 
@@ -92,13 +92,14 @@ impl HttpCallbacks {
         }
     }
 
-    fn clients(&self) -> Result<&Clients, &str> {
-        self.clients
-            .get_or_init(|| {
-                build_clients().map_err(|e| format!("could not build the callback client: {e}"))
-            })
-            .as_ref()
-            .map_err(String::as_str)
+    /// The clients, built on first use; a failed build is tried again next time.
+    fn clients(&self) -> Result<&Clients, String> {
+        if let Some(clients) = self.clients.get() {
+            return Ok(clients);
+        }
+        let built =
+            build_clients().map_err(|e| format!("could not build the callback client: {e}"))?;
+        Ok(self.clients.get_or_init(|| built))
     }
 }
 
@@ -122,7 +123,7 @@ impl CallbackSender for HttpCallbacks {
     async fn post(&self, request: CallbackRequest) -> DeliveryOutcome {
         let clients = match self.clients() {
             Ok(clients) => clients,
-            Err(reason) => return DeliveryOutcome::Unreachable(reason.to_owned()),
+            Err(reason) => return DeliveryOutcome::Unreachable(reason),
         };
         let client = if self.allow.exempts(&request.url) {
             &clients.exempt

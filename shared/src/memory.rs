@@ -410,12 +410,12 @@ impl RecordStore for MemoryRecords {
         event: CallbackEvent,
     ) -> Result<bool, StoreError> {
         let mut predictions = lock(&self.predictions);
+        if event == CallbackEvent::Completed && predictions.contains_key(id) {
+            lock(&self.open).remove(id);
+        }
         let Some(callback) = predictions.get_mut(id).and_then(|r| r.callback.as_mut()) else {
             return Ok(false);
         };
-        if event == CallbackEvent::Completed {
-            lock(&self.open).remove(id);
-        }
         let noted = match event {
             CallbackEvent::Start => callback.event.is_none(),
             CallbackEvent::Completed => callback.event != Some(event),
@@ -437,6 +437,9 @@ impl RecordStore for MemoryRecords {
         let Some(record) = predictions.get_mut(id) else {
             return Ok(());
         };
+        if event == CallbackEvent::Completed {
+            lock(&self.open).remove(id);
+        }
         if let Some(callback) = record.callback.as_mut() {
             callback.attempts = callback.attempts.saturating_add(1);
             let shown_later =

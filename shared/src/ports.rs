@@ -220,16 +220,17 @@ pub trait RecordStore: Send + Sync {
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
     /// Notes that `event`'s callback was queued: it becomes the event whose delivery the
-    /// record shows (`pending`); for `completed`, the record also leaves the open index.
-    /// `false` if that event was already noted (nothing changed).
+    /// record shows (`pending`) unless it or a later one is shown already (`false`). For
+    /// `completed`, the record leaves the open index either way.
     fn callback_queued(
         &self,
         id: &PredictionId,
         event: CallbackEvent,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
-    /// Counts one delivery attempt of `event`, and sets the delivery status to `status` if
-    /// `event` is still the one the record shows.
+    /// Counts one delivery attempt of `event`, and shows `event` with `status` unless a later
+    /// event is shown or this one was delivered already. An attempt of `completed` also takes
+    /// the record out of the open index (its job exists).
     fn callback_attempted(
         &self,
         id: &PredictionId,

@@ -171,6 +171,20 @@ impl<P: Ports> App<P> {
                 self.queue_callback(&record, CallbackEvent::Completed).await;
                 Outcome::CallbackQueued
             }
+            // Ended, owing nothing, still listed (a note that half failed): take it out.
+            Ok(Some(record)) if record.status.is_terminal() => {
+                match self
+                    .records
+                    .callback_queued(&record.id, CallbackEvent::Completed)
+                    .await
+                {
+                    Ok(_) => Outcome::Unchanged,
+                    Err(err) => {
+                        tracing::warn!(prediction_id = %record.id, error = %err, "could not take an ended record out of the open index");
+                        Outcome::Error
+                    }
+                }
+            }
             // Ended or gone since it was listed.
             Ok(_) => Outcome::Unchanged,
             Err(err) => {

@@ -725,11 +725,23 @@ impl RecordStore for DynamoRecords {
                 "attribute_exists(#callback) AND NOT (#callback_event = :event AND #callback_status = :delivered)"
             }
         };
+        // A `completed` job exists, so the record is out of the open index whatever happened
+        // to its queue note.
+        let (update, count_only) = match event {
+            CallbackEvent::Start => (
+                "SET #callback_event = :event, #callback_status = :status ADD #callback_attempts :one",
+                "ADD #callback_attempts :one",
+            ),
+            CallbackEvent::Completed => (
+                "SET #callback_event = :event, #callback_status = :status ADD #callback_attempts :one REMOVE #open_shard",
+                "ADD #callback_attempts :one REMOVE #open_shard",
+            ),
+        };
         let noted = self
             .update_if(
                 "note callback attempt",
                 prediction_pk(id),
-                "SET #callback_event = :event, #callback_status = :status ADD #callback_attempts :one",
+                update,
                 condition,
                 values,
             )
@@ -741,7 +753,7 @@ impl RecordStore for DynamoRecords {
         self.update_if(
             "note callback attempt",
             prediction_pk(id),
-            "ADD #callback_attempts :one",
+            count_only,
             "attribute_exists(#pk)",
             Item::from([(":one".to_owned(), n(1))]),
         )

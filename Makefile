@@ -10,7 +10,7 @@ VENV_STAMP := $(VENV)/.installed
 BUILD_STAMP := $(VENV)/.installed-build
 DEPLOY_STAMP := $(VENV)/.installed-deploy
 LAMBDA_TARGET := aarch64-unknown-linux-gnu
-FUNCTIONS := submit webhook fetch-result reconciler copier
+FUNCTIONS := submit webhook fetch-result reconciler copier callbacks
 
 .PHONY: help dev demo key revoke reconcile test bench soak cost lint fmt venv build validate deploy clean-venv
 
@@ -25,7 +25,7 @@ $(VENV_STAMP): infra/requirements.txt
 venv: $(VENV_STAMP) ## Python tools (moto, cfn-lint) in .venv
 
 dev: $(VENV_STAMP) ## Local stack on http://127.0.0.1:3000 (DEV_PORT): moto, Replicate simulator, API
-	$(CARGO) build --locked -p local-stack --bin dev-server
+	$(CARGO) build --locked -p local-stack --bin dev-server $(addprefix -p ,$(FUNCTIONS))
 	MOTO_SERVER=$(VENV)/bin/moto_server exec target/debug/dev-server
 
 demo: ## Submit PROMPT to the running local stack and save the image [IMAGE=file: upload it, img2img] [CALLBACK=1: receive a signed callback]

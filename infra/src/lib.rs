@@ -3,6 +3,7 @@
 //! Replicate's HTTP API, renders real images and sends signed webhooks.
 
 pub mod dev;
+pub mod gateway;
 pub mod http_server;
 pub mod keys;
 pub mod meter;

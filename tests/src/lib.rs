@@ -2,6 +2,7 @@
 //! and S3 on moto (`AWS_ENDPOINT_URL`, started by `make test`) with a table and bucket of
 //! the test's own, and a Replicate simulator of its own.
 
+pub mod contract;
 pub mod heap;
 
 use std::collections::HashMap;
@@ -173,6 +174,7 @@ impl Stack {
         size: usize,
     ) -> (StatusCode, Value) {
         read(
+            "POST",
             client
                 .post(format!("{}/v1/uploads", self.base))
                 .json(&serde_json::json!({"content_type": content_type, "size": size}))
@@ -220,6 +222,7 @@ impl Stack {
 
     pub async fn submit(&self, body: &Value) -> (StatusCode, Value) {
         read(
+            "POST",
             self.http
                 .post(format!("{}/v1/predictions", self.base))
                 .json(body)
@@ -237,6 +240,7 @@ impl Stack {
     /// Reads a prediction with `client`'s API key.
     pub async fn get_as(&self, client: &reqwest::Client, id: &str) -> (StatusCode, Value) {
         read(
+            "GET",
             client
                 .get(format!("{}/v1/predictions/{id}", self.base))
                 .send()
@@ -331,13 +335,26 @@ impl Stack {
     }
 }
 
-async fn read(response: reqwest::Response) -> (StatusCode, Value) {
+/// The status and JSON body of a response to `method`, checked against the OpenAPI
+/// document.
+async fn read(method: &str, response: reqwest::Response) -> (StatusCode, Value) {
     let status = response.status();
+    let path = response.url().path().to_owned();
+    let content_type = response
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let text = response.text().await.expect("body");
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
+    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    contract::OpenApi::get().assert_conforms(
+        method,
+        &path,
+        status.as_u16(),
+        content_type.as_deref(),
+        &body,
+    );
+    (status, body)
 }
 
 pub fn hex_sha256(bytes: &[u8]) -> String {

@@ -1257,6 +1257,7 @@ fn the_template_wires_routes_and_arm64_cargo_lambda_builds() {
                 ("GET", "/v1/predictions"),
                 ("GET", "/v1/usage"),
                 ("GET", "/v1/webhooks/secret"),
+                ("GET", "/openapi.json"),
             ],
         ),
     ] {

@@ -21,6 +21,9 @@ use imagegen_shared::aws::{AwsClients, ensure_bucket, ensure_table};
 use imagegen_shared::bootstrap::{ProductionApp, build_app};
 use imagegen_shared::config::DEFAULT_OUTPUT_HOST_ALLOWLIST;
 use local_stack::dev::{ensure_local_queues, serve_app, spawn_callback_worker, spawn_copy_worker};
+use local_stack::gateway::{
+    LambdaConfig, LocalQueue, TEMPLATE, function_environment, run_functions,
+};
 use local_stack::http_server::bind_loopback;
 use local_stack::keys::{
     DEV_STATE_FILE, DevKeys, DevState, NewKey, apply_limits, limits_change, parse_dev_keys,
@@ -178,34 +181,54 @@ async fn run() -> Result<(), String> {
         }
     };
     let sqs = aws.sqs.clone();
+    let ssm = aws.ssm.clone();
     let lookup = |name: &str| extra.get(name).cloned().or_else(|| env(name));
+    // An app in this process stores the callers' keys; requests go to the functions.
     let app = build_app(aws, lookup).await.map_err(|e| e.to_string())?;
     let api_key = store_api_keys(&app).await?;
     let table_name = app.settings.table_name.clone();
-    let app = Arc::new(app);
-    let copier = spawn_copy_worker(
-        app.clone(),
-        sqs.clone(),
-        app.settings.copy_queue_url.clone(),
+    let every = Duration::from_secs(
+        env("RECONCILE_INTERVAL_SECONDS")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(60),
     );
-    let callbacks = spawn_callback_worker(app.clone(), sqs);
-    let server = serve_app(listener, app.clone());
-    // The scheduled reconciler's local stand-in.
-    let every = env("RECONCILE_INTERVAL_SECONDS")
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(60);
-    let reconciler = tokio::spawn(async move {
-        let mut ticks = tokio::time::interval(Duration::from_secs(every));
-        ticks.tick().await;
-        loop {
-            ticks.tick().await;
-            app.reconcile(None).await;
-        }
-    });
+    let serving = if env("DEV_FUNCTIONS").as_deref() == Some("in-process") {
+        Serving::InProcess(serve_in_process(Arc::new(app), sqs, listener, every))
+    } else {
+        let functions_env = function_environment(lookup, &aws_endpoint, &ssm).await?;
+        let binaries = std::env::current_exe()
+            .map_err(|e| e.to_string())?
+            .parent()
+            .map(Path::to_path_buf)
+            .ok_or("the dev server's directory is unknown")?;
+        let queues = [
+            LocalQueue {
+                logical_id: "CopyQueue",
+                url: app.settings.copy_queue_url.clone(),
+            },
+            LocalQueue {
+                logical_id: "CallbackQueue",
+                url: app.settings.callback_queue_url.clone(),
+            },
+        ];
+        let processes = env("DEV_FUNCTION_PROCESSES")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(2);
+        let config = LambdaConfig {
+            binaries: &binaries,
+            env: &functions_env,
+            processes,
+        };
+        Serving::Functions(run_functions(listener, TEMPLATE, &config, &sqs, &queues, every).await?)
+    };
+    let addr = match &serving {
+        Serving::InProcess(running) => running.server.addr,
+        Serving::Functions(running) => running.server.addr,
+    };
     let state = DevState {
         aws_endpoint,
         table_name,
-        base_url: format!("http://{}", server.addr),
+        base_url: format!("http://{addr}"),
         api_key,
         callback_host,
     };
@@ -213,20 +236,66 @@ async fn run() -> Result<(), String> {
     if let Err(err) = state.write(state_file) {
         eprintln!("dev-server: could not write {DEV_STATE_FILE} (make key/demo need it): {err}");
     }
-    println!("ready http://{}", server.addr);
+    println!("ready http://{addr}");
     let _ = std::io::stdout().flush();
 
     wait_for_shutdown().await;
     let _ = std::fs::remove_file(state_file);
-    reconciler.abort();
-    copier.abort();
-    callbacks.abort();
-    drop(server);
+    drop(serving);
     drop(sim);
     if let Some(mut child) = moto {
         let _ = child.kill().await;
     }
     Ok(())
+}
+
+/// How requests are served: by the functions' binaries behind the local API Gateway (the
+/// default), or by the handlers in this process (`DEV_FUNCTIONS=in-process`: no binaries to
+/// build, one process to debug).
+enum Serving {
+    Functions(local_stack::gateway::RunningFunctions),
+    InProcess(InProcess),
+}
+
+/// The in-process stack: the router, the queue workers and the reconciler's timer.
+struct InProcess {
+    server: local_stack::http_server::Server,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for InProcess {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+fn serve_in_process(
+    app: Arc<ProductionApp>,
+    sqs: aws_sdk_sqs::Client,
+    listener: tokio::net::TcpListener,
+    every: Duration,
+) -> InProcess {
+    let copier = spawn_copy_worker(
+        app.clone(),
+        sqs.clone(),
+        app.settings.copy_queue_url.clone(),
+    );
+    let callbacks = spawn_callback_worker(app.clone(), sqs);
+    let server = serve_app(listener, app.clone());
+    let reconciler = tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(every);
+        ticks.tick().await;
+        loop {
+            ticks.tick().await;
+            app.reconcile(None).await;
+        }
+    });
+    InProcess {
+        server,
+        tasks: vec![copier, callbacks, reconciler],
+    }
 }
 
 /// Stores the callers' keys before `ready`: `DEV_API_KEYS` if set, else a new key for tenant

@@ -114,6 +114,10 @@ pub struct Function {
     pub queue_batch_size: Option<u32>,
     /// The queue an SQS event source reads (`CopyQueue.Arn`).
     pub queue: Option<String>,
+    /// The cargo-lambda binary it is built from (`Metadata.BuildProperties.Binary`).
+    pub binary: Option<String>,
+    /// Its timeout in seconds (the function's or `Globals`', else Lambda's 3).
+    pub timeout_s: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -178,6 +182,13 @@ impl Template {
                         schedule: None,
                         queue_batch_size: None,
                         queue: None,
+                        binary: get(&format!(
+                            "Resources.{resource}.Metadata.BuildProperties.Binary"
+                        ))
+                        .map(str::to_owned),
+                        timeout_s: number(get(&format!("{props}.Timeout")))
+                            .or(number(get("Globals.Function.Timeout")))
+                            .unwrap_or(3),
                     };
                     let events = format!("{props}.Events.");
                     for (key, kind) in flat.range(events.clone()..) {
@@ -297,6 +308,17 @@ impl Template {
                 .and_then(|q| q.trim_start_matches("!GetAtt ").split('.').next())
                 .is_some_and(|q| q == queue)
         })
+    }
+
+    /// The function and route pattern (`/v1/predictions/{id}`) API Gateway would pick for a
+    /// request: the route with the most literal segments among those that match.
+    pub fn route_of(&self, method: &str, path: &str) -> Option<(&Function, &str)> {
+        self.functions
+            .iter()
+            .flat_map(|f| f.routes.iter().map(move |(m, p)| (f, m, p)))
+            .filter(|(_, m, p)| m.eq_ignore_ascii_case(method) && route_matches(p, path))
+            .max_by_key(|(_, _, p)| p.split('/').filter(|s| !s.starts_with('{')).count())
+            .map(|(f, _, p)| (f, p.as_str()))
     }
 
     pub fn function(&self, name: &str) -> Option<&Function> {

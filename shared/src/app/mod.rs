@@ -47,6 +47,10 @@ pub use sync::{SyncError, SyncOutcome};
 pub use uploads::UploadSlot;
 pub use view::{OutputView, PredictionView};
 
+/// The OpenAPI 3.1 document of this API (`shared/openapi.json`), served at
+/// `GET /openapi.json` without a key.
+pub const OPENAPI_DOCUMENT: &str = include_str!("../../openapi.json");
+
 /// Lambda's own request payload limit; the local server enforces the same.
 pub const MAX_BODY_BYTES: usize = 6 * 1024 * 1024;
 
@@ -249,7 +253,7 @@ impl<P: Ports> App<P> {
     }
 
     /// The read routes, which one function serves: a prediction, the caller's predictions,
-    /// the caller's usage, or the caller's callback signing secret.
+    /// the caller's usage, the caller's callback signing secret, or the OpenAPI document.
     /// Behind API Gateway the route key says which (the path may carry a custom domain's
     /// base path); locally the path does.
     pub async fn read(&self, request: Request) -> Response<Body> {
@@ -259,7 +263,9 @@ impl<P: Ports> App<P> {
             Some(key) if key != "$default" => key.trim_start_matches("GET ").to_owned(),
             _ => path.clone(),
         };
-        if route == "/v1/usage" {
+        if route == "/openapi.json" {
+            openapi_document()
+        } else if route == "/v1/usage" {
             self.usage(request).await
         } else if route == "/v1/webhooks/secret" {
             self.webhook_secret_route(request).await
@@ -296,6 +302,15 @@ fn path_id(request: &Request, suffix: &str) -> Option<String> {
     path.strip_suffix(suffix)
         .and_then(|p| p.rsplit_once("/v1/predictions/"))
         .map(|(_, id)| id.to_owned())
+}
+
+fn openapi_document() -> Response<Body> {
+    let mut response = Response::new(Body::Text(OPENAPI_DOCUMENT.to_owned()));
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    response
 }
 
 fn no_route(method: &Method, path: &str) -> Response<Body> {

@@ -1,0 +1,381 @@
+//! The functions as they deploy, run locally without Docker: each Lambda binary of
+//! `template.yaml` runs as its own processes under a local Runtime API (`runtime`), an
+//! HTTP front turns requests into API Gateway HTTP API v2 events for the function the
+//! template routes them to (`front`), SQS queues feed their consumers SQS batch events with
+//! partial batch responses, and the schedule sends EventBridge scheduled events. A route
+//! that is not in the template is not served.
+
+pub mod events;
+pub mod front;
+pub mod runtime;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::process::{Child, Command};
+
+use crate::meter::template::{Function, Template};
+use runtime::{InvokeError, RuntimeApi};
+
+/// One function of the template: its Runtime API and the processes polling it.
+pub struct LocalFunction {
+    pub name: String,
+    pub api: RuntimeApi,
+    children: Vec<Child>,
+}
+
+impl Drop for LocalFunction {
+    /// The processes go first: a runtime whose Runtime API vanished under it only prints
+    /// connection errors.
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.start_kill();
+        }
+    }
+}
+
+impl LocalFunction {
+    pub async fn invoke(&self, event: Bytes) -> Result<Bytes, InvokeError> {
+        self.api.invoke(event).await
+    }
+
+    /// The OS process ids of its processes.
+    pub fn pids(&self) -> Vec<u32> {
+        self.children.iter().filter_map(Child::id).collect()
+    }
+}
+
+/// Every function of the template, running.
+pub struct LocalLambdas {
+    pub template: Template,
+    functions: HashMap<String, Arc<LocalFunction>>,
+}
+
+/// What the functions are started with.
+pub struct LambdaConfig<'a> {
+    /// Where the built binaries are (`target/debug`).
+    pub binaries: &'a Path,
+    /// The functions' environment: the template's variables, resolved for this stack.
+    pub env: &'a HashMap<String, String>,
+    /// Processes per function: how many events each handles at once.
+    pub processes: usize,
+}
+
+impl LocalLambdas {
+    /// Starts every function of `template` that names a binary.
+    pub async fn start(template: Template, config: &LambdaConfig<'_>) -> Result<Self, String> {
+        let mut functions = HashMap::new();
+        for function in &template.functions {
+            let Some(binary) = &function.binary else {
+                continue;
+            };
+            let path = config.binaries.join(binary);
+            if !path.exists() {
+                return Err(format!(
+                    "{} is not built: cargo build -p {binary}",
+                    path.display()
+                ));
+            }
+            let local = start_function(function, &path, config).await?;
+            functions.insert(function.name.clone(), Arc::new(local));
+        }
+        Ok(Self {
+            template,
+            functions,
+        })
+    }
+
+    pub fn function(&self, name: &str) -> Option<Arc<LocalFunction>> {
+        self.functions.get(name).cloned()
+    }
+
+    /// The function fed by the queue `queue` (its logical id, e.g. `CopyQueue`).
+    pub fn queue_consumer(&self, queue: &str) -> Option<Arc<LocalFunction>> {
+        self.function(&self.template.queue_consumer(queue)?.name)
+    }
+
+    /// The functions run on a schedule.
+    pub fn scheduled(&self) -> Vec<Arc<LocalFunction>> {
+        self.template
+            .functions
+            .iter()
+            .filter(|f| f.schedule.is_some())
+            .filter_map(|f| self.function(&f.name))
+            .collect()
+    }
+
+    /// Every process of every function.
+    pub fn pids(&self) -> Vec<u32> {
+        self.functions.values().flat_map(|f| f.pids()).collect()
+    }
+}
+
+async fn start_function(
+    function: &Function,
+    binary: &Path,
+    config: &LambdaConfig<'_>,
+) -> Result<LocalFunction, String> {
+    let timeout = Duration::from_secs(u64::from(function.timeout_s.max(1)));
+    let api = RuntimeApi::start(&function.name, timeout)
+        .await
+        .map_err(|e| format!("{}: Runtime API: {e}", function.name))?;
+    let mut children = Vec::new();
+    for _ in 0..config.processes.max(1) {
+        let child = Command::new(binary)
+            // Exactly the function's environment, as in Lambda: nothing of this shell's.
+            .env_clear()
+            .envs(config.env)
+            .envs([
+                ("AWS_LAMBDA_RUNTIME_API", api.address()),
+                ("AWS_LAMBDA_FUNCTION_NAME", function.name.clone()),
+                (
+                    "AWS_LAMBDA_FUNCTION_MEMORY_SIZE",
+                    function.memory_mb.to_string(),
+                ),
+                ("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST".to_owned()),
+                (
+                    "AWS_LAMBDA_LOG_GROUP_NAME",
+                    format!("/aws/lambda/{}", function.name),
+                ),
+                ("AWS_LAMBDA_LOG_STREAM_NAME", "local".to_owned()),
+            ])
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| {
+                format!(
+                    "{}: could not start {}: {e}",
+                    function.name,
+                    binary.display()
+                )
+            })?;
+        children.push(child);
+    }
+    Ok(LocalFunction {
+        name: function.name.clone(),
+        api,
+        children,
+    })
+}
+
+/// Feeds `function` from the SQS queue at `queue_url` as Lambda's event source mapping does:
+/// batches of up to `batch_size` as SQS events, deleting what the partial batch response does
+/// not report as failed (a failed or crashed invocation leaves the whole batch to come back).
+pub fn spawn_queue_source(
+    sqs: aws_sdk_sqs::Client,
+    queue_url: String,
+    queue_arn: String,
+    batch_size: u32,
+    function: Arc<LocalFunction>,
+) -> tokio::task::JoinHandle<()> {
+    use aws_sdk_sqs::types::MessageSystemAttributeName;
+    tokio::spawn(async move {
+        loop {
+            let received = sqs
+                .receive_message()
+                .queue_url(&queue_url)
+                .max_number_of_messages(batch_size.clamp(1, 10) as i32)
+                .wait_time_seconds(1)
+                .message_system_attribute_names(MessageSystemAttributeName::All)
+                .send()
+                .await;
+            let messages = match received {
+                Ok(output) => output.messages.unwrap_or_default(),
+                Err(err) => {
+                    tracing::warn!(function = %function.name, error = %aws_sdk_sqs::error::DisplayErrorContext(err), "queue receive failed");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            if messages.is_empty() {
+                continue;
+            }
+            let event = events::sqs_batch(&messages, &queue_arn);
+            let failed = match function.invoke(event).await {
+                Ok(response) => events::batch_failures(&response),
+                Err(err) => {
+                    tracing::warn!(function = %function.name, error = %err, "queue batch failed; it comes back");
+                    continue;
+                }
+            };
+            for message in &messages {
+                if message
+                    .message_id
+                    .as_ref()
+                    .is_some_and(|id| failed.contains(id))
+                {
+                    continue;
+                }
+                if let Some(receipt) = &message.receipt_handle
+                    && let Err(err) = sqs
+                        .delete_message()
+                        .queue_url(&queue_url)
+                        .receipt_handle(receipt)
+                        .send()
+                        .await
+                {
+                    tracing::warn!(function = %function.name, error = %aws_sdk_sqs::error::DisplayErrorContext(err), "message could not be deleted; it runs again");
+                }
+            }
+        }
+    })
+}
+
+/// The functions serving a local stack: the HTTP front, the queue sources, the schedule.
+/// Dropping it stops them all (and the processes with them).
+pub struct RunningFunctions {
+    pub server: crate::http_server::Server,
+    pub lambdas: Arc<LocalLambdas>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for RunningFunctions {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// Where the local stack's queues are, by the template's logical id.
+pub struct LocalQueue {
+    pub logical_id: &'static str,
+    pub url: String,
+}
+
+/// Starts every function of the template (`template_text`) and serves them: HTTP routes on
+/// `listener`, each queue to its consumer, scheduled functions every `schedule_every`.
+pub async fn run_functions(
+    listener: tokio::net::TcpListener,
+    template_text: &str,
+    config: &LambdaConfig<'_>,
+    sqs: &aws_sdk_sqs::Client,
+    queues: &[LocalQueue],
+    schedule_every: Duration,
+) -> Result<RunningFunctions, String> {
+    let template = Template::parse(template_text)?;
+    let lambdas = Arc::new(LocalLambdas::start(template, config).await?);
+    let mut tasks = Vec::new();
+    for queue in queues {
+        let consumer = lambdas
+            .template
+            .queue_consumer(queue.logical_id)
+            .ok_or_else(|| format!("no function reads {} in the template", queue.logical_id))?;
+        let batch = consumer.queue_batch_size.unwrap_or(10);
+        let function = lambdas
+            .function(&consumer.name)
+            .ok_or_else(|| format!("{} is not running", consumer.name))?;
+        let arn = queue_arn(sqs, &queue.url).await?;
+        tasks.push(spawn_queue_source(
+            sqs.clone(),
+            queue.url.clone(),
+            arn,
+            batch,
+            function,
+        ));
+    }
+    for function in lambdas.scheduled() {
+        tasks.push(spawn_schedule(function, schedule_every));
+    }
+    let server = front::serve_gateway(listener, lambdas.clone());
+    Ok(RunningFunctions {
+        server,
+        lambdas,
+        tasks,
+    })
+}
+
+async fn queue_arn(sqs: &aws_sdk_sqs::Client, url: &str) -> Result<String, String> {
+    use aws_sdk_sqs::types::QueueAttributeName;
+    sqs.get_queue_attributes()
+        .queue_url(url)
+        .attribute_names(QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .map_err(|e| aws_sdk_sqs::error::DisplayErrorContext(e).to_string())?
+        .attributes
+        .and_then(|a| a.get(&QueueAttributeName::QueueArn).cloned())
+        .ok_or_else(|| format!("{url} has no ARN"))
+}
+
+/// The template, as the local front routes by it.
+pub const TEMPLATE: &str = include_str!("../../../template.yaml");
+
+/// Where the SSM parameter holding the token lives locally (moto's SSM).
+const LOCAL_TOKEN_PARAMETER: &str = "/imagegen-local/replicate-api-token";
+
+/// The functions' environment for a local stack: every variable the functions read (asked
+/// of `lookup`), with the Replicate token moved into moto's SSM as a SecureString and
+/// named by `REPLICATE_API_TOKEN_PARAMETER`, as the SAM stack does; plus the AWS SDK's
+/// endpoint, region and (placeholder) credentials.
+pub async fn function_environment(
+    lookup: impl Fn(&str) -> Option<String>,
+    aws_endpoint: &str,
+    ssm: &aws_sdk_ssm::Client,
+) -> Result<HashMap<String, String>, String> {
+    let read = std::sync::Mutex::new(Vec::new());
+    imagegen_shared::bootstrap::boot_config(|name| {
+        read.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(name.to_owned());
+        lookup(name)
+    })
+    .map_err(|e| e.to_string())?;
+    let mut env: HashMap<String, String> = read
+        .into_inner()
+        .unwrap_or_else(|p| p.into_inner())
+        .into_iter()
+        .filter_map(|name| lookup(&name).map(|value| (name, value)))
+        .collect();
+    if let Some(token) = env.remove("REPLICATE_API_TOKEN") {
+        ssm.put_parameter()
+            .name(LOCAL_TOKEN_PARAMETER)
+            .value(token)
+            .r#type(aws_sdk_ssm::types::ParameterType::SecureString)
+            .overwrite(true)
+            .send()
+            .await
+            .map_err(|e| {
+                format!(
+                    "could not store the token in SSM: {}",
+                    aws_sdk_ssm::error::DisplayErrorContext(e)
+                )
+            })?;
+        env.insert(
+            imagegen_shared::bootstrap::TOKEN_PARAMETER_ENV.to_owned(),
+            LOCAL_TOKEN_PARAMETER.to_owned(),
+        );
+    }
+    let aws_default =
+        |name: &str, default: &str| lookup(name).unwrap_or_else(|| default.to_owned());
+    env.insert("AWS_ENDPOINT_URL".into(), aws_endpoint.to_owned());
+    env.insert("AWS_REGION".into(), aws_default("AWS_REGION", "us-east-1"));
+    env.insert(
+        "AWS_ACCESS_KEY_ID".into(),
+        aws_default("AWS_ACCESS_KEY_ID", "local"),
+    );
+    env.insert(
+        "AWS_SECRET_ACCESS_KEY".into(),
+        aws_default("AWS_SECRET_ACCESS_KEY", "local"),
+    );
+    Ok(env)
+}
+
+/// Invokes `function` with an EventBridge scheduled event every `every`.
+pub fn spawn_schedule(
+    function: Arc<LocalFunction>,
+    every: Duration,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(every);
+        ticks.tick().await;
+        loop {
+            ticks.tick().await;
+            if let Err(err) = function.invoke(events::scheduled(&function.name)).await {
+                tracing::warn!(function = %function.name, error = %err, "scheduled run failed");
+            }
+        }
+    })
+}

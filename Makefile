@@ -9,10 +9,11 @@ VENV_STAMP := $(VENV)/.installed
 
 BUILD_STAMP := $(VENV)/.installed-build
 DEPLOY_STAMP := $(VENV)/.installed-deploy
+FUZZ_STAMP := $(VENV)/.installed-fuzz
 LAMBDA_TARGET := aarch64-unknown-linux-gnu
 FUNCTIONS := submit webhook fetch-result reconciler copier callbacks
 
-.PHONY: help dev demo key revoke reconcile test bench soak cost lint fmt venv build validate deploy clean-venv
+.PHONY: help dev demo key revoke reconcile test bench soak cost fuzz lint fmt venv build validate deploy clean-venv
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -25,7 +26,8 @@ $(VENV_STAMP): infra/requirements.txt
 venv: $(VENV_STAMP) ## Python tools (moto, cfn-lint) in .venv
 
 dev: $(VENV_STAMP) ## Local stack on http://127.0.0.1:3000 (DEV_PORT): moto, Replicate simulator, API
-	$(CARGO) build --locked -p local-stack --bin dev-server $(addprefix -p ,$(FUNCTIONS))
+	$(CARGO) build --locked -p local-stack --bin dev-server
+	$(CARGO) build --locked $(addprefix -p ,$(FUNCTIONS))
 	MOTO_SERVER=$(VENV)/bin/moto_server exec target/debug/dev-server
 
 demo: ## Submit PROMPT to the running local stack and save the image [IMAGE=file: upload it, img2img] [CALLBACK=1: receive a signed callback]
@@ -43,6 +45,15 @@ reconcile: ## One reconcile pass against the stack the environment names (TABLE_
 test: $(VENV_STAMP) ## Build and run every test (starts and stops its own moto server)
 	MOTO_SERVER=$(VENV)/bin/moto_server infra/scripts/with-moto.sh \
 		infra/scripts/test-summary.sh $(CARGO) test --workspace --all-targets --locked
+
+$(FUZZ_STAMP): $(VENV_STAMP) infra/requirements-fuzz.txt
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r infra/requirements-fuzz.txt
+	touch $@
+
+fuzz: $(FUZZ_STAMP) ## schemathesis against the local stack from the OpenAPI document (FUZZ_SECONDS, 60): no 5xx, nothing outside the document
+	$(CARGO) build --locked -q -p local-stack --bin dev-server
+	$(CARGO) build --locked -q $(addprefix -p ,$(FUNCTIONS))
+	infra/scripts/fuzz.sh
 
 $(BUILD_STAMP): $(VENV_STAMP) infra/requirements-build.txt
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r infra/requirements-build.txt

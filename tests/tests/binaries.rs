@@ -28,20 +28,23 @@ const FUNCTIONS: [&str; 6] = [
     "callbacks",
 ];
 
-/// The function binaries, built (debug, like the tests) if they are not yet.
+/// The function binaries, built (debug, like the tests): a no-op when they are fresh, and
+/// `cargo test` alone builds no other package's binaries.
 fn binaries() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug");
-    if FUNCTIONS.iter().any(|f| !dir.join(f).exists()) {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-        let mut command = std::process::Command::new(cargo);
-        command.args(["build", "-q"]);
-        for function in FUNCTIONS {
-            command.args(["-p", function]);
-        }
-        let status = command.status().expect("cargo runs");
-        assert!(status.success(), "the function binaries build");
-    }
-    dir
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+            let mut command = std::process::Command::new(cargo);
+            command.args(["build", "-q"]);
+            for function in FUNCTIONS {
+                command.args(["-p", function]);
+            }
+            let status = command.status().expect("cargo runs");
+            assert!(status.success(), "the function binaries build");
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug")
+        })
+        .clone()
 }
 
 struct BinaryStack {

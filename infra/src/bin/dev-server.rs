@@ -232,9 +232,12 @@ async fn run() -> Result<(), String> {
         api_key,
         callback_host,
     };
-    let state_file = Path::new(DEV_STATE_FILE);
+    // `DEV_STATE_PATH` elsewhere: a second stack (`make fuzz`) must not replace the file of
+    // the `make dev` that `make key` and `make demo` act on.
+    let state_path = env("DEV_STATE_PATH").unwrap_or_else(|| DEV_STATE_FILE.to_owned());
+    let state_file = Path::new(&state_path);
     if let Err(err) = state.write(state_file) {
-        eprintln!("dev-server: could not write {DEV_STATE_FILE} (make key/demo need it): {err}");
+        eprintln!("dev-server: could not write {state_path} (make key/demo need it): {err}");
     }
     println!("ready http://{addr}");
     let _ = std::io::stdout().flush();

@@ -85,10 +85,49 @@ pub fn client_with_key(key: &str) -> reqwest::Client {
         .expect("a client")
 }
 
-/// The moto endpoint `make test` provides.
+/// The local AWS emulator: `AWS_ENDPOINT_URL` (one moto for the whole run, as `make test`
+/// provides it), else a moto server of this test process's own, started on first use and
+/// stopped when the process ends, so that `cargo test` works by itself.
 pub fn aws_endpoint() -> String {
-    std::env::var("AWS_ENDPOINT_URL")
-        .expect("integration tests need a local AWS emulator in AWS_ENDPOINT_URL; run them with `make test`")
+    if let Ok(url) = std::env::var("AWS_ENDPOINT_URL") {
+        return url;
+    }
+    static OWN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    OWN.get_or_init(start_own_moto).clone()
+}
+
+/// Starts `MOTO_SERVER` (default: the project's `.venv/bin/moto_server`) on 127.0.0.1 under
+/// a watchdog shell that stops it (by its PID) once this process is gone.
+fn start_own_moto() -> String {
+    let program = std::env::var("MOTO_SERVER").unwrap_or_else(|_| {
+        format!("{}/../.venv/bin/moto_server", env!("CARGO_MANIFEST_DIR"))
+    });
+    assert!(
+        std::path::Path::new(&program).exists(),
+        "no AWS_ENDPOINT_URL and no moto at {program}: run `make venv` once, or `make test`"
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let watchdog = format!(
+        "\"$0\" -H 127.0.0.1 -p {port} >/dev/null 2>&1 & moto=$!; \
+         while kill -0 {parent} 2>/dev/null; do sleep 0.5; done; kill $moto",
+        parent = std::process::id()
+    );
+    std::process::Command::new("sh")
+        .arg("-c")
+        .arg(watchdog)
+        .arg(&program)
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .expect("moto starts");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "moto did not start within 30 s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    format!("http://127.0.0.1:{port}")
 }
 
 impl Stack {

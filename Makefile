@@ -90,9 +90,10 @@ cost: $(VENV_STAMP) ## AWS cost per 1,000 images by component, next to Replicate
 	$(CARGO) build --locked -q -p integration-tests --bin cost
 	MOTO_SERVER=$(VENV)/bin/moto_server infra/scripts/with-moto.sh target/debug/cost
 
-lint: ## rustfmt check and clippy with warnings as errors
+lint: ## rustfmt check, clippy with warnings as errors, no second version of a chosen crate
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+	infra/scripts/check-duplicates.sh
 
 fmt: ## Format the code
 	$(CARGO) fmt --all

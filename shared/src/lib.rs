@@ -6,10 +6,15 @@ pub mod aws;
 pub mod bootstrap;
 pub mod callbacks;
 pub mod config;
+/// The storage conformance suite: for tests only (`test-util`).
+#[cfg(any(test, feature = "test-util"))]
 pub mod conformance;
 pub mod cost;
 pub mod delivery;
 pub mod destination;
+/// The in-memory fakes of the ports: for tests only (`test-util`), so release builds of the
+/// functions never compile them.
+#[cfg(any(test, feature = "test-util"))]
 pub mod memory;
 pub mod outputs;
 pub mod ports;

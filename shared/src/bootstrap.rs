@@ -127,7 +127,7 @@ pub fn production_app(
     ))?;
     let records = DynamoRecords::new(aws.dynamodb, settings.table_name.clone());
     let objects = S3Objects::new(aws.s3, settings.bucket_name.clone(), aws.credentials);
-    let downloads = HttpDownloads::new(settings.output_hosts.clone())?;
+    let downloads = HttpDownloads::new(settings.output_hosts.clone());
     let queue = SqsQueues::new(
         aws.sqs,
         QueueUrls {

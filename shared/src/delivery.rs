@@ -13,6 +13,7 @@ use url::Url;
 
 use crate::callbacks::ATTEMPT_TIMEOUT;
 use crate::destination::RESOLVE_TIMEOUT;
+use crate::lazy_client::LazyClient;
 
 /// Time to connect (resolving included) before an attempt counts as failed.
 const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
@@ -74,59 +75,36 @@ impl reqwest::dns::Resolve for GuardedResolver {
 /// Callback attempts over HTTP. The clients are built on first use: only the callbacks
 /// function sends, and every other function's cold start would pay for their TLS setup.
 pub struct HttpCallbacks {
-    clients: std::sync::OnceLock<Clients>,
-    allow: CallbackAllowList,
-}
-
-struct Clients {
-    guarded: reqwest::Client,
+    guarded: LazyClient,
     /// For `CALLBACK_ALLOW_HOSTS` only: resolves without the address check.
-    exempt: reqwest::Client,
+    exempt: LazyClient,
+    allow: CallbackAllowList,
 }
 
 impl HttpCallbacks {
     pub fn new(allow: CallbackAllowList) -> Self {
         Self {
-            clients: std::sync::OnceLock::new(),
+            guarded: LazyClient::new(|| builder().dns_resolver(Arc::new(GuardedResolver))),
+            exempt: LazyClient::new(builder),
             allow,
         }
     }
-
-    /// The clients, built on first use; a failed build is tried again next time.
-    fn clients(&self) -> Result<&Clients, String> {
-        if let Some(clients) = self.clients.get() {
-            return Ok(clients);
-        }
-        let built =
-            build_clients().map_err(|e| format!("could not build the callback client: {e}"))?;
-        Ok(self.clients.get_or_init(|| built))
-    }
 }
 
-fn build_clients() -> Result<Clients, reqwest::Error> {
-    let builder = || {
-        reqwest::Client::builder()
-            .timeout(ATTEMPT_TIMEOUT)
-            // A blackholed endpoint holds a worker slot for 3 s, not the whole attempt.
-            .connect_timeout(CONNECT_TIMEOUT)
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
-            .user_agent(concat!("imagegen-callbacks/", env!("CARGO_PKG_VERSION")))
-    };
-    Ok(Clients {
-        guarded: builder().dns_resolver(Arc::new(GuardedResolver)).build()?,
-        exempt: builder().build()?,
-    })
+fn builder() -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .timeout(ATTEMPT_TIMEOUT)
+        // A blackholed endpoint holds a worker slot for 3 s, not the whole attempt.
+        .connect_timeout(CONNECT_TIMEOUT)
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .user_agent(concat!("imagegen-callbacks/", env!("CARGO_PKG_VERSION")))
 }
 
 impl CallbackSender for HttpCallbacks {
     async fn post(&self, request: CallbackRequest) -> DeliveryOutcome {
-        let clients = match self.clients() {
-            Ok(clients) => clients,
-            Err(reason) => return DeliveryOutcome::Unreachable(reason),
-        };
         let client = if self.allow.exempts(&request.url) {
-            &clients.exempt
+            &self.exempt
         } else {
             let literal = match request.url.host() {
                 Some(url::Host::Ipv4(ip)) => Some(std::net::IpAddr::V4(ip)),
@@ -139,7 +117,15 @@ impl CallbackSender for HttpCallbacks {
             if request.url.scheme() != "https" {
                 return DeliveryOutcome::Forbidden("the destination is not https".to_owned());
             }
-            &clients.guarded
+            &self.guarded
+        };
+        let client = match client.get() {
+            Ok(client) => client,
+            Err(err) => {
+                return DeliveryOutcome::Unreachable(format!(
+                    "could not build the callback client: {err}"
+                ));
+            }
         };
         let mut builder = client.post(request.url.clone()).body(request.body);
         for (name, value) in request.headers {

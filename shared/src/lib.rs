@@ -12,6 +12,7 @@ pub mod conformance;
 pub mod cost;
 pub mod delivery;
 pub mod destination;
+pub mod lazy_client;
 /// The in-memory fakes of the ports: for tests only (`test-util`), so release builds of the
 /// functions never compile them.
 #[cfg(any(test, feature = "test-util"))]

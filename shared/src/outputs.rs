@@ -192,25 +192,28 @@ pub trait OutputSource: Send + Sync {
 /// Downloads over HTTP with timeouts; redirects are followed only to allowed hosts.
 #[derive(Debug, Clone)]
 pub struct HttpDownloads {
-    http: reqwest::Client,
+    /// Built on first use: only the copier downloads.
+    http: crate::lazy_client::LazyClient,
 }
 
 impl HttpDownloads {
-    pub fn new(allowlist: HostAllowlist) -> Result<Self, reqwest::Error> {
-        let redirects = reqwest::redirect::Policy::custom(move |attempt| {
-            if attempt.previous().len() >= 5 || !allowlist.allows(attempt.url()) {
-                attempt.stop()
-            } else {
-                attempt.follow()
-            }
+    pub fn new(allowlist: HostAllowlist) -> Self {
+        let http = crate::lazy_client::LazyClient::new(move || {
+            let allowlist = allowlist.clone();
+            let redirects = reqwest::redirect::Policy::custom(move |attempt| {
+                if attempt.previous().len() >= 5 || !allowlist.allows(attempt.url()) {
+                    attempt.stop()
+                } else {
+                    attempt.follow()
+                }
+            });
+            reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(5))
+                .read_timeout(Duration::from_secs(30))
+                .timeout(Duration::from_secs(600))
+                .redirect(redirects)
         });
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .read_timeout(Duration::from_secs(30))
-            .timeout(Duration::from_secs(600))
-            .redirect(redirects)
-            .build()?;
-        Ok(Self { http })
+        Self { http }
     }
 }
 
@@ -243,6 +246,8 @@ impl OutputSource for HttpDownloads {
     async fn open(&self, url: &Url) -> Result<HttpDownload, OutputError> {
         let response = self
             .http
+            .get()
+            .map_err(|e| OutputError::Transport(e.to_string()))?
             .get(url.clone())
             .send()
             .await

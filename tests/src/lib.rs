@@ -99,9 +99,8 @@ pub fn aws_endpoint() -> String {
 /// Starts `MOTO_SERVER` (default: the project's `.venv/bin/moto_server`) on 127.0.0.1 under
 /// a watchdog shell that stops it (by its PID) once this process is gone.
 fn start_own_moto() -> String {
-    let program = std::env::var("MOTO_SERVER").unwrap_or_else(|_| {
-        format!("{}/../.venv/bin/moto_server", env!("CARGO_MANIFEST_DIR"))
-    });
+    let program = std::env::var("MOTO_SERVER")
+        .unwrap_or_else(|_| format!("{}/../.venv/bin/moto_server", env!("CARGO_MANIFEST_DIR")));
     assert!(
         std::path::Path::new(&program).exists(),
         "no AWS_ENDPOINT_URL and no moto at {program}: run `make venv` once, or `make test`"
@@ -115,13 +114,15 @@ fn start_own_moto() -> String {
          while kill -0 {parent} 2>/dev/null; do sleep 0.5; done; kill $moto",
         parent = std::process::id()
     );
-    std::process::Command::new("sh")
+    let mut watchdog = std::process::Command::new("sh")
         .arg("-c")
         .arg(watchdog)
         .arg(&program)
         .stdin(std::process::Stdio::null())
         .spawn()
         .expect("moto starts");
+    // Reaped if it ends first (it normally outlives this process).
+    std::thread::spawn(move || watchdog.wait());
     let deadline = Instant::now() + Duration::from_secs(30);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(Instant::now() < deadline, "moto did not start within 30 s");

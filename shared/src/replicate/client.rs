@@ -117,7 +117,8 @@ pub enum ClientBuildError {
 
 #[derive(Debug, Clone)]
 pub struct ReplicateClient {
-    http: reqwest::Client,
+    /// Built on first use: a cold start need not pay for its TLS setup up front.
+    http: crate::lazy_client::LazyClient,
     base: Url,
     retry: RetryPolicy,
 }
@@ -135,17 +136,19 @@ impl ReplicateClient {
                 header::HeaderValue::from_static("application/json"),
             ),
         ]);
-        let http = reqwest::Client::builder()
-            .default_headers(headers)
-            .user_agent(concat!(
-                "replicate-image-backend/",
-                env!("CARGO_PKG_VERSION")
-            ))
-            .connect_timeout(config.connect_timeout)
-            .timeout(config.request_timeout)
-            // Replicate never redirects its API; following one would resend the token.
-            .redirect(reqwest::redirect::Policy::none())
-            .build()?;
+        let (connect_timeout, request_timeout) = (config.connect_timeout, config.request_timeout);
+        let http = crate::lazy_client::LazyClient::new(move || {
+            reqwest::Client::builder()
+                .default_headers(headers.clone())
+                .user_agent(concat!(
+                    "replicate-image-backend/",
+                    env!("CARGO_PKG_VERSION")
+                ))
+                .connect_timeout(connect_timeout)
+                .timeout(request_timeout)
+                // Replicate never redirects its API; following one would resend the token.
+                .redirect(reqwest::redirect::Policy::none())
+        });
         Ok(Self {
             http,
             base,
@@ -221,7 +224,11 @@ impl ReplicateClient {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let mut request = self.http.request(method.clone(), url.clone());
+            let client = self
+                .http
+                .get()
+                .map_err(|source| ReplicateError::Transport { source })?;
+            let mut request = client.request(method.clone(), url.clone());
             if let Some(body) = body {
                 request = request.json(body);
             }

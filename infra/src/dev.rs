@@ -152,7 +152,7 @@ where
                 .queue_url(&queue_url)
                 .max_number_of_messages(10)
                 .wait_time_seconds(1)
-                .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+                .message_system_attribute_names(MessageSystemAttributeName::All)
                 .send()
                 .await;
             let messages = match received {
@@ -173,13 +173,11 @@ where
                     receipt_handle: m.receipt_handle.clone().unwrap_or_default(),
                     body: m.body.clone().unwrap_or_default(),
                     attributes: SqsAttributes {
-                        receive_count: m
-                            .attributes
-                            .as_ref()
-                            .and_then(|a| {
-                                a.get(&MessageSystemAttributeName::ApproximateReceiveCount)
-                            })
-                            .cloned(),
+                        receive_count: attribute(
+                            m,
+                            MessageSystemAttributeName::ApproximateReceiveCount,
+                        ),
+                        sent_timestamp: attribute(m, MessageSystemAttributeName::SentTimestamp),
                     },
                 })
                 .collect();
@@ -204,6 +202,13 @@ where
             }
         }
     })
+}
+
+fn attribute(
+    message: &aws_sdk_sqs::types::Message,
+    name: aws_sdk_sqs::types::MessageSystemAttributeName,
+) -> Option<String> {
+    message.attributes.as_ref()?.get(&name).cloned()
 }
 
 /// The copy worker's local stand-in, on the copy queue.

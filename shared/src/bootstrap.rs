@@ -258,9 +258,36 @@ pub struct SqsAttributes {
     /// How many times the message was received, this time included (a string in events).
     #[serde(rename = "ApproximateReceiveCount", default)]
     pub receive_count: Option<String>,
+    /// When it was sent, in ms since the epoch (a string in events).
+    #[serde(rename = "SentTimestamp", default)]
+    pub sent_timestamp: Option<String>,
 }
 
 impl SqsMessage {
+    /// Records how long the message waited in `queue` (the backlog an operator watches).
+    fn record_age(&self, queue: &'static str) {
+        let Some(sent) = self
+            .attributes
+            .sent_timestamp
+            .as_deref()
+            .and_then(|t| t.parse::<u128>().ok())
+        else {
+            return;
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis();
+        crate::metrics::record(
+            crate::metrics::Metric::value(
+                "QueueAge",
+                now.saturating_sub(sent) as f64,
+                crate::metrics::Unit::Milliseconds,
+            )
+            .by("Queue", queue),
+        );
+    }
+
     /// Which delivery attempt this is (from 1).
     pub fn attempt(&self) -> u32 {
         self.attributes
@@ -322,6 +349,7 @@ pub async fn callback_batch<P: crate::app::Ports, R: Redelivery>(
 ) -> BatchResponse {
     use crate::app::CallbackDisposition;
     let attempts = batch.records.into_iter().map(|message| async move {
+        message.record_age("callbacks");
         let job = match serde_json::from_str::<crate::callbacks::CallbackJob>(&message.body) {
             Ok(job) => job,
             Err(err) => {
@@ -339,6 +367,14 @@ pub async fn callback_batch<P: crate::app::Ports, R: Redelivery>(
                 app.callback_not_run(&job, attempt).await
             }
         };
+        let outcome = match disposition {
+            CallbackDisposition::Done => "done",
+            CallbackDisposition::DeadLettered => "dead_lettered",
+            CallbackDisposition::RetryAfter(_) => "retry",
+        };
+        crate::metrics::record(
+            crate::metrics::Metric::count("CallbackAttempts").by("Outcome", outcome),
+        );
         let CallbackDisposition::RetryAfter(wait) = disposition else {
             return None;
         };
@@ -399,10 +435,18 @@ pub async fn copy_batch<P: crate::app::Ports>(
 ) -> BatchResponse {
     let mut response = BatchResponse::default();
     for message in batch.records {
+        message.record_age("copy");
+        let started = std::time::Instant::now();
         let failed = match serde_json::from_str::<crate::ports::CopyJob>(&message.body) {
             Ok(job) => {
                 let span = tracing::info_span!("copy", prediction_id = %job.prediction_id);
-                match app.copy_outputs(&job, deadline).instrument(span).await {
+                let copied = app.copy_outputs(&job, deadline).instrument(span).await;
+                crate::metrics::record(crate::metrics::Metric::value(
+                    "CopyTime",
+                    started.elapsed().as_secs_f64() * 1000.0,
+                    crate::metrics::Unit::Milliseconds,
+                ));
+                match copied {
                     Ok(outcome) => {
                         tracing::info!(prediction_id = %job.prediction_id, ?outcome, "copy job done");
                         false

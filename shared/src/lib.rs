@@ -17,6 +17,7 @@ pub mod lazy_client;
 /// functions never compile them.
 #[cfg(any(test, feature = "test-util"))]
 pub mod memory;
+pub mod metrics;
 pub mod outputs;
 pub mod ports;
 pub mod record;

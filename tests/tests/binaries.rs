@@ -52,6 +52,8 @@ struct BinaryStack {
     http: reqwest::Client,
     sim: Simulator,
     running: RunningFunctions,
+    /// The functions' stdout, one file per process.
+    logs: PathBuf,
 }
 
 async fn start() -> BinaryStack {
@@ -99,10 +101,13 @@ async fn start() -> BinaryStack {
             && env.contains_key("REPLICATE_API_TOKEN_PARAMETER"),
         "the token reaches the functions through SSM, as in AWS"
     );
+    let logs = std::env::temp_dir().join(format!("imagegen-{name}"));
+    std::fs::create_dir_all(&logs).expect("log directory");
     let config = LambdaConfig {
         binaries: &binaries,
         env: &env,
         processes: 2,
+        logs: Some(&logs),
     };
     let local_queues = [
         LocalQueue {
@@ -129,6 +134,14 @@ async fn start() -> BinaryStack {
         http: client_with_key(&key),
         sim,
         running,
+        logs,
+    }
+}
+
+impl Drop for BinaryStack {
+    fn drop(&mut self) {
+        self.running.lambdas.stop();
+        let _ = std::fs::remove_dir_all(&self.logs);
     }
 }
 
@@ -138,6 +151,28 @@ impl BinaryStack {
             .lambdas
             .function(function)
             .map_or(0, |f| f.api.invocations())
+    }
+
+    /// The EMF metric lines `function`'s processes wrote (CloudWatch would read them).
+    fn metric_lines(&self, function: &str) -> Vec<Value> {
+        let mut lines = Vec::new();
+        for entry in std::fs::read_dir(&self.logs)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !name.starts_with(&format!("{function}-")) {
+                continue;
+            }
+            let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+            lines.extend(
+                text.lines()
+                    .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                    .filter(|v| v.get("_aws").is_some()),
+            );
+        }
+        lines
     }
 
     async fn json(&self, response: reqwest::Response) -> (StatusCode, Value) {
@@ -193,6 +228,26 @@ async fn a_prediction_runs_through_the_function_binaries_and_the_runtime_api() {
         assert!(stack.invocations(function) >= 1, "{function} was invoked");
     }
     assert_eq!(stack.sim.stats().creates, 1);
+    // Metrics as CloudWatch Embedded Metric Format lines on the functions' stdout.
+    let created = stack.metric_lines("SubmitFunction");
+    assert!(
+        created.iter().any(|m| m["PredictionsCreated"] == 1.0
+            && m["Model"] == "flux-schnell"
+            && m["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "ImageGen"),
+        "{created:?}"
+    );
+    let copied = stack.metric_lines("CopierFunction");
+    for name in [
+        "PredictionsSucceeded",
+        "BytesCopied",
+        "CopyTime",
+        "QueueAge",
+    ] {
+        assert!(
+            copied.iter().any(|m| m.get(name).is_some()),
+            "{name}: {copied:?}"
+        );
+    }
 
     // Path parameters, query strings and the other routes of each function.
     let (status, listed) = stack

@@ -218,6 +218,7 @@ async fn run() -> Result<(), String> {
             binaries: &binaries,
             env: &functions_env,
             processes,
+            logs: None,
         };
         Serving::Functions(run_functions(listener, TEMPLATE, &config, &sqs, &queues, every).await?)
     };

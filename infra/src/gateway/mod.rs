@@ -24,16 +24,12 @@ use runtime::{InvokeError, RuntimeApi};
 pub struct LocalFunction {
     pub name: String,
     pub api: RuntimeApi,
-    children: Vec<Child>,
+    children: std::sync::Mutex<Vec<Child>>,
 }
 
 impl Drop for LocalFunction {
-    /// The processes go first: a runtime whose Runtime API vanished under it only prints
-    /// connection errors.
     fn drop(&mut self) {
-        for child in &mut self.children {
-            let _ = child.start_kill();
-        }
+        self.stop();
     }
 }
 
@@ -44,7 +40,25 @@ impl LocalFunction {
 
     /// The OS process ids of its processes.
     pub fn pids(&self) -> Vec<u32> {
-        self.children.iter().filter_map(Child::id).collect()
+        self.children
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter_map(Child::id)
+            .collect()
+    }
+
+    /// Kills its processes (before the Runtime API goes: a runtime whose API vanished under
+    /// it only prints connection errors).
+    pub fn stop(&self) {
+        for child in self
+            .children
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter_mut()
+        {
+            let _ = child.start_kill();
+        }
     }
 }
 
@@ -62,6 +76,9 @@ pub struct LambdaConfig<'a> {
     pub env: &'a HashMap<String, String>,
     /// Processes per function: how many events each handles at once.
     pub processes: usize,
+    /// Where each process's stdout (its logs and metric lines) goes, as
+    /// `<dir>/<function>-<n>.log`; `None`: this process's stdout, as Lambda's log stream.
+    pub logs: Option<&'a Path>,
 }
 
 impl LocalLambdas {
@@ -111,6 +128,10 @@ impl LocalLambdas {
     pub fn pids(&self) -> Vec<u32> {
         self.functions.values().flat_map(|f| f.pids()).collect()
     }
+
+    pub fn stop(&self) {
+        self.functions.values().for_each(|f| f.stop());
+    }
 }
 
 async fn start_function(
@@ -123,8 +144,27 @@ async fn start_function(
         .await
         .map_err(|e| format!("{}: Runtime API: {e}", function.name))?;
     let mut children = Vec::new();
-    for _ in 0..config.processes.max(1) {
+    for n in 0..config.processes.max(1) {
+        let (stdout, stderr) = match config.logs {
+            Some(dir) => {
+                let file = std::fs::File::create(dir.join(format!("{}-{n}.log", function.name)))
+                    .map_err(|e| format!("{}: log file: {e}", function.name))?;
+                let copy = file
+                    .try_clone()
+                    .map_err(|e| format!("{}: log file: {e}", function.name))?;
+                (
+                    std::process::Stdio::from(file),
+                    std::process::Stdio::from(copy),
+                )
+            }
+            None => (
+                std::process::Stdio::inherit(),
+                std::process::Stdio::inherit(),
+            ),
+        };
         let child = Command::new(binary)
+            .stdout(stdout)
+            .stderr(stderr)
             // Exactly the function's environment, as in Lambda: nothing of this shell's.
             .env_clear()
             .envs(config.env)
@@ -156,7 +196,7 @@ async fn start_function(
     Ok(LocalFunction {
         name: function.name.clone(),
         api,
-        children,
+        children: std::sync::Mutex::new(children),
     })
 }
 
@@ -233,6 +273,7 @@ pub struct RunningFunctions {
 
 impl Drop for RunningFunctions {
     fn drop(&mut self) {
+        self.lambdas.stop();
         for task in &self.tasks {
             task.abort();
         }

@@ -112,6 +112,19 @@ impl<P: Ports> App<P> {
                 }
             }
         }
+        for (name, value) in [
+            ("ReconcileExamined", report.examined),
+            ("ReconcileAdvanced", report.advanced),
+            ("ReconcileExpired", report.expired),
+            ("ReconcileErrors", report.errors),
+            ("ReconcileCallbacksQueued", report.callbacks_queued),
+        ] {
+            crate::metrics::record(crate::metrics::Metric::value(
+                name,
+                value as f64,
+                crate::metrics::Unit::Count,
+            ));
+        }
         tracing::info!(
             examined = report.examined,
             advanced = report.advanced,

@@ -23,6 +23,7 @@ use super::{ApiError, App, PredictionView};
 use crate::callbacks::{CallbackEvent, CallbackState, CallbackTarget};
 use crate::cost::{Micros, requested_outputs, usd};
 use crate::destination::{SystemResolver, check_destination, parse_callback_url};
+use crate::metrics::{self, Metric};
 use crate::outputs::hex;
 use crate::ports::{AccountStore, ClaimOutcome, RecordStore, Settlement};
 use crate::record::{
@@ -419,6 +420,7 @@ impl<P: Ports> App<P> {
                     };
                     match self.judge_holder(existing, &held, now) {
                         Holder::Cached(record) => {
+                            metrics::record(Metric::count("CacheHits").by("Model", &record.alias));
                             return Ok(Started {
                                 status: StatusCode::OK,
                                 cached: true,
@@ -591,6 +593,7 @@ impl<P: Ports> App<P> {
                     }
                 }
                 tracing::info!(prediction_id = %id, replicate_id = %remote.id, model = %new.alias.model, "prediction created");
+                metrics::record(Metric::count("PredictionsCreated").by("Model", &new.alias.alias));
                 // A create answered `processing` is recorded now; a terminal answer is left
                 // to the webhook or a sync, which queue the output copy.
                 if remote.status == PredictionStatus::Processing {
@@ -609,6 +612,9 @@ impl<P: Ports> App<P> {
             Err(err) => {
                 // Nothing was created: the record ends `failed` (anyone who joined it sees
                 // why) and the cache key is free at once.
+                if matches!(err, ReplicateError::Throttled { .. }) {
+                    metrics::record(Metric::count("UpstreamThrottled"));
+                }
                 self.end_unstarted(&record, creation_refused(&err)).await;
                 self.release_cache_claim(claim).await;
                 Err(err.into())

@@ -6,6 +6,7 @@ use tokio::time::Instant;
 
 use crate::callbacks::CallbackEvent;
 use crate::cost::{Micros, requested_outputs};
+use crate::metrics::{self, Metric, Unit};
 use crate::outputs::{OutputError, check_output_list, store_outputs};
 use crate::ports::{AccountStore, CopyJob, JobQueue, RecordStore, StoreError, SyncMark};
 use crate::record::{Advance, PredictionRecord, bounded_error, bounded_metrics, parse_rfc3339};
@@ -197,6 +198,15 @@ impl<P: Ports> App<P> {
         if !self.records.advance(&record.id, &advance).await? {
             return Ok(false);
         }
+        if ends {
+            let name = match advance.status {
+                PredictionStatus::Succeeded => "PredictionsSucceeded",
+                PredictionStatus::Canceled => "PredictionsCanceled",
+                PredictionStatus::Aborted => "PredictionsAborted",
+                _ => "PredictionsFailed",
+            };
+            metrics::record(Metric::count(name).by("Model", &record.alias));
+        }
         if advance.keep_open {
             self.queue_callback(record, CallbackEvent::Completed).await;
         }
@@ -313,7 +323,11 @@ impl<P: Ports> App<P> {
         .await
         .unwrap_or(Err(OutputError::OutOfTime));
         match stored {
-            Ok(outputs) => advance.outputs = outputs,
+            Ok(outputs) => {
+                let bytes: u64 = outputs.iter().map(|o| o.size).sum();
+                metrics::record(Metric::value("BytesCopied", bytes as f64, Unit::Bytes));
+                advance.outputs = outputs;
+            }
             Err(err) if err.is_permanent() => {
                 tracing::warn!(prediction_id = %record.id, error = %err, "outputs cannot be stored");
                 unusable(format!("outputs could not be stored: {err}"), advance);

@@ -24,6 +24,9 @@ struct Receipt {
 }
 
 fn receipt(result: &'static str, reason: Option<&'static str>) -> Response<Body> {
+    crate::metrics::record(
+        crate::metrics::Metric::count("WebhookDeliveries").by("Outcome", result),
+    );
     json_response(StatusCode::OK, &Receipt { result, reason })
 }
 

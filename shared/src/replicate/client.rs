@@ -256,6 +256,7 @@ impl ReplicateClient {
                 delay_ms = delay.as_millis() as u64,
                 "retrying Replicate call"
             );
+            crate::metrics::record(crate::metrics::Metric::count("UpstreamRetries"));
             tokio::time::sleep(delay).await;
         }
     }

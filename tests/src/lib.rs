@@ -18,6 +18,9 @@ use imagegen_shared::tenancy::{ApiKey, KeyRecord, LimitsUpdate, TenantId};
 use local_stack::dev::{
     ensure_local_queues, serve_app_metered, spawn_callback_worker, spawn_copy_worker_metered,
 };
+use local_stack::gateway::{
+    LambdaConfig, LocalQueue, RunningFunctions, TEMPLATE, function_environment, run_functions,
+};
 use local_stack::http_server::{Server, bind_loopback};
 use local_stack::meter::Invocations;
 use local_stack::sim::{SimConfig, Simulator};
@@ -36,10 +39,63 @@ pub struct Stack {
     /// A client sending no key (downloads, and requests that must be refused).
     pub plain: reqwest::Client,
     pub api_key: String,
-    _server: Server,
-    _copier: AbortOnDrop,
-    _callbacks: AbortOnDrop,
+    serving: Serving,
 }
+
+/// What answers a stack's requests.
+enum Serving {
+    /// The handlers in this process (`app`), with local queue workers: fast, and the clock
+    /// of `app` is the one the handlers see.
+    InProcess {
+        _server: Server,
+        _copier: AbortOnDrop,
+        _callbacks: AbortOnDrop,
+    },
+    /// The function binaries behind the local API Gateway, as `make dev` serves them; `app`
+    /// only shares their table and bucket.
+    Binaries {
+        running: RunningFunctions,
+        logs: std::path::PathBuf,
+    },
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        if let Serving::Binaries { running, logs } = &self.serving {
+            running.lambdas.stop();
+            let _ = std::fs::remove_dir_all(logs);
+        }
+    }
+}
+
+/// The function binaries (`target/debug`), built first: a no-op when they are fresh, and
+/// `cargo test` alone builds no other package's binaries.
+pub fn function_binaries() -> std::path::PathBuf {
+    static BUILT: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+            let mut command = std::process::Command::new(cargo);
+            command.args(["build", "-q"]);
+            for function in FUNCTIONS {
+                command.args(["-p", function]);
+            }
+            let status = command.status().expect("cargo runs");
+            assert!(status.success(), "the function binaries build");
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug")
+        })
+        .clone()
+}
+
+/// The function crates, as `template.yaml` names their binaries.
+pub const FUNCTIONS: [&str; 6] = [
+    "submit",
+    "webhook",
+    "fetch-result",
+    "reconciler",
+    "copier",
+    "callbacks",
+];
 
 /// Stops the stack's copy worker with the stack.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
@@ -143,11 +199,27 @@ impl Stack {
 
     /// `start_with` on another AWS endpoint (`make cost`'s metering proxy), with this
     /// simulator configuration; `invocations`, if given, meters the handlers as Lambda calls.
+    /// A stack served by the function binaries behind the local API Gateway (the contract
+    /// as it deploys), with this environment adjustment.
+    pub async fn start_binaries_with(adjust: impl FnOnce(&mut HashMap<String, String>)) -> Self {
+        Self::start_serving(&aws_endpoint(), SimConfig::default(), None, adjust, true).await
+    }
+
     pub async fn start_on(
         aws_endpoint: &str,
         sim: SimConfig,
         invocations: Option<Arc<Invocations>>,
         adjust: impl FnOnce(&mut HashMap<String, String>),
+    ) -> Self {
+        Self::start_serving(aws_endpoint, sim, invocations, adjust, false).await
+    }
+
+    async fn start_serving(
+        aws_endpoint: &str,
+        sim: SimConfig,
+        invocations: Option<Arc<Invocations>>,
+        adjust: impl FnOnce(&mut HashMap<String, String>),
+        binaries: bool,
     ) -> Self {
         let sim = Simulator::start(sim).await.expect("simulator starts");
         let aws = AwsClients::local(aws_endpoint).await;
@@ -186,13 +258,54 @@ impl Stack {
                 .await
                 .expect("app builds"),
         );
-        let copier =
-            spawn_copy_worker_metered(app.clone(), aws.sqs.clone(), queue, invocations.clone());
-        let callbacks = spawn_callback_worker(app.clone(), aws.sqs.clone());
-        let server = serve_app_metered(listener, app.clone(), invocations);
+        let serving = if binaries {
+            let lookup = |n: &str| vars.get(n).cloned();
+            let env = function_environment(lookup, aws_endpoint, &aws.ssm)
+                .await
+                .expect("the functions' environment");
+            let logs = std::env::temp_dir().join(format!("imagegen-{name}"));
+            std::fs::create_dir_all(&logs).expect("log directory");
+            let directory = function_binaries();
+            let config = LambdaConfig {
+                binaries: &directory,
+                env: &env,
+                processes: 2,
+                logs: Some(&logs),
+            };
+            let sources = [
+                LocalQueue {
+                    logical_id: "CopyQueue",
+                    url: queue,
+                },
+                LocalQueue {
+                    logical_id: "CallbackQueue",
+                    url: queues.callback.clone(),
+                },
+            ];
+            let running = run_functions(
+                listener,
+                TEMPLATE,
+                &config,
+                &aws.sqs,
+                &sources,
+                Duration::from_secs(3600),
+            )
+            .await
+            .expect("the functions start");
+            Serving::Binaries { running, logs }
+        } else {
+            let copier =
+                spawn_copy_worker_metered(app.clone(), aws.sqs.clone(), queue, invocations.clone());
+            let callbacks = spawn_callback_worker(app.clone(), aws.sqs.clone());
+            Serving::InProcess {
+                _server: serve_app_metered(listener, app.clone(), invocations),
+                _copier: AbortOnDrop(copier),
+                _callbacks: AbortOnDrop(callbacks),
+            }
+        };
         let api_key = create_key(&app, TENANT, 100_000, None).await;
         Self {
-            base: format!("http://{}", server.addr),
+            base: format!("http://{addr}"),
             sim,
             app,
             aws,
@@ -200,10 +313,37 @@ impl Stack {
             http: client_with_key(&api_key),
             plain: reqwest::Client::new(),
             api_key,
-            _server: server,
-            _copier: AbortOnDrop(copier),
-            _callbacks: AbortOnDrop(callbacks),
+            serving,
         }
+    }
+
+    /// The functions serving this stack, when it runs the binaries.
+    pub fn functions(&self) -> Option<&RunningFunctions> {
+        match &self.serving {
+            Serving::Binaries { running, .. } => Some(running),
+            Serving::InProcess { .. } => None,
+        }
+    }
+
+    /// The EMF metric lines `function`'s processes wrote (a binaries stack only).
+    pub fn metric_lines(&self, function: &str) -> Vec<Value> {
+        let Serving::Binaries { logs, .. } = &self.serving else {
+            return Vec::new();
+        };
+        let mut lines = Vec::new();
+        for entry in std::fs::read_dir(logs).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !name.starts_with(&format!("{function}-")) {
+                continue;
+            }
+            let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+            lines.extend(
+                text.lines()
+                    .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                    .filter(|v| v.get("_aws").is_some()),
+            );
+        }
+        lines
     }
 
     /// An upload slot for `size` bytes of `content_type`, as `client`'s tenant.

@@ -1,4 +1,5 @@
-//! Callbacks to the caller end to end on moto and the simulator: signed so that a Standard
+//! Callbacks to the caller end to end on moto and the simulator, through the function
+//! binaries (the callbacks function fed by its queue): signed so that a Standard
 //! Webhooks library accepts them, retried through the queue with the same `webhook-id`
 //! until the receiver accepts, shown on the prediction, and refused at submit for
 //! destinations on this machine or not https (before anything is created).
@@ -35,7 +36,7 @@ async fn receiver(failures: u64) -> MockServer {
 /// A stack whose callbacks may reach `server` (plain http on loopback, listed).
 async fn stack_for(server: &MockServer) -> Stack {
     let allowed = server.address().to_string();
-    Stack::start_with(move |vars| {
+    Stack::start_binaries_with(move |vars| {
         vars.insert("CALLBACK_ALLOW_HOSTS".into(), allowed);
     })
     .await

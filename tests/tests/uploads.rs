@@ -1,4 +1,4 @@
-//! Uploads end to end on moto and the simulator: a slot, a PUT of a few megabytes to S3,
+//! Uploads end to end on moto and the simulator, through the function binaries: a slot, a PUT of a few megabytes to S3,
 //! img2img naming `upload://<id>`, and the model receiving those bytes exactly; every kind
 //! of bad reference refused for its own field before anything is created.
 
@@ -25,7 +25,7 @@ fn error_fields(problem: &Value) -> Vec<(String, String)> {
 
 #[tokio::test]
 async fn an_uploaded_image_of_a_few_megabytes_reaches_the_model_byte_for_byte() {
-    let stack = Stack::start().await;
+    let stack = Stack::start_binaries_with(|_| {}).await;
     let image = noise_png(3 * 1024 * 1024);
     assert!(image.len() > 3_000_000, "{}", image.len());
     let (status, slot) = stack
@@ -79,7 +79,7 @@ async fn an_uploaded_image_of_a_few_megabytes_reaches_the_model_byte_for_byte() 
 
 #[tokio::test]
 async fn every_bad_upload_reference_is_refused_for_its_field_before_anything_is_created() {
-    let stack = Stack::start().await;
+    let stack = Stack::start_binaries_with(|_| {}).await;
     let good = stack.uploaded("image/png", noise_png_sized(64, 64)).await;
 
     // Not uploaded yet; larger than declared; not an image; another type than declared;

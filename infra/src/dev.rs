@@ -133,24 +133,24 @@ pub async fn ensure_local_queues(
 /// A Lambda SQS event source's local stand-in: long-polls `queue_url` (moto's SQS), hands
 /// each batch to `handle` as the Lambda event would carry it, and deletes the messages it
 /// did not report as failed.
-fn spawn_poller<F, Fut>(
+pub fn spawn_poller<F, Fut>(
     sqs: aws_sdk_sqs::Client,
     queue_url: String,
     what: &'static str,
+    batch_size: u32,
     handle: F,
 ) -> tokio::task::JoinHandle<()>
 where
-    F: Fn(Vec<imagegen_shared::bootstrap::SqsMessage>) -> Fut + Send + 'static,
+    F: Fn(Vec<aws_sdk_sqs::types::Message>) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = Vec<String>> + Send,
 {
     use aws_sdk_sqs::types::MessageSystemAttributeName;
-    use imagegen_shared::bootstrap::{SqsAttributes, SqsMessage};
     tokio::spawn(async move {
         loop {
             let received = sqs
                 .receive_message()
                 .queue_url(&queue_url)
-                .max_number_of_messages(10)
+                .max_number_of_messages(batch_size.clamp(1, 10) as i32)
                 .wait_time_seconds(1)
                 .message_system_attribute_names(MessageSystemAttributeName::All)
                 .send()
@@ -166,22 +166,7 @@ where
             if messages.is_empty() {
                 continue;
             }
-            let batch = messages
-                .iter()
-                .map(|m| SqsMessage {
-                    message_id: m.message_id.clone().unwrap_or_default(),
-                    receipt_handle: m.receipt_handle.clone().unwrap_or_default(),
-                    body: m.body.clone().unwrap_or_default(),
-                    attributes: SqsAttributes {
-                        receive_count: attribute(
-                            m,
-                            MessageSystemAttributeName::ApproximateReceiveCount,
-                        ),
-                        sent_timestamp: attribute(m, MessageSystemAttributeName::SentTimestamp),
-                    },
-                })
-                .collect();
-            let failures = handle(batch).await;
+            let failures = handle(messages.clone()).await;
             for message in &messages {
                 let failed = failures
                     .iter()
@@ -211,6 +196,20 @@ fn attribute(
     message.attributes.as_ref()?.get(&name).cloned()
 }
 
+/// A received message as the Lambda SQS event carries it to the in-process handlers.
+fn lambda_message(m: &aws_sdk_sqs::types::Message) -> imagegen_shared::bootstrap::SqsMessage {
+    use aws_sdk_sqs::types::MessageSystemAttributeName as Name;
+    imagegen_shared::bootstrap::SqsMessage {
+        message_id: m.message_id.clone().unwrap_or_default(),
+        receipt_handle: m.receipt_handle.clone().unwrap_or_default(),
+        body: m.body.clone().unwrap_or_default(),
+        attributes: imagegen_shared::bootstrap::SqsAttributes {
+            receive_count: attribute(m, Name::ApproximateReceiveCount),
+            sent_timestamp: attribute(m, Name::SentTimestamp),
+        },
+    }
+}
+
 /// The copy worker's local stand-in, on the copy queue.
 pub fn spawn_copy_worker(
     app: Arc<imagegen_shared::bootstrap::ProductionApp>,
@@ -228,17 +227,17 @@ pub fn spawn_copy_worker_metered(
     invocations: Option<Arc<Invocations>>,
 ) -> tokio::task::JoinHandle<()> {
     use imagegen_shared::bootstrap::{SqsBatch, copy_batch};
-    spawn_poller(sqs, queue_url, "copy", move |messages| {
+    spawn_poller(sqs, queue_url, "copy", 10, move |messages| {
         let app = app.clone();
         let invocations = invocations.clone();
         async move {
             // One message a batch, each with its own deadline, as the Lambda worker runs
             // them (BatchSize 1): a slow job never eats the next one's time.
             let mut failures = Vec::new();
-            for message in messages {
+            for message in &messages {
                 let started = tokio::time::Instant::now();
                 let batch = SqsBatch {
-                    records: vec![message],
+                    records: vec![lambda_message(message)],
                 };
                 let response = copy_batch(&app, batch, started + LOCAL_COPY_BUDGET).await;
                 failures.extend(response.failures.into_iter().map(|f| f.id));
@@ -263,11 +262,13 @@ pub fn spawn_callback_worker(
         client: sqs.clone(),
         queue_url: queue_url.clone(),
     });
-    spawn_poller(sqs, queue_url, "callbacks", move |messages| {
+    spawn_poller(sqs, queue_url, "callbacks", 10, move |messages| {
         let app = app.clone();
         let redelivery = redelivery.clone();
         async move {
-            let batch = SqsBatch { records: messages };
+            let batch = SqsBatch {
+                records: messages.iter().map(lambda_message).collect(),
+            };
             callback_batch(&app, batch, redelivery.as_ref())
                 .await
                 .failures

@@ -210,57 +210,28 @@ pub fn spawn_queue_source(
     batch_size: u32,
     function: Arc<LocalFunction>,
 ) -> tokio::task::JoinHandle<()> {
-    use aws_sdk_sqs::types::MessageSystemAttributeName;
-    tokio::spawn(async move {
-        loop {
-            let received = sqs
-                .receive_message()
-                .queue_url(&queue_url)
-                .max_number_of_messages(batch_size.clamp(1, 10) as i32)
-                .wait_time_seconds(1)
-                .message_system_attribute_names(MessageSystemAttributeName::All)
-                .send()
-                .await;
-            let messages = match received {
-                Ok(output) => output.messages.unwrap_or_default(),
-                Err(err) => {
-                    tracing::warn!(function = %function.name, error = %aws_sdk_sqs::error::DisplayErrorContext(err), "queue receive failed");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
-                }
-            };
-            if messages.is_empty() {
-                continue;
-            }
+    crate::dev::spawn_poller(
+        sqs,
+        queue_url,
+        "event source",
+        batch_size,
+        move |messages| {
+            let function = function.clone();
             let event = events::sqs_batch(&messages, &queue_arn);
-            let failed = match function.invoke(event).await {
-                Ok(response) => events::batch_failures(&response),
-                Err(err) => {
-                    tracing::warn!(function = %function.name, error = %err, "queue batch failed; it comes back");
-                    continue;
-                }
-            };
-            for message in &messages {
-                if message
-                    .message_id
-                    .as_ref()
-                    .is_some_and(|id| failed.contains(id))
-                {
-                    continue;
-                }
-                if let Some(receipt) = &message.receipt_handle
-                    && let Err(err) = sqs
-                        .delete_message()
-                        .queue_url(&queue_url)
-                        .receipt_handle(receipt)
-                        .send()
-                        .await
-                {
-                    tracing::warn!(function = %function.name, error = %aws_sdk_sqs::error::DisplayErrorContext(err), "message could not be deleted; it runs again");
+            async move {
+                match function.invoke(event).await {
+                    Ok(response) => events::batch_failures(&response).into_iter().collect(),
+                    Err(err) => {
+                        tracing::warn!(function = %function.name, error = %err, "queue batch failed; it comes back");
+                        messages
+                            .iter()
+                            .filter_map(|m| m.message_id.clone())
+                            .collect()
+                    }
                 }
             }
-        }
-    })
+        },
+    )
 }
 
 /// The functions serving a local stack: the HTTP front, the queue sources, the schedule.

@@ -17,11 +17,17 @@ RUST_LOG="${RUST_LOG:-error}" \
 	target/debug/dev-server >"$workdir/dev.log" 2>&1 &
 pid=$!
 stop() {
+	status=$?
 	kill -INT "$pid" 2>/dev/null || true
 	wait "$pid" 2>/dev/null || true
+	if [ "$status" -ne 0 ]; then
+		echo "fuzz: the local stack's log:" >&2
+		tail -n 200 "$workdir/dev.log" >&2 || true
+	fi
 	rm -rf "$workdir"
 }
 trap stop EXIT
+trap 'exit 143' INT TERM
 for _ in $(seq 1 240); do
 	grep -q '^ready ' "$workdir/dev.log" && break
 	if ! kill -0 "$pid" 2>/dev/null; then

@@ -63,8 +63,10 @@ impl<'a> Metric<'a> {
 
     /// The EMF document of this data point at `timestamp_ms`.
     pub fn to_emf(&self, timestamp_ms: u128) -> Value {
+        // With a dimension, the total is published too (`[]`): dashboards and alarms read
+        // it without knowing every dimension value.
         let dimensions: Vec<Vec<&str>> = match self.dimension {
-            Some((name, _)) => vec![vec![name]],
+            Some((name, _)) => vec![vec![], vec![name]],
             None => vec![vec![]],
         };
         let mut document = Map::new();
@@ -126,7 +128,7 @@ mod tests {
                     "Timestamp": 1_700_000_000_000u64,
                     "CloudWatchMetrics": [{
                         "Namespace": "ImageGen",
-                        "Dimensions": [["Model"]],
+                        "Dimensions": [[], ["Model"]],
                         "Metrics": [{"Name": "PredictionsCreated", "Unit": "Count"}],
                     }],
                 },

@@ -5,8 +5,10 @@ use tracing_subscriber::EnvFilter;
 /// JSON lines on stdout at `filter` (`RUST_LOG` syntax; default `info`). Spans' fields
 /// (request and prediction ids) are included in every event inside them.
 pub fn init_json_logs(filter: Option<&str>) {
-    let filter = lambda_log_level(std::env::var("AWS_LAMBDA_LOG_LEVEL").ok().as_deref())
-        .or(filter)
+    let filter = filter
+        .or(lambda_log_level(
+            std::env::var("AWS_LAMBDA_LOG_LEVEL").ok().as_deref(),
+        ))
         .and_then(|f| EnvFilter::try_new(f).ok())
         .unwrap_or_else(|| EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
@@ -20,8 +22,8 @@ pub fn init_json_logs(filter: Option<&str>) {
 }
 
 /// The filter for Lambda's application log level (`AWS_LAMBDA_LOG_LEVEL`, set by the
-/// function's logging configuration): it wins over `RUST_LOG`, so the level an operator
-/// picks in Lambda is the one that applies.
+/// function's logging configuration), used when `RUST_LOG` (the stack's `LogLevel`) is unset.
+/// Metric lines are not logs: they are written whatever the level.
 fn lambda_log_level(level: Option<&str>) -> Option<&'static str> {
     match level?.trim().to_ascii_uppercase().as_str() {
         "TRACE" => Some("trace"),

@@ -63,7 +63,12 @@ impl Drop for Stack {
     fn drop(&mut self) {
         if let Serving::Binaries { running, logs } = &self.serving {
             running.lambdas.stop();
-            let _ = std::fs::remove_dir_all(logs);
+            // A failing test keeps the functions' output (their only stderr).
+            if std::thread::panicking() {
+                eprintln!("the functions' output is kept in {}", logs.display());
+            } else {
+                let _ = std::fs::remove_dir_all(logs);
+            }
         }
     }
 }
@@ -76,7 +81,7 @@ pub fn function_binaries() -> std::path::PathBuf {
         .get_or_init(|| {
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
             let mut command = std::process::Command::new(cargo);
-            command.args(["build", "-q"]);
+            command.args(["build", "-q", "--locked"]);
             for function in FUNCTIONS {
                 command.args(["-p", function]);
             }

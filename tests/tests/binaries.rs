@@ -137,3 +137,36 @@ async fn a_route_missing_from_the_template_is_not_served() {
     }
     assert_eq!(before, total(&stack), "no function was invoked");
 }
+
+#[tokio::test]
+async fn a_function_process_that_dies_is_replaced() {
+    let stack = Stack::start_binaries_with(|_| {}).await;
+    let submit = stack
+        .functions()
+        .and_then(|f| f.lambdas.function("SubmitFunction"))
+        .expect("the submit function runs");
+    let before = submit.pids();
+    assert_eq!(before.len(), 2);
+    // One of the processes this test started dies, as an execution environment can.
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &before[0].to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(killed.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while submit.pids().contains(&before[0]) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let after = submit.pids();
+    assert_eq!(after.len(), 2, "{after:?}");
+    assert!(
+        !after.contains(&before[0]),
+        "replaced: {before:?} → {after:?}"
+    );
+    for n in 0..4 {
+        let (status, body) = stack
+            .submit(&json!({"model": "flux-schnell", "input": {"prompt": format!("after a crash {n}")}}))
+            .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    }
+}

@@ -215,15 +215,21 @@ pub fn sqs_batch(messages: &[aws_sdk_sqs::types::Message], queue_arn: &str) -> B
     Bytes::from(json!({ "Records": records }).to_string())
 }
 
-/// The message ids a partial batch response reports as failed.
-pub fn batch_failures(payload: &[u8]) -> HashSet<String> {
-    let value: Value = serde_json::from_slice(payload).unwrap_or(Value::Null);
-    value["batchItemFailures"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|f| f["itemIdentifier"].as_str().map(str::to_owned))
-        .collect()
+/// The message ids a partial batch response reports as failed; `None` when the answer is
+/// not a partial batch response (Lambda then takes the whole batch as failed).
+pub fn batch_failures(payload: &[u8]) -> Option<HashSet<String>> {
+    let value: Value = serde_json::from_slice(payload).ok()?;
+    if !value.is_object() {
+        return None;
+    }
+    Some(
+        value["batchItemFailures"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|f| f["itemIdentifier"].as_str().map(str::to_owned))
+            .collect(),
+    )
 }
 
 /// An EventBridge scheduled event for `function`'s rule.

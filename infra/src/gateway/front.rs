@@ -50,6 +50,10 @@ pub fn serve_gateway(listener: TcpListener, lambdas: Arc<LocalLambdas>) -> Serve
                 return gateway_message(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error");
             };
             let event = events::http_api_v2(&request, &method, &route, "127.0.0.1");
+            // Lambda's limit is on the whole event (a base64 body grows by a third).
+            if event.len() > MAX_BODY_BYTES {
+                return too_large();
+            }
             match function.invoke(event).await {
                 Ok(payload) => events::http_response(&payload).unwrap_or_else(|| {
                     gateway_message(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error")

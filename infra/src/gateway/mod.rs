@@ -20,11 +20,63 @@ use tokio::process::{Child, Command};
 use crate::meter::template::{Function, Template};
 use runtime::{InvokeError, RuntimeApi};
 
-/// One function of the template: its Runtime API and the processes polling it.
+/// One function of the template: its Runtime API and the processes polling it. A process
+/// that exits is started again (as Lambda replaces a failed execution environment); the
+/// event it was handling gets no answer and its caller times out.
 pub struct LocalFunction {
     pub name: String,
     pub api: RuntimeApi,
+    spec: ProcessSpec,
     children: std::sync::Mutex<Vec<Child>>,
+    stopping: std::sync::atomic::AtomicBool,
+}
+
+/// How one of a function's processes is started.
+struct ProcessSpec {
+    name: String,
+    binary: std::path::PathBuf,
+    env: Vec<(String, String)>,
+    logs: Option<std::path::PathBuf>,
+}
+
+impl ProcessSpec {
+    fn spawn(&self, n: usize) -> Result<Child, String> {
+        let (stdout, stderr) = match &self.logs {
+            Some(dir) => {
+                let file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(dir.join(format!("{}-{n}.log", self.name)))
+                    .map_err(|e| format!("{}: log file: {e}", self.name))?;
+                let copy = file
+                    .try_clone()
+                    .map_err(|e| format!("{}: log file: {e}", self.name))?;
+                (
+                    std::process::Stdio::from(file),
+                    std::process::Stdio::from(copy),
+                )
+            }
+            None => (
+                std::process::Stdio::inherit(),
+                std::process::Stdio::inherit(),
+            ),
+        };
+        Command::new(&self.binary)
+            .stdout(stdout)
+            .stderr(stderr)
+            // Exactly the function's environment, as in Lambda: nothing of this shell's.
+            .env_clear()
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| {
+                format!(
+                    "{}: could not start {}: {e}",
+                    self.name,
+                    self.binary.display()
+                )
+            })
+    }
 }
 
 impl Drop for LocalFunction {
@@ -48,9 +100,11 @@ impl LocalFunction {
             .collect()
     }
 
-    /// Kills its processes (before the Runtime API goes: a runtime whose API vanished under
-    /// it only prints connection errors).
+    /// Kills its processes for good (before the Runtime API goes: a runtime whose API
+    /// vanished under it only prints connection errors).
     pub fn stop(&self) {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         for child in self
             .children
             .lock()
@@ -59,6 +113,39 @@ impl LocalFunction {
         {
             let _ = child.start_kill();
         }
+    }
+
+    /// Starts again every process that exited, until the function is stopped.
+    fn restart_exited(&self) {
+        let mut children = self.children.lock().unwrap_or_else(|p| p.into_inner());
+        for (n, child) in children.iter_mut().enumerate() {
+            if self.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+                return;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                tracing::warn!(function = %self.name, %status, "function process exited; starting another");
+                match self.spec.spawn(n) {
+                    Ok(replacement) => *child = replacement,
+                    Err(err) => {
+                        tracing::error!(function = %self.name, error = %err, "could not restart")
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Watches `function`'s processes every half second while it exists.
+async fn supervise(function: std::sync::Weak<LocalFunction>) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let Some(function) = function.upgrade() else {
+            return;
+        };
+        if function.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        function.restart_exited();
     }
 }
 
@@ -96,8 +183,9 @@ impl LocalLambdas {
                     path.display()
                 ));
             }
-            let local = start_function(function, &path, config).await?;
-            functions.insert(function.name.clone(), Arc::new(local));
+            let local = Arc::new(start_function(function, &path, config).await?);
+            tokio::spawn(supervise(Arc::downgrade(&local)));
+            functions.insert(function.name.clone(), local);
         }
         Ok(Self {
             template,
@@ -143,60 +231,43 @@ async fn start_function(
     let api = RuntimeApi::start(&function.name, timeout)
         .await
         .map_err(|e| format!("{}: Runtime API: {e}", function.name))?;
-    let mut children = Vec::new();
-    for n in 0..config.processes.max(1) {
-        let (stdout, stderr) = match config.logs {
-            Some(dir) => {
-                let file = std::fs::File::create(dir.join(format!("{}-{n}.log", function.name)))
-                    .map_err(|e| format!("{}: log file: {e}", function.name))?;
-                let copy = file
-                    .try_clone()
-                    .map_err(|e| format!("{}: log file: {e}", function.name))?;
-                (
-                    std::process::Stdio::from(file),
-                    std::process::Stdio::from(copy),
-                )
-            }
-            None => (
-                std::process::Stdio::inherit(),
-                std::process::Stdio::inherit(),
+    let mut env: Vec<(String, String)> = config
+        .env
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    env.extend(
+        [
+            ("AWS_LAMBDA_RUNTIME_API", api.address()),
+            ("AWS_LAMBDA_FUNCTION_NAME", function.name.clone()),
+            (
+                "AWS_LAMBDA_FUNCTION_MEMORY_SIZE",
+                function.memory_mb.to_string(),
             ),
-        };
-        let child = Command::new(binary)
-            .stdout(stdout)
-            .stderr(stderr)
-            // Exactly the function's environment, as in Lambda: nothing of this shell's.
-            .env_clear()
-            .envs(config.env)
-            .envs([
-                ("AWS_LAMBDA_RUNTIME_API", api.address()),
-                ("AWS_LAMBDA_FUNCTION_NAME", function.name.clone()),
-                (
-                    "AWS_LAMBDA_FUNCTION_MEMORY_SIZE",
-                    function.memory_mb.to_string(),
-                ),
-                ("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST".to_owned()),
-                (
-                    "AWS_LAMBDA_LOG_GROUP_NAME",
-                    format!("/aws/lambda/{}", function.name),
-                ),
-                ("AWS_LAMBDA_LOG_STREAM_NAME", "local".to_owned()),
-            ])
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| {
-                format!(
-                    "{}: could not start {}: {e}",
-                    function.name,
-                    binary.display()
-                )
-            })?;
-        children.push(child);
-    }
+            ("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST".to_owned()),
+            (
+                "AWS_LAMBDA_LOG_GROUP_NAME",
+                format!("/aws/lambda/{}", function.name),
+            ),
+            ("AWS_LAMBDA_LOG_STREAM_NAME", "local".to_owned()),
+        ]
+        .map(|(k, v)| (k.to_owned(), v)),
+    );
+    let spec = ProcessSpec {
+        name: function.name.clone(),
+        binary: binary.to_path_buf(),
+        env,
+        logs: config.logs.map(Path::to_path_buf),
+    };
+    let children = (0..config.processes.max(1))
+        .map(|n| spec.spawn(n))
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(LocalFunction {
         name: function.name.clone(),
         api,
+        spec,
         children: std::sync::Mutex::new(children),
+        stopping: std::sync::atomic::AtomicBool::new(false),
     })
 }
 
@@ -219,14 +290,23 @@ pub fn spawn_queue_source(
             let function = function.clone();
             let event = events::sqs_batch(&messages, &queue_arn);
             async move {
+                let all = || {
+                    messages
+                        .iter()
+                        .filter_map(|m| m.message_id.clone())
+                        .collect()
+                };
                 match function.invoke(event).await {
-                    Ok(response) => events::batch_failures(&response).into_iter().collect(),
+                    Ok(response) => match events::batch_failures(&response) {
+                        Some(failed) => failed.into_iter().collect(),
+                        None => {
+                            tracing::warn!(function = %function.name, "not a partial batch response; the batch comes back");
+                            all()
+                        }
+                    },
                     Err(err) => {
                         tracing::warn!(function = %function.name, error = %err, "queue batch failed; it comes back");
-                        messages
-                            .iter()
-                            .filter_map(|m| m.message_id.clone())
-                            .collect()
+                        all()
                     }
                 }
             }
@@ -363,7 +443,13 @@ pub async fn function_environment(
     let aws_default =
         |name: &str, default: &str| lookup(name).unwrap_or_else(|| default.to_owned());
     env.insert("AWS_ENDPOINT_URL".into(), aws_endpoint.to_owned());
-    env.insert("AWS_REGION".into(), aws_default("AWS_REGION", "us-east-1"));
+    // The region the stack's resources were made in (as `AwsClients::local` picks it).
+    let region = lookup("AWS_REGION")
+        .or_else(|| lookup("AWS_DEFAULT_REGION"))
+        .or_else(|| std::env::var("AWS_REGION").ok())
+        .or_else(|| std::env::var("AWS_DEFAULT_REGION").ok())
+        .unwrap_or_else(|| "us-east-1".to_owned());
+    env.insert("AWS_REGION".into(), region);
     env.insert(
         "AWS_ACCESS_KEY_ID".into(),
         aws_default("AWS_ACCESS_KEY_ID", "local"),

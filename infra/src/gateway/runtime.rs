@@ -106,8 +106,9 @@ impl RuntimeApi {
     pub async fn invoke(&self, event: Bytes) -> Result<Bytes, InvokeError> {
         let (done, answer) = oneshot::channel();
         let deadline = SystemTime::now() + self.timeout;
+        let id = uuid::Uuid::new_v4().to_string();
         let pending = Pending {
-            id: uuid::Uuid::new_v4().to_string(),
+            id: id.clone(),
             event,
             deadline_ms: deadline
                 .duration_since(UNIX_EPOCH)
@@ -115,14 +116,26 @@ impl RuntimeApi {
                 .as_millis(),
             done,
         };
-        self.sender
-            .send(pending)
-            .await
-            .map_err(|_| InvokeError::Unavailable)?;
-        match tokio::time::timeout(self.timeout, answer).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(InvokeError::Unavailable),
-            Err(_) => Err(InvokeError::TimedOut),
+        // The timeout covers waiting for a free process too (all of them may be gone).
+        let outcome = tokio::time::timeout(self.timeout, async {
+            self.sender
+                .send(pending)
+                .await
+                .map_err(|_| InvokeError::Unavailable)?;
+            answer.await.map_err(|_| InvokeError::Unavailable)?
+        })
+        .await;
+        match outcome {
+            Ok(result) => result,
+            Err(_) => {
+                // No answer will be taken for it any more.
+                self.state
+                    .in_flight
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&id);
+                Err(InvokeError::TimedOut)
+            }
         }
     }
 }

@@ -193,13 +193,20 @@ fn start_own_moto() -> String {
 }
 
 impl Stack {
+    /// A stack served by the function binaries (the contract as it deploys).
     pub async fn start() -> Self {
         Self::start_with(|_| {}).await
     }
 
-    /// Starts a stack; `adjust` may change the app's environment before it is built.
+    /// `start`; `adjust` may change the functions' environment before they start.
     pub async fn start_with(adjust: impl FnOnce(&mut HashMap<String, String>)) -> Self {
-        Self::start_on(&aws_endpoint(), SimConfig::default(), None, adjust).await
+        Self::start_binaries_with(adjust).await
+    }
+
+    /// A stack whose handlers run in this process: for tests that move `app`'s clock (the
+    /// function processes keep their own time).
+    pub async fn start_in_process() -> Self {
+        Self::start_on(&aws_endpoint(), SimConfig::default(), None, |_| {}).await
     }
 
     /// `start_with` on another AWS endpoint (`make cost`'s metering proxy), with this

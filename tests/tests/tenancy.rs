@@ -31,7 +31,8 @@ fn prompt(text: &str) -> Value {
 
 #[tokio::test]
 async fn every_route_refuses_missing_malformed_unknown_and_revoked_keys() {
-    let stack = Stack::start().await;
+    // In process: the revocation is seen once `app`'s clock passes the key cache's lifetime.
+    let stack = Stack::start_in_process().await;
     let (status, mine) = stack.submit(&prompt("keyed")).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{mine}");
     let id = mine["id"].as_str().unwrap();

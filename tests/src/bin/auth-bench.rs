@@ -32,7 +32,7 @@ async fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(200);
-    let stack = Stack::start().await;
+    let stack = Stack::start_in_process().await;
     let url = format!("{}/v1/usage", stack.base);
     let timed = || async {
         let started = Instant::now();

@@ -76,16 +76,12 @@ async fn upload(http: &reqwest::Client, args: &Args, file: &str) -> Result<Strin
         Ok(imagesize::ImageType::Webp) => "image/webp",
         _ => "image/png",
     };
-    let slot: Value = http
-        .post(format!("{}/v1/uploads", args.base))
-        .bearer_auth(&args.api_key)
-        .json(&json!({"content_type": content_type, "size": bytes.len()}))
-        .send()
-        .await
-        .map_err(|e| format!("is `make dev` running? {e}"))?
-        .json()
-        .await
-        .map_err(|e| e.to_string())?;
+    let slot = send_json(
+        http.post(format!("{}/v1/uploads", args.base))
+            .bearer_auth(&args.api_key)
+            .json(&json!({"content_type": content_type, "size": bytes.len()})),
+    )
+    .await?;
     let url = slot["upload_url"]
         .as_str()
         .ok_or_else(|| format!("upload slot refused: {slot}"))?;
@@ -142,11 +138,19 @@ async fn receive_callback(
 
 /// `GET {base}{path}` with the caller's key, as JSON.
 async fn get_json(http: &reqwest::Client, args: &Args, path: &str) -> Result<Value, String> {
-    http.get(format!("{}{path}", args.base))
-        .bearer_auth(&args.api_key)
+    send_json(
+        http.get(format!("{}{path}", args.base))
+            .bearer_auth(&args.api_key),
+    )
+    .await
+}
+
+/// Sends `request` and reads the answer as JSON.
+async fn send_json(request: reqwest::RequestBuilder) -> Result<Value, String> {
+    request
         .send()
         .await
-        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("is `make dev` running? {e}"))?
         .json()
         .await
         .map_err(|e| e.to_string())
@@ -198,16 +202,12 @@ async fn run() -> Result<(), String> {
         body["webhook"] = Value::String(format!("http://{host}/callback"));
         receiver = Some(tokio::spawn(receive_callback(listener)));
     }
-    let submitted: Value = http
-        .post(format!("{}/v1/predictions", args.base))
-        .bearer_auth(&args.api_key)
-        .json(&body)
-        .send()
-        .await
-        .map_err(|e| format!("is `make dev` running? {e}"))?
-        .json()
-        .await
-        .map_err(|e| e.to_string())?;
+    let submitted = send_json(
+        http.post(format!("{}/v1/predictions", args.base))
+            .bearer_auth(&args.api_key)
+            .json(&body),
+    )
+    .await?;
     let id = submitted["id"]
         .as_str()
         .ok_or_else(|| format!("submit failed: {submitted}"))?

@@ -6,10 +6,10 @@ use std::path::Path;
 use imagegen_shared::aws::{AwsClients, DynamoRecords};
 use imagegen_shared::cost::micros_from_usd;
 use imagegen_shared::ports::AccountStore;
-use imagegen_shared::record::to_millis;
 use imagegen_shared::tenancy::{
     ApiKey, DEFAULT_RATE_PER_MINUTE, KeyRecord, LimitsUpdate, TenantId, TenantLimits,
 };
+use imagegen_shared::time::Timestamp;
 use serde::{Deserialize, Serialize};
 
 /// Where a running `make dev` says it is, for `make key`, `make revoke` and `make demo`.
@@ -127,7 +127,7 @@ impl NewKey {
             Some(key) => ApiKey::parse(key).map_err(|e| e.to_string())?,
             None => ApiKey::generate(),
         };
-        let now = to_millis(std::time::SystemTime::now());
+        let now = Timestamp::from_system(std::time::SystemTime::now());
         let record = KeyRecord::new(&key, tenant.clone(), now);
         Ok(Self { key, record })
     }

@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::record::{Millis, PredictionId, after};
+use crate::record::PredictionId;
+use crate::time::Timestamp;
 
 /// Longest callback URL accepted.
 pub const MAX_CALLBACK_URL_LEN: usize = 2048;
@@ -118,7 +119,7 @@ pub struct CallbackJob {
     pub prediction_id: PredictionId,
     pub event: CallbackEvent,
     /// When the event was first queued: attempts go on until `RETRY_WINDOW` after it.
-    pub queued_at: Millis,
+    pub queued_at: Timestamp,
 }
 
 impl CallbackJob {
@@ -128,8 +129,8 @@ impl CallbackJob {
     }
 
     /// Whether the retry window has closed at `now`: the event goes to the dead-letter queue.
-    pub fn window_closed(&self, now: Millis) -> bool {
-        now >= after(self.queued_at, RETRY_WINDOW)
+    pub fn window_closed(&self, now: Timestamp) -> bool {
+        now >= self.queued_at.plus(RETRY_WINDOW)
     }
 }
 
@@ -172,10 +173,10 @@ mod tests {
         let job = CallbackJob {
             prediction_id: PredictionId::generate(),
             event: CallbackEvent::Completed,
-            queued_at: 1_000,
+            queued_at: Timestamp::from_millis(1_000),
         };
-        assert!(!job.window_closed(1_000 + 86_399_999));
-        assert!(job.window_closed(1_000 + 86_400_000));
+        assert!(!job.window_closed(Timestamp::from_millis(1_000 + 86_399_999)));
+        assert!(job.window_closed(Timestamp::from_millis(1_000 + 86_400_000)));
         assert!(job.webhook_id().starts_with("msg_") && job.webhook_id().ends_with("_completed"));
     }
 }

@@ -20,18 +20,22 @@ use crate::ports::{
     AccountStore, ClaimOutcome, CopyJob, JobQueue, LEGACY_OPEN_SHARD, ObjectRead, ObjectStore,
     OpenEntry, RecordStore, Settlement, SyncMark, open_shard,
 };
-use crate::record::{
-    Advance, Claim, ClaimGuard, Millis, PredictionId, PredictionRecord, StoredOutput, ttl_seconds,
-};
+use crate::record::{Advance, Claim, ClaimGuard, PredictionId, PredictionRecord, StoredOutput};
 use crate::replicate::{Metrics, Prediction, PredictionStatus, PredictionUrls};
 use crate::tenancy::{
     ApiKey, CostSettlement, DEFAULT_RATE_PER_MINUTE, KeyRecord, LimitsUpdate, RateWindow,
     Reservation, TenantId, TenantLimits, Usage,
 };
+use crate::time::Timestamp;
 use crate::uploads::{ImageKind, UploadId, UploadRecord};
 
 /// The "now" of the claim checks: any fixed time works, only the order of times matters.
-const NOW: Millis = 1_700_000_000_000;
+const NOW: Timestamp = Timestamp::from_millis(1_700_000_000_000);
+
+/// Milliseconds, for the stores' times in these tests.
+const fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
 
 /// S3's smallest part of a multipart upload, except the last (`EntityTooSmall`).
 pub const MIN_PART_SIZE: usize = 5 * 1024 * 1024;
@@ -47,14 +51,14 @@ pub fn id_in_shard(digit: char) -> PredictionId {
         .unwrap_or_else(|_| panic!("`{digit}` is not a lowercase hex digit"))
 }
 
-fn claim(key: &str, token: &str, lease_until: Millis) -> Claim {
+fn claim(key: &str, token: &str, lease_until: Timestamp) -> Claim {
     Claim {
         key: key.to_owned(),
         token: token.to_owned(),
         prediction_id: None,
         request_hash: None,
         lease_until,
-        expires_at: ttl_seconds(lease_until) + 86_400,
+        expires_at: lease_until.unix_seconds() + 86_400,
         from_cache: false,
     }
 }
@@ -66,7 +70,7 @@ fn claim_key() -> String {
 /// The claim stored at `key`, read through the trait: a claim attempt never takes a held
 /// key, and comes back with the holder; if nobody held it, the probe is released.
 async fn peek<S: RecordStore>(store: &S, key: &str) -> Option<Claim> {
-    let probe = claim(key, &format!("probe-{}", unique()), 0);
+    let probe = claim(key, &format!("probe-{}", unique()), Timestamp::EPOCH);
     match store.try_claim(&probe).await.expect("try_claim (peek)") {
         ClaimOutcome::HeldBy(held) => Some(held),
         ClaimOutcome::Claimed => {
@@ -81,7 +85,7 @@ async fn peek<S: RecordStore>(store: &S, key: &str) -> Option<Claim> {
 }
 
 /// A record as submit stores it: `starting`, nothing optional set.
-fn bare_record(id: PredictionId, created_at: Millis) -> PredictionRecord {
+fn bare_record(id: PredictionId, created_at: Timestamp) -> PredictionRecord {
     PredictionRecord {
         id,
         replicate_id: None,
@@ -99,7 +103,7 @@ fn bare_record(id: PredictionId, created_at: Millis) -> PredictionRecord {
         synced_at: None,
         copy_queued_at: None,
         cancel_requested_at: None,
-        expires_at: ttl_seconds(created_at) + 86_400,
+        expires_at: created_at.unix_seconds() + 86_400,
         webhook_token: None,
         tenant: None,
         price: None,
@@ -128,7 +132,7 @@ fn output(id: &PredictionId, index: usize) -> StoredOutput {
 }
 
 /// A record with every optional field set.
-fn full_record(id: PredictionId, created_at: Millis) -> PredictionRecord {
+fn full_record(id: PredictionId, created_at: Timestamp) -> PredictionRecord {
     let input = json!({
         "prompt": "a lighthouse at dusk — ünïcödé",
         "num_outputs": 2,
@@ -144,11 +148,11 @@ fn full_record(id: PredictionId, created_at: Millis) -> PredictionRecord {
         outputs: vec![output(&id, 0), output(&id, 1)],
         error: Some("an error text\non two lines".to_owned()),
         metrics: Some(metrics(1.25, ("image_count", json!(2)))),
-        started_at: Some(created_at + 10),
-        completed_at: Some(created_at + 20),
-        synced_at: Some(created_at + 30),
-        copy_queued_at: Some(created_at + 40),
-        cancel_requested_at: Some(created_at + 50),
+        started_at: Some(created_at.plus(ms(10))),
+        completed_at: Some(created_at.plus(ms(20))),
+        synced_at: Some(created_at.plus(ms(30))),
+        copy_queued_at: Some(created_at.plus(ms(40))),
+        cancel_requested_at: Some(created_at.plus(ms(50))),
         webhook_token: Some(unique()),
         tenant: Some(TenantId::parse("conformance").expect("a tenant")),
         price: Some(Price::Second {
@@ -222,7 +226,7 @@ pub async fn record_store_suite<S: RecordStore>(store: &S) {
 async fn is_listed_open<S: RecordStore>(
     store: &S,
     id: &PredictionId,
-    created_before: Millis,
+    created_before: Timestamp,
 ) -> bool {
     let mut cursor: Option<String> = None;
     loop {
@@ -244,7 +248,7 @@ async fn is_listed_open<S: RecordStore>(
 /// the callback is noted as queued; attempts count, and set the status only of the event
 /// the record shows.
 async fn callbacks_keep_an_ended_record_open_until_queued<S: RecordStore>(store: &S) {
-    let created_at = NOW - 3_600_000;
+    let created_at = NOW.minus(ms(3_600_000));
     let record = PredictionRecord {
         callback: Some(CallbackState::new(CallbackTarget {
             url: "https://hooks.example.com/in".to_owned(),
@@ -269,12 +273,12 @@ async fn callbacks_keep_an_ended_record_open_until_queued<S: RecordStore>(store:
     );
     let ended = Advance {
         keep_open: true,
-        completed_at: Some(created_at + 5),
+        completed_at: Some(created_at.plus(ms(5))),
         ..advance_to(PredictionStatus::Failed)
     };
     assert!(store.advance(&record.id, &ended).await.expect("advance"));
     assert!(
-        is_listed_open(store, &record.id, created_at + 1).await,
+        is_listed_open(store, &record.id, created_at.plus(ms(1))).await,
         "advance: a terminal advance with keep_open leaves the record in the open index"
     );
     store
@@ -288,7 +292,7 @@ async fn callbacks_keep_an_ended_record_open_until_queued<S: RecordStore>(store:
             .expect("callback_queued")
     );
     assert!(
-        !is_listed_open(store, &record.id, created_at + 1).await,
+        !is_listed_open(store, &record.id, created_at.plus(ms(1))).await,
         "callback_queued: noting `completed` takes the record out of the open index"
     );
     // A late attempt of `start` counts, but the status is `completed`'s.
@@ -345,7 +349,7 @@ async fn callbacks_keep_an_ended_record_open_until_queued<S: RecordStore>(store:
         "callback_queued: an event an attempt already set is not noted again"
     );
     assert!(
-        !is_listed_open(store, &quick.id, created_at + 1).await,
+        !is_listed_open(store, &quick.id, created_at.plus(ms(1))).await,
         "callback_queued: the record leaves the open index even when already noted"
     );
     store
@@ -383,12 +387,12 @@ async fn claims_have_one_holder<S: RecordStore>(store: &S) {
         prediction_id: Some(PredictionId::generate()),
         request_hash: Some(format!("hash-{}", unique())),
         from_cache: true,
-        ..claim(&key, "first", NOW + 1_000)
+        ..claim(&key, "first", NOW.plus(ms(1_000)))
     };
     let second = Claim {
         prediction_id: Some(PredictionId::generate()),
         request_hash: Some("another hash".to_owned()),
-        ..claim(&key, "second", NOW + 5_000)
+        ..claim(&key, "second", NOW.plus(ms(5_000)))
     };
     assert_eq!(
         store.try_claim(&first).await.expect("try_claim"),
@@ -404,7 +408,7 @@ async fn claims_have_one_holder<S: RecordStore>(store: &S) {
     // record) can say whether taking over is safe, so takeover is `replace_claim` with the
     // holder's token, decided by the caller.
     let expired_second = Claim {
-        lease_until: NOW + 10_000,
+        lease_until: NOW.plus(ms(10_000)),
         ..second.clone()
     };
     assert_eq!(
@@ -427,14 +431,14 @@ async fn claims_have_one_holder<S: RecordStore>(store: &S) {
 
     // A claim with nothing optional set comes back the same: no field is invented.
     let key = claim_key();
-    let bare = claim(&key, "bare", NOW + 1_000);
+    let bare = claim(&key, "bare", NOW.plus(ms(1_000)));
     assert_eq!(
         store.try_claim(&bare).await.expect("try_claim"),
         ClaimOutcome::Claimed
     );
     assert_eq!(
         store
-            .try_claim(&claim(&key, "other", NOW + 2_000))
+            .try_claim(&claim(&key, "other", NOW.plus(ms(2_000))))
             .await
             .expect("try_claim"),
         ClaimOutcome::HeldBy(bare),
@@ -444,7 +448,7 @@ async fn claims_have_one_holder<S: RecordStore>(store: &S) {
 
 async fn replace_claim_needs_the_token<S: RecordStore>(store: &S) {
     let key = claim_key();
-    let held = claim(&key, "holder", NOW + 1_000);
+    let held = claim(&key, "holder", NOW.plus(ms(1_000)));
     assert_eq!(
         store.try_claim(&held).await.expect("try_claim"),
         ClaimOutcome::Claimed
@@ -453,7 +457,7 @@ async fn replace_claim_needs_the_token<S: RecordStore>(store: &S) {
         prediction_id: Some(PredictionId::generate()),
         request_hash: Some("h".to_owned()),
         from_cache: true,
-        ..claim(&key, "replacement", NOW + 2_000)
+        ..claim(&key, "replacement", NOW.plus(ms(2_000)))
     };
     assert!(
         !store
@@ -490,7 +494,7 @@ async fn replace_claim_needs_the_token<S: RecordStore>(store: &S) {
     let missing = claim_key();
     assert!(
         !store
-            .replace_claim(&claim(&missing, "t", NOW + 1_000), "t")
+            .replace_claim(&claim(&missing, "t", NOW.plus(ms(1_000))), "t")
             .await
             .expect("replace_claim"),
         "replace_claim: nothing to replace at a free key"
@@ -506,7 +510,7 @@ async fn settle_claim_needs_the_guard_and_never_shortens<S: RecordStore>(store: 
     let key = claim_key();
     let held = Claim {
         request_hash: Some("request".to_owned()),
-        ..claim(&key, "holder", NOW + 1_000)
+        ..claim(&key, "holder", NOW.plus(ms(1_000)))
     };
     assert_eq!(
         store.try_claim(&held).await.expect("try_claim"),
@@ -524,7 +528,7 @@ async fn settle_claim_needs_the_guard_and_never_shortens<S: RecordStore>(store: 
             .settle_claim(
                 &key,
                 ClaimGuard::Token("stranger"),
-                &settle(NOW + 5_000, true, &worker)
+                &settle(NOW.plus(ms(5_000)), true, &worker)
             )
             .await
             .expect("settle_claim"),
@@ -535,7 +539,7 @@ async fn settle_claim_needs_the_guard_and_never_shortens<S: RecordStore>(store: 
             .settle_claim(
                 &key,
                 ClaimGuard::Prediction(&worker),
-                &settle(NOW + 5_000, true, &worker)
+                &settle(NOW.plus(ms(5_000)), true, &worker)
             )
             .await
             .expect("settle_claim"),
@@ -552,7 +556,7 @@ async fn settle_claim_needs_the_guard_and_never_shortens<S: RecordStore>(store: 
             .settle_claim(
                 &key,
                 ClaimGuard::Token("holder"),
-                &settle(NOW + 5_000, true, &worker)
+                &settle(NOW.plus(ms(5_000)), true, &worker)
             )
             .await
             .expect("settle_claim"),
@@ -560,7 +564,7 @@ async fn settle_claim_needs_the_guard_and_never_shortens<S: RecordStore>(store: 
     );
     let settled = Claim {
         prediction_id: Some(worker.clone()),
-        lease_until: NOW + 5_000,
+        lease_until: NOW.plus(ms(5_000)),
         from_cache: true,
         ..held.clone()
     };
@@ -576,7 +580,7 @@ async fn settle_claim_needs_the_guard_and_never_shortens<S: RecordStore>(store: 
             .settle_claim(
                 &key,
                 ClaimGuard::Prediction(&worker),
-                &settle(NOW + 4_999, false, &other)
+                &settle(NOW.plus(ms(4_999)), false, &other)
             )
             .await
             .expect("settle_claim"),
@@ -593,7 +597,7 @@ async fn settle_claim_needs_the_guard_and_never_shortens<S: RecordStore>(store: 
             .settle_claim(
                 &key,
                 ClaimGuard::Prediction(&worker),
-                &settle(NOW + 5_000, false, &other)
+                &settle(NOW.plus(ms(5_000)), false, &other)
             )
             .await
             .expect("settle_claim"),
@@ -610,7 +614,7 @@ async fn settle_claim_needs_the_guard_and_never_shortens<S: RecordStore>(store: 
             .settle_claim(
                 &key,
                 ClaimGuard::Prediction(&worker),
-                &settle(NOW + 9_000, true, &worker)
+                &settle(NOW.plus(ms(9_000)), true, &worker)
             )
             .await
             .expect("settle_claim"),
@@ -621,7 +625,7 @@ async fn settle_claim_needs_the_guard_and_never_shortens<S: RecordStore>(store: 
             .settle_claim(
                 &key,
                 ClaimGuard::Prediction(&other),
-                &settle(NOW + 9_000, true, &other)
+                &settle(NOW.plus(ms(9_000)), true, &other)
             )
             .await
             .expect("settle_claim"),
@@ -630,7 +634,7 @@ async fn settle_claim_needs_the_guard_and_never_shortens<S: RecordStore>(store: 
     assert_eq!(
         peek(store, &key).await,
         Some(Claim {
-            lease_until: NOW + 9_000,
+            lease_until: NOW.plus(ms(9_000)),
             from_cache: true,
             ..resettled
         })
@@ -642,7 +646,7 @@ async fn settle_claim_needs_the_guard_and_never_shortens<S: RecordStore>(store: 
             .settle_claim(
                 &missing,
                 ClaimGuard::Token("holder"),
-                &settle(NOW + 5_000, false, &worker)
+                &settle(NOW.plus(ms(5_000)), false, &worker)
             )
             .await
             .expect("settle_claim"),
@@ -660,7 +664,7 @@ async fn release_claim_needs_the_guard<S: RecordStore>(store: &S) {
     let worker = PredictionId::generate();
     let held = Claim {
         prediction_id: Some(worker.clone()),
-        ..claim(&key, "holder", NOW + 1_000)
+        ..claim(&key, "holder", NOW.plus(ms(1_000)))
     };
     assert_eq!(
         store.try_claim(&held).await.expect("try_claim"),
@@ -699,7 +703,7 @@ async fn release_claim_needs_the_guard<S: RecordStore>(store: &S) {
             .expect("release_claim"),
         "release_claim: nothing left to release"
     );
-    let next = claim(&key, "next", NOW + 1_000);
+    let next = claim(&key, "next", NOW.plus(ms(1_000)));
     assert_eq!(
         store.try_claim(&next).await.expect("try_claim"),
         ClaimOutcome::Claimed,
@@ -739,7 +743,7 @@ async fn predictions_round_trip<S: RecordStore>(store: &S) {
     let terminal = Advance {
         outputs: vec![output(&bare.id, 0)],
         metrics: Some(Metrics::default()),
-        completed_at: Some(NOW + 1),
+        completed_at: Some(NOW.plus(ms(1))),
         ..advance_to(PredictionStatus::Succeeded)
     };
     let succeeded = PredictionRecord {
@@ -760,7 +764,7 @@ async fn predictions_round_trip<S: RecordStore>(store: &S) {
     let again = PredictionRecord {
         alias: "sdxl".to_owned(),
         status: PredictionStatus::Failed,
-        ..full_record(full.id.clone(), NOW + 1)
+        ..full_record(full.id.clone(), NOW.plus(ms(1)))
     };
     assert!(
         store.insert_prediction(&again).await.is_err(),
@@ -884,7 +888,7 @@ async fn advance_only_moves_forward<S: RecordStore>(store: &S) {
     let processing = Advance {
         error: Some("a transient warning".to_owned()),
         metrics: Some(first_metrics.clone()),
-        started_at: Some(NOW + 100),
+        started_at: Some(NOW.plus(ms(100))),
         ..advance_to(Processing)
     };
     assert!(
@@ -895,7 +899,7 @@ async fn advance_only_moves_forward<S: RecordStore>(store: &S) {
         status: Processing,
         error: Some("a transient warning".to_owned()),
         metrics: Some(first_metrics.clone()),
-        started_at: Some(NOW + 100),
+        started_at: Some(NOW.plus(ms(100))),
         ..record.clone()
     };
     assert_eq!(stored(store, &id).await, after_processing);
@@ -927,8 +931,8 @@ async fn advance_only_moves_forward<S: RecordStore>(store: &S) {
     let outputs = vec![output(&id, 0), output(&id, 1)];
     let success = Advance {
         outputs: outputs.clone(),
-        started_at: Some(NOW + 200),
-        completed_at: Some(NOW + 300),
+        started_at: Some(NOW.plus(ms(200))),
+        completed_at: Some(NOW.plus(ms(300))),
         cost: Some(7_777),
         ..advance_to(Succeeded)
     };
@@ -969,8 +973,8 @@ async fn advance_only_moves_forward<S: RecordStore>(store: &S) {
         outputs,
         error: None,
         metrics: Some(first_metrics),
-        started_at: Some(NOW + 100),
-        completed_at: Some(NOW + 300),
+        started_at: Some(NOW.plus(ms(100))),
+        completed_at: Some(NOW.plus(ms(300))),
         cost: Some(7_777),
         ..after_attach
     };
@@ -982,7 +986,7 @@ async fn advance_only_moves_forward<S: RecordStore>(store: &S) {
     );
     for terminal in [Succeeded, Failed] {
         let late = Advance {
-            completed_at: Some(NOW + 400),
+            completed_at: Some(NOW.plus(ms(400))),
             ..advance_to(terminal.clone())
         };
         assert!(
@@ -1014,8 +1018,8 @@ async fn advance_only_moves_forward<S: RecordStore>(store: &S) {
 
     // started_at / completed_at already stored are kept (first value wins).
     let stamped = PredictionRecord {
-        started_at: Some(NOW + 1),
-        completed_at: Some(NOW + 2),
+        started_at: Some(NOW.plus(ms(1))),
+        completed_at: Some(NOW.plus(ms(2))),
         ..bare_record(PredictionId::generate(), NOW)
     };
     insert(store, &stamped).await;
@@ -1023,8 +1027,8 @@ async fn advance_only_moves_forward<S: RecordStore>(store: &S) {
         advance(
             &stamped.id,
             Advance {
-                started_at: Some(NOW + 50),
-                completed_at: Some(NOW + 60),
+                started_at: Some(NOW.plus(ms(50))),
+                completed_at: Some(NOW.plus(ms(60))),
                 error: Some("boom".to_owned()),
                 ..advance_to(Failed)
             }
@@ -1087,7 +1091,7 @@ async fn claim_sync_once_per_interval<S: RecordStore>(store: &S) {
 }
 
 /// The record's time for `mark`.
-fn mark_of(record: &PredictionRecord, mark: SyncMark) -> Option<Millis> {
+fn mark_of(record: &PredictionRecord, mark: SyncMark) -> Option<Timestamp> {
     match mark {
         SyncMark::Fetched => record.synced_at,
         SyncMark::CopyQueued => record.copy_queued_at,
@@ -1095,7 +1099,7 @@ fn mark_of(record: &PredictionRecord, mark: SyncMark) -> Option<Millis> {
     }
 }
 
-fn with_mark(record: &PredictionRecord, mark: SyncMark, at: Millis) -> PredictionRecord {
+fn with_mark(record: &PredictionRecord, mark: SyncMark, at: Timestamp) -> PredictionRecord {
     let mut record = record.clone();
     match mark {
         SyncMark::Fetched => record.synced_at = Some(at),
@@ -1106,7 +1110,7 @@ fn with_mark(record: &PredictionRecord, mark: SyncMark, at: Millis) -> Predictio
 }
 
 async fn claim_sync_mark<S: RecordStore>(store: &S, mark: SyncMark) {
-    let sync = |id: &PredictionId, now: Millis, not_since: Millis| {
+    let sync = |id: &PredictionId, now: Timestamp, not_since: Timestamp| {
         let id = id.clone();
         async move {
             store
@@ -1119,32 +1123,35 @@ async fn claim_sync_mark<S: RecordStore>(store: &S, mark: SyncMark) {
     insert(store, &record).await;
     let id = &record.id;
     assert!(
-        sync(id, NOW + 1_000, NOW + 500).await,
+        sync(id, NOW.plus(ms(1_000)), NOW.plus(ms(500))).await,
         "claim_sync {mark:?}: a never-synced record syncs"
     );
     assert_eq!(
         stored(store, id).await,
-        with_mark(&record, mark, NOW + 1_000),
+        with_mark(&record, mark, NOW.plus(ms(1_000))),
         "claim_sync {mark:?}: sets only its own time"
     );
     assert!(
-        !sync(id, NOW + 1_200, NOW + 1_000).await,
+        !sync(id, NOW.plus(ms(1_200)), NOW.plus(ms(1_000))).await,
         "claim_sync {mark:?}: refused when last set exactly at `not_since` (strictly before)"
     );
     assert!(
-        !sync(id, NOW + 1_200, NOW + 900).await,
+        !sync(id, NOW.plus(ms(1_200)), NOW.plus(ms(900))).await,
         "claim_sync {mark:?}: refused when last set after `not_since`"
     );
     assert_eq!(
         stored(store, id).await,
-        with_mark(&record, mark, NOW + 1_000),
+        with_mark(&record, mark, NOW.plus(ms(1_000))),
         "claim_sync {mark:?}: a refused sync changes nothing"
     );
     assert!(
-        sync(id, NOW + 2_000, NOW + 1_001).await,
+        sync(id, NOW.plus(ms(2_000)), NOW.plus(ms(1_001))).await,
         "claim_sync {mark:?}: applies when last set before `not_since`"
     );
-    assert_eq!(mark_of(&stored(store, id).await, mark), Some(NOW + 2_000));
+    assert_eq!(
+        mark_of(&stored(store, id).await, mark),
+        Some(NOW.plus(ms(2_000)))
+    );
 
     let unknown = PredictionId::generate();
     assert!(
@@ -1184,7 +1191,7 @@ async fn list_tenant_pages_newest_first_without_gaps_or_repeats<S: RecordStore>(
             } else {
                 PredictionStatus::Starting
             },
-            ..bare_record(PredictionId::generate(), NOW + offset)
+            ..bare_record(PredictionId::generate(), NOW.plus(ms(offset)))
         };
         insert(store, &record).await;
         if owner == &tenant {
@@ -1249,7 +1256,7 @@ async fn list_tenant_pages_newest_first_without_gaps_or_repeats<S: RecordStore>(
 async fn walk_open<S: RecordStore>(
     store: &S,
     shard: &str,
-    created_before: Millis,
+    created_before: Timestamp,
     limit: usize,
 ) -> Vec<OpenEntry> {
     let mut seen: Vec<OpenEntry> = Vec::new();
@@ -1277,7 +1284,7 @@ async fn walk_open<S: RecordStore>(
             );
             assert!(
                 entry.created_at < created_before,
-                "list_open {shard}: {} was created at {}, not before {created_before}",
+                "list_open {shard}: {} was created at {:?}, not before {created_before:?}",
                 entry.id,
                 entry.created_at
             );
@@ -1305,7 +1312,7 @@ async fn walk_open<S: RecordStore>(
     for pair in seen.windows(2) {
         assert!(
             pair[0].created_at <= pair[1].created_at,
-            "list_open {shard} limit {limit}: not oldest first: {} ({}) before {} ({})",
+            "list_open {shard} limit {limit}: not oldest first: {} ({:?}) before {} ({:?})",
             pair[0].id,
             pair[0].created_at,
             pair[1].id,
@@ -1354,8 +1361,8 @@ async fn list_open_pages_through_each_open_record_once<S: RecordStore>(store: &S
     let shard = open_shard(&id_in_shard(DIGIT));
     // A window of creation times of this run's own (other records of the shard may be
     // listed too; they are checked for the page rules but not counted).
-    let base = NOW + 1_000_000 + fastrand::u64(0..1_000_000_000);
-    let before = base + 10;
+    let base = NOW.plus(ms(1_000_000 + fastrand::u64(0..1_000_000_000)));
+    let before = base.plus(ms(10));
     let mut ours: HashMap<PredictionId, PredictionRecord> = HashMap::new();
     let mut open = Vec::new();
     // Two pairs share a creation time: paging must not lose or repeat either of a tie.
@@ -1370,7 +1377,7 @@ async fn list_open_pages_through_each_open_record_once<S: RecordStore>(store: &S
     ] {
         let record = PredictionRecord {
             status,
-            ..bare_record(id_in_shard(DIGIT), base + offset)
+            ..bare_record(id_in_shard(DIGIT), base.plus(ms(offset)))
         };
         insert(store, &record).await;
         open.push(record.id.clone());
@@ -1380,21 +1387,21 @@ async fn list_open_pages_through_each_open_record_once<S: RecordStore>(store: &S
         // Terminal when stored.
         PredictionRecord {
             status: PredictionStatus::Succeeded,
-            ..bare_record(id_in_shard(DIGIT), base + 2)
+            ..bare_record(id_in_shard(DIGIT), base.plus(ms(2)))
         },
         // Created at the bound, and after it.
         bare_record(id_in_shard(DIGIT), before),
-        bare_record(id_in_shard(DIGIT), before + 1),
+        bare_record(id_in_shard(DIGIT), before.plus(ms(1))),
         // Another shard.
-        bare_record(id_in_shard('d'), base + 1),
-        bare_record(id_in_shard('0'), base + 1),
+        bare_record(id_in_shard('d'), base.plus(ms(1))),
+        bare_record(id_in_shard('0'), base.plus(ms(1))),
     ];
     for record in &not_listed {
         insert(store, record).await;
         ours.insert(record.id.clone(), record.clone());
     }
     // Advanced to terminal after it was listed.
-    let ended = bare_record(id_in_shard(DIGIT), base + 2);
+    let ended = bare_record(id_in_shard(DIGIT), base.plus(ms(2)));
     insert(store, &ended).await;
     ours.insert(ended.id.clone(), ended.clone());
     let expected: Vec<&PredictionId> = open.iter().chain([&ended.id]).collect();
@@ -1420,7 +1427,7 @@ async fn list_open_pages_through_each_open_record_once<S: RecordStore>(store: &S
     }
     assert!(
         store
-            .advance(&ended.id, &Advance::failed("ended", base + 5))
+            .advance(&ended.id, &Advance::failed("ended", base.plus(ms(5))))
             .await
             .expect("advance")
     );
@@ -1436,16 +1443,16 @@ async fn list_open_pages_through_each_open_record_once<S: RecordStore>(store: &S
     }
 
     // A bound between creation times: strictly before it.
-    let seen = walk_open(store, shard, base + 3, 2).await;
+    let seen = walk_open(store, shard, base.plus(ms(3)), 2).await;
     let early: Vec<&PredictionId> = open
         .iter()
-        .filter(|id| ours[*id].created_at < base + 3)
+        .filter(|id| ours[*id].created_at < base.plus(ms(3)))
         .collect();
     check_ours(
         &seen,
         &ours,
         &early,
-        &format!("list_open {shard} before base + 3"),
+        &format!("list_open {shard} before base.plus(ms(3))"),
     );
 
     // The other shards and the legacy shard list none of this shard's records.
@@ -1879,7 +1886,7 @@ async fn uploads_are_created_once_and_read_back<S: AccountStore>(store: &S) {
         kind: ImageKind::Jpeg,
         size: 3 * 1024 * 1024,
         created_at: NOW,
-        expires_at: ttl_seconds(NOW) + 86_400,
+        expires_at: NOW.unix_seconds() + 86_400,
     };
     store.put_upload(&upload).await.expect("put_upload");
     assert_eq!(
@@ -2007,11 +2014,17 @@ async fn keys_are_created_once_read_back_and_revoked<S: AccountStore>(store: &S)
         "get_key: an unknown id is None"
     );
     assert!(
-        matches!(store.revoke_key(&record.id, NOW + 5).await, Ok(true)),
+        matches!(
+            store.revoke_key(&record.id, NOW.plus(ms(5))).await,
+            Ok(true)
+        ),
         "revoke_key: a known key is revoked"
     );
     assert!(
-        matches!(store.revoke_key(&record.id, NOW + 9).await, Ok(true)),
+        matches!(
+            store.revoke_key(&record.id, NOW.plus(ms(9))).await,
+            Ok(true)
+        ),
         "revoke_key: revoking again succeeds"
     );
     assert_eq!(
@@ -2021,7 +2034,7 @@ async fn keys_are_created_once_read_back_and_revoked<S: AccountStore>(store: &S)
             .ok()
             .flatten()
             .and_then(|k| k.revoked_at),
-        Some(NOW + 5),
+        Some(NOW.plus(ms(5))),
         "revoke_key: the first revocation time is kept"
     );
     assert!(
@@ -2134,7 +2147,7 @@ async fn rate_windows_admit_exactly_the_limit<S: AccountStore>(store: &S) {
 async fn budgets_reserve_atomically_and_settle_to_the_actual_cost<S: AccountStore>(store: &S) {
     let tenant = fresh_tenant();
     let month = "2026-11";
-    let expires_at = ttl_seconds(NOW) + 86_400;
+    let expires_at = NOW.unix_seconds() + 86_400;
     let usage = |expected: Usage, why: &'static str| {
         let tenant = tenant.clone();
         async move {

@@ -25,5 +25,6 @@ pub mod registry;
 pub mod replicate;
 pub mod telemetry;
 pub mod tenancy;
+pub mod time;
 pub mod uploads;
 pub mod webhook;

@@ -17,7 +17,7 @@ use crate::ports::{
     AccountStore, ClaimOutcome, CopyJob, JobQueue, ListCursor, ObjectRead, ObjectStore, OpenEntry,
     OpenPage, PresignedPut, RecordStore, Settlement, StoreError, SyncMark, TenantPage, open_shard,
 };
-use crate::record::{Advance, Claim, ClaimGuard, Millis, PredictionId, PredictionRecord};
+use crate::record::{Advance, Claim, ClaimGuard, PredictionId, PredictionRecord};
 use crate::replicate::{
     Deadline, Model, ModelRef, Prediction, PredictionStatus, ReplicateApi, ReplicateError,
     WebhookTarget,
@@ -26,6 +26,7 @@ use crate::tenancy::{
     CostSettlement, KeyId, KeyRecord, LimitsUpdate, RateWindow, Reservation, TenantId,
     TenantLimits, Usage, usage_key,
 };
+use crate::time::Timestamp;
 use crate::uploads::{UploadId, UploadRecord};
 use crate::webhook::WebhookSecret;
 
@@ -155,7 +156,7 @@ impl AccountStore for MemoryRecords {
         Ok(lock(&self.tenants).get(tenant).cloned())
     }
 
-    async fn revoke_key(&self, id: &KeyId, at: Millis) -> Result<bool, StoreError> {
+    async fn revoke_key(&self, id: &KeyId, at: Timestamp) -> Result<bool, StoreError> {
         Ok(lock(&self.keys)
             .get_mut(id.as_str())
             .map(|key| key.revoked_at = key.revoked_at.or(Some(at)))
@@ -458,8 +459,8 @@ impl RecordStore for MemoryRecords {
         &self,
         id: &PredictionId,
         mark: SyncMark,
-        now: Millis,
-        not_since: Millis,
+        now: Timestamp,
+        not_since: Timestamp,
     ) -> Result<bool, StoreError> {
         let mut predictions = lock(&self.predictions);
         let Some(record) = predictions.get_mut(id) else {
@@ -514,7 +515,7 @@ impl RecordStore for MemoryRecords {
     async fn list_open(
         &self,
         shard: &str,
-        created_before: Millis,
+        created_before: Timestamp,
         cursor: Option<&str>,
         limit: usize,
     ) -> Result<OpenPage, StoreError> {
@@ -545,7 +546,7 @@ impl RecordStore for MemoryRecords {
         let next = (open.len() > limit)
             .then(|| open.get(limit.saturating_sub(1)))
             .flatten()
-            .map(|r| format!("{}|{}", r.created_at, r.id));
+            .map(|r| format!("{}|{}", r.created_at.as_millis(), r.id));
         open.truncate(limit);
         let entries = open
             .into_iter()
@@ -558,11 +559,14 @@ impl RecordStore for MemoryRecords {
     }
 }
 
-fn parse_cursor(cursor: &str) -> Result<(Millis, PredictionId), StoreError> {
+fn parse_cursor(cursor: &str) -> Result<(Timestamp, PredictionId), StoreError> {
     let invalid = || StoreError::new("list open predictions", "invalid cursor");
     let (created, id) = cursor.split_once('|').ok_or_else(invalid)?;
     Ok((
-        created.parse().map_err(|_| invalid())?,
+        created
+            .parse()
+            .map(Timestamp::from_millis)
+            .map_err(|_| invalid())?,
         PredictionId::parse(id).map_err(|_| invalid())?,
     ))
 }
@@ -975,14 +979,11 @@ impl FakeReplicate {
 
     /// The stored predictions created in [after, before), newest first (ties: latest
     /// `rep-N` first), as the list shows them.
-    fn listed(&self, after: Millis, before: Millis) -> Vec<Prediction> {
-        let mut listed: Vec<(Millis, u64, Prediction)> = lock(&self.predictions)
+    fn listed(&self, after: Timestamp, before: Timestamp) -> Vec<Prediction> {
+        let mut listed: Vec<(Timestamp, u64, Prediction)> = lock(&self.predictions)
             .values()
             .filter_map(|p| {
-                let created = p
-                    .created_at
-                    .as_deref()
-                    .and_then(crate::record::parse_rfc3339)?;
+                let created = p.created_at.as_deref().and_then(Timestamp::parse_rfc3339)?;
                 (after..before)
                     .contains(&created)
                     .then(|| (created, creation_number(&p.id), p.clone()))
@@ -1073,9 +1074,7 @@ impl ReplicateApi for FakeReplicate {
         prediction.version = model.version.as_ref().map(|v| v.to_string());
         prediction.input = input.clone();
         // The real time, so a list over a window around "now" finds it.
-        prediction.created_at = Some(crate::record::rfc3339(crate::record::to_millis(
-            std::time::SystemTime::now(),
-        )));
+        prediction.created_at = Some(Timestamp::now().rfc3339());
         lock(&self.predictions).insert(prediction.id.clone(), prediction.clone());
         if self.take_lost_answer() {
             return Err(ReplicateError::CreateOutcomeUnknown {
@@ -1095,8 +1094,8 @@ impl ReplicateApi for FakeReplicate {
         let number = list_page_number(page)?;
         // Like the client's query, the end is rounded up to a whole millisecond.
         let listed = self.listed(
-            crate::record::to_millis(created_after),
-            crate::record::to_millis(created_before + std::time::Duration::from_nanos(999_999)),
+            Timestamp::from_system(created_after),
+            Timestamp::from_system(created_before + std::time::Duration::from_nanos(999_999)),
         );
         let start = (number - 1).saturating_mul(LIST_PAGE_SIZE);
         let results: Vec<Prediction> = listed
@@ -1274,8 +1273,8 @@ impl<T: RecordStore> RecordStore for Recorded<T> {
         &self,
         id: &PredictionId,
         mark: SyncMark,
-        now: Millis,
-        not_since: Millis,
+        now: Timestamp,
+        not_since: Timestamp,
     ) -> Result<bool, StoreError> {
         self.note("claim_sync");
         self.inner.claim_sync(id, mark, now, not_since).await
@@ -1294,7 +1293,7 @@ impl<T: RecordStore> RecordStore for Recorded<T> {
     async fn list_open(
         &self,
         shard: &str,
-        created_before: Millis,
+        created_before: Timestamp,
         cursor: Option<&str>,
         limit: usize,
     ) -> Result<OpenPage, StoreError> {
@@ -1345,7 +1344,7 @@ impl<T: AccountStore> AccountStore for Recorded<T> {
         self.inner.get_tenant(tenant).await
     }
 
-    async fn revoke_key(&self, id: &KeyId, at: Millis) -> Result<bool, StoreError> {
+    async fn revoke_key(&self, id: &KeyId, at: Timestamp) -> Result<bool, StoreError> {
         self.note("revoke_key");
         self.inner.revoke_key(id, at).await
     }

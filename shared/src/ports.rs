@@ -9,12 +9,13 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::callbacks::{CallbackEvent, CallbackJob, CallbackStatus};
-use crate::record::{Advance, Claim, ClaimGuard, Millis, PredictionId, PredictionRecord};
+use crate::record::{Advance, Claim, ClaimGuard, PredictionId, PredictionRecord};
 use crate::replicate::Prediction;
 use crate::tenancy::{
     CostSettlement, KeyId, KeyRecord, LimitsUpdate, RateWindow, Reservation, TenantId,
     TenantLimits, Usage,
 };
+use crate::time::Timestamp;
 use crate::uploads::{UploadId, UploadRecord};
 
 /// A storage call failed. The message is for logs only; clients see a generic 5xx.
@@ -79,7 +80,7 @@ pub struct OpenPage {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OpenEntry {
     pub id: PredictionId,
-    pub created_at: Millis,
+    pub created_at: Timestamp,
 }
 
 /// One page of a tenant's predictions, newest first, and where the next page starts.
@@ -94,7 +95,7 @@ pub struct TenantPage {
 /// to clients (`encode`), and meaningful only within the caller's own tenant.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListCursor {
-    pub created_at: Millis,
+    pub created_at: Timestamp,
     pub id: PredictionId,
 }
 
@@ -102,8 +103,11 @@ impl ListCursor {
     /// URL-safe base64 of `created_at.id`.
     pub fn encode(&self) -> String {
         use base64::Engine as _;
-        base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .encode(format!("{}.{}", self.created_at, self.id))
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!(
+            "{}.{}",
+            self.created_at.as_millis(),
+            self.id
+        ))
     }
 
     pub fn decode(text: &str) -> Option<Self> {
@@ -117,7 +121,7 @@ impl ListCursor {
         let text = String::from_utf8(bytes).ok()?;
         let (created_at, id) = text.split_once('.')?;
         Some(Self {
-            created_at: created_at.parse().ok()?,
+            created_at: created_at.parse().map(Timestamp::from_millis).ok()?,
             id: PredictionId::parse(id).ok()?,
         })
     }
@@ -139,7 +143,7 @@ pub enum SyncMark {
 pub struct Settlement<'a> {
     pub prediction_id: &'a PredictionId,
     /// Never shortens a lease already longer (completion may have set the cache window).
-    pub lease_until: Millis,
+    pub lease_until: Timestamp,
     pub from_cache: bool,
 }
 
@@ -215,8 +219,8 @@ pub trait RecordStore: Send + Sync {
         &self,
         id: &PredictionId,
         mark: SyncMark,
-        now: Millis,
-        not_since: Millis,
+        now: Timestamp,
+        not_since: Timestamp,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
     /// Notes that `event`'s callback was queued: it becomes the event whose delivery the
@@ -252,7 +256,7 @@ pub trait RecordStore: Send + Sync {
     fn list_open(
         &self,
         shard: &str,
-        created_before: Millis,
+        created_before: Timestamp,
         cursor: Option<&str>,
         limit: usize,
     ) -> impl Future<Output = Result<OpenPage, StoreError>> + Send;
@@ -428,7 +432,7 @@ pub trait AccountStore: Send + Sync {
     fn revoke_key(
         &self,
         id: &KeyId,
-        at: Millis,
+        at: Timestamp,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
     /// Counts one request in `window` if fewer than `limit` were counted there; `false`

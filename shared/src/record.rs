@@ -1,17 +1,16 @@
 //! What this service stores about a prediction, and the claims that make submits idempotent.
 
+use std::collections::BTreeMap;
 use std::fmt;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-
-use std::collections::BTreeMap;
 
 use crate::callbacks::{CallbackEvent, CallbackState};
 use crate::cost::{Micros, Price};
 use crate::replicate::{Metrics, PredictionStatus};
 use crate::tenancy::TenantId;
+use crate::time::Timestamp;
 
 /// This service's id for a prediction: 128 random bits as 32 lowercase hex characters.
 /// Knowing it is what lets a client read the prediction, so it must not be guessable.
@@ -61,45 +60,6 @@ impl fmt::Display for PredictionId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
-}
-
-/// Milliseconds since the Unix epoch; the unit of every stored time.
-pub type Millis = u64;
-
-pub fn to_millis(t: SystemTime) -> Millis {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-pub fn from_millis(ms: Millis) -> SystemTime {
-    UNIX_EPOCH + Duration::from_millis(ms)
-}
-
-/// RFC 3339 with milliseconds, UTC.
-pub fn rfc3339(ms: Millis) -> String {
-    humantime::format_rfc3339_millis(from_millis(ms)).to_string()
-}
-
-/// Reads a timestamp as Replicate writes it (RFC 3339, `Z`, up to nanoseconds).
-pub fn parse_rfc3339(s: &str) -> Option<Millis> {
-    humantime::parse_rfc3339_weak(s.trim_end_matches('Z').trim_end_matches("+00:00"))
-        .ok()
-        .map(to_millis)
-}
-
-/// `t` plus `d`, saturating: the one way a deadline is computed from a stored time.
-pub fn after(t: Millis, d: Duration) -> Millis {
-    t.saturating_add(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-/// `t` minus `d`, saturating at the epoch.
-pub fn before(t: Millis, d: Duration) -> Millis {
-    t.saturating_sub(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-/// DynamoDB TTL attributes are in seconds.
-pub fn ttl_seconds(t: Millis) -> u64 {
-    t / 1000
 }
 
 /// Most outputs one prediction may store: the image models make at most 4; an upstream
@@ -167,16 +127,16 @@ pub struct PredictionRecord {
     pub outputs: Vec<StoredOutput>,
     pub error: Option<String>,
     pub metrics: Option<Metrics>,
-    pub created_at: Millis,
-    pub started_at: Option<Millis>,
-    pub completed_at: Option<Millis>,
+    pub created_at: Timestamp,
+    pub started_at: Option<Timestamp>,
+    pub completed_at: Option<Timestamp>,
     /// Last time a fetch asked Replicate for this prediction's state.
-    pub synced_at: Option<Millis>,
+    pub synced_at: Option<Timestamp>,
     /// Last time a fetch or the reconciler queued the copy of its outputs.
-    pub copy_queued_at: Option<Millis>,
+    pub copy_queued_at: Option<Timestamp>,
     /// Last time a client asked to cancel it: a prediction not yet tied to Replicate's is
     /// cancelled as soon as it is (or ends `canceled` if it was never created).
-    pub cancel_requested_at: Option<Millis>,
+    pub cancel_requested_at: Option<Timestamp>,
     /// DynamoDB TTL (seconds since the epoch).
     pub expires_at: u64,
     /// A secret in this record's webhook URL: only Replicate, which we told the URL, can
@@ -205,7 +165,7 @@ impl PredictionRecord {
     }
 
     /// Whether DynamoDB's TTL has passed: such a record is treated as gone.
-    pub fn is_expired(&self, now: Millis) -> bool {
+    pub fn is_expired(&self, now: Timestamp) -> bool {
         ttl_passed(self.expires_at, now)
     }
 
@@ -225,8 +185,8 @@ impl PredictionRecord {
 
 /// Whether a TTL attribute (seconds) is before `now`. DynamoDB deletes expired items
 /// lazily, up to days later; until then they must count as gone.
-pub fn ttl_passed(expires_at: u64, now: Millis) -> bool {
-    expires_at.saturating_mul(1000) < now
+pub fn ttl_passed(expires_at: u64, now: Timestamp) -> bool {
+    Timestamp::from_unix_seconds(expires_at) < now
 }
 
 /// A new random token for a record's webhook URL (128 bits, hex).
@@ -245,8 +205,8 @@ pub struct Advance {
     pub outputs: Vec<StoredOutput>,
     pub error: Option<String>,
     pub metrics: Option<Metrics>,
-    pub started_at: Option<Millis>,
-    pub completed_at: Option<Millis>,
+    pub started_at: Option<Timestamp>,
+    pub completed_at: Option<Timestamp>,
     /// What Replicate billed: set with a terminal status (`App::finish` computes it).
     pub cost: Option<Micros>,
     /// A terminal advance leaves the record in the open index (a callback is still to be
@@ -256,7 +216,7 @@ pub struct Advance {
 
 impl Advance {
     /// Ends a prediction as `failed`, for a reason of ours (shown to clients).
-    pub fn failed(reason: &str, now: Millis) -> Self {
+    pub fn failed(reason: &str, now: Timestamp) -> Self {
         Self {
             status: PredictionStatus::Failed,
             replicate_id: None,
@@ -284,7 +244,7 @@ pub struct Claim {
     /// Hash of the request that made the claim (idempotency keys: same key, same body).
     pub request_hash: Option<String>,
     /// Until then nobody else may take the claim.
-    pub lease_until: Millis,
+    pub lease_until: Timestamp,
     /// DynamoDB TTL (seconds since the epoch).
     pub expires_at: u64,
     /// The first answer was served from the result cache (200), not a new prediction (202):
@@ -294,12 +254,12 @@ pub struct Claim {
 
 impl Claim {
     /// Whether the holder's lease ended before `now`.
-    pub fn is_expired(&self, now: Millis) -> bool {
+    pub fn is_expired(&self, now: Timestamp) -> bool {
         self.lease_until < now
     }
 
     /// Whether the claim's TTL passed: it no longer counts, whatever it says.
-    pub fn past_ttl(&self, now: Millis) -> bool {
+    pub fn past_ttl(&self, now: Timestamp) -> bool {
         ttl_passed(self.expires_at, now)
     }
 }
@@ -330,23 +290,5 @@ mod tests {
         ] {
             assert_eq!(PredictionId::parse(bad), Err(InvalidPredictionId), "{bad}");
         }
-    }
-
-    #[test]
-    fn timestamps_round_trip_through_rfc3339() {
-        assert_eq!(rfc3339(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
-        assert_eq!(
-            parse_rfc3339("2023-11-14T22:13:20.123Z"),
-            Some(1_700_000_000_123)
-        );
-        assert_eq!(
-            parse_rfc3339("2023-09-08T16:19:34.791859Z"),
-            Some(1_694_189_974_791)
-        );
-        assert_eq!(
-            parse_rfc3339("2023-09-08T16:19:34+00:00"),
-            Some(1_694_189_974_000)
-        );
-        assert_eq!(parse_rfc3339("yesterday"), None);
     }
 }

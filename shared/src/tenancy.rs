@@ -7,12 +7,13 @@
 //! compared in constant time.
 
 use std::fmt;
+use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::cost::Micros;
-use crate::record::{Millis, rfc3339};
+use crate::time::Timestamp;
 
 /// Longest key accepted in a header (generated keys are 68 characters).
 pub const MAX_KEY_CHARS: usize = 256;
@@ -173,13 +174,13 @@ pub struct KeyRecord {
     pub id: KeyId,
     pub hash: KeyHash,
     pub tenant: TenantId,
-    pub created_at: Millis,
-    pub revoked_at: Option<Millis>,
+    pub created_at: Timestamp,
+    pub revoked_at: Option<Timestamp>,
 }
 
 impl KeyRecord {
     /// A record for `key`, active from `now`.
-    pub fn new(key: &ApiKey, tenant: TenantId, now: Millis) -> Self {
+    pub fn new(key: &ApiKey, tenant: TenantId, now: Timestamp) -> Self {
         let hash = key.hash();
         Self {
             id: hash.key_id(),
@@ -319,38 +320,35 @@ pub struct RateWindow {
     /// Store key, e.g. `rate#acme#29613424`.
     pub key: String,
     /// When the window ends (and a refused caller may try again).
-    pub ends_at: Millis,
+    pub ends_at: Timestamp,
     /// DynamoDB TTL (seconds): shortly after the window ends.
     pub expires_at: u64,
 }
 
-const MINUTE_MS: Millis = 60_000;
-
 impl RateWindow {
-    pub fn at(tenant: &TenantId, now: Millis) -> Self {
+    pub fn at(tenant: &TenantId, now: Timestamp) -> Self {
         Self::named(format!("rate#{tenant}"), now)
     }
 
     /// The window of a tenant's upload slots: the same limit, counted apart from submits
     /// (a tenant name holds no `#`, so the keys never meet).
-    pub fn uploads_at(tenant: &TenantId, now: Millis) -> Self {
+    pub fn uploads_at(tenant: &TenantId, now: Timestamp) -> Self {
         Self::named(format!("rate#{tenant}#uploads"), now)
     }
 
-    fn named(prefix: String, now: Millis) -> Self {
-        let minute = now / MINUTE_MS;
-        let ends_at = (minute + 1) * MINUTE_MS;
+    fn named(prefix: String, now: Timestamp) -> Self {
+        let (minute, ends_at) = now.period(Duration::from_secs(60));
         Self {
             key: format!("{prefix}#{minute}"),
             ends_at,
-            expires_at: ends_at / 1000 + 120,
+            expires_at: ends_at.plus(Duration::from_secs(120)).unix_seconds(),
         }
     }
 }
 
 /// The calendar month (UTC) of a time, as `2026-11`: usage and budgets are per month.
-pub fn month_of(t: Millis) -> String {
-    rfc3339(t).chars().take(7).collect()
+pub fn month_of(t: Timestamp) -> String {
+    t.rfc3339().chars().take(7).collect()
 }
 
 /// A tenant's usage in one month, as stored.
@@ -413,8 +411,9 @@ pub fn usage_key(tenant: &TenantId, month: &str) -> String {
 }
 
 /// Usage items are kept for 400 days after the start of their month.
-pub fn usage_expires_at(now: Millis) -> u64 {
-    now / 1000 + 400 * 24 * 3600
+pub fn usage_expires_at(now: Timestamp) -> u64 {
+    now.plus(Duration::from_secs(400 * 24 * 3600))
+        .unix_seconds()
 }
 
 #[cfg(test)]
@@ -484,7 +483,7 @@ mod tests {
             Err(TenancyError::InvalidRate)
         );
         let limits = TenantLimits::new(tenant.clone(), 7, Some(5)).unwrap();
-        let mut record = KeyRecord::new(&key, tenant.clone(), 1);
+        let mut record = KeyRecord::new(&key, tenant.clone(), Timestamp::from_millis(1));
         let with = caller(&record, Some(&limits)).unwrap();
         assert_eq!((with.rate_per_minute, with.monthly_budget), (7, Some(5)));
         let without = caller(&record, None).unwrap();
@@ -498,28 +497,37 @@ mod tests {
             tenant,
             "another tenant's limits never apply"
         );
-        record.revoked_at = Some(2);
+        record.revoked_at = Some(Timestamp::from_millis(2));
         assert_eq!(caller(&record, Some(&limits)), None);
     }
 
     #[test]
     fn rate_windows_are_whole_minutes_per_tenant() {
         let tenant = TenantId::parse("acme").unwrap();
-        let a = RateWindow::at(&tenant, 120_000);
-        let b = RateWindow::at(&tenant, 179_999);
-        let c = RateWindow::at(&tenant, 180_000);
+        let a = RateWindow::at(&tenant, Timestamp::from_millis(120_000));
+        let b = RateWindow::at(&tenant, Timestamp::from_millis(179_999));
+        let c = RateWindow::at(&tenant, Timestamp::from_millis(180_000));
         assert_eq!(a, b);
         assert_ne!(a.key, c.key);
         assert_eq!(a.key, "rate#acme#2");
-        assert_eq!(a.ends_at, 180_000);
-        let other = RateWindow::at(&TenantId::parse("beta").unwrap(), 120_000);
+        assert_eq!(a.ends_at, Timestamp::from_millis(180_000));
+        let other = RateWindow::at(
+            &TenantId::parse("beta").unwrap(),
+            Timestamp::from_millis(120_000),
+        );
         assert_ne!(a.key, other.key);
     }
 
     #[test]
     fn months_are_utc_calendar_months() {
         // 2026-11-30T23:59:59.999Z and one millisecond later.
-        assert_eq!(month_of(1_796_083_199_999), "2026-11");
-        assert_eq!(month_of(1_796_083_200_000), "2026-12");
+        assert_eq!(
+            month_of(Timestamp::from_millis(1_796_083_199_999)),
+            "2026-11"
+        );
+        assert_eq!(
+            month_of(Timestamp::from_millis(1_796_083_200_000)),
+            "2026-12"
+        );
     }
 }

@@ -12,9 +12,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::record::{Millis, PredictionId};
+use crate::record::PredictionId;
 use crate::registry::InputErrors;
 use crate::tenancy::TenantId;
+use crate::time::Timestamp;
 
 /// Largest upload accepted.
 pub const MAX_UPLOAD_BYTES: u64 = 20 * 1024 * 1024;
@@ -161,7 +162,7 @@ pub struct UploadRecord {
     pub tenant: TenantId,
     pub kind: ImageKind,
     pub size: u64,
-    pub created_at: Millis,
+    pub created_at: Timestamp,
     /// DynamoDB TTL (seconds since the epoch).
     pub expires_at: u64,
 }

@@ -130,7 +130,7 @@ pub async fn create_key(
         .update_tenant(&limits)
         .await
         .expect("limits stored");
-    let record = KeyRecord::new(&key, tenant, app.clock.millis());
+    let record = KeyRecord::new(&key, tenant, app.clock.now());
     app.records.create_key(&record).await.expect("key stored");
     key.expose().to_owned()
 }

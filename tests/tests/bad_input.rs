@@ -14,6 +14,7 @@ use imagegen_shared::memory::{
 };
 use imagegen_shared::registry::ModelRegistry;
 use imagegen_shared::tenancy::{ApiKey, KeyRecord, MAX_RATE_PER_MINUTE, TenantId, TenantLimits};
+use imagegen_shared::time::Timestamp;
 use imagegen_shared::webhook::WebhookSecret;
 use lambda_http::Body;
 use proptest::prelude::*;
@@ -41,7 +42,7 @@ fn app() -> TestApp {
     records.put_key(KeyRecord::new(
         &ApiKey::parse(API_KEY).unwrap(),
         fuzz.clone(),
-        0,
+        Timestamp::EPOCH,
     ));
     records.put_limits(TenantLimits::new(fuzz, MAX_RATE_PER_MINUTE, None).unwrap());
     let ports = PortSet {

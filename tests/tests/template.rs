@@ -30,6 +30,7 @@ use imagegen_shared::record::{Claim, PredictionId, PredictionRecord};
 use imagegen_shared::registry::ModelRegistry;
 use imagegen_shared::replicate::{Prediction, PredictionStatus, ReplicateApi, ReplicateError};
 use imagegen_shared::tenancy::{ApiKey, KeyRecord, TenantId, TenantLimits};
+use imagegen_shared::time::Timestamp;
 use imagegen_shared::webhook::WebhookSecret;
 use lambda_http::Body;
 use serde_json::{Value, json};
@@ -362,7 +363,7 @@ impl Scenario {
         records.put_key(KeyRecord::new(
             &ApiKey::parse(API_KEY).unwrap(),
             tenant.clone(),
-            0,
+            Timestamp::EPOCH,
         ));
         records.put_limits(TenantLimits::new(tenant, 10_000, Some(1_000_000_000)).unwrap());
         let ports = PortSet::<Recording> {
@@ -840,7 +841,7 @@ async fn port_calls_by_handler() -> BTreeMap<Handler, Grants> {
         token: "old".into(),
         prediction_id: Some(PredictionId::parse(&doomed_id).unwrap()),
         request_hash: None,
-        lease_until: u64::MAX,
+        lease_until: Timestamp::from_millis(u64::MAX),
         expires_at: 0,
         from_cache: false,
     });

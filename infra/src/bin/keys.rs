@@ -12,9 +12,9 @@ use std::process::ExitCode;
 
 use imagegen_shared::cost::usd;
 use imagegen_shared::ports::AccountStore;
-use imagegen_shared::record::to_millis;
 use imagegen_shared::tenancy::KeyId;
 use imagegen_shared::tenancy::LimitsUpdate;
+use imagegen_shared::time::Timestamp;
 use local_stack::keys::{
     Budget, DEV_STATE_FILE, NewKey, apply_limits, limits_change, target_table,
 };
@@ -80,7 +80,7 @@ async fn run(args: Vec<String>) -> Result<(), String> {
             let raw = args.get(1).ok_or(USAGE)?;
             let id = KeyId::parse(raw).map_err(|e| format!("`{raw}`: {e}"))?;
             let (table, label) = target_table(env, state, DEV_TABLE).await?;
-            let now = to_millis(std::time::SystemTime::now());
+            let now = Timestamp::from_system(std::time::SystemTime::now());
             if table
                 .revoke_key(&id, now)
                 .await

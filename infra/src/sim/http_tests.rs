@@ -7,7 +7,10 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
 
-use super::{Faults, Markers, SimConfig, SimPrediction, Simulator, lock};
+use super::faults::Markers;
+use super::lifecycle::SimPrediction;
+use super::routing::too_large;
+use super::{Faults, SimConfig, Simulator, lock};
 use crate::http_server::{Server, bind_loopback, serve};
 
 const SDXL: &str = "7762fd07cf82c948538e41f63f77d685e02b063e37e496e96eefd46c929f9bdc";
@@ -98,7 +101,7 @@ impl Receiver {
         let bodies = Arc::new(Mutex::new(Vec::new()));
         let sink = bodies.clone();
         let listener = bind_loopback(0).await.unwrap();
-        let server = serve(listener, 1 << 20, super::too_large, move |request| {
+        let server = serve(listener, 1 << 20, too_large, move |request| {
             let sink = sink.clone();
             async move {
                 if let Ok(body) = serde_json::from_slice(request.body()) {

@@ -7,7 +7,10 @@ use std::time::{Duration, SystemTime};
 use http::StatusCode;
 use serde_json::{Value, json};
 
-use super::{HttpResponse, SimPrediction, State, lock, problem};
+use super::lifecycle::SimPrediction;
+use super::routing::{json, problem};
+use super::{State, lock};
+use crate::http_server::HttpResponse;
 
 /// Replicate's page size.
 const PAGE_SIZE: usize = 100;
@@ -147,7 +150,7 @@ impl State {
             _ => None,
         };
         let results: Vec<Value> = listed.iter().map(|(_, p)| self.to_json(p)).collect();
-        super::json(
+        json(
             StatusCode::OK,
             &json!({"next": next, "previous": null, "results": results}),
         )

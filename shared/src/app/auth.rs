@@ -14,8 +14,9 @@ use lambda_http::Request;
 
 use super::{ApiError, App, Ports};
 use crate::ports::AccountStore;
-use crate::record::{Millis, after};
+
 use crate::tenancy::{Caller, KeyHash, KeyRecord, RateWindow, TenantLimits, bearer_key, caller};
+use crate::time::Timestamp;
 
 /// How long a key's record is trusted: revocation takes effect within this (CONTRACT: 60 s).
 pub const KEY_CACHE_TTL: Duration = Duration::from_secs(30);
@@ -32,11 +33,11 @@ type Found = Option<(KeyRecord, Option<TenantLimits>)>;
 /// Keys by key id, with when (app clock) they were read.
 #[derive(Default)]
 pub struct KeyCache {
-    entries: Mutex<HashMap<String, (Millis, Found)>>,
+    entries: Mutex<HashMap<String, (Timestamp, Found)>>,
 }
 
 impl KeyCache {
-    fn get(&self, id: &str, now: Millis) -> Option<Found> {
+    fn get(&self, id: &str, now: Timestamp) -> Option<Found> {
         let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         let (read_at, found) = entries.get(id)?;
         let ttl = if found.is_some() {
@@ -44,10 +45,10 @@ impl KeyCache {
         } else {
             UNKNOWN_KEY_TTL
         };
-        (now >= *read_at && now < after(*read_at, ttl)).then(|| found.clone())
+        (now >= *read_at && now < read_at.plus(ttl)).then(|| found.clone())
     }
 
-    fn put(&self, id: &str, found: Found, now: Millis) {
+    fn put(&self, id: &str, found: Found, now: Timestamp) {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         if entries.len() >= KEY_CACHE_ENTRIES {
             entries.clear();
@@ -77,7 +78,7 @@ impl<P: Ports> App<P> {
     /// The key with this hash's id and its tenant's limits: from the cache, or two reads.
     async fn find_key(&self, hash: &KeyHash) -> Result<Found, ApiError> {
         let id = hash.key_id();
-        let now = self.clock.millis();
+        let now = self.clock.now();
         if let Some(cached) = self.keys.get(id.as_str(), now) {
             return Ok(cached);
         }
@@ -94,13 +95,21 @@ impl<P: Ports> App<P> {
 
     /// Counts a submit against the caller's rate; 429 with the time to the next window when
     /// the window is full. Shared by every instance: the counter lives in the table.
-    pub(super) async fn admit_submit(&self, caller: &Caller, now: Millis) -> Result<(), ApiError> {
+    pub(super) async fn admit_submit(
+        &self,
+        caller: &Caller,
+        now: Timestamp,
+    ) -> Result<(), ApiError> {
         self.admit(caller, RateWindow::at(&caller.tenant, now), now)
             .await
     }
 
     /// Counts an upload slot in the tenant's upload window (the same per-minute limit).
-    pub(super) async fn admit_upload(&self, caller: &Caller, now: Millis) -> Result<(), ApiError> {
+    pub(super) async fn admit_upload(
+        &self,
+        caller: &Caller,
+        now: Timestamp,
+    ) -> Result<(), ApiError> {
         self.admit(caller, RateWindow::uploads_at(&caller.tenant, now), now)
             .await
     }
@@ -109,7 +118,7 @@ impl<P: Ports> App<P> {
         &self,
         caller: &Caller,
         window: RateWindow,
-        now: Millis,
+        now: Timestamp,
     ) -> Result<(), ApiError> {
         if self
             .records
@@ -119,10 +128,10 @@ impl<P: Ports> App<P> {
             return Ok(());
         }
         // Whole seconds, rounded up: a client that waits exactly this long gets in.
-        let wait_ms = window.ends_at.saturating_sub(now);
+        let wait = window.ends_at.since(now);
         Err(ApiError::RateLimited {
             limit: caller.rate_per_minute,
-            retry_after: Duration::from_secs(wait_ms.div_ceil(1000).max(1)),
+            retry_after: Duration::from_secs(wait.as_millis().div_ceil(1000).max(1) as u64),
         })
     }
 }

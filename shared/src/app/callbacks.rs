@@ -87,7 +87,7 @@ impl<P: Ports> App<P> {
         let job = CallbackJob {
             prediction_id: record.id.clone(),
             event,
-            queued_at: self.clock.millis(),
+            queued_at: self.clock.now(),
         };
         if let Err(err) = self.queue.send_callback(&job).await {
             tracing::error!(prediction_id = %record.id, event = event.as_str(), error = %err, "could not queue the callback");
@@ -123,7 +123,7 @@ impl<P: Ports> App<P> {
         let secret = WebhookSecret::parse(&self.tenant_secret_text(tenant).await?)
             .map_err(|e| StoreError::new("read callback secret", e.to_string()))?;
         let id = job.webhook_id();
-        let timestamp = i64::try_from(self.clock.millis() / 1000).unwrap_or(i64::MAX);
+        let timestamp = i64::try_from(self.clock.now().unix_seconds()).unwrap_or(i64::MAX);
         let signature = secret.sign(&id, timestamp, &body);
         let request = CallbackRequest {
             url,
@@ -164,7 +164,7 @@ impl<P: Ports> App<P> {
             DeliveryOutcome::Unreachable(reason) => reason,
         };
         tracing::warn!(event = job.event.as_str(), attempt, reason = %why, "callback attempt failed");
-        if job.window_closed(self.clock.millis()) {
+        if job.window_closed(self.clock.now()) {
             return self.give_up(job, &why).await;
         }
         self.records
@@ -179,7 +179,7 @@ impl<P: Ports> App<P> {
     /// What to do with a job whose attempt could not even run (a storage error): try again
     /// after the backoff, until its day is over.
     pub async fn callback_not_run(&self, job: &CallbackJob, attempt: u32) -> CallbackDisposition {
-        if !job.window_closed(self.clock.millis()) {
+        if !job.window_closed(self.clock.now()) {
             return CallbackDisposition::RetryAfter(retry_delay(
                 self.settings.callback_retry_base,
                 attempt,

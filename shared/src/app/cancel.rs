@@ -10,7 +10,7 @@ use super::resolve::SearchBudget;
 use super::sync::{Billed, Copy};
 use super::{ApiError, App, Ports, PredictionView};
 use crate::ports::{RecordStore, SyncMark};
-use crate::record::{PredictionRecord, before};
+use crate::record::PredictionRecord;
 use crate::replicate::ReplicateApi;
 
 impl<P: Ports> App<P> {
@@ -37,7 +37,7 @@ impl<P: Ports> App<P> {
     /// it is). A record not yet tied to a Replicate prediction keeps the request: it is
     /// cancelled when it is tied, and ends `canceled` if it was never created.
     async fn cancel_running(&self, record: PredictionRecord) -> Result<PredictionRecord, ApiError> {
-        let now = self.clock.millis();
+        let now = self.clock.now();
         let interval = self.settings.fetch_sync_interval;
         if !self
             .records
@@ -45,7 +45,7 @@ impl<P: Ports> App<P> {
                 &record.id,
                 SyncMark::CancelRequested,
                 now,
-                before(now, interval),
+                now.minus(interval),
             )
             .await?
         {

@@ -9,8 +9,9 @@ use super::resolve::SearchBudget;
 use super::sync::Copy;
 use super::{ApiError, App, PredictionView};
 use crate::ports::{RecordStore, SyncMark};
-use crate::record::{PredictionRecord, after, before};
+use crate::record::PredictionRecord;
 use crate::replicate::ReplicateApi;
+use crate::time::Timestamp;
 
 impl<P: Ports> App<P> {
     pub async fn fetch(&self, request: Request) -> Response<Body> {
@@ -33,19 +34,22 @@ impl<P: Ports> App<P> {
     /// fetchers, and applies the answer exactly as a webhook would (a succeeded one's copy
     /// is queued: a fetch answers within API Gateway's 30 s whatever the outputs' size).
     async fn sync_running(&self, record: PredictionRecord) -> Result<PredictionRecord, ApiError> {
-        let now = self.clock.millis();
+        let now = self.clock.now();
         let interval = self.settings.fetch_sync_interval;
         // Checked on the record just read before spending a conditional write (a refused
         // one is billed too): not again within the interval, and, while webhooks are on,
         // not before the prediction is an interval old (its webhook normally comes first).
         let since_created = self.settings.send_webhooks.then_some(record.created_at);
-        let last = record.synced_at.max(since_created).unwrap_or(0);
-        if now < after(last, interval) {
+        let last = record
+            .synced_at
+            .max(since_created)
+            .unwrap_or(Timestamp::EPOCH);
+        if now < last.plus(interval) {
             return Ok(record);
         }
         if !self
             .records
-            .claim_sync(&record.id, SyncMark::Fetched, now, before(now, interval))
+            .claim_sync(&record.id, SyncMark::Fetched, now, now.minus(interval))
             .await?
         {
             return Ok(record);

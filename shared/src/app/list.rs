@@ -87,13 +87,14 @@ impl<P: Ports> App<P> {
 mod tests {
     use super::*;
     use crate::record::PredictionId;
+    use crate::time::Timestamp;
 
     #[test]
     fn limits_and_cursors_are_checked() {
         assert_eq!(page_request(None).unwrap().0, DEFAULT_PAGE);
         assert_eq!(page_request(Some("limit=100")).unwrap().0, 100);
         let cursor = ListCursor {
-            created_at: 1_700_000_000_000,
+            created_at: Timestamp::from_millis(1_700_000_000_000),
             id: PredictionId::generate(),
         };
         let query = format!("limit=3&cursor={}", cursor.encode());

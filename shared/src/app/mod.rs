@@ -32,10 +32,11 @@ use crate::config::Settings;
 use crate::delivery::CallbackSender;
 use crate::outputs::OutputSource;
 use crate::ports::{AccountStore, JobQueue, ObjectStore, RecordStore, StoreError};
-use crate::record::{Millis, PredictionId, PredictionRecord, to_millis};
+use crate::record::{PredictionId, PredictionRecord};
 use crate::registry::ModelRegistry;
 use crate::replicate::{ReplicateApi, ReplicateError};
 use crate::tenancy::{Caller, TenantId};
+use crate::time::Timestamp;
 use crate::webhook::WebhookVerifier;
 
 pub use auth::KEY_CACHE_TTL;
@@ -65,7 +66,12 @@ pub struct Clock {
 }
 
 impl Clock {
-    pub fn now(&self) -> SystemTime {
+    pub fn now(&self) -> Timestamp {
+        Timestamp::from_system(self.system_time())
+    }
+
+    /// The same moment as `now`, for APIs that speak `SystemTime` (webhook signatures).
+    pub fn system_time(&self) -> SystemTime {
         let offset = self.offset_ms.load(Ordering::Relaxed);
         let now = SystemTime::now();
         if offset >= 0 {
@@ -73,10 +79,6 @@ impl Clock {
         } else {
             now - Duration::from_millis(offset.unsigned_abs())
         }
-    }
-
-    pub fn millis(&self) -> Millis {
-        to_millis(self.now())
     }
 
     pub fn advance(&self, by: Duration) {
@@ -189,7 +191,7 @@ impl<P: Ports> App<P> {
         &self,
         id: &PredictionId,
     ) -> Result<Option<PredictionRecord>, StoreError> {
-        let now = self.clock.millis();
+        let now = self.clock.now();
         Ok(self
             .records
             .get_prediction(id)

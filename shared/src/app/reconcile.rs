@@ -16,11 +16,12 @@ use super::sync::{Billed, Copy, SyncOutcome};
 use super::{App, Ports};
 use crate::callbacks::CallbackEvent;
 use crate::ports::{LEGACY_OPEN_SHARD, OPEN_SHARDS, OpenEntry, RecordStore, StoreError};
-use crate::record::{Millis, PredictionRecord, after};
+use crate::record::PredictionRecord;
 use crate::replicate::{PredictionStatus, ReplicateApi};
+use crate::time::Timestamp;
 
 /// The schedule's period (template: `rate(5 minutes)`), for rotating the first shard.
-const RUN_EVERY_MS: u64 = 5 * 60 * 1000;
+const RUN_EVERY: Duration = Duration::from_secs(5 * 60);
 /// Records read per query of the open index.
 const PAGE: usize = 100;
 /// Syncs in flight at once: enough to cover a backlog, few enough not to trip Replicate's
@@ -69,8 +70,8 @@ impl<P: Ports> App<P> {
     /// One pass over every open prediction older than `RECONCILE_AFTER_SECONDS`, until
     /// `deadline` (a Lambda invocation's remaining time, less a margin).
     pub async fn reconcile(&self, deadline: Option<Instant>) -> ReconcileReport {
-        let now = self.clock.millis();
-        let threshold = now.saturating_sub(self.settings.reconcile_after.as_millis() as u64);
+        let now = self.clock.now();
+        let threshold = now.minus(self.settings.reconcile_after);
         let mut report = ReconcileReport::default();
         // Each run starts at another shard, so a run cut short never starves the same ones.
         let shards: Vec<&str> = OPEN_SHARDS
@@ -78,7 +79,7 @@ impl<P: Ports> App<P> {
             .copied()
             .chain([LEGACY_OPEN_SHARD])
             .collect();
-        let first = (now / RUN_EVERY_MS) as usize % shards.len();
+        let first = now.period(RUN_EVERY).0 as usize % shards.len();
         let order = shards[first..].iter().chain(&shards[..first]).copied();
         'shards: for shard in order {
             let mut cursor: Option<String> = None;
@@ -140,7 +141,7 @@ impl<P: Ports> App<P> {
     async fn reconcile_page(
         &self,
         entries: Vec<OpenEntry>,
-        now: Millis,
+        now: Timestamp,
         deadline: Option<Instant>,
         report: &mut ReconcileReport,
     ) -> bool {
@@ -173,7 +174,7 @@ impl<P: Ports> App<P> {
     }
 
     /// Reads a listed record (the index holds only keys) and reconciles it if it still runs.
-    async fn reconcile_entry(&self, entry: OpenEntry, now: Millis) -> Outcome {
+    async fn reconcile_entry(&self, entry: OpenEntry, now: Timestamp) -> Outcome {
         match self.live_prediction(&entry.id).await {
             Ok(Some(record)) if !record.status.is_terminal() => {
                 self.reconcile_one(record, now).await
@@ -207,7 +208,7 @@ impl<P: Ports> App<P> {
         }
     }
 
-    async fn reconcile_one(&self, record: PredictionRecord, now: Millis) -> Outcome {
+    async fn reconcile_one(&self, record: PredictionRecord, now: Timestamp) -> Outcome {
         match self.sync_for_reconcile(record).await {
             Ok((_, Step::Advanced)) => Outcome::Advanced,
             // A queued copy does not end the record: if it never lands, the record must
@@ -231,10 +232,10 @@ impl<P: Ports> App<P> {
     async fn expire_if_too_old(
         &self,
         record: &PredictionRecord,
-        now: Millis,
+        now: Timestamp,
         otherwise: Outcome,
     ) -> Outcome {
-        if now < after(record.created_at, OUTPUT_RETENTION) {
+        if now < record.created_at.plus(OUTPUT_RETENTION) {
             return otherwise;
         }
         let reason = "no result within Replicate's one-hour output retention; the outputs are no longer available";

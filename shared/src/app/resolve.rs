@@ -10,8 +10,9 @@
 use std::time::Duration;
 
 use crate::ports::{RecordStore, StoreError};
-use crate::record::{Advance, Millis, PredictionRecord, after, before, from_millis, parse_rfc3339};
+use crate::record::{Advance, PredictionRecord};
 use crate::replicate::{Prediction, PredictionStatus, ReplicateApi, ReplicateError};
+use crate::time::Timestamp;
 
 use super::inputs::{InputMatch, input_match, with_file_references};
 use super::sync::{Billed, Copy, SyncOutcome};
@@ -67,11 +68,11 @@ impl<P: Ports> App<P> {
         if !record.is_unconfirmed() {
             return Ok(record);
         }
-        let now = self.clock.millis();
+        let now = self.clock.now();
         // Not before `RESOLVE_AFTER_SECONDS`: until then the list may not show a late
         // create, and an identical request's create may be listed before it records its id
         // (adopting it would leave that one's own prediction orphaned).
-        if now < after(record.created_at, self.settings.resolve_after) {
+        if now < record.created_at.plus(self.settings.resolve_after) {
             return Ok(record);
         }
         let search = tokio::time::timeout(budget.time, self.search_created(&record, now, budget))
@@ -87,7 +88,7 @@ impl<P: Ports> App<P> {
                         let advance = Advance {
                             status: PredictionStatus::Canceled,
                             error: None,
-                            ..Advance::failed("", self.clock.millis())
+                            ..Advance::failed("", self.clock.now())
                         };
                         self.finish(&record, advance, Billed::NotCreated).await?;
                     } else {
@@ -107,7 +108,7 @@ impl<P: Ports> App<P> {
             }
         };
         let fresh = self.reread(record).await?;
-        if !tied && fresh.is_unconfirmed() && now >= after(fresh.created_at, UNCONFIRMED_DEADLINE) {
+        if !tied && fresh.is_unconfirmed() && now >= fresh.created_at.plus(UNCONFIRMED_DEADLINE) {
             self.end_record(
                 &fresh,
                 "the prediction could not be confirmed as created at Replicate",
@@ -124,12 +125,15 @@ impl<P: Ports> App<P> {
     async fn search_created(
         &self,
         record: &PredictionRecord,
-        now: Millis,
+        now: Timestamp,
         budget: SearchBudget,
     ) -> Result<Search, ReplicateError> {
         let window = (
-            before(record.created_at, WINDOW_BEFORE),
-            after(record.created_at, WINDOW_AFTER).min(now.saturating_add(1000)),
+            record.created_at.minus(WINDOW_BEFORE),
+            record
+                .created_at
+                .plus(WINDOW_AFTER)
+                .min(now.plus(Duration::from_secs(1))),
         );
         let mut found = Vec::new();
         let mut possible = false;
@@ -138,11 +142,7 @@ impl<P: Ports> App<P> {
         for _ in 0..budget.pages {
             let listed = self
                 .replicate
-                .list_predictions(
-                    from_millis(window.0),
-                    from_millis(window.1),
-                    page.as_deref(),
-                )
+                .list_predictions(window.0.to_system(), window.1.to_system(), page.as_deref())
                 .await?;
             for candidate in listed.results {
                 match same_request(record, &candidate, window) {
@@ -167,8 +167,8 @@ impl<P: Ports> App<P> {
         let distance = |p: &Prediction| {
             p.created_at
                 .as_deref()
-                .and_then(parse_rfc3339)
-                .map_or(u64::MAX, |t| t.abs_diff(record.created_at))
+                .and_then(Timestamp::parse_rfc3339)
+                .map_or(Duration::MAX, |t| t.distance(record.created_at))
         };
         found.sort_by_key(distance);
         Ok(Search::Found(found))
@@ -210,7 +210,7 @@ impl<P: Ports> App<P> {
         reason: &str,
         billed: Billed<'_>,
     ) -> Result<bool, StoreError> {
-        let mut advance = Advance::failed(reason, self.clock.millis());
+        let mut advance = Advance::failed(reason, self.clock.now());
         advance.replicate_id = record.replicate_id.clone();
         self.finish(record, advance, billed).await
     }
@@ -232,9 +232,12 @@ impl<P: Ports> App<P> {
 fn same_request(
     record: &PredictionRecord,
     remote: &Prediction,
-    window: (Millis, Millis),
+    window: (Timestamp, Timestamp),
 ) -> InputMatch {
-    let created = remote.created_at.as_deref().and_then(parse_rfc3339);
+    let created = remote
+        .created_at
+        .as_deref()
+        .and_then(Timestamp::parse_rfc3339);
     let in_window = created.is_some_and(|t| t >= window.0 && t < window.1);
     if remote.model != record.model || remote.version != record.version || !in_window {
         return InputMatch::Different;

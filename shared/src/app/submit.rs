@@ -26,10 +26,7 @@ use crate::destination::{SystemResolver, check_destination, parse_callback_url};
 use crate::metrics::{self, Metric};
 use crate::outputs::hex;
 use crate::ports::{AccountStore, ClaimOutcome, RecordStore, Settlement};
-use crate::record::{
-    Claim, ClaimGuard, Millis, PredictionId, PredictionRecord, after, new_webhook_token,
-    ttl_seconds,
-};
+use crate::record::{Claim, ClaimGuard, PredictionId, PredictionRecord, new_webhook_token};
 use crate::registry::InputErrors;
 use crate::registry::{CacheKey, ModelAlias};
 use crate::replicate::{
@@ -37,6 +34,7 @@ use crate::replicate::{
     WebhookTarget,
 };
 use crate::tenancy::{Caller, Reservation, TenantId, month_of, usage_expires_at};
+use crate::time::Timestamp;
 
 /// How long a submit may take to create its prediction before others may take over (the
 /// Replicate client gives up on a create well within it).
@@ -200,7 +198,7 @@ impl<P: Ports> App<P> {
 
     async fn try_submit(&self, request: &Request) -> Result<Started, ApiError> {
         let caller = self.authenticate(request).await?;
-        self.admit_submit(&caller, self.clock.millis()).await?;
+        self.admit_submit(&caller, self.clock.now()).await?;
         let body = parse_submit_body(request.body().as_ref())?;
         let deadline = cancel_after(request.headers())?;
         let alias = self
@@ -312,14 +310,14 @@ impl<P: Ports> App<P> {
     ) -> Result<Started, ApiError> {
         let key = idempotency_claim_key(&new.caller.tenant, key);
         for _ in 0..MAX_CLAIM_ROUNDS {
-            let now = self.clock.millis();
+            let now = self.clock.now();
             let claim = Claim {
                 key: key.clone(),
                 token: PredictionId::generate().to_string(),
                 prediction_id: Some(new.id.clone()),
                 request_hash: Some(body_hash.to_owned()),
-                lease_until: after(now, CREATE_LEASE),
-                expires_at: ttl_seconds(after(now, IDEMPOTENCY_WINDOW)),
+                lease_until: now.plus(CREATE_LEASE),
+                expires_at: now.plus(IDEMPOTENCY_WINDOW).unix_seconds(),
                 from_cache: false,
             };
             let won = match self.records.try_claim(&claim).await? {
@@ -355,7 +353,7 @@ impl<P: Ports> App<P> {
         Err(ApiError::IdempotencyInProgress)
     }
 
-    async fn judge_key_holder(&self, held: &Claim, now: Millis) -> Result<KeyHolder, ApiError> {
+    async fn judge_key_holder(&self, held: &Claim, now: Timestamp) -> Result<KeyHolder, ApiError> {
         if held.past_ttl(now) {
             return Ok(KeyHolder::TakeOver);
         }
@@ -378,7 +376,7 @@ impl<P: Ports> App<P> {
         &self,
         claim: &Claim,
         new: &NewPrediction<'_>,
-        now: Millis,
+        now: Timestamp,
     ) -> Result<Started, ApiError> {
         let guard = ClaimGuard::Token(&claim.token);
         let result = self.start_or_join(new).await;
@@ -386,7 +384,7 @@ impl<P: Ports> App<P> {
             Ok(started) => {
                 let settlement = Settlement {
                     prediction_id: &started.record.id,
-                    lease_until: after(now, IDEMPOTENCY_WINDOW),
+                    lease_until: now.plus(IDEMPOTENCY_WINDOW),
                     from_cache: started.cached,
                 };
                 self.records
@@ -409,7 +407,7 @@ impl<P: Ports> App<P> {
         };
         let key = cache_claim_key(cache_key);
         for _ in 0..MAX_CLAIM_ROUNDS {
-            let now = self.clock.millis();
+            let now = self.clock.now();
             let claim = self.cache_claim(&key, &new.id, now);
             let won = match self.records.try_claim(&claim).await? {
                 ClaimOutcome::Claimed => true,
@@ -445,14 +443,14 @@ impl<P: Ports> App<P> {
         })
     }
 
-    fn cache_claim(&self, key: &str, id: &PredictionId, now: Millis) -> Claim {
+    fn cache_claim(&self, key: &str, id: &PredictionId, now: Timestamp) -> Claim {
         Claim {
             key: key.to_owned(),
             token: PredictionId::generate().to_string(),
             prediction_id: Some(id.clone()),
             request_hash: None,
-            lease_until: after(now, CREATE_LEASE),
-            expires_at: ttl_seconds(after(now, self.settings.record_ttl)),
+            lease_until: now.plus(CREATE_LEASE),
+            expires_at: now.plus(self.settings.record_ttl).unix_seconds(),
             from_cache: false,
         }
     }
@@ -465,7 +463,7 @@ impl<P: Ports> App<P> {
         &self,
         existing: Option<PredictionRecord>,
         held: &Claim,
-        now: Millis,
+        now: Timestamp,
     ) -> Holder {
         if held.past_ttl(now) && existing.as_ref().is_none_or(|r| r.status.is_terminal()) {
             return Holder::TakeOver;
@@ -474,10 +472,10 @@ impl<P: Ports> App<P> {
             None if held.is_expired(now) => Holder::TakeOver,
             None => Holder::Wait,
             Some(record) if record.status == PredictionStatus::Succeeded => {
-                let fresh_until = after(
-                    record.completed_at.unwrap_or(0),
-                    self.settings.result_cache_ttl,
-                );
+                let fresh_until = record
+                    .completed_at
+                    .unwrap_or(Timestamp::EPOCH)
+                    .plus(self.settings.result_cache_ttl);
                 if fresh_until > now {
                     Holder::Cached(record)
                 } else {
@@ -495,7 +493,7 @@ impl<P: Ports> App<P> {
         new: &NewPrediction<'_>,
         claim: Option<&Claim>,
     ) -> Result<Started, ApiError> {
-        let now = self.clock.millis();
+        let now = self.clock.now();
         let id = claim
             .and_then(|c| c.prediction_id.clone())
             .unwrap_or_else(|| new.id.clone());
@@ -524,7 +522,7 @@ impl<P: Ports> App<P> {
             synced_at: None,
             copy_queued_at: None,
             cancel_requested_at: None,
-            expires_at: ttl_seconds(after(now, self.settings.record_ttl)),
+            expires_at: now.plus(self.settings.record_ttl).unix_seconds(),
             webhook_token: Some(token.clone()),
             tenant: Some(new.caller.tenant.clone()),
             price: Some(new.alias.price),
@@ -627,7 +625,7 @@ impl<P: Ports> App<P> {
     async fn reserve_estimate(
         &self,
         new: &NewPrediction<'_>,
-        now: Millis,
+        now: Timestamp,
     ) -> Result<Micros, ApiError> {
         let caller = new.caller;
         let estimate = new.alias.price.estimate(&new.stored_input);

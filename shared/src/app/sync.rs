@@ -9,9 +9,10 @@ use crate::cost::{Micros, requested_outputs};
 use crate::metrics::{self, Metric, Unit};
 use crate::outputs::{OutputError, check_output_list, store_outputs};
 use crate::ports::{AccountStore, CopyJob, JobQueue, RecordStore, StoreError, SyncMark};
-use crate::record::{Advance, PredictionRecord, bounded_error, bounded_metrics, parse_rfc3339};
+use crate::record::{Advance, PredictionRecord, bounded_error, bounded_metrics};
 use crate::replicate::{Prediction, PredictionStatus, ReplicateApi};
 use crate::tenancy::{CostSettlement, month_of};
+use crate::time::Timestamp;
 
 use super::App;
 use super::Ports;
@@ -78,9 +79,15 @@ impl Billed<'_> {
 
 /// Seconds between a prediction's start and end, as Replicate stamped them.
 fn ran_seconds(remote: &Prediction) -> Option<f64> {
-    let started = remote.started_at.as_deref().and_then(parse_rfc3339)?;
-    let completed = remote.completed_at.as_deref().and_then(parse_rfc3339)?;
-    Some(completed.saturating_sub(started) as f64 / 1000.0)
+    let started = remote
+        .started_at
+        .as_deref()
+        .and_then(Timestamp::parse_rfc3339)?;
+    let completed = remote
+        .completed_at
+        .as_deref()
+        .and_then(Timestamp::parse_rfc3339)?;
+    Some(completed.since(started).as_secs_f64())
 }
 
 /// A copy queued by a poll is not queued again for this long: the queue's visibility
@@ -258,8 +265,8 @@ impl<P: Ports> App<P> {
 
     /// Whether this poll may queue the record's copy (none queued by a poll lately).
     async fn claim_copy(&self, record: &PredictionRecord) -> Result<bool, StoreError> {
-        let now = self.clock.millis();
-        let since = now.saturating_sub(COPY_REQUEUE_AFTER.as_millis() as u64);
+        let now = self.clock.now();
+        let since = now.minus(COPY_REQUEUE_AFTER);
         self.records
             .claim_sync(&record.id, SyncMark::CopyQueued, now, since)
             .await
@@ -271,8 +278,8 @@ impl<P: Ports> App<P> {
             remote
                 .completed_at
                 .as_deref()
-                .and_then(parse_rfc3339)
-                .unwrap_or_else(|| self.clock.millis())
+                .and_then(Timestamp::parse_rfc3339)
+                .unwrap_or_else(|| self.clock.now())
         });
         Advance {
             status: remote.status.clone(),
@@ -280,7 +287,10 @@ impl<P: Ports> App<P> {
             outputs: Vec::new(),
             error: remote.error.as_deref().map(bounded_error),
             metrics: Some(bounded_metrics(&remote.metrics)),
-            started_at: remote.started_at.as_deref().and_then(parse_rfc3339),
+            started_at: remote
+                .started_at
+                .as_deref()
+                .and_then(Timestamp::parse_rfc3339),
             completed_at,
             cost: None,
             keep_open: false,

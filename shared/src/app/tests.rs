@@ -17,6 +17,7 @@ use crate::record::{Claim, PredictionId, PredictionRecord};
 use crate::registry::ModelRegistry;
 use crate::replicate::{Prediction, PredictionStatus, ReplicateError};
 use crate::tenancy::{ApiKey, KeyRecord, TenantId, TenantLimits};
+use crate::time::Timestamp;
 use crate::webhook::WebhookSecret;
 
 type TestApp = App<crate::memory::InMemory>;
@@ -64,7 +65,7 @@ fn key_record(key: &str, tenant: &str) -> KeyRecord {
     KeyRecord::new(
         &ApiKey::parse(key).unwrap(),
         TenantId::parse(tenant).unwrap(),
-        0,
+        Timestamp::EPOCH,
     )
 }
 
@@ -331,9 +332,9 @@ async fn an_identical_submit_joins_the_prediction_in_flight() {
 /// Completes `id` (Replicate id `rid`) through a webhook and the copy worker.
 async fn complete(app: &TestApp, id: &PredictionId, rid: &str) {
     let mut done = remote(rid, PredictionStatus::Succeeded);
-    done.completed_at = Some(crate::record::rfc3339(app.clock.millis()));
+    done.completed_at = Some(app.clock.now().rfc3339());
     let response = app
-        .webhook(webhook_event(app, id, &json!(done), app.clock.now()).await)
+        .webhook(webhook_event(app, id, &json!(done), app.clock.system_time()).await)
         .await;
     assert_eq!(json_of(&response)["result"], "queued");
     assert_eq!(run_copies(app).await, 0);
@@ -366,8 +367,8 @@ async fn a_cache_hit_answers_the_alias_that_was_asked_for() {
     let mut done = remote("rep-1", PredictionStatus::Succeeded);
     done.model = "stability-ai/sdxl".into();
     done.version = record(&app, id.as_str()).await.version;
-    done.completed_at = Some(crate::record::rfc3339(app.clock.millis()));
-    app.webhook(webhook_event(&app, &id, &json!(done), app.clock.now()).await)
+    done.completed_at = Some(app.clock.now().rfc3339());
+    app.webhook(webhook_event(&app, &id, &json!(done), app.clock.system_time()).await)
         .await;
     run_copies(&app).await;
     let (status, cached) = submitted(&app, sdxl).await;
@@ -411,14 +412,14 @@ async fn an_expired_creation_claim_is_taken_over_and_a_live_one_is_waited_for() 
     let alias = app.registry.get("flux-schnell").unwrap().clone();
     let input = alias.validate(&fox()["input"]).unwrap();
     let key = format!("cache#{}", alias.cache_key("acme", &input).as_str());
-    let now = app.clock.millis();
+    let now = app.clock.now();
     let mut stale = Claim {
         key: key.clone(),
         token: "dead-submit".into(),
         prediction_id: Some(PredictionId::generate()),
         request_hash: None,
-        lease_until: now + 60_000,
-        expires_at: now / 1000 + 3600,
+        lease_until: now.plus(Duration::from_millis(60_000)),
+        expires_at: now.plus(Duration::from_secs(3600)).unix_seconds(),
         from_cache: false,
     };
     app.records.try_claim(&stale).await.unwrap();
@@ -428,7 +429,7 @@ async fn an_expired_creation_claim_is_taken_over_and_a_live_one_is_waited_for() 
     assert_eq!(response.headers()["retry-after"], "1");
     assert!(app.replicate.created().is_empty());
     // Lease over (one millisecond in the past): the next submit takes over and creates.
-    stale.lease_until = now - 1;
+    stale.lease_until = now.minus(Duration::from_millis(1));
     app.records
         .replace_claim(&stale, "dead-submit")
         .await
@@ -448,7 +449,7 @@ async fn a_running_prediction_is_joined_whatever_its_claims_lease() {
     let (_, first) = submitted(&app, fox()).await;
     let id = PredictionId::parse(first["id"].as_str().unwrap()).unwrap();
     let start = json!(remote("rep-1", PredictionStatus::Starting));
-    app.webhook(webhook_event(&app, &id, &start, app.clock.now()).await)
+    app.webhook(webhook_event(&app, &id, &start, app.clock.system_time()).await)
         .await;
     app.clock.advance(Duration::from_secs(11 * 60));
     let (status, again) = submitted(&app, fox()).await;
@@ -473,7 +474,7 @@ async fn a_running_prediction_is_joined_whatever_its_claims_lease() {
             .unwrap()
     };
     let mut dead = claim.clone();
-    dead.lease_until = app.clock.millis() - 1;
+    dead.lease_until = app.clock.now().minus(Duration::from_millis(1));
     app.records.put_claim(dead);
     let (status, again) = submitted(&app, fox()).await;
     assert_eq!((status, again["id"].clone()), (202, first["id"].clone()));
@@ -494,14 +495,14 @@ async fn an_idempotency_key_whose_holder_died_is_taken_over_only_if_nothing_was_
         .unwrap()
         .hash;
     let key = super::submit::idempotency_claim_key(&TenantId::parse("acme").unwrap(), "k-dead");
-    let now = app.clock.millis();
+    let now = app.clock.now();
     let holder = Claim {
         key: key.clone(),
         token: "dead".into(),
         prediction_id: Some(PredictionId::generate()),
         request_hash: Some(hash),
-        lease_until: now + 30_000,
-        expires_at: now / 1000 + 86_400,
+        lease_until: now.plus(Duration::from_millis(30_000)),
+        expires_at: now.plus(Duration::from_secs(86_400)).unix_seconds(),
         from_cache: false,
     };
     app.records.put_claim(holder.clone());
@@ -509,7 +510,7 @@ async fn an_idempotency_key_whose_holder_died_is_taken_over_only_if_nothing_was_
     assert_eq!(app.submit(keyed()).await.status(), 409);
     // The lease ended and its prediction was never stored: nothing was created, take over.
     app.records.put_claim(Claim {
-        lease_until: now - 1,
+        lease_until: now.minus(Duration::from_millis(1)),
         ..holder.clone()
     });
     let taken = app.submit(keyed()).await;
@@ -519,7 +520,7 @@ async fn an_idempotency_key_whose_holder_died_is_taken_over_only_if_nothing_was_
     let stored_id = PredictionId::parse(json_of(&taken)["id"].as_str().unwrap()).unwrap();
     app.records.put_claim(Claim {
         prediction_id: Some(stored_id.clone()),
-        lease_until: now - 1,
+        lease_until: now.minus(Duration::from_millis(1)),
         ..holder
     });
     let replay = app.submit(keyed()).await;
@@ -620,7 +621,7 @@ async fn a_start_webhook_records_replicates_id_even_while_starting() {
     let id = PredictionId::parse(body["id"].as_str().unwrap()).unwrap();
     let start = json!(remote("rep-77", PredictionStatus::Starting));
     let response = app
-        .webhook(webhook_event(&app, &id, &start, app.clock.now()).await)
+        .webhook(webhook_event(&app, &id, &start, app.clock.system_time()).await)
         .await;
     assert_eq!(response.status(), 200);
     assert_eq!(
@@ -630,7 +631,7 @@ async fn a_start_webhook_records_replicates_id_even_while_starting() {
     // Tied now: another Replicate prediction is never applied to it.
     let other = json!(remote("rep-78", PredictionStatus::Failed));
     let response = app
-        .webhook(webhook_event(&app, &id, &other, app.clock.now()).await)
+        .webhook(webhook_event(&app, &id, &other, app.clock.system_time()).await)
         .await;
     assert_eq!(json_of(&response)["result"], "ignored");
     assert_eq!(
@@ -663,7 +664,7 @@ async fn a_signed_delivery_cannot_be_replayed_onto_another_record() {
         format!("id={victim}"),
     ] {
         let response = app
-            .webhook(signed_webhook(&query, &delivery, app.clock.now()))
+            .webhook(signed_webhook(&query, &delivery, app.clock.system_time()))
             .await;
         assert_eq!(json_of(&response)["result"], "ignored", "{query}");
     }
@@ -674,7 +675,7 @@ async fn a_signed_delivery_cannot_be_replayed_onto_another_record() {
     let mut sdxl = remote("rep-9", PredictionStatus::Failed);
     sdxl.model = "stability-ai/sdxl".into();
     let response = app
-        .webhook(webhook_event(&app, &victim, &json!(sdxl), app.clock.now()).await)
+        .webhook(webhook_event(&app, &victim, &json!(sdxl), app.clock.system_time()).await)
         .await;
     assert_eq!(json_of(&response)["result"], "ignored");
 }
@@ -690,7 +691,7 @@ async fn a_webhook_queues_the_copy_and_outputs_are_stored_before_succeeded() {
                 &app,
                 &id,
                 &json!(remote("rep-1", PredictionStatus::Succeeded)),
-                app.clock.now(),
+                app.clock.system_time(),
             )
             .await,
         )
@@ -725,10 +726,10 @@ async fn a_copy_out_of_time_is_retried_and_a_failed_queue_send_asks_for_redelive
     let done = json!(remote("rep-1", PredictionStatus::Succeeded));
     app.queue.fail_next_sends(1);
     let response = app
-        .webhook(webhook_event(&app, &id, &done, app.clock.now()).await)
+        .webhook(webhook_event(&app, &id, &done, app.clock.system_time()).await)
         .await;
     assert_eq!(response.status(), 500, "Replicate will deliver it again");
-    app.webhook(webhook_event(&app, &id, &done, app.clock.now()).await)
+    app.webhook(webhook_event(&app, &id, &done, app.clock.system_time()).await)
         .await;
     let job = app.queue.drain().pop().unwrap();
     let past = tokio::time::Instant::now();
@@ -758,14 +759,14 @@ async fn duplicate_and_backward_webhooks_are_ignored() {
         json!(remote("rep-1", PredictionStatus::Failed)),
     ] {
         let response = app
-            .webhook(webhook_event(&app, &id, &late, app.clock.now()).await)
+            .webhook(webhook_event(&app, &id, &late, app.clock.system_time()).await)
             .await;
         assert_eq!(response.status(), 200);
         assert_eq!(json_of(&response)["result"], "ignored", "{late}");
     }
     let other = json!(remote("rep-other", PredictionStatus::Failed));
     let response = app
-        .webhook(webhook_event(&app, &id, &other, app.clock.now()).await)
+        .webhook(webhook_event(&app, &id, &other, app.clock.system_time()).await)
         .await;
     assert_eq!(json_of(&response)["result"], "ignored");
     assert!(app.queue.is_empty());
@@ -782,7 +783,7 @@ async fn a_copy_that_cannot_be_stored_fails_and_its_retry_succeeds() {
     let id = PredictionId::parse(body["id"].as_str().unwrap()).unwrap();
     app.objects.fail_next_puts(3);
     let done = json!(remote("rep-1", PredictionStatus::Succeeded));
-    app.webhook(webhook_event(&app, &id, &done, app.clock.now()).await)
+    app.webhook(webhook_event(&app, &id, &done, app.clock.system_time()).await)
         .await;
     let job = app.queue.drain().pop().unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -805,15 +806,27 @@ async fn unsigned_stale_and_malformed_webhooks_are_refused() {
     let (_, body) = submitted(&app, fox()).await;
     let id = PredictionId::parse(body["id"].as_str().unwrap()).unwrap();
     let done = json!(remote("rep-1", PredictionStatus::Succeeded));
-    let mut unsigned = webhook_event(&app, &id, &done, app.clock.now()).await;
+    let mut unsigned = webhook_event(&app, &id, &done, app.clock.system_time()).await;
     unsigned.headers_mut().remove("webhook-signature");
     assert_eq!(app.webhook(unsigned).await.status(), 401);
-    let stale = webhook_event(&app, &id, &done, app.clock.now() - Duration::from_secs(301)).await;
+    let stale = webhook_event(
+        &app,
+        &id,
+        &done,
+        app.clock.system_time() - Duration::from_secs(301),
+    )
+    .await;
     assert_eq!(app.webhook(stale).await.status(), 401);
-    let mut tampered = webhook_event(&app, &id, &done, app.clock.now()).await;
+    let mut tampered = webhook_event(&app, &id, &done, app.clock.system_time()).await;
     *tampered.body_mut() = Body::Text(json!(remote("rep-1", PredictionStatus::Failed)).to_string());
     assert_eq!(app.webhook(tampered).await.status(), 401);
-    let junk = webhook_event(&app, &id, &json!({"not": "a prediction"}), app.clock.now()).await;
+    let junk = webhook_event(
+        &app,
+        &id,
+        &json!({"not": "a prediction"}),
+        app.clock.system_time(),
+    )
+    .await;
     assert_eq!(app.webhook(junk).await.status(), 400);
     assert_eq!(
         record(&app, id.as_str()).await.status,
@@ -829,15 +842,21 @@ async fn unauthenticated_webhooks_never_make_the_service_call_replicate() {
     let (_, body) = submitted(&app, fox()).await;
     let id = PredictionId::parse(body["id"].as_str().unwrap()).unwrap();
     let done = json!(remote("rep-1", PredictionStatus::Succeeded));
-    let mut unsigned = webhook_event(&app, &id, &done, app.clock.now()).await;
+    let mut unsigned = webhook_event(&app, &id, &done, app.clock.system_time()).await;
     unsigned.headers_mut().remove("webhook-signature");
     assert_eq!(app.webhook(unsigned).await.status(), 401);
-    let stale = webhook_event(&app, &id, &done, app.clock.now() - Duration::from_secs(600)).await;
+    let stale = webhook_event(
+        &app,
+        &id,
+        &done,
+        app.clock.system_time() - Duration::from_secs(600),
+    )
+    .await;
     assert_eq!(app.webhook(stale).await.status(), 401);
     assert_eq!(app.replicate.secret_calls(), 0, "refused before any call");
     // A well-formed delivery needs the secret: one call, then the failure is remembered.
     for _ in 0..3 {
-        let signed = webhook_event(&app, &id, &done, app.clock.now()).await;
+        let signed = webhook_event(&app, &id, &done, app.clock.system_time()).await;
         assert_eq!(app.webhook(signed).await.status(), 500);
     }
     assert_eq!(app.replicate.secret_calls(), 1);
@@ -925,7 +944,7 @@ async fn the_webhook_secret_is_fetched_from_replicate_when_not_configured() {
     let id = PredictionId::parse(body["id"].as_str().unwrap()).unwrap();
     let processing = json!(remote("rep-1", PredictionStatus::Processing));
     let response = app
-        .webhook(webhook_event(&app, &id, &processing, app.clock.now()).await)
+        .webhook(webhook_event(&app, &id, &processing, app.clock.system_time()).await)
         .await;
     assert_eq!(json_of(&response)["result"], "applied");
 }
@@ -941,7 +960,7 @@ async fn replicates_text_and_numbers_are_stored_bounded() {
         failed.metrics.other.insert(format!("metric_{i}"), json!(i));
     }
     failed.metrics.other.insert("k".repeat(500), json!(1));
-    app.webhook(webhook_event(&app, &id, &json!(failed), app.clock.now()).await)
+    app.webhook(webhook_event(&app, &id, &json!(failed), app.clock.system_time()).await)
         .await;
     let stored = record(&app, id.as_str()).await;
     assert_eq!(stored.status, PredictionStatus::Failed);
@@ -958,7 +977,7 @@ async fn replicates_text_and_numbers_are_stored_bounded() {
     let mut many = remote("rep-2", PredictionStatus::Succeeded);
     many.output = (0..5000).map(|i| format!("{OUTPUT_URL}?{i}")).collect();
     let response = app
-        .webhook(webhook_event(&app, &id, &json!(many), app.clock.now()).await)
+        .webhook(webhook_event(&app, &id, &json!(many), app.clock.system_time()).await)
         .await;
     assert_eq!(json_of(&response)["result"], "applied");
     assert!(
@@ -1114,7 +1133,7 @@ async fn every_route_refuses_missing_malformed_unknown_and_revoked_keys() {
     let revoked_id = ApiKey::parse(revoked).unwrap().hash().key_id();
     assert!(
         app.records
-            .revoke_key(&revoked_id, app.clock.millis())
+            .revoke_key(&revoked_id, app.clock.now())
             .await
             .unwrap()
     );
@@ -1230,9 +1249,8 @@ async fn the_rate_limit_holds_per_tenant_per_minute() {
     let slow = "igk_rate_limited_tenant_key_5a6b7c8d9e0f";
     add_caller(&app.records, slow, "slow", 3, None);
     // Start at the beginning of a minute so the burst stays in one window.
-    let into_minute = app.clock.millis() % 60_000;
-    app.clock
-        .advance(Duration::from_millis(60_000 - into_minute));
+    let (_, next_minute) = app.clock.now().period(Duration::from_secs(60));
+    app.clock.advance(next_minute.since(app.clock.now()));
     let burst = (0..10).map(|i| {
         let body = json!({"model": "flux-schnell", "input": {"prompt": format!("burst {i}")}});
         app.submit(with_key(submit_event(body), Some(slow)))
@@ -1294,7 +1312,7 @@ async fn the_budget_refuses_before_creating_and_settles_to_the_actual_cost() {
         json!({"estimated_usd": 0.003, "usd": 0.003})
     );
     let failed = remote("rep-2", PredictionStatus::Failed);
-    app.webhook(webhook_event(&app, &ids[1], &json!(failed), app.clock.now()).await)
+    app.webhook(webhook_event(&app, &ids[1], &json!(failed), app.clock.system_time()).await)
         .await;
     assert_eq!(record(&app, ids[1].as_str()).await.cost, Some(0));
     assert_eq!(submit(prompt("p3")).await.status(), 202);
@@ -1307,7 +1325,7 @@ async fn the_budget_refuses_before_creating_and_settles_to_the_actual_cost() {
 
     let usage = json_of(&app.usage(with_key(event("usage", ""), Some(capped))).await);
     assert_eq!(usage["tenant"], "capped");
-    assert_eq!(usage["month"], crate::tenancy::month_of(app.clock.millis()));
+    assert_eq!(usage["month"], crate::tenancy::month_of(app.clock.now()));
     assert_eq!(usage["predictions"], 4);
     // p0 stored + p1 none + p2 and p3 requested while running.
     assert_eq!(usage["images"], 3);
@@ -1328,7 +1346,7 @@ async fn per_second_models_bill_predict_time_aborted_and_refused_creates_cost_no
     failed.model = "stability-ai/sdxl".into();
     failed.version = record(&app, id.as_str()).await.version;
     failed.metrics.predict_time = Some(2.0);
-    app.webhook(webhook_event(&app, &id, &json!(failed), app.clock.now()).await)
+    app.webhook(webhook_event(&app, &id, &json!(failed), app.clock.system_time()).await)
         .await;
     assert_eq!(
         record(&app, id.as_str()).await.cost,
@@ -1340,7 +1358,7 @@ async fn per_second_models_bill_predict_time_aborted_and_refused_creates_cost_no
     let id = PredictionId::parse(body["id"].as_str().unwrap()).unwrap();
     let mut aborted = remote("rep-2", PredictionStatus::Aborted);
     aborted.metrics.predict_time = Some(3.0);
-    app.webhook(webhook_event(&app, &id, &json!(aborted), app.clock.now()).await)
+    app.webhook(webhook_event(&app, &id, &json!(aborted), app.clock.system_time()).await)
         .await;
     assert_eq!(record(&app, id.as_str()).await.cost, Some(0));
 
@@ -1381,9 +1399,8 @@ async fn all_keys_of_a_tenant_share_its_limits_and_a_change_applies_within_the_c
     let second = "igk_second_key_of_a_shared_tenant_44556677";
     add_caller(&app.records, first, "shared", 2, None);
     app.records.put_key(key_record(second, "shared"));
-    let into_minute = app.clock.millis() % 60_000;
-    app.clock
-        .advance(Duration::from_millis(60_000 - into_minute));
+    let (_, next_minute) = app.clock.now().period(Duration::from_secs(60));
+    app.clock.advance(next_minute.since(app.clock.now()));
     let submit =
         |key: &'static str, text: &str| app.submit(with_key(submit_event(prompt(text)), Some(key)));
     assert_eq!(submit(first, "a").await.status(), 202);
@@ -1547,7 +1564,7 @@ async fn cancel_ends_running_predictions_once_and_leaves_ended_ones_alone() {
     assert_eq!(app.replicate.cancel_calls(), 1);
     let rid = format!("rep-{}", app.replicate.created().len());
     let start = remote(&rid, PredictionStatus::Processing);
-    app.webhook(webhook_event(&app, &lost, &json!(start), app.clock.now()).await)
+    app.webhook(webhook_event(&app, &lost, &json!(start), app.clock.system_time()).await)
         .await;
     assert_eq!(
         app.replicate.cancel_calls(),
@@ -1591,7 +1608,7 @@ async fn a_cancel_answer_without_predict_time_bills_the_time_it_ran() {
     canceled.metrics.predict_time = None;
     canceled.started_at = Some("2025-01-01T00:00:02.000Z".into());
     canceled.completed_at = Some("2025-01-01T00:00:05.000Z".into());
-    app.webhook(webhook_event(&app, &id, &json!(canceled), app.clock.now()).await)
+    app.webhook(webhook_event(&app, &id, &json!(canceled), app.clock.system_time()).await)
         .await;
     assert_eq!(record(&app, id.as_str()).await.cost, Some(3 * 975));
 }

@@ -16,7 +16,7 @@ use super::problem::json_response;
 use super::{ApiError, App, Ports};
 use crate::outputs::hex;
 use crate::ports::{AccountStore, ObjectRead, ObjectStore};
-use crate::record::{after, rfc3339, ttl_passed, ttl_seconds};
+use crate::record::ttl_passed;
 use crate::registry::{FieldSpec, InputErrors, ModelAlias};
 use crate::tenancy::Caller;
 use crate::uploads::{
@@ -55,12 +55,12 @@ impl<P: Ports> App<P> {
     async fn try_create_upload(&self, request: &Request) -> Result<UploadSlot, ApiError> {
         let caller = self.authenticate(request).await?;
         // Slots cost a write each: limited at the caller's rate, counted apart from submits.
-        self.admit_upload(&caller, self.clock.millis()).await?;
+        self.admit_upload(&caller, self.clock.now()).await?;
         let wanted = UploadRequest::parse(request.body().as_ref()).map_err(|e| match e {
             UploadRequestError::Malformed(reason) => ApiError::BadRequest(reason),
             UploadRequestError::Invalid(errors) => ApiError::InvalidInput(errors),
         })?;
-        let now = self.clock.millis();
+        let now = self.clock.now();
         let id = UploadId::generate();
         let upload = UploadRecord {
             id: id.clone(),
@@ -68,7 +68,7 @@ impl<P: Ports> App<P> {
             kind: wanted.kind,
             size: wanted.size,
             created_at: now,
-            expires_at: ttl_seconds(after(now, UPLOAD_RETENTION)),
+            expires_at: now.plus(UPLOAD_RETENTION).unix_seconds(),
         };
         self.records.put_upload(&upload).await?;
         let put = self
@@ -87,7 +87,7 @@ impl<P: Ports> App<P> {
             upload_url: put.url,
             method: "PUT",
             headers: put.headers.into_iter().collect(),
-            expires_at: rfc3339(after(now, UPLOAD_URL_TTL)),
+            expires_at: now.plus(UPLOAD_URL_TTL).rfc3339(),
         })
     }
 
@@ -134,7 +134,7 @@ impl<P: Ports> App<P> {
         id: &UploadId,
         max_pixels: Option<u64>,
     ) -> Result<Result<InlineImage, String>, ApiError> {
-        let now = self.clock.millis();
+        let now = self.clock.now();
         let upload = self
             .records
             .get_upload(id)

@@ -28,7 +28,7 @@ impl<P: Ports> App<P> {
 
     async fn try_usage(&self, request: &Request) -> Result<UsageView, ApiError> {
         let caller = self.authenticate(request).await?;
-        let month = month_of(self.clock.millis());
+        let month = month_of(self.clock.now());
         let usage = self.records.usage(&caller.tenant, &month).await?;
         Ok(UsageView {
             tenant: caller.tenant.to_string(),

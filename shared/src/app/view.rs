@@ -6,8 +6,9 @@ use serde_json::{Map, Value};
 use crate::callbacks::{CallbackEvent, CallbackStatus};
 use crate::cost::usd;
 use crate::ports::{ObjectStore, StoreError};
-use crate::record::{PredictionRecord, rfc3339};
+use crate::record::PredictionRecord;
 use crate::replicate::{Metrics, PredictionStatus};
+use crate::time::Timestamp;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PredictionView {
@@ -122,9 +123,9 @@ impl PredictionView {
             cost: CostView::of(record, cached),
             webhook: WebhookView::of(record),
             cached,
-            created_at: rfc3339(record.created_at),
-            started_at: record.started_at.map(rfc3339),
-            completed_at: record.completed_at.map(rfc3339),
+            created_at: record.created_at.rfc3339(),
+            started_at: record.started_at.map(Timestamp::rfc3339),
+            completed_at: record.completed_at.map(Timestamp::rfc3339),
             urls: Urls {
                 get: format!("/v1/predictions/{}", record.id),
                 cancel: format!("/v1/predictions/{}/cancel", record.id),

@@ -77,7 +77,7 @@ impl<P: Ports> App<P> {
         let headers = SignatureHeaders::from_header_map(request.headers())
             .map_err(|e| ApiError::InvalidSignature(e.to_string()))?;
         headers
-            .fresh_timestamp(self.clock.now(), DEFAULT_TOLERANCE)
+            .fresh_timestamp(self.clock.system_time(), DEFAULT_TOLERANCE)
             .map_err(|e| ApiError::InvalidSignature(e.to_string()))?;
         let Some(to) = addressee(request) else {
             tracing::warn!("webhook without a prediction id; ignored");
@@ -91,7 +91,7 @@ impl<P: Ports> App<P> {
             .await
             .ok_or(ApiError::StorageFailed)?;
         let delivery = verifier
-            .verify(headers, body, self.clock.now())
+            .verify(headers, body, self.clock.system_time())
             .map_err(|e| {
                 tracing::warn!(error = %e, "webhook refused");
                 ApiError::InvalidSignature(e.to_string())

@@ -12,12 +12,13 @@ use crate::ports::{
     AccountStore, ClaimOutcome, ListCursor, OpenEntry, OpenPage, RecordStore, Settlement,
     StoreError, SyncMark, TenantPage, open_shard,
 };
-use crate::record::{Advance, Claim, ClaimGuard, Millis, PredictionId, PredictionRecord};
+use crate::record::{Advance, Claim, ClaimGuard, PredictionId, PredictionRecord};
 use crate::replicate::PredictionStatus;
 use crate::tenancy::{
     CostSettlement, DEFAULT_RATE_PER_MINUTE, KeyHash, KeyId, KeyRecord, LimitsUpdate, RateWindow,
     Reservation, TenantId, TenantLimits, Usage, usage_key,
 };
+use crate::time::Timestamp;
 use crate::uploads::{ImageKind, UploadId, UploadRecord};
 
 type Item = HashMap<String, AttributeValue>;
@@ -68,6 +69,12 @@ fn n(v: u64) -> AttributeValue {
     AttributeValue::N(v.to_string())
 }
 
+/// Times are stored as milliseconds since the epoch (TTL attributes, in seconds, are not
+/// times of this kind: they are written with `n`).
+fn time(t: Timestamp) -> AttributeValue {
+    n(t.as_millis())
+}
+
 fn failed<E: std::error::Error>(operation: &'static str, err: E) -> StoreError {
     StoreError::new(operation, DisplayErrorContext(err).to_string())
 }
@@ -105,6 +112,14 @@ fn read_n(item: &Item, name: &str) -> Result<u64, StoreError> {
     })
 }
 
+fn read_time(item: &Item, name: &str) -> Result<Timestamp, StoreError> {
+    read_n(item, name).map(Timestamp::from_millis)
+}
+
+fn read_opt_time(item: &Item, name: &str) -> Option<Timestamp> {
+    read_opt_n(item, name).map(Timestamp::from_millis)
+}
+
 fn read_json<T: serde::de::DeserializeOwned>(
     item: &Item,
     name: &str,
@@ -135,7 +150,7 @@ fn prediction_to_item(r: &PredictionRecord) -> Result<Item, StoreError> {
             n(u64::from(r.status.progress_rank().unwrap_or(0))),
         ),
         ("outputs".to_owned(), json_attr(&r.outputs)?),
-        ("created_at".to_owned(), n(r.created_at)),
+        ("created_at".to_owned(), time(r.created_at)),
         (TTL_ATTRIBUTE.to_owned(), n(r.expires_at)),
         ("cost_estimate".to_owned(), n(r.cost_estimate)),
     ]);
@@ -144,11 +159,11 @@ fn prediction_to_item(r: &PredictionRecord) -> Result<Item, StoreError> {
         ("version", r.version.clone().map(s)),
         ("error", r.error.clone().map(s)),
         ("metrics", r.metrics.as_ref().map(json_attr).transpose()?),
-        ("started_at", r.started_at.map(n)),
-        ("completed_at", r.completed_at.map(n)),
-        ("synced_at", r.synced_at.map(n)),
-        ("copy_queued_at", r.copy_queued_at.map(n)),
-        ("cancel_requested_at", r.cancel_requested_at.map(n)),
+        ("started_at", r.started_at.map(time)),
+        ("completed_at", r.completed_at.map(time)),
+        ("synced_at", r.synced_at.map(time)),
+        ("copy_queued_at", r.copy_queued_at.map(time)),
+        ("cancel_requested_at", r.cancel_requested_at.map(time)),
         ("webhook_token", r.webhook_token.clone().map(s)),
         (TENANT_ATTRIBUTE, r.tenant.as_ref().map(|t| s(t.as_str()))),
         ("price", r.price.as_ref().map(json_attr).transpose()?),
@@ -221,12 +236,12 @@ fn prediction_from_item(item: &Item) -> Result<PredictionRecord, StoreError> {
         outputs: read_json(item, "outputs")?.unwrap_or_default(),
         error: read_opt_s(item, "error"),
         metrics: read_json(item, "metrics")?,
-        created_at: read_n(item, "created_at")?,
-        started_at: read_opt_n(item, "started_at"),
-        completed_at: read_opt_n(item, "completed_at"),
-        synced_at: read_opt_n(item, "synced_at"),
-        copy_queued_at: read_opt_n(item, "copy_queued_at"),
-        cancel_requested_at: read_opt_n(item, "cancel_requested_at"),
+        created_at: read_time(item, "created_at")?,
+        started_at: read_opt_time(item, "started_at"),
+        completed_at: read_opt_time(item, "completed_at"),
+        synced_at: read_opt_time(item, "synced_at"),
+        copy_queued_at: read_opt_time(item, "copy_queued_at"),
+        cancel_requested_at: read_opt_time(item, "cancel_requested_at"),
         expires_at: read_n(item, TTL_ATTRIBUTE)?,
         webhook_token: read_opt_s(item, "webhook_token"),
         tenant: read_opt_s(item, TENANT_ATTRIBUTE)
@@ -251,7 +266,7 @@ fn claim_to_item(c: &Claim) -> Item {
     let mut item = Item::from([
         ("pk".to_owned(), s(&c.key)),
         ("token".to_owned(), s(&c.token)),
-        ("lease_until".to_owned(), n(c.lease_until)),
+        ("lease_until".to_owned(), time(c.lease_until)),
         (TTL_ATTRIBUTE.to_owned(), n(c.expires_at)),
         ("from_cache".to_owned(), AttributeValue::Bool(c.from_cache)),
     ]);
@@ -274,7 +289,7 @@ fn claim_from_item(item: &Item) -> Result<Claim, StoreError> {
         token: read_s(item, "token")?,
         prediction_id,
         request_hash: read_opt_s(item, "request_hash"),
-        lease_until: read_n(item, "lease_until")?,
+        lease_until: read_time(item, "lease_until")?,
         expires_at: read_n(item, TTL_ATTRIBUTE)?,
         from_cache: matches!(item.get("from_cache"), Some(AttributeValue::Bool(true))),
     })
@@ -323,11 +338,11 @@ fn advance_expression(advance: &Advance) -> Result<(String, Item), StoreError> {
     }
     if let Some(t) = advance.started_at {
         set.push("#started_at = if_not_exists(#started_at, :started)");
-        values.insert(":started".to_owned(), n(t));
+        values.insert(":started".to_owned(), time(t));
     }
     if let Some(t) = advance.completed_at {
         set.push("#completed_at = if_not_exists(#completed_at, :completed)");
-        values.insert(":completed".to_owned(), n(t));
+        values.insert(":completed".to_owned(), time(t));
     }
     let mut expression = format!("SET {}", set.join(", "));
     if !remove.is_empty() {
@@ -495,7 +510,7 @@ impl RecordStore for DynamoRecords {
         let condition = format!("{guard} AND #lease_until <= :lease");
         let values = Item::from([
             (":pid".to_owned(), s(settlement.prediction_id.as_str())),
-            (":lease".to_owned(), n(settlement.lease_until)),
+            (":lease".to_owned(), time(settlement.lease_until)),
             (
                 ":cached".to_owned(),
                 AttributeValue::Bool(settlement.from_cache),
@@ -630,8 +645,8 @@ impl RecordStore for DynamoRecords {
         &self,
         id: &PredictionId,
         mark: SyncMark,
-        now: Millis,
-        not_since: Millis,
+        now: Timestamp,
+        not_since: Timestamp,
     ) -> Result<bool, StoreError> {
         let (update, condition) = match mark {
             SyncMark::Fetched => (
@@ -648,8 +663,8 @@ impl RecordStore for DynamoRecords {
             ),
         };
         let values = Item::from([
-            (":now".to_owned(), n(now)),
-            (":since".to_owned(), n(not_since)),
+            (":now".to_owned(), time(now)),
+            (":since".to_owned(), time(not_since)),
         ]);
         self.update_if("claim sync", prediction_pk(id), update, condition, values)
             .await
@@ -772,7 +787,7 @@ impl RecordStore for DynamoRecords {
             Item::from([
                 ("pk".to_owned(), prediction_pk(&c.id)),
                 (TENANT_ATTRIBUTE.to_owned(), s(tenant.as_str())),
-                ("created_at".to_owned(), n(c.created_at)),
+                ("created_at".to_owned(), time(c.created_at)),
             ])
         });
         let output = self
@@ -809,7 +824,7 @@ impl RecordStore for DynamoRecords {
     async fn list_open(
         &self,
         shard: &str,
-        created_before: Millis,
+        created_before: Timestamp,
         cursor: Option<&str>,
         limit: usize,
     ) -> Result<OpenPage, StoreError> {
@@ -823,7 +838,7 @@ impl RecordStore for DynamoRecords {
             .key_condition_expression(condition)
             .set_expression_attribute_names(Some(names_in(&[condition])))
             .expression_attribute_values(":shard", s(shard))
-            .expression_attribute_values(":before", n(created_before))
+            .expression_attribute_values(":before", time(created_before))
             .set_exclusive_start_key(start)
             .limit(i32::try_from(limit).unwrap_or(i32::MAX))
             .send()
@@ -862,10 +877,10 @@ fn key_to_item(key: &KeyRecord) -> Item {
         ("pk".to_owned(), key_pk(&key.id)),
         ("key_hash".to_owned(), s(key.hash.as_str())),
         ("tenant".to_owned(), s(key.tenant.as_str())),
-        ("created_at".to_owned(), n(key.created_at)),
+        ("created_at".to_owned(), time(key.created_at)),
     ]);
     if let Some(at) = key.revoked_at {
-        item.insert("revoked_at".to_owned(), n(at));
+        item.insert("revoked_at".to_owned(), time(at));
     }
     item
 }
@@ -880,8 +895,8 @@ fn key_from_item(item: &Item) -> Result<KeyRecord, StoreError> {
     Ok(KeyRecord {
         id: hash.key_id(),
         tenant: read_tenant(item)?,
-        created_at: read_n(item, "created_at")?,
-        revoked_at: read_opt_n(item, "revoked_at"),
+        created_at: read_time(item, "created_at")?,
+        revoked_at: read_opt_time(item, "revoked_at"),
         hash,
     })
 }
@@ -912,7 +927,7 @@ fn upload_to_item(upload: &UploadRecord) -> Item {
         ("tenant".to_owned(), s(upload.tenant.as_str())),
         ("content_type".to_owned(), s(upload.kind.content_type())),
         ("size".to_owned(), n(upload.size)),
-        ("created_at".to_owned(), n(upload.created_at)),
+        ("created_at".to_owned(), time(upload.created_at)),
         (TTL_ATTRIBUTE.to_owned(), n(upload.expires_at)),
     ])
 }
@@ -924,7 +939,7 @@ fn upload_from_item(id: &UploadId, item: &Item) -> Result<UploadRecord, StoreErr
         kind: ImageKind::from_content_type(&read_s(item, "content_type")?)
             .ok_or_else(|| StoreError::new("read item", "attribute `content_type` unknown"))?,
         size: read_n(item, "size")?,
-        created_at: read_n(item, "created_at")?,
+        created_at: read_time(item, "created_at")?,
         expires_at: read_n(item, TTL_ATTRIBUTE)?,
     })
 }
@@ -1056,8 +1071,8 @@ impl AccountStore for DynamoRecords {
             .transpose()
     }
 
-    async fn revoke_key(&self, id: &KeyId, at: Millis) -> Result<bool, StoreError> {
-        let values = Item::from([(":at".to_owned(), n(at))]);
+    async fn revoke_key(&self, id: &KeyId, at: Timestamp) -> Result<bool, StoreError> {
+        let values = Item::from([(":at".to_owned(), time(at))]);
         self.update_if(
             "revoke key",
             key_pk(id),
@@ -1154,7 +1169,7 @@ impl AccountStore for DynamoRecords {
 fn open_entry(item: &Item) -> Result<OpenEntry, StoreError> {
     Ok(OpenEntry {
         id: prediction_id_of(item)?,
-        created_at: read_n(item, "created_at")?,
+        created_at: read_time(item, "created_at")?,
     })
 }
 
@@ -1214,12 +1229,12 @@ mod tests {
             }],
             error: None,
             metrics: Some(Default::default()),
-            created_at: 1,
-            started_at: Some(2),
-            completed_at: Some(3),
+            created_at: Timestamp::from_millis(1),
+            started_at: Some(Timestamp::from_millis(2)),
+            completed_at: Some(Timestamp::from_millis(3)),
             synced_at: None,
-            copy_queued_at: Some(5),
-            cancel_requested_at: Some(6),
+            copy_queued_at: Some(Timestamp::from_millis(5)),
+            cancel_requested_at: Some(Timestamp::from_millis(6)),
             expires_at: 4,
             webhook_token: Some("t".repeat(32)),
             tenant: Some(TenantId::parse("acme").unwrap()),
@@ -1303,7 +1318,7 @@ mod tests {
             token: "t".into(),
             prediction_id: Some(PredictionId::generate()),
             request_hash: Some("h".into()),
-            lease_until: 5,
+            lease_until: Timestamp::from_millis(5),
             expires_at: 6,
             from_cache: true,
         };
@@ -1318,7 +1333,7 @@ mod tests {
             outputs: vec![],
             error: None,
             metrics: None,
-            started_at: Some(7),
+            started_at: Some(Timestamp::from_millis(7)),
             completed_at: None,
             cost: None,
             keep_open: false,

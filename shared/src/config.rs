@@ -1,4 +1,4 @@
-//! The service's settings, read from the environment (CONTRACT §3) in one place.
+//! The service's settings, read from the environment (README, "Configuration") in one place.
 
 use std::time::Duration;
 

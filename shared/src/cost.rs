@@ -57,7 +57,7 @@ pub enum Price {
     },
 }
 
-/// The image inputs of the shipped models (CONTRACT §2): whose size no field states.
+/// The image inputs of the shipped models (README, "The API"): whose size no field states.
 const IMAGE_INPUTS: [&str; 3] = ["image", "mask", "image_prompt"];
 
 /// The number of images a validated input asks for.

@@ -39,6 +39,9 @@ pub struct Stack {
     /// A client sending no key (downloads, and requests that must be refused).
     pub plain: reqwest::Client,
     pub api_key: String,
+    /// The variables the stack's handlers were configured from (as `template.yaml` gives
+    /// the functions theirs; `function_environment` turns them into a function's).
+    pub vars: HashMap<String, String>,
     serving: Serving,
 }
 
@@ -325,6 +328,7 @@ impl Stack {
             http: client_with_key(&api_key),
             plain: reqwest::Client::new(),
             api_key,
+            vars,
             serving,
         }
     }

@@ -170,3 +170,54 @@ async fn a_function_process_that_dies_is_replaced() {
         assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     }
 }
+
+/// The event a process held when it died fails at once with API Gateway's 500, as Lambda
+/// reports a runtime that exited mid-invocation, instead of waiting out the timeout.
+#[tokio::test]
+async fn a_request_whose_process_dies_is_answered_500_at_once() {
+    let stack = Stack::start_binaries_with(|_| {}).await;
+    let submit = stack
+        .functions()
+        .and_then(|f| f.lambdas.function("SubmitFunction"))
+        .expect("the submit function runs");
+    // The create hangs for 8 s, so the submit is still in its process when that dies.
+    stack.sim.set_faults(
+        serde_json::from_value(json!({"create_slow": 1.0, "create_slow_ms": 8000})).unwrap(),
+    );
+    let request = stack
+        .http
+        .post(format!("{}/v1/predictions", stack.base))
+        .json(&json!({"model": "flux-schnell", "input": {"prompt": "a process that dies"}}))
+        .send();
+    let pending = tokio::spawn(request);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while invocations(&stack, "SubmitFunction") == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        invocations(&stack, "SubmitFunction"),
+        1,
+        "the submit is in flight"
+    );
+    let started = Instant::now();
+    // Both processes this test started die: one of them holds the submit.
+    for pid in submit.pids() {
+        let killed = std::process::Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(killed.success());
+    }
+    let response = pending.await.unwrap().expect("an answer");
+    let waited = started.elapsed();
+    let (status, body) = json(response).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+    assert_eq!(
+        body["message"], "Internal Server Error",
+        "API Gateway's own answer"
+    );
+    assert!(
+        waited < Duration::from_secs(6),
+        "answered when the process died, not when the slow create would have ended ({waited:?})"
+    );
+}

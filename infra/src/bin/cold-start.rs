@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use local_stack::http_server::{bind_loopback, serve};
+use local_stack::process_stats::{cpu_time, peak_rss_kb};
 use tokio::sync::Notify;
 
 /// One init, measured.
@@ -166,27 +167,4 @@ async fn measure(
     };
     child.kill().await?;
     Ok(init)
-}
-
-/// `VmHWM` of `/proc/<pid>/status`, in kB.
-fn peak_rss_kb(pid: u32) -> Option<u64> {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()?
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
-}
-
-/// Time on CPU so far (the first field of `/proc/<pid>/schedstat`, in ns), all threads.
-fn cpu_time(pid: u32) -> Option<Duration> {
-    let mut total = 0u64;
-    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
-        let path = task.ok()?.path().join("schedstat");
-        let text = std::fs::read_to_string(path).ok()?;
-        total += text.split_whitespace().next()?.parse::<u64>().ok()?;
-    }
-    Some(Duration::from_nanos(total))
 }

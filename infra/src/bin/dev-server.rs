@@ -1,4 +1,4 @@
-//! `make dev`: the whole stack on 127.0.0.1 (CONTRACT §4).
+//! `make dev`: the whole stack on 127.0.0.1 (README, "Try it").
 //!
 //! - AWS: `AWS_ENDPOINT_URL` if set; else a moto server it starts (and stops) itself.
 //!   The table and bucket are created if missing.

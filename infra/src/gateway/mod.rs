@@ -22,13 +22,20 @@ use runtime::{InvokeError, RuntimeApi};
 
 /// One function of the template: its Runtime API and the processes polling it. A process
 /// that exits is started again (as Lambda replaces a failed execution environment); the
-/// event it was handling gets no answer and its caller times out.
+/// event it was handling fails (`InvokeError::Exited`: a 500 at the front, as Lambda's
+/// `Runtime.ExitError` is behind API Gateway).
 pub struct LocalFunction {
     pub name: String,
     pub api: RuntimeApi,
     spec: ProcessSpec,
-    children: std::sync::Mutex<Vec<Child>>,
+    processes: std::sync::Mutex<Vec<Process>>,
     stopping: std::sync::atomic::AtomicBool,
+}
+
+/// One running process and the Runtime API endpoint it polls.
+struct Process {
+    child: Child,
+    endpoint: runtime::Endpoint,
 }
 
 /// How one of a function's processes is started.
@@ -40,7 +47,17 @@ struct ProcessSpec {
 }
 
 impl ProcessSpec {
-    fn spawn(&self, n: usize) -> Result<Child, String> {
+    /// Process `n`, polling `endpoint`.
+    async fn start(&self, n: usize, api: &RuntimeApi) -> Result<Process, String> {
+        let endpoint = api
+            .endpoint()
+            .await
+            .map_err(|e| format!("{}: Runtime API: {e}", self.name))?;
+        let child = self.spawn(n, &endpoint.address())?;
+        Ok(Process { child, endpoint })
+    }
+
+    fn spawn(&self, n: usize, runtime_api: &str) -> Result<Child, String> {
         let (stdout, stderr) = match &self.logs {
             Some(dir) => {
                 let file = std::fs::OpenOptions::new()
@@ -67,6 +84,7 @@ impl ProcessSpec {
             // Exactly the function's environment, as in Lambda: nothing of this shell's.
             .env_clear()
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env("AWS_LAMBDA_RUNTIME_API", runtime_api)
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| {
@@ -92,11 +110,9 @@ impl LocalFunction {
 
     /// The OS process ids of its processes.
     pub fn pids(&self) -> Vec<u32> {
-        self.children
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        lock(&self.processes)
             .iter()
-            .filter_map(Child::id)
+            .filter_map(|p| p.child.id())
             .collect()
     }
 
@@ -105,34 +121,42 @@ impl LocalFunction {
     pub fn stop(&self) {
         self.stopping
             .store(true, std::sync::atomic::Ordering::SeqCst);
-        for child in self
-            .children
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter_mut()
-        {
-            let _ = child.start_kill();
+        for process in lock(&self.processes).iter_mut() {
+            let _ = process.child.start_kill();
         }
     }
 
-    /// Starts again every process that exited, until the function is stopped.
-    fn restart_exited(&self) {
-        let mut children = self.children.lock().unwrap_or_else(|p| p.into_inner());
-        for (n, child) in children.iter_mut().enumerate() {
+    /// Fails the event each exited process held and starts another in its place, until the
+    /// function is stopped.
+    async fn restart_exited(&self) {
+        let exited: Vec<usize> = {
+            let mut processes = lock(&self.processes);
+            let mut exited = Vec::new();
+            for (n, process) in processes.iter_mut().enumerate() {
+                if let Ok(Some(status)) = process.child.try_wait() {
+                    tracing::warn!(function = %self.name, %status, "function process exited; starting another");
+                    self.api.process_exited(&process.endpoint);
+                    exited.push(n);
+                }
+            }
+            exited
+        };
+        for n in exited {
             if self.stopping.load(std::sync::atomic::Ordering::SeqCst) {
                 return;
             }
-            if let Ok(Some(status)) = child.try_wait() {
-                tracing::warn!(function = %self.name, %status, "function process exited; starting another");
-                match self.spec.spawn(n) {
-                    Ok(replacement) => *child = replacement,
-                    Err(err) => {
-                        tracing::error!(function = %self.name, error = %err, "could not restart")
-                    }
+            match self.spec.start(n, &self.api).await {
+                Ok(replacement) => lock(&self.processes)[n] = replacement,
+                Err(err) => {
+                    tracing::error!(function = %self.name, error = %err, "could not restart")
                 }
             }
         }
     }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Watches `function`'s processes every half second while it exists.
@@ -145,7 +169,7 @@ async fn supervise(function: std::sync::Weak<LocalFunction>) {
         if function.stopping.load(std::sync::atomic::Ordering::SeqCst) {
             return;
         }
-        function.restart_exited();
+        function.restart_exited().await;
     }
 }
 
@@ -227,48 +251,73 @@ async fn start_function(
     binary: &Path,
     config: &LambdaConfig<'_>,
 ) -> Result<LocalFunction, String> {
-    let timeout = Duration::from_secs(u64::from(function.timeout_s.max(1)));
-    let api = RuntimeApi::start(&function.name, timeout)
-        .await
-        .map_err(|e| format!("{}: Runtime API: {e}", function.name))?;
-    let mut env: Vec<(String, String)> = config
-        .env
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    env.extend(
-        [
-            ("AWS_LAMBDA_RUNTIME_API", api.address()),
-            ("AWS_LAMBDA_FUNCTION_NAME", function.name.clone()),
-            (
-                "AWS_LAMBDA_FUNCTION_MEMORY_SIZE",
-                function.memory_mb.to_string(),
-            ),
-            ("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST".to_owned()),
-            (
-                "AWS_LAMBDA_LOG_GROUP_NAME",
-                format!("/aws/lambda/{}", function.name),
-            ),
-            ("AWS_LAMBDA_LOG_STREAM_NAME", "local".to_owned()),
-        ]
-        .map(|(k, v)| (k.to_owned(), v)),
-    );
-    let spec = ProcessSpec {
-        name: function.name.clone(),
-        binary: binary.to_path_buf(),
-        env,
-        logs: config.logs.map(Path::to_path_buf),
-    };
-    let children = (0..config.processes.max(1))
-        .map(|n| spec.spawn(n))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(LocalFunction {
-        name: function.name.clone(),
-        api,
-        spec,
-        children: std::sync::Mutex::new(children),
-        stopping: std::sync::atomic::AtomicBool::new(false),
-    })
+    LocalFunction::start(
+        &FunctionProcess {
+            name: &function.name,
+            binary,
+            memory_mb: function.memory_mb,
+            timeout: Duration::from_secs(u64::from(function.timeout_s.max(1))),
+        },
+        config.env,
+        config.processes,
+        config.logs,
+    )
+    .await
+}
+
+/// One function's binary and the Lambda settings its processes are started with.
+pub struct FunctionProcess<'a> {
+    pub name: &'a str,
+    pub binary: &'a Path,
+    pub memory_mb: u32,
+    pub timeout: Duration,
+}
+
+impl LocalFunction {
+    /// Starts `processes` processes of `function` under a Runtime API of their own, with
+    /// `env` plus the variables Lambda itself sets. Not supervised: `LocalLambdas` restarts
+    /// the processes of the functions it starts.
+    pub async fn start(
+        function: &FunctionProcess<'_>,
+        env: &HashMap<String, String>,
+        processes: usize,
+        logs: Option<&Path>,
+    ) -> Result<Self, String> {
+        let name = function.name;
+        let api = RuntimeApi::new(name, function.timeout);
+        let mut env: Vec<(String, String)> =
+            env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        env.extend(
+            [
+                ("AWS_LAMBDA_FUNCTION_NAME", name.to_owned()),
+                (
+                    "AWS_LAMBDA_FUNCTION_MEMORY_SIZE",
+                    function.memory_mb.to_string(),
+                ),
+                ("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST".to_owned()),
+                ("AWS_LAMBDA_LOG_GROUP_NAME", format!("/aws/lambda/{name}")),
+                ("AWS_LAMBDA_LOG_STREAM_NAME", "local".to_owned()),
+            ]
+            .map(|(k, v)| (k.to_owned(), v)),
+        );
+        let spec = ProcessSpec {
+            name: name.to_owned(),
+            binary: function.binary.to_path_buf(),
+            env,
+            logs: logs.map(Path::to_path_buf),
+        };
+        let mut started = Vec::new();
+        for n in 0..processes.max(1) {
+            started.push(spec.start(n, &api).await?);
+        }
+        Ok(Self {
+            name: name.to_owned(),
+            api,
+            spec,
+            processes: std::sync::Mutex::new(started),
+            stopping: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
 }
 
 /// Feeds `function` from the SQS queue at `queue_url` as Lambda's event source mapping does:

@@ -2,9 +2,11 @@
 //! `invoke` queues an event, any of the function's processes takes it with
 //! `GET …/invocation/next`, and its `…/response` or `…/error` completes the call. Each
 //! process handles one event at a time, as in Lambda; several processes of one function
-//! take events from one queue, as Lambda's execution environments do.
+//! take events from one queue, as Lambda's execution environments do. Each process polls
+//! an endpoint of its own, so the event a process held when it died fails at once (as
+//! Lambda reports `Runtime.ExitError`) instead of waiting out the timeout.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -27,6 +29,8 @@ pub enum InvokeError {
     TimedOut,
     /// The function's processes are gone.
     Unavailable,
+    /// The process handling it exited before answering.
+    Exited,
 }
 
 impl std::fmt::Display for InvokeError {
@@ -35,6 +39,7 @@ impl std::fmt::Display for InvokeError {
             Self::Function(body) => write!(f, "the function failed: {body}"),
             Self::TimedOut => f.write_str("the function timed out"),
             Self::Unavailable => f.write_str("the function is not running"),
+            Self::Exited => f.write_str("the runtime exited before answering"),
         }
     }
 }
@@ -46,53 +51,101 @@ struct Pending {
     done: oneshot::Sender<Result<Bytes, InvokeError>>,
 }
 
+type Answer = oneshot::Sender<Result<Bytes, InvokeError>>;
+
 struct State {
     function: String,
     queue: tokio::sync::Mutex<mpsc::Receiver<Pending>>,
-    in_flight: Mutex<HashMap<String, oneshot::Sender<Result<Bytes, InvokeError>>>>,
+    /// Events handed out and not answered yet: the endpoint that took each, and its caller.
+    in_flight: Mutex<HashMap<String, (u64, Answer)>>,
+    /// Endpoints whose process exited: an event they take is failed, not left waiting.
+    exited: Mutex<HashSet<u64>>,
     invocations: std::sync::atomic::AtomicU64,
+    endpoints: std::sync::atomic::AtomicU64,
+}
+
+/// What one process polls: a server of its own on the function's queue.
+pub struct Endpoint {
+    server: Server,
+    id: u64,
+}
+
+impl Endpoint {
+    /// `host:port`, as `AWS_LAMBDA_RUNTIME_API` takes it.
+    pub fn address(&self) -> String {
+        self.server.addr.to_string()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// One function's Runtime API.
 pub struct RuntimeApi {
-    server: Server,
     state: Arc<State>,
     sender: mpsc::Sender<Pending>,
     timeout: Duration,
 }
 
 impl RuntimeApi {
-    /// Serves the Runtime API of `function` on 127.0.0.1; invocations time out after
-    /// `timeout` (the function's configured timeout).
-    pub async fn start(function: &str, timeout: Duration) -> std::io::Result<Self> {
+    /// The Runtime API of `function`; invocations time out after `timeout` (the function's
+    /// configured timeout). Its processes poll endpoints made with `endpoint`.
+    pub fn new(function: &str, timeout: Duration) -> Self {
         let (sender, receiver) = mpsc::channel(1024);
         let state = Arc::new(State {
             function: function.to_owned(),
             queue: tokio::sync::Mutex::new(receiver),
             in_flight: Mutex::new(HashMap::new()),
+            exited: Mutex::new(HashSet::new()),
             invocations: std::sync::atomic::AtomicU64::new(0),
+            endpoints: std::sync::atomic::AtomicU64::new(0),
         });
-        let handler_state = state.clone();
+        Self {
+            state,
+            sender,
+            timeout,
+        }
+    }
+
+    /// A new endpoint on 127.0.0.1 for one process.
+    pub async fn endpoint(&self) -> std::io::Result<Endpoint> {
+        let id = self
+            .state
+            .endpoints
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let state = self.state.clone();
         let server = serve(
             bind_loopback(0).await?,
             MAX_PAYLOAD,
             || plain(StatusCode::PAYLOAD_TOO_LARGE, "payload too large"),
             move |request| {
-                let state = handler_state.clone();
-                async move { handle(&state, request).await }
+                let state = state.clone();
+                async move { handle(&state, id, request).await }
             },
         );
-        Ok(Self {
-            server,
-            state,
-            sender,
-            timeout,
-        })
+        Ok(Endpoint { server, id })
     }
 
-    /// `host:port`, as `AWS_LAMBDA_RUNTIME_API` takes it.
-    pub fn address(&self) -> String {
-        self.server.addr.to_string()
+    /// The process polling `endpoint` exited: the event it held (if any) fails now.
+    pub fn process_exited(&self, endpoint: &Endpoint) {
+        let held: Vec<Answer> = {
+            // Both under the in-flight lock, as `next` reads them: no event slips between.
+            let mut in_flight = lock(&self.state.in_flight);
+            lock(&self.state.exited).insert(endpoint.id);
+            let ids: Vec<String> = in_flight
+                .iter()
+                .filter(|(_, (taken_by, _))| *taken_by == endpoint.id)
+                .map(|(id, _)| id.clone())
+                .collect();
+            ids.iter()
+                .filter_map(|id| in_flight.remove(id))
+                .map(|(_, answer)| answer)
+                .collect()
+        };
+        for answer in held {
+            let _ = answer.send(Err(InvokeError::Exited));
+        }
     }
 
     /// Invocations handed to the function so far.
@@ -129,11 +182,7 @@ impl RuntimeApi {
             Ok(result) => result,
             Err(_) => {
                 // No answer will be taken for it any more.
-                self.state
-                    .in_flight
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&id);
+                lock(&self.state.in_flight).remove(&id);
                 Err(InvokeError::TimedOut)
             }
         }
@@ -146,13 +195,13 @@ fn plain(status: StatusCode, text: &str) -> HttpResponse {
     response
 }
 
-async fn handle(state: &State, request: HttpRequest) -> HttpResponse {
+async fn handle(state: &State, endpoint: u64, request: HttpRequest) -> HttpResponse {
     let path = request.uri().path().to_owned();
     let Some(rest) = path.strip_prefix(PREFIX) else {
         return plain(StatusCode::NOT_FOUND, "not a Runtime API path");
     };
     match (request.method(), rest) {
-        (&Method::GET, "/invocation/next") => next(state).await,
+        (&Method::GET, "/invocation/next") => next(state, endpoint).await,
         (&Method::POST, "/init/error") => {
             tracing::error!(function = %state.function, error = %String::from_utf8_lossy(request.body()), "function init failed");
             plain(StatusCode::ACCEPTED, "")
@@ -164,11 +213,7 @@ async fn handle(state: &State, request: HttpRequest) -> HttpResponse {
             else {
                 return plain(StatusCode::NOT_FOUND, "unknown path");
             };
-            let sender = state
-                .in_flight
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(id);
+            let sender = lock(&state.in_flight).remove(id).map(|(_, answer)| answer);
             let Some(sender) = sender else {
                 return plain(StatusCode::BAD_REQUEST, "unknown request id");
             };
@@ -187,7 +232,7 @@ async fn handle(state: &State, request: HttpRequest) -> HttpResponse {
 }
 
 /// Waits for the next event (as long as it takes: the runtime keeps this request open).
-async fn next(state: &State) -> HttpResponse {
+async fn next(state: &State, endpoint: u64) -> HttpResponse {
     let pending = {
         let mut queue = state.queue.lock().await;
         queue.recv().await
@@ -198,11 +243,15 @@ async fn next(state: &State) -> HttpResponse {
     state
         .invocations
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    state
-        .in_flight
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(pending.id.clone(), pending.done);
+    {
+        let mut in_flight = lock(&state.in_flight);
+        if lock(&state.exited).contains(&endpoint) {
+            // Taken by a request of a process already gone: it will never be answered.
+            let _ = pending.done.send(Err(InvokeError::Exited));
+            return plain(StatusCode::GONE, "this process has exited");
+        }
+        in_flight.insert(pending.id.clone(), (endpoint, pending.done));
+    }
     let mut response = HttpResponse::new(pending.event);
     let headers = response.headers_mut();
     let values = [

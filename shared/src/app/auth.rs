@@ -18,7 +18,8 @@ use crate::ports::AccountStore;
 use crate::tenancy::{Caller, KeyHash, KeyRecord, RateWindow, TenantLimits, bearer_key, caller};
 use crate::time::Timestamp;
 
-/// How long a key's record is trusted: revocation takes effect within this (CONTRACT: 60 s).
+/// How long a key's record is trusted: revocation takes effect within this, inside the 60 s
+/// the README promises ("Callers, limits and cost").
 pub const KEY_CACHE_TTL: Duration = Duration::from_secs(30);
 /// How long "no such key" is remembered.
 const UNKNOWN_KEY_TTL: Duration = Duration::from_secs(5);

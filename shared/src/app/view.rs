@@ -1,4 +1,4 @@
-//! A prediction as every route returns it (CONTRACT §1).
+//! A prediction as every route returns it (README, "The API"; the OpenAPI document).
 
 use serde::Serialize;
 use serde_json::{Map, Value};

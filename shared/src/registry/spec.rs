@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-/// Decoded size limit for an image passed inline as a data URL (CONTRACT §2).
+/// Decoded size limit for an image passed inline as a data URL (README, "The API").
 pub const DEFAULT_MAX_INLINE_IMAGE_BYTES: usize = 1024 * 1024;
 
 #[derive(Debug, Clone, Deserialize)]

@@ -1,0 +1,189 @@
+//! `make bench` (part): CPU per warm request of the release `fetch-result` binary against the
+//! minimal handler (`infra/minimal-handler`: one GetItem and one presign), each as one
+//! process under a local Runtime API, fed the same API Gateway v2 event for a finished
+//! prediction stored on moto. Rounds alternate between the two; each round reads the
+//! process's on-CPU time before and after its requests.
+//!
+//! `warm-bench RELEASE_DIR` (e.g. `target/release`, with `fetch-result` and
+//! `minimal-handler` built). Bounded: `WARM_BENCH_REQUESTS` per round (default 200),
+//! `WARM_BENCH_ROUNDS` rounds (default 5), all on 127.0.0.1.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use integration_tests::{Stack, aws_endpoint};
+use local_stack::gateway::events::{http_api_v2, http_response};
+use local_stack::gateway::{FunctionProcess, LocalFunction, function_environment};
+use local_stack::process_stats::{cpu_time, peak_rss_kb};
+use serde_json::json;
+
+const ROUTE: &str = "/v1/predictions/{id}";
+
+fn setting(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// One function process and what its rounds measured.
+struct Subject {
+    name: &'static str,
+    function: LocalFunction,
+    cpu_per_request: Vec<Duration>,
+    wall_per_request: Vec<Duration>,
+}
+
+impl Subject {
+    async fn start(
+        name: &'static str,
+        binary: &Path,
+        env: &std::collections::HashMap<String, String>,
+    ) -> Self {
+        assert!(
+            binary.exists(),
+            "{} is not built (cargo build --release)",
+            binary.display()
+        );
+        let process = FunctionProcess {
+            name,
+            binary,
+            memory_mb: 256,
+            timeout: Duration::from_secs(10),
+        };
+        let function = LocalFunction::start(&process, env, 1, None)
+            .await
+            .expect("the function starts");
+        Self {
+            name,
+            function,
+            cpu_per_request: Vec::new(),
+            wall_per_request: Vec::new(),
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        *self.function.pids().first().expect("a running process")
+    }
+
+    async fn call(&self, event: &Bytes) {
+        let payload = self
+            .function
+            .invoke(event.clone())
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e}", self.name));
+        let response = http_response(&payload).expect("an API Gateway v2 response");
+        assert_eq!(
+            response.status(),
+            200,
+            "{}: {}",
+            self.name,
+            String::from_utf8_lossy(response.body())
+        );
+    }
+
+    async fn round(&mut self, event: &Bytes, requests: usize) {
+        let pid = self.pid();
+        let before = cpu_time(pid).expect("/proc schedstat");
+        let started = Instant::now();
+        for _ in 0..requests {
+            self.call(event).await;
+        }
+        let wall = started.elapsed();
+        let cpu = cpu_time(pid).expect("/proc schedstat") - before;
+        let n = u32::try_from(requests).unwrap_or(u32::MAX);
+        self.cpu_per_request.push(cpu / n);
+        self.wall_per_request.push(wall / n);
+    }
+
+    fn median_cpu(&self) -> Duration {
+        median(&self.cpu_per_request)
+    }
+
+    fn report(&self, requests: usize) {
+        println!(
+            "warm: {:<16} CPU per request: median {:>6.1} µs (rounds {}); wall per request {:>6.2} ms; peak RSS {:.1} MB after {} requests",
+            self.name,
+            self.median_cpu().as_secs_f64() * 1e6,
+            self.cpu_per_request
+                .iter()
+                .map(|d| format!("{:.0}", d.as_secs_f64() * 1e6))
+                .collect::<Vec<_>>()
+                .join("/"),
+            median(&self.wall_per_request).as_secs_f64() * 1e3,
+            peak_rss_kb(self.pid()).unwrap_or(0) as f64 / 1024.0,
+            requests * self.cpu_per_request.len(),
+        );
+    }
+}
+
+fn median(values: &[Duration]) -> Duration {
+    let mut sorted = values.to_vec();
+    sorted.sort_unstable();
+    sorted[sorted.len() / 2]
+}
+
+#[tokio::main]
+async fn main() {
+    let release = std::env::args()
+        .nth(1)
+        .expect("usage: warm-bench RELEASE_DIR");
+    let release = Path::new(&release);
+    let requests = setting("WARM_BENCH_REQUESTS", 200).max(1);
+    let rounds = setting("WARM_BENCH_ROUNDS", 5).max(1);
+
+    // A finished prediction with one output, made the ordinary way.
+    let stack = Stack::start_in_process().await;
+    let (status, created) = stack
+        .submit(&json!({"model": "flux-schnell", "input": {"prompt": "a warm request"}}))
+        .await;
+    assert_eq!(status, 202, "{created}");
+    let id = created["id"].as_str().expect("an id").to_owned();
+    let done = stack.wait_terminal(&id).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+
+    let env = function_environment(
+        |name| stack.vars.get(name).cloned(),
+        &aws_endpoint(),
+        &stack.aws.ssm,
+    )
+    .await
+    .expect("the functions' environment");
+    let request = http::Request::get(format!("/v1/predictions/{id}"))
+        .header(http::header::HOST, "bench.local")
+        .header(
+            http::header::AUTHORIZATION,
+            format!("Bearer {}", stack.api_key),
+        )
+        .body(Bytes::new())
+        .expect("a request");
+    let event = http_api_v2(&request, "GET", ROUTE, "127.0.0.1");
+
+    let mut subjects = [
+        Subject::start("fetch-result", &release.join("fetch-result"), &env).await,
+        Subject::start("minimal-handler", &release.join("minimal-handler"), &env).await,
+    ];
+    // Warm: the first requests build what is built on first use (clients, caches).
+    for subject in &subjects {
+        for _ in 0..5 {
+            subject.call(&event).await;
+        }
+    }
+    for _ in 0..rounds {
+        for subject in subjects.iter_mut() {
+            subject.round(&event, requests).await;
+        }
+    }
+    for subject in &subjects {
+        subject.report(requests);
+    }
+    let [ours, theirs] = &subjects;
+    println!(
+        "warm: fetch-result against minimal-handler: CPU per request {:.2}x (medians)",
+        ours.median_cpu().as_secs_f64() / theirs.median_cpu().as_secs_f64()
+    );
+    for subject in &subjects {
+        subject.function.stop();
+    }
+}

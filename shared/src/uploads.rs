@@ -140,7 +140,9 @@ impl UploadRequest {
         let size = raw
             .size
             .as_ref()
-            .and_then(serde_json::Value::as_u64)
+            // JSON Schema's integer: `1024.0` is one too.
+            .and_then(crate::registry::as_integer)
+            .and_then(|n| u64::try_from(n).ok())
             .filter(|n| (1..=MAX_UPLOAD_BYTES).contains(n));
         if size.is_none() {
             errors.push(
@@ -222,6 +224,12 @@ mod tests {
         let ok = UploadRequest::parse(br#"{"content_type": "image/png", "size": 1024}"#).unwrap();
         assert_eq!(ok.kind, ImageKind::Png);
         assert_eq!(ok.size, 1024);
+        let float = UploadRequest::parse(br#"{"content_type": "image/png", "size": 1024.0}"#);
+        assert_eq!(
+            float.unwrap().size,
+            1024,
+            "an integer, as JSON Schema counts them"
+        );
         let max = format!(r#"{{"content_type": "image/webp", "size": {MAX_UPLOAD_BYTES}}}"#);
         assert!(UploadRequest::parse(max.as_bytes()).is_ok());
         for (body, fields) in [

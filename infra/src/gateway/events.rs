@@ -20,7 +20,9 @@ pub fn http_api_v2(request: &HttpRequest, method: &str, route: &str, source_ip: 
     let mut headers: BTreeMap<String, String> = BTreeMap::new();
     let mut cookies = Vec::new();
     for (name, value) in request.headers() {
-        let Ok(value) = value.to_str() else { continue };
+        // Bytes outside visible ASCII reach the function too (as text), for it to refuse.
+        let value = String::from_utf8_lossy(value.as_bytes());
+        let value = value.as_ref();
         if name == http::header::COOKIE {
             cookies.extend(value.split(';').map(|c| c.trim().to_owned()));
             continue;
@@ -263,6 +265,10 @@ mod tests {
             .header("x-many", "a")
             .header("x-many", "b")
             .header("cookie", "a=1; b=2")
+            .header(
+                "idempotency-key",
+                http::HeaderValue::from_bytes("×ø".as_bytes()).unwrap(),
+            )
             .body(Bytes::from_static(&[0xff, 0x00]))
             .unwrap();
         let event: Value = serde_json::from_slice(&http_api_v2(
@@ -276,6 +282,10 @@ mod tests {
         assert_eq!(event["pathParameters"]["id"], "abc d");
         assert_eq!(event["queryStringParameters"]["x"], "1,2");
         assert_eq!(event["headers"]["x-many"], "a,b");
+        assert_eq!(
+            event["headers"]["idempotency-key"], "×ø",
+            "a header outside visible ASCII is passed on for the function to judge"
+        );
         assert_eq!(event["cookies"], json!(["a=1", "b=2"]));
         assert_eq!(event["isBase64Encoded"], true);
         assert_eq!(event["body"], BASE64.encode([0xff, 0x00]));

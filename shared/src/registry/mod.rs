@@ -16,6 +16,7 @@ pub use canonical::{CacheKey, canonical_json};
 pub use spec::{
     AliasSpec, DEFAULT_MAX_INLINE_IMAGE_BYTES, FieldSpec, PriceSpec, RegistryDocument, Rule,
 };
+pub(crate) use validate::as_integer;
 pub use validate::{FieldError, InputErrors, ValidatedInput};
 
 use crate::cost::{Price, micros_from_usd};

@@ -365,7 +365,7 @@ pub(super) fn check_value(spec: &FieldSpec, value: &Value) -> Result<Value, Stri
 }
 
 /// An integer, also when written as `4.0`; so `4` and `4.0` mean (and hash) the same.
-fn as_integer(value: &Value) -> Option<i64> {
+pub(crate) fn as_integer(value: &Value) -> Option<i64> {
     if let Some(n) = value.as_i64() {
         return Some(n);
     }

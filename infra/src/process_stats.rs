@@ -15,7 +15,9 @@ pub fn peak_rss_kb(pid: u32) -> Option<u64> {
         .ok()
 }
 
-/// Time on CPU so far (the first field of `/proc/<pid>/schedstat`, in ns), all threads.
+/// Time on CPU so far (the first field of each `/proc/<pid>/task/*/schedstat`, in ns) of
+/// the threads alive now: a thread that exited takes its time with it, so a later reading
+/// can be lower (callers subtract saturating).
 pub fn cpu_time(pid: u32) -> Option<Duration> {
     let mut total = 0u64;
     for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {

@@ -124,6 +124,7 @@ impl LocalFunction {
         for process in lock(&self.processes).iter_mut() {
             let _ = process.child.start_kill();
         }
+        self.api.fail_all_in_flight();
     }
 
     /// Fails the event each exited process held and starts another in its place, until the
@@ -146,7 +147,13 @@ impl LocalFunction {
                 return;
             }
             match self.spec.start(n, &self.api).await {
-                Ok(replacement) => lock(&self.processes)[n] = replacement,
+                Ok(mut replacement) => {
+                    // `stop` may have run meanwhile: then this one goes too.
+                    if self.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+                        let _ = replacement.child.start_kill();
+                    }
+                    lock(&self.processes)[n] = replacement;
+                }
                 Err(err) => {
                     tracing::error!(function = %self.name, error = %err, "could not restart")
                 }

@@ -60,6 +60,9 @@ struct State {
     in_flight: Mutex<HashMap<String, (u64, Answer)>>,
     /// Endpoints whose process exited: an event they take is failed, not left waiting.
     exited: Mutex<HashSet<u64>>,
+    /// Puts back an event a dead process's request took (weak: the queue still closes when
+    /// the `RuntimeApi` goes).
+    requeue: mpsc::WeakSender<Pending>,
     invocations: std::sync::atomic::AtomicU64,
     endpoints: std::sync::atomic::AtomicU64,
 }
@@ -98,6 +101,7 @@ impl RuntimeApi {
             queue: tokio::sync::Mutex::new(receiver),
             in_flight: Mutex::new(HashMap::new()),
             exited: Mutex::new(HashSet::new()),
+            requeue: sender.downgrade(),
             invocations: std::sync::atomic::AtomicU64::new(0),
             endpoints: std::sync::atomic::AtomicU64::new(0),
         });
@@ -125,6 +129,17 @@ impl RuntimeApi {
             },
         );
         Ok(Endpoint { server, id })
+    }
+
+    /// Every process was stopped: whatever they held fails now.
+    pub fn fail_all_in_flight(&self) {
+        let held: Vec<Answer> = lock(&self.state.in_flight)
+            .drain()
+            .map(|(_, (_, answer))| answer)
+            .collect();
+        for answer in held {
+            let _ = answer.send(Err(InvokeError::Exited));
+        }
     }
 
     /// The process polling `endpoint` exited: the event it held (if any) fails now.
@@ -233,33 +248,39 @@ async fn handle(state: &State, endpoint: u64, request: HttpRequest) -> HttpRespo
 
 /// Waits for the next event (as long as it takes: the runtime keeps this request open).
 async fn next(state: &State, endpoint: u64) -> HttpResponse {
-    let pending = {
-        let mut queue = state.queue.lock().await;
-        queue.recv().await
-    };
-    let Some(pending) = pending else {
-        return plain(StatusCode::GONE, "shutting down");
-    };
-    state
-        .invocations
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    {
+    let pending = loop {
+        let pending = {
+            let mut queue = state.queue.lock().await;
+            queue.recv().await
+        };
+        let Some(pending) = pending else {
+            return plain(StatusCode::GONE, "shutting down");
+        };
+        // Its caller gave up (timed out): it must not run after the caller was answered.
+        if pending.done.is_closed() {
+            continue;
+        }
         let mut in_flight = lock(&state.in_flight);
         if lock(&state.exited).contains(&endpoint) {
-            // Taken by a request of a process already gone: it will never be answered.
-            let _ = pending.done.send(Err(InvokeError::Exited));
+            drop(in_flight);
+            // A request of a process already gone took it: back in the queue, for a live one.
+            if let Some(requeue) = state.requeue.upgrade() {
+                let _ = requeue.try_send(pending);
+            }
             return plain(StatusCode::GONE, "this process has exited");
         }
         in_flight.insert(pending.id.clone(), (endpoint, pending.done));
-    }
-    let mut response = HttpResponse::new(pending.event);
+        break (pending.id, pending.event, pending.deadline_ms);
+    };
+    let (id, event, deadline_ms) = pending;
+    state
+        .invocations
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut response = HttpResponse::new(event);
     let headers = response.headers_mut();
     let values = [
-        ("lambda-runtime-aws-request-id", pending.id),
-        (
-            "lambda-runtime-deadline-ms",
-            pending.deadline_ms.to_string(),
-        ),
+        ("lambda-runtime-aws-request-id", id),
+        ("lambda-runtime-deadline-ms", deadline_ms.to_string()),
         (
             "lambda-runtime-invoked-function-arn",
             format!(

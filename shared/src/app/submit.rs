@@ -132,8 +132,14 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let Some(value) = headers.get(IDEMPOTENCY_KEY_HEADER) else {
         return Ok(None);
     };
-    let key = value.to_str().map(str::trim).unwrap_or_default();
-    if key.is_empty() || key.len() > 255 || !key.bytes().all(|b| b.is_ascii_graphic() || b == b' ')
+    // As the OpenAPI document states it: up to 255 visible ASCII characters and spaces, at
+    // least one visible; the spaces around it are not part of the key.
+    let raw = value.as_bytes();
+    let key = value
+        .to_str()
+        .map(|k| k.trim_matches(' '))
+        .unwrap_or_default();
+    if key.is_empty() || raw.len() > 255 || !raw.iter().all(|b| b.is_ascii_graphic() || *b == b' ')
     {
         return Err(ApiError::BadRequest(
             "Idempotency-Key must be 1 to 255 visible ASCII characters".to_owned(),
@@ -764,5 +770,24 @@ mod tests {
             HeaderValue::from_bytes(b"caf\xc3\xa9").unwrap(),
         );
         assert!(idempotency_key(&headers).is_err());
+        // What the OpenAPI document rules out is refused even where trimming would hide it.
+        for bad in ["order\t42", "   ", "order-42\t"] {
+            headers.insert(IDEMPOTENCY_KEY_HEADER, HeaderValue::from_str(bad).unwrap());
+            assert!(idempotency_key(&headers).is_err(), "{bad:?}");
+        }
+        let padded = format!("{} ", "k".repeat(255));
+        headers.insert(
+            IDEMPOTENCY_KEY_HEADER,
+            HeaderValue::from_str(&padded).unwrap(),
+        );
+        assert!(
+            idempotency_key(&headers).is_err(),
+            "256 characters with the space"
+        );
+        headers.insert(IDEMPOTENCY_KEY_HEADER, HeaderValue::from_static("an order"));
+        assert_eq!(
+            idempotency_key(&headers).unwrap().as_deref(),
+            Some("an order")
+        );
     }
 }

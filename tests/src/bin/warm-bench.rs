@@ -91,7 +91,9 @@ impl Subject {
             self.call(event).await;
         }
         let wall = started.elapsed();
-        let cpu = cpu_time(pid).expect("/proc schedstat") - before;
+        let cpu = cpu_time(pid)
+            .expect("/proc schedstat")
+            .saturating_sub(before);
         let n = u32::try_from(requests).unwrap_or(u32::MAX);
         self.cpu_per_request.push(cpu / n);
         self.wall_per_request.push(wall / n);

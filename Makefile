@@ -11,7 +11,7 @@ BUILD_STAMP := $(VENV)/.installed-build
 DEPLOY_STAMP := $(VENV)/.installed-deploy
 FUZZ_STAMP := $(VENV)/.installed-fuzz
 LAMBDA_TARGET := aarch64-unknown-linux-gnu
-FUNCTIONS := submit webhook fetch-result reconciler copier callbacks
+FUNCTIONS := submit webhook fetch-result reconciler copier callbacks drainer
 
 .PHONY: help dev demo key revoke reconcile test bench soak cost fuzz lint fmt venv build validate deploy clean-venv
 

@@ -99,11 +99,12 @@ pub const LOCAL_MAX_RECEIVES: u32 = 5;
 /// dead-letters them itself when their day is over; the redrive limit is a backstop.
 pub const LOCAL_CALLBACK_VISIBILITY_SECONDS: u32 = 30;
 pub const LOCAL_CALLBACK_MAX_RECEIVES: u32 = 1000;
+pub const LOCAL_CREATE_MAX_RECEIVES: u32 = 100;
 /// Time one local copy job may take (the Lambda worker's comes from its timeout).
 const LOCAL_COPY_BUDGET: std::time::Duration = std::time::Duration::from_secs(15);
 
-/// The queues of a local stack named `name`: copy jobs, callbacks, and the callbacks'
-/// dead-letter queue.
+/// The queues of a local stack named `name`: copy jobs, callbacks and their dead-letter
+/// queue, and queued creates.
 pub async fn ensure_local_queues(
     sqs: &aws_sdk_sqs::Client,
     name: &str,
@@ -123,10 +124,20 @@ pub async fn ensure_local_queues(
         LOCAL_CALLBACK_MAX_RECEIVES,
     )
     .await?;
+    // Create jobs come back when throttled or received early; a hundred receives is a
+    // poison message (the reconciler queues the prediction again anyway).
+    let creates = ensure_queue_pair(
+        sqs,
+        &format!("{name}-creates"),
+        LOCAL_CALLBACK_VISIBILITY_SECONDS,
+        LOCAL_CREATE_MAX_RECEIVES,
+    )
+    .await?;
     Ok(imagegen_shared::aws::QueueUrls {
         copy,
         callback: callbacks.url,
         callback_dead_letter: callbacks.dead_letter_url,
+        create: creates.url,
     })
 }
 
@@ -256,25 +267,50 @@ pub fn spawn_callback_worker(
     app: Arc<imagegen_shared::bootstrap::ProductionApp>,
     sqs: aws_sdk_sqs::Client,
 ) -> tokio::task::JoinHandle<()> {
-    use imagegen_shared::bootstrap::{SqsBatch, SqsRedelivery, callback_batch};
     let queue_url = app.settings.callback_queue_url.clone();
+    spawn_redelivering_worker(app, sqs, queue_url, "callbacks", Worker::Callbacks)
+}
+
+/// The drainer's local stand-in, on the create queue (README, "Bursts").
+pub fn spawn_create_worker(
+    app: Arc<imagegen_shared::bootstrap::ProductionApp>,
+    sqs: aws_sdk_sqs::Client,
+) -> tokio::task::JoinHandle<()> {
+    let queue_url = app.settings.create_queue_url.clone();
+    spawn_redelivering_worker(app, sqs, queue_url, "creates", Worker::Creates)
+}
+
+#[derive(Clone, Copy)]
+enum Worker {
+    Callbacks,
+    Creates,
+}
+
+/// A worker whose jobs hide their own messages until they are due again.
+fn spawn_redelivering_worker(
+    app: Arc<imagegen_shared::bootstrap::ProductionApp>,
+    sqs: aws_sdk_sqs::Client,
+    queue_url: String,
+    name: &'static str,
+    worker: Worker,
+) -> tokio::task::JoinHandle<()> {
+    use imagegen_shared::bootstrap::{SqsBatch, SqsRedelivery, callback_batch, create_batch};
     let redelivery = Arc::new(SqsRedelivery {
         client: sqs.clone(),
         queue_url: queue_url.clone(),
     });
-    spawn_poller(sqs, queue_url, "callbacks", 10, move |messages| {
+    spawn_poller(sqs, queue_url, name, 10, move |messages| {
         let app = app.clone();
         let redelivery = redelivery.clone();
         async move {
             let batch = SqsBatch {
                 records: messages.iter().map(lambda_message).collect(),
             };
-            callback_batch(&app, batch, redelivery.as_ref())
-                .await
-                .failures
-                .into_iter()
-                .map(|f| f.id)
-                .collect()
+            let response = match worker {
+                Worker::Callbacks => callback_batch(&app, batch, redelivery.as_ref()).await,
+                Worker::Creates => create_batch(&app, batch, redelivery.as_ref()).await,
+            };
+            response.failures.into_iter().map(|f| f.id).collect()
         }
     })
 }

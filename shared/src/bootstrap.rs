@@ -134,6 +134,7 @@ pub fn production_app(
             copy: settings.copy_queue_url.clone(),
             callback: settings.callback_queue_url.clone(),
             callback_dead_letter: settings.callback_dead_letter_url.clone(),
+            create: settings.create_queue_url.clone(),
         },
     );
     let callbacks = HttpCallbacks::new(settings.callback_allow.clone());
@@ -321,8 +322,8 @@ impl Redelivery for SqsRedelivery {
         receipt_handle: &str,
         wait: Duration,
     ) -> Result<(), crate::ports::StoreError> {
-        // SQS hides a message for at most 12 hours.
-        let seconds = wait.as_secs().clamp(0, 12 * 3600) as i32;
+        // Whole seconds, rounded up (never back before the wait is over); at most 12 hours.
+        let seconds = wait.as_millis().div_ceil(1000).clamp(1, 12 * 3600) as i32;
         self.client
             .change_message_visibility()
             .queue_url(&self.queue_url)
@@ -333,7 +334,7 @@ impl Redelivery for SqsRedelivery {
             .map(|_| ())
             .map_err(|e| {
                 crate::ports::StoreError::new(
-                    "hide callback job",
+                    "hide job",
                     aws_sdk_sqs::error::DisplayErrorContext(e).to_string(),
                 )
             })
@@ -392,6 +393,66 @@ pub async fn callback_batch<P: crate::app::Ports, R: Redelivery>(
             .flatten()
             .collect(),
     }
+}
+
+/// Runs the create job of each message (the drainer, README "Bursts"), all at once: their
+/// slots were spaced by the pacer. A job not due yet, or throttled, is hidden until it is.
+pub async fn create_batch<P: crate::app::Ports, R: Redelivery>(
+    app: &App<P>,
+    batch: SqsBatch,
+    redelivery: &R,
+) -> BatchResponse {
+    use crate::app::CreateDisposition;
+    let attempts = batch.records.into_iter().map(|message| async move {
+        message.record_age("create");
+        let job = match serde_json::from_str::<crate::ports::CreateJob>(&message.body) {
+            Ok(job) => job,
+            Err(err) => {
+                tracing::error!(message_id = %message.message_id, error = %err, "unreadable create job; dropped");
+                return None;
+            }
+        };
+        let span = tracing::info_span!("create", prediction_id = %job.prediction_id);
+        let wait = match app.drain_create(&job).instrument(span).await {
+            Ok(CreateDisposition::Done) => return None,
+            Ok(CreateDisposition::RetryAfter(wait)) => wait,
+            Err(err) => {
+                tracing::warn!(prediction_id = %job.prediction_id, error = %err, "create job could not run; retried");
+                Duration::from_secs(10)
+            }
+        };
+        if let Err(err) = redelivery.hide_for(&message.receipt_handle, wait).await {
+            tracing::warn!(error = %err, "could not delay the create job; it comes back sooner");
+        }
+        Some(BatchItemFailure {
+            id: message.message_id,
+        })
+    });
+    BatchResponse {
+        failures: futures_util::future::join_all(attempts)
+            .await
+            .into_iter()
+            .flatten()
+            .collect(),
+    }
+}
+
+/// The drainer, fed by the create queue.
+pub async fn run_create_worker() -> Result<(), lambda_http::Error> {
+    use lambda_http::lambda_runtime::{LambdaEvent, run, service_fn};
+    let (app, sqs) = init_app_with_sqs().await?;
+    let redelivery: &'static SqsRedelivery = Box::leak(Box::new(SqsRedelivery {
+        client: sqs,
+        queue_url: app.settings.create_queue_url.clone(),
+    }));
+    run(service_fn(move |event: LambdaEvent<SqsBatch>| async move {
+        let span = tracing::info_span!("create-batch", request_id = %event.context.request_id);
+        let response = create_batch(app, event.payload, redelivery)
+            .instrument(span)
+            .await;
+        Ok::<_, lambda_http::Error>(response)
+    }))
+    .await
 }
 
 /// The callback worker, fed by the callback queue.
@@ -498,7 +559,8 @@ mod tests {
                 | "BUCKET_NAME"
                 | "COPY_QUEUE_URL"
                 | "CALLBACK_QUEUE_URL"
-                | "CALLBACK_DEAD_LETTER_QUEUE_URL" => Some("x".to_owned()),
+                | "CALLBACK_DEAD_LETTER_QUEUE_URL"
+                | "CREATE_QUEUE_URL" => Some("x".to_owned()),
                 _ => extra
                     .iter()
                     .find(|(k, _)| *k == name)

@@ -6,6 +6,7 @@ use url::Url;
 
 use crate::destination::CallbackAllowList;
 use crate::outputs::HostAllowlist;
+use crate::pacing::Pace;
 use crate::replicate::DEFAULT_BASE_URL;
 use crate::webhook::{WebhookError, WebhookSecret};
 
@@ -33,6 +34,12 @@ pub struct Settings {
     /// retry window closed (`CALLBACK_DEAD_LETTER_QUEUE_URL`).
     pub callback_queue_url: String,
     pub callback_dead_letter_url: String,
+    /// SQS queue of queued creates (`CREATE_QUEUE_URL`; README, "Bursts").
+    pub create_queue_url: String,
+    /// Creates at Replicate per minute across every instance (`REPLICATE_CREATES_PER_MINUTE`,
+    /// 500), and the longest a queued create may wait (`MAX_QUEUE_SECONDS`, 900) before
+    /// submits are refused.
+    pub create_pace: Pace,
     /// `host:port`s callbacks may reach although private or plain http
     /// (`CALLBACK_ALLOW_HOSTS`; local testing only).
     pub callback_allow: CallbackAllowList,
@@ -125,6 +132,12 @@ impl Settings {
             copy_queue_url: required("COPY_QUEUE_URL")?,
             callback_queue_url: required("CALLBACK_QUEUE_URL")?,
             callback_dead_letter_url: required("CALLBACK_DEAD_LETTER_QUEUE_URL")?,
+            create_queue_url: required("CREATE_QUEUE_URL")?,
+            create_pace: Pace::new(
+                u32::try_from(seconds("REPLICATE_CREATES_PER_MINUTE", 500)?.as_secs())
+                    .unwrap_or(u32::MAX),
+                seconds("MAX_QUEUE_SECONDS", 900)?,
+            ),
             callback_allow: CallbackAllowList::parse(
                 &get("CALLBACK_ALLOW_HOSTS").unwrap_or_default(),
             )
@@ -191,12 +204,13 @@ mod tests {
         Settings::from_lookup(|name| map.get(name).cloned())
     }
 
-    const BASE: [(&str, &str); 5] = [
+    const BASE: [(&str, &str); 6] = [
         ("TABLE_NAME", "t"),
         ("BUCKET_NAME", "b"),
         ("COPY_QUEUE_URL", "http://127.0.0.1:1/q"),
         ("CALLBACK_QUEUE_URL", "http://127.0.0.1:1/c"),
         ("CALLBACK_DEAD_LETTER_QUEUE_URL", "http://127.0.0.1:1/d"),
+        ("CREATE_QUEUE_URL", "http://127.0.0.1:1/n"),
     ];
 
     #[test]
@@ -206,6 +220,7 @@ mod tests {
         assert!(s.webhook_secret.is_none());
         assert!(s.public_base_url.is_none());
         assert_eq!(s.output_url_ttl, Duration::from_secs(3600));
+        assert_eq!(s.create_pace, Pace::new(500, Duration::from_secs(900)));
         assert!(
             s.output_hosts
                 .allows(&Url::parse("https://replicate.delivery/x.png").unwrap())

@@ -111,6 +111,7 @@ fn bare_record(id: PredictionId, created_at: Timestamp) -> PredictionRecord {
         cost: None,
         input_files: BTreeMap::new(),
         callback: None,
+        queue: None,
     }
 }
 

@@ -19,6 +19,7 @@ pub mod lazy_client;
 pub mod memory;
 pub mod metrics;
 pub mod outputs;
+pub mod pacing;
 pub mod ports;
 pub mod record;
 pub mod registry;

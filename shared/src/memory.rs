@@ -13,11 +13,13 @@ use url::Url;
 use crate::callbacks::{CallbackEvent, CallbackJob, CallbackStatus};
 use crate::delivery::{CallbackRequest, CallbackSender, DeliveryOutcome};
 use crate::outputs::{Download, OutputError, OutputSource};
+use crate::pacing::{CreateSlot, Pace};
 use crate::ports::{
-    AccountStore, ClaimOutcome, CopyJob, JobQueue, ListCursor, ObjectRead, ObjectStore, OpenEntry,
-    OpenPage, PresignedPut, RecordStore, Settlement, StoreError, SyncMark, TenantPage, open_shard,
+    AccountStore, ClaimOutcome, CopyJob, CreateJob, JobQueue, ListCursor, ObjectRead, ObjectStore,
+    OpenEntry, OpenPage, PresignedPut, RecordStore, Settlement, StoreError, SyncMark, TenantPage,
+    open_shard,
 };
-use crate::record::{Advance, Claim, ClaimGuard, PredictionId, PredictionRecord};
+use crate::record::{Advance, Claim, ClaimGuard, PredictionId, PredictionRecord, QueueState};
 use crate::replicate::{
     Deadline, Model, ModelRef, Prediction, PredictionStatus, ReplicateApi, ReplicateError,
     WebhookTarget,
@@ -90,6 +92,8 @@ pub struct MemoryRecords {
     open: Mutex<std::collections::HashSet<PredictionId>>,
     uploads: Mutex<HashMap<String, UploadRecord>>,
     callback_secrets: Mutex<HashMap<TenantId, String>>,
+    /// The create pacer's stored slot time.
+    pace: Mutex<Option<Timestamp>>,
 }
 
 impl MemoryRecords {
@@ -478,6 +482,66 @@ impl RecordStore for MemoryRecords {
         Ok(true)
     }
 
+    async fn claim_create(&self, id: &PredictionId, now: Timestamp) -> Result<bool, StoreError> {
+        let mut predictions = lock(&self.predictions);
+        let Some(record) = predictions.get_mut(id) else {
+            return Ok(false);
+        };
+        if record.cancel_requested_at.is_some() || !record.is_queued() {
+            return Ok(false);
+        }
+        if let Some(queue) = record.queue.as_mut() {
+            queue.sent_at = Some(now);
+        }
+        Ok(true)
+    }
+
+    async fn mark_queued(&self, id: &PredictionId, queue: &QueueState) -> Result<bool, StoreError> {
+        let mut predictions = lock(&self.predictions);
+        let Some(record) = predictions.get_mut(id) else {
+            return Ok(false);
+        };
+        if record.replicate_id.is_some() || record.status.is_terminal() || record.queue.is_some() {
+            return Ok(false);
+        }
+        record.queue = Some(queue.clone());
+        Ok(true)
+    }
+
+    async fn release_create(
+        &self,
+        id: &PredictionId,
+        sent_at: Timestamp,
+    ) -> Result<bool, StoreError> {
+        let mut predictions = lock(&self.predictions);
+        let Some(record) = predictions.get_mut(id) else {
+            return Ok(false);
+        };
+        if record.replicate_id.is_some() {
+            return Ok(false);
+        }
+        match record.queue.as_mut() {
+            Some(queue) if queue.sent_at == Some(sent_at) => {
+                queue.sent_at = None;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn reserve_create_slot(
+        &self,
+        pace: &Pace,
+        now: Timestamp,
+    ) -> Result<CreateSlot, StoreError> {
+        let mut stored = lock(&self.pace);
+        let (slot, next) = pace.grant(*stored, now);
+        if let Some(next) = next {
+            *stored = Some(next);
+        }
+        Ok(slot)
+    }
+
     async fn list_tenant(
         &self,
         tenant: &TenantId,
@@ -575,12 +639,19 @@ fn parse_cursor(cursor: &str) -> Result<(Timestamp, PredictionId), StoreError> {
 #[derive(Default)]
 pub struct MemoryQueue {
     jobs: Mutex<VecDeque<CopyJob>>,
+    /// Create jobs with the delay each was sent with.
+    creates: Mutex<VecDeque<(CreateJob, Duration)>>,
     callbacks: Mutex<VecDeque<CallbackJob>>,
     dead_callbacks: Mutex<Vec<CallbackJob>>,
     failing_sends: Mutex<usize>,
 }
 
 impl MemoryQueue {
+    /// Takes every queued create job, with its delay.
+    pub fn drain_creates(&self) -> Vec<(CreateJob, Duration)> {
+        lock(&self.creates).drain(..).collect()
+    }
+
     /// Takes every queued callback job.
     pub fn drain_callbacks(&self) -> Vec<CallbackJob> {
         lock(&self.callbacks).drain(..).collect()
@@ -629,6 +700,12 @@ impl JobQueue for MemoryQueue {
     async fn send_callback(&self, job: &CallbackJob) -> Result<(), StoreError> {
         self.injected_failure("send callback job")?;
         lock(&self.callbacks).push_back(job.clone());
+        Ok(())
+    }
+
+    async fn send_create(&self, job: &CreateJob, delay: Duration) -> Result<(), StoreError> {
+        self.injected_failure("send create job")?;
+        lock(&self.creates).push_back((job.clone(), delay));
         Ok(())
     }
 
@@ -1280,6 +1357,34 @@ impl<T: RecordStore> RecordStore for Recorded<T> {
         self.inner.claim_sync(id, mark, now, not_since).await
     }
 
+    async fn claim_create(&self, id: &PredictionId, now: Timestamp) -> Result<bool, StoreError> {
+        self.note("claim_create");
+        self.inner.claim_create(id, now).await
+    }
+
+    async fn mark_queued(&self, id: &PredictionId, queue: &QueueState) -> Result<bool, StoreError> {
+        self.note("mark_queued");
+        self.inner.mark_queued(id, queue).await
+    }
+
+    async fn release_create(
+        &self,
+        id: &PredictionId,
+        sent_at: Timestamp,
+    ) -> Result<bool, StoreError> {
+        self.note("release_create");
+        self.inner.release_create(id, sent_at).await
+    }
+
+    async fn reserve_create_slot(
+        &self,
+        pace: &Pace,
+        now: Timestamp,
+    ) -> Result<CreateSlot, StoreError> {
+        self.note("reserve_create_slot");
+        self.inner.reserve_create_slot(pace, now).await
+    }
+
     async fn list_tenant(
         &self,
         tenant: &TenantId,
@@ -1389,6 +1494,11 @@ impl<T: JobQueue> JobQueue for Recorded<T> {
     async fn send_callback(&self, job: &CallbackJob) -> Result<(), StoreError> {
         self.note("send_callback");
         self.inner.send_callback(job).await
+    }
+
+    async fn send_create(&self, job: &CreateJob, delay: Duration) -> Result<(), StoreError> {
+        self.note("send_create");
+        self.inner.send_create(job, delay).await
     }
 
     async fn dead_letter_callback(&self, job: &CallbackJob) -> Result<(), StoreError> {

@@ -9,7 +9,8 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::callbacks::{CallbackEvent, CallbackJob, CallbackStatus};
-use crate::record::{Advance, Claim, ClaimGuard, PredictionId, PredictionRecord};
+use crate::pacing::{CreateSlot, Pace};
+use crate::record::{Advance, Claim, ClaimGuard, PredictionId, PredictionRecord, QueueState};
 use crate::replicate::Prediction;
 use crate::tenancy::{
     CostSettlement, KeyId, KeyRecord, LimitsUpdate, RateWindow, Reservation, TenantId,
@@ -223,6 +224,40 @@ pub trait RecordStore: Send + Sync {
         not_since: Timestamp,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
+    /// Claims a queued prediction's create for one drainer: sets its `sent_at` to `now`,
+    /// only if it is queued, unsent, untied, not asked to cancel and not ended. `false`:
+    /// someone else sent it, or it must not be sent.
+    fn claim_create(
+        &self,
+        id: &PredictionId,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Puts a stored, never-created record in the create queue (a submit's create that
+    /// Replicate throttled): sets `queue` only if the record is untied, not ended and not
+    /// queued already.
+    fn mark_queued(
+        &self,
+        id: &PredictionId,
+        queue: &QueueState,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Gives a claimed create back (Replicate certainly created nothing, e.g. it throttled):
+    /// clears `sent_at` if it is still `sent_at` and the record is still untied.
+    fn release_create(
+        &self,
+        id: &PredictionId,
+        sent_at: Timestamp,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// The create pacer's step (`pacing`): reads the stored slot time and moves it on with a
+    /// conditional write, shared by every instance.
+    fn reserve_create_slot(
+        &self,
+        pace: &Pace,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<CreateSlot, StoreError>> + Send;
+
     /// Notes that `event`'s callback was queued: it becomes the event whose delivery the
     /// record shows (`pending`) unless it or a later one is shown already (`false`). For
     /// `completed`, the record leaves the open index either way.
@@ -262,6 +297,13 @@ pub trait RecordStore: Send + Sync {
     ) -> impl Future<Output = Result<OpenPage, StoreError>> + Send;
 }
 
+/// Creating a queued prediction at Replicate (README, "Bursts"): everything else is in its
+/// record, read when the job runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateJob {
+    pub prediction_id: PredictionId,
+}
+
 /// Copying a succeeded prediction's outputs into the bucket, as a job on a durable queue:
 /// webhooks and syncs answer at once and a worker with its own deadline does the copy.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -293,6 +335,14 @@ pub trait JobQueue: Send + Sync {
     fn send_callback(
         &self,
         job: &CallbackJob,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Queues a prediction's create for the drainer, invisible for `delay` (SQS allows at
+    /// most 15 minutes; a drainer that gets it early hides it again).
+    fn send_create(
+        &self,
+        job: &CreateJob,
+        delay: Duration,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Moves an event whose retry window closed to the dead-letter queue (where operators

@@ -8,7 +8,7 @@ use serde_json::{Map, Value};
 
 use crate::callbacks::{CallbackEvent, CallbackState};
 use crate::cost::{Micros, Price};
-use crate::replicate::{Metrics, PredictionStatus};
+use crate::replicate::{Deadline, Metrics, PredictionStatus};
 use crate::tenancy::TenantId;
 use crate::time::Timestamp;
 
@@ -156,12 +156,46 @@ pub struct PredictionRecord {
     pub input_files: BTreeMap<String, String>,
     /// The caller's callback, if it asked for one.
     pub callback: Option<CallbackState>,
+    /// Set when it was accepted over the create rate: the drainer creates it later.
+    pub queue: Option<QueueState>,
+}
+
+/// A prediction accepted while creates were over `REPLICATE_CREATES_PER_MINUTE` (README,
+/// "Bursts"): the create queue's drainer sends its create at `slot_at` or just after.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueState {
+    /// The create slot it was given (its expected start).
+    pub slot_at: Timestamp,
+    /// Where Replicate's webhooks for it go: the API's base URL as submit saw it.
+    pub webhook_base: String,
+    /// The caller's `Cancel-After`, passed on with the create.
+    pub deadline: Deadline,
+    /// When a drainer claimed it to send the create. From then on it is as unconfirmed as a
+    /// submit's own create: never sent again, only found (or ended) by the resolver.
+    pub sent_at: Option<Timestamp>,
 }
 
 impl PredictionRecord {
-    /// Whether the prediction was never confirmed as created at Replicate.
+    /// Whether a create was (or may have been) sent but never confirmed at Replicate.
     pub fn is_unconfirmed(&self) -> bool {
-        self.replicate_id.is_none() && !self.status.is_terminal()
+        self.replicate_id.is_none()
+            && !self.status.is_terminal()
+            && self.queue.as_ref().is_none_or(|q| q.sent_at.is_some())
+    }
+
+    /// Whether it waits in the create queue: accepted, no create sent yet.
+    pub fn is_queued(&self) -> bool {
+        self.replicate_id.is_none()
+            && !self.status.is_terminal()
+            && self.queue.as_ref().is_some_and(|q| q.sent_at.is_none())
+    }
+
+    /// When its create was sent (or may have been): what a lost create is looked for around.
+    pub fn create_sent_at(&self) -> Timestamp {
+        self.queue
+            .as_ref()
+            .and_then(|q| q.sent_at)
+            .unwrap_or(self.created_at)
     }
 
     /// Whether DynamoDB's TTL has passed: such a record is treated as gone.

@@ -17,6 +17,7 @@ use imagegen_shared::record::{PredictionId, PredictionRecord};
 use imagegen_shared::tenancy::{ApiKey, KeyRecord, LimitsUpdate, TenantId};
 use local_stack::dev::{
     ensure_local_queues, serve_app_metered, spawn_callback_worker, spawn_copy_worker_metered,
+    spawn_create_worker,
 };
 use local_stack::gateway::{
     LambdaConfig, LocalQueue, RunningFunctions, TEMPLATE, function_environment, run_functions,
@@ -53,6 +54,7 @@ enum Serving {
         _server: Server,
         _copier: AbortOnDrop,
         _callbacks: AbortOnDrop,
+        _creates: AbortOnDrop,
     },
     /// The function binaries behind the local API Gateway, as `make dev` serves them; `app`
     /// only shares their table and bucket.
@@ -96,13 +98,14 @@ pub fn function_binaries() -> std::path::PathBuf {
 }
 
 /// The function crates, as `template.yaml` names their binaries.
-pub const FUNCTIONS: [&str; 6] = [
+pub const FUNCTIONS: [&str; 7] = [
     "submit",
     "webhook",
     "fetch-result",
     "reconciler",
     "copier",
     "callbacks",
+    "drainer",
 ];
 
 /// Stops the stack's copy worker with the stack.
@@ -254,6 +257,7 @@ impl Stack {
                 "CALLBACK_DEAD_LETTER_QUEUE_URL",
                 queues.callback_dead_letter.clone(),
             ),
+            ("CREATE_QUEUE_URL", queues.create.clone()),
             // Callback retries after 1 s, 2 s, … instead of 30 s.
             ("CALLBACK_RETRY_BASE_SECONDS", "1".to_owned()),
             ("PUBLIC_BASE_URL", format!("http://{addr}")),
@@ -263,6 +267,8 @@ impl Stack {
             ("FETCH_SYNC_INTERVAL_SECONDS", "1".to_owned()),
             // Unconfirmed creates are looked for in the simulator's list after 2 s, not 5 min.
             ("RESOLVE_AFTER_SECONDS", "2".to_owned()),
+            // Bursts are queued only in the tests that ask for a rate (README, "Bursts").
+            ("REPLICATE_CREATES_PER_MINUTE", "100000".to_owned()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
@@ -296,6 +302,10 @@ impl Stack {
                     logical_id: "CallbackQueue",
                     url: queues.callback.clone(),
                 },
+                LocalQueue {
+                    logical_id: "CreateQueue",
+                    url: queues.create.clone(),
+                },
             ];
             let running = run_functions(
                 listener,
@@ -312,10 +322,12 @@ impl Stack {
             let copier =
                 spawn_copy_worker_metered(app.clone(), aws.sqs.clone(), queue, invocations.clone());
             let callbacks = spawn_callback_worker(app.clone(), aws.sqs.clone());
+            let creates = spawn_create_worker(app.clone(), aws.sqs.clone());
             Serving::InProcess {
                 _server: serve_app_metered(listener, app.clone(), invocations),
                 _copier: AbortOnDrop(copier),
                 _callbacks: AbortOnDrop(callbacks),
+                _creates: AbortOnDrop(creates),
             }
         };
         let api_key = create_key(&app, TENANT, 100_000, None).await;

@@ -31,7 +31,8 @@ fn app() -> TestApp {
         | "BUCKET_NAME"
         | "COPY_QUEUE_URL"
         | "CALLBACK_QUEUE_URL"
-        | "CALLBACK_DEAD_LETTER_QUEUE_URL" => Some("x".into()),
+        | "CALLBACK_DEAD_LETTER_QUEUE_URL"
+        | "CREATE_QUEUE_URL" => Some("x".into()),
         "REPLICATE_WEBHOOK_SECRET" => Some(SECRET.into()),
         "PUBLIC_BASE_URL" => Some("https://api.example.com".into()),
         _ => None,

@@ -12,7 +12,8 @@ use imagegen_shared::conformance::{
     record_store_suite,
 };
 use imagegen_shared::memory::MemoryQueue;
-use imagegen_shared::ports::CopyJob;
+use imagegen_shared::ports::{CopyJob, CreateJob, JobQueue};
+use imagegen_shared::record::PredictionId;
 use integration_tests::aws_endpoint;
 
 fn unique_name() -> String {
@@ -81,6 +82,7 @@ async fn sqs_copy_queue_conforms() {
             copy: url.clone(),
             callback: url.clone(),
             callback_dead_letter: url.clone(),
+            create: url.clone(),
         },
     );
     let sqs = &aws.sqs;
@@ -124,6 +126,7 @@ async fn sqs_callback_queues_conform() {
             copy: pair.url.clone(),
             callback: pair.url.clone(),
             callback_dead_letter: pair.dead_letter_url.clone(),
+            create: pair.url.clone(),
         },
     );
     let sqs = &aws.sqs;
@@ -163,4 +166,52 @@ async fn memory_callback_queues_conform() {
         }
     })
     .await;
+}
+
+/// A create job stays invisible until its slot (`DelaySeconds`, rounded up to whole
+/// seconds), then arrives as sent.
+#[tokio::test]
+async fn sqs_create_jobs_wait_for_their_slot() {
+    let aws = AwsClients::local(&aws_endpoint()).await;
+    let url = ensure_queue(&aws.sqs, &unique_name(), 30, 3)
+        .await
+        .expect("queue");
+    let queue = SqsQueues::new(
+        aws.sqs.clone(),
+        QueueUrls {
+            copy: url.clone(),
+            callback: url.clone(),
+            callback_dead_letter: url.clone(),
+            create: url.clone(),
+        },
+    );
+    let job = CreateJob {
+        prediction_id: PredictionId::generate(),
+    };
+    queue
+        .send_create(&job, std::time::Duration::from_millis(1_200))
+        .await
+        .expect("sent");
+    let receive = |wait: i32| {
+        aws.sqs
+            .receive_message()
+            .queue_url(&url)
+            .wait_time_seconds(wait)
+            .send()
+    };
+    let early = receive(0).await.expect("receive");
+    assert!(early.messages().is_empty(), "visible before its slot");
+    let started = std::time::Instant::now();
+    let mut bodies = Vec::new();
+    while bodies.is_empty() && started.elapsed() < std::time::Duration::from_secs(10) {
+        let late = receive(1).await.expect("receive");
+        bodies.extend(
+            late.messages()
+                .iter()
+                .filter_map(|m| m.body().map(str::to_owned)),
+        );
+    }
+    assert_eq!(bodies.len(), 1, "arrives once its delay is over");
+    let received: CreateJob = serde_json::from_str(&bodies[0]).expect("a create job");
+    assert_eq!(received, job);
 }

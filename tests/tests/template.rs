@@ -16,7 +16,7 @@ use imagegen_shared::aws::{
 };
 use imagegen_shared::bootstrap::{
     BatchResponse, Redelivery, SqsBatch, SqsMessage, TokenSource, boot_config, callback_batch,
-    copy_batch,
+    copy_batch, create_batch,
 };
 use imagegen_shared::config::Settings;
 use imagegen_shared::delivery::DeliveryOutcome;
@@ -25,7 +25,7 @@ use imagegen_shared::memory::{
     Recorded, RecordedCall,
 };
 use imagegen_shared::outputs::PART_SIZE;
-use imagegen_shared::ports::{ObjectStore, StoreError};
+use imagegen_shared::ports::{ObjectStore, RecordStore, StoreError, SyncMark};
 use imagegen_shared::record::{Claim, PredictionId, PredictionRecord};
 use imagegen_shared::registry::ModelRegistry;
 use imagegen_shared::replicate::{Prediction, PredictionStatus, ReplicateApi, ReplicateError};
@@ -36,13 +36,14 @@ use lambda_http::Body;
 use serde_json::{Value, json};
 use yaml_rust2::{Yaml, YamlLoader};
 
-const FUNCTIONS: [(&str, Handler, &str); 6] = [
+const FUNCTIONS: [(&str, Handler, &str); 7] = [
     ("SubmitFunction", Handler::Submit, "submit"),
     ("WebhookFunction", Handler::Webhook, "webhook"),
     ("FetchResultFunction", Handler::Fetch, "fetch-result"),
     ("ReconcilerFunction", Handler::Reconcile, "reconciler"),
     ("CopierFunction", Handler::Copy, "copier"),
     ("CallbacksFunction", Handler::Callbacks, "callbacks"),
+    ("DrainerFunction", Handler::Drain, "drainer"),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -53,6 +54,7 @@ enum Handler {
     Reconcile,
     Copy,
     Callbacks,
+    Drain,
 }
 
 /// What an IAM statement is scoped to, as the template names it.
@@ -72,6 +74,7 @@ enum Resource {
     CopyQueue,
     CallbackQueue,
     CallbackDeadLetterQueue,
+    CreateQueue,
     TokenParameter,
     TokenKey,
 }
@@ -154,6 +157,7 @@ fn parse_resource(text: &str) -> Resource {
         "OutputsBucket.Arn" => Resource::Bucket,
         "CallbackQueue.Arn" => Resource::CallbackQueue,
         "CallbackDeadLetterQueue.Arn" => Resource::CallbackDeadLetterQueue,
+        "CreateQueue.Arn" => Resource::CreateQueue,
         "arn:${AWS::Partition}:ssm:${AWS::Region}:${AWS::AccountId}:parameter${ReplicateApiTokenParameter}" => {
             Resource::TokenParameter
         }
@@ -326,6 +330,7 @@ fn grants_of(method: &str, prefix: Option<&str>) -> Vec<(String, Resource)> {
         ("send_copy", _) => Resource::CopyQueue,
         ("send_callback", _) => Resource::CallbackQueue,
         ("dead_letter_callback", _) => Resource::CallbackDeadLetterQueue,
+        ("send_create", _) => Resource::CreateQueue,
         (_, Some(prefix)) => Resource::Objects(prefix.to_owned()),
         (other, None) => panic!("port method {other} acts on nothing known"),
     };
@@ -340,13 +345,23 @@ fn grants_of(method: &str, prefix: Option<&str>) -> Vec<(String, Resource)> {
 
 impl Scenario {
     fn new() -> Self {
+        Self::with_vars(&[])
+    }
+
+    /// A scenario whose settings also read `extra`.
+    fn with_vars(extra: &[(&str, &str)]) -> Self {
         let calls = Arc::new(Mutex::new(Vec::new()));
         let settings = Settings::from_lookup(|name| match name {
+            _ if extra.iter().any(|(k, _)| *k == name) => extra
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| (*v).to_owned()),
             "TABLE_NAME"
             | "BUCKET_NAME"
             | "COPY_QUEUE_URL"
             | "CALLBACK_QUEUE_URL"
-            | "CALLBACK_DEAD_LETTER_QUEUE_URL" => Some("x".into()),
+            | "CALLBACK_DEAD_LETTER_QUEUE_URL"
+            | "CREATE_QUEUE_URL" => Some("x".into()),
             "PUBLIC_BASE_URL" => Some("https://api.example.com".into()),
             // A literal loopback address, listed: no DNS; nothing is sent (MemoryCallbacks).
             "CALLBACK_ALLOW_HOSTS" => Some(CALLBACK_HOST.into()),
@@ -587,6 +602,27 @@ impl Scenario {
         response
     }
 
+    /// Runs every queued create job once, as one batch of the drainer.
+    async fn drain(&mut self) -> BatchResponse {
+        let records = self
+            .app
+            .queue
+            .inner
+            .drain_creates()
+            .iter()
+            .enumerate()
+            .map(|(n, (job, _))| SqsMessage {
+                message_id: format!("cr{n}"),
+                body: serde_json::to_string(job).unwrap(),
+                ..SqsMessage::default()
+            })
+            .collect();
+        self.begin();
+        let response = create_batch(&self.app, SqsBatch { records }, &NoRedelivery).await;
+        self.file(Handler::Drain);
+        response
+    }
+
     /// `POST /v1/uploads`, which the submit function serves.
     async fn upload_slot(&mut self, size: usize) -> (u16, Value) {
         let request = http::Request::builder()
@@ -736,19 +772,29 @@ async fn port_calls_by_handler() -> BTreeMap<Handler, Grants> {
         s.submit(prompt("c"), &[("idempotency-key", "k1")]).await.0,
         422
     );
-    // Submit: Replicate throttles; the record is ended and the claim released.
+    // Submit: Replicate throttles past the retry budget; the prediction waits in the
+    // create queue (marked queued, its job sent) instead of failing.
     s.app.replicate.fail_next_create(ReplicateError::Throttled {
         retry_after: None,
         attempts: 4,
     });
-    assert_eq!(s.submit(prompt("d"), &[]).await.0, 429);
-    // Submit: the same with an Idempotency-Key, which is freed for a retry.
-    s.app.replicate.fail_next_create(ReplicateError::Throttled {
-        retry_after: None,
-        attempts: 4,
-    });
-    let keyed = [("idempotency-key", "k-throttled")];
-    assert_eq!(s.submit(prompt("d2"), &keyed).await.0, 429);
+    let (status, throttled) = s.submit(prompt("d"), &[]).await;
+    assert_eq!(
+        (status, throttled["status"].as_str()),
+        (202, Some("queued"))
+    );
+    assert_eq!(s.app.queue.inner.drain_creates().len(), 1);
+    // Submit: Replicate is down past the retry budget, with an Idempotency-Key: the record
+    // is ended and the key freed for a retry.
+    s.app
+        .replicate
+        .fail_next_create(ReplicateError::Unavailable {
+            status: 503,
+            retry_after: None,
+            attempts: 4,
+        });
+    let keyed = [("idempotency-key", "k-unavailable")];
+    assert_eq!(s.submit(prompt("d2"), &keyed).await.0, 503);
     assert_eq!(
         s.submit(prompt("d2"), &keyed).await.0,
         202,
@@ -951,9 +997,92 @@ async fn port_calls_by_handler() -> BTreeMap<Handler, Grants> {
     assert_eq!(s.fetch(orphan.id.as_str()).await.1["status"], "failed");
 
     let c = callback_and_upload_calls().await;
+    let q = queued_create_calls().await;
     let mut calls = s.by_handler;
     merge(&mut calls, u.by_handler);
     merge(&mut calls, c);
+    merge(&mut calls, q);
+    calls
+}
+
+/// Bursts: creates over the rate are queued, refused past the backlog limit, canceled
+/// while queued (by the route, and by a cancel racing the drainer), created by the drainer
+/// (an inline image presigned again, the `start` callback queued), and queued again by the
+/// reconciler when a job was lost.
+async fn queued_create_calls() -> BTreeMap<Handler, Grants> {
+    let mut q = Scenario::with_vars(&[
+        ("REPLICATE_CREATES_PER_MINUTE", "1"),
+        ("MAX_QUEUE_SECONDS", "200"),
+    ]);
+    let (first, _) = q.submitted("created at once").await;
+    assert_eq!(q.record(&first).queue, None);
+    let image = png(2_000);
+    let data_url = format!(
+        "data:image/png;base64,{}",
+        base64::engine::general_purpose::STANDARD.encode(&image)
+    );
+    let mut with_image =
+        json!({"model": "sdxl-img2img", "input": {"prompt": "queued", "image": data_url}});
+    with_image["webhook"] = json!(format!("http://{CALLBACK_HOST}/hook"));
+    with_image["webhook_events_filter"] = json!(["start", "completed"]);
+    let mut queued = Vec::new();
+    for body in [
+        with_image,
+        prompt("canceled while queued"),
+        prompt("canceled in a race"),
+    ] {
+        let (status, view) = q.submit(body, &[]).await;
+        assert_eq!(
+            (status, view["status"].as_str()),
+            (202, Some("queued")),
+            "{view}"
+        );
+        queued.push(view["id"].as_str().unwrap().to_owned());
+    }
+    let (status, refused) = q.submit(prompt("over the backlog"), &[]).await;
+    assert_eq!(status, 503, "{refused}");
+    let (status, canceled) = q.cancel(&queued[1]).await;
+    assert_eq!(
+        (status, canceled["status"].as_str()),
+        (200, Some("canceled"))
+    );
+    // A cancel that lands as the drainer reads the record: the drainer ends it.
+    let id = imagegen_shared::record::PredictionId::parse(&queued[2]).unwrap();
+    let now = q.app.clock.now();
+    assert!(
+        q.app
+            .records
+            .inner
+            .claim_sync(&id, SyncMark::CancelRequested, now, now)
+            .await
+            .unwrap()
+    );
+    // Past every slot given out (four, a minute apart).
+    q.app.clock.advance(Duration::from_secs(300));
+    let created_before = q.app.replicate.created().len();
+    assert!(q.drain().await.failures.is_empty());
+    assert_eq!(
+        q.app.replicate.created().len(),
+        created_before + 1,
+        "only the first queued"
+    );
+    let sent = q.app.replicate.created().last().unwrap().input["image"].clone();
+    assert!(sent.as_str().unwrap().contains("/inputs/"), "{sent}");
+    assert_eq!(q.record(&queued[2]).status, PredictionStatus::Canceled);
+    // A queued prediction whose job was lost: the reconciler queues it again.
+    q.submitted("at once again").await;
+    let (status, lost) = q.submit(prompt("job lost"), &[]).await;
+    assert_eq!((status, lost["status"].as_str()), (202, Some("queued")));
+    assert_eq!(q.app.queue.inner.drain_creates().len(), 1, "the job, lost");
+    q.app.clock.advance(Duration::from_secs(600));
+    assert_eq!(q.reconcile().await["creates_requeued"], 1);
+    assert_eq!(q.app.queue.inner.drain_creates().len(), 1, "queued again");
+    let mut calls = q.by_handler;
+    // Not a port call: a job not due yet hides its message (`Redelivery`).
+    calls.entry(Handler::Drain).or_default().insert((
+        "sqs:ChangeMessageVisibility".to_owned(),
+        Resource::CreateQueue,
+    ));
     calls
 }
 
@@ -1043,10 +1172,28 @@ async fn callback_and_upload_calls() -> BTreeMap<Handler, Grants> {
     calls
 }
 
-/// The (action, resource) pairs a handler's port calls need.
+/// The (action, resource) pairs a handler's port calls need, against the template's.
+/// Run on a thread with a large stack: polling the scenarios' nested futures takes more
+/// than a test thread's 2 MiB in debug builds.
+#[test]
+fn each_function_gets_exactly_the_variables_and_actions_its_code_needs() {
+    let checked = std::thread::Builder::new()
+        .stack_size(64 << 20)
+        .spawn(|| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime")
+                .block_on(check_grants())
+        })
+        .expect("a thread")
+        .join();
+    if let Err(panic) = checked {
+        std::panic::resume_unwind(panic);
+    }
+}
 
-#[tokio::test]
-async fn each_function_gets_exactly_the_variables_and_actions_its_code_needs() {
+async fn check_grants() {
     let template = template();
     let calls = port_calls_by_handler().await;
     for (function, handler, _) in FUNCTIONS {

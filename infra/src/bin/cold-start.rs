@@ -150,6 +150,10 @@ async fn measure(
                 "CALLBACK_DEAD_LETTER_QUEUE_URL",
                 "https://sqs.us-east-1.amazonaws.com/1/bench-callbacks-dlq",
             ),
+            (
+                "CREATE_QUEUE_URL",
+                "https://sqs.us-east-1.amazonaws.com/1/bench-creates",
+            ),
             ("REPLICATE_API_TOKEN", "r8_bench"),
             ("RUST_LOG", "error"),
         ])

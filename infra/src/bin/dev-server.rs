@@ -20,7 +20,9 @@ use std::time::{Duration, Instant};
 use imagegen_shared::aws::{AwsClients, ensure_bucket, ensure_table};
 use imagegen_shared::bootstrap::{ProductionApp, build_app};
 use imagegen_shared::config::DEFAULT_OUTPUT_HOST_ALLOWLIST;
-use local_stack::dev::{ensure_local_queues, serve_app, spawn_callback_worker, spawn_copy_worker};
+use local_stack::dev::{
+    ensure_local_queues, serve_app, spawn_callback_worker, spawn_copy_worker, spawn_create_worker,
+};
 use local_stack::gateway::{
     LambdaConfig, LocalQueue, TEMPLATE, function_environment, run_functions,
 };
@@ -103,7 +105,10 @@ async fn run() -> Result<(), String> {
     ensure_bucket(&aws.s3, &extra["BUCKET_NAME"])
         .await
         .map_err(|e| e.to_string())?;
-    if env("COPY_QUEUE_URL").is_none() || env("CALLBACK_QUEUE_URL").is_none() {
+    if env("COPY_QUEUE_URL").is_none()
+        || env("CALLBACK_QUEUE_URL").is_none()
+        || env("CREATE_QUEUE_URL").is_none()
+    {
         let queues = ensure_local_queues(&aws.sqs, DEFAULT_QUEUE)
             .await
             .map_err(|e| e.to_string())?;
@@ -114,6 +119,7 @@ async fn run() -> Result<(), String> {
                 "CALLBACK_DEAD_LETTER_QUEUE_URL",
                 queues.callback_dead_letter,
             ),
+            ("CREATE_QUEUE_URL", queues.create),
         ] {
             if env(name).is_none() {
                 extra.insert(name.into(), url);
@@ -136,9 +142,18 @@ async fn run() -> Result<(), String> {
             Some(json) => serde_json::from_str(&json).map_err(|e| format!("SIM_FAULTS: {e}"))?,
             None => Default::default(),
         };
+        // Replicate's own create limit, to try bursts against (README, "Bursts").
+        let creates_per_minute = match env("SIM_CREATES_PER_MINUTE") {
+            Some(n) => Some(
+                n.parse()
+                    .map_err(|_| format!("SIM_CREATES_PER_MINUTE: `{n}` is not a number"))?,
+            ),
+            None => None,
+        };
         let simulator = Simulator::start(SimConfig {
             port,
             faults,
+            creates_per_minute,
             ..SimConfig::default()
         })
         .await
@@ -209,6 +224,10 @@ async fn run() -> Result<(), String> {
             LocalQueue {
                 logical_id: "CallbackQueue",
                 url: app.settings.callback_queue_url.clone(),
+            },
+            LocalQueue {
+                logical_id: "CreateQueue",
+                url: app.settings.create_queue_url.clone(),
             },
         ];
         let processes = env("DEV_FUNCTION_PROCESSES")
@@ -286,7 +305,8 @@ fn serve_in_process(
         sqs.clone(),
         app.settings.copy_queue_url.clone(),
     );
-    let callbacks = spawn_callback_worker(app.clone(), sqs);
+    let callbacks = spawn_callback_worker(app.clone(), sqs.clone());
+    let creates = spawn_create_worker(app.clone(), sqs);
     let server = serve_app(listener, app.clone());
     let reconciler = tokio::spawn(async move {
         let mut ticks = tokio::time::interval(every);
@@ -298,7 +318,7 @@ fn serve_in_process(
     });
     InProcess {
         server,
-        tasks: vec![copier, callbacks, reconciler],
+        tasks: vec![copier, callbacks, creates, reconciler],
     }
 }
 

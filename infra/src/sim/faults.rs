@@ -157,6 +157,21 @@ impl State {
         created
     }
 
+    /// Takes a create from the limit's bucket; `Some(wait)` when it is empty (refused).
+    fn over_create_limit(&self) -> Option<Duration> {
+        let per_minute = self.config.creates_per_minute?;
+        let per_second = f64::from(per_minute.max(1)) / 60.0;
+        let mut bucket = lock(&self.create_tokens);
+        let now = std::time::Instant::now();
+        let refilled = bucket.0 + now.duration_since(bucket.1).as_secs_f64() * per_second;
+        *bucket = (refilled.min(create_burst(per_minute)), now);
+        if bucket.0 >= 1.0 {
+            bucket.0 -= 1.0;
+            return None;
+        }
+        Some(Duration::from_secs_f64((1.0 - bucket.0) / per_second))
+    }
+
     /// The injected answer for an API call, if a fault strikes it.
     pub(super) async fn api_fault(
         &self,
@@ -168,6 +183,19 @@ impl State {
             tokio::time::sleep(Duration::from_millis(faults.slow_ms)).await;
         }
         let is_create = method == Method::POST && segments.last() == Some(&"predictions");
+        if is_create && let Some(wait) = self.over_create_limit() {
+            lock(&self.stats).throttled += 1;
+            lock(&self.stats).rate_limited += 1;
+            let mut response = problem(
+                StatusCode::TOO_MANY_REQUESTS,
+                "Request was throttled. Expected available in 1 second.",
+            );
+            let seconds = wait.as_millis().div_ceil(1000).max(1).to_string();
+            if let Ok(value) = http::HeaderValue::from_str(&seconds) {
+                response.headers_mut().insert(header::RETRY_AFTER, value);
+            }
+            return Some(response);
+        }
         if is_create && roll(faults.create_throttle) {
             lock(&self.stats).throttled += 1;
             let mut response = problem(
@@ -190,4 +218,9 @@ impl State {
         }
         None
     }
+}
+
+/// The create limit's burst: two seconds' worth.
+pub(super) fn create_burst(per_minute: u32) -> f64 {
+    (f64::from(per_minute) / 30.0).max(1.0)
 }

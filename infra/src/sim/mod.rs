@@ -50,6 +50,9 @@ pub struct SimConfig {
     pub webhook_attempts: u32,
     pub webhook_retry_delay: Duration,
     pub faults: Faults,
+    /// Replicate's create limit: creates a minute, with bursts of two seconds' worth; a
+    /// create over it is answered 429 with `Retry-After`. `None`: unlimited.
+    pub creates_per_minute: Option<u32>,
 }
 
 impl Default for SimConfig {
@@ -66,6 +69,7 @@ impl Default for SimConfig {
             webhook_attempts: 4,
             webhook_retry_delay: Duration::from_millis(200),
             faults: Faults::default(),
+            creates_per_minute: None,
         }
     }
 }
@@ -81,6 +85,8 @@ pub struct Stats {
     pub file_downloads: u64,
     pub lists: u64,
     pub throttled: u64,
+    /// Creates refused by `creates_per_minute` (counted in `throttled` too).
+    pub rate_limited: u64,
     pub server_errors: u64,
     pub failed_downloads: u64,
     /// Creates that created and ran their prediction but were answered with a gateway error.
@@ -102,6 +108,8 @@ struct State {
     failed_once: Mutex<std::collections::HashSet<String>>,
     /// The input images each prediction fetched: field → (SHA-256 hex, size).
     input_files: Mutex<HashMap<String, InputFiles>>,
+    /// The create limit's token bucket: tokens left, and when it was last filled.
+    create_tokens: Mutex<(f64, std::time::Instant)>,
     http: reqwest::Client,
 }
 
@@ -143,6 +151,10 @@ impl Simulator {
             faults: Mutex::new(config.faults.clone()),
             failed_once: Mutex::new(std::collections::HashSet::new()),
             input_files: Mutex::new(HashMap::new()),
+            create_tokens: Mutex::new((
+                config.creates_per_minute.map_or(0.0, faults::create_burst),
+                std::time::Instant::now(),
+            )),
             http,
         });
         let handler_state = state.clone();

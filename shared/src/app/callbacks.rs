@@ -11,7 +11,7 @@ use lambda_http::{Body, Request, Response};
 use serde::Serialize;
 
 use super::problem::json_or_problem;
-use super::{ApiError, App, Ports, PredictionView};
+use super::{ApiError, App, Ports};
 use crate::callbacks::{CallbackEvent, CallbackJob, CallbackStatus, retry_delay};
 use crate::delivery::{CallbackRequest, CallbackSender, DeliveryOutcome};
 use crate::ports::{AccountStore, JobQueue, RecordStore, StoreError};
@@ -116,9 +116,7 @@ impl<P: Ports> App<P> {
         let Ok(url) = url::Url::parse(&callback.target.url) else {
             return self.give_up(job, "the callback URL is unreadable").await;
         };
-        let view =
-            PredictionView::build(&record, false, &self.objects, self.settings.output_url_ttl)
-                .await?;
+        let view = self.view(&record, false).await?;
         let body = serde_json::to_vec(&view).unwrap_or_default();
         let secret = WebhookSecret::parse(&self.tenant_secret_text(tenant).await?)
             .map_err(|e| StoreError::new("read callback secret", e.to_string()))?;

@@ -26,10 +26,7 @@ impl<P: Ports> App<P> {
         } else {
             self.cancel_running(record).await?
         };
-        Ok(
-            PredictionView::build(&record, false, &self.objects, self.settings.output_url_ttl)
-                .await?,
-        )
+        Ok(self.view(&record, false).await?)
     }
 
     /// Records the request and cancels at Replicate, applying its answer. At most one
@@ -55,6 +52,17 @@ impl<P: Ports> App<P> {
             cancel_requested_at: Some(now),
             ..record
         };
+        if record.is_queued() {
+            // Read again: no drainer can claim it from the request on, but one may have just
+            // before. Still unsent, it was never created: it ends `canceled`, Replicate
+            // untouched.
+            let fresh = self.reread(record).await?;
+            if fresh.is_queued() {
+                self.end_queued_canceled(&fresh).await?;
+                return Ok(self.reread(fresh).await?);
+            }
+            return Ok(fresh);
+        }
         let Some(replicate_id) = record.replicate_id.clone() else {
             // The resolver (from `RESOLVE_AFTER_SECONDS` on) ties it and cancels it, or
             // ends it `canceled` when nothing was created.

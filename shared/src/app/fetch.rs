@@ -24,10 +24,7 @@ impl<P: Ports> App<P> {
         if !record.status.is_terminal() {
             record = self.sync_running(record).await?;
         }
-        Ok(
-            PredictionView::build(&record, false, &self.objects, self.settings.output_url_ttl)
-                .await?,
-        )
+        Ok(self.view(&record, false).await?)
     }
 
     /// Asks Replicate about a running prediction, at most once per sync interval across all

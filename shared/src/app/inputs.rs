@@ -19,7 +19,7 @@ use crate::registry::{FieldSpec, ModelAlias, ValidatedInput};
 /// How long the presigned URL of an input image given to Replicate stays valid: a
 /// prediction may wait through a cold boot and runs up to 30 minutes.
 pub const INPUT_URL_TTL: Duration = Duration::from_secs(2 * 3600);
-const REFERENCE_SCHEME: &str = "inline://";
+pub const REFERENCE_SCHEME: &str = "inline://";
 
 /// One inline image of a request, decoded.
 #[derive(Debug, Clone, PartialEq)]

@@ -71,10 +71,7 @@ impl<P: Ports> App<P> {
             let Some(record) = record?.filter(|r| r.belongs_to(&caller.tenant)) else {
                 continue;
             };
-            items.push(
-                PredictionView::build(&record, false, &self.objects, self.settings.output_url_ttl)
-                    .await?,
-            );
+            items.push(self.view(&record, false).await?);
         }
         Ok(PredictionList {
             items,

@@ -11,6 +11,7 @@ mod fetch;
 pub mod inputs;
 mod list;
 pub mod problem;
+mod queue;
 mod reconcile;
 mod resolve;
 mod submit;
@@ -42,11 +43,12 @@ use crate::webhook::WebhookVerifier;
 pub use auth::KEY_CACHE_TTL;
 pub use callbacks::CallbackDisposition;
 pub use problem::ApiError;
+pub use queue::CreateDisposition;
 pub use reconcile::{OUTPUT_RETENTION, ReconcileReport};
 pub use resolve::UNCONFIRMED_DEADLINE;
 pub use sync::{SyncError, SyncOutcome};
 pub use uploads::UploadSlot;
-pub use view::{OutputView, PredictionView};
+pub use view::{OutputView, PredictionView, QueueView};
 
 /// The OpenAPI 3.1 document of this API (`shared/openapi.json`), served at
 /// `GET /openapi.json` without a key.
@@ -129,6 +131,24 @@ pub struct PortSet<P: Ports> {
 }
 
 impl<P: Ports> App<P> {
+    /// A prediction as every route returns it: fresh download URLs, and where it stands in
+    /// the create queue if it waits there.
+    pub(crate) async fn view(
+        &self,
+        record: &PredictionRecord,
+        cached: bool,
+    ) -> Result<PredictionView, StoreError> {
+        let queue = QueueView::of(record, &self.settings.create_pace, self.clock.now());
+        PredictionView::build(
+            record,
+            cached,
+            &self.objects,
+            self.settings.output_url_ttl,
+            queue,
+        )
+        .await
+    }
+
     pub fn new(ports: PortSet<P>, registry: ModelRegistry, settings: Settings) -> Self {
         let webhook_verifier =
             OnceCell::new_with(settings.webhook_secret.clone().map(WebhookVerifier::new));

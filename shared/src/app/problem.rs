@@ -36,6 +36,8 @@ pub enum ApiError {
     Throttled { retry_after: Duration },
     #[error("Replicate is unavailable; retry later")]
     Unavailable { retry_after: Duration },
+    #[error("the create queue holds more than its limit of work; retry later")]
+    Backlogged { retry_after: Duration },
     #[error("Replicate answered with an error")]
     Upstream,
     #[error("{0}")]
@@ -101,6 +103,7 @@ impl ApiError {
                 "upstream-unavailable",
                 "Upstream unavailable",
             ),
+            Self::Backlogged { .. } => (S::SERVICE_UNAVAILABLE, "queue-full", "Create queue full"),
             Self::Upstream => (S::BAD_GATEWAY, "upstream-error", "Upstream error"),
             Self::InvalidSignature(_) => (
                 S::UNAUTHORIZED,
@@ -125,6 +128,7 @@ impl ApiError {
         match self {
             Self::Throttled { retry_after }
             | Self::Unavailable { retry_after }
+            | Self::Backlogged { retry_after }
             | Self::RateLimited { retry_after, .. } => Some(*retry_after),
             Self::IdempotencyInProgress => Some(Duration::from_secs(1)),
             _ => None,

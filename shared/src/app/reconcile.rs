@@ -21,6 +21,8 @@ use crate::replicate::{PredictionStatus, ReplicateApi};
 use crate::time::Timestamp;
 
 /// The schedule's period (template: `rate(5 minutes)`), for rotating the first shard.
+/// A queued create still unsent this long after its slot lost its job: queued again.
+const CREATE_OVERDUE: Duration = Duration::from_secs(120);
 const RUN_EVERY: Duration = Duration::from_secs(5 * 60);
 /// Records read per query of the open index.
 const PAGE: usize = 100;
@@ -42,6 +44,8 @@ pub struct ReconcileReport {
     pub copies_queued: usize,
     /// Ended predictions whose `completed` callback had not been queued.
     pub callbacks_queued: usize,
+    /// Queued predictions whose create job was overdue: queued again (README, "Bursts").
+    pub creates_requeued: usize,
     /// Ended because they outlived Replicate's output retention.
     pub expired: usize,
     /// Could not be synced this time (Replicate or storage failed); retried next run.
@@ -59,6 +63,7 @@ enum Step {
 
 enum Outcome {
     Advanced,
+    CreateRequeued,
     CallbackQueued,
     CopyQueued,
     Unchanged,
@@ -119,6 +124,7 @@ impl<P: Ports> App<P> {
             ("ReconcileExpired", report.expired),
             ("ReconcileErrors", report.errors),
             ("ReconcileCallbacksQueued", report.callbacks_queued),
+            ("ReconcileCreatesRequeued", report.creates_requeued),
         ] {
             crate::metrics::record(crate::metrics::Metric::value(
                 name,
@@ -162,6 +168,7 @@ impl<P: Ports> App<P> {
             for outcome in outcomes {
                 match outcome {
                     Outcome::Advanced => report.advanced += 1,
+                    Outcome::CreateRequeued => report.creates_requeued += 1,
                     Outcome::CopyQueued => report.copies_queued += 1,
                     Outcome::CallbackQueued => report.callbacks_queued += 1,
                     Outcome::Expired => report.expired += 1,
@@ -209,6 +216,9 @@ impl<P: Ports> App<P> {
     }
 
     async fn reconcile_one(&self, record: PredictionRecord, now: Timestamp) -> Outcome {
+        if record.is_queued() {
+            return self.reconcile_queued(&record, now).await;
+        }
         match self.sync_for_reconcile(record).await {
             Ok((_, Step::Advanced)) => Outcome::Advanced,
             // A queued copy does not end the record: if it never lands, the record must
@@ -228,6 +238,30 @@ impl<P: Ports> App<P> {
         }
     }
 
+    /// A queued prediction: ended if its cancel was asked for; queued again if its create
+    /// job is overdue (its send failed, or the job was lost), which is harmless if it was
+    /// not: only one drainer can claim the record.
+    async fn reconcile_queued(&self, record: &PredictionRecord, now: Timestamp) -> Outcome {
+        if record.cancel_requested_at.is_some() {
+            return match self.end_queued_canceled(record).await {
+                Ok(_) => Outcome::Advanced,
+                Err(err) => {
+                    tracing::warn!(prediction_id = %record.id, error = %err, "could not end a canceled queued prediction");
+                    Outcome::Error
+                }
+            };
+        }
+        let overdue = record
+            .queue
+            .as_ref()
+            .is_some_and(|q| now >= q.slot_at.plus(CREATE_OVERDUE));
+        if !overdue {
+            return Outcome::Unchanged;
+        }
+        self.send_to_create_queue(record, now).await;
+        Outcome::CreateRequeued
+    }
+
     /// Ends a record that outlived Replicate's output retention; otherwise `otherwise`.
     async fn expire_if_too_old(
         &self,
@@ -235,7 +269,7 @@ impl<P: Ports> App<P> {
         now: Timestamp,
         otherwise: Outcome,
     ) -> Outcome {
-        if now < record.created_at.plus(OUTPUT_RETENTION) {
+        if now < record.create_sent_at().plus(OUTPUT_RETENTION) {
             return otherwise;
         }
         let reason = "no result within Replicate's one-hour output retention; the outputs are no longer available";

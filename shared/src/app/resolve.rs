@@ -72,7 +72,8 @@ impl<P: Ports> App<P> {
         // Not before `RESOLVE_AFTER_SECONDS`: until then the list may not show a late
         // create, and an identical request's create may be listed before it records its id
         // (adopting it would leave that one's own prediction orphaned).
-        if now < record.created_at.plus(self.settings.resolve_after) {
+        let sent_at = record.create_sent_at();
+        if now < sent_at.plus(self.settings.resolve_after) {
             return Ok(record);
         }
         let search = tokio::time::timeout(budget.time, self.search_created(&record, now, budget))
@@ -81,7 +82,14 @@ impl<P: Ports> App<P> {
         let tied = match search {
             Ok(Search::Found(candidates)) => self.adopt_first(&record, &candidates).await?,
             Ok(Search::NotFound { conclusive }) => {
-                if conclusive {
+                if conclusive && record.queue.is_some() && record.cancel_requested_at.is_none() {
+                    // A queued create that never reached Replicate (a drainer died after
+                    // claiming it): back in the queue, not failed.
+                    tracing::warn!(prediction_id = %record.id, "a claimed queued create was never made; queued again");
+                    if self.records.release_create(&record.id, sent_at).await? {
+                        self.send_to_create_queue(&record, now).await;
+                    }
+                } else if conclusive {
                     tracing::warn!(prediction_id = %record.id, "Replicate has no prediction for an unconfirmed create; ending it");
                     if record.cancel_requested_at.is_some() {
                         // Its cancel was asked for: it ends canceled, as one never created.
@@ -108,7 +116,10 @@ impl<P: Ports> App<P> {
             }
         };
         let fresh = self.reread(record).await?;
-        if !tied && fresh.is_unconfirmed() && now >= fresh.created_at.plus(UNCONFIRMED_DEADLINE) {
+        if !tied
+            && fresh.is_unconfirmed()
+            && now >= fresh.create_sent_at().plus(UNCONFIRMED_DEADLINE)
+        {
             self.end_record(
                 &fresh,
                 "the prediction could not be confirmed as created at Replicate",
@@ -128,10 +139,11 @@ impl<P: Ports> App<P> {
         now: Timestamp,
         budget: SearchBudget,
     ) -> Result<Search, ReplicateError> {
+        // Around when the create was sent: at submit, or when a drainer sent a queued one.
+        let sent_at = record.create_sent_at();
         let window = (
-            record.created_at.minus(WINDOW_BEFORE),
-            record
-                .created_at
+            sent_at.minus(WINDOW_BEFORE),
+            sent_at
                 .plus(WINDOW_AFTER)
                 .min(now.plus(Duration::from_secs(1))),
         );
@@ -168,7 +180,7 @@ impl<P: Ports> App<P> {
             p.created_at
                 .as_deref()
                 .and_then(Timestamp::parse_rfc3339)
-                .map_or(Duration::MAX, |t| t.distance(record.created_at))
+                .map_or(Duration::MAX, |t| t.distance(sent_at))
         };
         found.sort_by_key(distance);
         Ok(Search::Found(found))

@@ -18,21 +18,22 @@ use super::Ports;
 use super::body::{SubmitBody, parse_submit_body};
 use super::inputs::{InlineImage, extract_inline_images, materialize, with_file_references};
 use super::problem::json_response;
-use super::sync::{Billed, Copy};
-use super::{ApiError, App, PredictionView};
-use crate::callbacks::{CallbackEvent, CallbackState, CallbackTarget};
+use super::queue::Sent;
+use super::sync::Billed;
+use super::{ApiError, App};
+use crate::callbacks::{CallbackState, CallbackTarget};
 use crate::cost::{Micros, requested_outputs, usd};
 use crate::destination::{SystemResolver, check_destination, parse_callback_url};
 use crate::metrics::{self, Metric};
 use crate::outputs::hex;
+use crate::pacing::CreateSlot;
 use crate::ports::{AccountStore, ClaimOutcome, RecordStore, Settlement};
-use crate::record::{Claim, ClaimGuard, PredictionId, PredictionRecord, new_webhook_token};
+use crate::record::{
+    Claim, ClaimGuard, PredictionId, PredictionRecord, QueueState, new_webhook_token,
+};
 use crate::registry::InputErrors;
 use crate::registry::{CacheKey, ModelAlias};
-use crate::replicate::{
-    Deadline, InvalidDeadline, PredictionStatus, ReplicateApi, ReplicateError, WebhookEvent,
-    WebhookTarget,
-};
+use crate::replicate::{Deadline, InvalidDeadline, PredictionStatus, ReplicateError};
 use crate::tenancy::{Caller, Reservation, TenantId, month_of, usage_expires_at};
 use crate::time::Timestamp;
 
@@ -179,14 +180,7 @@ impl<P: Ports> App<P> {
     pub async fn submit(&self, request: Request) -> Response<Body> {
         match self.try_submit(&request).await {
             Ok(started) => {
-                let view = match PredictionView::build(
-                    &started.record,
-                    started.cached,
-                    &self.objects,
-                    self.settings.output_url_ttl,
-                )
-                .await
-                {
+                let view = match self.view(&started.record, started.cached).await {
                     Ok(view) => view,
                     Err(err) => return ApiError::from(err).into_response(),
                 };
@@ -503,6 +497,23 @@ impl<P: Ports> App<P> {
         let id = claim
             .and_then(|c| c.prediction_id.clone())
             .unwrap_or_else(|| new.id.clone());
+        // The create rate (README, "Bursts"): a slot now, a later one (queued), or none.
+        let slot = match self
+            .records
+            .reserve_create_slot(&self.settings.create_pace, now)
+            .await
+        {
+            Ok(CreateSlot::Full { retry_after }) => {
+                metrics::record(Metric::count("QueueFull"));
+                self.release_cache_claim(claim).await;
+                return Err(ApiError::Backlogged { retry_after });
+            }
+            Ok(slot) => slot,
+            Err(err) => {
+                self.release_cache_claim(claim).await;
+                return Err(err.into());
+            }
+        };
         let estimate = match self.reserve_estimate(new, now).await {
             Ok(estimate) => estimate,
             Err(err) => {
@@ -511,7 +522,7 @@ impl<P: Ports> App<P> {
             }
         };
         let token = new_webhook_token();
-        let mut record = PredictionRecord {
+        let record = PredictionRecord {
             id: id.clone(),
             replicate_id: None,
             alias: new.alias.alias.clone(),
@@ -536,6 +547,15 @@ impl<P: Ports> App<P> {
             cost: None,
             input_files: new.input_files.clone(),
             callback: new.callback.clone().map(CallbackState::new),
+            queue: match slot {
+                CreateSlot::At(slot_at) => Some(QueueState {
+                    slot_at,
+                    webhook_base: new.webhook_base.clone(),
+                    deadline: new.deadline,
+                    sent_at: None,
+                }),
+                CreateSlot::Now | CreateSlot::Full { .. } => None,
+            },
         };
         tracing::Span::current().record("prediction_id", id.as_str());
         if let Err(err) = self.records.insert_prediction(&record).await {
@@ -564,61 +584,39 @@ impl<P: Ports> App<P> {
                 return Err(ApiError::Internal);
             }
         };
-        let webhook = WebhookTarget {
-            url: format!(
-                "{}/webhooks/replicate?id={id}&token={token}",
-                new.webhook_base
-            ),
-            // Only `completed`: a `start` delivery would cost an API request, an invocation
-            // and a record write per prediction (`make cost`) and saves nothing; fetches
-            // show `processing` by syncing, and only `completed` is retried by Replicate.
-            events: vec![WebhookEvent::Completed],
-        };
-        let webhook = self.settings.send_webhooks.then_some(&webhook);
+        if let Some(queue) = &record.queue {
+            // Its slot is later: the drainer creates it then (README, "Bursts").
+            self.send_to_create_queue(&record, queue.slot_at).await;
+            metrics::record(Metric::count("PredictionsQueued").by("Model", &new.alias.alias));
+            return Ok(Started::new(record));
+        }
         match self
-            .replicate
-            .create_prediction(&new.alias.model, &sent_input, webhook, new.deadline)
+            .send_create(&record, &sent_input, &new.webhook_base, new.deadline)
             .await
         {
-            Ok(remote) => {
-                // It exists (and is billed) now: whatever fails below, the answer is the
-                // record, never an error that would free the keys for a second create.
+            Sent::Created(record) | Sent::Unknown(record) => Ok(Started::new(record)),
+            Sent::Throttled(retry_after) => {
+                // Replicate throttled past the retry budget: nothing was created, so it waits
+                // in the create queue instead of failing.
                 match self
-                    .records
-                    .attach_replicate_id(&id, &remote.id, record.expires_at)
+                    .queue_throttled(&record, &new.webhook_base, new.deadline, retry_after)
                     .await
                 {
-                    Ok(true) => record.replicate_id = Some(remote.id.clone()),
-                    Ok(false) => {
-                        tracing::warn!(prediction_id = %id, replicate_id = %remote.id, "record already names another Replicate prediction");
-                    }
-                    Err(err) => {
-                        tracing::error!(prediction_id = %id, replicate_id = %remote.id, error = %err, "could not record Replicate's id; its webhook or the resolver will");
+                    Some(queued) => Ok(Started::new(queued)),
+                    None => {
+                        let err = ReplicateError::Throttled {
+                            retry_after: Some(retry_after),
+                            attempts: 1,
+                        };
+                        self.end_unstarted(&record, creation_refused(&err)).await;
+                        self.release_cache_claim(claim).await;
+                        Err(err.into())
                     }
                 }
-                tracing::info!(prediction_id = %id, replicate_id = %remote.id, model = %new.alias.model, "prediction created");
-                metrics::record(Metric::count("PredictionsCreated").by("Model", &new.alias.alias));
-                // A create answered `processing` is recorded now; a terminal answer is left
-                // to the webhook or a sync, which queue the output copy.
-                if remote.status == PredictionStatus::Processing {
-                    record = self.apply_created_state(record, &remote).await;
-                }
-                self.queue_callback(&record, CallbackEvent::Start).await;
-                Ok(Started::new(record))
             }
-            Err(err @ ReplicateError::CreateOutcomeUnknown { .. }) => {
-                // It may exist at Replicate: answer with the kept record, and keep every claim
-                // pointing at it until the resolver finds the prediction or gives up. Never
-                // create a second one for the same request.
-                tracing::error!(prediction_id = %id, error = %err, "prediction create outcome unknown; the resolver will find out");
-                Ok(Started::new(record))
-            }
-            Err(err) => {
+            Sent::Refused(err) => {
                 // Nothing was created: the record ends `failed` (anyone who joined it sees
                 // why) and the cache key is free at once.
-                if matches!(err, ReplicateError::Throttled { .. }) {
-                    metrics::record(Metric::count("UpstreamThrottled"));
-                }
                 self.end_unstarted(&record, creation_refused(&err)).await;
                 self.release_cache_claim(claim).await;
                 Err(err.into())
@@ -680,21 +678,6 @@ impl<P: Ports> App<P> {
         };
         if let Err(err) = self.end_record(&unseen, reason, Billed::NotCreated).await {
             tracing::warn!(prediction_id = %record.id, error = %err, "could not end the unstarted record");
-        }
-    }
-
-    /// A create answered with a later state: record it right away.
-    async fn apply_created_state(
-        &self,
-        record: PredictionRecord,
-        remote: &crate::replicate::Prediction,
-    ) -> PredictionRecord {
-        if let Err(err) = self.apply_remote(&record, remote, Copy::Queue).await {
-            tracing::warn!(prediction_id = %record.id, error = %err, "could not apply the create answer's state");
-        }
-        match self.reread(record.clone()).await {
-            Ok(fresh) => fresh,
-            Err(_) => record,
         }
     }
 

@@ -41,6 +41,9 @@ fn app_with(extra: &[(&str, &str)]) -> TestApp {
                 "COPY_QUEUE_URL" => Some("q".into()),
                 "CALLBACK_QUEUE_URL" => Some("c".into()),
                 "CALLBACK_DEAD_LETTER_QUEUE_URL" => Some("d".into()),
+                "CREATE_QUEUE_URL" => Some("n".into()),
+                // Bursts are queued only where a test asks for a rate.
+                "REPLICATE_CREATES_PER_MINUTE" => Some("100000".into()),
                 "REPLICATE_WEBHOOK_SECRET" => Some(SECRET.into()),
                 _ => None,
             })
@@ -532,23 +535,137 @@ async fn an_idempotency_key_whose_holder_died_is_taken_over_only_if_nothing_was_
 #[tokio::test]
 async fn a_refused_create_ends_its_record_failed_and_frees_the_cache_key() {
     let app = app();
-    app.replicate.fail_next_create(ReplicateError::Throttled {
+    app.replicate.fail_next_create(ReplicateError::Unavailable {
+        status: 503,
         retry_after: Some(Duration::from_secs(3)),
         attempts: 4,
     });
     let response = app.submit(submit_event(fox())).await;
-    assert_eq!(response.status(), 429);
+    assert_eq!(response.status(), 503);
     assert_eq!(response.headers()["retry-after"], "3");
     // Anyone who joined it holds an id that still answers, with the reason.
     let failed = app.records.records();
     assert_eq!(failed.len(), 1, "the record is kept, never deleted");
     assert_eq!(failed[0].status, PredictionStatus::Failed);
-    assert!(failed[0].error.as_deref().unwrap().contains("throttling"));
+    assert!(
+        failed[0]
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("could not be reached")
+    );
     let view = fetched(&app, failed[0].id.as_str()).await;
     assert_eq!(view["status"], "failed", "{view}");
     let (status, retried) = submitted(&app, fox()).await;
     assert_eq!(status, 202, "the key was released, so a retry creates");
     assert_ne!(retried["id"].as_str(), Some(failed[0].id.as_str()));
+}
+
+#[tokio::test]
+async fn a_create_throttled_past_the_retry_budget_waits_in_the_create_queue() {
+    let app = app();
+    app.replicate.fail_next_create(ReplicateError::Throttled {
+        retry_after: Some(Duration::from_secs(3)),
+        attempts: 4,
+    });
+    let (status, queued) = submitted(&app, fox()).await;
+    assert_eq!(status, 202, "{queued}");
+    assert_eq!(queued["status"], "queued");
+    let jobs = app.queue.drain_creates();
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(
+        jobs[0].1,
+        Duration::from_secs(3),
+        "invisible for Replicate's Retry-After"
+    );
+    // Not before its time; then created, and going on like any other.
+    let early = app.drain_create(&jobs[0].0).await.unwrap();
+    assert!(
+        matches!(early, super::CreateDisposition::RetryAfter(w) if w > Duration::from_secs(2) && w <= Duration::from_secs(3)),
+        "{early:?}"
+    );
+    app.clock.advance(Duration::from_secs(3));
+    assert_eq!(
+        app.drain_create(&jobs[0].0).await.unwrap(),
+        super::CreateDisposition::Done
+    );
+    assert_eq!(app.replicate.created().len(), 1);
+    let view = fetched(&app, queued["id"].as_str().unwrap()).await;
+    assert_eq!(view["status"], "starting", "{view}");
+    assert_eq!(view["queue"], Value::Null);
+    // A second run of the same job (SQS delivers at least once) creates nothing more.
+    assert_eq!(
+        app.drain_create(&jobs[0].0).await.unwrap(),
+        super::CreateDisposition::Done
+    );
+    assert_eq!(app.replicate.created().len(), 1);
+}
+
+#[tokio::test]
+async fn over_the_create_rate_submits_queue_in_order_and_past_the_backlog_are_refused() {
+    // Two a minute, at most two minutes of backlog.
+    let app = app_with(&[
+        ("REPLICATE_CREATES_PER_MINUTE", "2"),
+        ("MAX_QUEUE_SECONDS", "120"),
+    ]);
+    let mut views = Vec::new();
+    for n in 0..5 {
+        let (status, view) = submitted(
+            &app,
+            json!({"model": "flux-schnell", "input": {"prompt": format!("burst {n}")}}),
+        )
+        .await;
+        assert_eq!(status, 202, "{view}");
+        views.push(view);
+    }
+    assert_eq!(views[0]["status"], "starting", "the first goes at once");
+    for (n, view) in views.iter().enumerate().skip(1) {
+        assert_eq!(view["status"], "queued", "{view}");
+        assert_eq!(view["queue"]["position"], json!(n), "{view}");
+    }
+    let response = app
+        .submit(submit_event(
+            json!({"model": "flux-schnell", "input": {"prompt": "one too many"}}),
+        ))
+        .await;
+    assert_eq!(response.status(), 503);
+    assert_eq!(json_of(&response)["type"], "/problems/queue-full");
+    assert_eq!(
+        response.headers()["retry-after"],
+        "30",
+        "until the backlog is two minutes"
+    );
+    assert_eq!(app.replicate.created().len(), 1);
+    // Cancel the second queued one: it ends at once, never created.
+    let canceled = app
+        .cancel(cancel_event(
+            views[2]["id"].as_str().unwrap(),
+            Some(FIXTURE_KEY),
+        ))
+        .await;
+    assert_eq!(json_of(&canceled)["status"], "canceled");
+    // The drainer, as time passes: each in its slot, the canceled one skipped.
+    let jobs = app.queue.drain_creates();
+    assert_eq!(jobs.len(), 4);
+    for (n, (_, delay)) in jobs.iter().enumerate() {
+        // As SQS takes it: whole seconds, rounded up.
+        let seconds = delay.as_millis().div_ceil(1000);
+        assert_eq!(seconds, 30 * (n as u128 + 1), "job {n}");
+    }
+    app.clock.advance(Duration::from_secs(120));
+    for (job, _) in &jobs {
+        assert_eq!(
+            app.drain_create(job).await.unwrap(),
+            super::CreateDisposition::Done
+        );
+    }
+    let prompts: Vec<String> = app
+        .replicate
+        .created()
+        .iter()
+        .map(|p| p.input["prompt"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(prompts, ["burst 0", "burst 1", "burst 3", "burst 4"]);
 }
 
 #[tokio::test]

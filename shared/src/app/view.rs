@@ -5,6 +5,7 @@ use serde_json::{Map, Value};
 
 use crate::callbacks::{CallbackEvent, CallbackStatus};
 use crate::cost::usd;
+use crate::pacing::Pace;
 use crate::ports::{ObjectStore, StoreError};
 use crate::record::PredictionRecord;
 use crate::replicate::{Metrics, PredictionStatus};
@@ -27,7 +28,27 @@ pub struct PredictionView {
     pub created_at: String,
     pub started_at: Option<String>,
     pub completed_at: Option<String>,
+    /// Where a `queued` prediction stands in the create queue; `null` otherwise.
+    pub queue: Option<QueueView>,
     pub urls: Urls,
+}
+
+/// A queued prediction's place (README, "Bursts"): the creates due before it at the
+/// configured rate, and when its own is due.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct QueueView {
+    pub position: u64,
+    pub expected_start: String,
+}
+
+impl QueueView {
+    pub fn of(record: &PredictionRecord, pace: &Pace, now: Timestamp) -> Option<Self> {
+        let queue = record.queue.as_ref().filter(|_| record.is_queued())?;
+        Some(Self {
+            position: pace.position(queue.slot_at, now),
+            expected_start: queue.slot_at.max(now).rfc3339(),
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -94,6 +115,7 @@ impl PredictionView {
         cached: bool,
         objects: &O,
         url_ttl: std::time::Duration,
+        queue: Option<QueueView>,
     ) -> Result<Self, StoreError> {
         let mut output = Vec::new();
         if record.status == PredictionStatus::Succeeded {
@@ -108,12 +130,13 @@ impl PredictionView {
         }
         // A status we do not know is reported as still running rather than invented.
         let status = match &record.status {
-            PredictionStatus::Unknown(_) => PredictionStatus::Processing,
-            known => known.clone(),
+            _ if queue.is_some() => "queued".to_owned(),
+            PredictionStatus::Unknown(_) => PredictionStatus::Processing.to_string(),
+            known => known.to_string(),
         };
         Ok(Self {
             id: record.id.to_string(),
-            status: status.to_string(),
+            status,
             model: record.alias.clone(),
             version: record.version.clone(),
             input: record.input.clone(),
@@ -126,6 +149,7 @@ impl PredictionView {
             created_at: record.created_at.rfc3339(),
             started_at: record.started_at.map(Timestamp::rfc3339),
             completed_at: record.completed_at.map(Timestamp::rfc3339),
+            queue,
             urls: Urls {
                 get: format!("/v1/predictions/{}", record.id),
                 cancel: format!("/v1/predictions/{}/cancel", record.id),

@@ -8,12 +8,13 @@ use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata};
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure};
 
 use crate::callbacks::{CallbackEvent, CallbackState, CallbackStatus, CallbackTarget};
+use crate::pacing::{CreateSlot, Pace};
 use crate::ports::{
     AccountStore, ClaimOutcome, ListCursor, OpenEntry, OpenPage, RecordStore, Settlement,
     StoreError, SyncMark, TenantPage, open_shard,
 };
-use crate::record::{Advance, Claim, ClaimGuard, PredictionId, PredictionRecord};
-use crate::replicate::PredictionStatus;
+use crate::record::{Advance, Claim, ClaimGuard, PredictionId, PredictionRecord, QueueState};
+use crate::replicate::{Deadline, PredictionStatus};
 use crate::tenancy::{
     CostSettlement, DEFAULT_RATE_PER_MINUTE, KeyHash, KeyId, KeyRecord, LimitsUpdate, RateWindow,
     Reservation, TenantId, TenantLimits, Usage, usage_key,
@@ -202,6 +203,22 @@ fn prediction_to_item(r: &PredictionRecord) -> Result<Item, StoreError> {
                 .filter(|c| c.attempts > 0)
                 .map(|c| n(u64::from(c.attempts))),
         ),
+        ("queue_slot_at", r.queue.as_ref().map(|q| time(q.slot_at))),
+        (
+            "queue_webhook_base",
+            r.queue.as_ref().map(|q| s(&q.webhook_base)),
+        ),
+        (
+            "queue_deadline",
+            r.queue
+                .as_ref()
+                .filter(|q| q.deadline != Deadline::MAX)
+                .map(|q| s(q.deadline.to_string())),
+        ),
+        (
+            CREATE_SENT_ATTRIBUTE,
+            r.queue.as_ref().and_then(|q| q.sent_at).map(time),
+        ),
     ];
     if !r.status.is_terminal() {
         item.insert(OPEN_SHARD_ATTRIBUTE.to_owned(), s(open_shard(&r.id)));
@@ -259,7 +276,41 @@ fn prediction_from_item(item: &Item) -> Result<PredictionRecord, StoreError> {
             attempts: read_opt_n(item, "callback_attempts")
                 .map_or(0, |a| u32::try_from(a).unwrap_or(u32::MAX)),
         }),
+        queue: read_queue(item)?,
     })
+}
+
+fn read_queue(item: &Item) -> Result<Option<QueueState>, StoreError> {
+    let Some(slot_at) = read_opt_time(item, "queue_slot_at") else {
+        return Ok(None);
+    };
+    let deadline = match read_opt_s(item, "queue_deadline") {
+        Some(text) => Deadline::parse(&text)
+            .map_err(|e| StoreError::new("read item", format!("`queue_deadline`: {e}")))?,
+        None => Deadline::MAX,
+    };
+    Ok(Some(QueueState {
+        slot_at,
+        webhook_base: read_s(item, "queue_webhook_base")?,
+        deadline,
+        sent_at: read_opt_time(item, CREATE_SENT_ATTRIBUTE),
+    }))
+}
+
+/// When a queued prediction's create was claimed by a drainer (README, "Bursts").
+const CREATE_SENT_ATTRIBUTE: &str = "create_sent_at";
+/// The create pacer's one item: the theoretical arrival time of the next create slot.
+const PACER_PK: &str = "pace#creates";
+/// Conditional writes one reservation may try before giving up (each refused one means
+/// another instance got a slot meanwhile).
+const PACER_ROUNDS: usize = 32;
+/// `rank` of a terminal status.
+fn terminal_rank() -> u64 {
+    u64::from(
+        PredictionStatus::Succeeded
+            .progress_rank()
+            .unwrap_or(u8::MAX),
+    )
 }
 
 fn claim_to_item(c: &Claim) -> Item {
@@ -668,6 +719,104 @@ impl RecordStore for DynamoRecords {
         ]);
         self.update_if("claim sync", prediction_pk(id), update, condition, values)
             .await
+    }
+
+    async fn claim_create(&self, id: &PredictionId, now: Timestamp) -> Result<bool, StoreError> {
+        let condition = "attribute_exists(#pk) AND attribute_exists(#queue_slot_at) \
+            AND attribute_not_exists(#create_sent_at) AND attribute_not_exists(#replicate_id) \
+            AND attribute_not_exists(#cancel_requested_at) AND #rank < :terminal";
+        let values = Item::from([
+            (":now".to_owned(), time(now)),
+            (":terminal".to_owned(), n(terminal_rank())),
+        ]);
+        self.update_if(
+            "claim create",
+            prediction_pk(id),
+            "SET #create_sent_at = :now",
+            condition,
+            values,
+        )
+        .await
+    }
+
+    async fn mark_queued(&self, id: &PredictionId, queue: &QueueState) -> Result<bool, StoreError> {
+        let mut update = "SET #queue_slot_at = :slot, #queue_webhook_base = :base".to_owned();
+        let mut values = Item::from([
+            (":slot".to_owned(), time(queue.slot_at)),
+            (":base".to_owned(), s(&queue.webhook_base)),
+            (":terminal".to_owned(), n(terminal_rank())),
+        ]);
+        if queue.deadline != Deadline::MAX {
+            update.push_str(", #queue_deadline = :deadline");
+            values.insert(":deadline".to_owned(), s(queue.deadline.to_string()));
+        }
+        let condition = "attribute_exists(#pk) AND attribute_not_exists(#replicate_id) \
+            AND attribute_not_exists(#queue_slot_at) AND #rank < :terminal";
+        self.update_if(
+            "queue create",
+            prediction_pk(id),
+            &update,
+            condition,
+            values,
+        )
+        .await
+    }
+
+    async fn release_create(
+        &self,
+        id: &PredictionId,
+        sent_at: Timestamp,
+    ) -> Result<bool, StoreError> {
+        let values = Item::from([(":sent".to_owned(), time(sent_at))]);
+        self.update_if(
+            "release create",
+            prediction_pk(id),
+            "REMOVE #create_sent_at",
+            "#create_sent_at = :sent AND attribute_not_exists(#replicate_id)",
+            values,
+        )
+        .await
+    }
+
+    async fn reserve_create_slot(
+        &self,
+        pace: &Pace,
+        now: Timestamp,
+    ) -> Result<CreateSlot, StoreError> {
+        // Optimistic: read the slot time, write the next one if nobody moved it meanwhile; a
+        // refused write returns the winner's value, for the next round.
+        let mut stored = self
+            .get_item("read create pace", s(PACER_PK))
+            .await?
+            .and_then(|item| read_opt_time(&item, "tat"));
+        for _ in 0..PACER_ROUNDS {
+            let (slot, next) = pace.grant(stored, now);
+            let Some(next) = next else {
+                return Ok(slot);
+            };
+            let item = Item::from([
+                ("pk".to_owned(), s(PACER_PK)),
+                ("tat".to_owned(), time(next)),
+            ]);
+            let (condition, values) = match stored {
+                None => ("attribute_not_exists(#pk)", None),
+                Some(old) => (
+                    "#tat = :old",
+                    Some(Item::from([(":old".to_owned(), time(old))])),
+                ),
+            };
+            match self
+                .put_if("reserve create slot", item, condition, values)
+                .await?
+            {
+                PutOutcome::Written => return Ok(slot),
+                PutOutcome::Refused(winner) => stored = read_opt_time(&winner, "tat"),
+            }
+        }
+        Err(StoreError::new(
+            "reserve create slot",
+            "too many concurrent writers of the create pace",
+        ))
     }
 
     async fn callback_queued(
@@ -1241,6 +1390,7 @@ mod tests {
             price: Some(crate::cost::Price::Image { micros: 3_000 }),
             input_files: Default::default(),
             callback: None,
+            queue: None,
             cost_estimate: 3_000,
             cost: Some(3_000),
         }

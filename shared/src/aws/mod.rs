@@ -21,7 +21,11 @@ pub fn iam_actions(port_method: &str) -> &'static [&'static str] {
         }
         "settle_claim" | "advance" | "claim_sync" | "revoke_key" | "update_tenant"
         | "count_request" | "reserve_cost" | "settle_cost" | "callback_queued"
-        | "callback_attempted" => &["dynamodb:UpdateItem"],
+        | "callback_attempted" | "claim_create" | "release_create" | "mark_queued" => {
+            &["dynamodb:UpdateItem"]
+        }
+        // Read the pace, then put the next slot conditionally.
+        "reserve_create_slot" => &["dynamodb:GetItem", "dynamodb:PutItem"],
         // Read first; put (conditionally) only when the tenant has none yet.
         "callback_secret" => &["dynamodb:GetItem", "dynamodb:PutItem"],
         // The `replicate#` binding is put, the record updated (the binding given back if not).
@@ -46,7 +50,9 @@ pub fn iam_actions(port_method: &str) -> &'static [&'static str] {
         // ListBucket (on the bucket, for its prefix) makes a missing key a 404, not a 403.
         "read_object" => &["s3:GetObject", "s3:ListBucket"],
         "presign_put" => &["s3:PutObject"],
-        "send_copy" | "send_callback" | "dead_letter_callback" => &["sqs:SendMessage"],
+        "send_copy" | "send_callback" | "dead_letter_callback" | "send_create" => {
+            &["sqs:SendMessage"]
+        }
         _ => &[],
     }
 }
@@ -69,9 +75,9 @@ pub fn item_actions(port_method: &str, claim_prefix: Option<&str>) -> Vec<(&'sta
         "release_claim" => vec![(delete, claim())],
         "insert_prediction" => vec![(put, on("pred#"))],
         "get_prediction" => vec![(get, on("pred#"))],
-        "advance" | "claim_sync" | "callback_queued" | "callback_attempted" => {
-            vec![(update, on("pred#"))]
-        }
+        "advance" | "claim_sync" | "callback_queued" | "callback_attempted" | "claim_create"
+        | "release_create" | "mark_queued" => vec![(update, on("pred#"))],
+        "reserve_create_slot" => vec![(get, on("pace#")), (put, on("pace#"))],
         "attach_replicate_id" => vec![
             (put, on("replicate#")),
             (update, on("pred#")),

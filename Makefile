@@ -13,7 +13,7 @@ FUZZ_STAMP := $(VENV)/.installed-fuzz
 LAMBDA_TARGET := aarch64-unknown-linux-gnu
 FUNCTIONS := submit webhook fetch-result reconciler copier callbacks drainer
 
-.PHONY: help dev demo key revoke reconcile test bench soak cost fuzz lint fmt venv build validate deploy clean-venv
+.PHONY: help dev demo key revoke reconcile test bench soak load cost fuzz lint fmt venv build validate deploy clean-venv
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -88,6 +88,10 @@ bench: $(VENV_STAMP) ## Print measured figures: peak memory storing large output
 soak: $(VENV_STAMP) ## A few hundred submissions under injected faults; prints lost/duplicates/wrong states
 	$(CARGO) build --locked -q -p integration-tests --bin soak
 	MOTO_SERVER=$(VENV)/bin/moto_server infra/scripts/with-moto.sh target/debug/soak
+
+load: $(VENV_STAMP) ## 2,000 submissions in a minute through the binaries against a 600-a-minute create limit; prints queued, lost, duplicated, drain time vs ideal, latency
+	$(CARGO) build --locked -q -p integration-tests --bin load
+	MOTO_SERVER=$(VENV)/bin/moto_server infra/scripts/with-moto.sh target/debug/load
 
 cost: $(VENV_STAMP) ## AWS cost per 1,000 images by component, next to Replicate's price (COST_COUNT predictions)
 	$(CARGO) build --locked -q -p integration-tests --bin cost

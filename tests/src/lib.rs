@@ -4,6 +4,7 @@
 
 pub mod contract;
 pub mod heap;
+pub mod verify;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -223,6 +224,15 @@ impl Stack {
         Self::start_serving(&aws_endpoint(), SimConfig::default(), None, adjust, true).await
     }
 
+    /// `start_binaries_with`, with this simulator configuration (`make load`: Replicate's
+    /// create limit).
+    pub async fn start_binaries_with_sim(
+        sim: SimConfig,
+        adjust: impl FnOnce(&mut HashMap<String, String>),
+    ) -> Self {
+        Self::start_serving(&aws_endpoint(), sim, None, adjust, true).await
+    }
+
     pub async fn start_on(
         aws_endpoint: &str,
         sim: SimConfig,
@@ -290,7 +300,11 @@ impl Stack {
             let config = LambdaConfig {
                 binaries: &directory,
                 env: &env,
-                processes: 2,
+                // As `make dev`: `DEV_FUNCTION_PROCESSES` (2) per function.
+                processes: std::env::var("DEV_FUNCTION_PROCESSES")
+                    .ok()
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(2),
                 logs: Some(&logs),
             };
             let sources = [

@@ -134,8 +134,16 @@ impl Settings {
             callback_dead_letter_url: required("CALLBACK_DEAD_LETTER_QUEUE_URL")?,
             create_queue_url: required("CREATE_QUEUE_URL")?,
             create_pace: Pace::new(
-                u32::try_from(seconds("REPLICATE_CREATES_PER_MINUTE", 500)?.as_secs())
-                    .unwrap_or(u32::MAX),
+                match seconds("REPLICATE_CREATES_PER_MINUTE", 500)?.as_secs() {
+                    // The pacer counts in milliseconds: at most one create each.
+                    n @ 1..=60_000 => n as u32,
+                    n => {
+                        return Err(ConfigError::Invalid {
+                            name: "REPLICATE_CREATES_PER_MINUTE",
+                            reason: format!("`{n}` is over 60000"),
+                        });
+                    }
+                },
                 seconds("MAX_QUEUE_SECONDS", 900)?,
             ),
             callback_allow: CallbackAllowList::parse(

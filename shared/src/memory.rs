@@ -512,6 +512,7 @@ impl RecordStore for MemoryRecords {
         &self,
         id: &PredictionId,
         sent_at: Timestamp,
+        slot_at: Timestamp,
     ) -> Result<bool, StoreError> {
         let mut predictions = lock(&self.predictions);
         let Some(record) = predictions.get_mut(id) else {
@@ -523,6 +524,7 @@ impl RecordStore for MemoryRecords {
         match record.queue.as_mut() {
             Some(queue) if queue.sent_at == Some(sent_at) => {
                 queue.sent_at = None;
+                queue.slot_at = slot_at;
                 Ok(true)
             }
             _ => Ok(false),
@@ -1371,9 +1373,10 @@ impl<T: RecordStore> RecordStore for Recorded<T> {
         &self,
         id: &PredictionId,
         sent_at: Timestamp,
+        slot_at: Timestamp,
     ) -> Result<bool, StoreError> {
         self.note("release_create");
-        self.inner.release_create(id, sent_at).await
+        self.inner.release_create(id, sent_at, slot_at).await
     }
 
     async fn reserve_create_slot(

@@ -243,11 +243,13 @@ pub trait RecordStore: Send + Sync {
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
     /// Gives a claimed create back (Replicate certainly created nothing, e.g. it throttled):
-    /// clears `sent_at` if it is still `sent_at` and the record is still untied.
+    /// clears `sent_at` if it is still `sent_at` and the record is still untied, and gives it
+    /// the create slot `slot_at`.
     fn release_create(
         &self,
         id: &PredictionId,
         sent_at: Timestamp,
+        slot_at: Timestamp,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
     /// The create pacer's step (`pacing`): reads the stored slot time and moves it on with a

@@ -278,7 +278,7 @@ impl Stack {
             // Unconfirmed creates are looked for in the simulator's list after 2 s, not 5 min.
             ("RESOLVE_AFTER_SECONDS", "2".to_owned()),
             // Bursts are queued only in the tests that ask for a rate (README, "Bursts").
-            ("REPLICATE_CREATES_PER_MINUTE", "100000".to_owned()),
+            ("REPLICATE_CREATES_PER_MINUTE", "60000".to_owned()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))

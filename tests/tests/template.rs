@@ -1077,6 +1077,28 @@ async fn queued_create_calls() -> BTreeMap<Handler, Grants> {
     q.app.clock.advance(Duration::from_secs(600));
     assert_eq!(q.reconcile().await["creates_requeued"], 1);
     assert_eq!(q.app.queue.inner.drain_creates().len(), 1, "queued again");
+    // A drainer that died after claiming a create: a fetch finds nothing at Replicate, and
+    // gives it back to the queue.
+    q.submitted("at once, once more").await;
+    let (status, orphaned) = q.submit(prompt("its drainer died"), &[]).await;
+    assert_eq!((status, orphaned["status"].as_str()), (202, Some("queued")));
+    q.app.queue.inner.drain_creates();
+    let id =
+        imagegen_shared::record::PredictionId::parse(orphaned["id"].as_str().unwrap()).unwrap();
+    let now = q.app.clock.now();
+    assert!(q.app.records.inner.claim_create(&id, now).await.unwrap());
+    q.app.clock.advance(Duration::from_secs(30));
+    let (status, fetched) = q.fetch(id.as_str()).await;
+    assert_eq!(
+        (status, fetched["status"].as_str()),
+        (200, Some("queued")),
+        "{fetched}"
+    );
+    assert_eq!(
+        q.app.queue.inner.drain_creates().len(),
+        1,
+        "its job, sent again"
+    );
     let mut calls = q.by_handler;
     // Not a port call: a job not due yet hides its message (`Redelivery`).
     calls.entry(Handler::Drain).or_default().insert((

@@ -31,6 +31,10 @@ impl<P: Ports> App<P> {
     /// fetchers, and applies the answer exactly as a webhook would (a succeeded one's copy
     /// is queued: a fetch answers within API Gateway's 30 s whatever the outputs' size).
     async fn sync_running(&self, record: PredictionRecord) -> Result<PredictionRecord, ApiError> {
+        // Waiting in the create queue: nothing at Replicate to ask about (and no write spent).
+        if record.is_queued() {
+            return Ok(record);
+        }
         let now = self.clock.now();
         let interval = self.settings.fetch_sync_interval;
         // Checked on the record just read before spending a conditional write (a refused

@@ -14,6 +14,7 @@ use super::sync::{Billed, Copy};
 use super::{App, Ports};
 use crate::callbacks::CallbackEvent;
 use crate::metrics::{self, Metric};
+use crate::pacing::CreateSlot;
 use crate::ports::{CreateJob, JobQueue, ObjectStore, RecordStore, StoreError};
 use crate::record::{Advance, PredictionRecord, QueueState};
 use crate::replicate::{
@@ -25,6 +26,9 @@ use crate::time::Timestamp;
 const DEFAULT_THROTTLE_WAIT: Duration = Duration::from_secs(5);
 /// A job that could not run (a store error) comes back after this.
 const NOT_RUN_WAIT: Duration = Duration::from_secs(10);
+/// A queued create Replicate keeps refusing for a reason that may pass is given up this long
+/// after submit (Replicate keeps outputs for an hour).
+const GIVE_UP_AFTER: Duration = Duration::from_secs(3600);
 /// A job received this much before its slot is hidden again until then.
 const EARLY_TOLERANCE: Duration = Duration::from_millis(500);
 
@@ -168,8 +172,9 @@ impl<P: Ports> App<P> {
         deadline: Deadline,
         retry_after: Duration,
     ) -> Option<PredictionRecord> {
+        let slot_at = self.next_slot(retry_after).await?;
         let queue = QueueState {
-            slot_at: self.clock.now().plus(retry_after),
+            slot_at,
             webhook_base: webhook_base.to_owned(),
             deadline,
             sent_at: None,
@@ -229,7 +234,10 @@ impl<P: Ports> App<P> {
             Ok(input) => input,
             Err(err) => {
                 tracing::warn!(prediction_id = %record.id, error = %err, "could not presign a queued create's inputs; retried");
-                self.records.release_create(&record.id, now).await?;
+                let slot_at = now.plus(NOT_RUN_WAIT);
+                self.records
+                    .release_create(&record.id, now, slot_at)
+                    .await?;
                 return Ok(CreateDisposition::RetryAfter(NOT_RUN_WAIT));
             }
         };
@@ -244,11 +252,19 @@ impl<P: Ports> App<P> {
             .send_create(&claimed, &sent_input, &queue.webhook_base, queue.deadline)
             .await
         {
-            Sent::Created(_) | Sent::Unknown(_) => Ok(CreateDisposition::Done),
-            Sent::Throttled(wait) => {
-                // Certainly not created: back to waiting, for the next try.
-                self.records.release_create(&claimed.id, now).await?;
-                Ok(CreateDisposition::RetryAfter(wait))
+            Sent::Created(created) => {
+                self.cancel_if_asked_meanwhile(created).await;
+                Ok(CreateDisposition::Done)
+            }
+            Sent::Unknown(_) => Ok(CreateDisposition::Done),
+            Sent::Throttled(wait) => self.retry_later(&claimed, now, wait).await,
+            // Certainly nothing created, and likely to pass: it waits like a throttled one,
+            // for as long as its outputs could still be kept.
+            Sent::Refused(err)
+                if err.retry_later().is_some() && now < claimed.created_at.plus(GIVE_UP_AFTER) =>
+            {
+                tracing::warn!(prediction_id = %claimed.id, error = %err, "a queued create could not be made; retried");
+                self.retry_later(&claimed, now, DEFAULT_THROTTLE_WAIT).await
             }
             Sent::Refused(err) => {
                 tracing::warn!(prediction_id = %claimed.id, error = %err, "Replicate refused a queued create");
@@ -259,6 +275,69 @@ impl<P: Ports> App<P> {
                 )
                 .await?;
                 Ok(CreateDisposition::Done)
+            }
+        }
+    }
+
+    /// Gives a create Replicate certainly did not make back to the queue, with a new slot
+    /// from the pacer no sooner than `wait` (so retries never add to the paced rate).
+    async fn retry_later(
+        &self,
+        claimed: &PredictionRecord,
+        sent_at: Timestamp,
+        wait: Duration,
+    ) -> Result<CreateDisposition, StoreError> {
+        let slot_at = self
+            .next_slot(wait)
+            .await
+            .unwrap_or(self.clock.now().plus(wait));
+        self.records
+            .release_create(&claimed.id, sent_at, slot_at)
+            .await?;
+        Ok(CreateDisposition::RetryAfter(
+            slot_at.since(self.clock.now()),
+        ))
+    }
+
+    /// A slot from the pacer no sooner than `wait` from now; `None` when the queue is full.
+    async fn next_slot(&self, wait: Duration) -> Option<Timestamp> {
+        let now = self.clock.now();
+        let earliest = now.plus(wait);
+        match self
+            .records
+            .reserve_create_slot(&self.settings.create_pace, now)
+            .await
+        {
+            Ok(CreateSlot::Now) => Some(earliest),
+            Ok(CreateSlot::At(slot_at)) => Some(slot_at.max(earliest)),
+            Ok(CreateSlot::Full { .. }) => None,
+            Err(err) => {
+                tracing::warn!(error = %err, "could not take a create slot; waiting Replicate's time");
+                Some(earliest)
+            }
+        }
+    }
+
+    /// A cancel recorded between the claim and the tie found nothing to cancel at
+    /// Replicate yet: cancelled now.
+    async fn cancel_if_asked_meanwhile(&self, created: PredictionRecord) {
+        let Ok(fresh) = self.reread(created).await else {
+            return;
+        };
+        if fresh.cancel_requested_at.is_none() || fresh.status.is_terminal() {
+            return;
+        }
+        let Some(replicate_id) = fresh.replicate_id.clone() else {
+            return;
+        };
+        match self.replicate.cancel_prediction(&replicate_id).await {
+            Ok(remote) => {
+                if let Err(err) = self.apply_remote(&fresh, &remote, Copy::QueueOnce).await {
+                    tracing::warn!(prediction_id = %fresh.id, error = %err, "could not apply the cancel answer");
+                }
+            }
+            Err(err) => {
+                tracing::warn!(prediction_id = %fresh.id, error = %err, "could not cancel as asked; the reconciler syncs it");
             }
         }
     }

@@ -86,7 +86,11 @@ impl<P: Ports> App<P> {
                     // A queued create that never reached Replicate (a drainer died after
                     // claiming it): back in the queue, not failed.
                     tracing::warn!(prediction_id = %record.id, "a claimed queued create was never made; queued again");
-                    if self.records.release_create(&record.id, sent_at).await? {
+                    if self
+                        .records
+                        .release_create(&record.id, sent_at, now)
+                        .await?
+                    {
                         self.send_to_create_queue(&record, now).await;
                     }
                 } else if conclusive {

@@ -497,23 +497,6 @@ impl<P: Ports> App<P> {
         let id = claim
             .and_then(|c| c.prediction_id.clone())
             .unwrap_or_else(|| new.id.clone());
-        // The create rate (README, "Bursts"): a slot now, a later one (queued), or none.
-        let slot = match self
-            .records
-            .reserve_create_slot(&self.settings.create_pace, now)
-            .await
-        {
-            Ok(CreateSlot::Full { retry_after }) => {
-                metrics::record(Metric::count("QueueFull"));
-                self.release_cache_claim(claim).await;
-                return Err(ApiError::Backlogged { retry_after });
-            }
-            Ok(slot) => slot,
-            Err(err) => {
-                self.release_cache_claim(claim).await;
-                return Err(err.into());
-            }
-        };
         let estimate = match self.reserve_estimate(new, now).await {
             Ok(estimate) => estimate,
             Err(err) => {
@@ -547,17 +530,29 @@ impl<P: Ports> App<P> {
             cost: None,
             input_files: new.input_files.clone(),
             callback: new.callback.clone().map(CallbackState::new),
-            queue: match slot {
-                CreateSlot::At(slot_at) => Some(QueueState {
-                    slot_at,
-                    webhook_base: new.webhook_base.clone(),
-                    deadline: new.deadline,
-                    sent_at: None,
-                }),
-                CreateSlot::Now | CreateSlot::Full { .. } => None,
-            },
+            queue: None,
         };
         tracing::Span::current().record("prediction_id", id.as_str());
+        // The create rate (README, "Bursts"): a slot now, a later one (queued), or none.
+        // Taken after every check that can refuse the submit, so a refused one holds none.
+        let slot = match self
+            .records
+            .reserve_create_slot(&self.settings.create_pace, now)
+            .await
+        {
+            Ok(CreateSlot::Full { retry_after }) => {
+                metrics::record(Metric::count("QueueFull"));
+                self.give_back_estimate(&record).await;
+                self.release_cache_claim(claim).await;
+                return Err(ApiError::Backlogged { retry_after });
+            }
+            Ok(slot) => slot,
+            Err(err) => {
+                self.give_back_estimate(&record).await;
+                self.release_cache_claim(claim).await;
+                return Err(err.into());
+            }
+        };
         if let Err(err) = self.records.insert_prediction(&record).await {
             match self.read_back(&record).await {
                 ReadBack::Stored => {}
@@ -584,9 +579,28 @@ impl<P: Ports> App<P> {
                 return Err(ApiError::Internal);
             }
         };
-        if let Some(queue) = &record.queue {
-            // Its slot is later: the drainer creates it then (README, "Bursts").
-            self.send_to_create_queue(&record, queue.slot_at).await;
+        if let CreateSlot::At(slot_at) = slot {
+            // Its slot is later: the drainer creates it then (README, "Bursts"). Marked
+            // queued only now that its inputs are stored: a record that never got this far
+            // is never created by anyone.
+            let queue = QueueState {
+                slot_at,
+                webhook_base: new.webhook_base.clone(),
+                deadline: new.deadline,
+                sent_at: None,
+            };
+            if !matches!(self.records.mark_queued(&id, &queue).await, Ok(true)) {
+                tracing::error!(prediction_id = %id, "could not mark the record queued");
+                self.end_unstarted(&record, "the prediction could not be queued")
+                    .await;
+                self.release_cache_claim(claim).await;
+                return Err(ApiError::Internal);
+            }
+            let record = PredictionRecord {
+                queue: Some(queue),
+                ..record
+            };
+            self.send_to_create_queue(&record, slot_at).await;
             metrics::record(Metric::count("PredictionsQueued").by("Model", &new.alias.alias));
             return Ok(Started::new(record));
         }

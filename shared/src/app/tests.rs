@@ -43,7 +43,7 @@ fn app_with(extra: &[(&str, &str)]) -> TestApp {
                 "CALLBACK_DEAD_LETTER_QUEUE_URL" => Some("d".into()),
                 "CREATE_QUEUE_URL" => Some("n".into()),
                 // Bursts are queued only where a test asks for a rate.
-                "REPLICATE_CREATES_PER_MINUTE" => Some("100000".into()),
+                "REPLICATE_CREATES_PER_MINUTE" => Some("60000".into()),
                 "REPLICATE_WEBHOOK_SECRET" => Some(SECRET.into()),
                 _ => None,
             })

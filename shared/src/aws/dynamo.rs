@@ -766,12 +766,16 @@ impl RecordStore for DynamoRecords {
         &self,
         id: &PredictionId,
         sent_at: Timestamp,
+        slot_at: Timestamp,
     ) -> Result<bool, StoreError> {
-        let values = Item::from([(":sent".to_owned(), time(sent_at))]);
+        let values = Item::from([
+            (":sent".to_owned(), time(sent_at)),
+            (":slot".to_owned(), time(slot_at)),
+        ]);
         self.update_if(
             "release create",
             prediction_pk(id),
-            "REMOVE #create_sent_at",
+            "SET #queue_slot_at = :slot REMOVE #create_sent_at",
             "#create_sent_at = :sent AND attribute_not_exists(#replicate_id)",
             values,
         )

@@ -349,18 +349,8 @@ pub async fn callback_batch<P: crate::app::Ports, R: Redelivery>(
     redelivery: &R,
 ) -> BatchResponse {
     use crate::app::CallbackDisposition;
-    let attempts = batch.records.into_iter().map(|message| async move {
-        message.record_age("callbacks");
-        let job = match serde_json::from_str::<crate::callbacks::CallbackJob>(&message.body) {
-            Ok(job) => job,
-            Err(err) => {
-                // Nothing can ever read it: dropped, not retried for a day.
-                tracing::error!(message_id = %message.message_id, error = %err, "unreadable callback job; dropped");
-                return None;
-            }
-        };
+    redelivering_batch(batch, redelivery, "callbacks", |job: crate::callbacks::CallbackJob, attempt| async move {
         let span = tracing::info_span!("callback", prediction_id = %job.prediction_id);
-        let attempt = message.attempt();
         let disposition = match app.deliver_callback(&job, attempt).instrument(span).await {
             Ok(disposition) => disposition,
             Err(err) => {
@@ -376,23 +366,12 @@ pub async fn callback_batch<P: crate::app::Ports, R: Redelivery>(
         crate::metrics::record(
             crate::metrics::Metric::count("CallbackAttempts").by("Outcome", outcome),
         );
-        let CallbackDisposition::RetryAfter(wait) = disposition else {
-            return None;
-        };
-        if let Err(err) = redelivery.hide_for(&message.receipt_handle, wait).await {
-            tracing::warn!(error = %err, "could not delay the callback retry; it comes back sooner");
+        match disposition {
+            CallbackDisposition::RetryAfter(wait) => Some(wait),
+            CallbackDisposition::Done | CallbackDisposition::DeadLettered => None,
         }
-        Some(BatchItemFailure {
-            id: message.message_id,
-        })
-    });
-    BatchResponse {
-        failures: futures_util::future::join_all(attempts)
-            .await
-            .into_iter()
-            .flatten()
-            .collect(),
-    }
+    })
+    .await
 }
 
 /// Runs the create job of each message (the drainer, README "Bursts"), all at once: their
@@ -403,26 +382,48 @@ pub async fn create_batch<P: crate::app::Ports, R: Redelivery>(
     redelivery: &R,
 ) -> BatchResponse {
     use crate::app::CreateDisposition;
+    redelivering_batch(batch, redelivery, "create", |job: crate::ports::CreateJob, _| async move {
+        let span = tracing::info_span!("create", prediction_id = %job.prediction_id);
+        match app.drain_create(&job).instrument(span).await {
+            Ok(CreateDisposition::Done) => None,
+            Ok(CreateDisposition::RetryAfter(wait)) => Some(wait),
+            Err(err) => {
+                tracing::warn!(prediction_id = %job.prediction_id, error = %err, "create job could not run; retried");
+                Some(Duration::from_secs(10))
+            }
+        }
+    })
+    .await
+}
+
+/// Runs each message's job at once (`run` gets the job and the delivery's attempt number,
+/// and says how long until it is due again, if it is). A job to try again hides its message
+/// until then and is reported back; an unreadable one can never run, and is dropped.
+async fn redelivering_batch<R, J, F, Fut>(
+    batch: SqsBatch,
+    redelivery: &R,
+    queue: &'static str,
+    run: F,
+) -> BatchResponse
+where
+    R: Redelivery,
+    J: serde::de::DeserializeOwned,
+    F: Fn(J, u32) -> Fut,
+    Fut: Future<Output = Option<Duration>>,
+{
+    let run = &run;
     let attempts = batch.records.into_iter().map(|message| async move {
-        message.record_age("create");
-        let job = match serde_json::from_str::<crate::ports::CreateJob>(&message.body) {
+        message.record_age(queue);
+        let job = match serde_json::from_str::<J>(&message.body) {
             Ok(job) => job,
             Err(err) => {
-                tracing::error!(message_id = %message.message_id, error = %err, "unreadable create job; dropped");
+                tracing::error!(message_id = %message.message_id, queue, error = %err, "unreadable job; dropped");
                 return None;
             }
         };
-        let span = tracing::info_span!("create", prediction_id = %job.prediction_id);
-        let wait = match app.drain_create(&job).instrument(span).await {
-            Ok(CreateDisposition::Done) => return None,
-            Ok(CreateDisposition::RetryAfter(wait)) => wait,
-            Err(err) => {
-                tracing::warn!(prediction_id = %job.prediction_id, error = %err, "create job could not run; retried");
-                Duration::from_secs(10)
-            }
-        };
+        let wait = run(job, message.attempt()).await?;
         if let Err(err) = redelivery.hide_for(&message.receipt_handle, wait).await {
-            tracing::warn!(error = %err, "could not delay the create job; it comes back sooner");
+            tracing::warn!(queue, error = %err, "could not delay the job's retry; it comes back sooner");
         }
         Some(BatchItemFailure {
             id: message.message_id,

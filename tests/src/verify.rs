@@ -5,12 +5,66 @@
 //! Replicate is matched to the request that made it.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
 
 use imagegen_shared::replicate::PredictionStatus;
 use reqwest::StatusCode;
 use serde_json::Value;
 
 use crate::{Stack, hex_sha256};
+
+/// A submission a client got accepted.
+pub struct Submitted {
+    pub body: Value,
+    /// How long the accepted try took.
+    pub latency: Duration,
+    /// Tries answered by a gateway error (502, 504) before it.
+    pub gateway_retries: usize,
+}
+
+/// Submits `body` with Idempotency-Key `key`, retrying as a client should (at most 12 tries,
+/// waiting each `Retry-After`): throttling, unavailability, a key in use, and gateway
+/// errors. After a 502 or 504 a client cannot know whether its request took effect, so it
+/// repeats it with the same key: that must never start a second prediction.
+pub async fn submit_retrying(stack: &Stack, key: &str, body: &Value) -> Result<Submitted, String> {
+    let mut gateway_retries = 0;
+    for _ in 0..12 {
+        let started = Instant::now();
+        let response = stack
+            .http
+            .post(format!("{}/v1/predictions", stack.base))
+            .header("idempotency-key", key)
+            .json(body)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let latency = started.elapsed();
+        let status = response.status();
+        let wait = response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1);
+        let answer: Value = response.json().await.map_err(|e| e.to_string())?;
+        match status {
+            StatusCode::OK | StatusCode::ACCEPTED => {
+                return Ok(Submitted {
+                    body: answer,
+                    latency,
+                    gateway_retries,
+                });
+            }
+            StatusCode::TOO_MANY_REQUESTS
+            | StatusCode::SERVICE_UNAVAILABLE
+            | StatusCode::CONFLICT => {}
+            StatusCode::BAD_GATEWAY | StatusCode::GATEWAY_TIMEOUT => gateway_retries += 1,
+            _ => return Err(format!("{status}: {answer}")),
+        }
+        tokio::time::sleep(Duration::from_secs(wait)).await;
+    }
+    Err("gave up after 12 tries".into())
+}
 
 /// Predictions among `ids` not yet ended.
 pub async fn open_count(stack: &Stack, ids: &BTreeSet<String>) -> usize {

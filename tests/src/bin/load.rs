@@ -15,9 +15,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use integration_tests::Stack;
-use integration_tests::verify::{check, open_count};
+use integration_tests::verify::{check, open_count, submit_retrying};
 use local_stack::sim::{Faults, SimConfig};
-use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 /// Predictions read per round while waiting for the drain.
@@ -58,45 +57,14 @@ struct Answer {
     latency: Duration,
 }
 
-/// Submits with an Idempotency-Key, retrying what a client should retry (bounded).
+/// Submission `i`, retried as a client should (`verify::submit_retrying`).
 async fn submit(stack: &Stack, i: usize) -> Result<Answer, String> {
-    let key = format!("load-{i}");
-    for _ in 0..12 {
-        let started = Instant::now();
-        let response = stack
-            .http
-            .post(format!("{}/v1/predictions", stack.base))
-            .header("idempotency-key", &key)
-            .json(&request_body(i))
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
-        let latency = started.elapsed();
-        let status = response.status();
-        let wait = response
-            .headers()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(1);
-        let body: Value = response.json().await.map_err(|e| e.to_string())?;
-        match status {
-            StatusCode::OK | StatusCode::ACCEPTED => {
-                return Ok(Answer {
-                    id: body["id"].as_str().unwrap_or_default().to_owned(),
-                    queued: body["status"] == "queued",
-                    latency,
-                });
-            }
-            StatusCode::TOO_MANY_REQUESTS
-            | StatusCode::SERVICE_UNAVAILABLE
-            | StatusCode::CONFLICT
-            | StatusCode::BAD_GATEWAY
-            | StatusCode::GATEWAY_TIMEOUT => tokio::time::sleep(Duration::from_secs(wait)).await,
-            _ => return Err(format!("{status}: {body}")),
-        }
-    }
-    Err("gave up after 12 tries".into())
+    let answer = submit_retrying(stack, &format!("load-{i}"), &request_body(i)).await?;
+    Ok(Answer {
+        id: answer.body["id"].as_str().unwrap_or_default().to_owned(),
+        queued: answer.body["status"] == "queued",
+        latency: answer.latency,
+    })
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {

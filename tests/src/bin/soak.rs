@@ -16,9 +16,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use integration_tests::Stack;
-use integration_tests::verify::{check, open_count};
+use integration_tests::verify::{check, open_count, submit_retrying};
 use local_stack::sim::Faults;
-use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 
@@ -65,45 +64,11 @@ fn request_body(i: usize) -> Value {
 /// Submits answered by a gateway error and tried again.
 static GATEWAY_RETRIES: AtomicUsize = AtomicUsize::new(0);
 
-/// Submits with an Idempotency-Key, retrying throttling and upstream errors as a client
-/// should (bounded). After a 502 or 504 the client cannot know whether its request took
-/// effect, so it repeats it with the same key: that must never start a second prediction.
+/// Submission `i`, retried as a client should (`verify::submit_retrying`).
 async fn submit(stack: &Stack, i: usize) -> Result<String, String> {
-    let key = format!("soak-{i}");
-    for _ in 0..12 {
-        let response = stack
-            .http
-            .post(format!("{}/v1/predictions", stack.base))
-            .header("idempotency-key", &key)
-            .json(&request_body(i))
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
-        let status = response.status();
-        let wait = response
-            .headers()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(1);
-        let body: Value = response.json().await.map_err(|e| e.to_string())?;
-        match status {
-            StatusCode::OK | StatusCode::ACCEPTED => {
-                return Ok(body["id"].as_str().unwrap_or_default().to_owned());
-            }
-            StatusCode::TOO_MANY_REQUESTS
-            | StatusCode::SERVICE_UNAVAILABLE
-            | StatusCode::CONFLICT => {
-                tokio::time::sleep(Duration::from_secs(wait)).await;
-            }
-            StatusCode::BAD_GATEWAY | StatusCode::GATEWAY_TIMEOUT => {
-                GATEWAY_RETRIES.fetch_add(1, Ordering::Relaxed);
-                tokio::time::sleep(Duration::from_secs(wait)).await;
-            }
-            _ => return Err(format!("{status}: {body}")),
-        }
-    }
-    Err("gave up after 12 tries".into())
+    let answer = submit_retrying(stack, &format!("soak-{i}"), &request_body(i)).await?;
+    GATEWAY_RETRIES.fetch_add(answer.gateway_retries, Ordering::Relaxed);
+    Ok(answer.body["id"].as_str().unwrap_or_default().to_owned())
 }
 
 #[tokio::main]

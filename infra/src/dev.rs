@@ -261,55 +261,28 @@ pub fn spawn_copy_worker_metered(
     })
 }
 
-/// The callback worker's local stand-in, on the callback queue: the same handler as the
-/// Lambda, hiding messages for their backoff with `ChangeMessageVisibility`.
-pub fn spawn_callback_worker(
+/// The local stand-in of the callbacks function or the drainer (README, "Bursts"), on its
+/// queue: the same handler as the Lambda, hiding messages until they are due again with
+/// `ChangeMessageVisibility`.
+pub fn spawn_redelivering_worker(
     app: Arc<imagegen_shared::bootstrap::ProductionApp>,
     sqs: aws_sdk_sqs::Client,
+    queue: imagegen_shared::bootstrap::RedeliveringQueue,
 ) -> tokio::task::JoinHandle<()> {
-    let queue_url = app.settings.callback_queue_url.clone();
-    spawn_redelivering_worker(app, sqs, queue_url, "callbacks", Worker::Callbacks)
-}
-
-/// The drainer's local stand-in, on the create queue (README, "Bursts").
-pub fn spawn_create_worker(
-    app: Arc<imagegen_shared::bootstrap::ProductionApp>,
-    sqs: aws_sdk_sqs::Client,
-) -> tokio::task::JoinHandle<()> {
-    let queue_url = app.settings.create_queue_url.clone();
-    spawn_redelivering_worker(app, sqs, queue_url, "creates", Worker::Creates)
-}
-
-#[derive(Clone, Copy)]
-enum Worker {
-    Callbacks,
-    Creates,
-}
-
-/// A worker whose jobs hide their own messages until they are due again.
-fn spawn_redelivering_worker(
-    app: Arc<imagegen_shared::bootstrap::ProductionApp>,
-    sqs: aws_sdk_sqs::Client,
-    queue_url: String,
-    name: &'static str,
-    worker: Worker,
-) -> tokio::task::JoinHandle<()> {
-    use imagegen_shared::bootstrap::{SqsBatch, SqsRedelivery, callback_batch, create_batch};
+    use imagegen_shared::bootstrap::{SqsBatch, SqsRedelivery};
+    let queue_url = queue.url(&app.settings);
     let redelivery = Arc::new(SqsRedelivery {
         client: sqs.clone(),
         queue_url: queue_url.clone(),
     });
-    spawn_poller(sqs, queue_url, name, 10, move |messages| {
+    spawn_poller(sqs, queue_url, queue.name(), 10, move |messages| {
         let app = app.clone();
         let redelivery = redelivery.clone();
         async move {
             let batch = SqsBatch {
                 records: messages.iter().map(lambda_message).collect(),
             };
-            let response = match worker {
-                Worker::Callbacks => callback_batch(&app, batch, redelivery.as_ref()).await,
-                Worker::Creates => create_batch(&app, batch, redelivery.as_ref()).await,
-            };
+            let response = queue.run_batch(&app, batch, redelivery.as_ref()).await;
             response.failures.into_iter().map(|f| f.id).collect()
         }
     })

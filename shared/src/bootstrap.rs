@@ -438,35 +438,59 @@ where
     }
 }
 
-/// The drainer, fed by the create queue.
-pub async fn run_create_worker() -> Result<(), lambda_http::Error> {
-    use lambda_http::lambda_runtime::{LambdaEvent, run, service_fn};
-    let (app, sqs) = init_app_with_sqs().await?;
-    let redelivery: &'static SqsRedelivery = Box::leak(Box::new(SqsRedelivery {
-        client: sqs,
-        queue_url: app.settings.create_queue_url.clone(),
-    }));
-    run(service_fn(move |event: LambdaEvent<SqsBatch>| async move {
-        let span = tracing::info_span!("create-batch", request_id = %event.context.request_id);
-        let response = create_batch(app, event.payload, redelivery)
-            .instrument(span)
-            .await;
-        Ok::<_, lambda_http::Error>(response)
-    }))
-    .await
+/// The queues whose jobs hide their own messages until they are due again
+/// (`ChangeMessageVisibility`): callbacks (their backoff) and creates (their slot).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RedeliveringQueue {
+    Callbacks,
+    Creates,
 }
 
-/// The callback worker, fed by the callback queue.
-pub async fn run_callback_worker() -> Result<(), lambda_http::Error> {
+impl RedeliveringQueue {
+    pub fn url(self, settings: &crate::config::Settings) -> String {
+        match self {
+            Self::Callbacks => settings.callback_queue_url.clone(),
+            Self::Creates => settings.create_queue_url.clone(),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Callbacks => "callbacks",
+            Self::Creates => "creates",
+        }
+    }
+
+    /// Runs one batch of this queue's jobs.
+    pub async fn run_batch<P: crate::app::Ports, R: Redelivery>(
+        self,
+        app: &App<P>,
+        batch: SqsBatch,
+        redelivery: &R,
+    ) -> BatchResponse {
+        match self {
+            Self::Callbacks => callback_batch(app, batch, redelivery).await,
+            Self::Creates => create_batch(app, batch, redelivery).await,
+        }
+    }
+}
+
+/// The worker fed by `queue`: the callbacks function, or the drainer.
+pub async fn run_redelivering_worker(queue: RedeliveringQueue) -> Result<(), lambda_http::Error> {
     use lambda_http::lambda_runtime::{LambdaEvent, run, service_fn};
     let (app, sqs) = init_app_with_sqs().await?;
     let redelivery: &'static SqsRedelivery = Box::leak(Box::new(SqsRedelivery {
         client: sqs,
-        queue_url: app.settings.callback_queue_url.clone(),
+        queue_url: queue.url(&app.settings),
     }));
     run(service_fn(move |event: LambdaEvent<SqsBatch>| async move {
-        let span = tracing::info_span!("callback-batch", request_id = %event.context.request_id);
-        let response = callback_batch(app, event.payload, redelivery)
+        let request_id = &event.context.request_id;
+        let span = match queue {
+            RedeliveringQueue::Callbacks => tracing::info_span!("callback-batch", %request_id),
+            RedeliveringQueue::Creates => tracing::info_span!("create-batch", %request_id),
+        };
+        let response = queue
+            .run_batch(app, event.payload, redelivery)
             .instrument(span)
             .await;
         Ok::<_, lambda_http::Error>(response)

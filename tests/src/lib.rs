@@ -12,13 +12,12 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use imagegen_shared::aws::{AwsClients, ensure_bucket, ensure_table};
-use imagegen_shared::bootstrap::{ProductionApp, build_app};
+use imagegen_shared::bootstrap::{ProductionApp, RedeliveringQueue, build_app};
 use imagegen_shared::ports::{AccountStore, RecordStore};
 use imagegen_shared::record::{PredictionId, PredictionRecord};
 use imagegen_shared::tenancy::{ApiKey, KeyRecord, LimitsUpdate, TenantId};
 use local_stack::dev::{
-    ensure_local_queues, serve_app_metered, spawn_callback_worker, spawn_copy_worker_metered,
-    spawn_create_worker,
+    ensure_local_queues, serve_app_metered, spawn_copy_worker_metered, spawn_redelivering_worker,
 };
 use local_stack::gateway::{
     LambdaConfig, LocalQueue, RunningFunctions, TEMPLATE, function_environment, run_functions,
@@ -335,8 +334,13 @@ impl Stack {
         } else {
             let copier =
                 spawn_copy_worker_metered(app.clone(), aws.sqs.clone(), queue, invocations.clone());
-            let callbacks = spawn_callback_worker(app.clone(), aws.sqs.clone());
-            let creates = spawn_create_worker(app.clone(), aws.sqs.clone());
+            let callbacks = spawn_redelivering_worker(
+                app.clone(),
+                aws.sqs.clone(),
+                RedeliveringQueue::Callbacks,
+            );
+            let creates =
+                spawn_redelivering_worker(app.clone(), aws.sqs.clone(), RedeliveringQueue::Creates);
             Serving::InProcess {
                 _server: serve_app_metered(listener, app.clone(), invocations),
                 _copier: AbortOnDrop(copier),

@@ -5,5 +5,8 @@
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), lambda_http::Error> {
-    imagegen_shared::bootstrap::run_callback_worker().await
+    imagegen_shared::bootstrap::run_redelivering_worker(
+        imagegen_shared::bootstrap::RedeliveringQueue::Callbacks,
+    )
+    .await
 }

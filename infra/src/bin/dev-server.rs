@@ -18,10 +18,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use imagegen_shared::aws::{AwsClients, ensure_bucket, ensure_table};
-use imagegen_shared::bootstrap::{ProductionApp, build_app};
+use imagegen_shared::bootstrap::{ProductionApp, RedeliveringQueue, build_app};
 use imagegen_shared::config::DEFAULT_OUTPUT_HOST_ALLOWLIST;
 use local_stack::dev::{
-    ensure_local_queues, serve_app, spawn_callback_worker, spawn_copy_worker, spawn_create_worker,
+    ensure_local_queues, serve_app, spawn_copy_worker, spawn_redelivering_worker,
 };
 use local_stack::gateway::{
     LambdaConfig, LocalQueue, TEMPLATE, function_environment, run_functions,
@@ -305,8 +305,9 @@ fn serve_in_process(
         sqs.clone(),
         app.settings.copy_queue_url.clone(),
     );
-    let callbacks = spawn_callback_worker(app.clone(), sqs.clone());
-    let creates = spawn_create_worker(app.clone(), sqs);
+    let callbacks =
+        spawn_redelivering_worker(app.clone(), sqs.clone(), RedeliveringQueue::Callbacks);
+    let creates = spawn_redelivering_worker(app.clone(), sqs, RedeliveringQueue::Creates);
     let server = serve_app(listener, app.clone());
     let reconciler = tokio::spawn(async move {
         let mut ticks = tokio::time::interval(every);

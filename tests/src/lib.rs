@@ -463,6 +463,24 @@ impl Stack {
         self.get_as(&self.http, id).await
     }
 
+    /// `POST /v1/predictions/{id}/cancel` with this stack's key.
+    pub async fn cancel(&self, id: &str) -> (StatusCode, Value) {
+        self.cancel_as(&self.http, id).await
+    }
+
+    /// `cancel` with `client`'s API key (or none).
+    pub async fn cancel_as(&self, client: &reqwest::Client, id: &str) -> (StatusCode, Value) {
+        read(
+            "POST",
+            client
+                .post(format!("{}/v1/predictions/{id}/cancel", self.base))
+                .send()
+                .await
+                .expect("cancel"),
+        )
+        .await
+    }
+
     /// Reads a prediction with `client`'s API key.
     pub async fn get_as(&self, client: &reqwest::Client, id: &str) -> (StatusCode, Value) {
         read(

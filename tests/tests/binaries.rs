@@ -84,15 +84,7 @@ async fn a_prediction_runs_through_the_function_binaries_and_the_runtime_api() {
     .await;
     assert_eq!(status, StatusCode::OK, "{listed}");
     assert_eq!(listed["items"][0]["id"], id.as_str());
-    let (status, canceled) = json(
-        stack
-            .http
-            .post(format!("{}/v1/predictions/{id}/cancel", stack.base))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, canceled) = stack.cancel(&id).await;
     assert_eq!(
         (status, canceled["status"].as_str()),
         (StatusCode::OK, Some("succeeded")),

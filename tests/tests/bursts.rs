@@ -99,15 +99,8 @@ async fn a_queued_prediction_is_canceled_without_replicate_and_a_full_queue_refu
     let last = accepted.last().unwrap();
     assert_eq!(last["status"], "queued", "{last}");
     let id = last["id"].as_str().unwrap();
-    let canceled: Value = stack
-        .http
-        .post(format!("{}/v1/predictions/{id}/cancel", stack.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (status, canceled) = stack.cancel(id).await;
+    assert_eq!(status, StatusCode::OK, "{canceled}");
     assert_eq!(canceled["status"], "canceled", "{canceled}");
     assert_eq!(
         canceled["cost"]["usd"],

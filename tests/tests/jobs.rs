@@ -10,16 +10,6 @@ use local_stack::sim::SimConfig;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-async fn cancel(stack: &Stack, client: &reqwest::Client, id: &str) -> (StatusCode, Value) {
-    let response = client
-        .post(format!("{}/v1/predictions/{id}/cancel", stack.base))
-        .send()
-        .await
-        .unwrap();
-    let status = response.status();
-    (status, response.json().await.unwrap_or(Value::Null))
-}
-
 fn slow_sdxl(text: &str) -> Value {
     json!({"model": "sdxl", "input": {"prompt": format!("{text} [sim:slow]"), "width": 256, "height": 256}})
 }
@@ -36,15 +26,16 @@ async fn cancel_stops_a_running_prediction_once_and_answers_ended_ones_unchanged
     );
 
     let other = client_with_key(&stack.new_key("other", 60, None).await);
-    assert_eq!(cancel(&stack, &other, &id).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(stack.cancel_as(&other, &id).await.0, StatusCode::NOT_FOUND);
     assert_eq!(
-        cancel(&stack, &stack.http, "0123456789abcdef0123456789abcdef")
+        stack
+            .cancel_as(&stack.http, "0123456789abcdef0123456789abcdef")
             .await
             .0,
         StatusCode::NOT_FOUND
     );
     assert_eq!(
-        cancel(&stack, &stack.plain, &id).await.0,
+        stack.cancel_as(&stack.plain, &id).await.0,
         StatusCode::UNAUTHORIZED
     );
     assert_eq!(
@@ -53,14 +44,14 @@ async fn cancel_stops_a_running_prediction_once_and_answers_ended_ones_unchanged
         "nobody else reached Replicate"
     );
 
-    let (status, canceled) = cancel(&stack, &stack.http, &id).await;
+    let (status, canceled) = stack.cancel(&id).await;
     assert_eq!(
         (status, canceled["status"].as_str()),
         (StatusCode::OK, Some("canceled")),
         "{canceled}"
     );
     assert!(canceled["cost"]["usd"].is_number(), "{canceled}");
-    let (status, again) = cancel(&stack, &stack.http, &id).await;
+    let (status, again) = stack.cancel(&id).await;
     assert_eq!(
         (status, again["status"].as_str()),
         (StatusCode::OK, Some("canceled"))
@@ -79,7 +70,7 @@ async fn cancel_stops_a_running_prediction_once_and_answers_ended_ones_unchanged
         .await;
     let quick_id = quick["id"].as_str().unwrap();
     assert_eq!(stack.wait_terminal(quick_id).await["status"], "succeeded");
-    let (status, unchanged) = cancel(&stack, &stack.http, quick_id).await;
+    let (status, unchanged) = stack.cancel(quick_id).await;
     assert_eq!(
         (status, unchanged["status"].as_str()),
         (StatusCode::OK, Some("succeeded"))

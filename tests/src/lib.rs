@@ -117,6 +117,15 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// A whole-number setting of a bench or load run from the environment (`default` when unset
+/// or not a number).
+pub fn env_number(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// The tenant of a stack's own API key.
 pub const TENANT: &str = "it";
 

@@ -11,7 +11,22 @@ use imagegen_shared::replicate::PredictionStatus;
 use reqwest::StatusCode;
 use serde_json::Value;
 
+use local_stack::sim::Faults;
+
 use crate::{Stack, hex_sha256};
+
+/// The webhook faults `make soak` and `make load` run under: deliveries dropped,
+/// duplicated, reordered and delayed.
+pub fn webhook_faults() -> Faults {
+    Faults {
+        webhook_drop: 0.30,
+        webhook_duplicate: 0.20,
+        webhook_reorder: 0.20,
+        webhook_delay: 0.10,
+        webhook_delay_ms: 300,
+        ..Faults::default()
+    }
+}
 
 /// A submission a client got accepted.
 pub struct Submitted {

@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use imagegen_shared::app::KEY_CACHE_TTL;
-use integration_tests::Stack;
+use integration_tests::{Stack, env_number};
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
@@ -28,10 +28,7 @@ fn summary(label: &str, mut samples: Vec<Duration>) -> Duration {
 
 #[tokio::main]
 async fn main() {
-    let count: usize = std::env::var("AUTH_BENCH_COUNT")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(200);
+    let count = env_number("AUTH_BENCH_COUNT", 200) as usize;
     let stack = Stack::start_in_process().await;
     let url = format!("{}/v1/usage", stack.base);
     let timed = || async {

@@ -15,7 +15,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use integration_tests::{Stack, aws_endpoint};
+use integration_tests::{Stack, aws_endpoint, env_number};
 use local_stack::meter::prices::{GB, PRICES};
 use local_stack::meter::report::{self, Phase};
 use local_stack::meter::template::{Template, runs_per_month};
@@ -28,13 +28,6 @@ use tokio::sync::Semaphore;
 const TEMPLATE: &str = include_str!("../../../template.yaml");
 /// How often the client asks whether its prediction is done.
 const POLL_EVERY: Duration = Duration::from_secs(1);
-
-fn env_number(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// Prediction `i`: a prompt of a realistic length, unique to this run; one image, every
 /// tenth asks for two.

@@ -14,34 +14,15 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use integration_tests::Stack;
-use integration_tests::verify::{check, open_count, submit_retrying};
-use local_stack::sim::{Faults, SimConfig};
+use integration_tests::verify::{check, open_count, submit_retrying, webhook_faults};
+use integration_tests::{Stack, env_number};
+use local_stack::sim::SimConfig;
 use serde_json::{Value, json};
 
 /// Predictions read per round while waiting for the drain.
 const PER_ROUND: usize = 40;
 /// How often the reconciler runs meanwhile (a schedule's stand-in).
 const RECONCILE_EVERY: Duration = Duration::from_secs(5);
-
-fn env_number(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// The webhook faults of `make soak`: nothing else, so every slot is a real create.
-fn webhook_faults() -> Faults {
-    Faults {
-        webhook_drop: 0.30,
-        webhook_duplicate: 0.20,
-        webhook_reorder: 0.20,
-        webhook_delay: 0.10,
-        webhook_delay_ms: 300,
-        ..Faults::default()
-    }
-}
 
 /// Submission `i`: distinct, but every tenth repeats the one five before (the same
 /// prediction must answer both, queued or not).

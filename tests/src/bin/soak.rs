@@ -15,28 +15,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use integration_tests::Stack;
-use integration_tests::verify::{check, open_count, submit_retrying};
+use integration_tests::verify::{check, open_count, submit_retrying, webhook_faults};
+use integration_tests::{Stack, env_number};
 use local_stack::sim::Faults;
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 
 const CONCURRENCY: usize = 16;
 
-fn env_number(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
+/// The webhook faults (`verify::webhook_faults`), and faults of creates and downloads.
 fn fault_mix() -> Faults {
     Faults {
-        webhook_drop: 0.30,
-        webhook_duplicate: 0.20,
-        webhook_reorder: 0.20,
-        webhook_delay: 0.10,
-        webhook_delay_ms: 300,
         create_throttle: 0.10,
         throttle_retry_after: 0.5,
         create_lost: 0.04,
@@ -46,7 +35,7 @@ fn fault_mix() -> Faults {
         fail: 0.03,
         cancel: 0.02,
         abort: 0.02,
-        ..Faults::default()
+        ..webhook_faults()
     }
 }
 

@@ -12,20 +12,13 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use integration_tests::{Stack, aws_endpoint};
+use integration_tests::{Stack, aws_endpoint, env_number};
 use local_stack::gateway::events::{http_api_v2, http_response};
 use local_stack::gateway::{FunctionProcess, LocalFunction, function_environment};
 use local_stack::process_stats::{cpu_time, peak_rss_kb};
 use serde_json::json;
 
 const ROUTE: &str = "/v1/predictions/{id}";
-
-fn setting(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// One function process and what its rounds measured.
 struct Subject {
@@ -132,8 +125,8 @@ async fn main() {
         .nth(1)
         .expect("usage: warm-bench RELEASE_DIR");
     let release = Path::new(&release);
-    let requests = setting("WARM_BENCH_REQUESTS", 200).max(1);
-    let rounds = setting("WARM_BENCH_ROUNDS", 5).max(1);
+    let requests = env_number("WARM_BENCH_REQUESTS", 200).max(1) as usize;
+    let rounds = env_number("WARM_BENCH_ROUNDS", 5).max(1) as usize;
 
     // A finished prediction with one output, made the ordinary way.
     let stack = Stack::start_in_process().await;

@@ -70,21 +70,27 @@ async fn s3_objects_conform() {
     );
 }
 
+/// Every queue of the adapter on `url`, but the callbacks' dead letters on `dead_letter`:
+/// each suite sends to one of them and reads that one back.
+fn queues_at(sqs: &aws_sdk_sqs::Client, url: &str, dead_letter: &str) -> SqsQueues {
+    SqsQueues::new(
+        sqs.clone(),
+        QueueUrls {
+            copy: url.to_owned(),
+            callback: url.to_owned(),
+            callback_dead_letter: dead_letter.to_owned(),
+            create: url.to_owned(),
+        },
+    )
+}
+
 #[tokio::test]
 async fn sqs_copy_queue_conforms() {
     let aws = AwsClients::local(&aws_endpoint()).await;
     let url = ensure_queue(&aws.sqs, &unique_name(), 30, 3)
         .await
         .expect("queue");
-    let queue = SqsQueues::new(
-        aws.sqs.clone(),
-        QueueUrls {
-            copy: url.clone(),
-            callback: url.clone(),
-            callback_dead_letter: url.clone(),
-            create: url.clone(),
-        },
-    );
+    let queue = queues_at(&aws.sqs, &url, &url);
     let sqs = &aws.sqs;
     let url = &url;
     copy_queue_suite(&queue, || async move {
@@ -120,15 +126,7 @@ async fn sqs_callback_queues_conform() {
     let pair = ensure_queue_pair(&aws.sqs, &unique_name(), 30, 1000)
         .await
         .expect("queues");
-    let queue = SqsQueues::new(
-        aws.sqs.clone(),
-        QueueUrls {
-            copy: pair.url.clone(),
-            callback: pair.url.clone(),
-            callback_dead_letter: pair.dead_letter_url.clone(),
-            create: pair.url.clone(),
-        },
-    );
+    let queue = queues_at(&aws.sqs, &pair.url, &pair.dead_letter_url);
     let sqs = &aws.sqs;
     let pair = &pair;
     callback_queue_suite(&queue, |dead_letter| async move {
@@ -176,15 +174,7 @@ async fn sqs_create_jobs_wait_for_their_slot() {
     let url = ensure_queue(&aws.sqs, &unique_name(), 30, 3)
         .await
         .expect("queue");
-    let queue = SqsQueues::new(
-        aws.sqs.clone(),
-        QueueUrls {
-            copy: url.clone(),
-            callback: url.clone(),
-            callback_dead_letter: url.clone(),
-            create: url.clone(),
-        },
-    );
+    let queue = queues_at(&aws.sqs, &url, &url);
     let job = CreateJob {
         prediction_id: PredictionId::generate(),
     };

@@ -196,8 +196,7 @@ impl<P: Ports> App<P> {
             queue: Some(queue),
             ..record.clone()
         };
-        self.send_to_create_queue(&queued, queue_slot(&queued))
-            .await;
+        self.send_to_create_queue(&queued, slot_at).await;
         metrics::record(Metric::count("PredictionsQueued").by("Model", &record.alias));
         Some(queued)
     }
@@ -377,13 +376,6 @@ impl<P: Ports> App<P> {
         }
         Ok(sent)
     }
-}
-
-fn queue_slot(record: &PredictionRecord) -> Timestamp {
-    record
-        .queue
-        .as_ref()
-        .map_or(record.created_at, |q| q.slot_at)
 }
 
 fn model_of(record: &PredictionRecord) -> Result<ModelRef, String> {

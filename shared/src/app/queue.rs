@@ -18,8 +18,7 @@ use crate::pacing::CreateSlot;
 use crate::ports::{CreateJob, JobQueue, ObjectStore, RecordStore, StoreError};
 use crate::record::{Advance, PredictionRecord, QueueState};
 use crate::replicate::{
-    Deadline, ModelRef, Prediction, PredictionStatus, ReplicateApi, ReplicateError, WebhookEvent,
-    WebhookTarget,
+    Deadline, ModelRef, PredictionStatus, ReplicateApi, ReplicateError, WebhookEvent, WebhookTarget,
 };
 use crate::time::Timestamp;
 
@@ -35,9 +34,8 @@ const EARLY_TOLERANCE: Duration = Duration::from_millis(500);
 
 /// How sending one create went.
 pub(crate) enum Sent {
-    /// Replicate created it: the record (tied, if the tie was stored) as it is now, and
-    /// Replicate's answer.
-    Created(PredictionRecord, Box<Prediction>),
+    /// Replicate created it; the record (tied, if the tie was stored) as it is now.
+    Created(PredictionRecord),
     /// It may or may not exist: the record stays unconfirmed, for the resolver.
     Unknown(PredictionRecord),
     /// Replicate throttled past the retry budget: certainly nothing was created.
@@ -92,10 +90,7 @@ impl<P: Ports> App<P> {
             .create_prediction(&model, sent_input, webhook, deadline)
             .await
         {
-            Ok(remote) => Sent::Created(
-                self.tie_created(record.clone(), &remote).await,
-                Box::new(remote),
-            ),
+            Ok(remote) => Sent::Created(self.tie_created(record.clone(), &remote).await),
             Err(err @ ReplicateError::CreateOutcomeUnknown { .. }) => {
                 // It may exist at Replicate: keep every claim pointing at the record until
                 // the resolver finds the prediction or gives up. Never create a second one.
@@ -115,7 +110,7 @@ impl<P: Ports> App<P> {
     async fn tie_created(
         &self,
         mut record: PredictionRecord,
-        remote: &Prediction,
+        remote: &crate::replicate::Prediction,
     ) -> PredictionRecord {
         match self
             .records
@@ -145,7 +140,7 @@ impl<P: Ports> App<P> {
     async fn apply_created_state(
         &self,
         record: PredictionRecord,
-        remote: &Prediction,
+        remote: &crate::replicate::Prediction,
     ) -> PredictionRecord {
         if let Err(err) = self.apply_remote(&record, remote, Copy::Queue).await {
             tracing::warn!(prediction_id = %record.id, error = %err, "could not apply the create answer's state");
@@ -256,8 +251,8 @@ impl<P: Ports> App<P> {
             .send_create(&claimed, &sent_input, &queue.webhook_base, queue.deadline)
             .await
         {
-            Sent::Created(created, remote) => {
-                self.cancel_if_asked_meanwhile(created, &remote).await;
+            Sent::Created(created) => {
+                self.cancel_if_asked_meanwhile(created).await;
                 Ok(CreateDisposition::Done)
             }
             Sent::Unknown(_) => Ok(CreateDisposition::Done),
@@ -324,18 +319,25 @@ impl<P: Ports> App<P> {
 
     /// A cancel recorded between the claim and the tie found nothing to cancel at
     /// Replicate yet: cancelled now.
-    async fn cancel_if_asked_meanwhile(&self, created: PredictionRecord, remote: &Prediction) {
+    async fn cancel_if_asked_meanwhile(&self, created: PredictionRecord) {
         let Ok(fresh) = self.reread(created).await else {
             return;
         };
-        if fresh.cancel_requested_at.is_none()
-            || fresh.status.is_terminal()
-            || fresh.replicate_id.as_deref() != Some(remote.id.as_str())
-        {
+        if fresh.cancel_requested_at.is_none() || fresh.status.is_terminal() {
             return;
         }
-        if let Err(err) = self.cancel_now_tied(&fresh, remote, Copy::QueueOnce).await {
-            tracing::warn!(prediction_id = %fresh.id, error = %err, "could not apply the cancel answer; the reconciler syncs it");
+        let Some(replicate_id) = fresh.replicate_id.clone() else {
+            return;
+        };
+        match self.replicate.cancel_prediction(&replicate_id).await {
+            Ok(remote) => {
+                if let Err(err) = self.apply_remote(&fresh, &remote, Copy::QueueOnce).await {
+                    tracing::warn!(prediction_id = %fresh.id, error = %err, "could not apply the cancel answer");
+                }
+            }
+            Err(err) => {
+                tracing::warn!(prediction_id = %fresh.id, error = %err, "could not cancel as asked; the reconciler syncs it");
+            }
         }
     }
 

@@ -608,7 +608,7 @@ impl<P: Ports> App<P> {
             .send_create(&record, &sent_input, &new.webhook_base, new.deadline)
             .await
         {
-            Sent::Created(record, _) | Sent::Unknown(record) => Ok(Started::new(record)),
+            Sent::Created(record) | Sent::Unknown(record) => Ok(Started::new(record)),
             Sent::Throttled(retry_after) => {
                 // Replicate throttled past the retry budget: nothing was created, so it waits
                 // in the create queue instead of failing.

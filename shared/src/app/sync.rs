@@ -168,7 +168,7 @@ impl<P: Ports> App<P> {
 
     /// A record whose cancel was asked for before it was tied to its Replicate prediction:
     /// cancelled now that it is, and Replicate's answer applied.
-    pub(crate) async fn cancel_now_tied(
+    async fn cancel_now_tied(
         &self,
         record: &PredictionRecord,
         remote: &Prediction,

@@ -6,6 +6,8 @@ CARGO ?= cargo
 PYTHON ?= python3
 VENV := .venv
 VENV_STAMP := $(VENV)/.installed
+# moto from the virtualenv, without its per-request overheads (infra/scripts/moto_server.py).
+MOTO := infra/scripts/moto-server
 
 BUILD_STAMP := $(VENV)/.installed-build
 DEPLOY_STAMP := $(VENV)/.installed-deploy
@@ -28,7 +30,7 @@ venv: $(VENV_STAMP) ## Python tools (moto, cfn-lint) in .venv
 dev: $(VENV_STAMP) ## Local stack on http://127.0.0.1:3000 (DEV_PORT): moto, Replicate simulator, API
 	$(CARGO) build --locked -p local-stack --bin dev-server
 	$(CARGO) build --locked $(addprefix -p ,$(FUNCTIONS))
-	MOTO_SERVER=$(VENV)/bin/moto_server exec target/debug/dev-server
+	MOTO_SERVER=$(MOTO) exec target/debug/dev-server
 
 demo: ## Submit PROMPT to the running local stack and save the image [IMAGE=file: upload it, img2img] [CALLBACK=1: receive a signed callback]
 	$(CARGO) run --locked -q -p local-stack --bin demo -- $(if $(IMAGE),--image "$(IMAGE)") $(if $(CALLBACK),--callback) $(PROMPT)
@@ -43,7 +45,7 @@ reconcile: ## One reconcile pass against the stack the environment names (TABLE_
 	$(CARGO) run --locked -q -p local-stack --bin reconcile
 
 test: $(VENV_STAMP) ## Build and run every test (starts and stops its own moto server)
-	MOTO_SERVER=$(VENV)/bin/moto_server infra/scripts/with-moto.sh \
+	MOTO_SERVER=$(MOTO) infra/scripts/with-moto.sh \
 		infra/scripts/test-summary.sh $(CARGO) test --workspace --all-targets --locked
 
 $(FUZZ_STAMP): $(VENV_STAMP) infra/requirements-fuzz.txt
@@ -81,21 +83,22 @@ bench: $(VENV_STAMP) ## Print measured figures: peak memory storing large output
 	$(CARGO) run --locked -q -p local-stack --bin cold-start -- --against target/release/minimal-handler target/release/fetch-result 20
 	$(CARGO) run --locked -q -p local-stack --bin cold-start -- --against target/release/minimal-handler target/release/submit 20
 	$(CARGO) build --locked -q -p integration-tests --bin warm-bench
-	MOTO_SERVER=$(VENV)/bin/moto_server infra/scripts/with-moto.sh target/debug/warm-bench target/release
+	MOTO_SERVER=$(MOTO) infra/scripts/with-moto.sh target/debug/warm-bench target/release
 	$(CARGO) build --locked -q -p integration-tests --bin auth-bench
-	MOTO_SERVER=$(VENV)/bin/moto_server infra/scripts/with-moto.sh target/debug/auth-bench
+	MOTO_SERVER=$(MOTO) infra/scripts/with-moto.sh target/debug/auth-bench
 
 soak: $(VENV_STAMP) ## A few hundred submissions under injected faults; prints lost/duplicates/wrong states
 	$(CARGO) build --locked -q -p integration-tests --bin soak
-	MOTO_SERVER=$(VENV)/bin/moto_server infra/scripts/with-moto.sh target/debug/soak
+	MOTO_SERVER=$(MOTO) infra/scripts/with-moto.sh target/debug/soak
 
-load: $(VENV_STAMP) ## 2,000 submissions in a minute through the binaries against a 600-a-minute create limit; prints queued, lost, duplicated, drain time vs ideal, latency
-	$(CARGO) build --locked -q -p integration-tests --bin load
-	MOTO_SERVER=$(VENV)/bin/moto_server infra/scripts/with-moto.sh target/debug/load
+load: $(VENV_STAMP) ## 2,000 submissions in a minute through the release binaries against a 600-a-minute create limit; prints queued, lost, duplicated, drain time vs ideal, latency
+	$(CARGO) build --locked -q --release $(addprefix -p ,$(FUNCTIONS))
+	$(CARGO) build --locked -q --release -p integration-tests --bin load
+	DEV_FUNCTION_PROCESSES=$${DEV_FUNCTION_PROCESSES:-4} MOTO_SERVER=$(MOTO) infra/scripts/with-moto.sh target/release/load
 
 cost: $(VENV_STAMP) ## AWS cost per 1,000 images by component, next to Replicate's price (COST_COUNT predictions)
 	$(CARGO) build --locked -q -p integration-tests --bin cost
-	MOTO_SERVER=$(VENV)/bin/moto_server infra/scripts/with-moto.sh target/debug/cost
+	MOTO_SERVER=$(MOTO) infra/scripts/with-moto.sh target/debug/cost
 
 lint: ## rustfmt check, clippy with warnings as errors, no second version of a chosen crate
 	$(CARGO) fmt --all -- --check

@@ -14,7 +14,7 @@ workdir="$(mktemp -d)"
 DEV_PORT="$port" \
 DEV_STATE_PATH="$workdir/dev-stack.json" \
 DEV_API_KEYS="[{\"tenant\": \"fuzz\", \"key\": \"$key\", \"rate_per_minute\": 1000000}]" \
-MOTO_SERVER="${MOTO_SERVER:-.venv/bin/moto_server}" \
+MOTO_SERVER="${MOTO_SERVER:-infra/scripts/moto-server}" \
 RUST_LOG="${RUST_LOG:-error}" \
 	target/debug/dev-server >"$workdir/dev.log" 2>&1 &
 pid=$!

@@ -2,7 +2,7 @@
 # Runs a command with a moto server (AWS emulator) on 127.0.0.1, then stops that server.
 # The command sees AWS_ENDPOINT_URL and placeholder credentials.
 set -euo pipefail
-moto=${MOTO_SERVER:-.venv/bin/moto_server}
+moto=${MOTO_SERVER:-infra/scripts/moto-server}
 [ -x "$moto" ] || { echo "with-moto: $moto not found (run: make venv)" >&2; exit 1; }
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')
 log=$(mktemp)

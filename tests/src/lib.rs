@@ -78,8 +78,10 @@ impl Drop for Stack {
     }
 }
 
-/// The function binaries (`target/debug`), built first: a no-op when they are fresh, and
-/// `cargo test` alone builds no other package's binaries.
+/// The function binaries, built first (a no-op when they are fresh; `cargo test` alone
+/// builds no other package's binaries) with this harness's own profile: `target/debug` for
+/// the tests, `target/release` (as they deploy) for a release-built harness such as
+/// `make load`'s.
 pub fn function_binaries() -> std::path::PathBuf {
     static BUILT: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
     BUILT
@@ -87,12 +89,20 @@ pub fn function_binaries() -> std::path::PathBuf {
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
             let mut command = std::process::Command::new(cargo);
             command.args(["build", "-q", "--locked"]);
+            let profile = if cfg!(debug_assertions) {
+                "debug"
+            } else {
+                command.arg("--release");
+                "release"
+            };
             for function in FUNCTIONS {
                 command.args(["-p", function]);
             }
             let status = command.status().expect("cargo runs");
             assert!(status.success(), "the function binaries build");
-            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug")
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../target")
+                .join(profile)
         })
         .clone()
 }
@@ -172,14 +182,16 @@ pub fn aws_endpoint() -> String {
     OWN.get_or_init(start_own_moto).clone()
 }
 
-/// Starts `MOTO_SERVER` (default: the project's `.venv/bin/moto_server`) on 127.0.0.1 under
+/// Starts `MOTO_SERVER` (default: the project's `infra/scripts/moto-server`) on 127.0.0.1 under
 /// a watchdog shell that stops it (by its PID) once this process is gone.
 fn start_own_moto() -> String {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
     let program = std::env::var("MOTO_SERVER")
-        .unwrap_or_else(|_| format!("{}/../.venv/bin/moto_server", env!("CARGO_MANIFEST_DIR")));
+        .unwrap_or_else(|_| format!("{root}/infra/scripts/moto-server"));
     assert!(
-        std::path::Path::new(&program).exists(),
-        "no AWS_ENDPOINT_URL and no moto at {program}: run `make venv` once, or `make test`"
+        std::env::var_os("MOTO_SERVER").is_some()
+            || std::path::Path::new(&format!("{root}/.venv/bin/moto_server")).exists(),
+        "no AWS_ENDPOINT_URL and no moto in {root}/.venv: run `make venv` once, or `make test`"
     );
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())

@@ -49,7 +49,7 @@ fn free_port() -> std::io::Result<u16> {
 
 /// Starts moto on 127.0.0.1 and waits until it answers.
 async fn start_moto() -> Result<(Child, String), String> {
-    let program = env("MOTO_SERVER").unwrap_or_else(|| ".venv/bin/moto_server".to_owned());
+    let program = env("MOTO_SERVER").unwrap_or_else(|| "infra/scripts/moto-server".to_owned());
     let port = match env("MOTO_PORT") {
         Some(p) => p
             .parse::<u16>()

@@ -93,8 +93,8 @@ soak: $(VENV_STAMP) ## A few hundred submissions under injected faults; prints l
 
 load: $(VENV_STAMP) ## 2,000 submissions in a minute through the release binaries against a 600-a-minute create limit; prints queued, lost, duplicated, drain time vs ideal, latency
 	$(CARGO) build --locked -q --release $(addprefix -p ,$(FUNCTIONS))
-	$(CARGO) build --locked -q --release -p integration-tests --bin load
-	DEV_FUNCTION_PROCESSES=$${DEV_FUNCTION_PROCESSES:-4} MOTO_SERVER=$(MOTO) infra/scripts/with-moto.sh target/release/load
+	$(CARGO) build --locked -q --profile load -p integration-tests --bin load
+	DEV_FUNCTION_PROCESSES=$${DEV_FUNCTION_PROCESSES:-4} MOTO_SERVER=$(MOTO) infra/scripts/with-moto.sh target/load/load
 
 cost: $(VENV_STAMP) ## AWS cost per 1,000 images by component, next to Replicate's price (COST_COUNT predictions)
 	$(CARGO) build --locked -q -p integration-tests --bin cost

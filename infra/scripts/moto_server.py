@@ -2,12 +2,12 @@
 
 `make load` keeps a thousand or more delayed create jobs in one SQS queue and sends moto
 hundreds of requests a second. Profiles of the stock server (py-spy) showed most of its
-time outside the emulation proper, in four places, each replaced here by an equivalent:
+time outside the emulation proper, in five places, each replaced here:
 
 - werkzeug's development server closes the connection after every response (so each
   request is a new TCP connection and a new thread, for the server and for the SDK
   clients) and writes an access-log line per request: waitress serves moto's same WSGI
-  application instead, with keep-alive connections and a fixed pool of threads.
+  application instead, with keep-alive connections and a pool of threads.
 - To route each request, moto lists its own package directory (`os.listdir`, then `isdir`
   on every entry) under a global lock: the list is read once.
 - `unix_time()` builds two `datetime`s per call, and SQS calls it for every message in
@@ -27,17 +27,21 @@ One thing is added: DynamoDB requests run one at a time. moto keeps no lock of i
 two concurrent conditional writes to one item could both pass their condition, which
 DynamoDB never allows; the stock server's per-request overhead only made that rarer (the
 conformance suite's concurrent budget reservations caught it here). moto holds Python's
-global lock while it works, so little is lost; S3 and SQS requests (an SQS receive may
-wait for messages) are not held up by it.
+global lock while it works, so little is lost; S3 and SQS requests do not take the lock.
 
-The emulation, its state, routing and wire protocol are moto's, unchanged; arguments are
-`moto_server`'s (`-H 127.0.0.1 -p PORT`). Unlike werkzeug, waitress drops request headers
-with an underscore in their name (S3 metadata could have one; this project sends none). moto's time-travel API (`/moto-api/time`) is not
-honoured by `unix_time()` any more; nothing here uses it. Each replaced function is
-checked to exist first, so a moto upgrade that moves one fails here, loudly.
+The emulation and its state are moto's. Where the server differs from werkzeug's:
+- waitress drops request headers with an underscore in their name (S3 metadata could have
+  one; this project sends none);
+- waitress sets no `RAW_URI`, which moto reads for S3 keys with escapes in them: it is set
+  here from `REQUEST_URI`;
+- requests beyond `THREADS` at once wait for a thread (an SQS long poll holds one for up
+  to its wait, a DynamoDB request waiting for the lock one too).
+Only `-H HOST` and `-p PORT` of `moto_server`'s arguments are taken. The patches rely on
+moto's internals, so the version is checked: an upgrade must re-check them.
 """
 
 import argparse
+import logging
 import os
 import sys
 import threading
@@ -45,7 +49,10 @@ import time
 
 import waitress
 
+import moto
 import moto.core.utils as core_utils
+
+assert moto.__version__ == "5.2.5", f"moto {moto.__version__}: re-check the patches below"
 
 _stock_unix_time = core_utils.unix_time
 
@@ -78,7 +85,6 @@ def _retained(self, queue_name, message):
     return retention_seconds + message.sent_timestamp / 1000 > time.time()
 
 
-assert hasattr(SQSBackend, "is_message_valid_based_on_retention_period")
 SQSBackend.is_message_valid_based_on_retention_period = _retained
 
 _stock_all_items = Table.all_items
@@ -95,15 +101,22 @@ def _all_items(self):
 
 
 def _query(self, *args, **kwargs):
+    outer = getattr(_querying, "active", False)
     _querying.active = True
     try:
         return _stock_query(self, *args, **kwargs)
     finally:
-        _querying.active = False
+        _querying.active = outer
 
 
 Table.all_items = _all_items
 Table.query = _query
+
+
+# A long-polling SQS receive holds a thread for up to its wait (1 s here), and each test
+# stack keeps a poller per queue; a request waiting for the DynamoDB lock holds one too.
+# An idle or waiting thread costs next to nothing.
+THREADS = 128
 
 
 class AtomicDynamoDb:
@@ -114,6 +127,8 @@ class AtomicDynamoDb:
         self.lock = threading.Lock()
 
     def __call__(self, environ, start_response):
+        if "REQUEST_URI" in environ:
+            environ.setdefault("RAW_URI", environ["REQUEST_URI"])
         if not environ.get("HTTP_X_AMZ_TARGET", "").startswith("DynamoDB_"):
             return self.app(environ, start_response)
         with self.lock:
@@ -134,14 +149,14 @@ def serve(argv):
     args = parser.parse_args(argv)
     os.environ.setdefault("MOTO_PORT", str(args.port))  # as moto_server sets it
     app = AtomicDynamoDb(DomainDispatcherApplication(create_backend_app))
+    # Once every thread is busy, waitress logs a line per queued request.
+    logging.getLogger("waitress.queue").setLevel(logging.ERROR)
     waitress.serve(
         app,
         host=args.host,
         port=args.port,
-        # A long-polling SQS receive holds its thread for up to its wait (1 s here); the
-        # tests run a few stacks at once, each with a poller per queue.
-        threads=32,
-        connection_limit=2000,
+        threads=THREADS,
+        connection_limit=1000,  # under the usual limit of 1,024 open files
         backlog=2048,
         asyncore_use_poll=True,  # select() stops at 1,024 descriptors
         ident="moto",

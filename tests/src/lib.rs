@@ -79,9 +79,8 @@ impl Drop for Stack {
 }
 
 /// The function binaries, built first (a no-op when they are fresh; `cargo test` alone
-/// builds no other package's binaries) with this harness's own profile: `target/debug` for
-/// the tests, `target/release` (as they deploy) for a release-built harness such as
-/// `make load`'s.
+/// builds no other package's binaries): `target/debug` for a debug-built harness (the
+/// tests), `target/release` (as they deploy) for an optimised one (`make load`'s).
 pub fn function_binaries() -> std::path::PathBuf {
     static BUILT: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
     BUILT
@@ -189,23 +188,28 @@ fn start_own_moto() -> String {
     let program = std::env::var("MOTO_SERVER")
         .unwrap_or_else(|_| format!("{root}/infra/scripts/moto-server"));
     assert!(
-        std::env::var_os("MOTO_SERVER").is_some()
-            || std::path::Path::new(&format!("{root}/.venv/bin/moto_server")).exists(),
-        "no AWS_ENDPOINT_URL and no moto in {root}/.venv: run `make venv` once, or `make test`"
+        std::path::Path::new(&program).exists()
+            && (std::env::var_os("MOTO_SERVER").is_some()
+                || std::path::Path::new(&format!("{root}/.venv/bin/moto_server")).exists()),
+        "no AWS_ENDPOINT_URL and no moto at {program}: run `make venv` once, or `make test`"
     );
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a free port")
         .port();
+    // What moto says if it cannot start (an out-of-date `.venv`, say) is kept until the
+    // watchdog ends, and shown if it never answers.
+    let log = std::env::temp_dir().join(format!("imagegen-moto-{port}.log"));
     let watchdog = format!(
-        "\"$0\" -H 127.0.0.1 -p {port} >/dev/null 2>&1 & moto=$!; \
-         while kill -0 {parent} 2>/dev/null; do sleep 0.5; done; kill $moto",
+        "\"$0\" -H 127.0.0.1 -p {port} >/dev/null 2>\"$1\" & moto=$!; \
+         while kill -0 {parent} 2>/dev/null; do sleep 0.5; done; kill $moto; rm -f \"$1\"",
         parent = std::process::id()
     );
     let mut watchdog = std::process::Command::new("sh")
         .arg("-c")
         .arg(watchdog)
         .arg(&program)
+        .arg(&log)
         .stdin(std::process::Stdio::null())
         .spawn()
         .expect("moto starts");
@@ -213,7 +217,13 @@ fn start_own_moto() -> String {
     std::thread::spawn(move || watchdog.wait());
     let deadline = Instant::now() + Duration::from_secs(30);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "moto did not start within 30 s");
+        let said = std::fs::read_to_string(&log).unwrap_or_default();
+        assert!(
+            Instant::now() < deadline
+                && !said.contains("Traceback")
+                && !said.contains("moto-server:"),
+            "moto did not start: {said}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     format!("http://127.0.0.1:{port}")

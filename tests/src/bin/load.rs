@@ -76,13 +76,13 @@ impl Timeline {
             let Some(record) = stack.record(id).await else {
                 continue;
             };
-            if let Some(queue) = &record.queue {
-                if let Some(sent_at) = queue.sent_at {
-                    timeline.sent.push(seconds(sent_at));
-                    timeline
-                        .late
-                        .push(seconds(sent_at) - seconds(queue.slot_at));
-                }
+            if let Some(queue) = &record.queue
+                && let Some(sent_at) = queue.sent_at
+            {
+                timeline.sent.push(seconds(sent_at));
+                timeline
+                    .late
+                    .push(seconds(sent_at) - seconds(queue.slot_at));
             }
             if let Some(completed_at) = record.completed_at {
                 timeline.ended.push(seconds(completed_at));
@@ -224,6 +224,7 @@ async fn main() -> std::process::ExitCode {
     }
 
     reconciler.abort();
+    let _ = reconciler.await;
     let summary = check(&stack, &ids, &distinct, request_body).await;
     let timeline = Timeline::read(&stack, &distinct, started_at).await;
     let stats = stack.sim.stats();

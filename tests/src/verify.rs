@@ -110,6 +110,28 @@ pub struct Summary {
     pub problems: Vec<String>,
 }
 
+impl Summary {
+    /// Nothing lost, duplicated, orphaned or left in a wrong state: what the soak and the
+    /// load both require.
+    pub fn is_clean(&self) -> bool {
+        self.lost == 0 && self.duplicates == 0 && self.orphans == 0 && self.wrong == 0
+    }
+
+    /// The outcome lines of the soak's and the load's reports.
+    pub fn print(&self) {
+        println!("  succeeded:                      {}", self.succeeded);
+        println!("  failed/canceled/aborted:        {}", self.unsuccessful);
+        println!(
+            "  outputs stored and verified:    {} of {}",
+            self.verified, self.expected_outputs
+        );
+        println!("  duplicates created:             {}", self.duplicates);
+        println!("  Replicate predictions orphaned: {}", self.orphans);
+        println!("  lost:                           {}", self.lost);
+        println!("  wrong final states:             {}", self.wrong);
+    }
+}
+
 /// Compares every prediction with the simulator's truth: its final state, and each output
 /// byte-for-byte (downloaded through the presigned URL fetch-result hands out).
 pub async fn check(

@@ -239,16 +239,7 @@ async fn main() -> std::process::ExitCode {
     println!("  distinct predictions:           {}", distinct.len());
     println!("  created at Replicate:           {}", stats.creates);
     println!("  creates throttled by Replicate: {}", stats.rate_limited);
-    println!("  succeeded:                      {}", summary.succeeded);
-    println!("  failed/canceled/aborted:        {}", summary.unsuccessful);
-    println!(
-        "  outputs stored and verified:    {} of {}",
-        summary.verified, summary.expected_outputs
-    );
-    println!("  lost:                           {}", summary.lost);
-    println!("  duplicated:                     {}", summary.duplicates);
-    println!("  Replicate predictions orphaned: {}", summary.orphans);
-    println!("  wrong final states:             {}", summary.wrong);
+    summary.print();
     match drained {
         Some(d) => println!(
             "  last one succeeded after:       {:.1}s (ideal {:.1}s = {} / {rate} a minute: {:.3}x)",
@@ -269,14 +260,7 @@ async fn main() -> std::process::ExitCode {
         println!("  ! {problem}");
     }
     let within = ratio.is_some_and(|r| r <= 1.10);
-    if refused.is_empty()
-        && summary.lost == 0
-        && summary.duplicates == 0
-        && summary.orphans == 0
-        && summary.wrong == 0
-        && summary.unsuccessful == 0
-        && within
-    {
+    if refused.is_empty() && summary.is_clean() && summary.unsuccessful == 0 && within {
         println!("load: 0 lost, 0 duplicated, 0 wrong states; drained within 10% of ideal");
         std::process::ExitCode::SUCCESS
     } else {

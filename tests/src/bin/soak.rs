@@ -138,25 +138,11 @@ async fn main() -> std::process::ExitCode {
         "  downloads failed (injected):    {}",
         stats.failed_downloads
     );
-    println!("  succeeded:                      {}", summary.succeeded);
-    println!("  failed/canceled/aborted:        {}", summary.unsuccessful);
-    println!(
-        "  outputs stored and verified:    {} of {}",
-        summary.verified, summary.expected_outputs
-    );
-    println!("  duplicates created:             {}", summary.duplicates);
-    println!("  Replicate predictions orphaned: {}", summary.orphans);
-    println!("  lost:                           {}", summary.lost);
-    println!("  wrong final states:             {}", summary.wrong);
+    summary.print();
     for problem in refused.iter().chain(&summary.problems).take(20) {
         println!("  ! {problem}");
     }
-    if refused.is_empty()
-        && summary.duplicates == 0
-        && summary.orphans == 0
-        && summary.lost == 0
-        && summary.wrong == 0
-    {
+    if refused.is_empty() && summary.is_clean() {
         println!("soak: 0 lost, 0 duplicates, 0 orphans, 0 wrong states");
         std::process::ExitCode::SUCCESS
     } else {

@@ -1099,6 +1099,26 @@ async fn queued_create_calls() -> BTreeMap<Handler, Grants> {
         1,
         "its job, sent again"
     );
+    // A create Replicate throttles in the drainer: the record takes a new slot from the
+    // pacer (`pace#creates`), so the retry stays inside the paced rate.
+    q.app.queue.inner.drain_creates();
+    q.app.clock.advance(Duration::from_secs(300));
+    q.submitted("at once, a last time").await;
+    let (status, throttled) = q.submit(prompt("throttled in the drainer"), &[]).await;
+    assert_eq!(
+        (status, throttled["status"].as_str()),
+        (202, Some("queued"))
+    );
+    q.app.clock.advance(Duration::from_secs(300));
+    q.app.replicate.fail_next_create(ReplicateError::Throttled {
+        retry_after: None,
+        attempts: 4,
+    });
+    q.drain().await;
+    assert!(
+        q.record(throttled["id"].as_str().unwrap()).is_queued(),
+        "given back to the queue"
+    );
     let mut calls = q.by_handler;
     // Not a port call: a job not due yet hides its message (`Redelivery`).
     calls.entry(Handler::Drain).or_default().insert((

@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{HeaderValue, header};
-use imagegen_shared::app::{ApiError, App, MAX_BODY_BYTES, Ports, request_id};
+use imagegen_shared::app::{ApiError, App, MAX_BODY_BYTES, request_id};
+use imagegen_shared::ports::Ports;
 use lambda_http::Body;
 use tokio::net::TcpListener;
 use tracing::Instrument;
@@ -108,8 +109,8 @@ const LOCAL_COPY_BUDGET: std::time::Duration = std::time::Duration::from_secs(15
 pub async fn ensure_local_queues(
     sqs: &aws_sdk_sqs::Client,
     name: &str,
-) -> Result<imagegen_shared::aws::QueueUrls, imagegen_shared::ports::StoreError> {
-    use imagegen_shared::aws::{ensure_queue, ensure_queue_pair};
+) -> Result<imagegen_shared::adapters::aws::QueueUrls, imagegen_shared::ports::StoreError> {
+    use imagegen_shared::adapters::aws::{ensure_queue, ensure_queue_pair};
     let copy = ensure_queue(
         sqs,
         name,
@@ -133,7 +134,7 @@ pub async fn ensure_local_queues(
         LOCAL_CREATE_MAX_RECEIVES,
     )
     .await?;
-    Ok(imagegen_shared::aws::QueueUrls {
+    Ok(imagegen_shared::adapters::aws::QueueUrls {
         copy,
         callback: callbacks.url,
         callback_dead_letter: callbacks.dead_letter_url,
@@ -269,7 +270,8 @@ pub fn spawn_redelivering_worker(
     sqs: aws_sdk_sqs::Client,
     queue: imagegen_shared::bootstrap::RedeliveringQueue,
 ) -> tokio::task::JoinHandle<()> {
-    use imagegen_shared::bootstrap::{SqsBatch, SqsRedelivery};
+    use imagegen_shared::adapters::aws::SqsRedelivery;
+    use imagegen_shared::bootstrap::SqsBatch;
     let queue_url = queue.url(&app.settings);
     let redelivery = Arc::new(SqsRedelivery {
         client: sqs.clone(),

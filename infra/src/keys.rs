@@ -3,13 +3,13 @@
 
 use std::path::Path;
 
-use imagegen_shared::aws::{AwsClients, DynamoRecords};
-use imagegen_shared::cost::micros_from_usd;
-use imagegen_shared::ports::AccountStore;
-use imagegen_shared::tenancy::{
+use imagegen_shared::adapters::aws::{AwsClients, DynamoRecords};
+use imagegen_shared::domain::money::micros_from_usd;
+use imagegen_shared::domain::tenancy::{
     ApiKey, DEFAULT_RATE_PER_MINUTE, KeyRecord, LimitsUpdate, TenantId, TenantLimits,
 };
-use imagegen_shared::time::Timestamp;
+use imagegen_shared::domain::time::Timestamp;
+use imagegen_shared::ports::accounts::AccountStore;
 use serde::{Deserialize, Serialize};
 
 /// Where a running `make dev` says it is, for `make key`, `make revoke` and `make demo`.
@@ -303,7 +303,7 @@ mod tests {
 
     #[tokio::test]
     async fn limit_changes_keep_what_is_not_given() {
-        use imagegen_shared::memory::MemoryRecords;
+        use imagegen_shared::testing::fakes::MemoryRecords;
         let store = MemoryRecords::default();
         let apply = |rate, budget| {
             let change = limits_change("acme", rate, budget).unwrap();

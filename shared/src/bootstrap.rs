@@ -11,24 +11,30 @@ use std::time::Duration;
 use lambda_http::{Body, Request, Response};
 use tracing::Instrument;
 
-use crate::app::{App, PortSet, request_id};
-use crate::aws::{AwsClients, DynamoRecords, QueueUrls, S3Objects, SqsQueues};
+use crate::adapters::aws::SqsRedelivery;
+use crate::app::{App, request_id};
+use crate::ports::jobs::Redelivery;
+
+use crate::adapters::aws::{AwsClients, DynamoRecords, QueueUrls, S3Objects, SqsQueues};
+use crate::adapters::http::callbacks::HttpCallbacks;
+use crate::adapters::http::dns::SystemResolver;
+use crate::adapters::http::downloads::HttpDownloads;
+use crate::adapters::replicate::{ApiToken, ClientBuildError, ClientConfig, ReplicateClient};
 use crate::config::{ConfigError, Settings, replicate_token};
-use crate::delivery::HttpCallbacks;
-use crate::outputs::HttpDownloads;
-use crate::registry::{ModelRegistry, RegistryError};
-use crate::replicate::{ApiToken, ClientBuildError, ClientConfig, ReplicateClient};
+use crate::domain::registry::{ModelRegistry, RegistryError};
+use crate::ports::PortSet;
 
 /// The real ports: Replicate over HTTP, DynamoDB, S3, HTTP downloads.
 pub struct Production;
 
-impl crate::app::Ports for Production {
+impl crate::ports::Ports for Production {
     type Replicate = ReplicateClient;
     type Records = DynamoRecords;
     type Objects = S3Objects;
     type Downloads = HttpDownloads;
     type Queue = SqsQueues;
     type Callbacks = HttpCallbacks;
+    type Resolver = SystemResolver;
 }
 
 pub type ProductionApp = App<Production>;
@@ -145,6 +151,7 @@ pub fn production_app(
         downloads,
         queue,
         callbacks,
+        resolver: SystemResolver,
     };
     Ok(App::new(ports, registry, settings))
 }
@@ -279,11 +286,11 @@ impl SqsMessage {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default()
             .as_millis();
-        crate::metrics::record(
-            crate::metrics::Metric::value(
+        crate::telemetry::metrics::record(
+            crate::telemetry::metrics::Metric::value(
                 "QueueAge",
                 now.saturating_sub(sent) as f64,
-                crate::metrics::Unit::Milliseconds,
+                crate::telemetry::metrics::Unit::Milliseconds,
             )
             .by("Queue", queue),
         );
@@ -300,56 +307,15 @@ impl SqsMessage {
     }
 }
 
-/// Hides a received message for a while: the callback worker's backoff (the queue then
-/// delivers it again, as the next attempt).
-pub trait Redelivery: Send + Sync {
-    fn hide_for(
-        &self,
-        receipt_handle: &str,
-        wait: Duration,
-    ) -> impl Future<Output = Result<(), crate::ports::StoreError>> + Send;
-}
-
-/// `Redelivery` on an SQS queue (`ChangeMessageVisibility`).
-pub struct SqsRedelivery {
-    pub client: aws_sdk_sqs::Client,
-    pub queue_url: String,
-}
-
-impl Redelivery for SqsRedelivery {
-    async fn hide_for(
-        &self,
-        receipt_handle: &str,
-        wait: Duration,
-    ) -> Result<(), crate::ports::StoreError> {
-        // Whole seconds, rounded up (never back before the wait is over); at most 12 hours.
-        let seconds = wait.as_millis().div_ceil(1000).clamp(1, 12 * 3600) as i32;
-        self.client
-            .change_message_visibility()
-            .queue_url(&self.queue_url)
-            .receipt_handle(receipt_handle)
-            .visibility_timeout(seconds)
-            .send()
-            .await
-            .map(|_| ())
-            .map_err(|e| {
-                crate::ports::StoreError::new(
-                    "hide job",
-                    aws_sdk_sqs::error::DisplayErrorContext(e).to_string(),
-                )
-            })
-    }
-}
-
 /// Delivers each message's callback attempt, at once; those to try again are hidden until
 /// their retry is due and reported back (the others are done, and deleted).
-pub async fn callback_batch<P: crate::app::Ports, R: Redelivery>(
+pub async fn callback_batch<P: crate::ports::Ports, R: Redelivery>(
     app: &App<P>,
     batch: SqsBatch,
     redelivery: &R,
 ) -> BatchResponse {
     use crate::app::CallbackDisposition;
-    redelivering_batch(batch, redelivery, "callbacks", |job: crate::callbacks::CallbackJob, attempt| async move {
+    redelivering_batch(batch, redelivery, "callbacks", |job: crate::domain::callbacks::CallbackJob, attempt| async move {
         let span = tracing::info_span!("callback", prediction_id = %job.prediction_id);
         let disposition = match app.deliver_callback(&job, attempt).instrument(span).await {
             Ok(disposition) => disposition,
@@ -363,8 +329,8 @@ pub async fn callback_batch<P: crate::app::Ports, R: Redelivery>(
             CallbackDisposition::DeadLettered => "dead_lettered",
             CallbackDisposition::RetryAfter(_) => "retry",
         };
-        crate::metrics::record(
-            crate::metrics::Metric::count("CallbackAttempts").by("Outcome", outcome),
+        crate::telemetry::metrics::record(
+            crate::telemetry::metrics::Metric::count("CallbackAttempts").by("Outcome", outcome),
         );
         match disposition {
             CallbackDisposition::RetryAfter(wait) => Some(wait),
@@ -376,13 +342,13 @@ pub async fn callback_batch<P: crate::app::Ports, R: Redelivery>(
 
 /// Runs the create job of each message (the drainer, README "Bursts"), all at once: their
 /// slots were spaced by the pacer. A job not due yet, or throttled, is hidden until it is.
-pub async fn create_batch<P: crate::app::Ports, R: Redelivery>(
+pub async fn create_batch<P: crate::ports::Ports, R: Redelivery>(
     app: &App<P>,
     batch: SqsBatch,
     redelivery: &R,
 ) -> BatchResponse {
     use crate::app::CreateDisposition;
-    redelivering_batch(batch, redelivery, "create", |job: crate::ports::CreateJob, _| async move {
+    redelivering_batch(batch, redelivery, "create", |job: crate::domain::jobs::CreateJob, _| async move {
         let span = tracing::info_span!("create", prediction_id = %job.prediction_id);
         match app.drain_create(&job).instrument(span).await {
             Ok(CreateDisposition::Done) => None,
@@ -462,7 +428,7 @@ impl RedeliveringQueue {
     }
 
     /// Runs one batch of this queue's jobs.
-    pub async fn run_batch<P: crate::app::Ports, R: Redelivery>(
+    pub async fn run_batch<P: crate::ports::Ports, R: Redelivery>(
         self,
         app: &App<P>,
         batch: SqsBatch,
@@ -514,7 +480,7 @@ pub struct BatchItemFailure {
 
 /// Runs the copy job of each message until `deadline`; failed (and unreadable) ones are
 /// reported for another delivery, ending in the dead-letter queue after the redrive limit.
-pub async fn copy_batch<P: crate::app::Ports>(
+pub async fn copy_batch<P: crate::ports::Ports>(
     app: &App<P>,
     batch: SqsBatch,
     deadline: tokio::time::Instant,
@@ -523,14 +489,14 @@ pub async fn copy_batch<P: crate::app::Ports>(
     for message in batch.records {
         message.record_age("copy");
         let started = std::time::Instant::now();
-        let failed = match serde_json::from_str::<crate::ports::CopyJob>(&message.body) {
+        let failed = match serde_json::from_str::<crate::domain::jobs::CopyJob>(&message.body) {
             Ok(job) => {
                 let span = tracing::info_span!("copy", prediction_id = %job.prediction_id);
                 let copied = app.copy_outputs(&job, deadline).instrument(span).await;
-                crate::metrics::record(crate::metrics::Metric::value(
+                crate::telemetry::metrics::record(crate::telemetry::metrics::Metric::value(
                     "CopyTime",
                     started.elapsed().as_secs_f64() * 1000.0,
-                    crate::metrics::Unit::Milliseconds,
+                    crate::telemetry::metrics::Unit::Milliseconds,
                 ));
                 match copied {
                     Ok(outcome) => {

@@ -4,11 +4,11 @@ use std::time::Duration;
 
 use url::Url;
 
-use crate::destination::CallbackAllowList;
-use crate::outputs::HostAllowlist;
-use crate::pacing::Pace;
-use crate::replicate::DEFAULT_BASE_URL;
-use crate::webhook::{WebhookError, WebhookSecret};
+use crate::adapters::replicate::DEFAULT_BASE_URL;
+use crate::domain::destination::CallbackAllowList;
+use crate::domain::outputs::HostAllowlist;
+use crate::domain::pacing::Pace;
+use crate::domain::signing::{WebhookError, WebhookSecret};
 
 pub const DEFAULT_OUTPUT_HOST_ALLOWLIST: &str = "replicate.delivery,*.replicate.delivery";
 

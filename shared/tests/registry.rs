@@ -1,8 +1,8 @@
 //! The shipped model registry: resolution, per-alias validation tables, configuration
 //! overrides, and properties of canonicalisation and the cache key.
 
-use imagegen_shared::cost::Price;
-use imagegen_shared::registry::{ModelAlias, ModelRegistry, RegistryError, canonical_json};
+use imagegen_shared::domain::cost::Price;
+use imagegen_shared::domain::registry::{ModelAlias, ModelRegistry, RegistryError, canonical_json};
 use proptest::prelude::*;
 use serde_json::{Value, json};
 

@@ -11,11 +11,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use imagegen_shared::aws::{AwsClients, ensure_bucket, ensure_table};
+use imagegen_shared::adapters::aws::{AwsClients, ensure_bucket, ensure_table};
 use imagegen_shared::bootstrap::{ProductionApp, RedeliveringQueue, build_app};
-use imagegen_shared::ports::{AccountStore, RecordStore};
-use imagegen_shared::record::{PredictionId, PredictionRecord};
-use imagegen_shared::tenancy::{ApiKey, KeyRecord, LimitsUpdate, TenantId};
+use imagegen_shared::domain::ids::PredictionId;
+use imagegen_shared::domain::record::PredictionRecord;
+use imagegen_shared::domain::tenancy::{ApiKey, KeyRecord, LimitsUpdate, TenantId};
+use imagegen_shared::ports::accounts::AccountStore;
+use imagegen_shared::ports::records::RecordStore;
 use local_stack::dev::{
     ensure_local_queues, serve_app_metered, spawn_copy_worker_metered, spawn_redelivering_worker,
 };

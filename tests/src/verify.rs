@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use imagegen_shared::replicate::PredictionStatus;
+use imagegen_shared::domain::replicate::PredictionStatus;
 use reqwest::StatusCode;
 use serde_json::Value;
 

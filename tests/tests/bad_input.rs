@@ -7,20 +7,24 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
-use imagegen_shared::app::{App, PortSet};
+use imagegen_shared::app::App;
 use imagegen_shared::config::Settings;
-use imagegen_shared::memory::{
-    FakeReplicate, MemoryCallbacks, MemoryObjects, MemoryQueue, MemoryRecords, MemorySource,
+use imagegen_shared::domain::registry::ModelRegistry;
+use imagegen_shared::domain::signing::WebhookSecret;
+use imagegen_shared::domain::tenancy::{
+    ApiKey, KeyRecord, MAX_RATE_PER_MINUTE, TenantId, TenantLimits,
 };
-use imagegen_shared::registry::ModelRegistry;
-use imagegen_shared::tenancy::{ApiKey, KeyRecord, MAX_RATE_PER_MINUTE, TenantId, TenantLimits};
-use imagegen_shared::time::Timestamp;
-use imagegen_shared::webhook::WebhookSecret;
+use imagegen_shared::domain::time::Timestamp;
+use imagegen_shared::ports::PortSet;
+use imagegen_shared::testing::fakes::{
+    FakeReplicate, MemoryCallbacks, MemoryObjects, MemoryQueue, MemoryRecords, MemoryResolver,
+    MemorySource,
+};
 use lambda_http::Body;
 use proptest::prelude::*;
 use serde_json::{Value, json};
 
-type TestApp = App<imagegen_shared::memory::InMemory>;
+type TestApp = App<imagegen_shared::testing::fakes::InMemory>;
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const API_KEY: &str = "igk_bad_input_property_tests_key_0123456789";
@@ -53,6 +57,7 @@ fn app() -> TestApp {
         downloads: MemorySource::default(),
         queue: MemoryQueue::default(),
         callbacks: MemoryCallbacks::default(),
+        resolver: MemoryResolver::default(),
     };
     App::new(ports, ModelRegistry::shipped().unwrap(), settings)
 }

@@ -1,19 +1,20 @@
-//! The storage conformance suite (`imagegen_shared::conformance`) against the real adapters:
+//! The storage conformance suite (`imagegen_shared::testing::conformance`) against the real adapters:
 //! DynamoDB, S3 and SQS on moto (`AWS_ENDPOINT_URL`), each with a table, bucket or queue of
 //! its own. The same suite runs against the in-memory fakes in the shared crate's unit tests,
 //! so the fakes and the adapters cannot drift apart unnoticed.
 
-use imagegen_shared::aws::{
+use imagegen_shared::adapters::aws::{
     AwsClients, DynamoRecords, QueueUrls, S3Objects, SqsQueues, ensure_bucket, ensure_queue,
     ensure_queue_pair, ensure_table,
 };
-use imagegen_shared::conformance::{
+use imagegen_shared::domain::ids::PredictionId;
+use imagegen_shared::domain::jobs::{CopyJob, CreateJob};
+use imagegen_shared::ports::jobs::JobQueue;
+use imagegen_shared::testing::conformance::{
     account_store_suite, callback_queue_suite, copy_queue_suite, object_store_suite,
     record_store_suite,
 };
-use imagegen_shared::memory::MemoryQueue;
-use imagegen_shared::ports::{CopyJob, CreateJob, JobQueue};
-use imagegen_shared::record::PredictionId;
+use imagegen_shared::testing::fakes::MemoryQueue;
 use integration_tests::aws_endpoint;
 
 fn unique_name() -> String {

@@ -347,7 +347,7 @@ async fn idempotency_key_returns_the_same_prediction_and_refuses_another_body() 
 }
 
 fn signed_headers(secret: &str, body: &[u8], timestamp: i64) -> Vec<(&'static str, String)> {
-    let secret = imagegen_shared::webhook::WebhookSecret::parse(secret).unwrap();
+    let secret = imagegen_shared::domain::signing::WebhookSecret::parse(secret).unwrap();
     vec![
         ("webhook-id", "msg_test".to_owned()),
         ("webhook-timestamp", timestamp.to_string()),
@@ -652,12 +652,12 @@ async fn the_reconciler_saves_outputs_when_webhooks_are_lost_and_nobody_fetches(
     );
     stack
         .wait_record(&ids[0], |r| {
-            r.status == imagegen_shared::replicate::PredictionStatus::Succeeded
+            r.status == imagegen_shared::domain::replicate::PredictionStatus::Succeeded
         })
         .await;
     stack
         .wait_record(&ids[1], |r| {
-            r.status == imagegen_shared::replicate::PredictionStatus::Failed
+            r.status == imagegen_shared::domain::replicate::PredictionStatus::Failed
         })
         .await;
     assert_eq!(stack.object_keys().await.len(), 1);

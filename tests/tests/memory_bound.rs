@@ -6,11 +6,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use imagegen_shared::outputs::{
-    Download, HostAllowlist, OutputError, OutputSource, PART_SIZE, store_outputs,
-};
-use imagegen_shared::ports::{ObjectRead, ObjectStore, PresignedPut, StoreError};
-use imagegen_shared::record::PredictionId;
+use imagegen_shared::app::copy::store_outputs;
+use imagegen_shared::domain::ids::PredictionId;
+use imagegen_shared::domain::outputs::{HostAllowlist, OutputError, PART_SIZE};
+use imagegen_shared::ports::StoreError;
+use imagegen_shared::ports::downloads::{Download, OutputSource};
+use imagegen_shared::ports::objects::{ObjectRead, ObjectStore, PresignedPut};
 use integration_tests::heap::{self, Counting};
 
 #[global_allocator]

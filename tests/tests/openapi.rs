@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use imagegen_shared::replicate::{CreatePredictionBody, PredictionStatus, WebhookEvent};
+use imagegen_shared::domain::replicate::{CreatePredictionBody, PredictionStatus, WebhookEvent};
 use serde_json::{Map, Value, json};
 
 fn spec() -> Value {

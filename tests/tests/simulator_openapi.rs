@@ -4,11 +4,12 @@
 
 use std::time::{Duration, Instant};
 
-use imagegen_shared::replicate::{
-    ApiToken, ClientConfig, Deadline, ModelRef, ReplicateApi, ReplicateClient, WebhookEvent,
-    WebhookTarget,
-};
-use imagegen_shared::webhook::{SignatureHeaders, WebhookSecret, WebhookVerifier};
+use imagegen_shared::adapters::replicate::{ApiToken, ClientConfig, ReplicateClient};
+
+use imagegen_shared::domain::replicate::{Deadline, ModelRef, WebhookEvent, WebhookTarget};
+
+use imagegen_shared::domain::signing::{SignatureHeaders, WebhookSecret, WebhookVerifier};
+use imagegen_shared::ports::replicate::ReplicateApi;
 use local_stack::sim::{SimConfig, Simulator};
 use serde_json::{Map, Value, json};
 use wiremock::matchers::method;

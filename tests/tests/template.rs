@@ -9,29 +9,36 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
-use imagegen_shared::app::inputs::{INPUT_URL_TTL, input_key};
-use imagegen_shared::app::{App, PortSet};
-use imagegen_shared::aws::{
+use imagegen_shared::adapters::aws::{
     OPEN_INDEX, OPEN_SHARD_ATTRIBUTE, TENANT_INDEX, TTL_ATTRIBUTE, iam_actions, item_actions,
 };
+use imagegen_shared::app::App;
+use imagegen_shared::app::inputs::{INPUT_URL_TTL, input_key};
 use imagegen_shared::bootstrap::{
-    BatchResponse, Redelivery, SqsBatch, SqsMessage, TokenSource, boot_config, callback_batch,
-    copy_batch, create_batch,
+    BatchResponse, SqsBatch, SqsMessage, TokenSource, boot_config, callback_batch, copy_batch,
+    create_batch,
 };
 use imagegen_shared::config::Settings;
-use imagegen_shared::delivery::DeliveryOutcome;
-use imagegen_shared::memory::{
-    FakeReplicate, MemoryCallbacks, MemoryObjects, MemoryQueue, MemoryRecords, MemorySource,
-    Recorded, RecordedCall,
+use imagegen_shared::domain::claims::Claim;
+use imagegen_shared::domain::ids::PredictionId;
+use imagegen_shared::domain::outputs::PART_SIZE;
+use imagegen_shared::domain::record::PredictionRecord;
+use imagegen_shared::domain::registry::ModelRegistry;
+use imagegen_shared::domain::replicate::{Prediction, PredictionStatus, ReplicateError};
+use imagegen_shared::domain::signing::WebhookSecret;
+use imagegen_shared::domain::tenancy::{ApiKey, KeyRecord, TenantId, TenantLimits};
+use imagegen_shared::domain::time::Timestamp;
+use imagegen_shared::ports::PortSet;
+use imagegen_shared::ports::StoreError;
+use imagegen_shared::ports::callbacks::DeliveryOutcome;
+use imagegen_shared::ports::jobs::Redelivery;
+use imagegen_shared::ports::objects::ObjectStore;
+use imagegen_shared::ports::records::{RecordStore, SyncMark};
+use imagegen_shared::ports::replicate::ReplicateApi;
+use imagegen_shared::testing::fakes::{
+    FakeReplicate, MemoryCallbacks, MemoryObjects, MemoryQueue, MemoryRecords, MemoryResolver,
+    MemorySource, Recorded, RecordedCall,
 };
-use imagegen_shared::outputs::PART_SIZE;
-use imagegen_shared::ports::{ObjectStore, RecordStore, StoreError, SyncMark};
-use imagegen_shared::record::{Claim, PredictionId, PredictionRecord};
-use imagegen_shared::registry::ModelRegistry;
-use imagegen_shared::replicate::{Prediction, PredictionStatus, ReplicateApi, ReplicateError};
-use imagegen_shared::tenancy::{ApiKey, KeyRecord, TenantId, TenantLimits};
-use imagegen_shared::time::Timestamp;
-use imagegen_shared::webhook::WebhookSecret;
 use lambda_http::Body;
 use serde_json::{Value, json};
 use yaml_rust2::{Yaml, YamlLoader};
@@ -276,13 +283,14 @@ fn variables_read(env: &BTreeMap<String, Option<String>>) -> BTreeSet<String> {
 /// The in-memory ports, with every storage and queue call written down.
 struct Recording;
 
-impl imagegen_shared::app::Ports for Recording {
+impl imagegen_shared::ports::Ports for Recording {
     type Replicate = FakeReplicate;
     type Records = Recorded<MemoryRecords>;
     type Objects = Recorded<MemoryObjects>;
     type Downloads = MemorySource;
     type Queue = Recorded<MemoryQueue>;
     type Callbacks = MemoryCallbacks;
+    type Resolver = MemoryResolver;
 }
 
 type RecordingApp = App<Recording>;
@@ -388,6 +396,7 @@ impl Scenario {
             downloads: source,
             queue: Recorded::new(MemoryQueue::default(), calls.clone()),
             callbacks: MemoryCallbacks::default(),
+            resolver: MemoryResolver::default(),
         };
         Self {
             app: App::new(ports, ModelRegistry::shipped().unwrap(), settings),
@@ -833,7 +842,8 @@ async fn port_calls_by_handler() -> BTreeMap<Handler, Grants> {
     // The copier: a job for a prediction already ended changes nothing; an unreadable
     // message is reported failed.
     s.app.queue.inner.drain();
-    let job = imagegen_shared::ports::CopyJob::new(PredictionId::parse(&first_id).unwrap(), &done);
+    let job =
+        imagegen_shared::domain::jobs::CopyJob::new(PredictionId::parse(&first_id).unwrap(), &done);
     assert!(
         s.copy(vec![serde_json::to_string(&job).unwrap()])
             .await
@@ -1047,7 +1057,7 @@ async fn queued_create_calls() -> BTreeMap<Handler, Grants> {
         (200, Some("canceled"))
     );
     // A cancel that lands as the drainer reads the record: the drainer ends it.
-    let id = imagegen_shared::record::PredictionId::parse(&queued[2]).unwrap();
+    let id = imagegen_shared::domain::ids::PredictionId::parse(&queued[2]).unwrap();
     let now = q.app.clock.now();
     assert!(
         q.app
@@ -1083,8 +1093,8 @@ async fn queued_create_calls() -> BTreeMap<Handler, Grants> {
     let (status, orphaned) = q.submit(prompt("its drainer died"), &[]).await;
     assert_eq!((status, orphaned["status"].as_str()), (202, Some("queued")));
     q.app.queue.inner.drain_creates();
-    let id =
-        imagegen_shared::record::PredictionId::parse(orphaned["id"].as_str().unwrap()).unwrap();
+    let id = imagegen_shared::domain::ids::PredictionId::parse(orphaned["id"].as_str().unwrap())
+        .unwrap();
     let now = q.app.clock.now();
     assert!(q.app.records.inner.claim_create(&id, now).await.unwrap());
     q.app.clock.advance(Duration::from_secs(30));
@@ -1182,7 +1192,7 @@ async fn callback_and_upload_calls() -> BTreeMap<Handler, Grants> {
         let callback = c.record(id).callback.expect("a callback");
         assert_eq!(
             callback.event,
-            Some(imagegen_shared::callbacks::CallbackEvent::Completed)
+            Some(imagegen_shared::domain::callbacks::CallbackEvent::Completed)
         );
     }
     // The callbacks function: delivered, then one rejected until its day is over.

@@ -6,8 +6,8 @@
 use std::collections::BTreeMap;
 
 use imagegen_shared::app::KEY_CACHE_TTL;
-use imagegen_shared::ports::AccountStore;
-use imagegen_shared::tenancy::ApiKey;
+use imagegen_shared::domain::tenancy::ApiKey;
+use imagegen_shared::ports::accounts::AccountStore;
 use integration_tests::{Stack, client_with_key};
 use reqwest::StatusCode;
 use serde_json::{Value, json};

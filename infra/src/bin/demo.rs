@@ -162,7 +162,7 @@ async fn check_callback(
     headers: &http::HeaderMap,
     body: &[u8],
 ) -> Result<(), String> {
-    use imagegen_shared::webhook::{SignatureHeaders, WebhookSecret, WebhookVerifier};
+    use imagegen_shared::domain::signing::{SignatureHeaders, WebhookSecret, WebhookVerifier};
     let secret = get_json(http, args, "/v1/webhooks/secret").await?;
     let secret = WebhookSecret::parse(secret["key"].as_str().unwrap_or_default())
         .map_err(|e| e.to_string())?;

@@ -17,7 +17,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use imagegen_shared::aws::{AwsClients, ensure_bucket, ensure_table};
+use imagegen_shared::adapters::aws::{AwsClients, ensure_bucket, ensure_table};
 use imagegen_shared::bootstrap::{ProductionApp, RedeliveringQueue, build_app};
 use imagegen_shared::config::DEFAULT_OUTPUT_HOST_ALLOWLIST;
 use local_stack::dev::{

@@ -10,11 +10,11 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use imagegen_shared::cost::usd;
-use imagegen_shared::ports::AccountStore;
-use imagegen_shared::tenancy::KeyId;
-use imagegen_shared::tenancy::LimitsUpdate;
-use imagegen_shared::time::Timestamp;
+use imagegen_shared::domain::money::usd;
+use imagegen_shared::domain::tenancy::KeyId;
+use imagegen_shared::domain::tenancy::LimitsUpdate;
+use imagegen_shared::domain::time::Timestamp;
+use imagegen_shared::ports::accounts::AccountStore;
 use local_stack::keys::{
     Budget, DEV_STATE_FILE, NewKey, apply_limits, limits_change, target_table,
 };

@@ -1,7 +1,7 @@
 //! `make reconcile`: one reconcile pass against the stack the environment names (the same
 //! variables as the functions: TABLE_NAME, BUCKET_NAME, REPLICATE_*, AWS_ENDPOINT_URL…).
 
-use imagegen_shared::aws::AwsClients;
+use imagegen_shared::adapters::aws::AwsClients;
 use imagegen_shared::bootstrap::build_app;
 
 #[tokio::main]

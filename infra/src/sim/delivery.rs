@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::header;
-use imagegen_shared::time::Timestamp;
-use imagegen_shared::webhook::{ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER};
+use imagegen_shared::domain::signing::{ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER};
+use imagegen_shared::domain::time::Timestamp;
 
 use super::faults::Markers;
 use super::lifecycle::{SimPrediction, new_id};

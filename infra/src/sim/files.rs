@@ -7,7 +7,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use bytes::Bytes;
 use http::{StatusCode, header};
-use imagegen_shared::outputs::hex;
+use imagegen_shared::domain::digest::hex;
 use serde_json::{Value, json};
 
 use super::faults::{Markers, roll};

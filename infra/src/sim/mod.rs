@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use bytes::Bytes;
-use imagegen_shared::webhook::WebhookSecret;
+use imagegen_shared::domain::signing::WebhookSecret;
 use serde::Serialize;
 use serde_json::Value;
 

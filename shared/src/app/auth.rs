@@ -12,11 +12,15 @@ use std::time::Duration;
 
 use lambda_http::Request;
 
-use super::{ApiError, App, Ports};
-use crate::ports::AccountStore;
+use super::{ApiError, App};
+use crate::ports::Ports;
+use crate::ports::accounts::AccountStore;
 
-use crate::tenancy::{Caller, KeyHash, KeyRecord, RateWindow, TenantLimits, bearer_key, caller};
-use crate::time::Timestamp;
+use crate::domain::tenancy::{
+    ApiKey, Caller, KeyHash, KeyRecord, RateWindow, TenantLimits, caller,
+};
+
+use crate::domain::time::Timestamp;
 
 /// How long a key's record is trusted: revocation takes effect within this, inside the 60 s
 /// the README promises ("Callers, limits and cost").
@@ -134,5 +138,50 @@ impl<P: Ports> App<P> {
             limit: caller.rate_per_minute,
             retry_after: Duration::from_secs(wait.as_millis().div_ceil(1000).max(1) as u64),
         })
+    }
+}
+
+/// The key of an `Authorization: Bearer <key>` header; `Err` says what is wrong with it.
+pub fn bearer_key(header: Option<&http::HeaderValue>) -> Result<ApiKey, &'static str> {
+    let header = header.ok_or("this route needs an API key: `Authorization: Bearer <key>`")?;
+    let text = header
+        .to_str()
+        .map_err(|_| "the Authorization header is not a bearer API key")?;
+    let (scheme, key) = text
+        .trim()
+        .split_once(' ')
+        .ok_or("the Authorization header is not a bearer API key")?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err("the Authorization header is not a bearer API key");
+    }
+    ApiKey::parse(key.trim()).map_err(|_| "the API key is malformed")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    #[test]
+    fn bearer_headers_are_parsed_strictly() {
+        let key = ApiKey::generate();
+        let header = |v: &str| HeaderValue::from_str(v).unwrap();
+        let good = format!("Bearer {}", key.expose());
+        assert_eq!(bearer_key(Some(&header(&good))), Ok(key.clone()));
+        let lower = format!("bearer  {} ", key.expose());
+        assert_eq!(bearer_key(Some(&header(&lower))), Ok(key.clone()));
+        assert!(bearer_key(None).is_err());
+        for bad in [
+            "Basic dXNlcjpwYXNz".to_owned(),
+            key.expose().to_owned(),
+            "Bearer short".to_owned(),
+            "Bearer ".to_owned(),
+            format!("Bearer {}", "k".repeat(300)),
+            format!("Bearer {}\"", key.expose()),
+        ] {
+            assert!(bearer_key(Some(&header(&bad))).is_err(), "{bad}");
+        }
+        let binary = HeaderValue::from_bytes(b"Bearer \xff\xfe0123456789abcdef").unwrap();
+        assert!(bearer_key(Some(&binary)).is_err());
     }
 }

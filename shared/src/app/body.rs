@@ -14,9 +14,10 @@ use serde_json::{Map, Number, Value};
 use sha2::{Digest, Sha256};
 
 use super::{ApiError, MAX_BODY_BYTES};
-use crate::callbacks::CallbackEvent;
-use crate::outputs::hex;
-use crate::registry::{InputErrors, canonical_json};
+use crate::domain::callbacks::CallbackEvent;
+use crate::domain::digest::hex;
+use crate::domain::input_errors::InputErrors;
+use crate::domain::registry::canonical_json;
 
 /// Most fields an `input` may have; no model takes more.
 pub const MAX_INPUT_FIELDS: usize = 64;
@@ -712,7 +713,7 @@ mod tests {
         assert_eq!(errors.total(), 1);
         assert_eq!(
             errors.listed()[0],
-            crate::registry::FieldError {
+            crate::domain::input_errors::FieldError {
                 field: "input".into(),
                 message: "has 500001 fields; no model takes more than 64".into()
             }
@@ -752,7 +753,7 @@ mod tests {
         let body = format!(r#"{{"model": "flux-schnell", "input": {{"prompt": {prompt}}}}}"#);
         let parsed = parse_submit_body(body.as_bytes()).unwrap();
         assert_eq!(parsed.input, json!({"prompt": []}));
-        let registry = crate::registry::ModelRegistry::shipped().unwrap();
+        let registry = crate::domain::registry::ModelRegistry::shipped().unwrap();
         let alias = registry.resolve(&parsed.model).unwrap();
         let errors = alias.validate(&parsed.input).unwrap_err();
         assert_eq!(fields(&errors), vec!["input.prompt"]);

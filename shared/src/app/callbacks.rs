@@ -11,13 +11,17 @@ use lambda_http::{Body, Request, Response};
 use serde::Serialize;
 
 use super::problem::json_or_problem;
-use super::{ApiError, App, Ports};
-use crate::callbacks::{CallbackEvent, CallbackJob, CallbackStatus, retry_delay};
-use crate::delivery::{CallbackRequest, CallbackSender, DeliveryOutcome};
-use crate::ports::{AccountStore, JobQueue, RecordStore, StoreError};
-use crate::record::PredictionRecord;
-use crate::tenancy::TenantId;
-use crate::webhook::{ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, WebhookSecret};
+use super::{ApiError, App};
+use crate::domain::callbacks::{CallbackEvent, CallbackJob, CallbackStatus, retry_delay};
+use crate::domain::record::PredictionRecord;
+use crate::domain::signing::{ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, WebhookSecret};
+use crate::domain::tenancy::TenantId;
+use crate::ports::Ports;
+use crate::ports::StoreError;
+use crate::ports::accounts::AccountStore;
+use crate::ports::callbacks::{CallbackRequest, CallbackSender, DeliveryOutcome};
+use crate::ports::jobs::JobQueue;
+use crate::ports::records::RecordStore;
 
 /// What became of one delivery attempt's job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

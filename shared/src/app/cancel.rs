@@ -7,11 +7,13 @@ use lambda_http::{Body, Request, Response};
 
 use super::problem::json_or_problem;
 use super::resolve::SearchBudget;
-use super::sync::{Billed, Copy};
-use super::{ApiError, App, Ports, PredictionView};
-use crate::ports::{RecordStore, SyncMark};
-use crate::record::PredictionRecord;
-use crate::replicate::ReplicateApi;
+use super::sync::Copy;
+use super::{ApiError, App, PredictionView};
+use crate::domain::cost::Billed;
+use crate::domain::record::PredictionRecord;
+use crate::ports::Ports;
+use crate::ports::records::{RecordStore, SyncMark};
+use crate::ports::replicate::ReplicateApi;
 
 impl<P: Ports> App<P> {
     pub async fn cancel(&self, request: Request) -> Response<Body> {

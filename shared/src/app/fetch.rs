@@ -3,15 +3,15 @@
 
 use lambda_http::{Body, Request, Response};
 
-use super::Ports;
 use super::problem::json_or_problem;
 use super::resolve::SearchBudget;
 use super::sync::Copy;
 use super::{ApiError, App, PredictionView};
-use crate::ports::{RecordStore, SyncMark};
-use crate::record::PredictionRecord;
-use crate::replicate::ReplicateApi;
-use crate::time::Timestamp;
+use crate::domain::record::PredictionRecord;
+use crate::domain::time::Timestamp;
+use crate::ports::Ports;
+use crate::ports::records::{RecordStore, SyncMark};
+use crate::ports::replicate::ReplicateApi;
 
 impl<P: Ports> App<P> {
     pub async fn fetch(&self, request: Request) -> Response<Body> {

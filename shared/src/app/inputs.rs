@@ -12,9 +12,10 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
 use serde_json::{Map, Value};
 
-use crate::outputs::hex;
-use crate::ports::{ObjectStore, StoreError};
-use crate::registry::{FieldSpec, ModelAlias, ValidatedInput};
+use crate::domain::digest::hex;
+use crate::domain::registry::{FieldSpec, ModelAlias, ValidatedInput};
+use crate::ports::StoreError;
+use crate::ports::objects::ObjectStore;
 
 /// How long the presigned URL of an input image given to Replicate stays valid: a
 /// prediction may wait through a cold boot and runs up to 30 minutes.
@@ -200,8 +201,8 @@ fn same_value(a: &Value, b: &Value) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::memory::MemoryObjects;
-    use crate::registry::ModelRegistry;
+    use crate::domain::registry::ModelRegistry;
+    use crate::testing::fakes::MemoryObjects;
     use serde_json::json;
 
     fn data_url(bytes: &[u8]) -> String {

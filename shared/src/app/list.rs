@@ -6,9 +6,10 @@ use lambda_http::{Body, Request, Response};
 use serde::Serialize;
 
 use super::problem::json_or_problem;
-use super::{ApiError, App, Ports, PredictionView};
-use crate::ports::{ListCursor, RecordStore};
-use crate::registry::InputErrors;
+use super::{ApiError, App, PredictionView};
+use crate::domain::input_errors::InputErrors;
+use crate::ports::Ports;
+use crate::ports::records::{ListCursor, RecordStore};
 
 pub const DEFAULT_PAGE: usize = 20;
 pub const MAX_PAGE: usize = 100;
@@ -83,8 +84,8 @@ impl<P: Ports> App<P> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::PredictionId;
-    use crate::time::Timestamp;
+    use crate::domain::ids::PredictionId;
+    use crate::domain::time::Timestamp;
 
     #[test]
     fn limits_and_cursors_are_checked() {

@@ -6,7 +6,8 @@ mod auth;
 pub mod body;
 mod callbacks;
 mod cancel;
-mod copy;
+pub mod copy;
+mod destination;
 mod fetch;
 pub mod inputs;
 mod list;
@@ -22,23 +23,24 @@ mod view;
 mod webhook;
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use http::Method;
 use lambda_http::{Body, Request, Response};
 use tokio::sync::OnceCell;
 
 use crate::config::Settings;
-use crate::delivery::CallbackSender;
-use crate::outputs::OutputSource;
-use crate::ports::{AccountStore, JobQueue, ObjectStore, RecordStore, StoreError};
-use crate::record::{PredictionId, PredictionRecord};
-use crate::registry::ModelRegistry;
-use crate::replicate::{ReplicateApi, ReplicateError};
-use crate::tenancy::{Caller, TenantId};
-use crate::time::Timestamp;
-use crate::webhook::WebhookVerifier;
+use crate::domain::ids::PredictionId;
+use crate::domain::record::PredictionRecord;
+use crate::domain::registry::ModelRegistry;
+use crate::domain::replicate::ReplicateError;
+use crate::domain::signing::WebhookVerifier;
+use crate::domain::tenancy::{Caller, TenantId};
+use crate::domain::time::Clock;
+use crate::ports::StoreError;
+use crate::ports::records::RecordStore;
+use crate::ports::replicate::ReplicateApi;
+use crate::ports::{PortSet, Ports};
 
 pub use auth::KEY_CACHE_TTL;
 pub use callbacks::CallbackDisposition;
@@ -61,47 +63,6 @@ pub const MAX_BODY_BYTES: usize = 6 * 1024 * 1024;
 /// of each asking Replicate again (unauthenticated posts must not drive calls upstream).
 const SECRET_FAILURE_BACKOFF: Duration = Duration::from_secs(10);
 
-/// Wall-clock time, shiftable in tests to exercise leases and expiry.
-#[derive(Debug, Default)]
-pub struct Clock {
-    offset_ms: AtomicI64,
-}
-
-impl Clock {
-    pub fn now(&self) -> Timestamp {
-        Timestamp::from_system(self.system_time())
-    }
-
-    /// The same moment as `now`, for APIs that speak `SystemTime` (webhook signatures).
-    pub fn system_time(&self) -> SystemTime {
-        let offset = self.offset_ms.load(Ordering::Relaxed);
-        let now = SystemTime::now();
-        if offset >= 0 {
-            now + Duration::from_millis(offset.unsigned_abs())
-        } else {
-            now - Duration::from_millis(offset.unsigned_abs())
-        }
-    }
-
-    pub fn advance(&self, by: Duration) {
-        self.offset_ms.fetch_add(
-            i64::try_from(by.as_millis()).unwrap_or(i64::MAX),
-            Ordering::Relaxed,
-        );
-    }
-}
-
-/// The six ports the handlers run on. Production (`bootstrap::Production`) and the
-/// in-memory fakes (`memory::InMemory`) each name theirs.
-pub trait Ports: 'static {
-    type Replicate: ReplicateApi;
-    type Records: RecordStore + AccountStore;
-    type Objects: ObjectStore;
-    type Downloads: OutputSource;
-    type Queue: JobQueue;
-    type Callbacks: CallbackSender;
-}
-
 /// Everything a handler needs, built once per process.
 pub struct App<P: Ports> {
     pub replicate: P::Replicate,
@@ -110,6 +71,8 @@ pub struct App<P: Ports> {
     pub downloads: P::Downloads,
     pub queue: P::Queue,
     pub callbacks: P::Callbacks,
+    /// Resolves callback hosts at submit (the check before anything is created).
+    pub resolver: P::Resolver,
     pub registry: ModelRegistry,
     pub settings: Settings,
     pub clock: Clock,
@@ -118,16 +81,6 @@ pub struct App<P: Ports> {
     callback_secrets: Mutex<std::collections::HashMap<TenantId, String>>,
     webhook_verifier: OnceCell<WebhookVerifier>,
     secret_failed_at: Mutex<Option<Instant>>,
-}
-
-/// The ports of an `App`, by name (so a constructor call cannot swap two of them).
-pub struct PortSet<P: Ports> {
-    pub replicate: P::Replicate,
-    pub records: P::Records,
-    pub objects: P::Objects,
-    pub downloads: P::Downloads,
-    pub queue: P::Queue,
-    pub callbacks: P::Callbacks,
 }
 
 impl<P: Ports> App<P> {
@@ -159,6 +112,7 @@ impl<P: Ports> App<P> {
             downloads: ports.downloads,
             queue: ports.queue,
             callbacks: ports.callbacks,
+            resolver: ports.resolver,
             registry,
             settings,
             clock: Clock::default(),

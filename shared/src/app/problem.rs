@@ -7,9 +7,9 @@ use http::{HeaderValue, StatusCode, header};
 use lambda_http::{Body, Response};
 use serde::Serialize;
 
+use crate::domain::input_errors::{FieldError, InputErrors};
+use crate::domain::replicate::ReplicateError;
 use crate::ports::StoreError;
-use crate::registry::{FieldError, InputErrors};
-use crate::replicate::ReplicateError;
 
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
@@ -295,7 +295,7 @@ mod tests {
         assert_eq!(down.into_response().headers()[header::RETRY_AFTER], "3");
         let rejected: ApiError = ReplicateError::Rejected {
             status: 401,
-            problem: crate::replicate::ApiProblem {
+            problem: crate::domain::replicate::ApiProblem {
                 detail: Some("Invalid token r8_abc".into()),
                 ..Default::default()
             },

@@ -9,18 +9,25 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
+use super::App;
 use super::inputs::{REFERENCE_SCHEME, input_key, with_file_references};
-use super::sync::{Billed, Copy};
-use super::{App, Ports};
-use crate::callbacks::CallbackEvent;
-use crate::metrics::{self, Metric};
-use crate::pacing::CreateSlot;
-use crate::ports::{CreateJob, JobQueue, ObjectStore, RecordStore, StoreError};
-use crate::record::{Advance, PredictionRecord, QueueState};
-use crate::replicate::{
-    Deadline, ModelRef, PredictionStatus, ReplicateApi, ReplicateError, WebhookEvent, WebhookTarget,
+use super::sync::Copy;
+use crate::domain::callbacks::CallbackEvent;
+use crate::domain::cost::Billed;
+use crate::domain::jobs::CreateJob;
+use crate::domain::pacing::CreateSlot;
+use crate::domain::record::{Advance, PredictionRecord, QueueState};
+use crate::domain::replicate::{
+    Deadline, ModelRef, PredictionStatus, ReplicateError, WebhookEvent, WebhookTarget,
 };
-use crate::time::Timestamp;
+use crate::domain::time::Timestamp;
+use crate::ports::Ports;
+use crate::ports::StoreError;
+use crate::ports::jobs::JobQueue;
+use crate::ports::objects::ObjectStore;
+use crate::ports::records::RecordStore;
+use crate::ports::replicate::ReplicateApi;
+use crate::telemetry::metrics::{self, Metric};
 
 /// A throttle that names no wait is retried after this.
 const DEFAULT_THROTTLE_WAIT: Duration = Duration::from_secs(5);
@@ -110,7 +117,7 @@ impl<P: Ports> App<P> {
     async fn tie_created(
         &self,
         mut record: PredictionRecord,
-        remote: &crate::replicate::Prediction,
+        remote: &crate::domain::replicate::Prediction,
     ) -> PredictionRecord {
         match self
             .records
@@ -140,7 +147,7 @@ impl<P: Ports> App<P> {
     async fn apply_created_state(
         &self,
         record: PredictionRecord,
-        remote: &crate::replicate::Prediction,
+        remote: &crate::domain::replicate::Prediction,
     ) -> PredictionRecord {
         if let Err(err) = self.apply_remote(&record, remote, Copy::Queue).await {
             tracing::warn!(prediction_id = %record.id, error = %err, "could not apply the create answer's state");

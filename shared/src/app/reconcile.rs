@@ -11,14 +11,18 @@ use futures_util::future::join_all;
 use serde::Serialize;
 use tokio::time::Instant;
 
+use super::App;
 use super::resolve::SearchBudget;
-use super::sync::{Billed, Copy, SyncOutcome};
-use super::{App, Ports};
-use crate::callbacks::CallbackEvent;
-use crate::ports::{LEGACY_OPEN_SHARD, OPEN_SHARDS, OpenEntry, RecordStore, StoreError};
-use crate::record::PredictionRecord;
-use crate::replicate::{PredictionStatus, ReplicateApi};
-use crate::time::Timestamp;
+use super::sync::{Copy, SyncOutcome};
+use crate::domain::callbacks::CallbackEvent;
+use crate::domain::cost::Billed;
+use crate::domain::record::PredictionRecord;
+use crate::domain::replicate::PredictionStatus;
+use crate::domain::time::Timestamp;
+use crate::ports::Ports;
+use crate::ports::StoreError;
+use crate::ports::records::{LEGACY_OPEN_SHARD, OPEN_SHARDS, OpenEntry, RecordStore};
+use crate::ports::replicate::ReplicateApi;
 
 /// The schedule's period (template: `rate(5 minutes)`), for rotating the first shard.
 /// A queued create still unsent this long after its slot lost its job: queued again.
@@ -126,10 +130,10 @@ impl<P: Ports> App<P> {
             ("ReconcileCallbacksQueued", report.callbacks_queued),
             ("ReconcileCreatesRequeued", report.creates_requeued),
         ] {
-            crate::metrics::record(crate::metrics::Metric::value(
+            crate::telemetry::metrics::record(crate::telemetry::metrics::Metric::value(
                 name,
                 value as f64,
-                crate::metrics::Unit::Count,
+                crate::telemetry::metrics::Unit::Count,
             ));
         }
         tracing::info!(

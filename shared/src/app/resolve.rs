@@ -9,14 +9,19 @@
 
 use std::time::Duration;
 
-use crate::ports::{RecordStore, StoreError};
-use crate::record::{Advance, PredictionRecord};
-use crate::replicate::{Prediction, PredictionStatus, ReplicateApi, ReplicateError};
-use crate::time::Timestamp;
+use crate::ports::records::RecordStore;
 
+use crate::domain::record::{Advance, PredictionRecord};
+use crate::domain::replicate::{Prediction, PredictionStatus, ReplicateError};
+use crate::domain::time::Timestamp;
+use crate::ports::StoreError;
+use crate::ports::replicate::ReplicateApi;
+
+use super::App;
 use super::inputs::{InputMatch, input_match, with_file_references};
-use super::sync::{Billed, Copy, SyncOutcome};
-use super::{App, Ports};
+use super::sync::{Copy, SyncOutcome};
+use crate::domain::cost::Billed;
+use crate::ports::Ports;
 
 /// An unconfirmed record is given up on after this long: Replicate stops any prediction at
 /// 30 minutes, so by then its `completed` webhook (or the list) has had every chance.

@@ -14,28 +14,33 @@ use lambda_http::{Body, Request, RequestExt, Response};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-use super::Ports;
 use super::body::{SubmitBody, parse_submit_body};
 use super::inputs::{InlineImage, extract_inline_images, materialize, with_file_references};
 use super::problem::json_response;
 use super::queue::Sent;
-use super::sync::Billed;
 use super::{ApiError, App};
-use crate::callbacks::{CallbackState, CallbackTarget};
-use crate::cost::{Micros, requested_outputs, usd};
-use crate::destination::{SystemResolver, check_destination, parse_callback_url};
-use crate::metrics::{self, Metric};
-use crate::outputs::hex;
-use crate::pacing::CreateSlot;
-use crate::ports::{AccountStore, ClaimOutcome, RecordStore, Settlement};
-use crate::record::{
-    Claim, ClaimGuard, PredictionId, PredictionRecord, QueueState, new_webhook_token,
-};
-use crate::registry::InputErrors;
-use crate::registry::{CacheKey, ModelAlias};
-use crate::replicate::{Deadline, InvalidDeadline, PredictionStatus, ReplicateError};
-use crate::tenancy::{Caller, Reservation, TenantId, month_of, usage_expires_at};
-use crate::time::Timestamp;
+use crate::app::destination::check_destination;
+use crate::domain::callbacks::{CallbackState, CallbackTarget};
+use crate::domain::claims::{Claim, ClaimGuard};
+use crate::domain::claims::{ClaimOutcome, Settlement};
+use crate::domain::cost::Billed;
+use crate::domain::cost::requested_outputs;
+use crate::domain::cost::{Reservation, month_of, usage_expires_at};
+use crate::domain::destination::parse_callback_url;
+use crate::domain::digest::hex;
+use crate::domain::ids::PredictionId;
+use crate::domain::input_errors::InputErrors;
+use crate::domain::money::{Micros, usd};
+use crate::domain::pacing::CreateSlot;
+use crate::domain::record::{PredictionRecord, QueueState, new_webhook_token};
+use crate::domain::registry::{CacheKey, ModelAlias};
+use crate::domain::replicate::{Deadline, InvalidDeadline, PredictionStatus, ReplicateError};
+use crate::domain::tenancy::{Caller, TenantId};
+use crate::domain::time::Timestamp;
+use crate::ports::Ports;
+use crate::ports::accounts::AccountStore;
+use crate::ports::records::RecordStore;
+use crate::telemetry::metrics::{self, Metric};
 
 /// How long a submit may take to create its prediction before others may take over (the
 /// Replicate client gives up on a create well within it).
@@ -257,7 +262,7 @@ impl<P: Ports> App<P> {
         };
         let allow = &self.settings.callback_allow;
         let checked = match parse_callback_url(raw, allow) {
-            Ok(url) => check_destination(&url, allow, &SystemResolver)
+            Ok(url) => check_destination(&url, allow, &self.resolver)
                 .await
                 .map(|_| url),
             Err(reason) => Err(reason),

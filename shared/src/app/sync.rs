@@ -4,18 +4,26 @@
 
 use tokio::time::Instant;
 
-use crate::callbacks::CallbackEvent;
-use crate::cost::{Micros, requested_outputs};
-use crate::metrics::{self, Metric, Unit};
-use crate::outputs::{OutputError, check_output_list, store_outputs};
-use crate::ports::{AccountStore, CopyJob, JobQueue, RecordStore, StoreError, SyncMark};
-use crate::record::{Advance, PredictionRecord, bounded_error, bounded_metrics};
-use crate::replicate::{Prediction, PredictionStatus, ReplicateApi};
-use crate::tenancy::{CostSettlement, month_of};
-use crate::time::Timestamp;
+use crate::app::copy::store_outputs;
+use crate::domain::callbacks::CallbackEvent;
+use crate::domain::cost::requested_outputs;
+use crate::domain::cost::{Billed, CostSettlement, month_of};
+use crate::domain::jobs::CopyJob;
+use crate::domain::limits::{bounded_error, bounded_metrics};
+use crate::domain::money::Micros;
+use crate::domain::outputs::{OutputError, check_output_list};
+use crate::domain::record::{Advance, PredictionRecord};
+use crate::domain::replicate::{Prediction, PredictionStatus};
+use crate::domain::time::Timestamp;
+use crate::ports::StoreError;
+use crate::ports::accounts::AccountStore;
+use crate::ports::jobs::JobQueue;
+use crate::ports::records::{RecordStore, SyncMark};
+use crate::ports::replicate::ReplicateApi;
+use crate::telemetry::metrics::{self, Metric, Unit};
 
 use super::App;
-use super::Ports;
+use crate::ports::Ports;
 
 /// What applying a remote state did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,47 +55,6 @@ pub enum Copy {
     /// The same, but at most once per `COPY_REQUEUE_AFTER` per prediction: for fetches and
     /// the reconciler, which see the same success again and again while its copy runs.
     QueueOnce,
-}
-
-/// What is known about what Replicate billed for a prediction that ends.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Billed<'a> {
-    /// Replicate said how it ended: its status, outputs and `predict_time` decide.
-    Remote(&'a Prediction),
-    /// It was certainly never created: nothing.
-    NotCreated,
-    /// It may have run, and how will never be known: the estimate stands.
-    Unknown,
-}
-
-impl Billed<'_> {
-    fn cost(&self, record: &PredictionRecord) -> Micros {
-        match (self, &record.price) {
-            (Self::Remote(remote), Some(price)) => {
-                // A cancel's answer may not carry `predict_time` yet: the time it ran.
-                let mut metrics = remote.metrics.clone();
-                if metrics.predict_time.is_none() {
-                    metrics.predict_time = ran_seconds(remote);
-                }
-                price.billed(&remote.status, remote.output.len(), &metrics)
-            }
-            (Self::Remote(_), None) | (Self::NotCreated, _) => 0,
-            (Self::Unknown, _) => record.cost_estimate,
-        }
-    }
-}
-
-/// Seconds between a prediction's start and end, as Replicate stamped them.
-fn ran_seconds(remote: &Prediction) -> Option<f64> {
-    let started = remote
-        .started_at
-        .as_deref()
-        .and_then(Timestamp::parse_rfc3339)?;
-    let completed = remote
-        .completed_at
-        .as_deref()
-        .and_then(Timestamp::parse_rfc3339)?;
-    Some(completed.since(started).as_secs_f64())
 }
 
 /// A copy queued by a poll is not queued again for this long: the queue's visibility
@@ -199,7 +166,7 @@ impl<P: Ports> App<P> {
     ) -> Result<bool, StoreError> {
         let ends = advance.status.is_terminal();
         if ends {
-            advance.cost = Some(billed.cost(record));
+            advance.cost = Some(billed.cost(record.price.as_ref(), record.cost_estimate));
             advance.keep_open = record.owes_completed_callback();
         }
         if !self.records.advance(&record.id, &advance).await? {

@@ -7,20 +7,26 @@ use http::HeaderValue;
 use lambda_http::{Body, Request, Response};
 use serde_json::{Value, json};
 
-use super::{App, PortSet};
+use super::App;
 use crate::config::Settings;
-use crate::memory::{
-    FakeReplicate, MemoryCallbacks, MemoryObjects, MemoryQueue, MemoryRecords, MemorySource,
+use crate::domain::claims::Claim;
+use crate::domain::ids::PredictionId;
+use crate::domain::record::PredictionRecord;
+use crate::domain::registry::ModelRegistry;
+use crate::domain::replicate::{Prediction, PredictionStatus, ReplicateError};
+use crate::domain::signing::WebhookSecret;
+use crate::domain::tenancy::{ApiKey, KeyRecord, TenantId, TenantLimits};
+use crate::domain::time::Timestamp;
+use crate::ports::PortSet;
+use crate::ports::accounts::AccountStore;
+use crate::ports::objects::ObjectStore;
+use crate::ports::records::RecordStore;
+use crate::testing::fakes::{
+    FakeReplicate, MemoryCallbacks, MemoryObjects, MemoryQueue, MemoryRecords, MemoryResolver,
+    MemorySource,
 };
-use crate::ports::{AccountStore, ObjectStore, RecordStore};
-use crate::record::{Claim, PredictionId, PredictionRecord};
-use crate::registry::ModelRegistry;
-use crate::replicate::{Prediction, PredictionStatus, ReplicateError};
-use crate::tenancy::{ApiKey, KeyRecord, TenantId, TenantLimits};
-use crate::time::Timestamp;
-use crate::webhook::WebhookSecret;
 
-type TestApp = App<crate::memory::InMemory>;
+type TestApp = App<crate::testing::fakes::InMemory>;
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const PLACEHOLDER_ID: &str = "00000000000000000000000000000000";
@@ -60,6 +66,7 @@ fn app_with(extra: &[(&str, &str)]) -> TestApp {
         downloads: source,
         queue: MemoryQueue::default(),
         callbacks: MemoryCallbacks::default(),
+        resolver: MemoryResolver::default(),
     };
     App::new(ports, ModelRegistry::shipped().unwrap(), settings)
 }
@@ -229,7 +236,7 @@ async fn submit_creates_a_prediction_with_a_webhook_back_to_the_api() {
     );
     assert_eq!(
         webhook.events,
-        [crate::replicate::WebhookEvent::Completed],
+        [crate::domain::replicate::WebhookEvent::Completed],
         "no `start` deliveries: they cost a request, an invocation and a write each"
     );
     assert_eq!(stored.replicate_id.as_deref(), Some("rep-1"));
@@ -1081,7 +1088,7 @@ async fn replicates_text_and_numbers_are_stored_bounded() {
         .await;
     let stored = record(&app, id.as_str()).await;
     assert_eq!(stored.status, PredictionStatus::Failed);
-    assert!(stored.error.unwrap().chars().count() <= crate::record::MAX_ERROR_CHARS + 1);
+    assert!(stored.error.unwrap().chars().count() <= crate::domain::limits::MAX_ERROR_CHARS + 1);
     assert!(stored.metrics.unwrap().other.len() <= 8);
 
     // Thousands of outputs: the prediction fails clearly instead of outgrowing its record.
@@ -1246,7 +1253,7 @@ async fn every_route_refuses_missing_malformed_unknown_and_revoked_keys() {
     // The revoked key works until it is revoked, and stops within the cache's lifetime.
     let usage = |key| with_key(event("usage", ""), key);
     assert_eq!(app.usage(usage(Some(revoked))).await.status(), 200);
-    use crate::ports::AccountStore;
+    use crate::ports::accounts::AccountStore;
     let revoked_id = ApiKey::parse(revoked).unwrap().hash().key_id();
     assert!(
         app.records
@@ -1442,7 +1449,10 @@ async fn the_budget_refuses_before_creating_and_settles_to_the_actual_cost() {
 
     let usage = json_of(&app.usage(with_key(event("usage", ""), Some(capped))).await);
     assert_eq!(usage["tenant"], "capped");
-    assert_eq!(usage["month"], crate::tenancy::month_of(app.clock.now()));
+    assert_eq!(
+        usage["month"],
+        crate::domain::cost::month_of(app.clock.now())
+    );
     assert_eq!(usage["predictions"], 4);
     // p0 stored + p1 none + p2 and p3 requested while running.
     assert_eq!(usage["images"], 3);
@@ -1592,7 +1602,7 @@ async fn cancel_after_is_validated_and_passed_to_replicate() {
     }
     let created = app.replicate.created();
     assert_eq!(created.len(), 2, "nothing created for a bad deadline");
-    assert_eq!(created[0].deadline, crate::replicate::Deadline::MAX);
+    assert_eq!(created[0].deadline, crate::domain::replicate::Deadline::MAX);
     assert_eq!(created[1].deadline.as_duration(), Duration::from_secs(90));
 }
 
@@ -1815,11 +1825,14 @@ async fn a_completed_callback_is_signed_retried_with_backoff_then_dead_lettered_
     let jobs = app.queue.drain_callbacks();
     assert_eq!(jobs.len(), 1);
     let job = &jobs[0];
-    assert_eq!(job.event, crate::callbacks::CallbackEvent::Completed);
+    assert_eq!(
+        job.event,
+        crate::domain::callbacks::CallbackEvent::Completed
+    );
 
     app.callbacks.answer_next([
-        crate::delivery::DeliveryOutcome::Rejected { status: 503 },
-        crate::delivery::DeliveryOutcome::Unreachable("timed out".into()),
+        crate::ports::callbacks::DeliveryOutcome::Rejected { status: 503 },
+        crate::ports::callbacks::DeliveryOutcome::Unreachable("timed out".into()),
     ]);
     let first = app.deliver_callback(job, 1).await.unwrap();
     let second = app.deliver_callback(job, 2).await.unwrap();
@@ -1873,7 +1886,7 @@ async fn a_completed_callback_is_signed_retried_with_backoff_then_dead_lettered_
     // A day later a failure is final: dead-lettered, shown `failed`.
     app.clock.advance(Duration::from_secs(24 * 3600));
     app.callbacks
-        .answer_next([crate::delivery::DeliveryOutcome::Rejected { status: 500 }]);
+        .answer_next([crate::ports::callbacks::DeliveryOutcome::Rejected { status: 500 }]);
     assert_eq!(
         app.deliver_callback(job, 3).await.unwrap(),
         super::CallbackDisposition::DeadLettered
@@ -1882,7 +1895,7 @@ async fn a_completed_callback_is_signed_retried_with_backoff_then_dead_lettered_
     let callback = record(&app, id.as_str()).await.callback.unwrap();
     assert_eq!(
         (callback.status, callback.attempts),
-        (Some(crate::callbacks::CallbackStatus::Failed), 3)
+        (Some(crate::domain::callbacks::CallbackStatus::Failed), 3)
     );
 }
 
@@ -1897,7 +1910,7 @@ async fn a_destination_that_now_resolves_inside_is_given_up_at_once() {
     let jobs = app.queue.drain_callbacks();
     assert_eq!(jobs.len(), 1, "`start` is queued when Replicate created it");
     app.callbacks
-        .answer_next([crate::delivery::DeliveryOutcome::Forbidden(
+        .answer_next([crate::ports::callbacks::DeliveryOutcome::Forbidden(
             "`hooks.example.com` resolves to a private address".into(),
         )]);
     assert_eq!(
@@ -1953,7 +1966,7 @@ async fn an_upload_is_verified_stored_by_content_and_keyed_by_content_in_the_cac
     let (status, view) = submitted(&app, body.clone()).await;
     assert_eq!(status, 202, "{view}");
     assert_eq!(view["input"]["image"], slot["ref"]);
-    let sha = crate::outputs::hex(&<sha2::Sha256 as sha2::Digest>::digest(&image));
+    let sha = crate::domain::digest::hex(&<sha2::Sha256 as sha2::Digest>::digest(&image));
     assert_eq!(
         app.objects.get(&format!("inputs/{sha}")).map(|o| o.0),
         Some(image.clone()),

@@ -13,16 +13,19 @@ use serde_json::{Map, Value};
 
 use super::inputs::InlineImage;
 use super::problem::json_response;
-use super::{ApiError, App, Ports};
-use crate::outputs::hex;
-use crate::ports::{AccountStore, ObjectRead, ObjectStore};
-use crate::record::ttl_passed;
-use crate::registry::{FieldSpec, InputErrors, ModelAlias};
-use crate::tenancy::Caller;
-use crate::uploads::{
+use super::{ApiError, App};
+use crate::domain::digest::hex;
+use crate::domain::input_errors::InputErrors;
+use crate::domain::record::ttl_passed;
+use crate::domain::registry::{FieldSpec, ModelAlias};
+use crate::domain::tenancy::Caller;
+use crate::domain::uploads::{
     MAX_UPLOAD_BYTES, UPLOAD_RETENTION, UPLOAD_URL_TTL, UploadId, UploadRecord, UploadRequest,
     UploadRequestError, inspect_image,
 };
+use crate::ports::Ports;
+use crate::ports::accounts::AccountStore;
+use crate::ports::objects::{ObjectRead, ObjectStore};
 
 /// The answer to `POST /v1/uploads`.
 #[derive(Debug, Clone, PartialEq, Serialize)]

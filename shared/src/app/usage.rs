@@ -4,10 +4,11 @@ use lambda_http::{Body, Request, Response};
 use serde::Serialize;
 
 use super::problem::json_or_problem;
-use super::{ApiError, App, Ports};
-use crate::cost::usd;
-use crate::ports::AccountStore;
-use crate::tenancy::month_of;
+use super::{ApiError, App};
+use crate::domain::cost::month_of;
+use crate::domain::money::usd;
+use crate::ports::Ports;
+use crate::ports::accounts::AccountStore;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct UsageView {

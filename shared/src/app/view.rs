@@ -3,13 +3,14 @@
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::callbacks::{CallbackEvent, CallbackStatus};
-use crate::cost::usd;
-use crate::pacing::Pace;
-use crate::ports::{ObjectStore, StoreError};
-use crate::record::PredictionRecord;
-use crate::replicate::{Metrics, PredictionStatus};
-use crate::time::Timestamp;
+use crate::domain::callbacks::{CallbackEvent, CallbackStatus};
+use crate::domain::money::usd;
+use crate::domain::pacing::Pace;
+use crate::domain::record::PredictionRecord;
+use crate::domain::replicate::{Metrics, PredictionStatus};
+use crate::domain::time::Timestamp;
+use crate::ports::StoreError;
+use crate::ports::objects::ObjectStore;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PredictionView {

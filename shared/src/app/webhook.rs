@@ -8,13 +8,14 @@ use lambda_http::{Body, Request, Response};
 use serde::Serialize;
 use subtle::ConstantTimeEq;
 
-use super::Ports;
 use super::problem::json_response;
 use super::sync::{Copy, SyncOutcome};
 use super::{ApiError, App};
-use crate::record::{PredictionId, PredictionRecord};
-use crate::replicate::Prediction;
-use crate::webhook::{DEFAULT_TOLERANCE, SignatureHeaders};
+use crate::domain::ids::PredictionId;
+use crate::domain::record::PredictionRecord;
+use crate::domain::replicate::Prediction;
+use crate::domain::signing::{DEFAULT_TOLERANCE, SignatureHeaders};
+use crate::ports::Ports;
 
 #[derive(Serialize)]
 struct Receipt {
@@ -24,8 +25,8 @@ struct Receipt {
 }
 
 fn receipt(result: &'static str, reason: Option<&'static str>) -> Response<Body> {
-    crate::metrics::record(
-        crate::metrics::Metric::count("WebhookDeliveries").by("Outcome", result),
+    crate::telemetry::metrics::record(
+        crate::telemetry::metrics::Metric::count("WebhookDeliveries").by("Outcome", result),
     );
     json_response(StatusCode::OK, &Receipt { result, reason })
 }

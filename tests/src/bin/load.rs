@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use imagegen_shared::time::Timestamp;
+use imagegen_shared::domain::time::Timestamp;
 use integration_tests::verify::{check, open_count, submit_retrying, webhook_faults};
 use integration_tests::{Stack, env_number};
 use local_stack::sim::SimConfig;

@@ -5,7 +5,10 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{HeaderValue, header};
-use imagegen_shared::app::{ApiError, App, MAX_BODY_BYTES, request_id};
+use imagegen_shared::app::{ApiError, App};
+use imagegen_shared::http::{MAX_BODY_BYTES, request_id};
+use imagegen_shared::lambda::RedeliveringQueue;
+use imagegen_shared::lambda::sqs::{SqsMessage, copy_batch, sqs_event};
 use imagegen_shared::ports::Ports;
 use lambda_http::Body;
 use tokio::net::TcpListener;
@@ -83,7 +86,9 @@ pub fn serve_app_metered<P: Ports>(
             );
             let (method, path) = (request.method().clone(), request.uri().path().to_owned());
             let started = std::time::Instant::now();
-            let response = app.route(request).instrument(span).await;
+            let response = imagegen_shared::http::route(&app, request)
+                .instrument(span)
+                .await;
             if let Some(invocations) = &invocations {
                 invocations.record_request(method.as_str(), &path, started.elapsed());
             }
@@ -209,17 +214,21 @@ fn attribute(
 }
 
 /// A received message as the Lambda SQS event carries it to the in-process handlers.
-fn lambda_message(m: &aws_sdk_sqs::types::Message) -> imagegen_shared::bootstrap::SqsMessage {
+fn lambda_message(m: &aws_sdk_sqs::types::Message) -> SqsMessage {
     use aws_sdk_sqs::types::MessageSystemAttributeName as Name;
-    imagegen_shared::bootstrap::SqsMessage {
-        message_id: m.message_id.clone().unwrap_or_default(),
-        receipt_handle: m.receipt_handle.clone().unwrap_or_default(),
-        body: m.body.clone().unwrap_or_default(),
-        attributes: imagegen_shared::bootstrap::SqsAttributes {
-            receive_count: attribute(m, Name::ApproximateReceiveCount),
-            sent_timestamp: attribute(m, Name::SentTimestamp),
-        },
+    let mut message = SqsMessage::default();
+    message.message_id = m.message_id.clone();
+    message.receipt_handle = m.receipt_handle.clone();
+    message.body = m.body.clone();
+    for (name, key) in [
+        (Name::ApproximateReceiveCount, "ApproximateReceiveCount"),
+        (Name::SentTimestamp, "SentTimestamp"),
+    ] {
+        if let Some(value) = attribute(m, name) {
+            message.attributes.insert(key.to_owned(), value);
+        }
     }
+    message
 }
 
 /// The copy worker's local stand-in, on the copy queue.
@@ -238,7 +247,6 @@ pub fn spawn_copy_worker_metered(
     queue_url: String,
     invocations: Option<Arc<Invocations>>,
 ) -> tokio::task::JoinHandle<()> {
-    use imagegen_shared::bootstrap::{SqsBatch, copy_batch};
     spawn_poller(sqs, queue_url, "copy", 10, move |messages| {
         let app = app.clone();
         let invocations = invocations.clone();
@@ -248,11 +256,14 @@ pub fn spawn_copy_worker_metered(
             let mut failures = Vec::new();
             for message in &messages {
                 let started = tokio::time::Instant::now();
-                let batch = SqsBatch {
-                    records: vec![lambda_message(message)],
-                };
+                let batch = sqs_event([lambda_message(message)]);
                 let response = copy_batch(&app, batch, started + LOCAL_COPY_BUDGET).await;
-                failures.extend(response.failures.into_iter().map(|f| f.id));
+                failures.extend(
+                    response
+                        .batch_item_failures
+                        .into_iter()
+                        .map(|f| f.item_identifier),
+                );
                 if let Some(invocations) = &invocations {
                     invocations.record_queue_job("CopyQueue", started.elapsed());
                 }
@@ -268,10 +279,9 @@ pub fn spawn_copy_worker_metered(
 pub fn spawn_redelivering_worker(
     app: Arc<imagegen_shared::bootstrap::ProductionApp>,
     sqs: aws_sdk_sqs::Client,
-    queue: imagegen_shared::bootstrap::RedeliveringQueue,
+    queue: RedeliveringQueue,
 ) -> tokio::task::JoinHandle<()> {
     use imagegen_shared::adapters::aws::SqsRedelivery;
-    use imagegen_shared::bootstrap::SqsBatch;
     let queue_url = queue.url(&app.settings);
     let redelivery = Arc::new(SqsRedelivery {
         client: sqs.clone(),
@@ -281,11 +291,13 @@ pub fn spawn_redelivering_worker(
         let app = app.clone();
         let redelivery = redelivery.clone();
         async move {
-            let batch = SqsBatch {
-                records: messages.iter().map(lambda_message).collect(),
-            };
+            let batch = sqs_event(messages.iter().map(lambda_message));
             let response = queue.run_batch(&app, batch, redelivery.as_ref()).await;
-            response.failures.into_iter().map(|f| f.id).collect()
+            response
+                .batch_item_failures
+                .into_iter()
+                .map(|f| f.item_identifier)
+                .collect()
         }
     })
 }

@@ -1,27 +1,22 @@
-//! Building the production `App` from the environment, once per process, and running a
-//! handler under the Lambda runtime. The three functions' `main`s are one call each.
+//! The composition root: the production `App` built from the environment, once per
+//! process, with the real adapters plugged into the ports. Each function's `main` hands
+//! one of `init` or `init_worker` to its `lambda` runner.
 //!
 //! Every environment variable the functions read is read in `boot_config`, through one
 //! lookup function, so a test can see exactly which variables the code needs (and compare
 //! them with the SAM template).
 
-use std::future::Future;
-use std::time::Duration;
-
-use lambda_http::{Body, Request, Response};
-use tracing::Instrument;
-
-use crate::adapters::aws::SqsRedelivery;
-use crate::app::{App, request_id};
-use crate::ports::jobs::Redelivery;
-
-use crate::adapters::aws::{AwsClients, DynamoRecords, QueueUrls, S3Objects, SqsQueues};
+use crate::adapters::aws::{
+    AwsClients, DynamoRecords, QueueUrls, S3Objects, SqsQueues, SqsRedelivery,
+};
 use crate::adapters::http::callbacks::HttpCallbacks;
 use crate::adapters::http::dns::SystemResolver;
 use crate::adapters::http::downloads::HttpDownloads;
 use crate::adapters::replicate::{ApiToken, ClientBuildError, ClientConfig, ReplicateClient};
-use crate::config::{ConfigError, Settings, replicate_token};
+use crate::app::{App, Settings};
+use crate::config::{ConfigError, replicate_token};
 use crate::domain::registry::{ModelRegistry, RegistryError};
+use crate::lambda::RedeliveringQueue;
 use crate::ports::PortSet;
 
 /// The real ports: Replicate over HTTP, DynamoDB, S3, HTTP downloads.
@@ -169,373 +164,34 @@ pub async fn build_app(
 }
 
 /// Cold start: logs, SDK clients, configuration, the token; the app lives for the process.
-async fn init_app() -> Result<&'static ProductionApp, lambda_http::Error> {
-    init_app_with_sqs().await.map(|(app, _)| app)
+pub async fn init() -> Result<&'static ProductionApp, BootError> {
+    init_with_aws().await.map(|(app, _)| app)
 }
 
-/// `init_app`, also handing back the SQS client (the callback worker hides messages).
-async fn init_app_with_sqs()
--> Result<(&'static ProductionApp, aws_sdk_sqs::Client), lambda_http::Error> {
+/// `init`, and what hides `queue`'s received messages until they are due (the callbacks
+/// function's backoff, the drainer's slots).
+pub async fn init_worker(
+    queue: RedeliveringQueue,
+) -> Result<(&'static ProductionApp, SqsRedelivery), BootError> {
+    let (app, aws) = init_with_aws().await?;
+    let redelivery = SqsRedelivery {
+        client: aws.sqs,
+        queue_url: queue.url(&app.settings),
+    };
+    Ok((app, redelivery))
+}
+
+async fn init_with_aws() -> Result<(&'static ProductionApp, AwsClients), BootError> {
     let env = |name: &str| std::env::var(name).ok();
     crate::telemetry::init_json_logs(env("RUST_LOG").as_deref());
     let aws = AwsClients::from_env().await;
-    let sqs = aws.sqs.clone();
-    match build_app(aws, env).await {
-        Ok(app) => Ok((Box::leak(Box::new(app)), sqs)),
+    match build_app(aws.clone(), env).await {
+        Ok(app) => Ok((Box::leak(Box::new(app)), aws)),
         Err(err) => {
             tracing::error!(error = %err, "configuration error");
-            Err(err.into())
+            Err(err)
         }
     }
-}
-
-/// Runs `handler` for every invocation, inside a span carrying the request id (and, once
-/// known, the prediction id) so every log line of a request can be found together.
-pub async fn run_lambda<F, Fut>(handler: F) -> Result<(), lambda_http::Error>
-where
-    F: Fn(&'static ProductionApp, Request) -> Fut + Copy + Send + 'static,
-    Fut: Future<Output = Response<Body>> + Send + 'static,
-{
-    let app = init_app().await?;
-    lambda_http::run(lambda_http::service_fn(
-        move |request: Request| async move {
-            let span = tracing::info_span!(
-                "request",
-                request_id = %request_id(&request),
-                prediction_id = tracing::field::Empty,
-                tenant = tracing::field::Empty
-            );
-            Ok::<_, std::convert::Infallible>(handler(app, request).instrument(span).await)
-        },
-    ))
-    .await
-}
-
-/// Time kept back from an invocation's deadline: to finish the item in hand and answer.
-const DEADLINE_MARGIN: Duration = Duration::from_secs(10);
-
-/// The invocation's deadline (Lambda's, in ms since the epoch) less the margin, as an
-/// `Instant` for the handlers.
-fn work_deadline(context: &lambda_http::lambda_runtime::Context) -> tokio::time::Instant {
-    let deadline = std::time::UNIX_EPOCH + Duration::from_millis(context.deadline);
-    let remaining = deadline
-        .duration_since(std::time::SystemTime::now())
-        .unwrap_or_default()
-        .saturating_sub(DEADLINE_MARGIN);
-    tokio::time::Instant::now() + remaining
-}
-
-/// The scheduled reconciler: each invocation (an EventBridge schedule event, whose content
-/// does not matter) runs one reconcile pass, within the invocation's time, and returns its
-/// report.
-pub async fn run_reconciler() -> Result<(), lambda_http::Error> {
-    use lambda_http::lambda_runtime::{LambdaEvent, run, service_fn};
-    let app = init_app().await?;
-    run(service_fn(
-        move |event: LambdaEvent<serde_json::Value>| async move {
-            let span = tracing::info_span!("reconcile", request_id = %event.context.request_id);
-            let deadline = work_deadline(&event.context);
-            let report = app.reconcile(Some(deadline)).instrument(span).await;
-            Ok::<_, lambda_http::Error>(serde_json::to_value(report)?)
-        },
-    ))
-    .await
-}
-
-/// An SQS event, as Lambda delivers a batch (only what the worker reads).
-#[derive(Debug, serde::Deserialize)]
-pub struct SqsBatch {
-    #[serde(rename = "Records", default)]
-    pub records: Vec<SqsMessage>,
-}
-
-#[derive(Debug, Default, serde::Deserialize)]
-pub struct SqsMessage {
-    #[serde(rename = "messageId")]
-    pub message_id: String,
-    #[serde(rename = "receiptHandle", default)]
-    pub receipt_handle: String,
-    #[serde(default)]
-    pub body: String,
-    #[serde(default)]
-    pub attributes: SqsAttributes,
-}
-
-#[derive(Debug, Default, serde::Deserialize)]
-pub struct SqsAttributes {
-    /// How many times the message was received, this time included (a string in events).
-    #[serde(rename = "ApproximateReceiveCount", default)]
-    pub receive_count: Option<String>,
-    /// When it was sent, in ms since the epoch (a string in events).
-    #[serde(rename = "SentTimestamp", default)]
-    pub sent_timestamp: Option<String>,
-}
-
-impl SqsMessage {
-    /// Records how long the message waited in `queue` (the backlog an operator watches).
-    fn record_age(&self, queue: &'static str) {
-        let Some(sent) = self
-            .attributes
-            .sent_timestamp
-            .as_deref()
-            .and_then(|t| t.parse::<u128>().ok())
-        else {
-            return;
-        };
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_millis();
-        crate::telemetry::metrics::record(
-            crate::telemetry::metrics::Metric::value(
-                "QueueAge",
-                now.saturating_sub(sent) as f64,
-                crate::telemetry::metrics::Unit::Milliseconds,
-            )
-            .by("Queue", queue),
-        );
-    }
-
-    /// Which delivery attempt this is (from 1).
-    pub fn attempt(&self) -> u32 {
-        self.attributes
-            .receive_count
-            .as_deref()
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(1)
-            .max(1)
-    }
-}
-
-/// Delivers each message's callback attempt, at once; those to try again are hidden until
-/// their retry is due and reported back (the others are done, and deleted).
-pub async fn callback_batch<P: crate::ports::Ports, R: Redelivery>(
-    app: &App<P>,
-    batch: SqsBatch,
-    redelivery: &R,
-) -> BatchResponse {
-    use crate::app::CallbackDisposition;
-    redelivering_batch(batch, redelivery, "callbacks", |job: crate::domain::callbacks::CallbackJob, attempt| async move {
-        let span = tracing::info_span!("callback", prediction_id = %job.prediction_id);
-        let disposition = match app.deliver_callback(&job, attempt).instrument(span).await {
-            Ok(disposition) => disposition,
-            Err(err) => {
-                tracing::warn!(prediction_id = %job.prediction_id, error = %err, "callback attempt could not run; retried");
-                app.callback_not_run(&job, attempt).await
-            }
-        };
-        let outcome = match disposition {
-            CallbackDisposition::Done => "done",
-            CallbackDisposition::DeadLettered => "dead_lettered",
-            CallbackDisposition::RetryAfter(_) => "retry",
-        };
-        crate::telemetry::metrics::record(
-            crate::telemetry::metrics::Metric::count("CallbackAttempts").by("Outcome", outcome),
-        );
-        match disposition {
-            CallbackDisposition::RetryAfter(wait) => Some(wait),
-            CallbackDisposition::Done | CallbackDisposition::DeadLettered => None,
-        }
-    })
-    .await
-}
-
-/// Runs the create job of each message (the drainer, README "Bursts"), all at once: their
-/// slots were spaced by the pacer. A job not due yet, or throttled, is hidden until it is.
-pub async fn create_batch<P: crate::ports::Ports, R: Redelivery>(
-    app: &App<P>,
-    batch: SqsBatch,
-    redelivery: &R,
-) -> BatchResponse {
-    use crate::app::CreateDisposition;
-    redelivering_batch(batch, redelivery, "create", |job: crate::domain::jobs::CreateJob, _| async move {
-        let span = tracing::info_span!("create", prediction_id = %job.prediction_id);
-        match app.drain_create(&job).instrument(span).await {
-            Ok(CreateDisposition::Done) => None,
-            Ok(CreateDisposition::RetryAfter(wait)) => Some(wait),
-            Err(err) => {
-                tracing::warn!(prediction_id = %job.prediction_id, error = %err, "create job could not run; retried");
-                Some(Duration::from_secs(10))
-            }
-        }
-    })
-    .await
-}
-
-/// Runs each message's job at once (`run` gets the job and the delivery's attempt number,
-/// and says how long until it is due again, if it is). A job to try again hides its message
-/// until then and is reported back; an unreadable one can never run, and is dropped.
-async fn redelivering_batch<R, J, F, Fut>(
-    batch: SqsBatch,
-    redelivery: &R,
-    queue: &'static str,
-    run: F,
-) -> BatchResponse
-where
-    R: Redelivery,
-    J: serde::de::DeserializeOwned,
-    F: Fn(J, u32) -> Fut,
-    Fut: Future<Output = Option<Duration>>,
-{
-    let run = &run;
-    let attempts = batch.records.into_iter().map(|message| async move {
-        message.record_age(queue);
-        let job = match serde_json::from_str::<J>(&message.body) {
-            Ok(job) => job,
-            Err(err) => {
-                tracing::error!(message_id = %message.message_id, queue, error = %err, "unreadable job; dropped");
-                return None;
-            }
-        };
-        let wait = run(job, message.attempt()).await?;
-        if let Err(err) = redelivery.hide_for(&message.receipt_handle, wait).await {
-            tracing::warn!(queue, error = %err, "could not delay the job's retry; it comes back sooner");
-        }
-        Some(BatchItemFailure {
-            id: message.message_id,
-        })
-    });
-    BatchResponse {
-        failures: futures_util::future::join_all(attempts)
-            .await
-            .into_iter()
-            .flatten()
-            .collect(),
-    }
-}
-
-/// The queues whose jobs hide their own messages until they are due again
-/// (`ChangeMessageVisibility`): callbacks (their backoff) and creates (their slot).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RedeliveringQueue {
-    Callbacks,
-    Creates,
-}
-
-impl RedeliveringQueue {
-    pub fn url(self, settings: &crate::config::Settings) -> String {
-        match self {
-            Self::Callbacks => settings.callback_queue_url.clone(),
-            Self::Creates => settings.create_queue_url.clone(),
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Callbacks => "callbacks",
-            Self::Creates => "creates",
-        }
-    }
-
-    /// Runs one batch of this queue's jobs.
-    pub async fn run_batch<P: crate::ports::Ports, R: Redelivery>(
-        self,
-        app: &App<P>,
-        batch: SqsBatch,
-        redelivery: &R,
-    ) -> BatchResponse {
-        match self {
-            Self::Callbacks => callback_batch(app, batch, redelivery).await,
-            Self::Creates => create_batch(app, batch, redelivery).await,
-        }
-    }
-}
-
-/// The worker fed by `queue`: the callbacks function, or the drainer.
-pub async fn run_redelivering_worker(queue: RedeliveringQueue) -> Result<(), lambda_http::Error> {
-    use lambda_http::lambda_runtime::{LambdaEvent, run, service_fn};
-    let (app, sqs) = init_app_with_sqs().await?;
-    let redelivery: &'static SqsRedelivery = Box::leak(Box::new(SqsRedelivery {
-        client: sqs,
-        queue_url: queue.url(&app.settings),
-    }));
-    run(service_fn(move |event: LambdaEvent<SqsBatch>| async move {
-        let request_id = &event.context.request_id;
-        let span = match queue {
-            RedeliveringQueue::Callbacks => tracing::info_span!("callback-batch", %request_id),
-            RedeliveringQueue::Creates => tracing::info_span!("create-batch", %request_id),
-        };
-        let response = queue
-            .run_batch(app, event.payload, redelivery)
-            .instrument(span)
-            .await;
-        Ok::<_, lambda_http::Error>(response)
-    }))
-    .await
-}
-
-/// The partial batch response: the messages to deliver again (Lambda's
-/// `ReportBatchItemFailures`); the others are deleted.
-#[derive(Debug, Default, serde::Serialize, PartialEq, Eq)]
-pub struct BatchResponse {
-    #[serde(rename = "batchItemFailures")]
-    pub failures: Vec<BatchItemFailure>,
-}
-
-#[derive(Debug, serde::Serialize, PartialEq, Eq)]
-pub struct BatchItemFailure {
-    #[serde(rename = "itemIdentifier")]
-    pub id: String,
-}
-
-/// Runs the copy job of each message until `deadline`; failed (and unreadable) ones are
-/// reported for another delivery, ending in the dead-letter queue after the redrive limit.
-pub async fn copy_batch<P: crate::ports::Ports>(
-    app: &App<P>,
-    batch: SqsBatch,
-    deadline: tokio::time::Instant,
-) -> BatchResponse {
-    let mut response = BatchResponse::default();
-    for message in batch.records {
-        message.record_age("copy");
-        let started = std::time::Instant::now();
-        let failed = match serde_json::from_str::<crate::domain::jobs::CopyJob>(&message.body) {
-            Ok(job) => {
-                let span = tracing::info_span!("copy", prediction_id = %job.prediction_id);
-                let copied = app.copy_outputs(&job, deadline).instrument(span).await;
-                crate::telemetry::metrics::record(crate::telemetry::metrics::Metric::value(
-                    "CopyTime",
-                    started.elapsed().as_secs_f64() * 1000.0,
-                    crate::telemetry::metrics::Unit::Milliseconds,
-                ));
-                match copied {
-                    Ok(outcome) => {
-                        tracing::info!(prediction_id = %job.prediction_id, ?outcome, "copy job done");
-                        false
-                    }
-                    Err(err) => {
-                        tracing::warn!(prediction_id = %job.prediction_id, error = %err, "copy job failed; it will be retried");
-                        true
-                    }
-                }
-            }
-            Err(err) => {
-                tracing::error!(message_id = %message.message_id, error = %err, "unreadable copy job");
-                true
-            }
-        };
-        if failed {
-            response.failures.push(BatchItemFailure {
-                id: message.message_id,
-            });
-        }
-    }
-    response
-}
-
-/// The copy worker, fed by the copy queue.
-pub async fn run_copier() -> Result<(), lambda_http::Error> {
-    use lambda_http::lambda_runtime::{LambdaEvent, run, service_fn};
-    let app = init_app().await?;
-    run(service_fn(move |event: LambdaEvent<SqsBatch>| async move {
-        let deadline = work_deadline(&event.context);
-        let span = tracing::info_span!("copy-batch", request_id = %event.context.request_id);
-        let response = copy_batch(app, event.payload, deadline)
-            .instrument(span)
-            .await;
-        Ok::<_, lambda_http::Error>(response)
-    }))
-    .await
 }
 
 #[cfg(test)]

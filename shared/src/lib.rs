@@ -23,6 +23,8 @@ pub mod app;
 pub mod bootstrap;
 pub mod config;
 pub mod domain;
+pub mod http;
+pub mod lambda;
 pub mod ports;
 pub mod telemetry;
 #[cfg(any(test, feature = "test-util"))]

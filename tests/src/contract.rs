@@ -14,7 +14,7 @@ impl OpenApi {
     pub fn get() -> &'static Self {
         static DOC: OnceLock<OpenApi> = OnceLock::new();
         DOC.get_or_init(|| Self {
-            doc: serde_json::from_str(imagegen_shared::app::OPENAPI_DOCUMENT)
+            doc: serde_json::from_str(imagegen_shared::http::OPENAPI_DOCUMENT)
                 .expect("the OpenAPI document is JSON"),
         })
     }

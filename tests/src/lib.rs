@@ -12,10 +12,11 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use imagegen_shared::adapters::aws::{AwsClients, ensure_bucket, ensure_table};
-use imagegen_shared::bootstrap::{ProductionApp, RedeliveringQueue, build_app};
+use imagegen_shared::bootstrap::{ProductionApp, build_app};
 use imagegen_shared::domain::ids::PredictionId;
 use imagegen_shared::domain::record::PredictionRecord;
 use imagegen_shared::domain::tenancy::{ApiKey, KeyRecord, LimitsUpdate, TenantId};
+use imagegen_shared::lambda::RedeliveringQueue;
 use imagegen_shared::ports::accounts::AccountStore;
 use imagegen_shared::ports::records::RecordStore;
 use local_stack::dev::{

@@ -8,7 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use imagegen_shared::app::App;
-use imagegen_shared::config::Settings;
+use imagegen_shared::app::Settings;
 use imagegen_shared::domain::registry::ModelRegistry;
 use imagegen_shared::domain::signing::WebhookSecret;
 use imagegen_shared::domain::tenancy::{
@@ -102,7 +102,7 @@ fn check(
         app.replicate.created().len(),
         app.objects.keys().len(),
     );
-    let response = rt.block_on(app.route(request));
+    let response = rt.block_on(imagegen_shared::http::route(app, request));
     let status = response.status().as_u16();
     prop_assert!(
         status < 500,
@@ -332,39 +332,45 @@ fn url_encode(s: &str) -> String {
 fn deeply_nested_and_oversized_bodies_are_refused_cleanly() {
     let (app, rt) = (app(), runtime());
     let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
-    let response =
-        rt.block_on(app.route(request("POST", "/v1/predictions", &[], deep.into_bytes())));
+    let response = rt.block_on(imagegen_shared::http::route(
+        &app,
+        request("POST", "/v1/predictions", &[], deep.into_bytes()),
+    ));
     assert_eq!(response.status(), 400);
     let nested_input = format!(
         r#"{{"model":"sdxl","input":{{"prompt":{}"x"{}}}}}"#,
         "{\"a\":".repeat(200),
         "}".repeat(200)
     );
-    let response = rt.block_on(app.route(request(
-        "POST",
-        "/v1/predictions",
-        &[],
-        nested_input.into_bytes(),
-    )));
+    let response = rt.block_on(imagegen_shared::http::route(
+        &app,
+        request("POST", "/v1/predictions", &[], nested_input.into_bytes()),
+    ));
     assert!(
         response.status() == 400 || response.status() == 422,
         "{}",
         response.status()
     );
     let huge = vec![b'{'; 6 * 1024 * 1024 + 1];
-    let response = rt.block_on(app.route(request("POST", "/v1/predictions", &[], huge)));
+    let response = rt.block_on(imagegen_shared::http::route(
+        &app,
+        request("POST", "/v1/predictions", &[], huge),
+    ));
     assert_eq!(response.status(), 413);
     let big_image = format!(
         "data:image/png;base64,{}",
         base64::engine::general_purpose::STANDARD.encode(vec![0u8; 1024 * 1024 + 1])
     );
     let body = json!({"model": "sdxl-img2img", "input": {"prompt": "x", "image": big_image}});
-    let response = rt.block_on(app.route(request(
-        "POST",
-        "/v1/predictions",
-        &[],
-        body.to_string().into_bytes(),
-    )));
+    let response = rt.block_on(imagegen_shared::http::route(
+        &app,
+        request(
+            "POST",
+            "/v1/predictions",
+            &[],
+            body.to_string().into_bytes(),
+        ),
+    ));
     assert_eq!(response.status(), 422);
     assert_eq!(app.records.prediction_count(), 0);
     assert!(app.replicate.created().is_empty());

@@ -6,10 +6,11 @@
 
 use std::time::Instant;
 
-use imagegen_shared::app::body::{MAX_INPUT_FIELDS, parse_submit_body};
-use imagegen_shared::app::{ApiError, MAX_BODY_BYTES};
+use imagegen_shared::app::ApiError;
 use imagegen_shared::domain::input_errors::InputErrors;
 use imagegen_shared::domain::registry::ModelRegistry;
+use imagegen_shared::http::MAX_BODY_BYTES;
+use imagegen_shared::http::body::{MAX_INPUT_FIELDS, parse_submit_body};
 use integration_tests::heap::{self, Counting};
 use serde_json::Value;
 

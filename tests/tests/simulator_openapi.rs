@@ -8,7 +8,7 @@ use imagegen_shared::adapters::replicate::{ApiToken, ClientConfig, ReplicateClie
 
 use imagegen_shared::domain::replicate::{Deadline, ModelRef, WebhookEvent, WebhookTarget};
 
-use imagegen_shared::domain::signing::{SignatureHeaders, WebhookSecret, WebhookVerifier};
+use imagegen_shared::domain::signing::{WebhookSecret, WebhookVerifier};
 use imagegen_shared::ports::replicate::ReplicateApi;
 use local_stack::sim::{SimConfig, Simulator};
 use serde_json::{Map, Value, json};
@@ -369,7 +369,7 @@ async fn webhook_bodies_match_the_spec_and_are_signed_for_the_requested_events()
     for request in &requests {
         let body: Value = serde_json::from_slice(&request.body).unwrap();
         spec.prediction(&body, "webhook body");
-        let headers = SignatureHeaders::from_header_map(&request.headers).unwrap();
+        let headers = imagegen_shared::http::signature_headers(&request.headers).unwrap();
         verifier
             .verify(headers, &request.body, std::time::SystemTime::now())
             .expect("signed");

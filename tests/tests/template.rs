@@ -13,12 +13,9 @@ use imagegen_shared::adapters::aws::{
     OPEN_INDEX, OPEN_SHARD_ATTRIBUTE, TENANT_INDEX, TTL_ATTRIBUTE, iam_actions, item_actions,
 };
 use imagegen_shared::app::App;
+use imagegen_shared::app::Settings;
 use imagegen_shared::app::inputs::{INPUT_URL_TTL, input_key};
-use imagegen_shared::bootstrap::{
-    BatchResponse, SqsBatch, SqsMessage, TokenSource, boot_config, callback_batch, copy_batch,
-    create_batch,
-};
-use imagegen_shared::config::Settings;
+use imagegen_shared::bootstrap::{TokenSource, boot_config};
 use imagegen_shared::domain::claims::Claim;
 use imagegen_shared::domain::ids::PredictionId;
 use imagegen_shared::domain::outputs::PART_SIZE;
@@ -28,6 +25,9 @@ use imagegen_shared::domain::replicate::{Prediction, PredictionStatus, Replicate
 use imagegen_shared::domain::signing::WebhookSecret;
 use imagegen_shared::domain::tenancy::{ApiKey, KeyRecord, TenantId, TenantLimits};
 use imagegen_shared::domain::time::Timestamp;
+use imagegen_shared::lambda::sqs::{
+    SqsBatchResponse, callback_batch, copy_batch, create_batch, sqs_event, sqs_message,
+};
 use imagegen_shared::ports::PortSet;
 use imagegen_shared::ports::StoreError;
 use imagegen_shared::ports::callbacks::DeliveryOutcome;
@@ -425,9 +425,9 @@ impl Scenario {
     async fn http(&mut self, handler: Handler, request: lambda_http::Request) -> (u16, Value) {
         self.begin();
         let response = match handler {
-            Handler::Submit => self.app.write(request).await,
-            Handler::Webhook => self.app.webhook(request).await,
-            Handler::Fetch => self.app.read(request).await,
+            Handler::Submit => imagegen_shared::http::write(&self.app, request).await,
+            Handler::Webhook => imagegen_shared::http::webhook(&self.app, request).await,
+            Handler::Fetch => imagegen_shared::http::read(&self.app, request).await,
             other => unreachable!("{other:?} is not an HTTP handler"),
         };
         self.file(handler);
@@ -572,18 +572,12 @@ impl Scenario {
     async fn copy(&mut self, bodies: Vec<String>) -> Vec<String> {
         let mut failed = Vec::new();
         for (n, body) in bodies.into_iter().enumerate() {
-            let batch = SqsBatch {
-                records: vec![SqsMessage {
-                    message_id: format!("m{n}"),
-                    body: body.clone(),
-                    ..SqsMessage::default()
-                }],
-            };
+            let batch = sqs_event([sqs_message(format!("m{n}"), body.clone())]);
             self.begin();
             let deadline = tokio::time::Instant::now() + Duration::from_secs(100);
             let response = copy_batch(&self.app, batch, deadline).await;
             self.file(Handler::Copy);
-            if !response.failures.is_empty() {
+            if !response.batch_item_failures.is_empty() {
                 failed.push(body);
             }
         }
@@ -591,7 +585,7 @@ impl Scenario {
     }
 
     /// Delivers every queued callback job once, as one batch of the callbacks function.
-    async fn deliver_callbacks(&mut self) -> BatchResponse {
+    async fn deliver_callbacks(&mut self) -> SqsBatchResponse {
         let records = self
             .app
             .queue
@@ -599,20 +593,16 @@ impl Scenario {
             .drain_callbacks()
             .iter()
             .enumerate()
-            .map(|(n, job)| SqsMessage {
-                message_id: format!("cb{n}"),
-                body: serde_json::to_string(job).unwrap(),
-                ..SqsMessage::default()
-            })
-            .collect();
+            .map(|(n, job)| sqs_message(format!("cb{n}"), serde_json::to_string(job).unwrap()))
+            .collect::<Vec<_>>();
         self.begin();
-        let response = callback_batch(&self.app, SqsBatch { records }, &NoRedelivery).await;
+        let response = callback_batch(&self.app, sqs_event(records), &NoRedelivery).await;
         self.file(Handler::Callbacks);
         response
     }
 
     /// Runs every queued create job once, as one batch of the drainer.
-    async fn drain(&mut self) -> BatchResponse {
+    async fn drain(&mut self) -> SqsBatchResponse {
         let records = self
             .app
             .queue
@@ -620,14 +610,10 @@ impl Scenario {
             .drain_creates()
             .iter()
             .enumerate()
-            .map(|(n, (job, _))| SqsMessage {
-                message_id: format!("cr{n}"),
-                body: serde_json::to_string(job).unwrap(),
-                ..SqsMessage::default()
-            })
-            .collect();
+            .map(|(n, (job, _))| sqs_message(format!("cr{n}"), serde_json::to_string(job).unwrap()))
+            .collect::<Vec<_>>();
         self.begin();
-        let response = create_batch(&self.app, SqsBatch { records }, &NoRedelivery).await;
+        let response = create_batch(&self.app, sqs_event(records), &NoRedelivery).await;
         self.file(Handler::Drain);
         response
     }
@@ -1070,7 +1056,7 @@ async fn queued_create_calls() -> BTreeMap<Handler, Grants> {
     // Past every slot given out (four, a minute apart).
     q.app.clock.advance(Duration::from_secs(300));
     let created_before = q.app.replicate.created().len();
-    assert!(q.drain().await.failures.is_empty());
+    assert!(q.drain().await.batch_item_failures.is_empty());
     assert_eq!(
         q.app.replicate.created().len(),
         created_before + 1,
@@ -1196,7 +1182,7 @@ async fn callback_and_upload_calls() -> BTreeMap<Handler, Grants> {
         );
     }
     // The callbacks function: delivered, then one rejected until its day is over.
-    assert!(c.deliver_callbacks().await.failures.is_empty());
+    assert!(c.deliver_callbacks().await.batch_item_failures.is_empty());
     let (doomed, rep) = c.submitted_with_callback("cb doomed").await;
     let failed = c.set_remote(&rep, PredictionStatus::Failed, &[]).await;
     c.webhook(&doomed, &failed).await;
@@ -1206,7 +1192,7 @@ async fn callback_and_upload_calls() -> BTreeMap<Handler, Grants> {
         4,
     ));
     assert!(
-        c.deliver_callbacks().await.failures.is_empty(),
+        c.deliver_callbacks().await.batch_item_failures.is_empty(),
         "dead-lettered, done"
     );
     assert_eq!(c.app.queue.inner.dead_callbacks().len(), 2);

@@ -3,10 +3,10 @@
 //! (doubling from `CALLBACK_RETRY_BASE_SECONDS`, at most an hour); after a day of failures
 //! the event moves to the dead-letter queue, which is alarmed.
 
+use imagegen_shared::lambda::RedeliveringQueue;
+use imagegen_shared::{bootstrap, lambda};
+
 #[tokio::main(flavor = "current_thread")]
-async fn main() -> Result<(), lambda_http::Error> {
-    imagegen_shared::bootstrap::run_redelivering_worker(
-        imagegen_shared::bootstrap::RedeliveringQueue::Callbacks,
-    )
-    .await
+async fn main() -> Result<(), lambda_runtime::Error> {
+    lambda::run_redelivering_worker(RedeliveringQueue::Callbacks, bootstrap::init_worker).await
 }

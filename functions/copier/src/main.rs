@@ -2,7 +2,9 @@
 //! the bucket within the invocation's time, then marks it `succeeded`. Failed jobs are
 //! reported back (partial batch response), retried, and dead-lettered at the redrive limit.
 
+use imagegen_shared::{bootstrap, lambda};
+
 #[tokio::main(flavor = "current_thread")]
-async fn main() -> Result<(), lambda_http::Error> {
-    imagegen_shared::bootstrap::run_copier().await
+async fn main() -> Result<(), lambda_runtime::Error> {
+    lambda::run_copier(bootstrap::init()).await
 }

@@ -1,7 +1,9 @@
-//! Lambda `webhook`: POST /webhooks/replicate. Configuration and clients are built once per
-//! cold start; the handler lives in `imagegen_shared::app`.
+//! Lambda `webhook`: POST /webhooks/replicate. Configuration and clients are built once per cold start
+//! (`bootstrap`); the routes live in `imagegen_shared::http`, the use cases in `app`.
+
+use imagegen_shared::{bootstrap, http, lambda};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), lambda_http::Error> {
-    imagegen_shared::bootstrap::run_lambda(|app, request| app.webhook(request)).await
+    lambda::run_http(bootstrap::init(), http::webhook).await
 }

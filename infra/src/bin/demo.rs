@@ -162,11 +162,11 @@ async fn check_callback(
     headers: &http::HeaderMap,
     body: &[u8],
 ) -> Result<(), String> {
-    use imagegen_shared::domain::signing::{SignatureHeaders, WebhookSecret, WebhookVerifier};
+    use imagegen_shared::domain::signing::{WebhookSecret, WebhookVerifier};
     let secret = get_json(http, args, "/v1/webhooks/secret").await?;
     let secret = WebhookSecret::parse(secret["key"].as_str().unwrap_or_default())
         .map_err(|e| e.to_string())?;
-    let signature = SignatureHeaders::from_header_map(headers).map_err(|e| e.to_string())?;
+    let signature = imagegen_shared::http::signature_headers(headers).map_err(|e| e.to_string())?;
     let verified = WebhookVerifier::new(secret)
         .verify(signature, body, std::time::SystemTime::now())
         .map_err(|e| format!("the callback's signature does not verify: {e}"))?;

@@ -18,8 +18,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use imagegen_shared::adapters::aws::{AwsClients, ensure_bucket, ensure_table};
-use imagegen_shared::bootstrap::{ProductionApp, RedeliveringQueue, build_app};
+use imagegen_shared::bootstrap::{ProductionApp, build_app};
 use imagegen_shared::config::DEFAULT_OUTPUT_HOST_ALLOWLIST;
+use imagegen_shared::lambda::RedeliveringQueue;
 use local_stack::dev::{
     ensure_local_queues, serve_app, spawn_copy_worker, spawn_redelivering_worker,
 };

@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::StatusCode;
-use imagegen_shared::app::{ApiError, MAX_BODY_BYTES};
+use imagegen_shared::app::ApiError;
+use imagegen_shared::http::MAX_BODY_BYTES;
 use tokio::net::TcpListener;
 
 use super::LocalLambdas;

@@ -1,4 +1,4 @@
-//! API keys on every `/v1/*` route, checked in the function itself (README, "Callers,
+//! Who a request comes from: its API key, checked in the function itself (README, "Callers,
 //! limits and cost", says why not a Lambda authorizer), and the per-tenant submit rate.
 //!
 //! A key's record and its tenant's limits are cached per process for `KEY_CACHE_TTL`, so a
@@ -9,8 +9,6 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
-
-use lambda_http::Request;
 
 use super::{ApiError, App};
 use crate::ports::Ports;
@@ -63,10 +61,8 @@ impl KeyCache {
 }
 
 impl<P: Ports> App<P> {
-    /// The caller of a `/v1/*` request, or 401.
-    pub async fn authenticate(&self, request: &Request) -> Result<Caller, ApiError> {
-        let key = bearer_key(request.headers().get(http::header::AUTHORIZATION))
-            .map_err(|reason| ApiError::Unauthenticated(reason.to_owned()))?;
+    /// The caller a request with `key` acts as, or 401 (unknown or revoked).
+    pub async fn authenticate(&self, key: &ApiKey) -> Result<Caller, ApiError> {
         let hash = key.hash();
         let invalid = || ApiError::Unauthenticated("the API key is not valid".to_owned());
         let (record, limits) = self
@@ -100,21 +96,15 @@ impl<P: Ports> App<P> {
 
     /// Counts a submit against the caller's rate; 429 with the time to the next window when
     /// the window is full. Shared by every instance: the counter lives in the table.
-    pub(super) async fn admit_submit(
-        &self,
-        caller: &Caller,
-        now: Timestamp,
-    ) -> Result<(), ApiError> {
+    pub async fn admit_submit(&self, caller: &Caller) -> Result<(), ApiError> {
+        let now = self.clock.now();
         self.admit(caller, RateWindow::at(&caller.tenant, now), now)
             .await
     }
 
     /// Counts an upload slot in the tenant's upload window (the same per-minute limit).
-    pub(super) async fn admit_upload(
-        &self,
-        caller: &Caller,
-        now: Timestamp,
-    ) -> Result<(), ApiError> {
+    pub async fn admit_upload(&self, caller: &Caller) -> Result<(), ApiError> {
+        let now = self.clock.now();
         self.admit(caller, RateWindow::uploads_at(&caller.tenant, now), now)
             .await
     }
@@ -138,50 +128,5 @@ impl<P: Ports> App<P> {
             limit: caller.rate_per_minute,
             retry_after: Duration::from_secs(wait.as_millis().div_ceil(1000).max(1) as u64),
         })
-    }
-}
-
-/// The key of an `Authorization: Bearer <key>` header; `Err` says what is wrong with it.
-pub fn bearer_key(header: Option<&http::HeaderValue>) -> Result<ApiKey, &'static str> {
-    let header = header.ok_or("this route needs an API key: `Authorization: Bearer <key>`")?;
-    let text = header
-        .to_str()
-        .map_err(|_| "the Authorization header is not a bearer API key")?;
-    let (scheme, key) = text
-        .trim()
-        .split_once(' ')
-        .ok_or("the Authorization header is not a bearer API key")?;
-    if !scheme.eq_ignore_ascii_case("bearer") {
-        return Err("the Authorization header is not a bearer API key");
-    }
-    ApiKey::parse(key.trim()).map_err(|_| "the API key is malformed")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use http::HeaderValue;
-
-    #[test]
-    fn bearer_headers_are_parsed_strictly() {
-        let key = ApiKey::generate();
-        let header = |v: &str| HeaderValue::from_str(v).unwrap();
-        let good = format!("Bearer {}", key.expose());
-        assert_eq!(bearer_key(Some(&header(&good))), Ok(key.clone()));
-        let lower = format!("bearer  {} ", key.expose());
-        assert_eq!(bearer_key(Some(&header(&lower))), Ok(key.clone()));
-        assert!(bearer_key(None).is_err());
-        for bad in [
-            "Basic dXNlcjpwYXNz".to_owned(),
-            key.expose().to_owned(),
-            "Bearer short".to_owned(),
-            "Bearer ".to_owned(),
-            format!("Bearer {}", "k".repeat(300)),
-            format!("Bearer {}\"", key.expose()),
-        ] {
-            assert!(bearer_key(Some(&header(&bad))).is_err(), "{bad}");
-        }
-        let binary = HeaderValue::from_bytes(b"Bearer \xff\xfe0123456789abcdef").unwrap();
-        assert!(bearer_key(Some(&binary)).is_err());
     }
 }

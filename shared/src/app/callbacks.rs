@@ -1,5 +1,5 @@
 //! Callbacks to callers (README, "Callbacks"): queueing an event, delivering one attempt of
-//! it, and `GET /v1/webhooks/secret`.
+//! it, and the callback signing secret (`GET /v1/webhooks/secret`).
 //!
 //! A `completed` event is queued by whoever ended the prediction (`App::finish`). Until it
 //! is queued the ended record stays in the open index, so a crash between the two is
@@ -7,15 +7,13 @@
 
 use std::time::Duration;
 
-use lambda_http::{Body, Request, Response};
 use serde::Serialize;
 
-use super::problem::json_or_problem;
 use super::{ApiError, App};
 use crate::domain::callbacks::{CallbackEvent, CallbackJob, CallbackStatus, retry_delay};
 use crate::domain::record::PredictionRecord;
 use crate::domain::signing::{ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, WebhookSecret};
-use crate::domain::tenancy::TenantId;
+use crate::domain::tenancy::{Caller, TenantId};
 use crate::ports::Ports;
 use crate::ports::StoreError;
 use crate::ports::accounts::AccountStore;
@@ -40,13 +38,9 @@ pub struct SecretView {
 }
 
 impl<P: Ports> App<P> {
-    /// `GET /v1/webhooks/secret`: the caller's tenant's signing secret, made on first use.
-    pub async fn webhook_secret_route(&self, request: Request) -> Response<Body> {
-        json_or_problem(self.try_webhook_secret(&request).await)
-    }
-
-    async fn try_webhook_secret(&self, request: &Request) -> Result<SecretView, ApiError> {
-        let caller = self.authenticate(request).await?;
+    /// The caller's tenant's callback signing secret (`GET /v1/webhooks/secret`), made on
+    /// first use.
+    pub async fn callback_secret(&self, caller: &Caller) -> Result<SecretView, ApiError> {
         let key = self.tenant_secret_text(&caller.tenant).await?;
         Ok(SecretView { key })
     }

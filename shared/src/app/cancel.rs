@@ -1,28 +1,26 @@
-//! `POST /v1/predictions/{id}/cancel`: asks Replicate to cancel a running prediction and
+//! Cancelling (`POST /v1/predictions/{id}/cancel`): asks Replicate to cancel a running prediction and
 //! applies its answer like any other (the state only moves forward); a prediction that
 //! ended is answered unchanged. Idempotent: a second cancel finds it ended, or (within the
 //! sync interval) finds it asked already.
 
-use lambda_http::{Body, Request, Response};
-
-use super::problem::json_or_problem;
 use super::resolve::SearchBudget;
 use super::sync::Copy;
 use super::{ApiError, App, PredictionView};
 use crate::domain::cost::Billed;
 use crate::domain::record::PredictionRecord;
+use crate::domain::tenancy::Caller;
 use crate::ports::Ports;
 use crate::ports::records::{RecordStore, SyncMark};
 use crate::ports::replicate::ReplicateApi;
 
 impl<P: Ports> App<P> {
-    pub async fn cancel(&self, request: Request) -> Response<Body> {
-        json_or_problem(self.try_cancel(&request).await)
-    }
-
-    async fn try_cancel(&self, request: &Request) -> Result<PredictionView, ApiError> {
-        let caller = self.authenticate(request).await?;
-        let record = self.callers_prediction(request, &caller, "/cancel").await?;
+    /// Cancels the caller's prediction `id`, as far as it can still be.
+    pub async fn cancel(
+        &self,
+        caller: &Caller,
+        id: Option<&str>,
+    ) -> Result<PredictionView, ApiError> {
+        let record = self.callers_prediction(caller, id).await?;
         let record = if record.status.is_terminal() {
             record
         } else {

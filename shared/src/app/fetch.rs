@@ -1,26 +1,24 @@
-//! `GET /v1/predictions/{id}`: the stored state, synced from Replicate first if it is still
+//! A prediction as it stands (`GET /v1/predictions/{id}`): the stored state, synced from Replicate first if it is still
 //! running and has not been synced lately (so a lost webhook loses nothing).
 
-use lambda_http::{Body, Request, Response};
-
-use super::problem::json_or_problem;
 use super::resolve::SearchBudget;
 use super::sync::Copy;
 use super::{ApiError, App, PredictionView};
 use crate::domain::record::PredictionRecord;
+use crate::domain::tenancy::Caller;
 use crate::domain::time::Timestamp;
 use crate::ports::Ports;
 use crate::ports::records::{RecordStore, SyncMark};
 use crate::ports::replicate::ReplicateApi;
 
 impl<P: Ports> App<P> {
-    pub async fn fetch(&self, request: Request) -> Response<Body> {
-        json_or_problem(self.try_fetch(&request).await)
-    }
-
-    async fn try_fetch(&self, request: &Request) -> Result<PredictionView, ApiError> {
-        let caller = self.authenticate(request).await?;
-        let mut record = self.callers_prediction(request, &caller, "").await?;
+    /// The caller's prediction `id` as it stands, synced first if it runs.
+    pub async fn fetch(
+        &self,
+        caller: &Caller,
+        id: Option<&str>,
+    ) -> Result<PredictionView, ApiError> {
+        let mut record = self.callers_prediction(caller, id).await?;
         if !record.status.is_terminal() {
             record = self.sync_running(record).await?;
         }

@@ -1,4 +1,4 @@
-//! `POST /v1/uploads`, and what submit does with an `upload://<id>` input (README,
+//! Upload slots (`POST /v1/uploads`), and what submit does with an `upload://<id>` input (README,
 //! "Uploads"): the slot must be the caller's, the object there, exactly the declared size,
 //! and really an image of the declared type within the model's pixel limit. The bytes
 //! verified are what Replicate gets: they are stored by content address like an inline
@@ -6,13 +6,10 @@
 
 use std::collections::BTreeMap;
 
-use http::StatusCode;
-use lambda_http::{Body, Request, Response};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::inputs::InlineImage;
-use super::problem::json_response;
 use super::{ApiError, App};
 use crate::domain::digest::hex;
 use crate::domain::input_errors::InputErrors;
@@ -21,7 +18,7 @@ use crate::domain::registry::{FieldSpec, ModelAlias};
 use crate::domain::tenancy::Caller;
 use crate::domain::uploads::{
     MAX_UPLOAD_BYTES, UPLOAD_RETENTION, UPLOAD_URL_TTL, UploadId, UploadRecord, UploadRequest,
-    UploadRequestError, inspect_image,
+    inspect_image,
 };
 use crate::ports::Ports;
 use crate::ports::accounts::AccountStore;
@@ -48,21 +45,13 @@ pub(super) struct VerifiedUploads {
 }
 
 impl<P: Ports> App<P> {
-    pub async fn create_upload(&self, request: Request) -> Response<Body> {
-        match self.try_create_upload(&request).await {
-            Ok(slot) => json_response(StatusCode::CREATED, &slot),
-            Err(err) => err.into_response(),
-        }
-    }
-
-    async fn try_create_upload(&self, request: &Request) -> Result<UploadSlot, ApiError> {
-        let caller = self.authenticate(request).await?;
-        // Slots cost a write each: limited at the caller's rate, counted apart from submits.
-        self.admit_upload(&caller, self.clock.now()).await?;
-        let wanted = UploadRequest::parse(request.body().as_ref()).map_err(|e| match e {
-            UploadRequestError::Malformed(reason) => ApiError::BadRequest(reason),
-            UploadRequestError::Invalid(errors) => ApiError::InvalidInput(errors),
-        })?;
+    /// A new upload slot for `caller` (counted and checked already): its record, and a
+    /// presigned PUT for exactly the declared type and size.
+    pub async fn create_upload(
+        &self,
+        caller: &Caller,
+        wanted: UploadRequest,
+    ) -> Result<UploadSlot, ApiError> {
         let now = self.clock.now();
         let id = UploadId::generate();
         let upload = UploadRecord {

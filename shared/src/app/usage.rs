@@ -1,12 +1,11 @@
-//! `GET /v1/usage`: the caller's tenant's usage in the current calendar month (UTC).
+//! Usage (`GET /v1/usage`): the caller's tenant's usage in the current calendar month (UTC).
 
-use lambda_http::{Body, Request, Response};
 use serde::Serialize;
 
-use super::problem::json_or_problem;
 use super::{ApiError, App};
 use crate::domain::cost::month_of;
 use crate::domain::money::usd;
+use crate::domain::tenancy::Caller;
 use crate::ports::Ports;
 use crate::ports::accounts::AccountStore;
 
@@ -23,12 +22,8 @@ pub struct UsageView {
 }
 
 impl<P: Ports> App<P> {
-    pub async fn usage(&self, request: Request) -> Response<Body> {
-        json_or_problem(self.try_usage(&request).await)
-    }
-
-    async fn try_usage(&self, request: &Request) -> Result<UsageView, ApiError> {
-        let caller = self.authenticate(request).await?;
+    /// The caller's tenant's usage this month, against its budget.
+    pub async fn usage(&self, caller: &Caller) -> Result<UsageView, ApiError> {
         let month = month_of(self.clock.now());
         let usage = self.records.usage(&caller.tenant, &month).await?;
         Ok(UsageView {

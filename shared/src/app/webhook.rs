@@ -1,14 +1,12 @@
-//! `POST /webhooks/replicate?id=<prediction id>&token=<record token>`: check the cheap
-//! things, verify the signature, then apply the delivered state to the one record the URL
-//! names, only if the URL's token is that record's (a delivery signed for one prediction
-//! cannot be replayed onto another) and the body's model and version are the record's.
+//! A webhook from Replicate (`POST /webhooks/replicate?id=<prediction id>&token=<record
+//! token>`): check the cheap things, verify the signature, then apply the delivered state to
+//! the one record the URL names, only if the URL's token is that record's (a delivery signed
+//! for one prediction cannot be replayed onto another) and the body's model and version are
+//! the record's.
 
-use http::StatusCode;
-use lambda_http::{Body, Request, Response};
 use serde::Serialize;
 use subtle::ConstantTimeEq;
 
-use super::problem::json_response;
 use super::sync::{Copy, SyncOutcome};
 use super::{ApiError, App};
 use crate::domain::ids::PredictionId;
@@ -17,38 +15,35 @@ use crate::domain::replicate::Prediction;
 use crate::domain::signing::{DEFAULT_TOLERANCE, SignatureHeaders};
 use crate::ports::Ports;
 
-#[derive(Serialize)]
-struct Receipt {
-    result: &'static str,
+/// What a webhook delivery was answered with (always 200, so Replicate stops retrying it,
+/// unless it could not be stored).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Receipt {
+    pub result: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    reason: Option<&'static str>,
+    pub reason: Option<&'static str>,
 }
 
-fn receipt(result: &'static str, reason: Option<&'static str>) -> Response<Body> {
+fn receipt(result: &'static str, reason: Option<&'static str>) -> Receipt {
     crate::telemetry::metrics::record(
         crate::telemetry::metrics::Metric::count("WebhookDeliveries").by("Outcome", result),
     );
-    json_response(StatusCode::OK, &Receipt { result, reason })
+    Receipt { result, reason }
 }
 
-/// The webhook URL's query: our prediction id and the record's token.
-struct Addressee {
-    id: PredictionId,
-    token: Option<String>,
+/// Whom a webhook URL addresses: our prediction id and the record's token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Addressee {
+    pub id: PredictionId,
+    pub token: Option<String>,
 }
 
-fn addressee(request: &Request) -> Option<Addressee> {
-    let query = request.uri().query()?;
-    let mut id = None;
-    let mut token = None;
-    for (name, value) in url::form_urlencoded::parse(query.as_bytes()) {
-        match name.as_ref() {
-            "id" => id = PredictionId::parse(&value).ok(),
-            "token" if value.len() <= 64 => token = Some(value.into_owned()),
-            _ => {}
-        }
-    }
-    Some(Addressee { id: id?, token })
+/// A webhook delivery as it arrived: its signature headers (present, not yet checked), whom
+/// its URL addresses (`None`: no prediction id), and its body.
+pub struct UnverifiedWebhook<'a> {
+    pub signature: SignatureHeaders<'a>,
+    pub to: Option<Addressee>,
+    pub body: &'a [u8],
 }
 
 /// Whether a verified delivery belongs to `record`: the URL's token is the record's (in
@@ -66,21 +61,21 @@ fn belongs_to(record: &PredictionRecord, token: Option<&str>, remote: &Predictio
 }
 
 impl<P: Ports> App<P> {
-    pub async fn webhook(&self, request: Request) -> Response<Body> {
-        match self.try_webhook(&request).await {
-            Ok(response) => response,
-            Err(err) => err.into_response(),
-        }
-    }
-
-    async fn try_webhook(&self, request: &Request) -> Result<Response<Body>, ApiError> {
-        let body = request.body().as_ref();
-        let headers = SignatureHeaders::from_header_map(request.headers())
-            .map_err(|e| ApiError::InvalidSignature(e.to_string()))?;
+    /// Checks a webhook delivery (timestamp, then the signature) and applies it to the one
+    /// record it addresses: cheap checks first, so an unsigned flood costs nothing upstream.
+    pub async fn receive_webhook(
+        &self,
+        delivery: UnverifiedWebhook<'_>,
+    ) -> Result<Receipt, ApiError> {
+        let UnverifiedWebhook {
+            signature: headers,
+            to,
+            body,
+        } = delivery;
         headers
             .fresh_timestamp(self.clock.system_time(), DEFAULT_TOLERANCE)
             .map_err(|e| ApiError::InvalidSignature(e.to_string()))?;
-        let Some(to) = addressee(request) else {
+        let Some(to) = to else {
             tracing::warn!("webhook without a prediction id; ignored");
             return Ok(receipt(
                 "ignored",

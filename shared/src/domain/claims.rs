@@ -61,3 +61,32 @@ pub enum ClaimOutcome {
     /// Someone else holds it; this is their claim, as stored.
     HeldBy(Claim),
 }
+
+/// A caller's `Idempotency-Key`, as the OpenAPI document states it: up to 255 visible ASCII
+/// characters and spaces, at least one visible; the spaces around it are not part of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyKey(String);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("Idempotency-Key must be 1 to 255 visible ASCII characters")]
+pub struct InvalidIdempotencyKey;
+
+impl IdempotencyKey {
+    /// Checks the raw value (its length counts the spaces around it).
+    pub fn parse(raw: &[u8]) -> Result<Self, InvalidIdempotencyKey> {
+        let key = std::str::from_utf8(raw)
+            .map(|k| k.trim_matches(' '))
+            .unwrap_or_default();
+        if key.is_empty()
+            || raw.len() > 255
+            || !raw.iter().all(|b| b.is_ascii_graphic() || *b == b' ')
+        {
+            return Err(InvalidIdempotencyKey);
+        }
+        Ok(Self(key.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}

@@ -7,9 +7,11 @@ use http::HeaderValue;
 use lambda_http::{Body, Request, Response};
 use serde_json::{Value, json};
 
-use super::App;
-use crate::config::Settings;
+use super::routes;
+use crate::app::App;
+use crate::app::Settings;
 use crate::domain::claims::Claim;
+use crate::domain::claims::IdempotencyKey;
 use crate::domain::ids::PredictionId;
 use crate::domain::record::PredictionRecord;
 use crate::domain::registry::ModelRegistry;
@@ -126,10 +128,10 @@ fn png() -> Vec<u8> {
 
 fn event(fixture: &str, id: &str) -> Request {
     let text = match fixture {
-        "submit" => include_str!("../../tests/fixtures/apigw-v2-submit.json"),
-        "fetch" => include_str!("../../tests/fixtures/apigw-v2-fetch.json"),
-        "usage" => include_str!("../../tests/fixtures/apigw-v2-usage.json"),
-        _ => include_str!("../../tests/fixtures/apigw-v2-webhook.json"),
+        "submit" => include_str!("../../../tests/fixtures/apigw-v2-submit.json"),
+        "fetch" => include_str!("../../../tests/fixtures/apigw-v2-fetch.json"),
+        "usage" => include_str!("../../../tests/fixtures/apigw-v2-usage.json"),
+        _ => include_str!("../../../tests/fixtures/apigw-v2-webhook.json"),
     };
     lambda_http::request::from_str(&text.replace(PLACEHOLDER_ID, id))
         .expect("fixture is an API Gateway v2 event")
@@ -183,7 +185,7 @@ fn fox() -> Value {
 }
 
 async fn submitted(app: &TestApp, body: Value) -> (u16, Value) {
-    let response = app.submit(submit_event(body)).await;
+    let response = routes::submit::submit(app, submit_event(body)).await;
     (response.status().as_u16(), json_of(&response))
 }
 
@@ -208,7 +210,7 @@ fn remote(id: &str, status: PredictionStatus) -> Prediction {
 }
 
 async fn fetched(app: &TestApp, id: &str) -> Value {
-    json_of(&app.fetch(event("fetch", id)).await)
+    json_of(&routes::fetch::fetch(app, event("fetch", id)).await)
 }
 
 #[tokio::test]
@@ -252,7 +254,7 @@ async fn the_webhook_url_comes_from_the_api_domain_never_from_client_headers() {
     request
         .headers_mut()
         .insert("x-forwarded-proto", HeaderValue::from_static("http"));
-    app.submit(request).await;
+    routes::submit::submit(&app, request).await;
     let url = app.replicate.created()[0].webhook.clone().unwrap().url;
     assert!(
         url.starts_with(&format!("https://{HOST}/webhooks/replicate?id=")),
@@ -261,7 +263,7 @@ async fn the_webhook_url_comes_from_the_api_domain_never_from_client_headers() {
 
     // A custom domain mapped under a base path keeps it.
     let app = app_with(&[]);
-    let text = include_str!("../../tests/fixtures/apigw-v2-submit.json")
+    let text = include_str!("../../../tests/fixtures/apigw-v2-submit.json")
         .replace(HOST, "images.example.com")
         .replace(
             "\"path\": \"/v1/predictions\"",
@@ -273,7 +275,7 @@ async fn the_webhook_url_comes_from_the_api_domain_never_from_client_headers() {
         );
     let mut request = lambda_http::request::from_str(&text).unwrap();
     *request.body_mut() = Body::Text(fox().to_string());
-    app.submit(request).await;
+    routes::submit::submit(&app, request).await;
     let url = app.replicate.created()[0].webhook.clone().unwrap().url;
     assert!(
         url.starts_with("https://images.example.com/api/webhooks/replicate?id="),
@@ -290,7 +292,7 @@ async fn the_webhook_url_comes_from_the_api_domain_never_from_client_headers() {
     bare.headers_mut()
         .insert("host", HeaderValue::from_static("attacker.example"));
     let bare = with_key(bare, Some(FIXTURE_KEY));
-    assert_eq!(app.submit(bare).await.status(), 500);
+    assert_eq!(routes::submit::submit(&app, bare).await.status(), 500);
     assert!(app.replicate.created().is_empty());
 }
 
@@ -324,7 +326,7 @@ async fn invalid_requests_write_nothing_and_call_nobody() {
     }
     let mut malformed = event("submit", "");
     *malformed.body_mut() = Body::Text("{\"model\":".into());
-    assert_eq!(app.submit(malformed).await.status(), 400);
+    assert_eq!(routes::submit::submit(&app, malformed).await.status(), 400);
     assert_eq!(app.records.prediction_count(), 0);
     assert!(app.replicate.created().is_empty());
 }
@@ -343,9 +345,11 @@ async fn an_identical_submit_joins_the_prediction_in_flight() {
 async fn complete(app: &TestApp, id: &PredictionId, rid: &str) {
     let mut done = remote(rid, PredictionStatus::Succeeded);
     done.completed_at = Some(app.clock.now().rfc3339());
-    let response = app
-        .webhook(webhook_event(app, id, &json!(done), app.clock.system_time()).await)
-        .await;
+    let response = super::webhook(
+        app,
+        webhook_event(app, id, &json!(done), app.clock.system_time()).await,
+    )
+    .await;
     assert_eq!(json_of(&response)["result"], "queued");
     assert_eq!(run_copies(app).await, 0);
 }
@@ -378,8 +382,11 @@ async fn a_cache_hit_answers_the_alias_that_was_asked_for() {
     done.model = "stability-ai/sdxl".into();
     done.version = record(&app, id.as_str()).await.version;
     done.completed_at = Some(app.clock.now().rfc3339());
-    app.webhook(webhook_event(&app, &id, &json!(done), app.clock.system_time()).await)
-        .await;
+    super::webhook(
+        &app,
+        webhook_event(&app, &id, &json!(done), app.clock.system_time()).await,
+    )
+    .await;
     run_copies(&app).await;
     let (status, cached) = submitted(&app, sdxl).await;
     assert_eq!((status, cached["model"].as_str()), (200, Some("sdxl")));
@@ -399,17 +406,17 @@ async fn idempotent_replays_answer_as_the_original_did() {
             .insert("idempotency-key", HeaderValue::from_static(key));
         request
     };
-    let first = app.submit(keyed(fox(), "k1")).await;
+    let first = routes::submit::submit(&app, keyed(fox(), "k1")).await;
     assert_eq!(first.status(), 202);
-    let replay = app.submit(keyed(fox(), "k1")).await;
+    let replay = routes::submit::submit(&app, keyed(fox(), "k1")).await;
     assert_eq!(replay.status(), 202, "a new prediction replays as 202");
     assert_eq!(replay.headers()["idempotent-replayed"], "true");
     assert_eq!(json_of(&replay)["id"], json_of(&first)["id"]);
     let id = PredictionId::parse(json_of(&first)["id"].as_str().unwrap()).unwrap();
     complete(&app, &id, "rep-1").await;
-    let cached = app.submit(keyed(fox(), "k2")).await;
+    let cached = routes::submit::submit(&app, keyed(fox(), "k2")).await;
     assert_eq!(cached.status(), 200);
-    let replay = app.submit(keyed(fox(), "k2")).await;
+    let replay = routes::submit::submit(&app, keyed(fox(), "k2")).await;
     assert_eq!(replay.status(), 200, "a cached answer replays as 200");
     assert_eq!(json_of(&replay)["cached"], json!(true));
     assert_eq!(app.replicate.created().len(), 1);
@@ -434,7 +441,7 @@ async fn an_expired_creation_claim_is_taken_over_and_a_live_one_is_waited_for() 
     };
     app.records.try_claim(&stale).await.unwrap();
     // Lease still running: the submit waits, then asks the client to come back.
-    let response = app.submit(submit_event(fox())).await;
+    let response = routes::submit::submit(&app, submit_event(fox())).await;
     assert_eq!(response.status(), 503);
     assert_eq!(response.headers()["retry-after"], "1");
     assert!(app.replicate.created().is_empty());
@@ -459,8 +466,11 @@ async fn a_running_prediction_is_joined_whatever_its_claims_lease() {
     let (_, first) = submitted(&app, fox()).await;
     let id = PredictionId::parse(first["id"].as_str().unwrap()).unwrap();
     let start = json!(remote("rep-1", PredictionStatus::Starting));
-    app.webhook(webhook_event(&app, &id, &start, app.clock.system_time()).await)
-        .await;
+    super::webhook(
+        &app,
+        webhook_event(&app, &id, &start, app.clock.system_time()).await,
+    )
+    .await;
     app.clock.advance(Duration::from_secs(11 * 60));
     let (status, again) = submitted(&app, fox()).await;
     assert_eq!((status, again["id"].clone()), (202, first["id"].clone()));
@@ -504,7 +514,10 @@ async fn an_idempotency_key_whose_holder_died_is_taken_over_only_if_nothing_was_
     let hash = super::body::parse_submit_body(fox().to_string().as_bytes())
         .unwrap()
         .hash;
-    let key = super::submit::idempotency_claim_key(&TenantId::parse("acme").unwrap(), "k-dead");
+    let key = crate::app::submit::claims::idempotency_claim_key(
+        &TenantId::parse("acme").unwrap(),
+        &IdempotencyKey::parse(b"k-dead").unwrap(),
+    );
     let now = app.clock.now();
     let holder = Claim {
         key: key.clone(),
@@ -517,13 +530,13 @@ async fn an_idempotency_key_whose_holder_died_is_taken_over_only_if_nothing_was_
     };
     app.records.put_claim(holder.clone());
     // Its lease runs: the request is in progress.
-    assert_eq!(app.submit(keyed()).await.status(), 409);
+    assert_eq!(routes::submit::submit(&app, keyed()).await.status(), 409);
     // The lease ended and its prediction was never stored: nothing was created, take over.
     app.records.put_claim(Claim {
         lease_until: now.minus(Duration::from_millis(1)),
         ..holder.clone()
     });
-    let taken = app.submit(keyed()).await;
+    let taken = routes::submit::submit(&app, keyed()).await;
     assert_eq!(taken.status(), 202);
     assert_eq!(app.replicate.created().len(), 1);
     // The same, but its prediction was stored: it is the answer, never a new create.
@@ -533,7 +546,7 @@ async fn an_idempotency_key_whose_holder_died_is_taken_over_only_if_nothing_was_
         lease_until: now.minus(Duration::from_millis(1)),
         ..holder
     });
-    let replay = app.submit(keyed()).await;
+    let replay = routes::submit::submit(&app, keyed()).await;
     assert_eq!(replay.status(), 202);
     assert_eq!(json_of(&replay)["id"], json!(stored_id.as_str()));
     assert_eq!(app.replicate.created().len(), 1);
@@ -547,7 +560,7 @@ async fn a_refused_create_ends_its_record_failed_and_frees_the_cache_key() {
         retry_after: Some(Duration::from_secs(3)),
         attempts: 4,
     });
-    let response = app.submit(submit_event(fox())).await;
+    let response = routes::submit::submit(&app, submit_event(fox())).await;
     assert_eq!(response.status(), 503);
     assert_eq!(response.headers()["retry-after"], "3");
     // Anyone who joined it holds an id that still answers, with the reason.
@@ -588,13 +601,13 @@ async fn a_create_throttled_past_the_retry_budget_waits_in_the_create_queue() {
     // Not before its time; then created, and going on like any other.
     let early = app.drain_create(&jobs[0].0).await.unwrap();
     assert!(
-        matches!(early, super::CreateDisposition::RetryAfter(w) if w > Duration::from_secs(2) && w <= Duration::from_secs(3)),
+        matches!(early, crate::app::CreateDisposition::RetryAfter(w) if w > Duration::from_secs(2) && w <= Duration::from_secs(3)),
         "{early:?}"
     );
     app.clock.advance(Duration::from_secs(3));
     assert_eq!(
         app.drain_create(&jobs[0].0).await.unwrap(),
-        super::CreateDisposition::Done
+        crate::app::CreateDisposition::Done
     );
     assert_eq!(app.replicate.created().len(), 1);
     let view = fetched(&app, queued["id"].as_str().unwrap()).await;
@@ -603,7 +616,7 @@ async fn a_create_throttled_past_the_retry_budget_waits_in_the_create_queue() {
     // A second run of the same job (SQS delivers at least once) creates nothing more.
     assert_eq!(
         app.drain_create(&jobs[0].0).await.unwrap(),
-        super::CreateDisposition::Done
+        crate::app::CreateDisposition::Done
     );
     assert_eq!(app.replicate.created().len(), 1);
 }
@@ -630,11 +643,11 @@ async fn over_the_create_rate_submits_queue_in_order_and_past_the_backlog_are_re
         assert_eq!(view["status"], "queued", "{view}");
         assert_eq!(view["queue"]["position"], json!(n), "{view}");
     }
-    let response = app
-        .submit(submit_event(
-            json!({"model": "flux-schnell", "input": {"prompt": "one too many"}}),
-        ))
-        .await;
+    let response = routes::submit::submit(
+        &app,
+        submit_event(json!({"model": "flux-schnell", "input": {"prompt": "one too many"}})),
+    )
+    .await;
     assert_eq!(response.status(), 503);
     assert_eq!(json_of(&response)["type"], "/problems/queue-full");
     assert_eq!(
@@ -644,12 +657,11 @@ async fn over_the_create_rate_submits_queue_in_order_and_past_the_backlog_are_re
     );
     assert_eq!(app.replicate.created().len(), 1);
     // Cancel the second queued one: it ends at once, never created.
-    let canceled = app
-        .cancel(cancel_event(
-            views[2]["id"].as_str().unwrap(),
-            Some(FIXTURE_KEY),
-        ))
-        .await;
+    let canceled = routes::cancel::cancel(
+        &app,
+        cancel_event(views[2]["id"].as_str().unwrap(), Some(FIXTURE_KEY)),
+    )
+    .await;
     assert_eq!(json_of(&canceled)["status"], "canceled");
     // The drainer, as time passes: each in its slot, the canceled one skipped.
     let jobs = app.queue.drain_creates();
@@ -663,7 +675,7 @@ async fn over_the_create_rate_submits_queue_in_order_and_past_the_backlog_are_re
     for (job, _) in &jobs {
         assert_eq!(
             app.drain_create(job).await.unwrap(),
-            super::CreateDisposition::Done
+            crate::app::CreateDisposition::Done
         );
     }
     let prompts: Vec<String> = app
@@ -683,7 +695,7 @@ async fn an_ambiguous_create_is_never_repeated_and_is_found_in_replicates_list()
     request
         .headers_mut()
         .insert("idempotency-key", HeaderValue::from_static("order-1"));
-    let response = app.submit(request).await;
+    let response = routes::submit::submit(&app, request).await;
     assert_eq!(response.status(), 202, "the kept record is the answer");
     let id = json_of(&response)["id"].as_str().unwrap().to_owned();
     assert_eq!(app.replicate.created().len(), 1);
@@ -692,7 +704,10 @@ async fn an_ambiguous_create_is_never_repeated_and_is_found_in_replicates_list()
     again
         .headers_mut()
         .insert("idempotency-key", HeaderValue::from_static("order-1"));
-    assert_eq!(json_of(&app.submit(again).await)["id"], json!(id));
+    assert_eq!(
+        json_of(&routes::submit::submit(&app, again).await)["id"],
+        json!(id)
+    );
     app.clock.advance(Duration::from_secs(45));
     let (status, joined) = submitted(&app, fox()).await;
     assert_eq!((status, joined["id"].as_str()), (202, Some(id.as_str())));
@@ -744,9 +759,11 @@ async fn a_start_webhook_records_replicates_id_even_while_starting() {
     let (_, body) = submitted(&app, fox()).await;
     let id = PredictionId::parse(body["id"].as_str().unwrap()).unwrap();
     let start = json!(remote("rep-77", PredictionStatus::Starting));
-    let response = app
-        .webhook(webhook_event(&app, &id, &start, app.clock.system_time()).await)
-        .await;
+    let response = super::webhook(
+        &app,
+        webhook_event(&app, &id, &start, app.clock.system_time()).await,
+    )
+    .await;
     assert_eq!(response.status(), 200);
     assert_eq!(
         record(&app, id.as_str()).await.replicate_id.as_deref(),
@@ -754,9 +771,11 @@ async fn a_start_webhook_records_replicates_id_even_while_starting() {
     );
     // Tied now: another Replicate prediction is never applied to it.
     let other = json!(remote("rep-78", PredictionStatus::Failed));
-    let response = app
-        .webhook(webhook_event(&app, &id, &other, app.clock.system_time()).await)
-        .await;
+    let response = super::webhook(
+        &app,
+        webhook_event(&app, &id, &other, app.clock.system_time()).await,
+    )
+    .await;
     assert_eq!(json_of(&response)["result"], "ignored");
     assert_eq!(
         record(&app, id.as_str()).await.status,
@@ -787,9 +806,11 @@ async fn a_signed_delivery_cannot_be_replayed_onto_another_record() {
         format!("id={victim}&token={my_token}"),
         format!("id={victim}"),
     ] {
-        let response = app
-            .webhook(signed_webhook(&query, &delivery, app.clock.system_time()))
-            .await;
+        let response = super::webhook(
+            &app,
+            signed_webhook(&query, &delivery, app.clock.system_time()),
+        )
+        .await;
         assert_eq!(json_of(&response)["result"], "ignored", "{query}");
     }
     let kept = record(&app, victim.as_str()).await;
@@ -798,9 +819,11 @@ async fn a_signed_delivery_cannot_be_replayed_onto_another_record() {
     // A delivery of another model, even to the right URL, is not applied either.
     let mut sdxl = remote("rep-9", PredictionStatus::Failed);
     sdxl.model = "stability-ai/sdxl".into();
-    let response = app
-        .webhook(webhook_event(&app, &victim, &json!(sdxl), app.clock.system_time()).await)
-        .await;
+    let response = super::webhook(
+        &app,
+        webhook_event(&app, &victim, &json!(sdxl), app.clock.system_time()).await,
+    )
+    .await;
     assert_eq!(json_of(&response)["result"], "ignored");
 }
 
@@ -809,17 +832,17 @@ async fn a_webhook_queues_the_copy_and_outputs_are_stored_before_succeeded() {
     let app = app();
     let (_, body) = submitted(&app, fox()).await;
     let id = PredictionId::parse(body["id"].as_str().unwrap()).unwrap();
-    let response = app
-        .webhook(
-            webhook_event(
-                &app,
-                &id,
-                &json!(remote("rep-1", PredictionStatus::Succeeded)),
-                app.clock.system_time(),
-            )
-            .await,
+    let response = super::webhook(
+        &app,
+        webhook_event(
+            &app,
+            &id,
+            &json!(remote("rep-1", PredictionStatus::Succeeded)),
+            app.clock.system_time(),
         )
-        .await;
+        .await,
+    )
+    .await;
     assert_eq!(response.status(), 200);
     assert_eq!(json_of(&response)["result"], "queued");
     assert!(app.objects.keys().is_empty(), "the webhook copies nothing");
@@ -849,12 +872,17 @@ async fn a_copy_out_of_time_is_retried_and_a_failed_queue_send_asks_for_redelive
     let id = PredictionId::parse(body["id"].as_str().unwrap()).unwrap();
     let done = json!(remote("rep-1", PredictionStatus::Succeeded));
     app.queue.fail_next_sends(1);
-    let response = app
-        .webhook(webhook_event(&app, &id, &done, app.clock.system_time()).await)
-        .await;
+    let response = super::webhook(
+        &app,
+        webhook_event(&app, &id, &done, app.clock.system_time()).await,
+    )
+    .await;
     assert_eq!(response.status(), 500, "Replicate will deliver it again");
-    app.webhook(webhook_event(&app, &id, &done, app.clock.system_time()).await)
-        .await;
+    super::webhook(
+        &app,
+        webhook_event(&app, &id, &done, app.clock.system_time()).await,
+    )
+    .await;
     let job = app.queue.drain().pop().unwrap();
     let past = tokio::time::Instant::now();
     assert!(app.copy_outputs(&job, past).await.is_err());
@@ -882,16 +910,20 @@ async fn duplicate_and_backward_webhooks_are_ignored() {
         json!(remote("rep-1", PredictionStatus::Processing)),
         json!(remote("rep-1", PredictionStatus::Failed)),
     ] {
-        let response = app
-            .webhook(webhook_event(&app, &id, &late, app.clock.system_time()).await)
-            .await;
+        let response = super::webhook(
+            &app,
+            webhook_event(&app, &id, &late, app.clock.system_time()).await,
+        )
+        .await;
         assert_eq!(response.status(), 200);
         assert_eq!(json_of(&response)["result"], "ignored", "{late}");
     }
     let other = json!(remote("rep-other", PredictionStatus::Failed));
-    let response = app
-        .webhook(webhook_event(&app, &id, &other, app.clock.system_time()).await)
-        .await;
+    let response = super::webhook(
+        &app,
+        webhook_event(&app, &id, &other, app.clock.system_time()).await,
+    )
+    .await;
     assert_eq!(json_of(&response)["result"], "ignored");
     assert!(app.queue.is_empty());
     assert_eq!(
@@ -907,8 +939,11 @@ async fn a_copy_that_cannot_be_stored_fails_and_its_retry_succeeds() {
     let id = PredictionId::parse(body["id"].as_str().unwrap()).unwrap();
     app.objects.fail_next_puts(3);
     let done = json!(remote("rep-1", PredictionStatus::Succeeded));
-    app.webhook(webhook_event(&app, &id, &done, app.clock.system_time()).await)
-        .await;
+    super::webhook(
+        &app,
+        webhook_event(&app, &id, &done, app.clock.system_time()).await,
+    )
+    .await;
     let job = app.queue.drain().pop().unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     assert!(app.copy_outputs(&job, deadline).await.is_err());
@@ -932,7 +967,7 @@ async fn unsigned_stale_and_malformed_webhooks_are_refused() {
     let done = json!(remote("rep-1", PredictionStatus::Succeeded));
     let mut unsigned = webhook_event(&app, &id, &done, app.clock.system_time()).await;
     unsigned.headers_mut().remove("webhook-signature");
-    assert_eq!(app.webhook(unsigned).await.status(), 401);
+    assert_eq!(super::webhook(&app, unsigned).await.status(), 401);
     let stale = webhook_event(
         &app,
         &id,
@@ -940,10 +975,10 @@ async fn unsigned_stale_and_malformed_webhooks_are_refused() {
         app.clock.system_time() - Duration::from_secs(301),
     )
     .await;
-    assert_eq!(app.webhook(stale).await.status(), 401);
+    assert_eq!(super::webhook(&app, stale).await.status(), 401);
     let mut tampered = webhook_event(&app, &id, &done, app.clock.system_time()).await;
     *tampered.body_mut() = Body::Text(json!(remote("rep-1", PredictionStatus::Failed)).to_string());
-    assert_eq!(app.webhook(tampered).await.status(), 401);
+    assert_eq!(super::webhook(&app, tampered).await.status(), 401);
     let junk = webhook_event(
         &app,
         &id,
@@ -951,7 +986,7 @@ async fn unsigned_stale_and_malformed_webhooks_are_refused() {
         app.clock.system_time(),
     )
     .await;
-    assert_eq!(app.webhook(junk).await.status(), 400);
+    assert_eq!(super::webhook(&app, junk).await.status(), 400);
     assert_eq!(
         record(&app, id.as_str()).await.status,
         PredictionStatus::Starting
@@ -968,7 +1003,7 @@ async fn unauthenticated_webhooks_never_make_the_service_call_replicate() {
     let done = json!(remote("rep-1", PredictionStatus::Succeeded));
     let mut unsigned = webhook_event(&app, &id, &done, app.clock.system_time()).await;
     unsigned.headers_mut().remove("webhook-signature");
-    assert_eq!(app.webhook(unsigned).await.status(), 401);
+    assert_eq!(super::webhook(&app, unsigned).await.status(), 401);
     let stale = webhook_event(
         &app,
         &id,
@@ -976,12 +1011,12 @@ async fn unauthenticated_webhooks_never_make_the_service_call_replicate() {
         app.clock.system_time() - Duration::from_secs(600),
     )
     .await;
-    assert_eq!(app.webhook(stale).await.status(), 401);
+    assert_eq!(super::webhook(&app, stale).await.status(), 401);
     assert_eq!(app.replicate.secret_calls(), 0, "refused before any call");
     // A well-formed delivery needs the secret: one call, then the failure is remembered.
     for _ in 0..3 {
         let signed = webhook_event(&app, &id, &done, app.clock.system_time()).await;
-        assert_eq!(app.webhook(signed).await.status(), 500);
+        assert_eq!(super::webhook(&app, signed).await.status(), 500);
     }
     assert_eq!(app.replicate.secret_calls(), 1);
 }
@@ -1040,9 +1075,8 @@ async fn fetch_recovers_a_lost_webhook_and_syncs_at_most_once_per_interval() {
 #[tokio::test]
 async fn fetch_of_an_unknown_expired_or_malformed_id_is_404() {
     let app = app();
-    let response = app
-        .fetch(event("fetch", &PredictionId::generate().to_string()))
-        .await;
+    let response =
+        routes::fetch::fetch(&app, event("fetch", &PredictionId::generate().to_string())).await;
     assert_eq!(response.status(), 404);
     assert_eq!(
         response.headers()["content-type"],
@@ -1050,13 +1084,23 @@ async fn fetch_of_an_unknown_expired_or_malformed_id_is_404() {
     );
     let mut weird = event("fetch", "");
     *weird.uri_mut() = "/v1/predictions/..%2F..%2Fetc".parse().unwrap();
-    assert_eq!(app.route(weird).await.status(), 404);
+    assert_eq!(super::route(&app, weird).await.status(), 404);
     // Past its TTL a record is gone, even before DynamoDB deletes it.
     let (_, body) = submitted(&app, fox()).await;
     let id = body["id"].as_str().unwrap();
-    assert_eq!(app.fetch(event("fetch", id)).await.status(), 200);
+    assert_eq!(
+        routes::fetch::fetch(&app, event("fetch", id))
+            .await
+            .status(),
+        200
+    );
     app.clock.advance(Duration::from_secs(31 * 24 * 3600));
-    assert_eq!(app.fetch(event("fetch", id)).await.status(), 404);
+    assert_eq!(
+        routes::fetch::fetch(&app, event("fetch", id))
+            .await
+            .status(),
+        404
+    );
 }
 
 #[tokio::test]
@@ -1067,9 +1111,11 @@ async fn the_webhook_secret_is_fetched_from_replicate_when_not_configured() {
     let (_, body) = submitted(&app, fox()).await;
     let id = PredictionId::parse(body["id"].as_str().unwrap()).unwrap();
     let processing = json!(remote("rep-1", PredictionStatus::Processing));
-    let response = app
-        .webhook(webhook_event(&app, &id, &processing, app.clock.system_time()).await)
-        .await;
+    let response = super::webhook(
+        &app,
+        webhook_event(&app, &id, &processing, app.clock.system_time()).await,
+    )
+    .await;
     assert_eq!(json_of(&response)["result"], "applied");
 }
 
@@ -1084,8 +1130,11 @@ async fn replicates_text_and_numbers_are_stored_bounded() {
         failed.metrics.other.insert(format!("metric_{i}"), json!(i));
     }
     failed.metrics.other.insert("k".repeat(500), json!(1));
-    app.webhook(webhook_event(&app, &id, &json!(failed), app.clock.system_time()).await)
-        .await;
+    super::webhook(
+        &app,
+        webhook_event(&app, &id, &json!(failed), app.clock.system_time()).await,
+    )
+    .await;
     let stored = record(&app, id.as_str()).await;
     assert_eq!(stored.status, PredictionStatus::Failed);
     assert!(stored.error.unwrap().chars().count() <= crate::domain::limits::MAX_ERROR_CHARS + 1);
@@ -1100,9 +1149,11 @@ async fn replicates_text_and_numbers_are_stored_bounded() {
     let id = PredictionId::parse(body["id"].as_str().unwrap()).unwrap();
     let mut many = remote("rep-2", PredictionStatus::Succeeded);
     many.output = (0..5000).map(|i| format!("{OUTPUT_URL}?{i}")).collect();
-    let response = app
-        .webhook(webhook_event(&app, &id, &json!(many), app.clock.system_time()).await)
-        .await;
+    let response = super::webhook(
+        &app,
+        webhook_event(&app, &id, &json!(many), app.clock.system_time()).await,
+    )
+    .await;
     assert_eq!(json_of(&response)["result"], "applied");
     assert!(
         app.queue.is_empty(),
@@ -1138,7 +1189,7 @@ async fn a_large_inline_image_is_kept_in_the_bucket_and_the_record_holds_a_refer
     let sent = &app.replicate.created()[0].input;
     let url = sent["image"].as_str().unwrap();
     assert!(url.starts_with("https://bucket.example/inputs/"), "{url}");
-    assert!(super::inputs::input_matches(&stored.input, sent));
+    assert!(crate::app::inputs::input_matches(&stored.input, sent));
 }
 
 #[tokio::test]
@@ -1252,7 +1303,12 @@ async fn every_route_refuses_missing_malformed_unknown_and_revoked_keys() {
 
     // The revoked key works until it is revoked, and stops within the cache's lifetime.
     let usage = |key| with_key(event("usage", ""), key);
-    assert_eq!(app.usage(usage(Some(revoked))).await.status(), 200);
+    assert_eq!(
+        routes::usage::usage(&app, usage(Some(revoked)))
+            .await
+            .status(),
+        200
+    );
     use crate::ports::accounts::AccountStore;
     let revoked_id = ApiKey::parse(revoked).unwrap().hash().key_id();
     assert!(
@@ -1262,7 +1318,7 @@ async fn every_route_refuses_missing_malformed_unknown_and_revoked_keys() {
             .unwrap()
     );
     app.clock
-        .advance(super::KEY_CACHE_TTL + Duration::from_secs(1));
+        .advance(crate::app::KEY_CACHE_TTL + Duration::from_secs(1));
 
     let bad_keys: [(Option<&str>, &str); 5] = [
         (None, "needs an API key"),
@@ -1276,10 +1332,10 @@ async fn every_route_refuses_missing_malformed_unknown_and_revoked_keys() {
     ];
     for (key, says) in bad_keys {
         let responses = [
-            app.submit(with_key(submit_event(fox()), key)).await,
-            app.fetch(fetch_as(&id, key)).await,
-            app.usage(usage(key)).await,
-            app.route(with_key(submit_event(fox()), key)).await,
+            routes::submit::submit(&app, with_key(submit_event(fox()), key)).await,
+            routes::fetch::fetch(&app, fetch_as(&id, key)).await,
+            routes::usage::usage(&app, usage(key)).await,
+            super::route(&app, with_key(submit_event(fox()), key)).await,
         ];
         for response in responses {
             assert_eq!(response.status(), 401, "{key:?}");
@@ -1298,7 +1354,7 @@ async fn every_route_refuses_missing_malformed_unknown_and_revoked_keys() {
         "nothing was created"
     );
     // The webhook is authenticated by its signature, never by a key.
-    let response = app.webhook(with_key(event("webhook", ""), None)).await;
+    let response = super::webhook(&app, with_key(event("webhook", ""), None)).await;
     assert_eq!(json_of(&response)["type"], "/problems/invalid-signature");
     assert!(!response.headers().contains_key("www-authenticate"));
 }
@@ -1315,23 +1371,26 @@ async fn tenants_cannot_read_replay_or_reuse_each_others_work() {
         request
     };
     let acme = with_key(submit_event(fox()), Some(FIXTURE_KEY));
-    let (status, acme) = status_and_body(app.submit(acme).await).await;
+    let (status, acme) = status_and_body(routes::submit::submit(&app, acme).await).await;
     assert_eq!(status, 202, "{acme}");
     let id = acme["id"].as_str().unwrap().to_owned();
 
     // Another tenant's prediction is a 404 exactly like an id that does not exist.
-    let (status, theirs) = status_and_body(app.fetch(fetch_as(&id, Some(BETA_KEY))).await).await;
+    let (status, theirs) =
+        status_and_body(routes::fetch::fetch(&app, fetch_as(&id, Some(BETA_KEY))).await).await;
     let (_, unknown) = status_and_body(
-        app.fetch(fetch_as(PredictionId::generate().as_str(), Some(BETA_KEY)))
-            .await,
+        routes::fetch::fetch(
+            &app,
+            fetch_as(PredictionId::generate().as_str(), Some(BETA_KEY)),
+        )
+        .await,
     )
     .await;
     assert_eq!((status, &theirs), (404, &unknown));
 
     // The same input is not joined, and once it succeeded it is not served from the cache.
     let (status, beta) = status_and_body(
-        app.submit(with_key(submit_event(fox()), Some(BETA_KEY)))
-            .await,
+        routes::submit::submit(&app, with_key(submit_event(fox()), Some(BETA_KEY))).await,
     )
     .await;
     assert_eq!(status, 202);
@@ -1339,10 +1398,13 @@ async fn tenants_cannot_read_replay_or_reuse_each_others_work() {
     let rid = record(&app, &id).await.replicate_id.unwrap();
     complete(&app, &PredictionId::parse(&id).unwrap(), &rid).await;
     let (status, again) = status_and_body(
-        app.submit(with_key(
-            submit_event(json!({"model": "flux-schnell", "input": {"prompt": "a red fox"}})),
-            Some(BETA_KEY),
-        ))
+        routes::submit::submit(
+            &app,
+            with_key(
+                submit_event(json!({"model": "flux-schnell", "input": {"prompt": "a red fox"}})),
+                Some(BETA_KEY),
+            ),
+        )
         .await,
     )
     .await;
@@ -1353,15 +1415,18 @@ async fn tenants_cannot_read_replay_or_reuse_each_others_work() {
     // bodies (no 422), each replaying its own answer.
     let other = json!({"model": "flux-schnell", "input": {"prompt": "a blue whale"}});
     let (status, first_beta) = status_and_body(
-        app.submit(keyed(Some(BETA_KEY), "order-1", other.clone()))
-            .await,
+        routes::submit::submit(&app, keyed(Some(BETA_KEY), "order-1", other.clone())).await,
     )
     .await;
     assert_eq!(status, 202, "{first_beta}");
-    let (_, replay_beta) =
-        status_and_body(app.submit(keyed(Some(BETA_KEY), "order-1", other)).await).await;
-    let (_, replay_acme) =
-        status_and_body(app.submit(keyed(Some(FIXTURE_KEY), "order-1", fox())).await).await;
+    let (_, replay_beta) = status_and_body(
+        routes::submit::submit(&app, keyed(Some(BETA_KEY), "order-1", other)).await,
+    )
+    .await;
+    let (_, replay_acme) = status_and_body(
+        routes::submit::submit(&app, keyed(Some(FIXTURE_KEY), "order-1", fox())).await,
+    )
+    .await;
     assert_eq!(replay_beta["id"], first_beta["id"]);
     assert_ne!(replay_acme["id"], first_beta["id"]);
     assert_eq!(replay_acme["input"]["prompt"], "a red fox");
@@ -1377,7 +1442,7 @@ async fn the_rate_limit_holds_per_tenant_per_minute() {
     app.clock.advance(next_minute.since(app.clock.now()));
     let burst = (0..10).map(|i| {
         let body = json!({"model": "flux-schnell", "input": {"prompt": format!("burst {i}")}});
-        app.submit(with_key(submit_event(body), Some(slow)))
+        routes::submit::submit(&app, with_key(submit_event(body), Some(slow)))
     });
     let responses = futures_util::future::join_all(burst).await;
     let admitted = responses.iter().filter(|r| r.status() == 202).count();
@@ -1396,7 +1461,7 @@ async fn the_rate_limit_holds_per_tenant_per_minute() {
     app.clock.advance(Duration::from_secs(60));
     let body = json!({"model": "flux-schnell", "input": {"prompt": "next minute"}});
     assert_eq!(
-        app.submit(with_key(submit_event(body), Some(slow)))
+        routes::submit::submit(&app, with_key(submit_event(body), Some(slow)))
             .await
             .status(),
         202
@@ -1413,7 +1478,8 @@ async fn the_budget_refuses_before_creating_and_settles_to_the_actual_cost() {
     let capped = "igk_budgeted_tenant_key_9f8e7d6c5b4a3210";
     // $0.01: three flux-schnell images at $0.003.
     add_caller(&app.records, capped, "capped", 1000, Some(10_000));
-    let submit = |body: Value| app.submit(with_key(submit_event(body), Some(capped)));
+    let submit =
+        |body: Value| routes::submit::submit(&app, with_key(submit_event(body), Some(capped)));
     let mut ids = Vec::new();
     for i in 0..3 {
         let (status, body) = status_and_body(submit(prompt(&format!("p{i}"))).await).await;
@@ -1430,14 +1496,18 @@ async fn the_budget_refuses_before_creating_and_settles_to_the_actual_cost() {
 
     // One succeeds (billed), one fails as an official model (not billed): room again.
     complete(&app, &ids[0], "rep-1").await;
-    let fetched_done = json_of(&app.fetch(fetch_as(ids[0].as_str(), Some(capped))).await);
+    let fetched_done =
+        json_of(&routes::fetch::fetch(&app, fetch_as(ids[0].as_str(), Some(capped))).await);
     assert_eq!(
         fetched_done["cost"],
         json!({"estimated_usd": 0.003, "usd": 0.003})
     );
     let failed = remote("rep-2", PredictionStatus::Failed);
-    app.webhook(webhook_event(&app, &ids[1], &json!(failed), app.clock.system_time()).await)
-        .await;
+    super::webhook(
+        &app,
+        webhook_event(&app, &ids[1], &json!(failed), app.clock.system_time()).await,
+    )
+    .await;
     assert_eq!(record(&app, ids[1].as_str()).await.cost, Some(0));
     assert_eq!(submit(prompt("p3")).await.status(), 202);
     assert_eq!(submit(prompt("p4")).await.status(), 402);
@@ -1447,7 +1517,8 @@ async fn the_budget_refuses_before_creating_and_settles_to_the_actual_cost() {
     assert_eq!(status, 200);
     assert_eq!(cached["cost"], json!({"estimated_usd": 0.0, "usd": 0.0}));
 
-    let usage = json_of(&app.usage(with_key(event("usage", ""), Some(capped))).await);
+    let usage =
+        json_of(&routes::usage::usage(&app, with_key(event("usage", ""), Some(capped))).await);
     assert_eq!(usage["tenant"], "capped");
     assert_eq!(
         usage["month"],
@@ -1473,8 +1544,11 @@ async fn per_second_models_bill_predict_time_aborted_and_refused_creates_cost_no
     failed.model = "stability-ai/sdxl".into();
     failed.version = record(&app, id.as_str()).await.version;
     failed.metrics.predict_time = Some(2.0);
-    app.webhook(webhook_event(&app, &id, &json!(failed), app.clock.system_time()).await)
-        .await;
+    super::webhook(
+        &app,
+        webhook_event(&app, &id, &json!(failed), app.clock.system_time()).await,
+    )
+    .await;
     assert_eq!(
         record(&app, id.as_str()).await.cost,
         Some(1_950),
@@ -1485,8 +1559,11 @@ async fn per_second_models_bill_predict_time_aborted_and_refused_creates_cost_no
     let id = PredictionId::parse(body["id"].as_str().unwrap()).unwrap();
     let mut aborted = remote("rep-2", PredictionStatus::Aborted);
     aborted.metrics.predict_time = Some(3.0);
-    app.webhook(webhook_event(&app, &id, &json!(aborted), app.clock.system_time()).await)
-        .await;
+    super::webhook(
+        &app,
+        webhook_event(&app, &id, &json!(aborted), app.clock.system_time()).await,
+    )
+    .await;
     assert_eq!(record(&app, id.as_str()).await.cost, Some(0));
 
     app.replicate.fail_next_create(ReplicateError::Rejected {
@@ -1494,7 +1571,7 @@ async fn per_second_models_bill_predict_time_aborted_and_refused_creates_cost_no
         problem: Default::default(),
     });
     assert_eq!(submitted(&app, prompt("refused")).await.0, 502);
-    let usage = json_of(&app.usage(event("usage", "")).await);
+    let usage = json_of(&routes::usage::usage(&app, event("usage", "")).await);
     assert_eq!(
         usage["predictions"], 2,
         "a refused create is not a prediction"
@@ -1511,7 +1588,7 @@ async fn an_insert_whose_answer_was_lost_goes_on_and_is_reserved_once() {
     assert_eq!(app.replicate.created().len(), 1);
     let id = PredictionId::parse(body["id"].as_str().unwrap()).unwrap();
     complete(&app, &id, "rep-1").await;
-    let usage = json_of(&app.usage(event("usage", "")).await);
+    let usage = json_of(&routes::usage::usage(&app, event("usage", "")).await);
     assert_eq!(
         (usage["predictions"].as_u64(), usage["cost_usd"].as_f64()),
         (Some(1), Some(0.003)),
@@ -1528,8 +1605,9 @@ async fn all_keys_of_a_tenant_share_its_limits_and_a_change_applies_within_the_c
     app.records.put_key(key_record(second, "shared"));
     let (_, next_minute) = app.clock.now().period(Duration::from_secs(60));
     app.clock.advance(next_minute.since(app.clock.now()));
-    let submit =
-        |key: &'static str, text: &str| app.submit(with_key(submit_event(prompt(text)), Some(key)));
+    let submit = |key: &'static str, text: &str| {
+        routes::submit::submit(&app, with_key(submit_event(prompt(text)), Some(key)))
+    };
     assert_eq!(submit(first, "a").await.status(), 202);
     assert_eq!(submit(second, "b").await.status(), 202);
     assert_eq!(
@@ -1542,7 +1620,7 @@ async fn all_keys_of_a_tenant_share_its_limits_and_a_change_applies_within_the_c
     app.records
         .put_limits(TenantLimits::new(shared, 100, None).unwrap());
     assert_eq!(submit(second, "e").await.status(), 429, "cached limits");
-    app.clock.advance(super::KEY_CACHE_TTL);
+    app.clock.advance(crate::app::KEY_CACHE_TTL);
     assert_eq!(
         submit(second, "f").await.status(),
         202,
@@ -1555,25 +1633,28 @@ async fn the_read_function_serves_usage_and_predictions_by_route_key() {
     let app = app();
     let (_, body) = submitted(&app, fox()).await;
     let id = body["id"].as_str().unwrap().to_owned();
-    let usage = json_of(&app.read(event("usage", "")).await);
+    let usage = json_of(&super::read(&app, event("usage", "")).await);
     assert_eq!(usage["tenant"], "acme", "{usage}");
-    let fetched = json_of(&app.read(event("fetch", &id)).await);
+    let fetched = json_of(&super::read(&app, event("fetch", &id)).await);
     assert_eq!(fetched["id"], id.as_str());
     // Behind a custom domain's base path the route key still says which route it is.
-    let text = include_str!("../../tests/fixtures/apigw-v2-usage.json")
+    let text = include_str!("../../../tests/fixtures/apigw-v2-usage.json")
         .replace(
             "\"rawPath\": \"/v1/usage\"",
             "\"rawPath\": \"/api/v1/usage\"",
         )
         .replace("\"path\": \"/v1/usage\"", "\"path\": \"/api/v1/usage\"");
     let request = lambda_http::request::from_str(&text).unwrap();
-    let usage = json_of(&app.read(request).await);
+    let usage = json_of(&super::read(&app, request).await);
     assert_eq!(usage["tenant"], "acme", "{usage}");
-    let text = include_str!("../../tests/fixtures/apigw-v2-fetch.json")
+    let text = include_str!("../../../tests/fixtures/apigw-v2-fetch.json")
         .replace(PLACEHOLDER_ID, &id)
         .replace("\"rawPath\": \"/v1/", "\"rawPath\": \"/api/v1/");
     let request = lambda_http::request::from_str(&text).unwrap();
-    assert_eq!(json_of(&app.read(request).await)["id"], id.as_str());
+    assert_eq!(
+        json_of(&super::read(&app, request).await)["id"],
+        id.as_str()
+    );
 }
 
 fn with_header(mut request: Request, name: &'static str, value: &str) -> Request {
@@ -1588,11 +1669,10 @@ async fn cancel_after_is_validated_and_passed_to_replicate() {
     let app = app();
     assert_eq!(submitted(&app, prompt("default")).await.0, 202);
     let submit = |text: &str, deadline: &str| {
-        app.submit(with_header(
-            submit_event(prompt(text)),
-            "cancel-after",
-            deadline,
-        ))
+        routes::submit::submit(
+            &app,
+            with_header(submit_event(prompt(text)), "cancel-after", deadline),
+        )
     };
     assert_eq!(submit("ninety", "1m30s").await.status(), 202);
     for bad in ["4s", "31m", "soon", "90"] {
@@ -1609,7 +1689,7 @@ async fn cancel_after_is_validated_and_passed_to_replicate() {
 /// `POST /v1/predictions/{id}/cancel` as API Gateway delivers it (the fetch event, moved
 /// to the cancel route).
 fn cancel_event(id: &str, key: Option<&str>) -> Request {
-    let text = include_str!("../../tests/fixtures/apigw-v2-fetch.json")
+    let text = include_str!("../../../tests/fixtures/apigw-v2-fetch.json")
         .replace(
             "GET /v1/predictions/{id}",
             "POST /v1/predictions/{id}/cancel",
@@ -1636,20 +1716,23 @@ async fn cancel_ends_running_predictions_once_and_leaves_ended_ones_alone() {
         (Some(BETA_KEY), id.as_str()),
         (Some(FIXTURE_KEY), PLACEHOLDER_ID),
     ] {
-        let response = app.write(cancel_event(target, who)).await;
+        let response = super::write(&app, cancel_event(target, who)).await;
         assert_eq!(response.status(), 404);
     }
-    assert_eq!(app.write(cancel_event(&id, None)).await.status(), 401);
+    assert_eq!(
+        super::write(&app, cancel_event(&id, None)).await.status(),
+        401
+    );
     assert_eq!(app.replicate.cancel_calls(), 0);
 
-    let canceled = json_of(&app.write(cancel_event(&id, Some(FIXTURE_KEY))).await);
+    let canceled = json_of(&super::write(&app, cancel_event(&id, Some(FIXTURE_KEY))).await);
     assert_eq!(canceled["status"], "canceled", "{canceled}");
     assert_eq!(
         canceled["cost"]["usd"], 0.0,
         "an official model bills no canceled image"
     );
     assert_eq!(app.replicate.cancel_calls(), 1);
-    let again = json_of(&app.write(cancel_event(&id, Some(FIXTURE_KEY))).await);
+    let again = json_of(&super::write(&app, cancel_event(&id, Some(FIXTURE_KEY))).await);
     assert_eq!(again["status"], "canceled");
     assert_eq!(
         app.replicate.cancel_calls(),
@@ -1661,10 +1744,8 @@ async fn cancel_ends_running_predictions_once_and_leaves_ended_ones_alone() {
     let (_, body) = submitted(&app, prompt("already done")).await;
     let done_id = PredictionId::parse(body["id"].as_str().unwrap()).unwrap();
     complete(&app, &done_id, "rep-2").await;
-    let view = json_of(
-        &app.write(cancel_event(done_id.as_str(), Some(FIXTURE_KEY)))
-            .await,
-    );
+    let view =
+        json_of(&super::write(&app, cancel_event(done_id.as_str(), Some(FIXTURE_KEY))).await);
     assert_eq!(view["status"], "succeeded");
     assert_eq!(
         view["urls"]["cancel"],
@@ -1677,10 +1758,8 @@ async fn cancel_ends_running_predictions_once_and_leaves_ended_ones_alone() {
     app.replicate.lose_next_create_answer();
     let (_, body) = submitted(&app, prompt("unconfirmed")).await;
     let lost = PredictionId::parse(body["id"].as_str().unwrap()).unwrap();
-    let pending = json_of(
-        &app.write(cancel_event(lost.as_str(), Some(FIXTURE_KEY)))
-            .await,
-    );
+    let pending =
+        json_of(&super::write(&app, cancel_event(lost.as_str(), Some(FIXTURE_KEY))).await);
     assert_eq!(pending["status"], "starting", "{pending}");
     assert!(
         record(&app, lost.as_str())
@@ -1691,8 +1770,11 @@ async fn cancel_ends_running_predictions_once_and_leaves_ended_ones_alone() {
     assert_eq!(app.replicate.cancel_calls(), 1);
     let rid = format!("rep-{}", app.replicate.created().len());
     let start = remote(&rid, PredictionStatus::Processing);
-    app.webhook(webhook_event(&app, &lost, &json!(start), app.clock.system_time()).await)
-        .await;
+    super::webhook(
+        &app,
+        webhook_event(&app, &lost, &json!(start), app.clock.system_time()).await,
+    )
+    .await;
     assert_eq!(
         app.replicate.cancel_calls(),
         2,
@@ -1714,10 +1796,7 @@ async fn a_cancel_of_a_create_that_never_happened_ends_it_canceled() {
     app.replicate
         .forget(&format!("rep-{}", app.replicate.created().len()));
     app.clock.advance(Duration::from_secs(2));
-    let view = json_of(
-        &app.write(cancel_event(id.as_str(), Some(FIXTURE_KEY)))
-            .await,
-    );
+    let view = json_of(&super::write(&app, cancel_event(id.as_str(), Some(FIXTURE_KEY))).await);
     assert_eq!(view["status"], "canceled", "{view}");
     assert_eq!(view["cost"]["usd"], 0.0);
     assert_eq!(app.replicate.cancel_calls(), 0);
@@ -1735,8 +1814,11 @@ async fn a_cancel_answer_without_predict_time_bills_the_time_it_ran() {
     canceled.metrics.predict_time = None;
     canceled.started_at = Some("2025-01-01T00:00:02.000Z".into());
     canceled.completed_at = Some("2025-01-01T00:00:05.000Z".into());
-    app.webhook(webhook_event(&app, &id, &json!(canceled), app.clock.system_time()).await)
-        .await;
+    super::webhook(
+        &app,
+        webhook_event(&app, &id, &json!(canceled), app.clock.system_time()).await,
+    )
+    .await;
     assert_eq!(record(&app, id.as_str()).await.cost, Some(3 * 975));
 }
 
@@ -1745,8 +1827,8 @@ async fn a_request_with_its_own_deadline_neither_joins_nor_replays_another() {
     let app = app();
     let with_deadline =
         |deadline: &str| with_header(submit_event(prompt("same input")), "cancel-after", deadline);
-    let first = json_of(&app.submit(with_deadline("90s")).await);
-    let second = json_of(&app.submit(submit_event(prompt("same input"))).await);
+    let first = json_of(&routes::submit::submit(&app, with_deadline("90s")).await);
+    let second = json_of(&routes::submit::submit(&app, submit_event(prompt("same input"))).await);
     assert_ne!(first["id"], second["id"], "not joined across deadlines");
     assert_eq!(app.replicate.created().len(), 2);
     let keyed = |deadline: Option<&str>| {
@@ -1760,14 +1842,21 @@ async fn a_request_with_its_own_deadline_neither_joins_nor_replays_another() {
             None => request,
         }
     };
-    assert_eq!(app.submit(keyed(Some("90s"))).await.status(), 202);
     assert_eq!(
-        app.submit(keyed(None)).await.status(),
+        routes::submit::submit(&app, keyed(Some("90s")))
+            .await
+            .status(),
+        202
+    );
+    assert_eq!(
+        routes::submit::submit(&app, keyed(None)).await.status(),
         422,
         "the same key with another deadline is another request"
     );
     assert_eq!(
-        app.submit(keyed(Some("1m30s"))).await.status(),
+        routes::submit::submit(&app, keyed(Some("1m30s")))
+            .await
+            .status(),
         202,
         "the same deadline replays"
     );
@@ -1777,8 +1866,11 @@ async fn a_request_with_its_own_deadline_neither_joins_nor_replays_another() {
 async fn fail_by_webhook(app: &TestApp, id: &PredictionId) {
     let rid = record(app, id.as_str()).await.replicate_id.unwrap();
     let failed = serde_json::to_value(remote(&rid, PredictionStatus::Failed)).unwrap();
-    app.webhook(webhook_event(app, id, &failed, SystemTime::now()).await)
-        .await;
+    super::webhook(
+        app,
+        webhook_event(app, id, &failed, SystemTime::now()).await,
+    )
+    .await;
 }
 
 fn with_callback(url: &str, events: Value) -> Value {
@@ -1839,8 +1931,8 @@ async fn a_completed_callback_is_signed_retried_with_backoff_then_dead_lettered_
     assert_eq!(
         (first, second),
         (
-            super::CallbackDisposition::RetryAfter(Duration::from_secs(30)),
-            super::CallbackDisposition::RetryAfter(Duration::from_secs(60)),
+            crate::app::CallbackDisposition::RetryAfter(Duration::from_secs(30)),
+            crate::app::CallbackDisposition::RetryAfter(Duration::from_secs(60)),
         ),
         "the default base, doubling"
     );
@@ -1889,7 +1981,7 @@ async fn a_completed_callback_is_signed_retried_with_backoff_then_dead_lettered_
         .answer_next([crate::ports::callbacks::DeliveryOutcome::Rejected { status: 500 }]);
     assert_eq!(
         app.deliver_callback(job, 3).await.unwrap(),
-        super::CallbackDisposition::DeadLettered
+        crate::app::CallbackDisposition::DeadLettered
     );
     assert_eq!(app.queue.dead_callbacks(), vec![job.clone()]);
     let callback = record(&app, id.as_str()).await.callback.unwrap();
@@ -1915,7 +2007,7 @@ async fn a_destination_that_now_resolves_inside_is_given_up_at_once() {
         )]);
     assert_eq!(
         app.deliver_callback(&jobs[0], 1).await.unwrap(),
-        super::CallbackDisposition::DeadLettered
+        crate::app::CallbackDisposition::DeadLettered
     );
     let shown = fetched(&app, view["id"].as_str().unwrap()).await;
     assert_eq!(shown["webhook"]["status"], "failed");
@@ -1954,7 +2046,7 @@ async fn an_upload_is_verified_stored_by_content_and_keyed_by_content_in_the_cac
     image.resize(500, 0);
     *request.body_mut() = Body::Text(json!({"content_type": "image/png", "size": 500}).to_string());
     // The fixture's route key is submit's: the handler is called as its route would.
-    let response = app.create_upload(request).await;
+    let response = routes::uploads::create_upload(&app, request).await;
     assert_eq!(response.status(), 201);
     let slot = json_of(&response);
     let key = format!("uploads/{}", slot["id"].as_str().unwrap());

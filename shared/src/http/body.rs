@@ -4,8 +4,6 @@
 //! unknown keys and the contents of nested values are skipped as they are read, and at most
 //! [`InputErrors::MAX_LISTED`] errors are kept (all are counted).
 //!
-//! Public (hidden from docs) only so the integration tests can measure it directly.
-#![doc(hidden)]
 
 use std::fmt;
 
@@ -13,7 +11,8 @@ use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqA
 use serde_json::{Map, Number, Value};
 use sha2::{Digest, Sha256};
 
-use super::{ApiError, MAX_BODY_BYTES};
+use super::MAX_BODY_BYTES;
+use crate::app::{ApiError, SubmitBody};
 use crate::domain::callbacks::CallbackEvent;
 use crate::domain::digest::hex;
 use crate::domain::input_errors::InputErrors;
@@ -25,22 +24,6 @@ pub const MAX_INPUT_FIELDS: usize = 64;
 const UNKNOWN_FIELD: &str = "is not a field of this request (expected `model`, `input`, `webhook` and `webhook_events_filter`)";
 /// Most entries `webhook_events_filter` may list (there are two events).
 const MAX_EVENTS: usize = 8;
-
-/// A submit body that has the right shape.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SubmitBody {
-    pub model: String,
-    /// At most [`MAX_INPUT_FIELDS`] fields. Scalars as given; an array or object value is an
-    /// empty placeholder of its kind (no model takes one, so validation still refuses it).
-    pub input: Value,
-    /// The callback URL as given (checked by submit: syntax, then where it resolves).
-    pub webhook: Option<String>,
-    /// The events to call back for, without repeats; `[completed]` unless given.
-    pub events: Vec<CallbackEvent>,
-    /// SHA-256 (hex) of the canonical body: "same body" for Idempotency-Key purposes,
-    /// whatever the formatting or key order.
-    pub hash: String,
-}
 
 /// Parses a submit body: 413 over [`MAX_BODY_BYTES`], 400 unless it is a JSON object, 422
 /// with per-field errors for a wrong or missing `model` or `input`, an `input` of more than

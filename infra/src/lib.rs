@@ -1,11 +1,20 @@
-//! The local stack (README, "Local stack"; ARCHITECTURE.md): the function binaries behind a
-//! local API Gateway and Runtime API (or the same handlers in process), and a Replicate
-//! simulator that speaks Replicate's HTTP API, renders real images and sends signed webhooks.
+//! The local stack (README, "Local stack"; ARCHITECTURE.md, "Local stack = deployed shape"):
+//! the function binaries behind a local API Gateway and Runtime API (or the same routes in
+//! process), a Replicate simulator that speaks Replicate's HTTP API, renders real images
+//! and sends signed webhooks, the meter behind `make cost`, and the operator's tools.
+//!
+//! - `sam`: the template, as the gateway routes by it and the meter prices by it
+//! - `stack`: the local API Gateway and Runtime API (`stack::gateway`), in-process serving
+//!   and queue workers
+//! - `sim`: the Replicate simulator
+//! - `meter`: `make cost`'s counting proxy, invocation meter and report; process figures
+//!   for `make bench`
+//! - `ops`: API keys and tenants' limits
+//! - `http_server`: the small HTTP server all of them serve with
 
-pub mod dev;
-pub mod gateway;
 pub mod http_server;
-pub mod keys;
 pub mod meter;
-pub mod process_stats;
+pub mod ops;
+pub mod sam;
 pub mod sim;
+pub mod stack;

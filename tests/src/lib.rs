@@ -19,15 +19,15 @@ use imagegen_shared::domain::tenancy::{ApiKey, KeyRecord, LimitsUpdate, TenantId
 use imagegen_shared::lambda::RedeliveringQueue;
 use imagegen_shared::ports::accounts::AccountStore;
 use imagegen_shared::ports::records::RecordStore;
-use local_stack::dev::{
-    ensure_local_queues, serve_app_metered, spawn_copy_worker_metered, spawn_redelivering_worker,
-};
-use local_stack::gateway::{
-    LambdaConfig, LocalQueue, RunningFunctions, TEMPLATE, function_environment, run_functions,
-};
 use local_stack::http_server::{Server, bind_loopback};
 use local_stack::meter::Invocations;
 use local_stack::sim::{SimConfig, Simulator};
+use local_stack::stack::gateway::{
+    LambdaConfig, LocalQueue, RunningFunctions, TEMPLATE, function_environment, run_functions,
+};
+use local_stack::stack::{
+    ensure_local_queues, serve_app_metered, spawn_copy_worker_metered, spawn_redelivering_worker,
+};
 use reqwest::StatusCode;
 use serde_json::Value;
 use sha2::{Digest, Sha256};

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use imagegen_shared::app::copy::store_outputs;
+use imagegen_shared::app::outputs::store_outputs;
 use imagegen_shared::domain::ids::PredictionId;
 use imagegen_shared::domain::outputs::{HostAllowlist, OutputError, PART_SIZE};
 use imagegen_shared::ports::StoreError;

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 
 use integration_tests::contract::OpenApi;
 use integration_tests::{Stack, noise_png_sized};
-use local_stack::meter::template::Template;
+use local_stack::sam::Template;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -26,7 +26,7 @@ fn the_document_names_exactly_the_routes_the_template_deploys() {
                 .map(move |method| (method.to_ascii_uppercase(), path.clone()))
         })
         .collect();
-    let template = Template::parse(local_stack::gateway::TEMPLATE).unwrap();
+    let template = Template::parse(local_stack::stack::gateway::TEMPLATE).unwrap();
     let deployed: BTreeSet<(String, String)> = template
         .functions
         .iter()

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use local_stack::http_server::{bind_loopback, serve};
-use local_stack::process_stats::{cpu_time, peak_rss_kb};
+use local_stack::meter::process::{cpu_time, peak_rss_kb};
 use tokio::sync::Notify;
 
 /// One init, measured.

@@ -10,7 +10,7 @@
 
 use std::time::{Duration, Instant};
 
-use local_stack::keys::{DEV_STATE_FILE, DevState};
+use local_stack::ops::keys::{DEV_STATE_FILE, DevState};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 

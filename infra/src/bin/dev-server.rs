@@ -21,17 +21,17 @@ use imagegen_shared::adapters::aws::{AwsClients, ensure_bucket, ensure_table};
 use imagegen_shared::bootstrap::{ProductionApp, build_app};
 use imagegen_shared::config::DEFAULT_OUTPUT_HOST_ALLOWLIST;
 use imagegen_shared::lambda::RedeliveringQueue;
-use local_stack::dev::{
-    ensure_local_queues, serve_app, spawn_copy_worker, spawn_redelivering_worker,
-};
-use local_stack::gateway::{
-    LambdaConfig, LocalQueue, TEMPLATE, function_environment, run_functions,
-};
 use local_stack::http_server::bind_loopback;
-use local_stack::keys::{
+use local_stack::ops::keys::{
     DEV_STATE_FILE, DevKeys, DevState, NewKey, apply_limits, limits_change, parse_dev_keys,
 };
 use local_stack::sim::{SimConfig, Simulator};
+use local_stack::stack::gateway::{
+    LambdaConfig, LocalQueue, TEMPLATE, function_environment, run_functions,
+};
+use local_stack::stack::{
+    ensure_local_queues, serve_app, spawn_copy_worker, spawn_redelivering_worker,
+};
 use tokio::process::{Child, Command};
 
 const DEFAULT_TABLE: &str = "imagegen-local";
@@ -277,7 +277,7 @@ async fn run() -> Result<(), String> {
 /// default), or by the handlers in this process (`DEV_FUNCTIONS=in-process`: no binaries to
 /// build, one process to debug).
 enum Serving {
-    Functions(local_stack::gateway::RunningFunctions),
+    Functions(local_stack::stack::gateway::RunningFunctions),
     InProcess(InProcess),
 }
 

@@ -15,7 +15,7 @@ use imagegen_shared::domain::tenancy::KeyId;
 use imagegen_shared::domain::tenancy::LimitsUpdate;
 use imagegen_shared::domain::time::Timestamp;
 use imagegen_shared::ports::accounts::AccountStore;
-use local_stack::keys::{
+use local_stack::ops::keys::{
     Budget, DEV_STATE_FILE, NewKey, apply_limits, limits_change, target_table,
 };
 

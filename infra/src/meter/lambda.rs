@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use super::minus;
-use super::template::{self, Template};
+use super::tally::minus;
+use crate::sam::{self, Template};
 
 /// Invocations of one Lambda function.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -17,7 +17,7 @@ pub struct FunctionCalls {
     pub billed_ms: u64,
 }
 
-super::fieldwise_sub!(FunctionCalls {
+super::tally::fieldwise_sub!(FunctionCalls {
     invocations,
     billed_ms
 });
@@ -59,9 +59,9 @@ impl Invocations {
         let function = self.template.route(method, path);
         let route = function
             .and_then(|f| {
-                f.routes.iter().find(|(m, p)| {
-                    m.eq_ignore_ascii_case(method) && template::route_matches(p, path)
-                })
+                f.routes
+                    .iter()
+                    .find(|(m, p)| m.eq_ignore_ascii_case(method) && sam::route_matches(p, path))
             })
             .map_or_else(|| "unrouted".to_owned(), |(m, p)| format!("{m} {p}"));
         let mut tally = self.tally.lock().unwrap_or_else(|p| p.into_inner());

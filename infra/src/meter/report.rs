@@ -5,8 +5,8 @@ use std::fmt::Write as _;
 use super::classify::{S3Tier, key_prefix};
 use super::prices::{PRICES, gb_months, gb_seconds};
 use super::size::STORAGE_OVERHEAD_BYTES;
-use super::template::Template;
 use super::{InvocationTally, StoredItem, Tally};
+use crate::sam::Template;
 
 /// What one Lambda invocation adds to its log group besides the app's lines: the
 /// `platform.start` and `platform.report` records of the JSON log format (shaped as AWS's
@@ -16,8 +16,13 @@ const PLATFORM_LINES: [&str; 2] = [
     r#"{"time":"2026-01-15T12:00:00.020Z","type":"platform.report","record":{"requestId":"6f7f0961-9bd4-4c56-a2d6-6c7d0c0a4b5e","metrics":{"durationMs":18.52,"billedDurationMs":19,"memorySizeMB":256,"maxMemoryUsedMB":31},"status":"success"}}"#,
 ];
 
-pub fn platform_log_bytes_per_invocation() -> u64 {
-    PLATFORM_LINES.iter().map(|l| l.len() as u64 + 1).sum()
+/// Bytes Lambda adds to a function's log group per invocation under `template`: its
+/// `platform.start` and `platform.report` records, which it sends at INFO and drops at WARN.
+pub fn platform_log_bytes_per_invocation(template: &Template) -> u64 {
+    match template.system_log_level.as_deref() {
+        Some(level) if level.eq_ignore_ascii_case("warn") => 0,
+        _ => PLATFORM_LINES.iter().map(|l| l.len() as u64 + 1).sum(),
+    }
 }
 
 /// What a phase of the run caused.
@@ -168,7 +173,7 @@ pub fn lines(phase: &Phase<'_>) -> Vec<Line> {
         sqs as f64 * PRICES.sqs_request,
     ));
     let log_bytes =
-        phase.app_log_bytes + invocations * phase.template.platform_log_bytes_per_invocation();
+        phase.app_log_bytes + invocations * platform_log_bytes_per_invocation(phase.template);
     out.push(line(
         "CloudWatch Logs ingestion",
         log_bytes as f64,

@@ -4,6 +4,8 @@
 
 use serde_json::{Map, Value};
 
+use crate::sam::{IndexSpec, Projection};
+
 /// One write request unit covers an item of up to 1 KB, one read request unit up to 4 KB.
 pub const WRITE_UNIT_BYTES: u64 = 1024;
 pub const READ_UNIT_BYTES: u64 = 4096;
@@ -73,22 +75,6 @@ pub fn read_units(bytes: u64, consistent: bool) -> f64 {
 }
 
 /// A global secondary index as far as its write costs go.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IndexSpec {
-    pub name: String,
-    /// Hash and range key attributes: an item is in a (sparse) index only with all of them.
-    pub keys: Vec<String>,
-    pub projection: Projection,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Projection {
-    All,
-    KeysOnly,
-    /// These non-key attributes besides the keys.
-    Include(Vec<String>),
-}
-
 impl IndexSpec {
     /// The item's entry in this index, if it has one: its projected attributes (the index
     /// keys and the table's keys always).

@@ -7,7 +7,7 @@ use http::{Method, StatusCode, header};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use super::routing::{gateway_error, problem};
+use super::answers::{gateway_error, problem};
 use super::{State, lock};
 use crate::http_server::HttpResponse;
 

@@ -10,9 +10,9 @@ use http::{StatusCode, header};
 use imagegen_shared::domain::digest::hex;
 use serde_json::{Value, json};
 
+use super::answers::problem;
 use super::faults::{Markers, roll};
 use super::lifecycle::SimPrediction;
-use super::routing::problem;
 use super::{State, images, lock};
 use crate::http_server::HttpResponse;
 

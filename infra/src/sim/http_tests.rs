@@ -7,9 +7,9 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
 
+use super::answers::too_large;
 use super::faults::Markers;
 use super::lifecycle::SimPrediction;
-use super::routing::too_large;
 use super::{Faults, SimConfig, Simulator, lock};
 use crate::http_server::{Server, bind_loopback, serve};
 

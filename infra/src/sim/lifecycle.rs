@@ -7,8 +7,9 @@ use std::time::{Duration, SystemTime};
 use http::StatusCode;
 use serde_json::{Map, Value, json};
 
+use super::answers::{json, problem};
 use super::faults::Markers;
-use super::routing::{CreateBody, OFFICIAL_MODELS, json, parse_create, problem, resolve_version};
+use super::routing::{CreateBody, OFFICIAL_MODELS, parse_create, resolve_version};
 use super::{State, lock};
 use crate::http_server::HttpResponse;
 

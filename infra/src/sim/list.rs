@@ -7,8 +7,8 @@ use std::time::{Duration, SystemTime};
 use http::StatusCode;
 use serde_json::{Value, json};
 
+use super::answers::{json, problem};
 use super::lifecycle::SimPrediction;
-use super::routing::{json, problem};
 use super::{State, lock};
 use crate::http_server::HttpResponse;
 

@@ -10,6 +10,7 @@
 //! completed one, `[sim:foreign-host]` serves its outputs from `localhost` instead of
 //! `127.0.0.1` (a host outside a typical allowlist).
 
+mod answers;
 mod delivery;
 mod faults;
 mod files;
@@ -30,10 +31,11 @@ use imagegen_shared::domain::signing::WebhookSecret;
 use serde::Serialize;
 use serde_json::Value;
 
+use self::answers::too_large;
 pub use self::faults::Faults;
 pub use self::files::InputFiles;
 use self::lifecycle::SimPrediction;
-use self::routing::{MAX_REQUEST_BYTES, handle, too_large};
+use self::routing::{MAX_REQUEST_BYTES, handle};
 use crate::http_server::{Server, bind_loopback, serve};
 
 #[derive(Debug, Clone)]

@@ -4,10 +4,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::{Method, StatusCode, header};
 use serde_json::{Map, Value, json};
 
+use super::answers::{json, problem};
 use super::faults::Faults;
 use super::{State, lock};
 use crate::http_server::{HttpRequest, HttpResponse};
@@ -36,49 +36,6 @@ pub(super) const OFFICIAL_MODELS: &[&str] = &[
     "black-forest-labs/flux-1.1-pro",
     "black-forest-labs/flux-dev",
 ];
-
-pub(super) fn too_large() -> HttpResponse {
-    problem(StatusCode::PAYLOAD_TOO_LARGE, "Request body too large")
-}
-
-pub(super) fn json(status: StatusCode, body: &Value) -> HttpResponse {
-    let mut response = http::Response::new(Bytes::from(body.to_string()));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json"),
-    );
-    response
-}
-
-/// What a proxy in front of the API answers when the API's answer is lost: an HTML page,
-/// 502 or 504.
-pub(super) fn gateway_error() -> HttpResponse {
-    let status = if fastrand::bool() {
-        StatusCode::BAD_GATEWAY
-    } else {
-        StatusCode::GATEWAY_TIMEOUT
-    };
-    let reason = status.canonical_reason().unwrap_or_default();
-    let page = format!(
-        "<html><head><title>{} {reason}</title></head><body><h1>{reason}</h1></body></html>",
-        status.as_u16()
-    );
-    let mut response = http::Response::new(Bytes::from(page));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        http::HeaderValue::from_static("text/html"),
-    );
-    response
-}
-
-pub(super) fn problem(status: StatusCode, detail: &str) -> HttpResponse {
-    json(
-        status,
-        &json!({"title": status.canonical_reason(), "detail": detail, "status": status.as_u16()}),
-    )
-}
 
 pub(super) async fn handle(state: Arc<State>, request: HttpRequest) -> HttpResponse {
     let path = request.uri().path().to_owned();

@@ -9,12 +9,13 @@
 mod auth;
 mod callbacks;
 mod cancel;
-pub mod copy;
+mod copy;
 mod destination;
 mod error;
 mod fetch;
 pub mod inputs;
 pub mod list;
+pub mod outputs;
 mod queue;
 mod reconcile;
 mod resolve;

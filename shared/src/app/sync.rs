@@ -4,7 +4,7 @@
 
 use tokio::time::Instant;
 
-use crate::app::copy::store_outputs;
+use crate::app::outputs::store_outputs;
 use crate::domain::callbacks::CallbackEvent;
 use crate::domain::cost::requested_outputs;
 use crate::domain::cost::{Billed, CostSettlement, month_of};

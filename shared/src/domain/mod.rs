@@ -16,6 +16,7 @@ pub mod input_errors;
 pub mod jobs;
 pub mod limits;
 pub mod money;
+pub mod numbers;
 pub mod outputs;
 pub mod pacing;
 pub mod record;

@@ -141,7 +141,7 @@ impl UploadRequest {
             .size
             .as_ref()
             // JSON Schema's integer: `1024.0` is one too.
-            .and_then(crate::domain::registry::as_integer)
+            .and_then(crate::domain::numbers::as_integer)
             .and_then(|n| u64::try_from(n).ok())
             .filter(|n| (1..=MAX_UPLOAD_BYTES).contains(n));
         if size.is_none() {

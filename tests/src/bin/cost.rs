@@ -18,8 +18,8 @@ use std::time::{Duration, Instant, SystemTime};
 use integration_tests::{Stack, aws_endpoint, env_number};
 use local_stack::meter::prices::{GB, PRICES};
 use local_stack::meter::report::{self, Phase};
-use local_stack::meter::template::{Template, runs_per_month};
 use local_stack::meter::{InvocationTally, Invocations, Meter, StoredItem, Tally, logs};
+use local_stack::sam::{Template, runs_per_month};
 use local_stack::sim::SimConfig;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -447,7 +447,7 @@ async fn main() -> std::process::ExitCode {
     println!(
         "  CloudWatch Logs: the app's JSON lines at `{level}` plus {} bytes of platform lines \
          per invocation",
-        template.platform_log_bytes_per_invocation()
+        report::platform_log_bytes_per_invocation(&template)
     );
 
     let (aws_h, lambda_h, log_h) = after_hits.since(&after);

@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use integration_tests::{Stack, aws_endpoint, env_number};
-use local_stack::gateway::events::{http_api_v2, http_response};
-use local_stack::gateway::{FunctionProcess, LocalFunction, function_environment};
-use local_stack::process_stats::{cpu_time, peak_rss_kb};
+use local_stack::meter::process::{cpu_time, peak_rss_kb};
+use local_stack::stack::gateway::events::{http_api_v2, http_response};
+use local_stack::stack::gateway::{FunctionProcess, LocalFunction, function_environment};
 use serde_json::json;
 
 const ROUTE: &str = "/v1/predictions/{id}";

@@ -17,7 +17,6 @@ pub use spec::{
     AliasSpec, DEFAULT_MAX_INLINE_IMAGE_BYTES, FieldSpec, PriceSpec, RegistryDocument, Rule,
 };
 pub use validate::ValidatedInput;
-pub(crate) use validate::as_integer;
 
 use crate::domain::cost::Price;
 

@@ -10,6 +10,7 @@ use serde_json::{Map, Number, Value};
 
 use super::spec::{DEFAULT_MAX_INLINE_IMAGE_BYTES, FieldSpec, Rule};
 use crate::domain::input_errors::InputErrors;
+use crate::domain::numbers::as_integer;
 
 /// Longest http(s) image URL accepted.
 const MAX_IMAGE_URL_LEN: usize = 4096;
@@ -226,16 +227,6 @@ pub(super) fn check_value(spec: &FieldSpec, value: &Value) -> Result<Value, Stri
             Ok(value.clone())
         }
     }
-}
-
-/// An integer, also when written as `4.0`; so `4` and `4.0` mean (and hash) the same.
-pub(crate) fn as_integer(value: &Value) -> Option<i64> {
-    if let Some(n) = value.as_i64() {
-        return Some(n);
-    }
-    let x = value.as_f64()?;
-    // i64::MAX as f64 rounds up to 2^63, so the upper bound must be exclusive.
-    (x.fract() == 0.0 && x >= i64::MIN as f64 && x < i64::MAX as f64).then_some(x as i64)
 }
 
 fn check_range<T: PartialOrd + fmt::Display + Copy>(

@@ -1,11 +1,10 @@
-//! What the cost model reads from the SAM template: each function's memory and what
-//! invokes it (HTTP routes, a schedule, a queue), the bucket's lifecycle rules and the
-//! table's secondary indexes. `local-stack` has no YAML parser, and the template is plain
+//! The SAM template as the local stack and the cost model read it: each function's memory
+//! and what invokes it (HTTP routes, a schedule, a queue), the bucket's lifecycle rules and
+//! the table's secondary indexes. The local API Gateway routes by it (`route_of`), and
+//! `make cost` prices by it. `local-stack` has no YAML parser, and the template is plain
 //! block YAML, so it is flattened here into `dotted.path → scalar` (list items as `[n]`).
 
 use std::collections::BTreeMap;
-
-use super::size::{IndexSpec, Projection};
 
 /// Lambda's default when neither the function nor `Globals` sets `MemorySize`.
 const DEFAULT_MEMORY_MB: u32 = 128;
@@ -133,17 +132,6 @@ pub struct Template {
     pub log_level: Option<String>,
     /// Lambda's own log level (`LoggingConfig.SystemLogLevel`; INFO when unset).
     pub system_log_level: Option<String>,
-}
-
-impl Template {
-    /// Bytes Lambda adds to the log group per invocation: its `platform.start` and
-    /// `platform.report` records, which it sends at INFO and drops at WARN.
-    pub fn platform_log_bytes_per_invocation(&self) -> u64 {
-        match self.system_log_level.as_deref() {
-            Some(level) if level.eq_ignore_ascii_case("warn") => 0,
-            _ => super::report::platform_log_bytes_per_invocation(),
-        }
-    }
 }
 
 impl Template {
@@ -365,6 +353,22 @@ pub fn runs_per_month(schedule: &str) -> Option<f64> {
     Some(730.0 * 60.0 / minutes)
 }
 
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexSpec {
+    pub name: String,
+    /// Hash and range key attributes: an item is in a (sparse) index only with all of them.
+    pub keys: Vec<String>,
+    pub projection: Projection,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Projection {
+    All,
+    KeysOnly,
+    /// These non-key attributes besides the keys.
+    Include(Vec<String>),
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -468,7 +472,7 @@ Resources:
     /// The real template: every function found with its memory, the routes the app serves.
     #[test]
     fn reads_the_real_template() {
-        let t = Template::parse(include_str!("../../../template.yaml")).unwrap();
+        let t = Template::parse(include_str!("../../template.yaml")).unwrap();
         assert!(t.functions.len() >= 5, "{:?}", t.functions);
         for f in &t.functions {
             assert!(f.memory_mb >= 128, "{f:?}");
@@ -493,6 +497,5 @@ Resources:
         assert_eq!(t.ttl_attribute.as_deref(), Some("expires_at"));
         assert_eq!(t.log_level.as_deref(), Some("info"));
         assert_eq!(t.system_log_level.as_deref(), Some("WARN"));
-        assert_eq!(t.platform_log_bytes_per_invocation(), 0);
     }
 }

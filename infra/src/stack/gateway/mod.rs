@@ -17,7 +17,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::process::{Child, Command};
 
-use crate::meter::template::{Function, Template};
+use crate::sam::{Function, Template};
 use runtime::{InvokeError, RuntimeApi};
 
 /// One function of the template: its Runtime API and the processes polling it. A process
@@ -337,7 +337,7 @@ pub fn spawn_queue_source(
     batch_size: u32,
     function: Arc<LocalFunction>,
 ) -> tokio::task::JoinHandle<()> {
-    crate::dev::spawn_poller(
+    crate::stack::spawn_poller(
         sqs,
         queue_url,
         "event source",
@@ -449,7 +449,7 @@ async fn queue_arn(sqs: &aws_sdk_sqs::Client, url: &str) -> Result<String, Strin
 }
 
 /// The template, as the local front routes by it.
-pub const TEMPLATE: &str = include_str!("../../../template.yaml");
+pub const TEMPLATE: &str = include_str!("../../../../template.yaml");
 
 /// Where the SSM parameter holding the token lives locally (moto's SSM).
 const LOCAL_TOKEN_PARAMETER: &str = "/imagegen-local/replicate-api-token";

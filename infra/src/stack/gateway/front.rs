@@ -12,8 +12,8 @@ use tokio::net::TcpListener;
 
 use super::LocalLambdas;
 use super::events;
-use crate::dev::from_lambda;
 use crate::http_server::{HttpResponse, Server, serve};
+use crate::stack::from_lambda;
 
 fn gateway_message(status: StatusCode, message: &str) -> HttpResponse {
     let mut response = HttpResponse::new(Bytes::from(

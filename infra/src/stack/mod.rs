@@ -1,5 +1,9 @@
-//! The dev server: plain HTTP requests in, `lambda_http` requests to the shared handlers,
-//! responses back out. The routes behave as they do behind API Gateway.
+//! The local stack: the function binaries behind a local API Gateway and Runtime API
+//! (`gateway`), or, in process, plain HTTP requests in, `lambda_http` requests to the
+//! shared routes, responses back out (the routes behave as they do behind API Gateway);
+//! and the queue workers' local stand-ins.
+
+pub mod gateway;
 
 use std::sync::Arc;
 

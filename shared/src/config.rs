@@ -10,7 +10,7 @@ use crate::app::Settings;
 use crate::domain::destination::CallbackAllowList;
 use crate::domain::outputs::HostAllowlist;
 use crate::domain::pacing::Pace;
-use crate::domain::signing::{WebhookError, WebhookSecret};
+use crate::domain::signing::{SignatureError, SigningSecret};
 
 pub const DEFAULT_OUTPUT_HOST_ALLOWLIST: &str = "replicate.delivery,*.replicate.delivery";
 
@@ -52,9 +52,9 @@ impl Settings {
         };
 
         let webhook_secret = get("REPLICATE_WEBHOOK_SECRET")
-            .map(|s| WebhookSecret::parse(&s))
+            .map(|s| SigningSecret::parse(&s))
             .transpose()
-            .map_err(|e: WebhookError| ConfigError::Invalid {
+            .map_err(|e: SignatureError| ConfigError::Invalid {
                 name: "REPLICATE_WEBHOOK_SECRET",
                 reason: e.to_string(),
             })?;

@@ -10,7 +10,7 @@ use base64::Engine as _;
 use imagegen_shared::app::App;
 use imagegen_shared::app::Settings;
 use imagegen_shared::domain::registry::ModelRegistry;
-use imagegen_shared::domain::signing::WebhookSecret;
+use imagegen_shared::domain::signing::SigningSecret;
 use imagegen_shared::domain::tenancy::{
     ApiKey, KeyRecord, MAX_RATE_PER_MINUTE, TenantId, TenantLimits,
 };
@@ -304,7 +304,7 @@ proptest! {
     ]) {
         let (app, rt) = (app(), runtime());
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
-        let signature = WebhookSecret::parse(SECRET).unwrap().sign("msg_x", now, &body);
+        let signature = SigningSecret::parse(SECRET).unwrap().sign("msg_x", now, &body);
         let headers = vec![
             ("webhook-id".to_owned(), "msg_x".to_owned()),
             ("webhook-timestamp".to_owned(), now.to_string()),

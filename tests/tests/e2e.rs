@@ -347,7 +347,7 @@ async fn idempotency_key_returns_the_same_prediction_and_refuses_another_body() 
 }
 
 fn signed_headers(secret: &str, body: &[u8], timestamp: i64) -> Vec<(&'static str, String)> {
-    let secret = imagegen_shared::domain::signing::WebhookSecret::parse(secret).unwrap();
+    let secret = imagegen_shared::domain::signing::SigningSecret::parse(secret).unwrap();
     vec![
         ("webhook-id", "msg_test".to_owned()),
         ("webhook-timestamp", timestamp.to_string()),

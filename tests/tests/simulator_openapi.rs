@@ -8,7 +8,7 @@ use imagegen_shared::adapters::replicate::{ApiToken, ClientConfig, ReplicateClie
 
 use imagegen_shared::domain::replicate::{Deadline, ModelRef, WebhookEvent, WebhookTarget};
 
-use imagegen_shared::domain::signing::{WebhookSecret, WebhookVerifier};
+use imagegen_shared::domain::signing::{SignatureVerifier, SigningSecret};
 use imagegen_shared::ports::replicate::ReplicateApi;
 use local_stack::sim::{SimConfig, Simulator};
 use serde_json::{Map, Value, json};
@@ -365,7 +365,7 @@ async fn webhook_bodies_match_the_spec_and_are_signed_for_the_requested_events()
         })
         .collect();
     assert_eq!(statuses, vec!["processing", "succeeded"]);
-    let verifier = WebhookVerifier::new(WebhookSecret::parse(sim.secret()).unwrap());
+    let verifier = SignatureVerifier::new(SigningSecret::parse(sim.secret()).unwrap());
     for request in &requests {
         let body: Value = serde_json::from_slice(&request.body).unwrap();
         spec.prediction(&body, "webhook body");

@@ -22,7 +22,7 @@ use imagegen_shared::domain::outputs::PART_SIZE;
 use imagegen_shared::domain::record::PredictionRecord;
 use imagegen_shared::domain::registry::ModelRegistry;
 use imagegen_shared::domain::replicate::{Prediction, PredictionStatus, ReplicateError};
-use imagegen_shared::domain::signing::WebhookSecret;
+use imagegen_shared::domain::signing::SigningSecret;
 use imagegen_shared::domain::tenancy::{ApiKey, KeyRecord, TenantId, TenantLimits};
 use imagegen_shared::domain::time::Timestamp;
 use imagegen_shared::lambda::sqs::{
@@ -30,7 +30,7 @@ use imagegen_shared::lambda::sqs::{
 };
 use imagegen_shared::ports::PortSet;
 use imagegen_shared::ports::StoreError;
-use imagegen_shared::ports::callbacks::DeliveryOutcome;
+use imagegen_shared::ports::callbacks::CallbackOutcome;
 use imagegen_shared::ports::jobs::Redelivery;
 use imagegen_shared::ports::objects::ObjectStore;
 use imagegen_shared::ports::records::{RecordStore, SyncMark};
@@ -506,7 +506,7 @@ impl Scenario {
             .duration_since(UNIX_EPOCH)
             .unwrap()
             .as_secs() as i64;
-        let signature = WebhookSecret::parse(SECRET)
+        let signature = SigningSecret::parse(SECRET)
             .unwrap()
             .sign("msg_1", now, body.as_bytes());
         let request = http::Request::builder()
@@ -1188,7 +1188,7 @@ async fn callback_and_upload_calls() -> BTreeMap<Handler, Grants> {
     c.webhook(&doomed, &failed).await;
     c.app.clock.advance(Duration::from_secs(25 * 3600));
     c.app.callbacks.answer_next(std::iter::repeat_n(
-        DeliveryOutcome::Rejected { status: 500 },
+        CallbackOutcome::Rejected { status: 500 },
         4,
     ));
     assert!(

@@ -162,12 +162,12 @@ async fn check_callback(
     headers: &http::HeaderMap,
     body: &[u8],
 ) -> Result<(), String> {
-    use imagegen_shared::domain::signing::{WebhookSecret, WebhookVerifier};
+    use imagegen_shared::domain::signing::{SignatureVerifier, SigningSecret};
     let secret = get_json(http, args, "/v1/webhooks/secret").await?;
-    let secret = WebhookSecret::parse(secret["key"].as_str().unwrap_or_default())
+    let secret = SigningSecret::parse(secret["key"].as_str().unwrap_or_default())
         .map_err(|e| e.to_string())?;
     let signature = imagegen_shared::http::signature_headers(headers).map_err(|e| e.to_string())?;
-    let verified = WebhookVerifier::new(secret)
+    let verified = SignatureVerifier::new(secret)
         .verify(signature, body, std::time::SystemTime::now())
         .map_err(|e| format!("the callback's signature does not verify: {e}"))?;
     let event: Value = serde_json::from_slice(body).map_err(|e| e.to_string())?;

@@ -11,7 +11,6 @@
 //! `127.0.0.1` (a host outside a typical allowlist).
 
 mod answers;
-mod delivery;
 mod faults;
 mod files;
 #[cfg(test)]
@@ -20,6 +19,7 @@ pub mod images;
 mod lifecycle;
 mod list;
 mod routing;
+mod webhooks;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use bytes::Bytes;
-use imagegen_shared::domain::signing::WebhookSecret;
+use imagegen_shared::domain::signing::SigningSecret;
 use serde::Serialize;
 use serde_json::Value;
 
@@ -101,7 +101,7 @@ struct State {
     config: SimConfig,
     /// `http://127.0.0.1:{port}`
     origin: String,
-    secret: WebhookSecret,
+    secret: SigningSecret,
     predictions: Mutex<HashMap<String, SimPrediction>>,
     files: Mutex<HashMap<String, (Bytes, &'static str)>>,
     stats: Mutex<Stats>,
@@ -136,7 +136,7 @@ pub enum SimError {
 
 impl Simulator {
     pub async fn start(config: SimConfig) -> Result<Self, SimError> {
-        let secret = WebhookSecret::parse(&config.secret).map_err(|_| SimError::Secret)?;
+        let secret = SigningSecret::parse(&config.secret).map_err(|_| SimError::Secret)?;
         let listener = bind_loopback(config.port).await?;
         let origin = format!("http://{}", listener.local_addr()?);
         let http = reqwest::Client::builder()

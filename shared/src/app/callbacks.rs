@@ -12,12 +12,12 @@ use serde::Serialize;
 use super::{ApiError, App};
 use crate::domain::callbacks::{CallbackEvent, CallbackJob, CallbackStatus, retry_delay};
 use crate::domain::record::PredictionRecord;
-use crate::domain::signing::{ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, WebhookSecret};
+use crate::domain::signing::{ID_HEADER, SIGNATURE_HEADER, SigningSecret, TIMESTAMP_HEADER};
 use crate::domain::tenancy::{Caller, TenantId};
 use crate::ports::Ports;
 use crate::ports::StoreError;
 use crate::ports::accounts::AccountStore;
-use crate::ports::callbacks::{CallbackRequest, CallbackSender, DeliveryOutcome};
+use crate::ports::callbacks::{CallbackOutcome, CallbackRequest, CallbackSender};
 use crate::ports::jobs::JobQueue;
 use crate::ports::records::RecordStore;
 
@@ -59,7 +59,7 @@ impl<P: Ports> App<P> {
         }
         let secret = self
             .records
-            .callback_secret(tenant, &WebhookSecret::generate().to_text())
+            .callback_secret(tenant, &SigningSecret::generate().to_text())
             .await?;
         let mut cache = self
             .callback_secrets
@@ -116,9 +116,9 @@ impl<P: Ports> App<P> {
         };
         let view = self.view(&record, false).await?;
         let body = serde_json::to_vec(&view).unwrap_or_default();
-        let secret = WebhookSecret::parse(&self.tenant_secret_text(tenant).await?)
+        let secret = SigningSecret::parse(&self.tenant_secret_text(tenant).await?)
             .map_err(|e| StoreError::new("read callback secret", e.to_string()))?;
-        let id = job.webhook_id();
+        let id = job.message_id();
         let timestamp = i64::try_from(self.clock.now().unix_seconds()).unwrap_or(i64::MAX);
         let signature = secret.sign(&id, timestamp, &body);
         let request = CallbackRequest {
@@ -139,10 +139,10 @@ impl<P: Ports> App<P> {
         &self,
         job: &CallbackJob,
         attempt: u32,
-        outcome: DeliveryOutcome,
+        outcome: CallbackOutcome,
     ) -> Result<CallbackDisposition, StoreError> {
         let why = match outcome {
-            DeliveryOutcome::Delivered { status } => {
+            CallbackOutcome::Delivered { status } => {
                 tracing::info!(
                     event = job.event.as_str(),
                     attempt,
@@ -155,9 +155,9 @@ impl<P: Ports> App<P> {
                 return Ok(CallbackDisposition::Done);
             }
             // A destination that now resolves inside is not tried again.
-            DeliveryOutcome::Forbidden(reason) => return self.give_up(job, &reason).await,
-            DeliveryOutcome::Rejected { status } => format!("answered HTTP {status}"),
-            DeliveryOutcome::Unreachable(reason) => reason,
+            CallbackOutcome::Forbidden(reason) => return self.give_up(job, &reason).await,
+            CallbackOutcome::Rejected { status } => format!("answered HTTP {status}"),
+            CallbackOutcome::Unreachable(reason) => reason,
         };
         tracing::warn!(event = job.event.as_str(), attempt, reason = %why, "callback attempt failed");
         if job.window_closed(self.clock.now()) {

@@ -3,7 +3,7 @@
 //! ended is answered unchanged. Idempotent: a second cancel finds it ended, or (within the
 //! sync interval) finds it asked already.
 
-use super::resolve::SearchBudget;
+use super::recover::SearchBudget;
 use super::sync::Copy;
 use super::{ApiError, App, PredictionView};
 use crate::domain::cost::Billed;
@@ -64,10 +64,10 @@ impl<P: Ports> App<P> {
             return Ok(fresh);
         }
         let Some(replicate_id) = record.replicate_id.clone() else {
-            // The resolver (from `RESOLVE_AFTER_SECONDS` on) ties it and cancels it, or
+            // Recovery (from `RESOLVE_AFTER_SECONDS` on) ties it and cancels it, or
             // ends it `canceled` when nothing was created.
             return Ok(self
-                .resolve_unconfirmed(record, SearchBudget::FETCH)
+                .recover_unconfirmed(record, SearchBudget::FETCH)
                 .await?);
         };
         let remote = match self.replicate.cancel_prediction(&replicate_id).await {

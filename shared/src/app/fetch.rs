@@ -1,7 +1,7 @@
 //! A prediction as it stands (`GET /v1/predictions/{id}`): the stored state, synced from Replicate first if it is still
 //! running and has not been synced lately (so a lost webhook loses nothing).
 
-use super::resolve::SearchBudget;
+use super::recover::SearchBudget;
 use super::sync::Copy;
 use super::{ApiError, App, PredictionView};
 use crate::domain::record::PredictionRecord;
@@ -55,7 +55,7 @@ impl<P: Ports> App<P> {
         }
         let Some(replicate_id) = record.replicate_id.clone() else {
             return Ok(self
-                .resolve_unconfirmed(record, SearchBudget::FETCH)
+                .recover_unconfirmed(record, SearchBudget::FETCH)
                 .await?);
         };
         let remote = match self.replicate.get_prediction(&replicate_id).await {

@@ -18,7 +18,7 @@ pub mod list;
 pub mod outputs;
 mod queue;
 mod reconcile;
-mod resolve;
+mod recover;
 mod settings;
 pub mod submit;
 mod sync;
@@ -36,7 +36,7 @@ use crate::domain::ids::PredictionId;
 use crate::domain::record::PredictionRecord;
 use crate::domain::registry::ModelRegistry;
 use crate::domain::replicate::ReplicateError;
-use crate::domain::signing::WebhookVerifier;
+use crate::domain::signing::SignatureVerifier;
 use crate::domain::tenancy::{Caller, TenantId};
 use crate::domain::time::Clock;
 use crate::ports::StoreError;
@@ -51,7 +51,7 @@ pub use error::ApiError;
 pub use list::PredictionList;
 pub use queue::CreateDisposition;
 pub use reconcile::{OUTPUT_RETENTION, ReconcileReport};
-pub use resolve::UNCONFIRMED_DEADLINE;
+pub use recover::UNCONFIRMED_DEADLINE;
 pub use settings::Settings;
 pub use submit::{SubmitBody, SubmitDraft, Submitted};
 pub use sync::{SyncError, SyncOutcome};
@@ -80,7 +80,7 @@ pub struct App<P: Ports> {
     keys: auth::KeyCache,
     /// Tenants' callback signing secrets: made once, never changed, so kept per process.
     callback_secrets: Mutex<std::collections::HashMap<TenantId, String>>,
-    webhook_verifier: OnceCell<WebhookVerifier>,
+    webhook_verifier: OnceCell<SignatureVerifier>,
     secret_failed_at: Mutex<Option<Instant>>,
 }
 
@@ -105,7 +105,7 @@ impl<P: Ports> App<P> {
 
     pub fn new(ports: PortSet<P>, registry: ModelRegistry, settings: Settings) -> Self {
         let webhook_verifier =
-            OnceCell::new_with(settings.webhook_secret.clone().map(WebhookVerifier::new));
+            OnceCell::new_with(settings.webhook_secret.clone().map(SignatureVerifier::new));
         Self {
             replicate: ports.replicate,
             records: ports.records,
@@ -127,7 +127,7 @@ impl<P: Ports> App<P> {
     /// The webhook verifier, with the configured secret or one fetched from Replicate once
     /// per process (on first use rather than at start-up, so cold starts do not wait for it).
     /// A failed fetch is remembered for a few seconds: `None` until then, without a call.
-    pub async fn webhook_verifier(&self) -> Option<&WebhookVerifier> {
+    pub async fn webhook_verifier(&self) -> Option<&SignatureVerifier> {
         if let Some(verifier) = self.webhook_verifier.get() {
             return Some(verifier);
         }
@@ -138,13 +138,13 @@ impl<P: Ports> App<P> {
         if failed_at.is_some_and(|t| t.elapsed() < SECRET_FAILURE_BACKOFF) {
             return None;
         }
-        let fetched: Result<&WebhookVerifier, ReplicateError> = self
+        let fetched: Result<&SignatureVerifier, ReplicateError> = self
             .webhook_verifier
             .get_or_try_init(|| async {
                 self.replicate
                     .webhook_secret()
                     .await
-                    .map(WebhookVerifier::new)
+                    .map(SignatureVerifier::new)
             })
             .await;
         match fetched {

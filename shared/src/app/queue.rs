@@ -43,7 +43,7 @@ const EARLY_TOLERANCE: Duration = Duration::from_millis(500);
 pub(crate) enum Sent {
     /// Replicate created it; the record (tied, if the tie was stored) as it is now.
     Created(PredictionRecord),
-    /// It may or may not exist: the record stays unconfirmed, for the resolver.
+    /// It may or may not exist: the record stays unconfirmed, for lost-create recovery.
     Unknown(PredictionRecord),
     /// Replicate throttled past the retry budget: certainly nothing was created.
     Throttled(Duration),
@@ -100,8 +100,8 @@ impl<P: Ports> App<P> {
             Ok(remote) => Sent::Created(self.tie_created(record.clone(), &remote).await),
             Err(err @ ReplicateError::CreateOutcomeUnknown { .. }) => {
                 // It may exist at Replicate: keep every claim pointing at the record until
-                // the resolver finds the prediction or gives up. Never create a second one.
-                tracing::error!(prediction_id = %record.id, error = %err, "prediction create outcome unknown; the resolver will find out");
+                // recovery finds the prediction or gives up. Never create a second one.
+                tracing::error!(prediction_id = %record.id, error = %err, "prediction create outcome unknown; recovery will find out");
                 Sent::Unknown(record.clone())
             }
             Err(ReplicateError::Throttled { retry_after, .. }) => {
@@ -129,7 +129,7 @@ impl<P: Ports> App<P> {
                 tracing::warn!(prediction_id = %record.id, replicate_id = %remote.id, "record already names another Replicate prediction");
             }
             Err(err) => {
-                tracing::error!(prediction_id = %record.id, replicate_id = %remote.id, error = %err, "could not record Replicate's id; its webhook or the resolver will");
+                tracing::error!(prediction_id = %record.id, replicate_id = %remote.id, error = %err, "could not record Replicate's id; its webhook or recovery will");
             }
         }
         tracing::info!(prediction_id = %record.id, replicate_id = %remote.id, model = %record.model, "prediction created");

@@ -12,7 +12,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use super::App;
-use super::resolve::SearchBudget;
+use super::recover::SearchBudget;
 use super::sync::{Copy, SyncOutcome};
 use crate::domain::callbacks::CallbackEvent;
 use crate::domain::cost::Billed;
@@ -293,7 +293,7 @@ impl<P: Ports> App<P> {
     ) -> Result<(PredictionRecord, Step), (PredictionRecord, String)> {
         let Some(replicate_id) = record.replicate_id.clone() else {
             return match self
-                .resolve_unconfirmed(record.clone(), SearchBudget::RECONCILE)
+                .recover_unconfirmed(record.clone(), SearchBudget::RECONCILE)
                 .await
             {
                 Ok(fresh) => {

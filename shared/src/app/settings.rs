@@ -8,14 +8,14 @@ use url::Url;
 use crate::domain::destination::CallbackAllowList;
 use crate::domain::outputs::HostAllowlist;
 use crate::domain::pacing::Pace;
-use crate::domain::signing::WebhookSecret;
+use crate::domain::signing::SigningSecret;
 
 /// Everything the handlers need to know about this deployment.
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub replicate_base_url: String,
     /// `None` when the secret is to be fetched from Replicate on first use.
-    pub webhook_secret: Option<WebhookSecret>,
+    pub webhook_secret: Option<SigningSecret>,
     pub table_name: String,
     pub bucket_name: String,
     /// SQS queue of output copy jobs (`COPY_QUEUE_URL`).

@@ -1,5 +1,5 @@
 //! Applying Replicate's view of a prediction to our record: the one path for webhooks,
-//! fetch-time syncing, the resolver, the reconciler and the copy worker, so all behave
+//! fetch-time syncing, lost-create recovery, the reconciler and the copy worker, so all behave
 //! exactly alike.
 
 use tokio::time::Instant;

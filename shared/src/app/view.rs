@@ -24,7 +24,7 @@ pub struct PredictionView {
     pub metrics: Metrics,
     pub cost: CostView,
     /// The caller's callback and how its delivery stands; `null` without one.
-    pub webhook: Option<WebhookView>,
+    pub webhook: Option<CallbackView>,
     pub cached: bool,
     pub created_at: String,
     pub started_at: Option<String>,
@@ -84,7 +84,7 @@ impl CostView {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct WebhookView {
+pub struct CallbackView {
     pub url: String,
     pub events: Vec<CallbackEvent>,
     /// `pending` until the latest queued event is delivered (or given up on: `failed`).
@@ -92,7 +92,7 @@ pub struct WebhookView {
     pub attempts: u32,
 }
 
-impl WebhookView {
+impl CallbackView {
     fn of(record: &PredictionRecord) -> Option<Self> {
         record.callback.as_ref().map(|c| Self {
             url: c.target.url.clone(),
@@ -145,7 +145,7 @@ impl PredictionView {
             error: record.error.clone(),
             metrics: record.metrics.clone().unwrap_or_default(),
             cost: CostView::of(record, cached),
-            webhook: WebhookView::of(record),
+            webhook: CallbackView::of(record),
             cached,
             created_at: record.created_at.rfc3339(),
             started_at: record.started_at.map(Timestamp::rfc3339),

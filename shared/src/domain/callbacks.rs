@@ -124,7 +124,7 @@ pub struct CallbackJob {
 
 impl CallbackJob {
     /// The `webhook-id` of every attempt of this event.
-    pub fn webhook_id(&self) -> String {
+    pub fn message_id(&self) -> String {
         format!("msg_{}_{}", self.prediction_id, self.event.as_str())
     }
 
@@ -177,6 +177,6 @@ mod tests {
         };
         assert!(!job.window_closed(Timestamp::from_millis(1_000 + 86_399_999)));
         assert!(job.window_closed(Timestamp::from_millis(1_000 + 86_400_000)));
-        assert!(job.webhook_id().starts_with("msg_") && job.webhook_id().ends_with("_completed"));
+        assert!(job.message_id().starts_with("msg_") && job.message_id().ends_with("_completed"));
     }
 }

@@ -84,7 +84,7 @@ pub struct QueueState {
     /// The caller's `Cancel-After`, passed on with the create.
     pub deadline: Deadline,
     /// When a drainer claimed it to send the create. From then on it is as unconfirmed as a
-    /// submit's own create: never sent again, only found (or ended) by the resolver.
+    /// submit's own create: never sent again, only found (or ended) by lost-create recovery.
     pub sent_at: Option<Timestamp>,
 }
 

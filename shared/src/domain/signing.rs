@@ -25,7 +25,7 @@ pub const DEFAULT_TOLERANCE: Duration = Duration::from_secs(5 * 60);
 const MAX_SIGNATURE_ENTRIES: usize = 16;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum WebhookError {
+pub enum SignatureError {
     #[error("missing `{0}` header")]
     MissingHeader(&'static str),
     #[error("`{0}` header is not valid text")]
@@ -45,27 +45,27 @@ pub enum WebhookError {
 
 /// The signing key. Its `Debug` output never shows the key.
 #[derive(Clone, PartialEq, Eq)]
-pub struct WebhookSecret {
+pub struct SigningSecret {
     key: Vec<u8>,
 }
 
-impl fmt::Debug for WebhookSecret {
+impl fmt::Debug for SigningSecret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("WebhookSecret(<redacted>)")
+        f.write_str("SigningSecret(<redacted>)")
     }
 }
 
-impl WebhookSecret {
+impl SigningSecret {
     /// Parses `whsec_<base64>`. The prefix is optional, as in the Standard Webhooks
     /// libraries; the key is the *decoded* bytes (not the text, a known pitfall).
-    pub fn parse(secret: &str) -> Result<Self, WebhookError> {
+    pub fn parse(secret: &str) -> Result<Self, SignatureError> {
         let encoded = secret.trim();
         let encoded = encoded.strip_prefix("whsec_").unwrap_or(encoded);
         let key = BASE64
             .decode(encoded)
-            .map_err(|_| WebhookError::MalformedSecret)?;
+            .map_err(|_| SignatureError::MalformedSecret)?;
         if key.is_empty() {
-            return Err(WebhookError::MalformedSecret);
+            return Err(SignatureError::MalformedSecret);
         }
         Ok(Self { key })
     }
@@ -114,16 +114,16 @@ impl<'a> SignatureHeaders<'a> {
     /// must be present, visible ASCII, and not blank.
     pub fn from_headers(
         header: impl Fn(&'static str) -> Option<&'a [u8]>,
-    ) -> Result<Self, WebhookError> {
-        let get = |name: &'static str| -> Result<&'a str, WebhookError> {
-            let value = header(name).ok_or(WebhookError::MissingHeader(name))?;
+    ) -> Result<Self, SignatureError> {
+        let get = |name: &'static str| -> Result<&'a str, SignatureError> {
+            let value = header(name).ok_or(SignatureError::MissingHeader(name))?;
             let text = std::str::from_utf8(value)
                 .ok()
                 .filter(|t| t.bytes().all(|b| b == b'\t' || (b' '..=b'~').contains(&b)))
-                .ok_or(WebhookError::InvalidHeader(name))?
+                .ok_or(SignatureError::InvalidHeader(name))?
                 .trim();
             if text.is_empty() {
-                return Err(WebhookError::MissingHeader(name));
+                return Err(SignatureError::MissingHeader(name));
             }
             Ok(text)
         };
@@ -142,15 +142,15 @@ impl SignatureHeaders<'_> {
         &self,
         now: SystemTime,
         tolerance: Duration,
-    ) -> Result<i64, WebhookError> {
+    ) -> Result<i64, SignatureError> {
         let timestamp: i64 = self
             .timestamp
             .parse()
-            .map_err(|_| WebhookError::BadTimestamp)?;
+            .map_err(|_| SignatureError::BadTimestamp)?;
         let skew = timestamp.saturating_sub(unix_seconds(now));
         let tolerance_seconds = tolerance.as_secs();
         if skew.unsigned_abs() > tolerance_seconds {
-            return Err(WebhookError::Stale {
+            return Err(SignatureError::Stale {
                 skew_seconds: skew,
                 tolerance_seconds,
             });
@@ -161,20 +161,20 @@ impl SignatureHeaders<'_> {
 
 /// What a verified delivery tells us beyond its body.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VerifiedDelivery {
+pub struct VerifiedMessage {
     /// Same on every retry of one event, so usable to recognise duplicates.
     pub id: String,
     pub timestamp: i64,
 }
 
 #[derive(Debug, Clone)]
-pub struct WebhookVerifier {
-    secret: WebhookSecret,
+pub struct SignatureVerifier {
+    secret: SigningSecret,
     tolerance: Duration,
 }
 
-impl WebhookVerifier {
-    pub fn new(secret: WebhookSecret) -> Self {
+impl SignatureVerifier {
+    pub fn new(secret: SigningSecret) -> Self {
         Self {
             secret,
             tolerance: DEFAULT_TOLERANCE,
@@ -193,7 +193,7 @@ impl WebhookVerifier {
         headers: SignatureHeaders<'_>,
         body: &[u8],
         now: SystemTime,
-    ) -> Result<VerifiedDelivery, WebhookError> {
+    ) -> Result<VerifiedMessage, SignatureError> {
         let timestamp = headers.fresh_timestamp(now, self.tolerance)?;
 
         let expected = self.secret.tag(headers.id, headers.timestamp, body);
@@ -208,9 +208,9 @@ impl WebhookVerifier {
                 any | bool::from(candidate.as_slice().ct_eq(&expected))
             });
         if !matched {
-            return Err(WebhookError::NoMatchingSignature);
+            return Err(SignatureError::NoMatchingSignature);
         }
-        Ok(VerifiedDelivery {
+        Ok(VerifiedMessage {
             id: headers.id.to_owned(),
             timestamp,
         })
@@ -243,8 +243,8 @@ mod tests {
         at(1_614_265_330)
     }
 
-    fn verifier() -> WebhookVerifier {
-        WebhookVerifier::new(WebhookSecret::parse(SECRET).unwrap())
+    fn verifier() -> SignatureVerifier {
+        SignatureVerifier::new(SigningSecret::parse(SECRET).unwrap())
     }
 
     fn headers(signature: &str) -> SignatureHeaders<'_> {
@@ -266,14 +266,14 @@ mod tests {
 
     #[test]
     fn signing_reproduces_the_vector() {
-        let secret = WebhookSecret::parse(SECRET).unwrap();
+        let secret = SigningSecret::parse(SECRET).unwrap();
         assert_eq!(secret.sign(ID, 1_614_265_330, BODY), SIGNATURE);
     }
 
     #[test]
     fn secret_text_bytes_are_not_the_key() {
         // The pitfall in one of Replicate's doc examples: using the secret's UTF-8 bytes.
-        let wrong = WebhookSecret {
+        let wrong = SigningSecret {
             key: SECRET.as_bytes().to_vec(),
         };
         assert_ne!(wrong.sign(ID, 1_614_265_330, BODY), SIGNATURE);
@@ -290,7 +290,7 @@ mod tests {
         let only_other_versions = format!("v2,{} v1a,{}", &SIGNATURE[3..], &SIGNATURE[3..]);
         assert_eq!(
             verifier().verify(headers(&only_other_versions), BODY, vector_time()),
-            Err(WebhookError::NoMatchingSignature)
+            Err(SignatureError::NoMatchingSignature)
         );
     }
 
@@ -303,7 +303,7 @@ mod tests {
                 br#"{"test": 2432232315}"#,
                 vector_time()
             ),
-            Err(WebhookError::NoMatchingSignature)
+            Err(SignatureError::NoMatchingSignature)
         );
         let other_id = SignatureHeaders {
             id: "msg_other",
@@ -311,7 +311,7 @@ mod tests {
         };
         assert_eq!(
             v.verify(other_id, BODY, vector_time()),
-            Err(WebhookError::NoMatchingSignature)
+            Err(SignatureError::NoMatchingSignature)
         );
         let other_ts = SignatureHeaders {
             timestamp: "1614265331",
@@ -319,12 +319,12 @@ mod tests {
         };
         assert_eq!(
             v.verify(other_ts, BODY, vector_time()),
-            Err(WebhookError::NoMatchingSignature)
+            Err(SignatureError::NoMatchingSignature)
         );
-        let wrong_secret = WebhookVerifier::new(WebhookSecret::parse("whsec_c2VjcmV0").unwrap());
+        let wrong_secret = SignatureVerifier::new(SigningSecret::parse("whsec_c2VjcmV0").unwrap());
         assert_eq!(
             wrong_secret.verify(headers(SIGNATURE), BODY, vector_time()),
-            Err(WebhookError::NoMatchingSignature)
+            Err(SignatureError::NoMatchingSignature)
         );
     }
 
@@ -337,14 +337,14 @@ mod tests {
         }
         assert_eq!(
             v.verify(headers(SIGNATURE), BODY, at(sent + 301)),
-            Err(WebhookError::Stale {
+            Err(SignatureError::Stale {
                 skew_seconds: -301,
                 tolerance_seconds: 300
             })
         );
         assert_eq!(
             v.verify(headers(SIGNATURE), BODY, at(sent - 301)),
-            Err(WebhookError::Stale {
+            Err(SignatureError::Stale {
                 skew_seconds: 301,
                 tolerance_seconds: 300
             })
@@ -363,7 +363,7 @@ mod tests {
         ] {
             assert_eq!(
                 v.verify(headers(junk), BODY, vector_time()),
-                Err(WebhookError::NoMatchingSignature),
+                Err(SignatureError::NoMatchingSignature),
                 "{junk:?}"
             );
         }
@@ -374,7 +374,7 @@ mod tests {
             };
             assert_eq!(
                 v.verify(h, BODY, vector_time()),
-                Err(WebhookError::BadTimestamp),
+                Err(SignatureError::BadTimestamp),
                 "{ts:?}"
             );
         }
@@ -385,7 +385,7 @@ mod tests {
         let padded = format!("{}{SIGNATURE}", "v1,AAAA ".repeat(MAX_SIGNATURE_ENTRIES));
         assert_eq!(
             verifier().verify(headers(&padded), BODY, vector_time()),
-            Err(WebhookError::NoMatchingSignature)
+            Err(SignatureError::NoMatchingSignature)
         );
     }
 
@@ -394,13 +394,13 @@ mod tests {
         let mut map = http::HeaderMap::new();
         assert_eq!(
             SignatureHeaders::from_headers(|name| map.get(name).map(|v| v.as_bytes())),
-            Err(WebhookError::MissingHeader(ID_HEADER))
+            Err(SignatureError::MissingHeader(ID_HEADER))
         );
         map.insert(ID_HEADER, ID.parse().unwrap());
         map.insert(TIMESTAMP_HEADER, TIMESTAMP.parse().unwrap());
         assert_eq!(
             SignatureHeaders::from_headers(|name| map.get(name).map(|v| v.as_bytes())),
-            Err(WebhookError::MissingHeader(SIGNATURE_HEADER))
+            Err(SignatureError::MissingHeader(SIGNATURE_HEADER))
         );
         map.insert(
             SIGNATURE_HEADER,
@@ -408,7 +408,7 @@ mod tests {
         );
         assert_eq!(
             SignatureHeaders::from_headers(|name| map.get(name).map(|v| v.as_bytes())),
-            Err(WebhookError::InvalidHeader(SIGNATURE_HEADER))
+            Err(SignatureError::InvalidHeader(SIGNATURE_HEADER))
         );
         map.insert(SIGNATURE_HEADER, SIGNATURE.parse().unwrap());
         let parsed =
@@ -420,14 +420,14 @@ mod tests {
     fn malformed_secrets_are_refused_and_never_printed() {
         for bad in ["", "whsec_", "whsec_!!!", "whsec_ not base64"] {
             assert_eq!(
-                WebhookSecret::parse(bad),
-                Err(WebhookError::MalformedSecret),
+                SigningSecret::parse(bad),
+                Err(SignatureError::MalformedSecret),
                 "{bad:?}"
             );
         }
-        let secret = WebhookSecret::parse(SECRET).unwrap();
+        let secret = SigningSecret::parse(SECRET).unwrap();
         assert!(!format!("{secret:?}").contains("MfKQ"));
         // The prefix is optional.
-        assert_eq!(WebhookSecret::parse(&SECRET[6..]).unwrap(), secret);
+        assert_eq!(SigningSecret::parse(&SECRET[6..]).unwrap(), secret);
     }
 }

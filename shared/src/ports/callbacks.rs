@@ -16,7 +16,7 @@ pub struct CallbackRequest {
 
 /// How an attempt went.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DeliveryOutcome {
+pub enum CallbackOutcome {
     /// A 2xx answer.
     Delivered { status: u16 },
     /// Any other answer (redirects included: they are not followed).
@@ -27,7 +27,7 @@ pub enum DeliveryOutcome {
     Forbidden(String),
 }
 
-impl DeliveryOutcome {
+impl CallbackOutcome {
     pub fn delivered(&self) -> bool {
         matches!(self, Self::Delivered { .. })
     }
@@ -35,5 +35,5 @@ impl DeliveryOutcome {
 
 /// Sends callback attempts: HTTP (`HttpCallbacks`), or a scripted fake in unit tests.
 pub trait CallbackSender: Send + Sync {
-    fn post(&self, request: CallbackRequest) -> impl Future<Output = DeliveryOutcome> + Send;
+    fn post(&self, request: CallbackRequest) -> impl Future<Output = CallbackOutcome> + Send;
 }

@@ -10,7 +10,7 @@ use serde_json::{Map, Value};
 use crate::domain::replicate::{
     Deadline, Model, ModelRef, Prediction, PredictionPage, ReplicateError, WebhookTarget,
 };
-use crate::domain::signing::WebhookSecret;
+use crate::domain::signing::SigningSecret;
 
 /// The calls this service makes to Replicate. Handlers depend on this, not on HTTP, so they
 /// can be tested with an in-memory implementation.
@@ -44,7 +44,7 @@ pub trait ReplicateApi: Send + Sync {
         page: Option<&str>,
     ) -> impl Future<Output = Result<PredictionPage, ReplicateError>> + Send;
 
-    fn webhook_secret(&self) -> impl Future<Output = Result<WebhookSecret, ReplicateError>> + Send;
+    fn webhook_secret(&self) -> impl Future<Output = Result<SigningSecret, ReplicateError>> + Send;
 
     fn get_model(
         &self,

@@ -10,7 +10,7 @@ use crate::adapters::http::dns::GuardedResolver;
 use crate::adapters::http::lazy_client::LazyClient;
 use crate::domain::callbacks::ATTEMPT_TIMEOUT;
 use crate::domain::destination::{CallbackAllowList, forbidden_address};
-use crate::ports::callbacks::{CallbackRequest, CallbackSender, DeliveryOutcome};
+use crate::ports::callbacks::{CallbackOutcome, CallbackRequest, CallbackSender};
 
 /// Time to connect (resolving included) before an attempt counts as failed.
 const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
@@ -45,7 +45,7 @@ fn builder() -> reqwest::ClientBuilder {
 }
 
 impl CallbackSender for HttpCallbacks {
-    async fn post(&self, request: CallbackRequest) -> DeliveryOutcome {
+    async fn post(&self, request: CallbackRequest) -> CallbackOutcome {
         let client = if self.allow.exempts(&request.url) {
             &self.exempt
         } else {
@@ -55,17 +55,17 @@ impl CallbackSender for HttpCallbacks {
                 _ => None,
             };
             if let Some(reason) = literal.and_then(forbidden_address) {
-                return DeliveryOutcome::Forbidden(format!("the destination is {reason}"));
+                return CallbackOutcome::Forbidden(format!("the destination is {reason}"));
             }
             if request.url.scheme() != "https" {
-                return DeliveryOutcome::Forbidden("the destination is not https".to_owned());
+                return CallbackOutcome::Forbidden("the destination is not https".to_owned());
             }
             &self.guarded
         };
         let client = match client.get() {
             Ok(client) => client,
             Err(err) => {
-                return DeliveryOutcome::Unreachable(format!(
+                return CallbackOutcome::Unreachable(format!(
                     "could not build the callback client: {err}"
                 ));
             }
@@ -75,18 +75,18 @@ impl CallbackSender for HttpCallbacks {
             builder = builder.header(name, value);
         }
         match builder.send().await {
-            Ok(response) if response.status().is_success() => DeliveryOutcome::Delivered {
+            Ok(response) if response.status().is_success() => CallbackOutcome::Delivered {
                 status: response.status().as_u16(),
             },
-            Ok(response) => DeliveryOutcome::Rejected {
+            Ok(response) => CallbackOutcome::Rejected {
                 status: response.status().as_u16(),
             },
             Err(err) => {
                 let text = error_chain(err.without_url());
                 if text.contains("resolves to") {
-                    DeliveryOutcome::Forbidden(text)
+                    CallbackOutcome::Forbidden(text)
                 } else {
-                    DeliveryOutcome::Unreachable(text)
+                    CallbackOutcome::Unreachable(text)
                 }
             }
         }

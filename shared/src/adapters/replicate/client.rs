@@ -15,7 +15,7 @@ use crate::domain::replicate::{
     ApiProblem, CreatePredictionBody, Deadline, Model, ModelRef, Prediction, PredictionPage,
     ReplicateError, WebhookSecretBody, WebhookTarget,
 };
-use crate::domain::signing::WebhookSecret;
+use crate::domain::signing::SigningSecret;
 use crate::ports::replicate::ReplicateApi;
 
 pub const DEFAULT_BASE_URL: &str = "https://api.replicate.com/v1";
@@ -439,12 +439,12 @@ impl ReplicateApi for ReplicateClient {
             .await
     }
 
-    async fn webhook_secret(&self) -> Result<WebhookSecret, ReplicateError> {
+    async fn webhook_secret(&self) -> Result<SigningSecret, ReplicateError> {
         let url = self.url(&["webhooks", "default", "secret"]);
         let body: WebhookSecretBody = self
             .call(CallKind::Idempotent, Method::GET, url, NO_BODY)
             .await?;
-        WebhookSecret::parse(&body.key).map_err(|err| ReplicateError::InvalidResponse {
+        SigningSecret::parse(&body.key).map_err(|err| ReplicateError::InvalidResponse {
             status: 200,
             message: err.to_string(),
         })

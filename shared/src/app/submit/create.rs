@@ -101,7 +101,7 @@ impl<P: Ports> App<P> {
                     self.release_cache_claim(claim).await;
                     return Err(err.into());
                 }
-                // It may be stored: if so the resolver ends it and settles its reservation
+                // It may be stored: if so recovery ends it and settles its reservation
                 // once; if not, the estimate stays counted (never given back twice).
                 ReadBack::Unknown => {
                     self.release_cache_claim(claim).await;

@@ -36,10 +36,12 @@ pub struct SubmitBody {
     /// At most `MAX_INPUT_FIELDS` fields. Scalars as given; an array or object value is an
     /// empty placeholder of its kind (no model takes one, so validation still refuses it).
     pub input: Value,
-    /// The callback URL as given (checked here: syntax, then where it resolves).
-    pub webhook: Option<String>,
-    /// The events to call back for, without repeats; `[completed]` unless given.
-    pub events: Vec<CallbackEvent>,
+    /// The callback URL as given in `webhook` (checked here: syntax, then where it
+    /// resolves).
+    pub callback_url: Option<String>,
+    /// The events to call back for (`webhook_events_filter`), without repeats;
+    /// `[completed]` unless given.
+    pub callback_events: Vec<CallbackEvent>,
     /// SHA-256 (hex) of the canonical body: "same body" for Idempotency-Key purposes,
     /// whatever the formatting or key order.
     pub hash: String,
@@ -193,7 +195,7 @@ impl<P: Ports> App<P> {
     /// The submit's callback, if any: an https URL whose host resolves only to public
     /// addresses (422 for `webhook` otherwise, before anything is created).
     async fn callback_target(&self, body: &SubmitBody) -> Result<Option<CallbackTarget>, ApiError> {
-        let Some(raw) = &body.webhook else {
+        let Some(raw) = &body.callback_url else {
             return Ok(None);
         };
         let allow = &self.settings.callback_allow;
@@ -206,7 +208,7 @@ impl<P: Ports> App<P> {
         match checked {
             Ok(url) => Ok(Some(CallbackTarget {
                 url: url.to_string(),
-                events: body.events.clone(),
+                events: body.callback_events.clone(),
             })),
             Err(reason) => {
                 let mut errors = InputErrors::new();

@@ -105,8 +105,8 @@ pub fn parse_submit_body(bytes: &[u8]) -> Result<SubmitBody, ApiError> {
             Ok(SubmitBody {
                 model,
                 input,
-                webhook,
-                events,
+                callback_url: webhook,
+                callback_events: events,
                 hash,
             })
         }

@@ -7,7 +7,7 @@ use lambda_http::{Body, Request, Response};
 use super::super::problem::json_response;
 use crate::app::{Addressee, ApiError, App, UnverifiedWebhook};
 use crate::domain::ids::PredictionId;
-use crate::domain::signing::{SignatureHeaders, WebhookError};
+use crate::domain::signing::{SignatureError, SignatureHeaders};
 use crate::ports::Ports;
 
 pub async fn webhook<P: Ports>(app: &App<P>, request: Request) -> Response<Body> {
@@ -26,7 +26,7 @@ pub async fn webhook<P: Ports>(app: &App<P>, request: Request) -> Response<Body>
 }
 
 /// The Standard Webhooks headers of a request (or a callback, for whoever receives one).
-pub fn signature_headers(headers: &HeaderMap) -> Result<SignatureHeaders<'_>, WebhookError> {
+pub fn signature_headers(headers: &HeaderMap) -> Result<SignatureHeaders<'_>, SignatureError> {
     SignatureHeaders::from_headers(|name| headers.get(name).map(|v| v.as_bytes()))
 }
 

@@ -33,7 +33,8 @@ async fn callback_hosts_are_refused_when_any_of_their_addresses_is_inside() {
     let public: std::net::IpAddr = "93.184.216.34".parse().unwrap();
     let metadata: std::net::IpAddr = "169.254.169.254".parse().unwrap();
     app.resolver.set("hooks.example.com", vec![public]);
-    app.resolver.set("rebind.example.com", vec![public, metadata]);
+    app.resolver
+        .set("rebind.example.com", vec![public, metadata]);
     for (url, refused_for) in [
         ("https://rebind.example.com/hook", Some("metadata")),
         ("https://nowhere.example.com/hook", Some("does not resolve")),
@@ -49,7 +50,11 @@ async fn callback_hosts_are_refused_when_any_of_their_addresses_is_inside() {
             None => assert_eq!(status, 202, "{url}: {view}"),
         }
     }
-    assert_eq!(app.replicate.created().len(), 1, "only the public one was created");
+    assert_eq!(
+        app.replicate.created().len(),
+        1,
+        "only the public one was created"
+    );
     assert!(app.callbacks.sent().is_empty(), "nothing is sent at submit");
 }
 
@@ -77,8 +82,8 @@ async fn a_completed_callback_is_signed_retried_with_backoff_then_dead_lettered_
     );
 
     app.callbacks.answer_next([
-        crate::ports::callbacks::DeliveryOutcome::Rejected { status: 503 },
-        crate::ports::callbacks::DeliveryOutcome::Unreachable("timed out".into()),
+        crate::ports::callbacks::CallbackOutcome::Rejected { status: 503 },
+        crate::ports::callbacks::CallbackOutcome::Unreachable("timed out".into()),
     ]);
     let first = app.deliver_callback(job, 1).await.unwrap();
     let second = app.deliver_callback(job, 2).await.unwrap();
@@ -108,7 +113,7 @@ async fn a_completed_callback_is_signed_retried_with_backoff_then_dead_lettered_
         .unwrap();
     let timestamp: i64 = header(0, "webhook-timestamp").parse().unwrap();
     assert_eq!(
-        WebhookSecret::parse(&secret).unwrap().sign(
+        SigningSecret::parse(&secret).unwrap().sign(
             &header(0, "webhook-id"),
             timestamp,
             &sent[0].body
@@ -132,7 +137,7 @@ async fn a_completed_callback_is_signed_retried_with_backoff_then_dead_lettered_
     // A day later a failure is final: dead-lettered, shown `failed`.
     app.clock.advance(Duration::from_secs(24 * 3600));
     app.callbacks
-        .answer_next([crate::ports::callbacks::DeliveryOutcome::Rejected { status: 500 }]);
+        .answer_next([crate::ports::callbacks::CallbackOutcome::Rejected { status: 500 }]);
     assert_eq!(
         app.deliver_callback(job, 3).await.unwrap(),
         crate::app::CallbackDisposition::DeadLettered
@@ -156,7 +161,7 @@ async fn a_destination_that_now_resolves_inside_is_given_up_at_once() {
     let jobs = app.queue.drain_callbacks();
     assert_eq!(jobs.len(), 1, "`start` is queued when Replicate created it");
     app.callbacks
-        .answer_next([crate::ports::callbacks::DeliveryOutcome::Forbidden(
+        .answer_next([crate::ports::callbacks::CallbackOutcome::Forbidden(
             "`hooks.example.com` resolves to a private address".into(),
         )]);
     assert_eq!(

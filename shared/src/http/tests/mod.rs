@@ -25,7 +25,7 @@ use crate::domain::ids::PredictionId;
 use crate::domain::record::PredictionRecord;
 use crate::domain::registry::ModelRegistry;
 use crate::domain::replicate::{Prediction, PredictionStatus, ReplicateError};
-use crate::domain::signing::WebhookSecret;
+use crate::domain::signing::SigningSecret;
 use crate::domain::tenancy::{ApiKey, KeyRecord, TenantId, TenantLimits};
 use crate::domain::time::Timestamp;
 use crate::ports::PortSet;
@@ -175,7 +175,7 @@ fn signed_webhook(query: &str, body: &Value, signed_at: SystemTime) -> Request {
         .unwrap();
     let text = body.to_string();
     let timestamp = signed_at.duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
-    let signature = WebhookSecret::parse(SECRET)
+    let signature = SigningSecret::parse(SECRET)
         .unwrap()
         .sign("msg_1", timestamp, text.as_bytes());
     let headers = request.headers_mut();

@@ -279,7 +279,7 @@ async fn unauthenticated_webhooks_never_make_the_service_call_replicate() {
 async fn the_webhook_secret_is_fetched_from_replicate_when_not_configured() {
     let app = app_with(&[("REPLICATE_WEBHOOK_SECRET", "")]);
     app.replicate
-        .set_secret(WebhookSecret::parse(SECRET).unwrap());
+        .set_secret(SigningSecret::parse(SECRET).unwrap());
     let (_, body) = submitted(&app, fox()).await;
     let id = PredictionId::parse(body["id"].as_str().unwrap()).unwrap();
     let processing = json!(remote("rep-1", PredictionStatus::Processing));

@@ -38,13 +38,13 @@ use crate::domain::record::{Advance, PredictionRecord, QueueState};
 use crate::domain::replicate::{
     Deadline, Model, ModelRef, Prediction, PredictionStatus, ReplicateError, WebhookTarget,
 };
-use crate::domain::signing::WebhookSecret;
+use crate::domain::signing::SigningSecret;
 use crate::domain::tenancy::{KeyId, KeyRecord, LimitsUpdate, RateWindow, TenantId, TenantLimits};
 use crate::domain::time::Timestamp;
 use crate::domain::uploads::{UploadId, UploadRecord};
 use crate::ports::StoreError;
 use crate::ports::accounts::AccountStore;
-use crate::ports::callbacks::{CallbackRequest, CallbackSender, DeliveryOutcome};
+use crate::ports::callbacks::{CallbackOutcome, CallbackRequest, CallbackSender};
 use crate::ports::dns::HostResolver;
 use crate::ports::downloads::{Download, OutputSource};
 use crate::ports::jobs::JobQueue;
@@ -92,12 +92,12 @@ impl HostResolver for MemoryResolver {
 #[derive(Default)]
 pub struct MemoryCallbacks {
     sent: Mutex<Vec<CallbackRequest>>,
-    answers: Mutex<VecDeque<DeliveryOutcome>>,
+    answers: Mutex<VecDeque<CallbackOutcome>>,
 }
 
 impl MemoryCallbacks {
     /// The next attempts get these answers, in order.
-    pub fn answer_next(&self, outcomes: impl IntoIterator<Item = DeliveryOutcome>) {
+    pub fn answer_next(&self, outcomes: impl IntoIterator<Item = CallbackOutcome>) {
         lock(&self.answers).extend(outcomes);
     }
 
@@ -108,11 +108,11 @@ impl MemoryCallbacks {
 }
 
 impl CallbackSender for MemoryCallbacks {
-    async fn post(&self, request: CallbackRequest) -> DeliveryOutcome {
+    async fn post(&self, request: CallbackRequest) -> CallbackOutcome {
         lock(&self.sent).push(request);
         lock(&self.answers)
             .pop_front()
-            .unwrap_or(DeliveryOutcome::Delivered { status: 204 })
+            .unwrap_or(CallbackOutcome::Delivered { status: 204 })
     }
 }
 

@@ -24,7 +24,7 @@ pub struct FakeReplicate {
     get_errors: Mutex<HashMap<String, VecDeque<ReplicateError>>>,
     gets: Mutex<usize>,
     lists: Mutex<usize>,
-    secret: Mutex<Option<WebhookSecret>>,
+    secret: Mutex<Option<SigningSecret>>,
     secret_calls: Mutex<usize>,
 }
 
@@ -107,7 +107,7 @@ impl FakeReplicate {
         lock(&self.predictions).remove(id);
     }
 
-    pub fn set_secret(&self, secret: WebhookSecret) {
+    pub fn set_secret(&self, secret: SigningSecret) {
         *lock(&self.secret) = Some(secret);
     }
 
@@ -245,7 +245,7 @@ impl ReplicateApi for FakeReplicate {
         Ok(prediction.clone())
     }
 
-    async fn webhook_secret(&self) -> Result<WebhookSecret, ReplicateError> {
+    async fn webhook_secret(&self) -> Result<SigningSecret, ReplicateError> {
         *lock(&self.secret_calls) += 1;
         lock(&self.secret).clone().ok_or(ReplicateError::Rejected {
             status: 404,

@@ -1,4 +1,4 @@
-//! Finding out what an unconfirmed create did. A create whose answer was lost (timeout,
+//! Lost-create recovery: finding out what an unconfirmed create did. A create whose answer was lost (timeout,
 //! 5xx) may have started a billed prediction; it is never repeated. Instead the record is
 //! tied to the Replicate prediction by, whichever comes first: a webhook addressed to it
 //! (its URL carries the record's token), or Replicate's prediction list searched around the
@@ -65,7 +65,7 @@ enum Search {
 impl<P: Ports> App<P> {
     /// Ties an unconfirmed record to its Replicate prediction, or ends it; returns the
     /// record as it is afterwards.
-    pub(crate) async fn resolve_unconfirmed(
+    pub(crate) async fn recover_unconfirmed(
         &self,
         record: PredictionRecord,
         budget: SearchBudget,

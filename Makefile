@@ -45,8 +45,9 @@ reconcile: ## One reconcile pass against the stack the environment names (TABLE_
 	$(CARGO) run --locked -q -p local-stack --bin reconcile
 
 test: $(VENV_STAMP) ## Build and run every test (starts and stops its own moto server)
+	$(CARGO) build --locked $(addprefix -p ,$(FUNCTIONS))
 	MOTO_SERVER=$(MOTO) infra/scripts/with-moto.sh \
-		infra/scripts/test-summary.sh $(CARGO) test --workspace --all-targets --locked
+		infra/scripts/test-summary.sh $(CARGO) test --workspace --tests --locked
 
 $(FUZZ_STAMP): $(VENV_STAMP) infra/requirements-fuzz.txt
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r infra/requirements-fuzz.txt
@@ -78,26 +79,26 @@ deploy: $(BUILD_STAMP) $(DEPLOY_STAMP) ## sam build + sam deploy (guided the fir
 	if [ -f samconfig.toml ]; then $(VENV)/bin/sam deploy; else $(VENV)/bin/sam deploy --guided; fi
 
 bench: $(VENV_STAMP) ## Print measured figures: peak memory storing large outputs; init time, RSS and CPU of release binaries against a minimal handler, and CPU per warm request; API-key check latency
-	$(CARGO) test --locked -q -p integration-tests --test memory_bound -- --nocapture
+	$(CARGO) test --locked -q -p integration-tests --test memory -- --nocapture
 	$(CARGO) build --locked -q --release -p submit -p fetch-result -p minimal-handler
 	$(CARGO) run --locked -q -p local-stack --bin cold-start -- --against target/release/minimal-handler target/release/fetch-result 20
 	$(CARGO) run --locked -q -p local-stack --bin cold-start -- --against target/release/minimal-handler target/release/submit 20
-	$(CARGO) build --locked -q -p integration-tests --bin warm-bench
+	$(CARGO) build --locked -q -p harness --bin warm-bench
 	MOTO_SERVER=$(MOTO) infra/scripts/with-moto.sh target/debug/warm-bench target/release
-	$(CARGO) build --locked -q -p integration-tests --bin auth-bench
+	$(CARGO) build --locked -q -p harness --bin auth-bench
 	MOTO_SERVER=$(MOTO) infra/scripts/with-moto.sh target/debug/auth-bench
 
 soak: $(VENV_STAMP) ## A few hundred submissions under injected faults; prints lost/duplicates/wrong states
-	$(CARGO) build --locked -q -p integration-tests --bin soak
+	$(CARGO) build --locked -q -p harness --bin soak
 	MOTO_SERVER=$(MOTO) infra/scripts/with-moto.sh target/debug/soak
 
 load: $(VENV_STAMP) ## 2,000 submissions in a minute through the release binaries against a 600-a-minute create limit; prints queued, lost, duplicated, drain time vs ideal, latency
 	$(CARGO) build --locked -q --release $(addprefix -p ,$(FUNCTIONS))
-	$(CARGO) build --locked -q --profile load -p integration-tests --bin load
+	$(CARGO) build --locked -q --profile load -p harness --bin load
 	DEV_FUNCTION_PROCESSES=$${DEV_FUNCTION_PROCESSES:-4} MOTO_SERVER=$(MOTO) infra/scripts/with-moto.sh target/load/load
 
 cost: $(VENV_STAMP) ## AWS cost per 1,000 images by component, next to Replicate's price (COST_COUNT predictions)
-	$(CARGO) build --locked -q -p integration-tests --bin cost
+	$(CARGO) build --locked -q -p harness --bin cost
 	MOTO_SERVER=$(MOTO) infra/scripts/with-moto.sh target/debug/cost
 
 lint: ## rustfmt check, clippy with warnings as errors, no second version of a chosen crate

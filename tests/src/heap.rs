@@ -1,9 +1,11 @@
-//! A counting global allocator for the memory tests: each test binary that measures peak
-//! heap installs it (`#[global_allocator] static A: Counting = Counting;`) and wraps the work
-//! in `peak_during`.
+//! A counting global allocator for the memory tests: the test binary that measures peak
+//! heap installs it (`#[global_allocator] static A: Counting = Counting;`), and each test
+//! measures between `start` and `peak_since` while it holds `exclusive` (the peak is the
+//! whole process's, so two measurements at once would read each other's).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard};
 
 pub struct Counting;
 
@@ -36,4 +38,11 @@ pub fn start() -> usize {
 /// The peak heap since `start`, above its baseline.
 pub fn peak_since(baseline: usize) -> usize {
     PEAK.load(Ordering::Relaxed).saturating_sub(baseline)
+}
+
+static MEASURING: Mutex<()> = Mutex::new(());
+
+/// Held for the whole of a test that measures: no other measuring test runs meanwhile.
+pub fn exclusive() -> MutexGuard<'static, ()> {
+    MEASURING.lock().unwrap_or_else(|p| p.into_inner())
 }

@@ -183,7 +183,9 @@ impl ReplicateClient {
             let client = self
                 .http
                 .get()
-                .map_err(|source| ReplicateError::Transport { source })?;
+                .map_err(|source| ReplicateError::Transport {
+                    cause: error_text(&source),
+                })?;
             let mut request = client.request(method.clone(), url.clone());
             if let Some(body) = body {
                 request = request.json(body);
@@ -280,7 +282,7 @@ impl Failure {
             kind,
             retry_after: None,
             problem: None,
-            source: Some(err),
+            source: Some(err.without_url()),
         }
     }
 
@@ -292,7 +294,7 @@ impl Failure {
                 detail: Some(format!("HTTP {status} but the body could not be read")),
                 ..ApiProblem::default()
             }),
-            source: Some(err),
+            source: Some(err.without_url()),
         }
     }
 
@@ -303,7 +305,10 @@ impl Failure {
                 attempts,
             },
             (AttemptFailure::Connect, _) => match self.source {
-                Some(source) => ReplicateError::Unreachable { attempts, source },
+                Some(source) => ReplicateError::Unreachable {
+                    attempts,
+                    cause: error_text(&source),
+                },
                 None => ReplicateError::TimedOut { attempts },
             },
             (AttemptFailure::Status(status), CallKind::Create) if status >= 500 => {
@@ -337,7 +342,9 @@ impl Failure {
                 ReplicateError::TimedOut { attempts }
             }
             (AttemptFailure::Transport, CallKind::Idempotent) => match self.source {
-                Some(source) => ReplicateError::Transport { source },
+                Some(source) => ReplicateError::Transport {
+                    cause: error_text(&source),
+                },
                 None => ReplicateError::TimedOut { attempts },
             },
         }
@@ -455,6 +462,18 @@ impl ReplicateApi for ReplicateClient {
         self.call(CallKind::Idempotent, Method::GET, url, NO_BODY)
             .await
     }
+}
+
+/// A transport error and its causes (taken without the URL): what a log line may say.
+fn error_text(err: &reqwest::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 #[cfg(test)]

@@ -6,3 +6,6 @@ pub mod retry;
 
 pub use client::{ApiToken, ClientBuildError, ClientConfig, DEFAULT_BASE_URL, ReplicateClient};
 pub use retry::RetryPolicy;
+
+#[cfg(test)]
+mod tests;

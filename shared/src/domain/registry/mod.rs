@@ -406,20 +406,4 @@ fn printable(s: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn merge_patch_follows_rfc_7396() {
-        let mut doc = json!({"a": {"b": 1, "c": 2}, "d": [1, 2], "e": 1});
-        merge_patch(
-            &mut doc,
-            json!({"a": {"b": null, "x": 3}, "d": [3], "f": {"g": 1}}),
-        );
-        assert_eq!(
-            doc,
-            json!({"a": {"c": 2, "x": 3}, "d": [3], "e": 1, "f": {"g": 1}})
-        );
-    }
-}
+mod tests;

@@ -16,12 +16,9 @@ pub enum ReplicateError {
         retry_after: Option<Duration>,
         attempts: u32,
     },
-    #[error("could not connect to Replicate after {attempts} attempt(s)")]
-    Unreachable {
-        attempts: u32,
-        #[source]
-        source: reqwest::Error,
-    },
+    /// `cause`: the transport's own account, without the URL (for logs).
+    #[error("could not connect to Replicate after {attempts} attempt(s): {cause}")]
+    Unreachable { attempts: u32, cause: String },
     #[error("Replicate did not answer in time after {attempts} attempt(s)")]
     TimedOut { attempts: u32 },
     /// The create request may have reached Replicate and started a (billed) prediction, so
@@ -33,11 +30,8 @@ pub enum ReplicateError {
     Rejected { status: u16, problem: ApiProblem },
     #[error("Replicate sent a response this client cannot read (HTTP {status}): {message}")]
     InvalidResponse { status: u16, message: String },
-    #[error("the connection to Replicate failed: {source}")]
-    Transport {
-        #[source]
-        source: reqwest::Error,
-    },
+    #[error("the connection to Replicate failed: {cause}")]
+    Transport { cause: String },
 }
 
 /// A hint for the caller's own client: come back after this long.

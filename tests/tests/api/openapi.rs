@@ -7,7 +7,7 @@ use imagegen_shared::domain::replicate::{CreatePredictionBody, PredictionStatus,
 use serde_json::{Map, Value, json};
 
 fn spec() -> Value {
-    let text = include_str!("../fixtures/replicate-openapi.json");
+    let text = include_str!("../../fixtures/replicate-openapi.json");
     serde_json::from_str(text).expect("spec parses")
 }
 

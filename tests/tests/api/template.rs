@@ -91,7 +91,7 @@ type Grants = BTreeSet<(String, Resource)>;
 // ---- reading the template ----
 
 fn template() -> Yaml {
-    let text = include_str!("../../template.yaml");
+    let text = include_str!("../../../template.yaml");
     YamlLoader::load_from_str(text)
         .expect("template.yaml is YAML")
         .remove(0)

@@ -2,13 +2,13 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
-use imagegen_shared::adapters::replicate::{ApiToken, ClientConfig, ReplicateClient, RetryPolicy};
+use crate::adapters::replicate::{ApiToken, ClientConfig, ReplicateClient, RetryPolicy};
 
-use imagegen_shared::domain::replicate::{
+use crate::domain::replicate::{
     Deadline, ModelRef, PredictionStatus, ReplicateError, WebhookEvent, WebhookTarget,
 };
 
-use imagegen_shared::ports::replicate::ReplicateApi;
+use crate::ports::replicate::ReplicateApi;
 use serde_json::{Map, Value, json};
 use wiremock::matchers::{body_json, header, method, path, query_param, query_param_is_missing};
 use wiremock::{Mock, MockServer, ResponseTemplate};

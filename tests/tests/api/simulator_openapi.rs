@@ -39,7 +39,7 @@ struct Spec(Value);
 impl Spec {
     fn load() -> Self {
         let mut spec: Value =
-            serde_json::from_str(include_str!("../fixtures/replicate-openapi.json")).unwrap();
+            serde_json::from_str(include_str!("../../fixtures/replicate-openapi.json")).unwrap();
         nullable_to_json_schema(&mut spec);
         // `version` is `oneOf: [string, enum ["hidden"]]`, which no value can satisfy when
         // it is "hidden" (both branches match); `anyOf` is what the spec means.

@@ -1,8 +1,9 @@
 //! The shipped model registry: resolution, per-alias validation tables, configuration
 //! overrides, and properties of canonicalisation and the cache key.
 
-use imagegen_shared::domain::cost::Price;
-use imagegen_shared::domain::registry::{ModelAlias, ModelRegistry, RegistryError, canonical_json};
+use super::merge_patch;
+use crate::domain::cost::Price;
+use crate::domain::registry::{ModelAlias, ModelRegistry, RegistryError, canonical_json};
 use proptest::prelude::*;
 use serde_json::{Value, json};
 
@@ -826,4 +827,17 @@ fn arbitrary_json() -> impl Strategy<Value = Value> {
                 .prop_map(|m| Value::Object(m.into_iter().collect())),
         ]
     })
+}
+
+#[test]
+fn merge_patch_follows_rfc_7396() {
+    let mut doc = json!({"a": {"b": 1, "c": 2}, "d": [1, 2], "e": 1});
+    merge_patch(
+        &mut doc,
+        json!({"a": {"b": null, "x": 3}, "d": [3], "f": {"g": 1}}),
+    );
+    assert_eq!(
+        doc,
+        json!({"a": {"c": 2, "x": 3}, "d": [3], "e": 1, "f": {"g": 1}})
+    );
 }

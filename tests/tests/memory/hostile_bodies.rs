@@ -11,11 +11,8 @@ use imagegen_shared::domain::input_errors::InputErrors;
 use imagegen_shared::domain::registry::ModelRegistry;
 use imagegen_shared::http::MAX_BODY_BYTES;
 use imagegen_shared::http::body::{MAX_INPUT_FIELDS, parse_submit_body};
-use integration_tests::heap::{self, Counting};
+use integration_tests::heap;
 use serde_json::Value;
-
-#[global_allocator]
-static ALLOCATOR: Counting = Counting;
 
 const MB: usize = 1024 * 1024;
 /// The contract: an error body is at most 64 KB, whatever the request.
@@ -100,6 +97,7 @@ fn fill(body: &mut Vec<u8>, room: usize, item: impl Fn(usize) -> String) -> usiz
 
 #[test]
 fn hostile_bodies_near_the_limit_cost_bounded_memory_and_get_small_422s() {
+    let _alone = heap::exclusive();
     let registry = ModelRegistry::shipped().unwrap();
 
     // 1. Half a million unknown top-level keys: was a 107 MB 422.

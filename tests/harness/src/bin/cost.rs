@@ -25,7 +25,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 
-const TEMPLATE: &str = include_str!("../../../template.yaml");
+const TEMPLATE: &str = include_str!("../../../../template.yaml");
 /// How often the client asks whether its prediction is done.
 const POLL_EVERY: Duration = Duration::from_secs(1);
 

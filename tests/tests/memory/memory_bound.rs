@@ -12,10 +12,7 @@ use imagegen_shared::domain::outputs::{HostAllowlist, OutputError, PART_SIZE};
 use imagegen_shared::ports::StoreError;
 use imagegen_shared::ports::downloads::{Download, OutputSource};
 use imagegen_shared::ports::objects::{ObjectRead, ObjectStore, PresignedPut};
-use integration_tests::heap::{self, Counting};
-
-#[global_allocator]
-static ALLOCATOR: Counting = Counting;
+use integration_tests::heap;
 
 const CHUNK: usize = 64 * 1024;
 
@@ -169,6 +166,7 @@ fn peak_while_storing(count: usize, size: usize) -> usize {
 
 #[test]
 fn peak_memory_does_not_grow_with_output_size() {
+    let _alone = heap::exclusive();
     const MB: usize = 1024 * 1024;
     let small = peak_while_storing(4, 2 * MB);
     let large = peak_while_storing(4, 20 * MB);

@@ -45,7 +45,7 @@ reconcile: ## One reconcile pass against the stack the environment names (TABLE_
 	$(CARGO) run --locked -q -p local-stack --bin reconcile
 
 test: $(VENV_STAMP) ## Build and run every test (starts and stops its own moto server)
-	$(CARGO) build --locked $(addprefix -p ,$(FUNCTIONS))
+	$(CARGO) build --locked --workspace --exclude harness --bins --tests # as tests/src/lib.rs rebuilds them: once
 	MOTO_SERVER=$(MOTO) infra/scripts/with-moto.sh \
 		infra/scripts/test-summary.sh $(CARGO) test --workspace --tests --locked
 
@@ -83,8 +83,8 @@ bench: $(VENV_STAMP) ## Print measured figures: peak memory storing large output
 	$(CARGO) build --locked -q --release -p submit -p fetch-result -p minimal-handler
 	$(CARGO) run --locked -q -p local-stack --bin cold-start -- --against target/release/minimal-handler target/release/fetch-result 20
 	$(CARGO) run --locked -q -p local-stack --bin cold-start -- --against target/release/minimal-handler target/release/submit 20
-	$(CARGO) build --locked -q -p harness --bin warm-bench
-	MOTO_SERVER=$(MOTO) infra/scripts/with-moto.sh target/debug/warm-bench target/release
+	$(CARGO) build --locked -q -p harness --bin request-bench
+	MOTO_SERVER=$(MOTO) infra/scripts/with-moto.sh target/debug/request-bench target/release
 	$(CARGO) build --locked -q -p harness --bin auth-bench
 	MOTO_SERVER=$(MOTO) infra/scripts/with-moto.sh target/debug/auth-bench
 

@@ -12,18 +12,20 @@ use crate::adapters::aws::{
 use crate::adapters::http::callbacks::HttpCallbacks;
 use crate::adapters::http::dns::SystemResolver;
 use crate::adapters::http::downloads::HttpDownloads;
-use crate::adapters::replicate::{ApiToken, ClientBuildError, ClientConfig, ReplicateClient};
+use crate::adapters::replicate::{
+    ApiToken, ClientBuildError, ClientConfig, OnFirstUse, ReplicateClient, check_base_url,
+};
 use crate::app::{App, Settings};
 use crate::config::{ConfigError, replicate_token};
 use crate::domain::registry::{ModelRegistry, RegistryError};
 use crate::lambda::RedeliveringQueue;
-use crate::ports::PortSet;
+use crate::ports::{PortSet, StoreError};
 
 /// The real ports: Replicate over HTTP, DynamoDB, S3, HTTP downloads.
 pub struct Production;
 
 impl crate::ports::Ports for Production {
-    type Replicate = ReplicateClient;
+    type Replicate = OnFirstUse;
     type Records = DynamoRecords;
     type Objects = S3Objects;
     type Downloads = HttpDownloads;
@@ -47,8 +49,6 @@ pub enum BootError {
     Client(#[from] ClientBuildError),
     #[error("could not build an HTTP client: {0}")]
     Downloads(#[from] reqwest::Error),
-    #[error("could not read the Replicate token from SSM: {0}")]
-    Token(#[from] crate::ports::StoreError),
 }
 
 /// Where the Replicate token comes from.
@@ -70,11 +70,11 @@ impl std::fmt::Debug for TokenSource {
 }
 
 impl TokenSource {
-    /// The token; reads SSM (once, at cold start) when it lives there.
-    pub async fn resolve(self, aws: &AwsClients) -> Result<String, BootError> {
+    /// The token; reads SSM when it lives there.
+    pub async fn resolve(&self, aws: &AwsClients) -> Result<String, StoreError> {
         match self {
-            Self::Value(token) => Ok(token),
-            Self::Parameter(name) => Ok(aws.secure_parameter(&name).await?),
+            Self::Value(token) => Ok(token.clone()),
+            Self::Parameter(name) => aws.secure_parameter(name).await,
         }
     }
 }
@@ -112,20 +112,26 @@ pub fn boot_config(lookup: impl Fn(&str) -> Option<String>) -> Result<BootConfig
     })
 }
 
-/// Builds every client. Nothing here talks to the network: the webhook secret, if not
-/// configured, is fetched on first use.
-pub fn production_app(
-    aws: AwsClients,
-    token: String,
-    config: BootConfig,
-) -> Result<ProductionApp, BootError> {
+/// Builds every client. Nothing here talks to the network: Replicate's client (and the
+/// token it needs) and the webhook secret, if not configured, are set up on first use.
+pub fn production_app(aws: AwsClients, config: BootConfig) -> Result<ProductionApp, BootError> {
     let BootConfig {
-        settings, registry, ..
+        settings,
+        registry,
+        token,
+        ..
     } = config;
-    let replicate = ReplicateClient::new(ClientConfig::new(
-        settings.replicate_base_url.clone(),
-        ApiToken::new(token),
-    ))?;
+    check_base_url(&settings.replicate_base_url)?;
+    let base_url = settings.replicate_base_url.clone();
+    let ssm = aws.clone();
+    let replicate = OnFirstUse::new(Box::new(move || {
+        let (base_url, ssm, token) = (base_url.clone(), ssm.clone(), token.clone());
+        Box::pin(async move {
+            let token = token.resolve(&ssm).await.map_err(|e| e.to_string())?;
+            ReplicateClient::new(ClientConfig::new(base_url, ApiToken::new(token)))
+                .map_err(|e| e.to_string())
+        })
+    }));
     let records = DynamoRecords::new(aws.dynamodb, settings.table_name.clone());
     let objects = S3Objects::new(aws.s3, settings.bucket_name.clone(), aws.credentials);
     let downloads = HttpDownloads::new(settings.output_hosts.clone());
@@ -151,19 +157,15 @@ pub fn production_app(
     Ok(App::new(ports, registry, settings))
 }
 
-/// Reads the configuration and builds the app from `lookup`, resolving the token.
+/// Reads the configuration and builds the app from `lookup`.
 pub async fn build_app(
     aws: AwsClients,
     lookup: impl Fn(&str) -> Option<String>,
 ) -> Result<ProductionApp, BootError> {
-    let mut config = boot_config(lookup)?;
-    let token = std::mem::replace(&mut config.token, TokenSource::Value(String::new()))
-        .resolve(&aws)
-        .await?;
-    production_app(aws, token, config)
+    production_app(aws, boot_config(lookup)?)
 }
 
-/// Cold start: logs, SDK clients, configuration, the token; the app lives for the process.
+/// Cold start: logs, SDK clients, configuration; the app lives for the process.
 pub async fn init() -> Result<&'static ProductionApp, BootError> {
     init_with_aws().await.map(|(app, _)| app)
 }

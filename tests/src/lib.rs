@@ -82,6 +82,9 @@ impl Drop for Stack {
 /// The function binaries, built first (a no-op when they are fresh; `cargo test` alone
 /// builds no other package's binaries): `target/debug` for a debug-built harness (the
 /// tests), `target/release` (as they deploy) for an optimised one (`make load`'s).
+///
+/// The debug build selects what `make test` builds before it runs the tests, so that the
+/// features cargo unifies are the same and nothing is compiled again here.
 pub fn function_binaries() -> std::path::PathBuf {
     static BUILT: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
     BUILT
@@ -90,14 +93,15 @@ pub fn function_binaries() -> std::path::PathBuf {
             let mut command = std::process::Command::new(cargo);
             command.args(["build", "-q", "--locked"]);
             let profile = if cfg!(debug_assertions) {
+                command.args(["--workspace", "--exclude", "harness", "--bins", "--tests"]);
                 "debug"
             } else {
                 command.arg("--release");
+                for function in FUNCTIONS {
+                    command.args(["-p", function]);
+                }
                 "release"
             };
-            for function in FUNCTIONS {
-                command.args(["-p", function]);
-            }
             let status = command.status().expect("cargo runs");
             assert!(status.success(), "the function binaries build");
             std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))

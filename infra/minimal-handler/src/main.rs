@@ -1,11 +1,12 @@
 //! The yardstick of `make bench`: what any Rust Lambda serving fetch-result's job must do at
-//! init (SDK configuration, a DynamoDB and an S3 client, the runtime) and per request (one
-//! GetItem, one presigned GET), and nothing else.
+//! init (SDK configuration, a DynamoDB and an S3 client, the runtime) and per request (the
+//! caller's key read by its hash, the record read, one presigned GET), and nothing else.
 
 use std::time::Duration;
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use lambda_http::{Body, Error, Request, Response, run, service_fn};
+use sha2::{Digest, Sha256};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
@@ -16,6 +17,23 @@ async fn main() -> Result<(), Error> {
     let bucket = std::env::var("BUCKET_NAME").unwrap_or_default();
     let (dynamodb, s3, table, bucket) = (&dynamodb, &s3, &table, &bucket);
     run(service_fn(move |request: Request| async move {
+        let key = request
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or_default();
+        let key_id: String = Sha256::digest(key.as_bytes())
+            .iter()
+            .take(8)
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let caller = dynamodb
+            .get_item()
+            .table_name(table)
+            .key("pk", AttributeValue::S(format!("apikey#{key_id}")))
+            .send()
+            .await?;
         let id = request
             .uri()
             .path()
@@ -39,7 +57,8 @@ async fn main() -> Result<(), Error> {
             )?)
             .await?;
         let body = format!(
-            "{{\"found\": {}, \"url\": \"{}\"}}",
+            "{{\"caller\": {}, \"found\": {}, \"url\": \"{}\"}}",
+            caller.item.is_some(),
             item.item.is_some(),
             presigned.uri()
         );

@@ -139,11 +139,11 @@ impl NewKey {
         match store.create_key(&self.record).await {
             Ok(()) => Ok(()),
             Err(err) => match store.get_key(&self.record.id).await {
-                Ok(Some(existing)) if existing.tenant != self.record.tenant => Err(format!(
+                Ok(Some(existing)) if existing.record.tenant != self.record.tenant => Err(format!(
                     "key {} already belongs to another tenant",
                     self.record.id
                 )),
-                Ok(Some(existing)) if existing.revoked_at.is_some() => Err(format!(
+                Ok(Some(existing)) if existing.record.revoked_at.is_some() => Err(format!(
                     "key {} was revoked; choose another",
                     self.record.id
                 )),

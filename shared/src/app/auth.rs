@@ -15,7 +15,7 @@ use crate::ports::Ports;
 use crate::ports::accounts::AccountStore;
 
 use crate::domain::tenancy::{
-    ApiKey, Caller, KeyHash, KeyRecord, RateWindow, TenantLimits, caller,
+    ApiKey, Caller, CarriedLimits, KeyHash, KeyRecord, RateWindow, StoredKey, TenantLimits, caller,
 };
 
 use crate::domain::time::Timestamp;
@@ -76,7 +76,8 @@ impl<P: Ports> App<P> {
         Ok(caller)
     }
 
-    /// The key with this hash's id and its tenant's limits: from the cache, or two reads.
+    /// The key with this hash's id and its tenant's limits: from the cache, or one read (two
+    /// for a key stored before keys carried their tenant's limits).
     async fn find_key(&self, hash: &KeyHash) -> Result<Found, ApiError> {
         let id = hash.key_id();
         let now = self.clock.now();
@@ -84,7 +85,14 @@ impl<P: Ports> App<P> {
             return Ok(cached);
         }
         let found = match self.records.get_key(&id).await? {
-            Some(record) => {
+            Some(StoredKey {
+                record,
+                limits: CarriedLimits::Carried(limits),
+            }) => Some((record, limits)),
+            Some(StoredKey {
+                record,
+                limits: CarriedLimits::NotCarried,
+            }) => {
                 let limits = self.records.get_tenant(&record.tenant).await?;
                 Some((record, limits))
             }

@@ -194,6 +194,24 @@ impl KeyRecord {
     }
 }
 
+/// What a stored key says of its tenant's limits. Keys carry them, so who a request comes
+/// from and what it may do is one read (ARCHITECTURE.md, "Callers and money").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CarriedLimits {
+    /// The tenant's limits as they last changed (`None`: it has none stored, so the
+    /// defaults apply).
+    Carried(Option<TenantLimits>),
+    /// A key stored before keys carried their tenant's limits: the tenant's item decides.
+    NotCarried,
+}
+
+/// A key as the store holds it: the key, and its tenant's limits as the key carries them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredKey {
+    pub record: KeyRecord,
+    pub limits: CarriedLimits,
+}
+
 /// A tenant's limits: submits per minute and an optional monthly budget.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TenantLimits {

@@ -249,7 +249,11 @@ pub async fn copy_batch<P: Ports>(
         let failed = match serde_json::from_str::<crate::domain::jobs::CopyJob>(body) {
             Ok(job) => {
                 let span = tracing::info_span!("copy", prediction_id = %job.prediction_id);
-                let copied = app.copy_outputs(&job, deadline).instrument(span).await;
+                // Boxed: the copy's future (download, multipart upload, the state path) is
+                // deep enough to pass the compiler's layout depth inside the runtime's.
+                let copied = Box::pin(app.copy_outputs(&job, deadline))
+                    .instrument(span)
+                    .await;
                 crate::telemetry::metrics::record(crate::telemetry::metrics::Metric::value(
                     "CopyTime",
                     started.elapsed().as_secs_f64() * 1000.0,

@@ -4,7 +4,9 @@
 use std::future::Future;
 
 use crate::domain::cost::{CostSettlement, Reservation, Usage};
-use crate::domain::tenancy::{KeyId, KeyRecord, LimitsUpdate, RateWindow, TenantId, TenantLimits};
+use crate::domain::tenancy::{
+    KeyId, KeyRecord, LimitsUpdate, RateWindow, StoredKey, TenantId, TenantLimits,
+};
 use crate::domain::time::Timestamp;
 use crate::domain::uploads::{UploadId, UploadRecord};
 use crate::ports::StoreError;
@@ -34,16 +36,20 @@ pub trait AccountStore: Send + Sync {
         candidate: &str,
     ) -> impl Future<Output = Result<String, StoreError>> + Send;
 
-    /// Stores a new key; fails if a key with its id exists.
+    /// Stores a new key, carrying its tenant's limits as they are (and as they change while
+    /// it is stored); fails if a key with its id exists.
     fn create_key(&self, key: &KeyRecord) -> impl Future<Output = Result<(), StoreError>> + Send;
 
+    /// A key, with the limits it carries: one read.
     fn get_key(
         &self,
         id: &KeyId,
-    ) -> impl Future<Output = Result<Option<KeyRecord>, StoreError>> + Send;
+    ) -> impl Future<Output = Result<Option<StoredKey>, StoreError>> + Send;
 
-    /// Changes a tenant's limits (all its keys share them) in one atomic update; returns
-    /// the limits now stored.
+    /// Changes a tenant's limits (all its keys share them) in one atomic update, then has
+    /// every key it created carry them before answering; returns the limits now stored.
+    /// Whatever order this and a `create_key` of the same tenant run in, the key ends up
+    /// carrying the newest limits.
     fn update_tenant(
         &self,
         update: &LimitsUpdate,

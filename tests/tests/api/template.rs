@@ -383,7 +383,10 @@ impl Scenario {
         source.insert(LARGE, png(PART_SIZE + 10));
         let records = MemoryRecords::default();
         let tenant = TenantId::parse(TENANT).unwrap();
-        records.put_key(KeyRecord::new(
+        // A key as stored before keys carried their tenant's limits: its requests also read
+        // the tenant's item, which the functions must stay allowed to do while such keys
+        // exist (a key that carries them needs only its own read).
+        records.put_key_without_limits(KeyRecord::new(
             &ApiKey::parse(API_KEY).unwrap(),
             tenant.clone(),
             Timestamp::EPOCH,
@@ -1249,7 +1252,8 @@ async fn check_grants() {
         }
 
         let mut needed = calls[&handler].clone();
-        // The token, read from SSM at cold start (`variables_read` checked it is there).
+        // The token, read from SSM by the first call to Replicate (`variables_read` checked
+        // it is there).
         needed.insert(("ssm:GetParameter".to_owned(), Resource::TokenParameter));
         let policies = policies(&template, function);
         assert_eq!(

@@ -6,9 +6,14 @@
 /// The SAM template grants each function the actions of the methods its handler calls.
 pub fn iam_actions(port_method: &str) -> &'static [&'static str] {
     match port_method {
-        "try_claim" | "replace_claim" | "insert_prediction" | "create_key" | "put_upload" => {
-            &["dynamodb:PutItem"]
-        }
+        "try_claim" | "replace_claim" | "insert_prediction" | "put_upload" => &["dynamodb:PutItem"],
+        // Read the tenant's limits, put the key carrying them, list it with the tenant (and
+        // carry a change made meanwhile).
+        "create_key" => &[
+            "dynamodb:GetItem",
+            "dynamodb:PutItem",
+            "dynamodb:UpdateItem",
+        ],
         "settle_claim" | "advance" | "claim_sync" | "revoke_key" | "update_tenant"
         | "count_request" | "reserve_cost" | "settle_cost" | "callback_queued"
         | "callback_attempted" | "claim_create" | "release_create" | "mark_queued" => {
@@ -73,10 +78,16 @@ pub fn item_actions(port_method: &str, claim_prefix: Option<&str>) -> Vec<(&'sta
             (update, on("pred#")),
             (delete, on("replicate#")),
         ],
-        "create_key" => vec![(put, on("apikey#"))],
+        "create_key" => vec![
+            (get, on("tenant#")),
+            (put, on("apikey#")),
+            (update, on("tenant#")),
+            (update, on("apikey#")),
+        ],
         "get_key" => vec![(get, on("apikey#"))],
         "revoke_key" => vec![(update, on("apikey#"))],
-        "update_tenant" => vec![(update, on("tenant#"))],
+        // The tenant's item, then each of its keys (they carry its limits).
+        "update_tenant" => vec![(update, on("tenant#")), (update, on("apikey#"))],
         "get_tenant" => vec![(get, on("tenant#"))],
         "count_request" => vec![(update, on("rate#"))],
         "reserve_cost" | "settle_cost" => vec![(update, on("usage#"))],

@@ -381,6 +381,12 @@ fn ceil_millis(t: SystemTime) -> SystemTime {
     }
 }
 
+/// Whether `raw` can be the client's base URL: checked at start-up, though the client is
+/// set up on first use.
+pub fn check_base_url(raw: &str) -> Result<(), ClientBuildError> {
+    parse_base_url(raw).map(|_| ())
+}
+
 fn parse_base_url(raw: &str) -> Result<Url, ClientBuildError> {
     let url = Url::parse(raw.trim()).map_err(|_| ClientBuildError::BaseUrl(raw.to_owned()))?;
     if !matches!(url.scheme(), "http" | "https") || url.cannot_be_a_base() || url.host().is_none() {

@@ -2,9 +2,13 @@
 //! of `retry`.
 
 mod client;
+mod on_first_use;
 pub mod retry;
 
-pub use client::{ApiToken, ClientBuildError, ClientConfig, DEFAULT_BASE_URL, ReplicateClient};
+pub use client::{
+    ApiToken, ClientBuildError, ClientConfig, DEFAULT_BASE_URL, ReplicateClient, check_base_url,
+};
+pub use on_first_use::{OnFirstUse, Setup};
 pub use retry::RetryPolicy;
 
 #[cfg(test)]

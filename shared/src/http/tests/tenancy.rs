@@ -302,6 +302,28 @@ async fn an_insert_whose_answer_was_lost_goes_on_and_is_reserved_once() {
     );
 }
 
+/// A key stored before keys carried their tenant's limits is still held to them: its
+/// tenant's item is read with it.
+#[tokio::test]
+async fn a_key_that_carries_no_limits_is_held_to_its_tenants() {
+    let app = app();
+    let old = "igk_key_stored_before_keys_carried_limits_0099";
+    let tenant = TenantId::parse("older").unwrap();
+    app.records
+        .put_limits(TenantLimits::new(tenant, 1, None).unwrap());
+    app.records.put_key_without_limits(key_record(old, "older"));
+    let (_, next_minute) = app.clock.now().period(Duration::from_secs(60));
+    app.clock.advance(next_minute.since(app.clock.now()));
+    let submit =
+        |text: &str| routes::submit::submit(&app, with_key(submit_event(prompt(text)), Some(old)));
+    assert_eq!(submit("a").await.status(), 202);
+    assert_eq!(
+        submit("b").await.status(),
+        429,
+        "the rate of the tenant's item"
+    );
+}
+
 #[tokio::test]
 async fn all_keys_of_a_tenant_share_its_limits_and_a_change_applies_within_the_cache_ttl() {
     let app = app();

@@ -6,6 +6,7 @@ use super::*;
 /// Every rule of `AccountStore` that authentication, rate limits and budgets rely on.
 pub async fn account_store_suite<S: AccountStore>(store: &S) {
     keys_are_created_once_read_back_and_revoked(store).await;
+    keys_carry_their_tenants_limits(store).await;
     tenant_limits_are_set_and_replaced(store).await;
     rate_windows_admit_exactly_the_limit(store).await;
     budgets_reserve_atomically_and_settle_to_the_actual_cost(store).await;
@@ -89,8 +90,11 @@ pub(super) async fn keys_are_created_once_read_back_and_revoked<S: AccountStore>
         .unwrap_or_else(|e| panic!("create_key: {e}"));
     assert_eq!(
         store.get_key(&record.id).await.ok().flatten(),
-        Some(record.clone()),
-        "get_key: a key reads back exactly as created"
+        Some(StoredKey {
+            record: record.clone(),
+            limits: CarriedLimits::Carried(None),
+        }),
+        "get_key: a key reads back exactly as created, carrying no limits of a tenant with none"
     );
     assert!(
         store.create_key(&record).await.is_err(),
@@ -122,7 +126,7 @@ pub(super) async fn keys_are_created_once_read_back_and_revoked<S: AccountStore>
             .await
             .ok()
             .flatten()
-            .and_then(|k| k.revoked_at),
+            .and_then(|k| k.record.revoked_at),
         Some(NOW.plus(ms(5))),
         "revoke_key: the first revocation time is kept"
     );
@@ -134,6 +138,101 @@ pub(super) async fn keys_are_created_once_read_back_and_revoked<S: AccountStore>
         store.get_key(&unknown).await.ok().flatten(),
         None,
         "revoke_key: revoking an unknown key stores nothing"
+    );
+}
+
+/// The limits a stored key carries (`None`: no such key).
+async fn carried<S: AccountStore>(store: &S, key: &KeyRecord) -> Option<CarriedLimits> {
+    store
+        .get_key(&key.id)
+        .await
+        .unwrap_or_else(|e| panic!("get_key: {e}"))
+        .map(|k| k.limits)
+}
+
+pub(super) async fn keys_carry_their_tenants_limits<S: AccountStore>(store: &S) {
+    let tenant = fresh_tenant();
+    let update = |rate: Option<u32>, budget: Option<Option<u64>>| {
+        LimitsUpdate::new(tenant.clone(), rate, budget).unwrap_or_else(|e| panic!("{e}"))
+    };
+    let limits = |rate: u32, budget: Option<u64>| {
+        TenantLimits::new(tenant.clone(), rate, budget).unwrap_or_else(|e| panic!("{e}"))
+    };
+    let create = |record: KeyRecord| async move {
+        store
+            .create_key(&record)
+            .await
+            .unwrap_or_else(|e| panic!("create_key: {e}"));
+        record
+    };
+    let early = create(KeyRecord::new(&ApiKey::generate(), tenant.clone(), NOW)).await;
+    store
+        .update_tenant(&update(Some(7), Some(Some(5))))
+        .await
+        .unwrap_or_else(|e| panic!("update_tenant: {e}"));
+    assert_eq!(
+        carried(store, &early).await,
+        Some(CarriedLimits::Carried(Some(limits(7, Some(5))))),
+        "update_tenant: a key made before the tenant had limits carries them once it has"
+    );
+    let late = create(KeyRecord::new(&ApiKey::generate(), tenant.clone(), NOW)).await;
+    assert_eq!(
+        carried(store, &late).await,
+        Some(CarriedLimits::Carried(Some(limits(7, Some(5))))),
+        "create_key: a new key carries its tenant's limits as they are"
+    );
+    store
+        .update_tenant(&update(Some(9), Some(None)))
+        .await
+        .unwrap_or_else(|e| panic!("update_tenant: {e}"));
+    for key in [&early, &late] {
+        assert_eq!(
+            carried(store, key).await,
+            Some(CarriedLimits::Carried(Some(limits(9, None)))),
+            "update_tenant: every key of the tenant carries the change, a removed budget too"
+        );
+    }
+    // Another tenant's change reaches none of them.
+    let other = fresh_tenant();
+    let stranger = create(KeyRecord::new(&ApiKey::generate(), other.clone(), NOW)).await;
+    store
+        .update_tenant(
+            &LimitsUpdate::new(other.clone(), Some(3), Some(Some(1)))
+                .unwrap_or_else(|e| panic!("{e}")),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("update_tenant: {e}"));
+    assert_eq!(
+        carried(store, &late).await,
+        Some(CarriedLimits::Carried(Some(limits(9, None)))),
+        "update_tenant: another tenant's keys are untouched"
+    );
+    assert_eq!(
+        carried(store, &stranger).await,
+        Some(CarriedLimits::Carried(Some(
+            TenantLimits::new(other, 3, Some(1)).unwrap_or_else(|e| panic!("{e}"))
+        ))),
+        "update_tenant: the other tenant's key carries its own"
+    );
+    // A revoked key is still revoked whatever it carries.
+    store
+        .revoke_key(&late.id, NOW)
+        .await
+        .unwrap_or_else(|e| panic!("revoke_key: {e}"));
+    store
+        .update_tenant(&update(Some(11), None))
+        .await
+        .unwrap_or_else(|e| panic!("update_tenant: {e}"));
+    let revoked = store
+        .get_key(&late.id)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| panic!("the revoked key is still stored"));
+    assert_eq!(
+        revoked.record.revoked_at,
+        Some(NOW),
+        "update_tenant: carrying limits never unrevokes a key"
     );
 }
 

@@ -34,7 +34,8 @@ use crate::domain::jobs::CopyJob;
 use crate::domain::record::{Advance, PredictionRecord, StoredOutput};
 use crate::domain::replicate::{Metrics, Prediction, PredictionStatus, PredictionUrls};
 use crate::domain::tenancy::{
-    ApiKey, DEFAULT_RATE_PER_MINUTE, KeyRecord, LimitsUpdate, RateWindow, TenantId, TenantLimits,
+    ApiKey, CarriedLimits, DEFAULT_RATE_PER_MINUTE, KeyRecord, LimitsUpdate, RateWindow, StoredKey,
+    TenantId, TenantLimits,
 };
 use crate::domain::time::Timestamp;
 use crate::domain::uploads::{ImageKind, UploadId, UploadRecord};

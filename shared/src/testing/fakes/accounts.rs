@@ -24,10 +24,15 @@ impl AccountStore for MemoryRecords {
     }
 
     async fn create_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
-        insert_new(&self.keys, key.id.as_str(), key, "create key")
+        let tenants = lock(&self.tenants);
+        let stored = StoredKey {
+            record: key.clone(),
+            limits: CarriedLimits::Carried(tenants.get(&key.tenant).cloned()),
+        };
+        insert_new(&self.keys, key.id.as_str(), &stored, "create key")
     }
 
-    async fn get_key(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
+    async fn get_key(&self, id: &KeyId) -> Result<Option<StoredKey>, StoreError> {
         Ok(lock(&self.keys).get(id.as_str()).cloned())
     }
 
@@ -35,6 +40,7 @@ impl AccountStore for MemoryRecords {
         let mut tenants = lock(&self.tenants);
         let limits = update.applied_to(tenants.get(&update.tenant));
         tenants.insert(update.tenant.clone(), limits.clone());
+        self.carry(&limits);
         Ok(limits)
     }
 
@@ -45,7 +51,7 @@ impl AccountStore for MemoryRecords {
     async fn revoke_key(&self, id: &KeyId, at: Timestamp) -> Result<bool, StoreError> {
         Ok(lock(&self.keys)
             .get_mut(id.as_str())
-            .map(|key| key.revoked_at = key.revoked_at.or(Some(at)))
+            .map(|key| key.record.revoked_at = key.record.revoked_at.or(Some(at)))
             .is_some())
     }
 

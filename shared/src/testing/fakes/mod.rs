@@ -39,7 +39,9 @@ use crate::domain::replicate::{
     Deadline, Model, ModelRef, Prediction, PredictionStatus, ReplicateError, WebhookTarget,
 };
 use crate::domain::signing::SigningSecret;
-use crate::domain::tenancy::{KeyId, KeyRecord, LimitsUpdate, RateWindow, TenantId, TenantLimits};
+use crate::domain::tenancy::{
+    CarriedLimits, KeyId, KeyRecord, LimitsUpdate, RateWindow, StoredKey, TenantId, TenantLimits,
+};
 use crate::domain::time::Timestamp;
 use crate::domain::uploads::{UploadId, UploadRecord};
 use crate::ports::StoreError;

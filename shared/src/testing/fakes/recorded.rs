@@ -201,7 +201,7 @@ impl<T: AccountStore> AccountStore for Recorded<T> {
         self.inner.create_key(key).await
     }
 
-    async fn get_key(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
+    async fn get_key(&self, id: &KeyId) -> Result<Option<StoredKey>, StoreError> {
         self.note("get_key");
         self.inner.get_key(id).await
     }

@@ -9,7 +9,7 @@ pub struct MemoryRecords {
     pub(super) claims: Mutex<HashMap<String, Claim>>,
     /// Replicate id → the record it is bound to.
     pub(super) bindings: Mutex<HashMap<String, PredictionId>>,
-    pub(super) keys: Mutex<HashMap<String, KeyRecord>>,
+    pub(super) keys: Mutex<HashMap<String, StoredKey>>,
     pub(super) tenants: Mutex<HashMap<TenantId, TenantLimits>>,
     /// Rate windows and usage months: counters by store key (signed, as DynamoDB's `ADD`).
     pub(super) counters: Mutex<HashMap<String, HashMap<&'static str, i128>>>,
@@ -77,14 +77,40 @@ impl MemoryRecords {
         *lock(&self.lost_insert_answers) = n;
     }
 
-    /// Stores an API key as is, for setting up a test's callers.
+    /// Stores an API key carrying its tenant's limits, as `create_key` does, for setting
+    /// up a test's callers.
     pub fn put_key(&self, key: KeyRecord) {
-        lock(&self.keys).insert(key.id.as_str().to_owned(), key);
+        let limits = lock(&self.tenants).get(&key.tenant).cloned();
+        let stored = StoredKey {
+            record: key,
+            limits: CarriedLimits::Carried(limits),
+        };
+        lock(&self.keys).insert(stored.record.id.as_str().to_owned(), stored);
     }
 
-    /// Stores a tenant's limits as they are, for setting up a test's callers.
+    /// Stores an API key as keys were stored before they carried their tenant's limits.
+    pub fn put_key_without_limits(&self, key: KeyRecord) {
+        let stored = StoredKey {
+            record: key,
+            limits: CarriedLimits::NotCarried,
+        };
+        lock(&self.keys).insert(stored.record.id.as_str().to_owned(), stored);
+    }
+
+    /// Stores a tenant's limits, carried by its keys as `update_tenant` has them carried,
+    /// for setting up a test's callers.
     pub fn put_limits(&self, limits: TenantLimits) {
+        self.carry(&limits);
         lock(&self.tenants).insert(limits.tenant.clone(), limits);
+    }
+
+    /// Has every key of `limits`' tenant that carries limits carry these.
+    pub(super) fn carry(&self, limits: &TenantLimits) {
+        for key in lock(&self.keys).values_mut() {
+            if key.record.tenant == limits.tenant && key.limits != CarriedLimits::NotCarried {
+                key.limits = CarriedLimits::Carried(Some(limits.clone()));
+            }
+        }
     }
 }
 

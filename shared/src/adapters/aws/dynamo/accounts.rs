@@ -2,6 +2,44 @@
 
 use super::*;
 
+/// Keys a change of limits is carried to at once.
+const KEYS_AT_ONCE: usize = 16;
+
+impl DynamoRecords {
+    /// Has key `id` carry `limits` at `version`, unless it carries a newer version already
+    /// (or is gone): `false` then.
+    async fn carry_limits(
+        &self,
+        id: &KeyId,
+        limits: Option<&TenantLimits>,
+        version: u64,
+    ) -> Result<bool, StoreError> {
+        let carried = carried_limits(limits, version);
+        let mut set = Vec::new();
+        let mut values = Item::new();
+        for (name, value) in carried {
+            set.push(format!("#{name} = :{name}"));
+            values.insert(format!(":{name}"), value);
+        }
+        let mut expression = format!("SET {}", set.join(", "));
+        for absent in ["rate_per_minute", "monthly_budget"] {
+            if !values.contains_key(&format!(":{absent}")) {
+                expression.push_str(if expression.contains(" REMOVE ") {
+                    ", "
+                } else {
+                    " REMOVE "
+                });
+                expression.push_str(&format!("#{absent}"));
+            }
+        }
+        let condition = format!(
+            "attribute_exists(#pk) AND (attribute_not_exists(#{LIMITS_VERSION}) OR #{LIMITS_VERSION} < :{LIMITS_VERSION})"
+        );
+        self.update_if("carry limits", key_pk(id), &expression, &condition, values)
+            .await
+    }
+}
+
 impl AccountStore for DynamoRecords {
     async fn put_upload(&self, upload: &UploadRecord) -> Result<(), StoreError> {
         match self
@@ -55,21 +93,49 @@ impl AccountStore for DynamoRecords {
     }
 
     async fn create_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
+        // The key carries its tenant's limits as they are now…
+        let tenant = self.get_item("create key", tenant_pk(&key.tenant)).await?;
+        let (limits, version) = tenant_snapshot(tenant.as_ref())?;
+        let mut item = key_to_item(key);
+        item.extend(carried_limits(limits.as_ref(), version));
         match self
-            .put_if(
-                "create key",
-                key_to_item(key),
-                "attribute_not_exists(#pk)",
-                None,
-            )
+            .put_if("create key", item, "attribute_not_exists(#pk)", None)
             .await?
         {
-            PutOutcome::Written => Ok(()),
-            PutOutcome::Refused(_) => Err(StoreError::new("create key", "the key exists")),
+            PutOutcome::Written => {}
+            PutOutcome::Refused(_) => return Err(StoreError::new("create key", "the key exists")),
         }
+        // …and is listed with the tenant, so every change of them reaches it. A change that
+        // came meanwhile (it may not have seen this key yet) is carried over here.
+        let values = Item::from([
+            (":tenant".to_owned(), s(key.tenant.as_str())),
+            (
+                ":key".to_owned(),
+                AttributeValue::Ss(vec![key.id.as_str().to_owned()]),
+            ),
+        ]);
+        let expression = "SET #tenant = :tenant ADD #keys :key";
+        let output = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", tenant_pk(&key.tenant))
+            .update_expression(expression)
+            .set_expression_attribute_names(Some(names_in(&[expression])))
+            .set_expression_attribute_values(Some(values))
+            .return_values(ReturnValue::AllNew)
+            .send()
+            .await
+            .map_err(|e| failed("create key", e))?;
+        let (now, now_version) = tenant_snapshot(output.attributes.as_ref())?;
+        if now_version > version {
+            self.carry_limits(&key.id, now.as_ref(), now_version)
+                .await?;
+        }
+        Ok(())
     }
 
-    async fn get_key(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
+    async fn get_key(&self, id: &KeyId) -> Result<Option<StoredKey>, StoreError> {
         self.get_item("get key", key_pk(id))
             .await?
             .as_ref()
@@ -99,7 +165,8 @@ impl AccountStore for DynamoRecords {
             Some(None) => remove.push("#monthly_budget"),
             None => {}
         }
-        let mut expression = format!("SET {}", set.join(", "));
+        values.insert(":one".to_owned(), n(1));
+        let mut expression = format!("SET {} ADD #{LIMITS_VERSION} :one", set.join(", "));
         if !remove.is_empty() {
             expression.push_str(&format!(" REMOVE {}", remove.join(", ")));
         }
@@ -118,15 +185,26 @@ impl AccountStore for DynamoRecords {
         let item = output
             .attributes
             .ok_or_else(|| StoreError::new("update tenant", "no attributes returned"))?;
-        limits_from_item(&item)
+        let limits = limits_from_item(&item)?;
+        let version = read_opt_n(&item, LIMITS_VERSION).unwrap_or(0);
+        // Every key the tenant made carries the change before the operator is answered.
+        let keys = tenant_keys(&item);
+        for batch in keys.chunks(KEYS_AT_ONCE) {
+            let carried = batch
+                .iter()
+                .map(|id| self.carry_limits(id, Some(&limits), version));
+            for result in futures_util::future::join_all(carried).await {
+                result?;
+            }
+        }
+        Ok(limits)
     }
 
     async fn get_tenant(&self, tenant: &TenantId) -> Result<Option<TenantLimits>, StoreError> {
-        self.get_item("get tenant", tenant_pk(tenant))
-            .await?
-            .as_ref()
-            .map(limits_from_item)
-            .transpose()
+        match self.get_item("get tenant", tenant_pk(tenant)).await? {
+            Some(item) => opt_limits_from_item(&item),
+            None => Ok(None),
+        }
     }
 
     async fn revoke_key(&self, id: &KeyId, at: Timestamp) -> Result<bool, StoreError> {

@@ -392,15 +392,72 @@ pub(super) fn read_tenant(item: &Item) -> Result<TenantId, StoreError> {
         .map_err(|e| StoreError::new("read item", format!("attribute `tenant`: {e}")))
 }
 
-pub(super) fn key_from_item(item: &Item) -> Result<KeyRecord, StoreError> {
+pub(super) fn key_from_item(item: &Item) -> Result<StoredKey, StoreError> {
     let hash = KeyHash::from_stored(read_s(item, "key_hash")?);
-    Ok(KeyRecord {
+    let record = KeyRecord {
         id: hash.key_id(),
         tenant: read_tenant(item)?,
         created_at: read_time(item, "created_at")?,
         revoked_at: read_opt_time(item, "revoked_at"),
         hash,
-    })
+    };
+    let limits = match read_opt_n(item, LIMITS_VERSION) {
+        Some(_) => CarriedLimits::Carried(opt_limits_from_item(item)?),
+        None => CarriedLimits::NotCarried,
+    };
+    Ok(StoredKey { record, limits })
+}
+
+/// The version of a tenant's limits: one more at each change, on the tenant's item and on
+/// each key that carries them (a key takes only a newer version).
+pub(super) const LIMITS_VERSION: &str = "limits_version";
+
+/// The attributes a key carries of its tenant's limits at `version` (`None`: the tenant has
+/// none stored).
+pub(super) fn carried_limits(limits: Option<&TenantLimits>, version: u64) -> Item {
+    let mut item = Item::from([(LIMITS_VERSION.to_owned(), n(version))]);
+    if let Some(limits) = limits {
+        item.insert(
+            "rate_per_minute".to_owned(),
+            n(u64::from(limits.rate_per_minute)),
+        );
+        if let Some(budget) = limits.monthly_budget {
+            item.insert("monthly_budget".to_owned(), n(budget));
+        }
+    }
+    item
+}
+
+/// A tenant item's limits and their version (`None`, 0 when it stores none yet: the item
+/// may hold only the keys it made).
+pub(super) fn tenant_snapshot(
+    item: Option<&Item>,
+) -> Result<(Option<TenantLimits>, u64), StoreError> {
+    match item {
+        None => Ok((None, 0)),
+        Some(item) => Ok((
+            opt_limits_from_item(item)?,
+            read_opt_n(item, LIMITS_VERSION).unwrap_or(0),
+        )),
+    }
+}
+
+/// The limits an item holds, if it holds a rate.
+pub(super) fn opt_limits_from_item(item: &Item) -> Result<Option<TenantLimits>, StoreError> {
+    match read_opt_n(item, "rate_per_minute") {
+        Some(_) => limits_from_item(item).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// The ids of the keys a tenant's item lists (the keys that carry its limits).
+pub(super) fn tenant_keys(item: &Item) -> Vec<KeyId> {
+    match item.get("keys") {
+        Some(AttributeValue::Ss(ids)) => {
+            ids.iter().filter_map(|id| KeyId::parse(id).ok()).collect()
+        }
+        _ => Vec::new(),
+    }
 }
 
 pub(super) fn tenant_pk(tenant: &TenantId) -> AttributeValue {

@@ -16,8 +16,8 @@ use crate::domain::pacing::{CreateSlot, Pace};
 use crate::domain::record::{Advance, PredictionRecord, QueueState};
 use crate::domain::replicate::{Deadline, PredictionStatus};
 use crate::domain::tenancy::{
-    DEFAULT_RATE_PER_MINUTE, KeyHash, KeyId, KeyRecord, LimitsUpdate, RateWindow, TenantId,
-    TenantLimits,
+    CarriedLimits, DEFAULT_RATE_PER_MINUTE, KeyHash, KeyId, KeyRecord, LimitsUpdate, RateWindow,
+    StoredKey, TenantId, TenantLimits,
 };
 use crate::domain::time::Timestamp;
 use crate::domain::uploads::{ImageKind, UploadId, UploadRecord};

@@ -1,12 +1,17 @@
-//! `make bench` (part): CPU per warm request of the release `fetch-result` binary against the
-//! minimal handler (`infra/minimal-handler`: one GetItem and one presign), each as one
-//! process under a local Runtime API, fed the same API Gateway v2 event for a finished
-//! prediction stored on moto. Rounds alternate between the two; each round reads the
-//! process's on-CPU time before and after its requests.
+//! `make bench` (part): the release `fetch-result` binary against the minimal handler
+//! (`infra/minimal-handler`: the caller's key GetItem, the record GetItem and one presign),
+//! each under a local Runtime API, fed the same API Gateway v2 event for a finished
+//! prediction stored on moto:
 //!
-//! `warm-bench RELEASE_DIR` (e.g. `target/release`, with `fetch-result` and
-//! `minimal-handler` built). Bounded: `WARM_BENCH_REQUESTS` per round (default 200),
-//! `WARM_BENCH_ROUNDS` rounds (default 5), all on 127.0.0.1.
+//! - init plus the first request: a fresh process each time, from exec to the first
+//!   response (what a caller waits on a cold start), alternating between the two;
+//! - CPU per warm request: one process each, rounds alternating; each round reads the
+//!   process's on-CPU time before and after its requests.
+//!
+//! `request-bench RELEASE_DIR` (e.g. `target/release`, with `fetch-result` and
+//! `minimal-handler` built). Bounded: `FIRST_REQUEST_ROUNDS` fresh processes of each
+//! (default 10), `WARM_BENCH_REQUESTS` per round (default 200), `WARM_BENCH_ROUNDS` rounds
+//! (default 5), all on 127.0.0.1.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -34,6 +39,9 @@ impl Subject {
         binary: &Path,
         env: &std::collections::HashMap<String, String>,
     ) -> Self {
+        // The processes' logs go to files, not into the figures.
+        let logs = std::env::temp_dir().join(format!("request-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&logs).expect("a log directory");
         assert!(
             binary.exists(),
             "{} is not built (cargo build --release)",
@@ -45,7 +53,7 @@ impl Subject {
             memory_mb: 256,
             timeout: Duration::from_secs(10),
         };
-        let function = LocalFunction::start(&process, env, 1, None)
+        let function = LocalFunction::start(&process, env, 1, Some(&logs))
             .await
             .expect("the function starts");
         Self {
@@ -113,6 +121,25 @@ impl Subject {
     }
 }
 
+/// Init and the first request of a fresh process of `binary`: from exec to its response.
+async fn first_request(
+    name: &'static str,
+    binary: &Path,
+    env: &std::collections::HashMap<String, String>,
+    event: &Bytes,
+) -> Duration {
+    let started = Instant::now();
+    let subject = Subject::start(name, binary, env).await;
+    subject.call(event).await;
+    let elapsed = started.elapsed();
+    subject.function.stop();
+    elapsed
+}
+
+fn millis(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
 fn median(values: &[Duration]) -> Duration {
     let mut sorted = values.to_vec();
     sorted.sort_unstable();
@@ -123,10 +150,11 @@ fn median(values: &[Duration]) -> Duration {
 async fn main() {
     let release = std::env::args()
         .nth(1)
-        .expect("usage: warm-bench RELEASE_DIR");
+        .expect("usage: request-bench RELEASE_DIR");
     let release = Path::new(&release);
     let requests = env_number("WARM_BENCH_REQUESTS", 200).max(1) as usize;
     let rounds = env_number("WARM_BENCH_ROUNDS", 5).max(1) as usize;
+    let first_rounds = env_number("FIRST_REQUEST_ROUNDS", 10).max(1) as usize;
 
     // A finished prediction with one output, made the ordinary way.
     let stack = Stack::start_in_process().await;
@@ -155,6 +183,32 @@ async fn main() {
         .expect("a request");
     let event = http_api_v2(&request, "GET", ROUTE, "127.0.0.1");
 
+    // Init plus the first request, fresh processes alternating.
+    let binaries = [
+        ("fetch-result", release.join("fetch-result")),
+        ("minimal-handler", release.join("minimal-handler")),
+    ];
+    let mut firsts: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
+    for _ in 0..first_rounds {
+        for (n, (name, binary)) in binaries.iter().enumerate() {
+            firsts[n].push(first_request(name, binary, &env, &event).await);
+        }
+    }
+    for (n, (name, _)) in binaries.iter().enumerate() {
+        let mut sorted = firsts[n].clone();
+        sorted.sort_unstable();
+        println!(
+            "first request: {name:<16} init + first request over {first_rounds} fresh processes: min {:.1} ms, median {:.1} ms, max {:.1} ms",
+            millis(sorted[0]),
+            millis(median(&sorted)),
+            millis(sorted[sorted.len() - 1]),
+        );
+    }
+    println!(
+        "first request: fetch-result against minimal-handler: init + first request {:.2}x (medians)",
+        median(&firsts[0]).as_secs_f64() / median(&firsts[1]).as_secs_f64()
+    );
+
     let mut subjects = [
         Subject::start("fetch-result", &release.join("fetch-result"), &env).await,
         Subject::start("minimal-handler", &release.join("minimal-handler"), &env).await,
@@ -181,4 +235,6 @@ async fn main() {
     for subject in &subjects {
         subject.function.stop();
     }
+    let logs = std::env::temp_dir().join(format!("request-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(logs);
 }

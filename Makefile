@@ -78,7 +78,7 @@ deploy: $(BUILD_STAMP) $(DEPLOY_STAMP) ## sam build + sam deploy (guided the fir
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/sam build --beta-features
 	if [ -f samconfig.toml ]; then $(VENV)/bin/sam deploy; else $(VENV)/bin/sam deploy --guided; fi
 
-bench: $(VENV_STAMP) ## Print measured figures: peak memory storing large outputs; init time, RSS and CPU of release binaries against a minimal handler, and CPU per warm request; API-key check latency
+bench: $(VENV_STAMP) ## Print measured figures: peak memory storing large outputs; release binaries against a minimal handler (init; init + first request; CPU per warm request); API-key check latency
 	$(CARGO) test --locked -q -p integration-tests --test memory -- --nocapture
 	$(CARGO) build --locked -q --release -p submit -p fetch-result -p minimal-handler
 	$(CARGO) run --locked -q -p local-stack --bin cold-start -- --against target/release/minimal-handler target/release/fetch-result 20

@@ -1,4 +1,4 @@
-//! The local stack (README, "Local stack"; ARCHITECTURE.md, "Local stack = deployed shape"):
+//! The local stack (README, "Try it"; ARCHITECTURE.md, "Local stack"):
 //! the function binaries behind a local API Gateway and Runtime API (or the same routes in
 //! process), a Replicate simulator that speaks Replicate's HTTP API, renders real images
 //! and sends signed webhooks, the meter behind `make cost`, and the operator's tools.

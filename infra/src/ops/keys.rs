@@ -1,5 +1,5 @@
-//! API keys for the local stack and for `make key` / `make revoke` (README, "Callers"):
-//! where the stack is, and storing keys (only their hashes) in its table.
+//! API keys for the local stack and for `make key` / `make revoke` (README, "Callers,
+//! limits and cost"): where the stack is, and storing keys (only their hashes) in its table.
 
 use std::path::Path;
 

@@ -64,7 +64,7 @@ pub fn from_lambda(response: http::Response<Body>) -> HttpResponse {
     response
 }
 
-/// Serves the three routes of `app` on `listener`.
+/// Serves every route of `app` on `listener`.
 pub fn serve_app<P: Ports>(listener: TcpListener, app: Arc<App<P>>) -> Server {
     serve_app_metered(listener, app, None)
 }

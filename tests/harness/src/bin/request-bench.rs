@@ -10,7 +10,7 @@
 //!
 //! `request-bench RELEASE_DIR` (e.g. `target/release`, with `fetch-result` and
 //! `minimal-handler` built). Bounded: `FIRST_REQUEST_ROUNDS` fresh processes of each
-//! (default 10), `WARM_BENCH_REQUESTS` per round (default 200), `WARM_BENCH_ROUNDS` rounds
+//! (default 20), `WARM_BENCH_REQUESTS` per round (default 200), `WARM_BENCH_ROUNDS` rounds
 //! (default 5), all on 127.0.0.1.
 
 use std::path::Path;
@@ -154,7 +154,7 @@ async fn main() {
     let release = Path::new(&release);
     let requests = env_number("WARM_BENCH_REQUESTS", 200).max(1) as usize;
     let rounds = env_number("WARM_BENCH_ROUNDS", 5).max(1) as usize;
-    let first_rounds = env_number("FIRST_REQUEST_ROUNDS", 10).max(1) as usize;
+    let first_rounds = env_number("FIRST_REQUEST_ROUNDS", 20).max(1) as usize;
 
     // A finished prediction with one output, made the ordinary way.
     let stack = Stack::start_in_process().await;

@@ -13,7 +13,8 @@ use crate::adapters::http::callbacks::HttpCallbacks;
 use crate::adapters::http::dns::SystemResolver;
 use crate::adapters::http::downloads::HttpDownloads;
 use crate::adapters::replicate::{
-    ApiToken, ClientBuildError, ClientConfig, OnFirstUse, ReplicateClient, check_base_url,
+    ApiToken, ClientBuildError, ClientConfig, OnFirstUse, ReplicateClient, SetupError,
+    check_base_url,
 };
 use crate::app::{App, Settings};
 use crate::config::{ConfigError, replicate_token};
@@ -127,9 +128,12 @@ pub fn production_app(aws: AwsClients, config: BootConfig) -> Result<ProductionA
     let replicate = OnFirstUse::new(Box::new(move || {
         let (base_url, ssm, token) = (base_url.clone(), ssm.clone(), token.clone());
         Box::pin(async move {
-            let token = token.resolve(&ssm).await.map_err(|e| e.to_string())?;
+            let token = token
+                .resolve(&ssm)
+                .await
+                .map_err(|e| SetupError::Transient(e.to_string()))?;
             ReplicateClient::new(ClientConfig::new(base_url, ApiToken::new(token)))
-                .map_err(|e| e.to_string())
+                .map_err(|e| SetupError::Permanent(e.to_string()))
         })
     }));
     let records = DynamoRecords::new(aws.dynamodb, settings.table_name.clone());

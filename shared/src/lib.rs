@@ -13,10 +13,13 @@
 //! testing             in-memory fakes and the conformance suite (feature `test-util`)
 //! ```
 //!
-//! The import rule: a layer imports only the layers listed below it, except that `adapters`
-//! import only `ports` and `domain` (and `telemetry`), `app` never names `lambda_http`, and
-//! `testing` only `ports` and `domain`. A test (`tidy` in the integration tests) fails the
-//! build on any import that breaks it, any import circle, and any source file over 600 lines.
+//! The import rule (ARCHITECTURE.md, "Layers", has the whole table): `domain` and
+//! `telemetry` import nothing of the crate; `ports` only `domain`; `app` only `ports`,
+//! `domain` and `telemetry`, and never names Lambda, HTTP headers or an SDK; `http` adds
+//! `app`; `lambda` adds `http`; `adapters` import only `ports`, `domain` and `telemetry`;
+//! `testing` only `ports` and `domain`; the composition root anything. A test (`tidy` in the
+//! integration tests) fails on any import that breaks it, any import circle, and any source
+//! file over 600 lines (tests apart).
 
 pub mod adapters;
 pub mod app;

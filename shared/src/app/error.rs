@@ -61,6 +61,10 @@ impl From<InputErrors> for ApiError {
 
 impl From<ReplicateError> for ApiError {
     fn from(err: ReplicateError) -> Self {
+        if let ReplicateError::Unconfigured { .. } = err {
+            tracing::error!(error = %err, "Replicate cannot be called as configured");
+            return Self::Internal;
+        }
         tracing::warn!(error = %err, "Replicate call failed");
         match err.retry_later() {
             Some(later) if err.is_throttled() => Self::Throttled {

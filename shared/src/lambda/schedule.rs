@@ -1,6 +1,6 @@
 //! The scheduled reconciler: each invocation (an EventBridge schedule event, whose detail
-//! does not matter) runs one reconcile pass within the invocation's time, and returns its
-//! report.
+//! does not matter; or any event, from an operator's `aws lambda invoke`) runs one
+//! reconcile pass within the invocation's time, and returns its report.
 
 use std::future::Future;
 
@@ -21,11 +21,13 @@ where
 {
     let app = init.await.map_err(Into::into)?;
     lambda_runtime::run(service_fn(
-        move |event: LambdaEvent<EventBridgeEvent>| async move {
+        move |event: LambdaEvent<serde_json::Value>| async move {
+            let trigger = serde_json::from_value::<EventBridgeEvent>(event.payload)
+                .map_or_else(|_| "invoked".to_owned(), |e| e.detail_type);
             let span = tracing::info_span!(
                 "reconcile",
                 request_id = %event.context.request_id,
-                schedule = %event.payload.detail_type
+                trigger = %trigger
             );
             let deadline = work_deadline(&event.context);
             let report = app.reconcile(Some(deadline)).instrument(span).await;

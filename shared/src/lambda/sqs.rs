@@ -16,6 +16,17 @@ use crate::ports::Ports;
 use crate::ports::jobs::Redelivery;
 use crate::telemetry::metrics::{self, Metric, Unit};
 
+/// A batch whose message cannot be named in a partial batch response fails whole (Lambda
+/// would read an empty identifier as the whole batch's failure anyway, and then redeliver
+/// the messages that succeeded); SQS always sends ids, so this is a malformed event.
+fn every_message_has_an_id(batch: &SqsEvent) -> Result<(), lambda_runtime::Error> {
+    if batch.records.iter().any(|m| m.message_id.is_none()) {
+        tracing::error!("an SQS message without an id; the batch is failed whole");
+        return Err("an SQS message without an id".into());
+    }
+    Ok(())
+}
+
 /// A batch of `messages`, as Lambda delivers one (the local stack's pollers build theirs).
 pub fn sqs_event(messages: impl IntoIterator<Item = SqsMessage>) -> SqsEvent {
     let mut event = SqsEvent::default();
@@ -220,6 +231,7 @@ where
     let (app, redelivery) = init(queue).await.map_err(Into::into)?;
     let redelivery: &'static R = Box::leak(Box::new(redelivery));
     lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| async move {
+        every_message_has_an_id(&event.payload)?;
         let request_id = &event.context.request_id;
         let span = match queue {
             RedeliveringQueue::Callbacks => tracing::info_span!("callback-batch", %request_id),
@@ -294,6 +306,7 @@ where
 {
     let app = init.await.map_err(Into::into)?;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| async move {
+        every_message_has_an_id(&event.payload)?;
         let deadline = work_deadline(&event.context);
         let span = tracing::info_span!("copy-batch", request_id = %event.context.request_id);
         let response = copy_batch(app, event.payload, deadline)

@@ -15,6 +15,12 @@ use crate::domain::signing::SigningSecret;
 /// The calls this service makes to Replicate. Handlers depend on this, not on HTTP, so they
 /// can be tested with an in-memory implementation.
 pub trait ReplicateApi: Send + Sync {
+    /// Ready to call Replicate: whatever the client sets up on first use (its token) is
+    /// set up, or why not. A submit asks before it reserves or stores anything.
+    fn ready(&self) -> impl Future<Output = Result<(), ReplicateError>> + Send {
+        async { Ok(()) }
+    }
+
     /// Creates a prediction that Replicate ends by `deadline` (`Cancel-After`): every
     /// prediction of this service ends within 30 minutes, which its give-ups rely on.
     fn create_prediction(

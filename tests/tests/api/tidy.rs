@@ -102,7 +102,7 @@ fn sources(root: &Path) -> Vec<Source> {
     let mut files = Vec::new();
     collect(root, &mut files);
     files.sort();
-    files
+    let mut sources: Vec<Source> = files
         .into_iter()
         .map(|path| {
             let text = std::fs::read_to_string(&path).expect("source is readable");
@@ -118,17 +118,33 @@ fn sources(root: &Path) -> Vec<Source> {
             ) {
                 module.pop();
             }
-            let test = module.iter().any(|m| m == "tests")
-                || relative.components().any(|c| c.as_os_str() == "tests");
             Source {
                 path,
                 module,
-                code: without_test_module(&strip_comments(&text)),
+                code: without_test_modules(&strip_comments(&text)),
                 lines: text.lines().count(),
-                test,
+                test: false,
             }
         })
-        .collect()
+        .collect();
+    // A file is a test only inside a `tests` module its parent declares `#[cfg(test)]`.
+    let declared_for_tests: BTreeSet<Vec<String>> = sources
+        .iter()
+        .filter(|parent| {
+            let text = std::fs::read_to_string(&parent.path).unwrap_or_default();
+            strip_comments(&text).contains("#[cfg(test)]\nmod tests;")
+        })
+        .map(|parent| {
+            let mut module = parent.module.clone();
+            module.push("tests".to_owned());
+            module
+        })
+        .collect();
+    for source in &mut sources {
+        source.test = (1..=source.module.len())
+            .any(|n| declared_for_tests.contains(&source.module[..n]));
+    }
+    sources
 }
 
 fn collect(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -173,7 +189,7 @@ fn strip_comments(text: &str) -> String {
             }
         } else if c == 'r'
             && (next == Some('"') || next == Some('#'))
-            && !is_ident(chars.get(i.wrapping_sub(1)).copied())
+            && raw_prefix_starts_here(&chars, i)
         {
             // A raw string: r"…", r#"…"#.
             let start = i;
@@ -225,16 +241,74 @@ fn strip_comments(text: &str) -> String {
     out
 }
 
+/// Whether the `r` at `i` opens a raw string: `r"…"`, or `br"…"` / `cr"…"` (raw byte and
+/// C strings), not the end of an identifier such as `for"`.
+fn raw_prefix_starts_here(chars: &[char], i: usize) -> bool {
+    let before = |n: usize| i.checked_sub(n).map(|j| chars[j]);
+    !is_ident(before(1)) || (matches!(before(1), Some('b' | 'c')) && !is_ident(before(2)))
+}
+
 fn is_ident(c: Option<char>) -> bool {
     c.is_some_and(|c| c.is_alphanumeric() || c == '_')
 }
 
-/// The code before a trailing `#[cfg(test)] mod tests { … }`: tests may import anything.
-fn without_test_module(code: &str) -> String {
-    match code.find("#[cfg(test)]\nmod tests {") {
-        Some(at) => code[..at].to_owned(),
-        None => code.to_owned(),
+/// The code without its `#[cfg(test)] mod … { … }` blocks (tests may import anything), and
+/// with the paths a line break split (`crate::\n    app`) joined again.
+fn without_test_modules(code: &str) -> String {
+    let mut out = String::with_capacity(code.len());
+    let mut rest = code;
+    while let Some(at) = rest.find("#[cfg(test)]\nmod ") {
+        let Some(open) = rest[at..].find('{').map(|o| at + o) else {
+            break;
+        };
+        // A declaration (`mod tests;`) comes before any brace: keep it and go on.
+        if rest[at..open].contains(';') {
+            let end = at + rest[at..].find(';').unwrap_or(0) + 1;
+            out.push_str(&rest[..end]);
+            rest = &rest[end..];
+            continue;
+        }
+        out.push_str(&rest[..at]);
+        let mut depth = 0usize;
+        let mut end = rest.len();
+        for (i, c) in rest[open..].char_indices() {
+            match c {
+                '{' => depth += 1,
+                '}' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        end = open + i + 1;
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+        rest = &rest[end..];
     }
+    out.push_str(rest);
+    join_split_paths(&out)
+}
+
+/// `a ::\n b` as `a::b`.
+fn join_split_paths(code: &str) -> String {
+    let mut out = String::with_capacity(code.len());
+    let mut chars = code.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == ':' && chars.peek() == Some(&':') {
+            chars.next();
+            while out.ends_with(char::is_whitespace) {
+                out.pop();
+            }
+            out.push_str("::");
+            while chars.peek().is_some_and(|c| c.is_whitespace()) {
+                chars.next();
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Every crate path the code names, as written: `crate::a::b`, `super::c`, and the
@@ -358,6 +432,9 @@ struct Graph {
     files: Vec<Source>,
     /// Indexes into `files`: who imports from whom, with the path that names it.
     edges: BTreeMap<usize, BTreeMap<usize, String>>,
+    /// Relative paths that name nothing (`super::` past the crate root, say): each is a
+    /// broken rule, since what it imports cannot be checked.
+    unresolved: Vec<(usize, String)>,
 }
 
 fn graph(root: &Path) -> Graph {
@@ -368,10 +445,16 @@ fn graph(root: &Path) -> Graph {
         .map(|(i, f)| (f.module.clone(), i))
         .collect();
     let mut edges: BTreeMap<usize, BTreeMap<usize, String>> = BTreeMap::new();
+    let mut unresolved = Vec::new();
     for (i, file) in files.iter().enumerate() {
         for path in referenced_paths(&file.code) {
-            let Some(absolute) = absolute(&file.module, &path, &by_module) else {
-                continue;
+            let absolute = match absolute(&file.module, &path, &by_module) {
+                Resolved::Inside(absolute) => absolute,
+                Resolved::Outside => continue,
+                Resolved::Unresolved => {
+                    unresolved.push((i, path.join("::")));
+                    continue;
+                }
             };
             // The deepest module the path names.
             let target = (1..=absolute.len())
@@ -388,25 +471,43 @@ fn graph(root: &Path) -> Graph {
             }
         }
     }
-    Graph { files, edges }
+    Graph {
+        files,
+        edges,
+        unresolved,
+    }
 }
 
-/// `path` as written in `module`, from the crate root; `None` for paths outside the crate.
+/// What a path names.
+enum Resolved {
+    /// A path from the crate root.
+    Inside(Vec<String>),
+    /// Something outside the crate (another crate, `std`).
+    Outside,
+    /// A relative path that leaves the crate root.
+    Unresolved,
+}
+
+/// `path` as written in `module`, from the crate root.
 fn absolute(
     module: &[String],
     path: &[String],
     modules: &BTreeMap<Vec<String>, usize>,
-) -> Option<Vec<String>> {
-    let first = path.first()?;
+) -> Resolved {
+    let Some(first) = path.first() else {
+        return Resolved::Outside;
+    };
     match first.as_str() {
-        "crate" => Some(path[1..].to_vec()),
+        "crate" => Resolved::Inside(path[1..].to_vec()),
         "super" | "self" => {
             let mut base = module.to_vec();
             let mut rest = path;
             while let Some(step) = rest.first() {
                 match step.as_str() {
                     "super" => {
-                        base.pop()?;
+                        if base.pop().is_none() {
+                            return Resolved::Unresolved;
+                        }
                     }
                     "self" => {}
                     _ => break,
@@ -414,16 +515,18 @@ fn absolute(
                 rest = &rest[1..];
             }
             base.extend(rest.iter().cloned());
-            Some(base)
+            Resolved::Inside(base)
         }
         child => {
             // `use codec::*` in a module with a child module `codec`.
             let mut base = module.to_vec();
             base.push(child.to_owned());
-            modules.contains_key(&base).then(|| {
+            if modules.contains_key(&base) {
                 base.extend(path[1..].iter().cloned());
-                base
-            })
+                Resolved::Inside(base)
+            } else {
+                Resolved::Outside
+            }
         }
     }
 }
@@ -438,7 +541,17 @@ fn display(file: &Source) -> String {
 
 #[test]
 fn each_layer_of_the_shared_crate_imports_only_what_the_layer_map_allows() {
-    let graph = graph(&workspace().join("shared/src"));
+    let broken = layer_violations(&workspace().join("shared/src"));
+    assert!(
+        broken.is_empty(),
+        "imports against the layer map:\n{}",
+        broken.join("\n")
+    );
+}
+
+/// Every import under `root` against the layer map, and every way a file could hide one.
+fn layer_violations(root: &Path) -> Vec<String> {
+    let graph = graph(root);
     let mut broken = Vec::new();
     for (from, targets) in &graph.edges {
         let file = &graph.files[*from];
@@ -464,7 +577,14 @@ fn each_layer_of_the_shared_crate_imports_only_what_the_layer_map_allows() {
             }
         }
     }
+    for (i, path) in &graph.unresolved {
+        broken.push(format!(
+            "{}: `{path}` names nothing in the crate",
+            display(&graph.files[*i])
+        ));
+    }
     for file in graph.files.iter().filter(|f| !f.test) {
+        broken.extend(hidden_imports(file).map(|why| format!("{}: {why}", display(file))));
         let Some(layer) = file.module.first() else {
             continue;
         };
@@ -476,11 +596,39 @@ fn each_layer_of_the_shared_crate_imports_only_what_the_layer_map_allows() {
             }
         }
     }
-    assert!(
-        broken.is_empty(),
-        "imports against the layer map:\n{}",
-        broken.join("\n")
-    );
+    broken
+}
+
+/// What would let a file import past the checks: a module inline in the file (its paths are
+/// relative to a module the checks do not see), the crate root named under another name or
+/// globbed, or `lib.rs` re-exporting anything (a layer could then import it from the root).
+fn hidden_imports(file: &Source) -> impl Iterator<Item = String> {
+    let code = &file.code;
+    let mut why = Vec::new();
+    if has_inline_module(code) {
+        why.push("a module inline in the file: give it a file of its own".to_owned());
+    }
+    if code.contains("use crate as") || code.contains("crate::*") || code.contains("crate::{*") {
+        why.push("the crate root imported whole: name what is imported".to_owned());
+    }
+    if file.module.is_empty() && !use_statements(code).is_empty() {
+        why.push("the crate root imports or re-exports: it only declares modules".to_owned());
+    }
+    why.into_iter()
+}
+
+/// Whether `code` declares a module with a body (`mod name {`).
+fn has_inline_module(code: &str) -> bool {
+    code.match_indices("mod ").any(|(at, _)| {
+        if is_ident(code[..at].chars().next_back()) {
+            return false;
+        }
+        let after = code[at + 4..].trim_start();
+        let name = after
+            .find(|c: char| !(c.is_alphanumeric() || c == '_'))
+            .unwrap_or(after.len());
+        name > 0 && after[name..].trim_start().starts_with('{')
+    })
 }
 
 /// Whether `code` names `name` (as a whole identifier, or an identifier it begins, for a
@@ -596,15 +744,12 @@ fn visit(start: usize, next: &[Vec<usize>], seen: &mut [bool], order: &mut Vec<u
 #[test]
 fn no_source_file_of_the_workspace_is_over_600_lines() {
     let mut long = Vec::new();
-    for root in [
-        "shared/src",
-        "infra/src",
-        "infra/minimal-handler/src",
-        "functions",
-        "tests/src",
-        "tests/harness/src",
-    ] {
-        for file in sources(&workspace().join(root)) {
+    for member in workspace_members() {
+        let root = workspace().join(&member).join("src");
+        if !root.is_dir() {
+            continue;
+        }
+        for file in sources(&root) {
             if !file.test && file.lines > MAX_LINES {
                 long.push(format!("{}: {} lines", display(&file), file.lines));
             }
@@ -615,6 +760,19 @@ fn no_source_file_of_the_workspace_is_over_600_lines() {
         "source files over {MAX_LINES} lines (tests apart):\n{}",
         long.join("\n")
     );
+}
+
+/// The workspace's members, from its `Cargo.toml`: a new crate is checked without anyone
+/// adding it here.
+fn workspace_members() -> Vec<String> {
+    let manifest = std::fs::read_to_string(workspace().join("Cargo.toml")).expect("Cargo.toml");
+    let start = manifest.find("members = [").expect("a members list") + "members = [".len();
+    let end = start + manifest[start..].find(']').expect("the list ends");
+    manifest[start..end]
+        .split(',')
+        .map(|m| m.trim().trim_matches('"').to_owned())
+        .filter(|m| !m.is_empty())
+        .collect()
 }
 
 #[test]
@@ -644,4 +802,55 @@ fn the_checks_see_imports_however_they_are_written() {
     assert!(mentions("use lambda_http::Body;", "lambda_http"));
     assert!(!mentions("use my_lambda_http_thing;", "lambda_http"));
     assert!(mentions("aws_sdk_s3::Client", "aws_sdk_"));
+}
+
+/// What would slip past a text-based check, planted in a crate of its own: each is caught.
+#[test]
+fn the_checks_catch_what_would_slip_past_them() {
+    let root = std::env::temp_dir().join(format!("tidy-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let files = [
+        (
+            "lib.rs",
+            "pub mod app;\npub mod domain;\npub use app::App;\n",
+        ),
+        ("app/mod.rs", "pub struct App;\n"),
+        (
+            "domain/mod.rs",
+            "pub mod split;\npub mod strings;\npub mod inline;\npub mod escape;\n",
+        ),
+        // A path split over lines.
+        ("domain/split.rs", "use crate::\n    app::App;\n"),
+        // A raw byte string holding `//` and a quote, then a real import.
+        (
+            "domain/strings.rs",
+            "const S: &[u8] = br#\"// \" crate::app\"#;\nuse crate::app::App;\n",
+        ),
+        // A module inline in the file, importing through it.
+        (
+            "domain/inline.rs",
+            "mod hidden {\n    use super::super::super::app::App;\n}\n",
+        ),
+        // A path that leaves the crate root.
+        ("domain/escape.rs", "use super::super::super::app::App;\n"),
+    ];
+    for (path, text) in files {
+        let path = root.join(path);
+        std::fs::create_dir_all(path.parent().expect("a parent")).expect("a directory");
+        std::fs::write(path, text).expect("written");
+    }
+    let broken = layer_violations(&root).join("\n");
+    let _ = std::fs::remove_dir_all(&root);
+    for expected in [
+        "domain/split.rs: `crate::app::App`: domain may not import app",
+        "domain/strings.rs: `crate::app::App`: domain may not import app",
+        "domain/inline.rs: a module inline in the file",
+        "domain/escape.rs: `super::super::super::app::App` names nothing",
+        "lib.rs: the crate root imports or re-exports",
+    ] {
+        assert!(
+            broken.contains(expected),
+            "{expected} not found in:\n{broken}"
+        );
+    }
 }

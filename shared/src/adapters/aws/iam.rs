@@ -7,8 +7,8 @@
 pub fn iam_actions(port_method: &str) -> &'static [&'static str] {
     match port_method {
         "try_claim" | "replace_claim" | "insert_prediction" | "put_upload" => &["dynamodb:PutItem"],
-        // Read the tenant's limits, put the key carrying them, list it with the tenant (and
-        // carry a change made meanwhile).
+        // Read the tenant's limits; put the key carrying them and list it with the tenant
+        // in one transaction.
         "create_key" => &[
             "dynamodb:GetItem",
             "dynamodb:PutItem",
@@ -78,11 +78,12 @@ pub fn item_actions(port_method: &str, claim_prefix: Option<&str>) -> Vec<(&'sta
             (update, on("pred#")),
             (delete, on("replicate#")),
         ],
+        // The tenant read, then one transaction: the key put, the tenant updated (a
+        // transaction needs each item's own action; it has none of its own).
         "create_key" => vec![
             (get, on("tenant#")),
             (put, on("apikey#")),
             (update, on("tenant#")),
-            (update, on("apikey#")),
         ],
         "get_key" => vec![(get, on("apikey#"))],
         "revoke_key" => vec![(update, on("apikey#"))],

@@ -8,7 +8,7 @@ pub mod retry;
 pub use client::{
     ApiToken, ClientBuildError, ClientConfig, DEFAULT_BASE_URL, ReplicateClient, check_base_url,
 };
-pub use on_first_use::{OnFirstUse, Setup};
+pub use on_first_use::{OnFirstUse, Setup, SetupError};
 pub use retry::RetryPolicy;
 
 #[cfg(test)]

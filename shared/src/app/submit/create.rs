@@ -18,6 +18,7 @@ use crate::domain::time::Timestamp;
 use crate::ports::Ports;
 use crate::ports::accounts::AccountStore;
 use crate::ports::records::RecordStore;
+use crate::ports::replicate::ReplicateApi;
 use crate::telemetry::metrics::{self, Metric};
 
 /// Whether a record whose insert reported an error is there after all.
@@ -37,6 +38,12 @@ impl<P: Ports> App<P> {
         let id = claim
             .and_then(|c| c.prediction_id.clone())
             .unwrap_or_else(|| new.id.clone());
+        // Replicate's client is set up (its token read) before anything is reserved or
+        // stored: if it cannot be, the submit leaves nothing behind.
+        if let Err(err) = self.replicate.ready().await {
+            self.release_cache_claim(claim).await;
+            return Err(err.into());
+        }
         let estimate = match self.reserve_estimate(new, now).await {
             Ok(estimate) => estimate,
             Err(err) => {

@@ -32,6 +32,10 @@ pub enum ReplicateError {
     InvalidResponse { status: u16, message: String },
     #[error("the connection to Replicate failed: {cause}")]
     Transport { cause: String },
+    /// This service cannot call Replicate as configured (a token no HTTP header can carry):
+    /// nothing was sent, and retrying cannot help.
+    #[error("the Replicate client is not configured: {reason}")]
+    Unconfigured { reason: String },
 }
 
 /// A hint for the caller's own client: come back after this long.
@@ -56,7 +60,8 @@ impl ReplicateError {
             }
             Self::CreateOutcomeUnknown { .. }
             | Self::Rejected { .. }
-            | Self::InvalidResponse { .. } => return None,
+            | Self::InvalidResponse { .. }
+            | Self::Unconfigured { .. } => return None,
         };
         // Whole seconds, at least one: that is what a Retry-After header can say.
         Some(RetryLater {

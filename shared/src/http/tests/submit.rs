@@ -488,3 +488,18 @@ async fn an_upload_is_verified_stored_by_content_and_keyed_by_content_in_the_cac
     assert_ne!(again["id"], view["id"], "not joined: other content");
     assert_eq!(app.replicate.created().len(), 2);
 }
+
+/// A Replicate client that cannot be set up (its token unreadable) is found out before
+/// anything is reserved or stored: the submit answers 503 and leaves nothing behind.
+#[tokio::test]
+async fn a_submit_whose_replicate_client_cannot_be_set_up_leaves_nothing_behind() {
+    let app = app();
+    app.replicate.fail_setup("SSM is unreachable");
+    let (status, problem) = submitted(&app, fox()).await;
+    assert_eq!(status, 503, "{problem}");
+    assert_eq!(app.records.prediction_count(), 0, "no record");
+    let usage = json_of(&routes::usage::usage(&app, event("usage", "")).await);
+    assert_eq!(usage["predictions"], 0, "nothing reserved: {usage}");
+    assert_eq!(usage["cost_usd"], 0.0, "{usage}");
+    assert!(app.replicate.created().is_empty());
+}

@@ -7,6 +7,7 @@ use super::*;
 pub async fn account_store_suite<S: AccountStore>(store: &S) {
     keys_are_created_once_read_back_and_revoked(store).await;
     keys_carry_their_tenants_limits(store).await;
+    keys_created_during_limit_changes_carry_the_last(store).await;
     tenant_limits_are_set_and_replaced(store).await;
     rate_windows_admit_exactly_the_limit(store).await;
     budgets_reserve_atomically_and_settle_to_the_actual_cost(store).await;
@@ -234,6 +235,46 @@ pub(super) async fn keys_carry_their_tenants_limits<S: AccountStore>(store: &S) 
         Some(NOW),
         "update_tenant: carrying limits never unrevokes a key"
     );
+}
+
+/// Keys created while the tenant's limits change all end up carrying the last change,
+/// whatever order the two kinds of write interleave in.
+pub(super) async fn keys_created_during_limit_changes_carry_the_last<S: AccountStore>(store: &S) {
+    let tenant = fresh_tenant();
+    let keys: Vec<KeyRecord> = (0..6)
+        .map(|_| KeyRecord::new(&ApiKey::generate(), tenant.clone(), NOW))
+        .collect();
+    let creates = keys.iter().map(|key| async move {
+        store
+            .create_key(key)
+            .await
+            .unwrap_or_else(|e| panic!("create_key: {e}"));
+    });
+    let changes = (1..=6u32).map(|rate| {
+        let change =
+            LimitsUpdate::new(tenant.clone(), Some(rate), None).unwrap_or_else(|e| panic!("{e}"));
+        async move {
+            store
+                .update_tenant(&change)
+                .await
+                .unwrap_or_else(|e| panic!("update_tenant: {e}"));
+        }
+    });
+    let creates = futures_util::future::join_all(creates);
+    let changes = futures_util::future::join_all(changes);
+    futures_util::future::join(creates, changes).await;
+    let last = store
+        .get_tenant(&tenant)
+        .await
+        .unwrap_or_else(|e| panic!("get_tenant: {e}"));
+    assert!(last.is_some(), "the changes stored limits");
+    for key in &keys {
+        assert_eq!(
+            carried(store, key).await,
+            Some(CarriedLimits::Carried(last.clone())),
+            "create_key racing update_tenant: every key carries the tenant's last limits"
+        );
+    }
 }
 
 pub(super) async fn tenant_limits_are_set_and_replaced<S: AccountStore>(store: &S) {

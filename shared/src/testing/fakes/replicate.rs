@@ -26,12 +26,27 @@ pub struct FakeReplicate {
     lists: Mutex<usize>,
     secret: Mutex<Option<SigningSecret>>,
     secret_calls: Mutex<usize>,
+    /// Why the client cannot be set up (its token unreadable), if it cannot.
+    setup_error: Mutex<Option<String>>,
 }
 
 /// Replicate's page size for `GET /predictions`.
 const LIST_PAGE_SIZE: usize = 100;
 
 impl FakeReplicate {
+    /// From now on the client cannot be set up: every call fails before reaching Replicate,
+    /// as when the token cannot be read.
+    pub fn fail_setup(&self, reason: &str) {
+        *lock(&self.setup_error) = Some(reason.to_owned());
+    }
+
+    fn set_up(&self) -> Result<(), ReplicateError> {
+        match lock(&self.setup_error).clone() {
+            Some(cause) => Err(ReplicateError::Transport { cause }),
+            None => Ok(()),
+        }
+    }
+
     pub fn created(&self) -> Vec<CreatedCall> {
         lock(&self.created).clone()
     }
@@ -152,6 +167,10 @@ fn list_page_number(page: Option<&str>) -> Result<usize, ReplicateError> {
 }
 
 impl ReplicateApi for FakeReplicate {
+    async fn ready(&self) -> Result<(), ReplicateError> {
+        self.set_up()
+    }
+
     async fn create_prediction(
         &self,
         model: &ModelRef,
@@ -159,6 +178,7 @@ impl ReplicateApi for FakeReplicate {
         webhook: Option<&WebhookTarget>,
         deadline: Deadline,
     ) -> Result<Prediction, ReplicateError> {
+        self.set_up()?;
         if let Some(err) = lock(&self.create_errors).pop_front() {
             return Err(err);
         }

@@ -1,11 +1,99 @@
 //! The account store (`ports::accounts::AccountStore`) on the same table.
 
+use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+use aws_sdk_dynamodb::types::{Put, TransactWriteItem, Update};
+
 use super::*;
 
 /// Keys a change of limits is carried to at once.
 const KEYS_AT_ONCE: usize = 16;
+/// Reads of the tenant a key creation may take while its limits keep changing.
+const CREATE_KEY_ROUNDS: usize = 5;
+
+/// How the transaction that stores a key went.
+enum KeyWrite {
+    Written,
+    /// A key with this id exists: nothing was written.
+    Exists,
+    /// The tenant's limits changed since they were read: nothing was written.
+    LimitsMoved,
+}
 
 impl DynamoRecords {
+    /// Puts `key` carrying `limits` at `version` and lists it with its tenant, in one
+    /// transaction that holds only if the tenant's limits are still at `version`.
+    async fn put_listed_key(
+        &self,
+        key: &KeyRecord,
+        limits: Option<&TenantLimits>,
+        version: u64,
+    ) -> Result<KeyWrite, StoreError> {
+        let mut item = key_to_item(key);
+        item.extend(carried_limits(limits, version));
+        let put = Put::builder()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(#pk)")
+            .expression_attribute_names("#pk", "pk")
+            .build()
+            .map_err(|e| failed("create key", e))?;
+        let listing = "SET #tenant = :tenant ADD #keys :key";
+        let unchanged = if version == 0 {
+            format!("attribute_not_exists(#{LIMITS_VERSION})")
+        } else {
+            format!("#{LIMITS_VERSION} = :version")
+        };
+        let mut values = Item::from([
+            (":tenant".to_owned(), s(key.tenant.as_str())),
+            (
+                ":key".to_owned(),
+                AttributeValue::Ss(vec![key.id.as_str().to_owned()]),
+            ),
+        ]);
+        if version != 0 {
+            values.insert(":version".to_owned(), n(version));
+        }
+        let update = Update::builder()
+            .table_name(&self.table)
+            .key("pk", tenant_pk(&key.tenant))
+            .update_expression(listing)
+            .condition_expression(&unchanged)
+            .set_expression_attribute_names(Some(names_in(&[listing, &unchanged])))
+            .set_expression_attribute_values(Some(values))
+            .build()
+            .map_err(|e| failed("create key", e))?;
+        let result = self
+            .client
+            .transact_write_items()
+            .transact_items(TransactWriteItem::builder().put(put).build())
+            .transact_items(TransactWriteItem::builder().update(update).build())
+            .send()
+            .await;
+        match result.map_err(|e| e.into_service_error()) {
+            Ok(_) => Ok(KeyWrite::Written),
+            Err(TransactWriteItemsError::TransactionCanceledException(cancel)) => {
+                let failed_at = |n: usize| {
+                    cancel
+                        .cancellation_reasons()
+                        .get(n)
+                        .and_then(|r| r.code())
+                        .is_some_and(|code| code == "ConditionalCheckFailed")
+                };
+                if failed_at(0) {
+                    Ok(KeyWrite::Exists)
+                } else if failed_at(1) {
+                    Ok(KeyWrite::LimitsMoved)
+                } else {
+                    Err(StoreError::new(
+                        "create key",
+                        format!("transaction canceled: {cancel}"),
+                    ))
+                }
+            }
+            Err(err) => Err(failed("create key", err)),
+        }
+    }
+
     /// Has key `id` carry `limits` at `version`, unless it carries a newer version already
     /// (or is gone): `false` then.
     async fn carry_limits(
@@ -70,14 +158,10 @@ impl AccountStore for DynamoRecords {
         candidate: &str,
     ) -> Result<String, StoreError> {
         let pk = callback_secret_pk(tenant);
-        if let Some(item) = self.get_item("get callback secret", pk.clone()).await? {
+        if let Some(item) = self.get_item("get callback secret", pk).await? {
             return read_s(&item, "secret");
         }
-        let item = Item::from([
-            ("pk".to_owned(), pk),
-            ("tenant".to_owned(), s(tenant.as_str())),
-            ("secret".to_owned(), s(candidate)),
-        ]);
+        let item = callback_secret_item(tenant, candidate);
         match self
             .put_if(
                 "create callback secret",
@@ -93,46 +177,22 @@ impl AccountStore for DynamoRecords {
     }
 
     async fn create_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
-        // The key carries its tenant's limits as they are now…
-        let tenant = self.get_item("create key", tenant_pk(&key.tenant)).await?;
-        let (limits, version) = tenant_snapshot(tenant.as_ref())?;
-        let mut item = key_to_item(key);
-        item.extend(carried_limits(limits.as_ref(), version));
-        match self
-            .put_if("create key", item, "attribute_not_exists(#pk)", None)
-            .await?
-        {
-            PutOutcome::Written => {}
-            PutOutcome::Refused(_) => return Err(StoreError::new("create key", "the key exists")),
+        // One transaction puts the key, carrying its tenant's limits as read, and lists it
+        // with the tenant, only if those limits have not changed since: a key is never
+        // stored unlisted (out of reach of later changes) nor with limits already old.
+        for _ in 0..CREATE_KEY_ROUNDS {
+            let tenant = self.get_item("create key", tenant_pk(&key.tenant)).await?;
+            let (limits, version) = tenant_snapshot(tenant.as_ref())?;
+            match self.put_listed_key(key, limits.as_ref(), version).await? {
+                KeyWrite::Written => return Ok(()),
+                KeyWrite::Exists => return Err(StoreError::new("create key", "the key exists")),
+                KeyWrite::LimitsMoved => continue,
+            }
         }
-        // …and is listed with the tenant, so every change of them reaches it. A change that
-        // came meanwhile (it may not have seen this key yet) is carried over here.
-        let values = Item::from([
-            (":tenant".to_owned(), s(key.tenant.as_str())),
-            (
-                ":key".to_owned(),
-                AttributeValue::Ss(vec![key.id.as_str().to_owned()]),
-            ),
-        ]);
-        let expression = "SET #tenant = :tenant ADD #keys :key";
-        let output = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key("pk", tenant_pk(&key.tenant))
-            .update_expression(expression)
-            .set_expression_attribute_names(Some(names_in(&[expression])))
-            .set_expression_attribute_values(Some(values))
-            .return_values(ReturnValue::AllNew)
-            .send()
-            .await
-            .map_err(|e| failed("create key", e))?;
-        let (now, now_version) = tenant_snapshot(output.attributes.as_ref())?;
-        if now_version > version {
-            self.carry_limits(&key.id, now.as_ref(), now_version)
-                .await?;
-        }
-        Ok(())
+        Err(StoreError::new(
+            "create key",
+            "the tenant's limits kept changing; try again",
+        ))
     }
 
     async fn get_key(&self, id: &KeyId) -> Result<Option<StoredKey>, StoreError> {
@@ -187,15 +247,33 @@ impl AccountStore for DynamoRecords {
             .ok_or_else(|| StoreError::new("update tenant", "no attributes returned"))?;
         let limits = limits_from_item(&item)?;
         let version = read_opt_n(&item, LIMITS_VERSION).unwrap_or(0);
-        // Every key the tenant made carries the change before the operator is answered.
+        // Every key the tenant made carries the change before the operator is answered. All
+        // are tried; one that could not be written is named, and the same change made again
+        // (a new version) carries it.
         let keys = tenant_keys(&item);
+        let mut missed = Vec::new();
         for batch in keys.chunks(KEYS_AT_ONCE) {
             let carried = batch
                 .iter()
                 .map(|id| self.carry_limits(id, Some(&limits), version));
-            for result in futures_util::future::join_all(carried).await {
-                result?;
+            for (id, result) in batch
+                .iter()
+                .zip(futures_util::future::join_all(carried).await)
+            {
+                if let Err(err) = result {
+                    tracing::warn!(key_id = %id, error = %err, "a key does not carry its tenant's new limits yet");
+                    missed.push(id.to_string());
+                }
             }
+        }
+        if !missed.is_empty() {
+            return Err(StoreError::new(
+                "update tenant",
+                format!(
+                    "the limits are stored, but these keys still carry the old ones (make the change again): {}",
+                    missed.join(", ")
+                ),
+            ));
         }
         Ok(limits)
     }
@@ -285,18 +363,6 @@ impl AccountStore for DynamoRecords {
         let item = self
             .get_item("get usage", s(usage_key(tenant, month)))
             .await?;
-        let Some(item) = item else {
-            return Ok(Usage::default());
-        };
-        // `ADD` of a negative delta can leave a count below zero only through a bug; clamp.
-        let count = |name: &str| match item.get(name) {
-            Some(AttributeValue::N(v)) => v.parse::<i128>().map_or(0, |v| v.max(0) as u64),
-            _ => 0,
-        };
-        Ok(Usage {
-            predictions: count("predictions"),
-            images: count("images"),
-            committed: count("committed"),
-        })
+        Ok(item.as_ref().map(usage_from_item).unwrap_or_default())
     }
 }

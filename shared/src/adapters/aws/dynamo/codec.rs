@@ -480,6 +480,29 @@ pub(super) fn callback_secret_pk(tenant: &TenantId) -> AttributeValue {
     s(format!("whsec#{tenant}"))
 }
 
+/// A tenant's callback signing secret, as first stored.
+pub(super) fn callback_secret_item(tenant: &TenantId, secret: &str) -> Item {
+    Item::from([
+        ("pk".to_owned(), callback_secret_pk(tenant)),
+        ("tenant".to_owned(), s(tenant.as_str())),
+        ("secret".to_owned(), s(secret)),
+    ])
+}
+
+/// A tenant's month of usage. `ADD` of a negative delta can leave a count below zero only
+/// through a bug; it reads as zero.
+pub(super) fn usage_from_item(item: &Item) -> Usage {
+    let count = |name: &str| match item.get(name) {
+        Some(AttributeValue::N(v)) => v.parse::<i128>().map_or(0, |v| v.max(0) as u64),
+        _ => 0,
+    };
+    Usage {
+        predictions: count("predictions"),
+        images: count("images"),
+        committed: count("committed"),
+    }
+}
+
 pub(super) fn upload_to_item(upload: &UploadRecord) -> Item {
     Item::from([
         ("pk".to_owned(), upload_pk(&upload.id)),

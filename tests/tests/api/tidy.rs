@@ -141,8 +141,8 @@ fn sources(root: &Path) -> Vec<Source> {
         })
         .collect();
     for source in &mut sources {
-        source.test = (1..=source.module.len())
-            .any(|n| declared_for_tests.contains(&source.module[..n]));
+        source.test =
+            (1..=source.module.len()).any(|n| declared_for_tests.contains(&source.module[..n]));
     }
     sources
 }

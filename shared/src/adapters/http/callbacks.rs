@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 use crate::adapters::http::dns::GuardedResolver;
+use crate::adapters::http::error_chain;
 use crate::adapters::http::lazy_client::LazyClient;
 use crate::domain::callbacks::ATTEMPT_TIMEOUT;
 use crate::domain::destination::{CallbackAllowList, forbidden_address};
@@ -82,7 +83,7 @@ impl CallbackSender for HttpCallbacks {
                 status: response.status().as_u16(),
             },
             Err(err) => {
-                let text = error_chain(err.without_url());
+                let text = error_chain(&err.without_url());
                 if text.contains("resolves to") {
                     CallbackOutcome::Forbidden(text)
                 } else {
@@ -91,16 +92,4 @@ impl CallbackSender for HttpCallbacks {
             }
         }
     }
-}
-
-/// An error and its causes, without the URL (it may carry the caller's secrets).
-fn error_chain(err: reqwest::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = std::error::Error::source(&err);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

@@ -11,6 +11,7 @@ use serde_json::{Map, Value};
 use super::retry::{
     AttemptFailure, CallKind, RetryPolicy, is_retryable, parse_retry_after, retry_hint_from_detail,
 };
+use crate::adapters::http::error_chain;
 use crate::domain::replicate::{
     ApiProblem, CreatePredictionBody, Deadline, Model, ModelRef, Prediction, PredictionPage,
     ReplicateError, WebhookSecretBody, WebhookTarget,
@@ -184,7 +185,7 @@ impl ReplicateClient {
                 .http
                 .get()
                 .map_err(|source| ReplicateError::Transport {
-                    cause: error_text(&source),
+                    cause: error_chain(&source),
                 })?;
             let mut request = client.request(method.clone(), url.clone());
             if let Some(body) = body {
@@ -307,7 +308,7 @@ impl Failure {
             (AttemptFailure::Connect, _) => match self.source {
                 Some(source) => ReplicateError::Unreachable {
                     attempts,
-                    cause: error_text(&source),
+                    cause: error_chain(&source),
                 },
                 None => ReplicateError::TimedOut { attempts },
             },
@@ -343,7 +344,7 @@ impl Failure {
             }
             (AttemptFailure::Transport, CallKind::Idempotent) => match self.source {
                 Some(source) => ReplicateError::Transport {
-                    cause: error_text(&source),
+                    cause: error_chain(&source),
                 },
                 None => ReplicateError::TimedOut { attempts },
             },
@@ -468,18 +469,6 @@ impl ReplicateApi for ReplicateClient {
         self.call(CallKind::Idempotent, Method::GET, url, NO_BODY)
             .await
     }
-}
-
-/// A transport error and its causes (taken without the URL): what a log line may say.
-fn error_text(err: &reqwest::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = std::error::Error::source(err);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -45,7 +45,7 @@ reconcile: ## One reconcile pass against the stack the environment names (TABLE_
 	$(CARGO) run --locked -q -p local-stack --bin reconcile
 
 test: $(VENV_STAMP) ## Build and run every test (starts and stops its own moto server)
-	$(CARGO) build --locked --workspace --exclude harness --bins --tests # as tests/src/lib.rs rebuilds them: once
+	$(CARGO) build --locked --workspace --exclude harness --tests $(addprefix --bin ,$(FUNCTIONS)) # as tests/src/lib.rs selects: built once
 	MOTO_SERVER=$(MOTO) infra/scripts/with-moto.sh \
 		infra/scripts/test-summary.sh $(CARGO) test --workspace --tests --locked
 

@@ -93,7 +93,10 @@ pub fn function_binaries() -> std::path::PathBuf {
             let mut command = std::process::Command::new(cargo);
             command.args(["build", "-q", "--locked"]);
             let profile = if cfg!(debug_assertions) {
-                command.args(["--workspace", "--exclude", "harness", "--bins", "--tests"]);
+                command.args(["--workspace", "--exclude", "harness", "--tests"]);
+                for function in FUNCTIONS {
+                    command.args(["--bin", function]);
+                }
                 "debug"
             } else {
                 command.arg("--release");

@@ -103,23 +103,24 @@ impl DynamoRecords {
         version: u64,
     ) -> Result<bool, StoreError> {
         let carried = carried_limits(limits, version);
-        let mut set = Vec::new();
-        let mut values = Item::new();
-        for (name, value) in carried {
-            set.push(format!("#{name} = :{name}"));
-            values.insert(format!(":{name}"), value);
-        }
+        // A limit the tenant no longer has is removed from the key, not left stale.
+        let remove: Vec<String> = ["rate_per_minute", "monthly_budget"]
+            .into_iter()
+            .filter(|name| !carried.contains_key(*name))
+            .map(|name| format!("#{name}"))
+            .collect();
+        let set: Vec<String> = carried
+            .keys()
+            .map(|name| format!("#{name} = :{name}"))
+            .collect();
         let mut expression = format!("SET {}", set.join(", "));
-        for absent in ["rate_per_minute", "monthly_budget"] {
-            if !values.contains_key(&format!(":{absent}")) {
-                expression.push_str(if expression.contains(" REMOVE ") {
-                    ", "
-                } else {
-                    " REMOVE "
-                });
-                expression.push_str(&format!("#{absent}"));
-            }
+        if !remove.is_empty() {
+            expression.push_str(&format!(" REMOVE {}", remove.join(", ")));
         }
+        let values: Item = carried
+            .into_iter()
+            .map(|(name, value)| (format!(":{name}"), value))
+            .collect();
         let condition = format!(
             "attribute_exists(#pk) AND (attribute_not_exists(#{LIMITS_VERSION}) OR #{LIMITS_VERSION} < :{LIMITS_VERSION})"
         );

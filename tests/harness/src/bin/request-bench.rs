@@ -39,8 +39,7 @@ impl Subject {
         binary: &Path,
         env: &std::collections::HashMap<String, String>,
     ) -> Self {
-        // The processes' logs go to files, not into the figures.
-        let logs = std::env::temp_dir().join(format!("request-bench-{}", std::process::id()));
+        let logs = log_dir();
         std::fs::create_dir_all(&logs).expect("a log directory");
         assert!(
             binary.exists(),
@@ -235,6 +234,10 @@ async fn main() {
     for subject in &subjects {
         subject.function.stop();
     }
-    let logs = std::env::temp_dir().join(format!("request-bench-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(logs);
+    let _ = std::fs::remove_dir_all(log_dir());
+}
+
+/// Where this run's function processes log (to files, not into the figures).
+fn log_dir() -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("request-bench-{}", std::process::id()))
 }
